@@ -1,0 +1,24 @@
+//! keel's data model: types, validation, IP pools and the Snapshot. Pure: no I/O.
+
+mod change;
+mod error;
+pub mod input;
+mod machine;
+mod names;
+mod pool;
+mod principal;
+pub mod query;
+mod record;
+mod setting;
+mod snapshot;
+pub mod wire;
+
+pub use change::{Change, Kind, Op};
+pub use error::{ValidationError, ValidationErrors};
+pub use machine::{Machine, MachinePatch, MachineType, Switch};
+pub use names::{Hostname, Mac};
+pub use pool::{Pool, Pools};
+pub use principal::{Principal, Role};
+pub use record::Record;
+pub use setting::{Setting, SettingSpec, SETTINGS};
+pub use snapshot::{ApplyError, Snapshot};

@@ -1,0 +1,218 @@
+//! Machines and switches: the records of the machine database (prologin's mdb).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::input::{check_text, Fields};
+use crate::{Hostname, Mac, ValidationError};
+
+/// What a machine is for; each type has its IP pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineType {
+    User,
+    Orga,
+    Cluster,
+    Service,
+}
+
+impl MachineType {
+    pub const ALL: [Self; 4] = [Self::User, Self::Orga, Self::Cluster, Self::Service];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Orga => "orga",
+            Self::Cluster => "cluster",
+            Self::Service => "service",
+        }
+    }
+}
+
+impl fmt::Display for MachineType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MachineType {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| ValidationError::new("mtype", format!("must be one of user, orga, cluster, service (got {s:?})")))
+    }
+}
+
+/// A machine of the site. `id` is stable across renames; `version` is the seq of its last change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub id: u64,
+    pub hostname: Hostname,
+    pub aliases: Vec<Hostname>,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub mtype: MachineType,
+    pub room: String,
+    pub rfs: u32,
+    pub hfs: u32,
+    pub is_faulty: bool,
+    pub faulty_reason: String,
+    pub version: u64,
+}
+
+impl Machine {
+    /// Every name the machine answers to: its hostname, then its aliases.
+    pub fn names(&self) -> impl Iterator<Item = &Hostname> {
+        std::iter::once(&self.hostname).chain(self.aliases.iter())
+    }
+}
+
+/// The fields a caller may give when creating or editing a machine; `None` means "not given".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachinePatch {
+    pub hostname: Option<Hostname>,
+    pub aliases: Option<Vec<Hostname>>,
+    pub ip: Option<Ipv4Addr>,
+    pub mac: Option<Mac>,
+    pub mtype: Option<MachineType>,
+    pub room: Option<String>,
+    pub rfs: Option<u32>,
+    pub hfs: Option<u32>,
+    pub is_faulty: Option<bool>,
+    pub faulty_reason: Option<String>,
+}
+
+impl MachinePatch {
+    /// Reads and validates each given field; every error names its field.
+    pub fn from_fields(mut f: Fields) -> Result<Self, ValidationError> {
+        let patch = Self {
+            hostname: f.opt_str("hostname")?.map(|s| Hostname::parse("hostname", &s)).transpose()?,
+            aliases: f
+                .opt_str_list("aliases")?
+                .map(|list| list.iter().map(|a| Hostname::parse("aliases", a)).collect::<Result<Vec<_>, _>>())
+                .transpose()?,
+            ip: f.opt_str("ip")?.map(|s| parse_ip(&s)).transpose()?,
+            mac: f.opt_str("mac")?.map(|s| Mac::parse("mac", &s)).transpose()?,
+            mtype: f.opt_str("mtype")?.map(|s| s.parse()).transpose()?,
+            room: f.opt_str("room")?.map(|s| check_text("room", &s, 64)).transpose()?,
+            rfs: f.opt_u32("rfs")?,
+            hfs: f.opt_u32("hfs")?,
+            is_faulty: f.opt_bool("is_faulty")?,
+            faulty_reason: f.opt_str("faulty_reason")?.map(|s| check_text("faulty_reason", &s, 256)).transpose()?,
+        };
+        f.finish()?;
+        Ok(patch)
+    }
+
+    /// Builds a new machine; `ip` must already be decided (given or allocated).
+    pub fn create(self, id: u64, ip: Ipv4Addr) -> Result<Machine, ValidationError> {
+        let missing = |f: &str| ValidationError::new(f, "is required");
+        let m = Machine {
+            id,
+            hostname: self.hostname.ok_or_else(|| missing("hostname"))?,
+            aliases: self.aliases.unwrap_or_default(),
+            ip,
+            mac: self.mac.ok_or_else(|| missing("mac"))?,
+            mtype: self.mtype.ok_or_else(|| missing("mtype"))?,
+            room: self.room.unwrap_or_else(|| "other".to_owned()),
+            rfs: self.rfs.unwrap_or(0),
+            hfs: self.hfs.unwrap_or(0),
+            is_faulty: self.is_faulty.unwrap_or(false),
+            faulty_reason: self.faulty_reason.unwrap_or_default(),
+            version: 0,
+        };
+        check_aliases(&m)?;
+        Ok(m)
+    }
+
+    /// Applies the given fields over an existing machine; `ip` is the address it ends with.
+    pub fn apply(self, old: &Machine, ip: Ipv4Addr) -> Result<Machine, ValidationError> {
+        let mut m = old.clone();
+        m.ip = ip;
+        if let Some(v) = self.hostname {
+            m.hostname = v;
+        }
+        if let Some(v) = self.aliases {
+            m.aliases = v;
+        }
+        if let Some(v) = self.mac {
+            m.mac = v;
+        }
+        if let Some(v) = self.mtype {
+            m.mtype = v;
+        }
+        if let Some(v) = self.room {
+            m.room = v;
+        }
+        m.rfs = self.rfs.unwrap_or(m.rfs);
+        m.hfs = self.hfs.unwrap_or(m.hfs);
+        m.is_faulty = self.is_faulty.unwrap_or(m.is_faulty);
+        if let Some(v) = self.faulty_reason {
+            m.faulty_reason = v;
+        }
+        check_aliases(&m)?;
+        Ok(m)
+    }
+}
+
+fn parse_ip(s: &str) -> Result<Ipv4Addr, ValidationError> {
+    s.trim().parse().map_err(|_| ValidationError::new("ip", format!("is not an IPv4 address (got {s:?})")))
+}
+
+/// A machine's own names must not repeat (uniqueness against others is the Snapshot's job).
+fn check_aliases(m: &Machine) -> Result<(), ValidationError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in m.names() {
+        if !seen.insert(name) {
+            return Err(ValidationError::new("aliases", format!("{name} is given twice")));
+        }
+    }
+    if m.aliases.len() > 64 {
+        return Err(ValidationError::new("aliases", "at most 64 aliases"));
+    }
+    Ok(())
+}
+
+/// A network switch: lets a booting machine inherit its room and servers (from LLDP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    pub name: Hostname,
+    pub chassis: String,
+    pub room: String,
+    pub rfs: u32,
+    pub hfs: u32,
+    pub version: u64,
+}
+
+impl Switch {
+    /// Reads a switch from fields; `existing` gives defaults for an edit.
+    pub fn from_fields(mut f: Fields, existing: Option<&Switch>) -> Result<Self, ValidationError> {
+        let name = match (f.opt_str("name")?, existing) {
+            (Some(n), _) => Hostname::parse("name", &n)?,
+            (None, Some(e)) => e.name.clone(),
+            (None, None) => return Err(ValidationError::new("name", "is required")),
+        };
+        let d = existing.cloned();
+        let sw = Self {
+            name,
+            chassis: match f.opt_str("chassis")? {
+                Some(c) => check_text("chassis", c.trim(), 64)?,
+                None => d.as_ref().map(|d| d.chassis.clone()).unwrap_or_default(),
+            },
+            room: match f.opt_str("room")? {
+                Some(r) => check_text("room", &r, 64)?,
+                None => d.as_ref().map_or_else(|| "other".to_owned(), |d| d.room.clone()),
+            },
+            rfs: f.opt_u32("rfs")?.or(d.as_ref().map(|d| d.rfs)).unwrap_or(0),
+            hfs: f.opt_u32("hfs")?.or(d.as_ref().map(|d| d.hfs)).unwrap_or(0),
+            version: d.map_or(0, |d| d.version),
+        };
+        f.finish()?;
+        Ok(sw)
+    }
+}

@@ -1,0 +1,152 @@
+//! IP pools per machine type and address allocation.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::{MachineType, ValidationError};
+
+/// One pool: a network, minus its network and broadcast addresses and the reserved ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub network: Ipv4Net,
+    #[serde(default)]
+    pub reserved: Vec<Ipv4Addr>,
+}
+
+impl Pool {
+    pub fn new(network: Ipv4Net) -> Self {
+        Self { network: network.trunc(), reserved: Vec::new() }
+    }
+
+    /// True if `ip` may be given to a machine of this pool.
+    pub fn admits(&self, ip: Ipv4Addr) -> bool {
+        self.network.contains(&ip) && !self.is_edge(ip) && !self.reserved.contains(&ip)
+    }
+
+    fn is_edge(&self, ip: Ipv4Addr) -> bool {
+        // A /31 or /32 has no network/broadcast address to skip (RFC 3021).
+        self.network.prefix_len() < 31 && (ip == self.network.network() || ip == self.network.broadcast())
+    }
+
+    /// The lowest admissible address for which `is_used` is false.
+    ///
+    /// `used_in_order` yields the used addresses inside the pool in increasing order, so the walk
+    /// costs the number of used addresses below the first gap, not the pool's size.
+    pub fn lowest_free(&self, used_in_order: impl Iterator<Item = Ipv4Addr>) -> Option<Ipv4Addr> {
+        let mut used = used_in_order.peekable();
+        let (first, last) = (u32::from(self.network.network()), u32::from(self.network.broadcast()));
+        let mut candidate = first;
+        loop {
+            let ip = Ipv4Addr::from(candidate);
+            while used.next_if(|u| *u < ip).is_some() {}
+            if used.peek() != Some(&ip) && self.admits(ip) {
+                return Some(ip);
+            }
+            if candidate == last {
+                return None;
+            }
+            candidate += 1;
+        }
+    }
+}
+
+/// The pools of the four machine types (user and orga may share one network).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pools {
+    pub user: Pool,
+    pub orga: Pool,
+    pub cluster: Pool,
+    pub service: Pool,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        let net = |s: &str| Pool::new(s.parse().unwrap_or_else(|_| unreachable!("constant network {s}")));
+        Self {
+            user: net("192.168.0.0/24"),
+            orga: net("192.168.0.0/24"),
+            service: net("192.168.1.0/24"),
+            cluster: net("192.168.2.0/24"),
+        }
+    }
+}
+
+impl Pools {
+    pub fn of(&self, mtype: MachineType) -> &Pool {
+        match mtype {
+            MachineType::User => &self.user,
+            MachineType::Orga => &self.orga,
+            MachineType::Cluster => &self.cluster,
+            MachineType::Service => &self.service,
+        }
+    }
+
+    /// Checks that an explicitly given address belongs to the type's pool.
+    pub fn check(&self, mtype: MachineType, ip: Ipv4Addr) -> Result<(), ValidationError> {
+        let pool = self.of(mtype);
+        if pool.admits(ip) {
+            Ok(())
+        } else {
+            Err(ValidationError::new(
+                "ip",
+                format!("{ip} is not a usable address of the {mtype} pool {}", pool.network),
+            ))
+        }
+    }
+
+    /// Picks the lowest free address of the type's pool.
+    pub fn allocate(
+        &self,
+        mtype: MachineType,
+        used_in_order: impl Iterator<Item = Ipv4Addr>,
+    ) -> Result<Ipv4Addr, ValidationError> {
+        let pool = self.of(mtype);
+        pool.lowest_free(used_in_order).ok_or_else(|| {
+            ValidationError::new("ip", format!("the {mtype} pool {} is full: no free address left", pool.network))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pool(net: &str, reserved: &[&str]) -> Pool {
+        Pool { network: net.parse().unwrap(), reserved: reserved.iter().map(|r| r.parse().unwrap()).collect() }
+    }
+
+    #[test]
+    fn skips_network_broadcast_and_reserved() {
+        let p = pool("10.0.0.0/30", &[]);
+        let used: Vec<Ipv4Addr> = vec!["10.0.0.1".parse().unwrap()];
+        assert_eq!(p.lowest_free(used.into_iter()), Some("10.0.0.2".parse().unwrap()));
+        let p = pool("10.0.0.0/30", &["10.0.0.1"]);
+        assert_eq!(p.lowest_free(std::iter::empty()), Some("10.0.0.2".parse().unwrap()));
+        let used: Vec<Ipv4Addr> = vec!["10.0.0.2".parse().unwrap()];
+        assert_eq!(p.lowest_free(used.into_iter()), None);
+    }
+
+    proptest! {
+        /// Allocation never returns a used address, never one outside the pool, and returns the lowest.
+        #[test]
+        fn allocation_is_lowest_free(used in proptest::collection::btree_set(0u32..64, 0..64), prefix in 26u8..=30) {
+            let p = Pool::new(Ipv4Net::new(Ipv4Addr::new(10, 1, 2, 0), prefix).unwrap());
+            let used: BTreeSet<Ipv4Addr> = used.into_iter().map(|o| Ipv4Addr::new(10, 1, 2, o as u8)).collect();
+            let got = p.lowest_free(used.iter().copied());
+            let expect = p.network.hosts().find(|ip| !used.contains(ip));
+            prop_assert_eq!(got, expect);
+            if let Some(ip) = got {
+                prop_assert!(p.admits(ip));
+                prop_assert!(!used.contains(&ip));
+            }
+        }
+    }
+}

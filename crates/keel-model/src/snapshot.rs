@@ -1,0 +1,229 @@
+//! The Snapshot: the whole current state, as persistent maps with indexes.
+//!
+//! Cloning a Snapshot is O(1) and applying a Change is O(log n): the maps are `imbl`'s structurally
+//! shared trees, so a writer builds the next Snapshot from the current one without copying it and
+//! readers keep the one they hold.
+
+use std::net::Ipv4Addr;
+
+use imbl::{HashMap, OrdMap};
+
+use crate::{Change, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting, Switch, ValidationError, SETTINGS};
+
+/// Why a Change could not be applied (a corrupt log entry: never expected).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("change {seq}: {kind} record does not decode: {source}")]
+    Decode { seq: u64, kind: Kind, source: serde_json::Error },
+    #[error("change {seq} is not after the snapshot's seq {at}")]
+    OutOfOrder { seq: u64, at: u64 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    seq: u64,
+    machines: OrdMap<u64, Machine>,
+    by_hostname: OrdMap<Hostname, u64>,
+    by_name: HashMap<Hostname, u64>,
+    by_mac: HashMap<Mac, u64>,
+    by_ip: OrdMap<Ipv4Addr, u64>,
+    switches: OrdMap<String, Switch>,
+    settings: OrdMap<String, Setting>,
+}
+
+impl Snapshot {
+    /// The seq of the last change this Snapshot includes.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn set_seq(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// Applies a committed change (in seq order).
+    pub fn apply(&mut self, c: &Change) -> Result<(), ApplyError> {
+        if c.seq <= self.seq && self.seq != 0 {
+            return Err(ApplyError::OutOfOrder { seq: c.seq, at: self.seq });
+        }
+        let decode = |e| ApplyError::Decode { seq: c.seq, kind: c.kind, source: e };
+        match (c.op, &c.after) {
+            (Op::Put, Some(v)) => self.load_record(c.kind, v.clone()).map_err(decode)?,
+            _ => self.remove_record(c.kind, &c.key),
+        }
+        self.seq = c.seq;
+        Ok(())
+    }
+
+    /// Inserts or replaces a record given as its stored JSON.
+    pub fn load_record(&mut self, kind: Kind, v: serde_json::Value) -> Result<(), serde_json::Error> {
+        match kind {
+            Kind::Machine => self.put_machine(serde_json::from_value(v)?),
+            Kind::Switch => self.put_switch(serde_json::from_value(v)?),
+            Kind::Setting => self.put_setting(serde_json::from_value(v)?),
+        }
+        Ok(())
+    }
+
+    fn remove_record(&mut self, kind: Kind, key: &str) {
+        match kind {
+            Kind::Machine => {
+                if let Ok(id) = key.parse() {
+                    self.remove_machine(id);
+                }
+            }
+            Kind::Switch => {
+                self.switches.remove(key);
+            }
+            Kind::Setting => {
+                self.settings.remove(key);
+            }
+        }
+    }
+
+    /// Inserts or replaces a machine (by id), keeping every index in step.
+    pub fn put_machine(&mut self, m: Machine) {
+        self.remove_machine(m.id);
+        for name in m.names() {
+            self.by_name.insert(name.clone(), m.id);
+        }
+        self.by_hostname.insert(m.hostname.clone(), m.id);
+        self.by_mac.insert(m.mac, m.id);
+        self.by_ip.insert(m.ip, m.id);
+        self.machines.insert(m.id, m);
+    }
+
+    pub fn remove_machine(&mut self, id: u64) -> Option<Machine> {
+        let old = self.machines.remove(&id)?;
+        for name in old.names() {
+            self.by_name.remove(name);
+        }
+        self.by_hostname.remove(&old.hostname);
+        self.by_mac.remove(&old.mac);
+        self.by_ip.remove(&old.ip);
+        Some(old)
+    }
+
+    pub fn put_switch(&mut self, s: Switch) {
+        self.switches.insert(s.name.to_string(), s);
+    }
+
+    pub fn put_setting(&mut self, s: Setting) {
+        self.settings.insert(s.key.clone(), s);
+    }
+
+    /// All machines, ordered by hostname.
+    pub fn machines(&self) -> impl Iterator<Item = &Machine> {
+        self.by_hostname.values().filter_map(|id| self.machines.get(id))
+    }
+
+    pub fn machine_count(&self) -> usize {
+        self.machines.len()
+    }
+
+    pub fn machine(&self, id: u64) -> Option<&Machine> {
+        self.machines.get(&id)
+    }
+
+    /// A machine by hostname or alias.
+    pub fn machine_by_name(&self, name: &str) -> Option<&Machine> {
+        let h = Hostname::parse("hostname", name).ok()?;
+        self.by_name.get(&h).and_then(|id| self.machines.get(id))
+    }
+
+    pub fn machine_by_mac(&self, mac: &Mac) -> Option<&Machine> {
+        self.by_mac.get(mac).and_then(|id| self.machines.get(id))
+    }
+
+    pub fn machine_by_ip(&self, ip: Ipv4Addr) -> Option<&Machine> {
+        self.by_ip.get(&ip).and_then(|id| self.machines.get(id))
+    }
+
+    pub fn switches(&self) -> impl Iterator<Item = &Switch> {
+        self.switches.values()
+    }
+
+    pub fn switch(&self, name: &str) -> Option<&Switch> {
+        self.switches.get(name)
+    }
+
+    /// Every known setting, with its default where it was never set.
+    pub fn settings(&self) -> Vec<Setting> {
+        SETTINGS
+            .iter()
+            .map(|spec| self.settings.get(spec.key).cloned().unwrap_or_else(|| Setting::default_for(spec)))
+            .collect()
+    }
+
+    pub fn setting(&self, key: &str) -> Result<Setting, ValidationError> {
+        let spec = Setting::spec(key)?;
+        Ok(self.settings.get(key).cloned().unwrap_or_else(|| Setting::default_for(spec)))
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        self.setting(key).map(|s| s.as_bool()).unwrap_or(false)
+    }
+
+    /// Decides a new machine from a patch: allocates its address if none is given, checks its pool
+    /// and that none of its names, MAC or IP is taken.
+    pub fn new_machine(&self, patch: MachinePatch, id: u64, pools: &Pools) -> Result<Machine, ValidationError> {
+        let mtype = patch.mtype.ok_or_else(|| ValidationError::new("mtype", "is required"))?;
+        let ip = match patch.ip {
+            Some(ip) => ip,
+            None => pools.allocate(mtype, self.used_ips_in(pools.of(mtype).network))?,
+        };
+        let m = patch.create(id, ip)?;
+        self.check_machine(&m, pools)?;
+        Ok(m)
+    }
+
+    /// Decides an edited machine. A type change without an explicit address moves the machine to a
+    /// free address of its new pool when its old one is outside it.
+    pub fn edit_machine(&self, old: &Machine, patch: MachinePatch, pools: &Pools) -> Result<Machine, ValidationError> {
+        let mtype = patch.mtype.unwrap_or(old.mtype);
+        let ip = match patch.ip {
+            Some(ip) => ip,
+            None if pools.of(mtype).admits(old.ip) => old.ip,
+            None => pools.allocate(mtype, self.used_ips_in(pools.of(mtype).network))?,
+        };
+        let m = patch.apply(old, ip)?;
+        self.check_machine(&m, pools)?;
+        Ok(m)
+    }
+
+    fn used_ips_in(&self, net: ipnet::Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.by_ip.range(net.network()..=net.broadcast()).map(|(ip, _)| *ip)
+    }
+
+    /// Checks a machine against the others: pool, unique names (hostnames and aliases), MAC and IP.
+    pub fn check_machine(&self, m: &Machine, pools: &Pools) -> Result<(), ValidationError> {
+        pools.check(m.mtype, m.ip)?;
+        let taken = |field: &str, what: String, other: u64| {
+            let by = self.machines.get(&other).map_or_else(|| other.to_string(), |o| o.hostname.to_string());
+            Err(ValidationError::new(field, format!("{what} is already used by machine {by}")))
+        };
+        for (i, name) in m.names().enumerate() {
+            if let Some(&other) = self.by_name.get(name).filter(|&&o| o != m.id) {
+                return taken(if i == 0 { "hostname" } else { "aliases" }, name.to_string(), other);
+            }
+        }
+        if let Some(&other) = self.by_mac.get(&m.mac).filter(|&&o| o != m.id) {
+            return taken("mac", m.mac.to_string(), other);
+        }
+        if let Some(&other) = self.by_ip.get(&m.ip).filter(|&&o| o != m.id) {
+            return taken("ip", m.ip.to_string(), other);
+        }
+        Ok(())
+    }
+
+    /// Checks a switch's chassis id against the other switches.
+    pub fn check_switch(&self, s: &Switch) -> Result<(), ValidationError> {
+        if s.chassis.is_empty() {
+            return Ok(());
+        }
+        match self.switches.values().find(|o| o.chassis == s.chassis && o.name != s.name) {
+            Some(o) => Err(ValidationError::new("chassis", format!("{} is already used by switch {}", s.chassis, o.name))),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Who is calling: the bearer token, checked on every request that carries one.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use keel_model::{Principal, Role};
+
+use crate::{ApiError, AppState};
+
+/// The authenticated caller, if a token was sent. A bad token is refused at once (401), even on
+/// a route that would serve an anonymous caller: a client must learn its token is wrong.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Option<Principal>);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(AUTHORIZATION) else { return Ok(Self(None)) };
+        let value = value.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(ApiError::Unauthorized("expected 'Authorization: Bearer <token>'"))?;
+        match state.db.authenticate(token).await? {
+            Ok(p) => Ok(Self(Some(p))),
+            Err(reason) => {
+                // The token itself is never logged; its refusal is.
+                tracing::warn!(%reason, path = %parts.uri.path(), "token refused");
+                Err(ApiError::Unauthorized("invalid, revoked or expired token"))
+            }
+        }
+    }
+}
+
+impl Caller {
+    /// Any authenticated principal.
+    pub fn authenticated(&self) -> Result<&Principal, ApiError> {
+        self.0.as_ref().ok_or(ApiError::Unauthorized("this endpoint needs a token"))
+    }
+
+    /// An admin: the only role that changes the machine database.
+    pub fn admin(&self) -> Result<&Principal, ApiError> {
+        let p = self.authenticated()?;
+        if p.role == Role::Admin {
+            Ok(p)
+        } else {
+            Err(ApiError::Forbidden(format!("{} ({}) may not change this; an admin token is needed", p.name, p.role)))
+        }
+    }
+
+    /// A reader: anyone authenticated, or anyone at all when reads are open.
+    pub fn reader(&self, open_reads: bool) -> Result<(), ApiError> {
+        if open_reads {
+            Ok(())
+        } else {
+            self.authenticated().map(|_| ())
+        }
+    }
+}

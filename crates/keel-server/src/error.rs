@@ -1,0 +1,113 @@
+//! `ApiError`: the one error type of the HTTP layer, turned into a response in one place.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_model::wire::RpcReply;
+use keel_model::{ValidationError, ValidationErrors};
+use keel_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}", .0.first().map(ToString::to_string).unwrap_or_default())]
+    Invalid(Vec<ValidationError>),
+    #[error("authentication required: {0}")]
+    Unauthorized(&'static str),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("the record is at version {current}; re-read it and retry (If-Match said {expected})")]
+    PreconditionFailed { expected: u64, current: u64 },
+    #[error("If-Match is required: send the version (ETag) you read; * is not accepted")]
+    PreconditionRequired,
+    /// Details are logged, never shown.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![ValidationError::new(field, message)])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Self::Internal(detail) => tracing::error!(%detail, "internal error"),
+            Self::Unauthorized(_) | Self::Forbidden(_) => tracing::warn!(error = %self, "refused"),
+            _ => {}
+        }
+    }
+
+    /// The same error in the prologin RPC shape, `{"type":"exception",…}`.
+    pub fn into_rpc_response(self) -> Response {
+        self.log();
+        let exn_type = match &self {
+            Self::Invalid(_) => "ValueError",
+            Self::Unauthorized(_) | Self::Forbidden(_) => "PermissionError",
+            Self::NotFound(_) => "KeyError",
+            Self::Conflict(_) | Self::PreconditionFailed { .. } | Self::PreconditionRequired => "ValueError",
+            Self::Internal(_) => "RuntimeError",
+        };
+        let reply = RpcReply::Exception { exn_type: exn_type.into(), exn_message: self.to_string() };
+        (self.status(), Json(reply)).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let status = self.status();
+        let mut body = json!({ "error": self.to_string() });
+        if let Self::Invalid(errors) = &self {
+            body["field"] = json!(errors.first().map(|e| e.field.clone()));
+            body["errors"] = json!(errors);
+        }
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::Invalid(vec![e])
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(e: ValidationErrors) -> Self {
+        Self::Invalid(e.0)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(v) => Self::Invalid(vec![v]),
+            StoreError::InvalidMany(v) => Self::Invalid(v.0),
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed { expected, current },
+            StoreError::Conflict(what) => Self::Conflict(what),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! keel's HTTP server: the prologin-compatible RPC, the REST API, health and metrics.
+//!
+//! `app(state)` builds the whole router; it opens no socket, so handlers are tested with `oneshot`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post};
+use axum::{middleware, Json, Router};
+use keel_store::Db;
+use serde_json::json;
+
+mod auth;
+mod error;
+mod metrics;
+mod rest;
+mod rpc;
+
+pub use auth::Caller;
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Largest request body accepted, except imports.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+/// Largest import body (a 10,000-machine file is about 2 MB as JSON).
+pub const IMPORT_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// What the server needs besides the database.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Serve REST reads without a token (the RPC `query` is always open, as in the original).
+    pub open_reads: bool,
+    /// Where temporary files (backups in transit) go.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Arc<Db>,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<ServerConfig>,
+}
+
+impl AppState {
+    pub fn new(db: Arc<Db>, config: ServerConfig) -> Self {
+        Self { db, metrics: Arc::new(Metrics::default()), config: Arc::new(config) }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/machines", get(rest::list_machines).post(rest::create_machine))
+        .route(
+            "/machines/import",
+            post(rest::import_machines).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
+        )
+        .route(
+            "/machines/{name}",
+            get(rest::get_machine).patch(rest::patch_machine).put(rest::put_machine).delete(rest::delete_machine),
+        )
+        .route("/switches", get(rest::list_switches).post(rest::create_switch))
+        .route("/switches/{name}", get(rest::get_switch).patch(rest::patch_switch).delete(rest::delete_switch))
+        .route("/settings", get(rest::list_settings))
+        .route("/settings/{key}", get(rest::get_setting).put(rest::put_setting))
+        .route("/changes", get(rest::list_changes))
+        .route("/tokens", get(rest::list_tokens).post(rest::create_token))
+        .route("/tokens/{id}", axum::routing::delete(rest::revoke_token))
+        .route("/backup", get(rest::backup))
+        .fallback(|| async { ApiError::NotFound("API route".into()) });
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/call/{method}", any(rpc::call_by_host))
+        .route("/mdb/call/{method}", any(rpc::call_mdb))
+        .route("/udb/call/{method}", any(rpc::call_udb))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::render))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+async fn healthz(axum::extract::State(st): axum::extract::State<AppState>) -> Json<serde_json::Value> {
+    let snap = st.db.snapshot();
+    Json(json!({"status": "ok", "seq": snap.seq(), "machines": snap.machine_count(), "db_id": st.db.db_id()}))
+}

@@ -1,0 +1,313 @@
+//! REST `/api/v1/...`: strict JSON, bearer tokens, versions as ETags, `If-Match` on every change.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_model::input::{Fields, Strictness};
+use keel_model::query::parse_filters;
+use keel_model::{Machine, MachinePatch, Role, ValidationError};
+use keel_store::NewToken;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Parses a body as strict JSON: a syntax error names the body, a shape error names the field.
+fn json_fields(body: &[u8]) -> Result<Fields, ApiError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
+    Ok(Fields::new(v, Strictness::Strict)?)
+}
+
+/// The version an `If-Match` header names: required, a number, never `*`.
+fn if_match(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let raw = headers.get(header::IF_MATCH).ok_or(ApiError::PreconditionRequired)?;
+    let s = raw.to_str().map_err(|_| ApiError::invalid("If-Match", "is not ASCII"))?.trim();
+    let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
+    if s == "*" {
+        return Err(ApiError::PreconditionRequired);
+    }
+    s.parse().map_err(|_| ApiError::invalid("If-Match", format!("must be a version number as in ETag, got {s:?}")))
+}
+
+/// A JSON answer carrying the record's version as its ETag.
+fn with_etag(status: StatusCode, version: u64, body: Value) -> Response {
+    let mut resp = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn filters_of(query: Option<&str>) -> Map<String, Value> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect()
+}
+
+// ---- machines ----
+
+pub(crate) async fn list_machines(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let filters = parse_filters::<Machine>(filters_of(q.as_deref()))?;
+    let snap = st.db.snapshot();
+    let list: Vec<&Machine> = snap.machines().filter(|m| filters.iter().all(|f| f.matches(*m))).collect();
+    Ok(Json(to_json(&list)?).into_response())
+}
+
+pub(crate) async fn get_machine(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    let m = snap.machine_by_name(&name).ok_or_else(|| ApiError::NotFound(format!("machine {name}")))?;
+    Ok(with_etag(StatusCode::OK, m.version, to_json(m)?))
+}
+
+pub(crate) async fn create_machine(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
+    let who = caller.admin()?;
+    let patch = MachinePatch::from_fields(json_fields(&body)?)?;
+    let m = st.db.create_machine(who, patch).await?;
+    let mut resp = with_etag(StatusCode::CREATED, m.version, to_json(&m)?);
+    if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/machines/{}", m.hostname)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+pub(crate) async fn patch_machine(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let who = caller.admin()?;
+    let version = if_match(&headers)?;
+    let patch = MachinePatch::from_fields(json_fields(&body)?)?;
+    let m = st.db.edit_machine(who, &name, version, patch).await?;
+    Ok(with_etag(StatusCode::OK, m.version, to_json(&m)?))
+}
+
+/// PUT replaces: the required fields must all be there.
+pub(crate) async fn put_machine(
+    st: State<AppState>,
+    caller: Caller,
+    name: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let probe = MachinePatch::from_fields(json_fields(&body)?)?;
+    for (field, given) in [("hostname", probe.hostname.is_some()), ("mac", probe.mac.is_some()), ("mtype", probe.mtype.is_some())] {
+        if !given {
+            return Err(ValidationError::new(field, "is required with PUT (use PATCH to change some fields)").into());
+        }
+    }
+    patch_machine(st, caller, name, headers, body).await
+}
+
+pub(crate) async fn delete_machine(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let who = caller.admin()?;
+    let version = if_match(&headers)?;
+    st.db.delete_machine(who, &name, version).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /api/v1/machines/import`: `{"machines": [{"line": N, ...fields}, ...]}`, all or nothing.
+pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
+    let who = caller.admin()?;
+    let mut fields = json_fields(&body)?;
+    let rows = match fields.take_value("machines") {
+        Some(Value::Array(rows)) => rows,
+        _ => return Err(ApiError::invalid("machines", "must be a list of machine objects")),
+    };
+    fields.finish()?;
+    let rows = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut f = Fields::new(row, Strictness::Strict).map_err(|e| e.at_line(i + 1))?;
+            let line = f.opt_u32("line").ok().flatten().map_or(i + 1, |l| l as usize);
+            Ok((line, MachinePatch::from_fields(f).map_err(|e| e.at_line(line))))
+        })
+        .collect::<Result<Vec<_>, ValidationError>>()?;
+    let created = st.db.import_machines(who, rows).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "created": created.len(), "machines": created }))).into_response())
+}
+
+// ---- switches ----
+
+pub(crate) async fn list_switches(State(st): State<AppState>, caller: Caller) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    Ok(Json(to_json(&snap.switches().collect::<Vec<_>>())?).into_response())
+}
+
+pub(crate) async fn get_switch(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    let s = snap.switch(&name).ok_or_else(|| ApiError::NotFound(format!("switch {name}")))?;
+    Ok(with_etag(StatusCode::OK, s.version, to_json(s)?))
+}
+
+pub(crate) async fn create_switch(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
+    let who = caller.admin()?;
+    let s = st.db.create_switch(who, json_fields(&body)?).await?;
+    Ok(with_etag(StatusCode::CREATED, s.version, to_json(&s)?))
+}
+
+pub(crate) async fn patch_switch(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let who = caller.admin()?;
+    let version = if_match(&headers)?;
+    let s = st.db.edit_switch(who, &name, version, json_fields(&body)?).await?;
+    Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
+}
+
+pub(crate) async fn delete_switch(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let who = caller.admin()?;
+    let version = if_match(&headers)?;
+    st.db.delete_switch(who, &name, version).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- settings ----
+
+pub(crate) async fn list_settings(State(st): State<AppState>, caller: Caller) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let list: Vec<Value> = st
+        .db
+        .snapshot()
+        .settings()
+        .into_iter()
+        .map(|s| {
+            let help = keel_model::Setting::spec(&s.key).map(|sp| sp.help).unwrap_or("");
+            json!({"key": s.key, "value": s.value, "version": s.version, "help": help})
+        })
+        .collect();
+    Ok(Json(Value::Array(list)).into_response())
+}
+
+pub(crate) async fn get_setting(State(st): State<AppState>, caller: Caller, Path(key): Path<String>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let s = st.db.snapshot().setting(&key).map_err(|_| ApiError::NotFound(format!("setting {key}")))?;
+    Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
+}
+
+pub(crate) async fn put_setting(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let who = caller.admin()?;
+    let version = if_match(&headers)?;
+    let mut f = json_fields(&body)?;
+    let value = f.take_value("value").ok_or_else(|| ApiError::invalid("value", "is required"))?;
+    f.finish()?;
+    let s = st.db.set_setting(who, &key, value, Some(version)).await?;
+    Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
+}
+
+// ---- change log ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangesQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+pub(crate) async fn list_changes(State(st): State<AppState>, caller: Caller, q: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let changes = st.db.store().changes_since(q.since, q.limit.clamp(1, 10_000)).await?;
+    Ok(Json(to_json(&changes)?).into_response())
+}
+
+// ---- tokens ----
+
+pub(crate) async fn list_tokens(State(st): State<AppState>, caller: Caller) -> ApiResult {
+    caller.admin()?;
+    Ok(Json(to_json(&st.db.store().tokens().await?)?).into_response())
+}
+
+pub(crate) async fn create_token(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
+    caller.admin()?;
+    let mut f = json_fields(&body)?;
+    let name = f.opt_str("name")?.ok_or_else(|| ApiError::invalid("name", "is required"))?;
+    let name = keel_model::input::check_text("name", name.trim(), 64)?;
+    if name.is_empty() {
+        return Err(ApiError::invalid("name", "must not be empty"));
+    }
+    let role: Role = f.opt_str("role")?.ok_or_else(|| ApiError::invalid("role", "is required"))?.parse()?;
+    let facilities = f.opt_str_list("facilities")?.unwrap_or_default();
+    let host = f.opt_str("host")?;
+    let expires = f
+        .opt_str("expires")?
+        .map(|e| {
+            time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::invalid("expires", format!("must be an RFC 3339 time, got {e:?}")))
+        })
+        .transpose()?;
+    f.finish()?;
+    let (secret, row) = st.db.create_token(NewToken { name, role, facilities, host, expires }).await?;
+    let mut body = to_json(&row)?;
+    body["token"] = Value::String(secret);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub(crate) async fn revoke_token(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult {
+    caller.admin()?;
+    if st.db.revoke_token(&id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound(format!("token {id}")))
+    }
+}
+
+// ---- backup ----
+
+/// `GET /api/v1/backup`: a consistent copy of the live database, as an SQLite file.
+pub(crate) async fn backup(State(st): State<AppState>, caller: Caller) -> ApiResult {
+    caller.admin()?;
+    let dir = st.config.data_dir.join("backups.tmp");
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let path = dir.join(format!("backup-{}.db", uuid::Uuid::new_v4()));
+    let result = async {
+        st.db.store().backup(&path).await?;
+        tokio::fs::read(&path).await.map_err(|e| ApiError::Internal(e.to_string()))
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    let bytes = result?;
+    Ok(([(header::CONTENT_TYPE, "application/vnd.sqlite3")], Body::from(bytes)).into_response())
+}

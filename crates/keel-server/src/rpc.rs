@@ -1,0 +1,220 @@
+//! RPC compatible with the prologin SADM services: `GET|POST /call/<method>`.
+//!
+//! Arguments come as a query string, a form, or JSON `{"args": [...], "kwargs": {...}, "hmac": …}`;
+//! answers are `{"type":"result","data":…}` or `{"type":"exception",…}`. Lenient like the original.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_model::input::{Fields, Strictness};
+use keel_model::query::{parse_filters, Filter};
+use keel_model::wire::{MachineRecord, Queryable, RpcReply, SwitchRecord};
+use keel_model::{Mac, Machine, MachinePatch, Principal, Snapshot};
+use serde_json::{Map, Value};
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+/// Which database a `/call/*` request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Mdb,
+    Udb,
+}
+
+/// Positional parameter names, so `args` can be given as in the original clients.
+const REGISTER_PARAMS: &[&str] = &["hostname", "mac", "rfs", "hfs", "room", "mtype"];
+
+pub(crate) async fn call_by_host(
+    state: State<AppState>,
+    caller: Caller,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    verb: Method,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    // mdb and udb share an address: the first label of Host picks the database.
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let service = if host.split('.').next().is_some_and(|l| l.starts_with("udb")) { Service::Udb } else { Service::Mdb };
+    dispatch(state, caller, service, &method, &headers, &verb, query, &body).await
+}
+
+pub(crate) async fn call_mdb(
+    state: State<AppState>,
+    caller: Caller,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    verb: Method,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    dispatch(state, caller, Service::Mdb, &method, &headers, &verb, query, &body).await
+}
+
+pub(crate) async fn call_udb(
+    state: State<AppState>,
+    caller: Caller,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    verb: Method,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    dispatch(state, caller, Service::Udb, &method, &headers, &verb, query, &body).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dispatch(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    service: Service,
+    method: &str,
+    headers: &HeaderMap,
+    verb: &Method,
+    query: Option<String>,
+    body: &[u8],
+) -> Response {
+    let result = async {
+        let args = Args::parse(headers, verb, query.as_deref(), body)?;
+        match (service, method) {
+            (Service::Mdb, "query") => query_machines(&state.db.snapshot(), args.named(&[])?),
+            (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
+            (Service::Mdb, "register") => register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await,
+            (Service::Udb, _) => Err(ApiError::NotFound(format!("udb method {method:?} (the user database is not served yet)"))),
+            (Service::Mdb, _) => Err(ApiError::NotFound(format!("mdb method {method:?}"))),
+        }
+    }
+    .await;
+    match result {
+        Ok(data) => Json(RpcReply::Result { data }).into_response(),
+        Err(e) => e.into_rpc_response(),
+    }
+}
+
+/// The arguments of one call.
+struct Args {
+    positional: Vec<Value>,
+    named: Map<String, Value>,
+}
+
+impl Args {
+    fn parse(headers: &HeaderMap, verb: &Method, query: Option<&str>, body: &[u8]) -> Result<Self, ApiError> {
+        let mut named = Map::new();
+        for (k, v) in form_pairs(query.unwrap_or("")) {
+            named.insert(k, Value::String(v));
+        }
+        let mut positional = Vec::new();
+        let ctype = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("");
+        let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map_or(&body[..0], |i| &body[i..]);
+        if *verb == Method::POST && !trimmed.is_empty() {
+            if ctype.starts_with("application/x-www-form-urlencoded") && !trimmed.starts_with(b"{") {
+                let text = std::str::from_utf8(trimmed).map_err(|_| ApiError::invalid("body", "is not UTF-8"))?;
+                for (k, v) in form_pairs(text) {
+                    named.insert(k, Value::String(v));
+                }
+            } else {
+                let v: Value = serde_json::from_slice(trimmed)
+                    .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
+                let Value::Object(mut obj) = v else { return Err(ApiError::invalid("body", "must be a JSON object")) };
+                // `hmac` is accepted (prologin clients send it) and not otherwise used here.
+                obj.remove("hmac");
+                match (obj.remove("args"), obj.remove("kwargs")) {
+                    (None, None) => named.extend(obj),
+                    (args, kwargs) => {
+                        match args {
+                            Some(Value::Array(a)) => positional = a,
+                            None | Some(Value::Null) => {}
+                            Some(_) => return Err(ApiError::invalid("args", "must be a list")),
+                        }
+                        match kwargs {
+                            Some(Value::Object(k)) => named.extend(k),
+                            None | Some(Value::Null) => {}
+                            Some(_) => return Err(ApiError::invalid("kwargs", "must be an object")),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Self { positional, named })
+    }
+
+    /// All arguments by name, positional ones named after `params`.
+    fn named(self, params: &[&str]) -> Result<Map<String, Value>, ApiError> {
+        if self.positional.len() > params.len() {
+            return Err(ApiError::invalid("args", format!("at most {} positional arguments", params.len())));
+        }
+        let mut named = self.named;
+        for (name, v) in params.iter().zip(self.positional) {
+            if named.insert((*name).to_owned(), v).is_some() {
+                return Err(ApiError::invalid(name, "given both by position and by name"));
+            }
+        }
+        Ok(named)
+    }
+}
+
+fn form_pairs(s: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(s.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+}
+
+/// `query(**filters)`: machines matching every filter; no filter = all. Uses the indexes when a
+/// filter pins `mac`, `hostname` or `ip` to one value, so lookups never scan.
+pub(crate) fn query_machines(snap: &Snapshot, named: Map<String, Value>) -> Result<Value, ApiError> {
+    let filters = parse_filters::<Machine>(named)?;
+    let pinned = pinned_machine(snap, &filters);
+    let records: Vec<MachineRecord> = match pinned {
+        Some(candidate) => candidate.into_iter().filter(|m| matches_all(&filters, *m)).map(MachineRecord::from).collect(),
+        None => snap.machines().filter(|m| matches_all(&filters, *m)).map(MachineRecord::from).collect(),
+    };
+    serde_json::to_value(records).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `Some(candidates)` when an index answers the query; `None` when a scan is needed.
+fn pinned_machine<'s>(snap: &'s Snapshot, filters: &[Filter]) -> Option<Option<&'s Machine>> {
+    filters.iter().find_map(|f| {
+        if let Some(v) = f.exact("mac") {
+            return Some(Mac::parse("mac", v).ok().and_then(|m| snap.machine_by_mac(&m)));
+        }
+        if let Some(v) = f.exact("hostname") {
+            return Some(snap.machine_by_name(v).filter(|m| m.hostname.as_str() == v));
+        }
+        f.exact("ip").map(|v| v.parse().ok().and_then(|ip| snap.machine_by_ip(ip)))
+    })
+}
+
+fn matches_all<R: Queryable>(filters: &[Filter], r: &R) -> bool {
+    filters.iter().all(|f| f.matches(r))
+}
+
+fn query_switches(snap: &Snapshot, named: Map<String, Value>) -> Result<Value, ApiError> {
+    let filters = parse_filters::<keel_model::Switch>(named)?;
+    let records: Vec<SwitchRecord> = snap.switches().filter(|s| matches_all(&filters, *s)).map(SwitchRecord::from).collect();
+    serde_json::to_value(records).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `register(hostname, mac, rfs, hfs, room, mtype)`: adds a machine with an address from its pool.
+/// Without an admin token, only while `allow_self_registration` is on. Registering the same
+/// (hostname, MAC) again answers the existing machine, so a rebooting machine may retry.
+async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, Value>) -> Result<Value, ApiError> {
+    let snap = state.db.snapshot();
+    let principal = match who {
+        Some(p) if p.is_admin() => p.clone(),
+        Some(p) if snap.flag("allow_self_registration") => p.clone(),
+        None if snap.flag("allow_self_registration") => Principal::anonymous(),
+        Some(p) => return Err(ApiError::Forbidden(format!("{} may not register machines", p.name))),
+        None => return Err(ApiError::Unauthorized("self-registration is closed (allow_self_registration is off)")),
+    };
+    let mut named = named;
+    named.remove("ip"); // the pool decides the address of a registered machine
+    let patch = MachinePatch::from_fields(Fields::from_map(named, Strictness::Lenient))?;
+    if let (Some(h), Some(mac)) = (&patch.hostname, &patch.mac) {
+        if let Some(m) = snap.machine_by_mac(mac).filter(|m| &m.hostname == h) {
+            return serde_json::to_value(MachineRecord::from(m)).map_err(|e| ApiError::Internal(e.to_string()));
+        }
+    }
+    let m = state.db.create_machine(&principal, patch).await?;
+    serde_json::to_value(MachineRecord::from(&m)).map_err(|e| ApiError::Internal(e.to_string()))
+}

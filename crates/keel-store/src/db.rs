@@ -1,0 +1,167 @@
+//! `Db`: the live database — a `Store`, the current Snapshot and the Change broadcast.
+//!
+//! One writer at a time: a write plans its records against the current Snapshot (which is exactly
+//! the committed state, since only this writer changes it), commits them with their Changes in one
+//! transaction, then swaps in the next Snapshot and broadcasts the Changes. Readers never wait.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use keel_model::{Change, Kind, Pools, Principal, Snapshot};
+use tokio::sync::{broadcast, Mutex};
+
+use crate::store::{Store, Write};
+use crate::token::{self, AuthError, NewToken, TokenRow};
+use crate::{now_rfc3339, StoreError};
+
+/// How many Changes a slow in-process subscriber may lag before it must resync.
+const BROADCAST_CAPACITY: usize = 16_384;
+
+pub struct Db {
+    store: Arc<dyn Store>,
+    snapshot: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    changes: broadcast::Sender<Arc<Change>>,
+    pools: Pools,
+    db_id: String,
+}
+
+impl Db {
+    /// Loads the whole state from the store and builds the Snapshot.
+    pub async fn open(store: Arc<dyn Store>, pools: Pools) -> Result<Self, StoreError> {
+        let (snapshot, db_id) = build_snapshot(store.as_ref()).await?;
+        let (changes, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Ok(Self { store, snapshot: ArcSwap::from_pointee(snapshot), writer: Mutex::new(()), changes, pools, db_id })
+    }
+
+    /// The latest committed state. Cheap: an `Arc` clone.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Every Change committed from now on, in seq order.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    pub fn db_id(&self) -> &str {
+        &self.db_id
+    }
+
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Plans writes against the current Snapshot and commits them atomically, as `who`.
+    pub async fn write<F>(&self, who: &Principal, plan: F) -> Result<Vec<Change>, StoreError>
+    where
+        F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
+    {
+        let _writer = self.writer.lock().await;
+        let current = self.snapshot();
+        let writes = plan(&current, &self.pools)?;
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let changes = match self.store.commit(&who.name, writes).await {
+            Ok(c) => c,
+            Err(e @ (StoreError::Db(_) | StoreError::Io(_))) => {
+                // Whether a failed COMMIT took effect is the store's to say: reload from it.
+                self.reload().await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut next = (*current).clone();
+        for c in &changes {
+            if let Err(e) = next.apply(c) {
+                tracing::error!(%e, "a committed change does not apply to the snapshot; reloading");
+                drop(next);
+                self.reload().await;
+                return Ok(changes);
+            }
+        }
+        self.snapshot.store(Arc::new(next));
+        for c in &changes {
+            // No subscriber is not an error.
+            let _ = self.changes.send(Arc::new(c.clone()));
+        }
+        Ok(changes)
+    }
+
+    async fn reload(&self) {
+        match build_snapshot(self.store.as_ref()).await {
+            Ok((s, _)) => self.snapshot.store(Arc::new(s)),
+            Err(e) => tracing::error!(%e, "cannot reload the snapshot from the store"),
+        }
+    }
+
+    /// Creates a token; returns the secret (to show once) and its stored row.
+    pub async fn create_token(&self, new: NewToken) -> Result<(String, TokenRow), StoreError> {
+        let (secret, row) = token::generate(new, &now_rfc3339())?;
+        self.store.insert_token(&row).await?;
+        tracing::info!(token = %row.id, name = %row.name, role = %row.role, "token created");
+        Ok((secret, row))
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        let done = self.store.revoke_token(id, &now_rfc3339()).await?;
+        tracing::info!(token = %id, done, "token revoked");
+        Ok(done)
+    }
+
+    /// Checks a presented bearer token. The outer error is the store's; the inner, the refusal.
+    pub async fn authenticate(&self, presented: &str) -> Result<Result<Principal, AuthError>, StoreError> {
+        let (id, secret) = match token::parse(presented) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(match self.store.token(id).await? {
+            None => Err(AuthError::Unknown),
+            Some(row) => token::verify(&row, secret, time::OffsetDateTime::now_utc()),
+        })
+    }
+}
+
+/// Builds a Snapshot from everything the store holds.
+pub async fn build_snapshot(store: &dyn Store) -> Result<(Snapshot, String), StoreError> {
+    let loaded = store.load().await?;
+    let mut s = Snapshot::default();
+    for (kind, value) in loaded.records {
+        s.load_record(kind, value).map_err(|e| StoreError::Corrupt(format!("a stored {kind} does not decode: {e}")))?;
+    }
+    s.set_seq(loaded.seq);
+    Ok((s, loaded.db_id))
+}
+
+/// The state reached by replaying a complete change log from the start — to check a restore.
+pub async fn replay_log(store: &dyn Store) -> Result<Option<Snapshot>, StoreError> {
+    if store.first_seq().await? > 1 {
+        return Ok(None); // the log was trimmed: there is no full history to compare with
+    }
+    let mut s = Snapshot::default();
+    let mut since = 0;
+    loop {
+        let batch = store.changes_since(since, 10_000).await?;
+        let Some(last) = batch.last() else { break };
+        since = last.seq;
+        for c in &batch {
+            s.apply(c).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+    }
+    Ok(Some(s))
+}
+
+/// Records of one kind as JSON, keyed, for comparing two Snapshots.
+pub fn records_of(s: &Snapshot, kind: Kind) -> Vec<serde_json::Value> {
+    let v = |r: Result<serde_json::Value, serde_json::Error>| r.unwrap_or_default();
+    match kind {
+        Kind::Machine => s.machines().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::Switch => s.switches().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::Setting => s.settings().into_iter().map(|m| v(serde_json::to_value(m))).collect(),
+    }
+}

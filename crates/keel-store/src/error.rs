@@ -1,0 +1,35 @@
+use keel_model::{ValidationError, ValidationErrors};
+
+/// Errors of the storage layer. Database details are kept for logs, never shown to callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    #[error("{0}")]
+    InvalidMany(ValidationErrors),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The record changed since the caller read it (`If-Match` failed).
+    #[error("version mismatch: the record is at version {current}, not {expected}")]
+    VersionMismatch { expected: u64, current: u64 },
+    /// A unique value is already held (the database caught what the Snapshot check missed).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<ValidationErrors> for StoreError {
+    fn from(e: ValidationErrors) -> Self {
+        match <[ValidationError; 1]>::try_from(e.0) {
+            Ok([one]) => Self::Invalid(one),
+            Err(many) => Self::InvalidMany(ValidationErrors(many)),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! keel's storage: the `Store` trait and its SQLite backend, the Change log, tokens, and `Db`,
+//! which keeps the live Snapshot and broadcasts committed Changes.
+//!
+//! Only this crate names sqlx.
+
+mod db;
+mod error;
+mod fault;
+mod ops;
+mod sqlite;
+mod store;
+pub mod token;
+
+pub use db::{build_snapshot, records_of, replay_log, Db};
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+pub use store::{Loaded, Store, Write};
+pub use token::{AuthError, NewToken, TokenRow};
+
+/// The current time as RFC 3339 UTC (what the change log records).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}

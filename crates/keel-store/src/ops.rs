@@ -1,0 +1,159 @@
+//! The mutations keel offers, as `Db` methods: validate against the Snapshot, then one commit.
+
+use keel_model::input::Fields;
+use keel_model::{Change, Machine, MachinePatch, Principal, Record, Setting, Snapshot, Switch, ValidationError, ValidationErrors};
+use serde_json::Value;
+
+use crate::store::Write;
+use crate::{Db, StoreError};
+
+/// `If-Match` semantics: the caller's version must be the record's current one.
+fn check_version(current: u64, expected: u64) -> Result<(), StoreError> {
+    if current == expected {
+        Ok(())
+    } else {
+        Err(StoreError::VersionMismatch { expected, current })
+    }
+}
+
+fn decode<R: Record>(changes: &[Change]) -> Result<R, StoreError> {
+    let after = changes.last().and_then(|c| c.after.clone()).ok_or_else(|| StoreError::Corrupt("no record".into()))?;
+    serde_json::from_value(after).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn find_machine<'s>(s: &'s Snapshot, name: &str) -> Result<&'s Machine, StoreError> {
+    s.machine_by_name(name).ok_or_else(|| StoreError::NotFound(format!("machine {name}")))
+}
+
+impl Db {
+    /// Adds a machine; its address is allocated from its type's pool unless given.
+    pub async fn create_machine(&self, who: &Principal, patch: MachinePatch) -> Result<Machine, StoreError> {
+        let changes = self
+            .write(who, |s, pools| {
+                let m = s.new_machine(patch, 0, pools)?;
+                Ok(vec![Write::put(&m, Some(0), true)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+
+    /// Edits the machine named `name` (hostname or alias), which must be at version `if_version`.
+    pub async fn edit_machine(
+        &self,
+        who: &Principal,
+        name: &str,
+        if_version: u64,
+        patch: MachinePatch,
+    ) -> Result<Machine, StoreError> {
+        let changes = self
+            .write(who, |s, pools| {
+                let old = find_machine(s, name)?;
+                check_version(old.version, if_version)?;
+                let m = s.edit_machine(old, patch, pools)?;
+                Ok(vec![Write::put(&m, Some(if_version), false)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+
+    pub async fn delete_machine(&self, who: &Principal, name: &str, if_version: u64) -> Result<Machine, StoreError> {
+        let mut gone = None;
+        self.write(who, |s, _| {
+            let old = find_machine(s, name)?;
+            check_version(old.version, if_version)?;
+            gone = Some(old.clone());
+            Ok(vec![Write::delete(old, Some(if_version))])
+        })
+        .await?;
+        gone.ok_or_else(|| StoreError::NotFound(format!("machine {name}")))
+    }
+
+    /// Adds many machines at once, all or nothing. Every bad row is reported with its line.
+    pub async fn import_machines(
+        &self,
+        who: &Principal,
+        rows: Vec<(usize, Result<MachinePatch, ValidationError>)>,
+    ) -> Result<Vec<Machine>, StoreError> {
+        let changes = self
+            .write(who, |s, pools| {
+                // Each row is checked against the database and the rows before it.
+                let mut scratch = s.clone();
+                let mut errors = Vec::new();
+                let mut writes = Vec::with_capacity(rows.len());
+                for (i, (line, row)) in rows.into_iter().enumerate() {
+                    let provisional_id = u64::MAX - i as u64;
+                    match row.and_then(|p| scratch.new_machine(p, provisional_id, pools)) {
+                        Ok(m) => {
+                            writes.push(Write::put(&m, Some(0), true)?);
+                            scratch.put_machine(m);
+                        }
+                        Err(e) => errors.push(e.at_line(line)),
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(writes)
+                } else {
+                    Err(ValidationErrors(errors).into())
+                }
+            })
+            .await?;
+        changes.iter().map(|c| decode(std::slice::from_ref(c))).collect()
+    }
+
+    pub async fn create_switch(&self, who: &Principal, fields: Fields) -> Result<Switch, StoreError> {
+        let changes = self
+            .write(who, |s, _| {
+                let sw = Switch::from_fields(fields, None)?;
+                if s.switch(sw.name.as_str()).is_some() {
+                    return Err(ValidationError::new("name", format!("switch {} already exists", sw.name)).into());
+                }
+                s.check_switch(&sw)?;
+                Ok(vec![Write::put(&sw, Some(0), false)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+
+    pub async fn edit_switch(&self, who: &Principal, name: &str, if_version: u64, fields: Fields) -> Result<Switch, StoreError> {
+        let changes = self
+            .write(who, |s, _| {
+                let old = s.switch(name).ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
+                check_version(old.version, if_version)?;
+                let sw = Switch::from_fields(fields, Some(old))?;
+                if sw.name != old.name {
+                    return Err(ValidationError::new("name", "a switch cannot be renamed; delete and re-add it").into());
+                }
+                s.check_switch(&sw)?;
+                Ok(vec![Write::put(&sw, Some(if_version), false)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+
+    pub async fn delete_switch(&self, who: &Principal, name: &str, if_version: u64) -> Result<Switch, StoreError> {
+        let mut gone = None;
+        self.write(who, |s, _| {
+            let old = s.switch(name).ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
+            check_version(old.version, if_version)?;
+            gone = Some(old.clone());
+            Ok(vec![Write::delete(old, Some(if_version))])
+        })
+        .await?;
+        gone.ok_or_else(|| StoreError::NotFound(format!("switch {name}")))
+    }
+
+    /// Sets a known setting; `if_version` (0 for a never-set one) guards against lost updates.
+    pub async fn set_setting(&self, who: &Principal, key: &str, value: Value, if_version: Option<u64>) -> Result<Setting, StoreError> {
+        let changes = self
+            .write(who, |s, _| {
+                let current = s.setting(key)?;
+                if let Some(v) = if_version {
+                    check_version(current.version, v)?;
+                }
+                let new = Setting::new(key, value)?;
+                Ok(vec![Write::put(&new, None, false)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+}

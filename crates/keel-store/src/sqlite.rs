@@ -1,0 +1,336 @@
+//! The SQLite backend: WAL, `synchronous=FULL` on every pooled connection, migrations embedded.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keel_model::{Change, Kind, Op};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use crate::store::{Loaded, Store, Write};
+use crate::{fault, now_rfc3339, StoreError, TokenRow};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, 4).await
+    }
+
+    /// Opens with one connection only: for offline work on a file (restore).
+    pub async fn open_single(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, 1).await
+    }
+
+    async fn open_with(path: &Path, max_connections: u32) -> Result<Self, StoreError> {
+        // Options apply to every connection the pool opens, so no connection runs without them.
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(max_connections).min_connections(1).connect_with(opts).await?;
+        MIGRATOR.run(&pool).await?;
+        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('db_id', ?)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .execute(&pool)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Gives the database a new id (after a restore, so watchers of the old one start over).
+    pub async fn renew_db_id(&self) -> Result<String, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query("UPDATE meta SET value = ? WHERE key = 'db_id'").bind(&id).execute(&self.pool).await?;
+        Ok(id)
+    }
+
+    /// `PRAGMA integrity_check`: "ok" or SQLite's description of the damage.
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        let row = sqlx::query("PRAGMA integrity_check").fetch_one(&self.pool).await?;
+        Ok(row.try_get::<String, _>(0)?)
+    }
+
+    /// Leaves the file self-contained (no -wal beside it), so it can be renamed into place.
+    pub async fn checkpoint_and_detach_wal(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        sqlx::query("PRAGMA journal_mode=DELETE").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        let db_id: String =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'db_id'").fetch_one(&self.pool).await?;
+        let seq: i64 = sqlx::query_scalar("SELECT seq FROM counter WHERE id = 1").fetch_one(&self.pool).await?;
+        let rows = sqlx::query("SELECT kind, data FROM objects").fetch_all(&self.pool).await?;
+        let records = rows
+            .iter()
+            .map(|r| Ok((parse_kind(r.try_get("kind")?)?, parse_json(r.try_get("data")?)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Loaded { db_id, seq: to_u64(seq), records })
+    }
+
+    async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let time = now_rfc3339();
+        let mut changes = Vec::with_capacity(writes.len());
+        for w in writes {
+            changes.push(write_one(&mut tx, principal, &time, w).await?);
+        }
+        fault::in_commit().await;
+        tx.commit().await?;
+        Ok(changes)
+    }
+
+    async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, time, principal, kind, op, key, before, after FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(to_i64(since))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    async fn first_seq(&self) -> Result<u64, StoreError> {
+        let s: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes").fetch_one(&self.pool).await?;
+        Ok(s.map_or(0, to_u64))
+    }
+
+    async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.id)
+        .bind(&t.hash)
+        .bind(&t.name)
+        .bind(t.role.as_str())
+        .bind(serde_json::to_string(&t.facilities).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(&t.host)
+        .bind(&t.created)
+        .bind(&t.expires)
+        .bind(&t.revoked)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created, id").fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE tokens SET revoked = COALESCE(revoked, ?) WHERE id = ?")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn backup(&self, dest: &Path) -> Result<(), StoreError> {
+        let dest = dest.to_str().ok_or_else(|| StoreError::Corrupt("backup path is not UTF-8".into()))?;
+        // VACUUM INTO reads one consistent snapshot of the database, even under concurrent writes.
+        sqlx::query("VACUUM INTO ?").bind(dest).execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Writes one record and its Change inside the open transaction.
+async fn write_one(conn: &mut SqliteConnection, principal: &str, time: &str, w: Write) -> Result<Change, StoreError> {
+    let seq: i64 = sqlx::query_scalar("UPDATE counter SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+        .fetch_one(&mut *conn)
+        .await?;
+    let key = w.key.clone().unwrap_or_else(|| seq.to_string());
+    let current = sqlx::query("SELECT version, data FROM objects WHERE kind = ? AND key = ?")
+        .bind(w.kind.as_str())
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (cur_version, before) = match &current {
+        Some(r) => (to_u64(r.try_get("version")?), Some(parse_json(r.try_get("data")?)?)),
+        None => (0, None),
+    };
+    check_version(&w, &key, cur_version, before.is_some())?;
+    sqlx::query("DELETE FROM uniques WHERE kind = ? AND key = ?")
+        .bind(w.kind.as_str())
+        .bind(&key)
+        .execute(&mut *conn)
+        .await?;
+    let after = match (w.op, w.after) {
+        (Op::Put, Some(mut after)) => {
+            stamp(&mut after, seq, w.key.is_none());
+            put_object(conn, w.kind, &key, seq, &after, &w.uniques).await?;
+            Some(after)
+        }
+        _ => {
+            sqlx::query("DELETE FROM objects WHERE kind = ? AND key = ?")
+                .bind(w.kind.as_str())
+                .bind(&key)
+                .execute(&mut *conn)
+                .await?;
+            None
+        }
+    };
+    let change = Change {
+        seq: to_u64(seq),
+        time: time.to_owned(),
+        principal: principal.to_owned(),
+        kind: w.kind,
+        op: w.op,
+        key,
+        before,
+        after,
+    };
+    insert_change(conn, &change).await?;
+    Ok(change)
+}
+
+fn check_version(w: &Write, key: &str, current: u64, exists: bool) -> Result<(), StoreError> {
+    match w.expected_version {
+        Some(0) if exists => Err(StoreError::Conflict(format!("{} {key} already exists", w.kind))),
+        Some(v) if v != 0 && !exists => Err(StoreError::NotFound(format!("{} {key}", w.kind))),
+        Some(v) if v != 0 && v != current => Err(StoreError::VersionMismatch { expected: v, current }),
+        None if w.op == Op::Delete && !exists => Err(StoreError::NotFound(format!("{} {key}", w.kind))),
+        _ => Ok(()),
+    }
+}
+
+/// Sets the record's `version` (and, for a new record, its `id`) to the change's seq.
+fn stamp(after: &mut Value, seq: i64, assign_id: bool) {
+    if let Value::Object(map) = after {
+        map.insert("version".into(), Value::from(seq));
+        if assign_id {
+            map.insert("id".into(), Value::from(seq));
+        }
+    }
+}
+
+async fn put_object(
+    conn: &mut SqliteConnection,
+    kind: Kind,
+    key: &str,
+    seq: i64,
+    after: &Value,
+    uniques: &[(&'static str, String)],
+) -> Result<(), StoreError> {
+    for (space, value) in uniques {
+        let r = sqlx::query("INSERT INTO uniques (space, value, kind, key) VALUES (?, ?, ?, ?)")
+            .bind(space)
+            .bind(value)
+            .bind(kind.as_str())
+            .bind(key)
+            .execute(&mut *conn)
+            .await;
+        if let Err(sqlx::Error::Database(e)) = &r {
+            if e.is_unique_violation() {
+                return Err(StoreError::Conflict(format!("{space} {value} is already used")));
+            }
+        }
+        r?;
+    }
+    sqlx::query(
+        "INSERT INTO objects (kind, key, version, data) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, data = excluded.data",
+    )
+    .bind(kind.as_str())
+    .bind(key)
+    .bind(seq)
+    .bind(after.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_change(conn: &mut SqliteConnection, c: &Change) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO changes (seq, time, principal, kind, op, key, before, after) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(to_i64(c.seq))
+    .bind(&c.time)
+    .bind(&c.principal)
+    .bind(c.kind.as_str())
+    .bind(c.op.as_str())
+    .bind(&c.key)
+    .bind(c.before.as_ref().map(Value::to_string))
+    .bind(c.after.as_ref().map(Value::to_string))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn change_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Change, StoreError> {
+    let op = match r.try_get::<&str, _>("op")? {
+        "put" => Op::Put,
+        "delete" => Op::Delete,
+        other => return Err(StoreError::Corrupt(format!("unknown op {other:?}"))),
+    };
+    let json = |col: &str| -> Result<Option<Value>, StoreError> {
+        r.try_get::<Option<&str>, _>(col)?.map(parse_json).transpose()
+    };
+    Ok(Change {
+        seq: to_u64(r.try_get("seq")?),
+        time: r.try_get("time")?,
+        principal: r.try_get("principal")?,
+        kind: parse_kind(r.try_get("kind")?)?,
+        op,
+        key: r.try_get("key")?,
+        before: json("before")?,
+        after: json("after")?,
+    })
+}
+
+fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        hash: r.try_get("hash")?,
+        name: r.try_get("name")?,
+        role: keel_model::Role::from_str(r.try_get("role")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        facilities: serde_json::from_str(r.try_get("facilities")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        host: r.try_get("host")?,
+        created: r.try_get("created")?,
+        expires: r.try_get("expires")?,
+        revoked: r.try_get("revoked")?,
+    })
+}
+
+fn parse_kind(s: &str) -> Result<Kind, StoreError> {
+    Kind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {s:?}")))
+}
+
+fn parse_json(s: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("stored JSON does not parse: {e}")))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

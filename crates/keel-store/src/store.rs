@@ -1,0 +1,69 @@
+//! The `Store` trait: what a storage backend must do. Callers use `Db` (db.rs), never SQL.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use keel_model::{Change, Kind, Op, Record};
+use serde_json::Value;
+
+use crate::{StoreError, TokenRow};
+
+/// One record write inside a commit.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub kind: Kind,
+    /// `None` for a new record whose key (and `id`) is the seq of its creating change.
+    pub key: Option<String>,
+    pub op: Op,
+    /// `Some(0)`: the record must not exist yet; `Some(v)`: it must be at version `v`.
+    pub expected_version: Option<u64>,
+    pub after: Option<Value>,
+    pub uniques: Vec<(&'static str, String)>,
+}
+
+impl Write {
+    /// Writes `r`; a record with `id` 0 gets its id and key from the seq of this change.
+    pub fn put<R: Record>(r: &R, expected_version: Option<u64>, assign_key: bool) -> Result<Self, StoreError> {
+        let after = serde_json::to_value(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Self {
+            kind: R::KIND,
+            key: if assign_key { None } else { Some(r.key()) },
+            op: Op::Put,
+            expected_version,
+            after: Some(after),
+            uniques: r.unique_values(),
+        })
+    }
+
+    pub fn delete<R: Record>(r: &R, expected_version: Option<u64>) -> Self {
+        Self { kind: R::KIND, key: Some(r.key()), op: Op::Delete, expected_version, after: None, uniques: Vec::new() }
+    }
+}
+
+/// Everything a backend holds, to build the Snapshot from at start.
+#[derive(Debug)]
+pub struct Loaded {
+    pub db_id: String,
+    pub seq: u64,
+    pub records: Vec<(Kind, Value)>,
+}
+
+/// A storage backend. Every commit is one transaction that takes its seqs from the counter row
+/// and writes the records, their unique values and their Changes together — or nothing.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn load(&self) -> Result<Loaded, StoreError>;
+    /// Commits `writes` atomically; returns their Changes in seq order.
+    async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError>;
+    /// Changes with seq > `since`, at most `limit`, in seq order.
+    async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError>;
+    /// The seq of the oldest change still in the log (0 when the log is empty).
+    async fn first_seq(&self) -> Result<u64, StoreError>;
+    async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError>;
+    async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError>;
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
+    /// Marks a token revoked; false if it does not exist.
+    async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError>;
+    /// Writes a consistent copy of the whole database to `dest` while serving.
+    async fn backup(&self, dest: &Path) -> Result<(), StoreError>;
+}

@@ -1,0 +1,139 @@
+//! `keel machine …`
+
+
+use clap::Subcommand;
+use keel_client::Client;
+use keel_model::Machine;
+use reqwest::Method;
+use serde_json::{Map, Value};
+
+use super::seg;
+use crate::output::{print_json, table};
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCmd {
+    /// List machines, optionally filtered (FIELD=VALUE, Django-style: hostname__startswith=r00).
+    #[command(alias = "ls")]
+    List { filters: Vec<String> },
+    /// Show one machine (by hostname or alias).
+    Show { name: String },
+    /// Add a machine; its IP comes from its type's pool unless --ip is given.
+    Add(MachineFields),
+    /// Edit a machine; only the given fields change (safe against concurrent edits).
+    Edit {
+        name: String,
+        #[command(flatten)]
+        fields: MachineFields,
+    },
+    /// Remove a machine.
+    #[command(alias = "delete")]
+    Rm { name: String },
+    /// Import machines from a CSV (with a header row) or JSON file: all or nothing.
+    Import(super::import::ImportArgs),
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct MachineFields {
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// aa:bb:cc:dd:ee:ff, AA-BB-CC-DD-EE-FF or aabb.ccdd.eeff.
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// user, orga, cluster or service.
+    #[arg(long)]
+    pub mtype: Option<String>,
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Comma-separated aliases (replaces the list).
+    #[arg(long)]
+    pub aliases: Option<String>,
+    #[arg(long)]
+    pub room: Option<String>,
+    #[arg(long)]
+    pub rfs: Option<u32>,
+    #[arg(long)]
+    pub hfs: Option<u32>,
+    /// Mark faulty (true) or repaired (false).
+    #[arg(long)]
+    pub faulty: Option<bool>,
+    /// Why it is faulty.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+impl MachineFields {
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.to_owned(), v);
+            }
+        };
+        put("hostname", self.hostname.clone().map(Value::from));
+        put("mac", self.mac.clone().map(Value::from));
+        put("mtype", self.mtype.clone().map(Value::from));
+        put("ip", self.ip.clone().map(Value::from));
+        put("aliases", self.aliases.as_deref().map(|a| Value::from(keel_model::input::split_list(a))));
+        put("room", self.room.clone().map(Value::from));
+        put("rfs", self.rfs.map(Value::from));
+        put("hfs", self.hfs.map(Value::from));
+        put("is_faulty", self.faulty.map(Value::from));
+        put("faulty_reason", self.reason.clone().map(Value::from));
+        Value::Object(m)
+    }
+}
+
+pub async fn run(c: &Client, cmd: &MachineCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        MachineCmd::List { filters } => {
+            let query = filters.iter().map(|f| f.as_str()).collect::<Vec<_>>().join("&");
+            let list: Vec<Machine> = c.get(&format!("/api/v1/machines?{query}")).await?;
+            print_machines(&list, json)
+        }
+        MachineCmd::Show { name } => {
+            let m: Machine = c.get(&format!("/api/v1/machines/{}", seg(name))).await?;
+            print_machines(&[m], json)
+        }
+        MachineCmd::Add(f) => {
+            let m: Machine = c.call(Method::POST, "/api/v1/machines", Some(&f.to_json()), None).await?.value;
+            print_machines(&[m], json)
+        }
+        MachineCmd::Edit { name, fields } => {
+            let m: Machine = c.edit(Method::PATCH, &format!("/api/v1/machines/{}", seg(name)), Some(&fields.to_json())).await?;
+            print_machines(&[m], json)
+        }
+        MachineCmd::Rm { name } => {
+            let _: Value = c.edit(Method::DELETE, &format!("/api/v1/machines/{}", seg(name)), None).await?;
+            if !json {
+                println!("removed machine {name}");
+            }
+            Ok(())
+        }
+        MachineCmd::Import(args) => super::import::run(c, args, json).await,
+    }
+}
+
+pub fn print_machines(list: &[Machine], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&list);
+    }
+    let rows = list
+        .iter()
+        .map(|m| {
+            vec![
+                m.hostname.to_string(),
+                m.ip.to_string(),
+                m.mac.to_string(),
+                m.mtype.to_string(),
+                m.room.clone(),
+                m.rfs.to_string(),
+                m.hfs.to_string(),
+                m.aliases.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+                if m.is_faulty { format!("yes: {}", m.faulty_reason) } else { String::new() },
+            ]
+        })
+        .collect();
+    println!("{}", table(&["hostname", "ip", "mac", "type", "room", "rfs", "hfs", "aliases", "faulty"], rows));
+    Ok(())
+}
+

@@ -1,0 +1,50 @@
+//! `keel serve` configuration: defaults < config file < `KEEL_*` environment < flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use keel_model::Pools;
+use serde::Deserialize;
+
+/// The production config file, read when it exists and no `--config` is given.
+pub const SYSTEM_CONFIG: &str = "/etc/keel/keel.toml";
+
+/// The config file's shape. Every field is optional; unknown fields are errors naming the field.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub open_reads: Option<bool>,
+    pub pools: Option<Pools>,
+}
+
+impl FileConfig {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The file named by `--config`/`KEEL_CONFIG`, else the system file if present, else defaults.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
+        match explicit {
+            Some(p) => Self::read(p),
+            None if Path::new(SYSTEM_CONFIG).exists() => Self::read(Path::new(SYSTEM_CONFIG)),
+            None => Ok(Self::default()),
+        }
+    }
+}
+
+/// The validated configuration `keel serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub open_reads: bool,
+    pub pools: Pools,
+    pub example_site: bool,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "keel-data";

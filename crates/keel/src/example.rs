@@ -1,0 +1,47 @@
+//! `--example-site`: a small site loaded through the normal write path (validated, logged as Changes).
+
+use keel_model::input::{Fields, Strictness};
+use keel_model::{MachinePatch, Principal};
+use keel_store::Db;
+use serde_json::{json, Value};
+
+fn machines() -> Vec<Value> {
+    let mut list = vec![json!({
+        "hostname": "gw", "mac": "52:54:00:00:01:fe", "ip": "192.168.1.254", "mtype": "service", "room": "other",
+        "aliases": ["mdb", "udb", "mdbsync", "netboot", "sso", "map", "presencesync", "rfs1", "hfs1"],
+        "rfs": 1, "hfs": 1
+    })];
+    for (i, room) in [(1, "pasteur"), (2, "pasteur"), (3, "pasteur"), (4, "alt")] {
+        list.push(json!({
+            "hostname": format!("r00p0{i}"), "mac": format!("52:54:00:00:00:0{i}"), "mtype": "user",
+            "room": room, "rfs": 1, "hfs": 1
+        }));
+    }
+    list.push(json!({"hostname": "orga01", "mac": "52:54:00:00:02:01", "mtype": "orga", "room": "other", "rfs": 1, "hfs": 1}));
+    list
+}
+
+fn switches() -> Vec<Value> {
+    vec![
+        json!({"name": "sw-pasteur", "chassis": "00:1b:21:00:00:01", "room": "pasteur", "rfs": 1, "hfs": 1}),
+        json!({"name": "sw-alt", "chassis": "00:1b:21:00:00:02", "room": "alt", "rfs": 1, "hfs": 1}),
+    ]
+}
+
+/// Loads the example site into an empty database; leaves a non-empty one alone.
+pub async fn load(db: &Db) -> anyhow::Result<()> {
+    if db.snapshot().seq() != 0 {
+        println!("keel: --example-site: the database is not empty, nothing loaded");
+        return Ok(());
+    }
+    let who = Principal::system();
+    for m in machines() {
+        let patch = MachinePatch::from_fields(Fields::new(m, Strictness::Strict)?)?;
+        db.create_machine(&who, patch).await?;
+    }
+    for s in switches() {
+        db.create_switch(&who, Fields::new(s, Strictness::Strict)?).await?;
+    }
+    println!("keel: loaded the example site ({} machines)", db.snapshot().machine_count());
+    Ok(())
+}

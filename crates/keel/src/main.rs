@@ -1,0 +1,172 @@
+//! `keel`: the server and its admin CLI in one binary.
+// A binary exports nothing: `pub` here only means "visible to the other modules".
+#![allow(unreachable_pub)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+mod bench;
+mod cmd;
+mod config;
+mod example;
+mod output;
+mod serve;
+
+use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+
+/// keel: one source of truth for a site's machines, users and sessions, pushed live to everything
+/// that depends on it.
+///
+/// Run `keel serve --example-site` to start a server with a small example site, then use the other
+/// commands (they talk to the server over HTTP, as any client does).
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, propagate_version = true, arg_required_else_help = true)]
+struct Cli {
+    /// keel's URL, for client commands.
+    #[arg(long, global = true, env = "KEEL_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token for client commands (default: the admin token in the data directory).
+    #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// keel's data directory (database, lock, first admin token).
+    #[arg(long, global = true, env = "KEEL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of tables (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the keel server.
+    Serve(ServeArgs),
+    /// Machines: list, show, add, edit, remove, import.
+    #[command(subcommand, alias = "machines")]
+    Machine(cmd::machine::MachineCmd),
+    /// Switches: list, show, add, edit, remove.
+    #[command(subcommand, alias = "switches")]
+    Switch(cmd::switch::SwitchCmd),
+    /// Site-wide settings (contest_mode, allow_self_registration).
+    #[command(subcommand, alias = "settings")]
+    Setting(cmd::setting::SettingCmd),
+    /// Show the change log: who changed what, when.
+    Log(cmd::log::LogArgs),
+    /// API tokens: create, list, revoke.
+    #[command(subcommand, alias = "tokens")]
+    Token(cmd::token::TokenCmd),
+    /// Write a consistent copy of the live database to FILE (the server keeps serving).
+    Backup(cmd::backup::BackupArgs),
+    /// Replace the database with a backup (the server must be stopped).
+    Restore(cmd::backup::RestoreArgs),
+    /// Measure keel on this machine (starts its own server on loopback; bounded in time).
+    Bench(bench::BenchArgs),
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Config file (TOML). Default: /etc/keel/keel.toml if it exists.
+    #[arg(long, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on for HTTP (port 0 picks a free port, written to DATA_DIR/listen.addr).
+    #[arg(long, env = "KEEL_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Load a small example site into an empty database.
+    #[arg(long)]
+    example_site: bool,
+    /// Serve REST reads without a token (the RPC query is always open).
+    #[arg(long, env = "KEEL_OPEN_READS")]
+    open_reads: bool,
+}
+
+impl Cli {
+    fn data_dir(&self, file: Option<&FileConfig>) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| file.and_then(|f| f.data_dir.clone()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    fn serve_config(&self, args: &ServeArgs) -> anyhow::Result<ServeConfig> {
+        let file = FileConfig::load(args.config.as_deref())?;
+        Ok(ServeConfig {
+            listen: args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
+            data_dir: self.data_dir(Some(&file)),
+            open_reads: args.open_reads || file.open_reads.unwrap_or(false),
+            pools: file.pools.unwrap_or_default(),
+            example_site: args.example_site,
+        })
+    }
+
+    /// The API client for admin commands: token from the flag/env, else the data directory's file.
+    fn client(&self) -> anyhow::Result<keel_client::Client> {
+        let token = match &self.token {
+            Some(t) => Some(t.clone()),
+            None => std::fs::read_to_string(self.data_dir(None).join(serve::TOKEN_FILE)).ok().map(|t| t.trim().to_owned()),
+        };
+        Ok(keel_client::Client::new(&self.url, token)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
+    match &cli.command {
+        Command::Serve(args) => serve::run(cli.serve_config(args)?).await,
+        Command::Machine(c) => cmd::machine::run(&cli.client()?, c, json).await,
+        Command::Switch(c) => cmd::switch::run(&cli.client()?, c, json).await,
+        Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
+        Command::Log(a) => cmd::log::run(&cli.client()?, a, json).await,
+        Command::Token(c) => cmd::token::run(&cli.client()?, c, json).await,
+        Command::Backup(a) => cmd::backup::backup(&cli.client()?, a, json).await,
+        Command::Restore(a) => cmd::backup::restore(&cli.data_dir(None), a, json).await,
+        Command::Bench(a) => bench::run(a, json).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Logs go to stderr; the server logs at info, client commands only at warn (RUST_LOG overrides).
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
