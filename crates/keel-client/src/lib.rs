@@ -14,7 +14,11 @@ pub enum ClientError {
     Unreachable { url: String, source: reqwest::Error },
     /// The server answered with an error; `errors` lists every invalid field (with lines for imports).
     #[error("{message}")]
-    Api { status: u16, message: String, errors: Vec<ValidationError> },
+    Api {
+        status: u16,
+        message: String,
+        errors: Vec<ValidationError>,
+    },
     #[error("unexpected answer from keel: {0}")]
     Decode(String),
 }
@@ -49,8 +53,15 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
             .build()
-            .map_err(|e| ClientError::Unreachable { url: base.to_owned(), source: e })?;
-        Ok(Self { http, base: base.trim_end_matches('/').to_owned(), token })
+            .map_err(|e| ClientError::Unreachable {
+                url: base.to_owned(),
+                source: e,
+            })?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+        })
     }
 
     pub fn base(&self) -> &str {
@@ -76,7 +87,10 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), source: e })?;
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            source: e,
+        })?;
         if resp.status().is_success() {
             Ok(resp)
         } else {
@@ -117,16 +131,25 @@ impl Client {
         let reply: keel_model::wire::RpcReply = self.call(Method::POST, path, Some(&body), None).await?.value;
         match reply {
             keel_model::wire::RpcReply::Result { data } => Ok(data),
-            keel_model::wire::RpcReply::Exception { exn_message, .. } => {
-                Err(ClientError::Api { status: 200, message: exn_message, errors: Vec::new() })
-            }
+            keel_model::wire::RpcReply::Exception { exn_message, .. } => Err(ClientError::Api {
+                status: 200,
+                message: exn_message,
+                errors: Vec::new(),
+            }),
         }
     }
 
     /// Edits a record safely: reads its version, then sends the change guarded by `If-Match`.
-    pub async fn edit<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&Value>) -> Result<T, ClientError> {
+    pub async fn edit<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ClientError> {
         let current: Versioned<Value> = self.call(Method::GET, path, None, None).await?;
-        let version = current.version.ok_or_else(|| ClientError::Decode("no ETag on the record".into()))?;
+        let version = current
+            .version
+            .ok_or_else(|| ClientError::Decode("no ETag on the record".into()))?;
         Ok(self.call(method, path, body, Some(version)).await?.value)
     }
 }
@@ -143,5 +166,9 @@ async fn api_error(resp: reqwest::Response) -> ClientError {
         .get("errors")
         .and_then(|e| serde_json::from_value(e.clone()).ok())
         .unwrap_or_default();
-    ClientError::Api { status: status.as_u16(), message, errors }
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+        errors,
+    }
 }

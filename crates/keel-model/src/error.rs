@@ -11,7 +11,11 @@ pub struct ValidationError {
 
 impl ValidationError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into(), line: None }
+        Self {
+            field: field.into(),
+            message: message.into(),
+            line: None,
+        }
     }
 
     /// The same error, attributed to a line of an import file.

@@ -25,7 +25,10 @@ impl Fields {
     pub fn new(value: Value, mode: Strictness) -> Result<Self, ValidationError> {
         match value {
             Value::Object(map) => Ok(Self { map, mode }),
-            other => Err(ValidationError::new("body", format!("must be a JSON object, got {}", type_name(&other)))),
+            other => Err(ValidationError::new(
+                "body",
+                format!("must be a JSON object, got {}", type_name(&other)),
+            )),
         }
     }
 
@@ -112,7 +115,11 @@ impl Fields {
 
 /// Splits a comma-separated list, trimming spaces and dropping empty items.
 pub fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn wrong_type(name: &str, want: &str, got: &Value) -> ValidationError {

@@ -41,10 +41,12 @@ impl fmt::Display for MachineType {
 impl FromStr for MachineType {
     type Err = ValidationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| ValidationError::new("mtype", format!("must be one of user, orga, cluster, service (got {s:?})")))
+        Self::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
+            ValidationError::new(
+                "mtype",
+                format!("must be one of user, orga, cluster, service (got {s:?})"),
+            )
+        })
     }
 }
 
@@ -91,10 +93,17 @@ impl MachinePatch {
     /// Reads and validates each given field; every error names its field.
     pub fn from_fields(mut f: Fields) -> Result<Self, ValidationError> {
         let patch = Self {
-            hostname: f.opt_str("hostname")?.map(|s| Hostname::parse("hostname", &s)).transpose()?,
+            hostname: f
+                .opt_str("hostname")?
+                .map(|s| Hostname::parse("hostname", &s))
+                .transpose()?,
             aliases: f
                 .opt_str_list("aliases")?
-                .map(|list| list.iter().map(|a| Hostname::parse("aliases", a)).collect::<Result<Vec<_>, _>>())
+                .map(|list| {
+                    list.iter()
+                        .map(|a| Hostname::parse("aliases", a))
+                        .collect::<Result<Vec<_>, _>>()
+                })
                 .transpose()?,
             ip: f.opt_str("ip")?.map(|s| parse_ip(&s)).transpose()?,
             mac: f.opt_str("mac")?.map(|s| Mac::parse("mac", &s)).transpose()?,
@@ -103,7 +112,10 @@ impl MachinePatch {
             rfs: f.opt_u32("rfs")?,
             hfs: f.opt_u32("hfs")?,
             is_faulty: f.opt_bool("is_faulty")?,
-            faulty_reason: f.opt_str("faulty_reason")?.map(|s| check_text("faulty_reason", &s, 256)).transpose()?,
+            faulty_reason: f
+                .opt_str("faulty_reason")?
+                .map(|s| check_text("faulty_reason", &s, 256))
+                .transpose()?,
         };
         f.finish()?;
         Ok(patch)
@@ -161,7 +173,9 @@ impl MachinePatch {
 }
 
 fn parse_ip(s: &str) -> Result<Ipv4Addr, ValidationError> {
-    s.trim().parse().map_err(|_| ValidationError::new("ip", format!("is not an IPv4 address (got {s:?})")))
+    s.trim()
+        .parse()
+        .map_err(|_| ValidationError::new("ip", format!("is not an IPv4 address (got {s:?})")))
 }
 
 /// A machine's own names must not repeat (uniqueness against others is the Snapshot's job).

@@ -25,7 +25,10 @@ impl Hostname {
             if label.is_empty() || label.len() > 63 {
                 return err("each dot-separated label must have 1 to 63 characters");
             }
-            if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
                 return err("may contain only lower-case letters a-z, digits and '-'");
             }
             if label.starts_with('-') || label.ends_with('-') {

@@ -18,7 +18,10 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(network: Ipv4Net) -> Self {
-        Self { network: network.trunc(), reserved: Vec::new() }
+        Self {
+            network: network.trunc(),
+            reserved: Vec::new(),
+        }
     }
 
     /// True if `ip` may be given to a machine of this pool.
@@ -106,7 +109,10 @@ impl Pools {
     ) -> Result<Ipv4Addr, ValidationError> {
         let pool = self.of(mtype);
         pool.lowest_free(used_in_order).ok_or_else(|| {
-            ValidationError::new("ip", format!("the {mtype} pool {} is full: no free address left", pool.network))
+            ValidationError::new(
+                "ip",
+                format!("the {mtype} pool {} is full: no free address left", pool.network),
+            )
         })
     }
 }
@@ -120,7 +126,10 @@ mod tests {
     use super::*;
 
     fn pool(net: &str, reserved: &[&str]) -> Pool {
-        Pool { network: net.parse().unwrap(), reserved: reserved.iter().map(|r| r.parse().unwrap()).collect() }
+        Pool {
+            network: net.parse().unwrap(),
+            reserved: reserved.iter().map(|r| r.parse().unwrap()).collect(),
+        }
     }
 
     #[test]

@@ -44,7 +44,10 @@ impl FromStr for Role {
     type Err = ValidationError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
-            ValidationError::new("role", format!("must be one of admin, manager, readonly, agent (got {s:?})"))
+            ValidationError::new(
+                "role",
+                format!("must be one of admin, manager, readonly, agent (got {s:?})"),
+            )
         })
     }
 }
@@ -65,12 +68,22 @@ pub struct Principal {
 impl Principal {
     /// The principal keel itself acts as (example site, first start).
     pub fn system() -> Self {
-        Self { name: "keel".to_owned(), role: Role::Admin, facilities: Vec::new(), host: None }
+        Self {
+            name: "keel".to_owned(),
+            role: Role::Admin,
+            facilities: Vec::new(),
+            host: None,
+        }
     }
 
     /// An unauthenticated caller allowed by policy (e.g. self-registration); recorded as `anonymous`.
     pub fn anonymous() -> Self {
-        Self { name: "anonymous".to_owned(), role: Role::Readonly, facilities: Vec::new(), host: None }
+        Self {
+            name: "anonymous".to_owned(),
+            role: Role::Readonly,
+            facilities: Vec::new(),
+            host: None,
+        }
     }
 
     pub fn is_admin(&self) -> bool {

@@ -46,7 +46,10 @@ impl Filter {
             ),
         };
         if !R::FIELDS.contains(&field) {
-            return Err(ValidationError::new(name, format!("unknown field; known: {}", R::FIELDS.join(", "))));
+            return Err(ValidationError::new(
+                name,
+                format!("unknown field; known: {}", R::FIELDS.join(", ")),
+            ));
         }
         let values = match (lookup, value) {
             (Lookup::In, Value::Array(items)) => items.iter().map(|v| scalar(name, v)).collect::<Result<_, _>>()?,
@@ -61,11 +64,17 @@ impl Filter {
                 .collect(),
             _ => values,
         };
-        Ok(Self { field: field.to_owned(), lookup, values })
+        Ok(Self {
+            field: field.to_owned(),
+            lookup,
+            values,
+        })
     }
 
     pub fn matches<R: Queryable>(&self, r: &R) -> bool {
-        let Some(got) = r.field(&self.field) else { return false };
+        let Some(got) = r.field(&self.field) else {
+            return false;
+        };
         let got = got.as_ref();
         let want = || self.values.first().map(String::as_str).unwrap_or("");
         match self.lookup {
@@ -149,7 +158,10 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        assert_eq!(Filter::parse::<Machine>("nope__in", &json!([])).unwrap_err().field, "nope__in");
+        assert_eq!(
+            Filter::parse::<Machine>("nope__in", &json!([])).unwrap_err().field,
+            "nope__in"
+        );
         assert!(Filter::parse::<Machine>("hostname__regex", &json!("x")).is_err());
     }
 }

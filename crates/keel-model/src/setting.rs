@@ -45,7 +45,11 @@ impl Setting {
 
     /// The default value of a known key.
     pub fn default_for(spec: &SettingSpec) -> Self {
-        Self { key: spec.key.to_owned(), value: Value::Bool(spec.default), version: 0 }
+        Self {
+            key: spec.key.to_owned(),
+            value: Value::Bool(spec.default),
+            version: 0,
+        }
     }
 
     /// Validates a new value for `key`.
@@ -55,9 +59,18 @@ impl Setting {
             Value::Bool(b) => Value::Bool(b),
             Value::String(s) if matches!(s.as_str(), "true" | "on" | "1") => Value::Bool(true),
             Value::String(s) if matches!(s.as_str(), "false" | "off" | "0") => Value::Bool(false),
-            other => return Err(ValidationError::new("value", format!("{} must be true or false, got {other}", spec.key))),
+            other => {
+                return Err(ValidationError::new(
+                    "value",
+                    format!("{} must be true or false, got {other}", spec.key),
+                ))
+            }
         };
-        Ok(Self { key: spec.key.to_owned(), value, version: 0 })
+        Ok(Self {
+            key: spec.key.to_owned(),
+            value,
+            version: 0,
+        })
     }
 
     pub fn as_bool(&self) -> bool {

@@ -8,13 +8,19 @@ use std::net::Ipv4Addr;
 
 use imbl::{HashMap, OrdMap};
 
-use crate::{Change, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting, Switch, ValidationError, SETTINGS};
+use crate::{
+    Change, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting, Switch, ValidationError, SETTINGS,
+};
 
 /// Why a Change could not be applied (a corrupt log entry: never expected).
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("change {seq}: {kind} record does not decode: {source}")]
-    Decode { seq: u64, kind: Kind, source: serde_json::Error },
+    Decode {
+        seq: u64,
+        kind: Kind,
+        source: serde_json::Error,
+    },
     #[error("change {seq} is not after the snapshot's seq {at}")]
     OutOfOrder { seq: u64, at: u64 },
 }
@@ -44,9 +50,16 @@ impl Snapshot {
     /// Applies a committed change (in seq order).
     pub fn apply(&mut self, c: &Change) -> Result<(), ApplyError> {
         if c.seq <= self.seq && self.seq != 0 {
-            return Err(ApplyError::OutOfOrder { seq: c.seq, at: self.seq });
+            return Err(ApplyError::OutOfOrder {
+                seq: c.seq,
+                at: self.seq,
+            });
         }
-        let decode = |e| ApplyError::Decode { seq: c.seq, kind: c.kind, source: e };
+        let decode = |e| ApplyError::Decode {
+            seq: c.seq,
+            kind: c.kind,
+            source: e,
+        };
         match (c.op, &c.after) {
             (Op::Put, Some(v)) => self.load_record(c.kind, v.clone()).map_err(decode)?,
             _ => self.remove_record(c.kind, &c.key),
@@ -151,13 +164,22 @@ impl Snapshot {
     pub fn settings(&self) -> Vec<Setting> {
         SETTINGS
             .iter()
-            .map(|spec| self.settings.get(spec.key).cloned().unwrap_or_else(|| Setting::default_for(spec)))
+            .map(|spec| {
+                self.settings
+                    .get(spec.key)
+                    .cloned()
+                    .unwrap_or_else(|| Setting::default_for(spec))
+            })
             .collect()
     }
 
     pub fn setting(&self, key: &str) -> Result<Setting, ValidationError> {
         let spec = Setting::spec(key)?;
-        Ok(self.settings.get(key).cloned().unwrap_or_else(|| Setting::default_for(spec)))
+        Ok(self
+            .settings
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| Setting::default_for(spec)))
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -167,7 +189,9 @@ impl Snapshot {
     /// Decides a new machine from a patch: allocates its address if none is given, checks its pool
     /// and that none of its names, MAC or IP is taken.
     pub fn new_machine(&self, patch: MachinePatch, id: u64, pools: &Pools) -> Result<Machine, ValidationError> {
-        let mtype = patch.mtype.ok_or_else(|| ValidationError::new("mtype", "is required"))?;
+        let mtype = patch
+            .mtype
+            .ok_or_else(|| ValidationError::new("mtype", "is required"))?;
         let ip = match patch.ip {
             Some(ip) => ip,
             None => pools.allocate(mtype, self.used_ips_in(pools.of(mtype).network))?,
@@ -199,8 +223,14 @@ impl Snapshot {
     pub fn check_machine(&self, m: &Machine, pools: &Pools) -> Result<(), ValidationError> {
         pools.check(m.mtype, m.ip)?;
         let taken = |field: &str, what: String, other: u64| {
-            let by = self.machines.get(&other).map_or_else(|| other.to_string(), |o| o.hostname.to_string());
-            Err(ValidationError::new(field, format!("{what} is already used by machine {by}")))
+            let by = self
+                .machines
+                .get(&other)
+                .map_or_else(|| other.to_string(), |o| o.hostname.to_string());
+            Err(ValidationError::new(
+                field,
+                format!("{what} is already used by machine {by}"),
+            ))
         };
         for (i, name) in m.names().enumerate() {
             if let Some(&other) = self.by_name.get(name).filter(|&&o| o != m.id) {
@@ -221,8 +251,15 @@ impl Snapshot {
         if s.chassis.is_empty() {
             return Ok(());
         }
-        match self.switches.values().find(|o| o.chassis == s.chassis && o.name != s.name) {
-            Some(o) => Err(ValidationError::new("chassis", format!("{} is already used by switch {}", s.chassis, o.name))),
+        match self
+            .switches
+            .values()
+            .find(|o| o.chassis == s.chassis && o.name != s.name)
+        {
+            Some(o) => Err(ValidationError::new(
+                "chassis",
+                format!("{} is already used by switch {}", s.chassis, o.name),
+            )),
             None => Ok(()),
         }
     }

@@ -77,12 +77,29 @@ pub trait Queryable {
 }
 
 impl Queryable for Machine {
-    const FIELDS: &'static [&'static str] =
-        &["hostname", "aliases", "ip", "mac", "rfs", "hfs", "mtype", "room", "is_faulty", "faulty_reason", "id"];
+    const FIELDS: &'static [&'static str] = &[
+        "hostname",
+        "aliases",
+        "ip",
+        "mac",
+        "rfs",
+        "hfs",
+        "mtype",
+        "room",
+        "is_faulty",
+        "faulty_reason",
+        "id",
+    ];
     fn field(&self, name: &str) -> Option<Cow<'_, str>> {
         Some(match name {
             "hostname" => Cow::Borrowed(self.hostname.as_str()),
-            "aliases" => Cow::Owned(self.aliases.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
+            "aliases" => Cow::Owned(
+                self.aliases
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             "ip" => Cow::Owned(self.ip.to_string()),
             "mac" => Cow::Owned(self.mac.to_string()),
             "rfs" => Cow::Owned(self.rfs.to_string()),

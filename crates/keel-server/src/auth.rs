@@ -16,8 +16,12 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let Some(value) = parts.headers.get(AUTHORIZATION) else { return Ok(Self(None)) };
-        let value = value.to_str().map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+        let Some(value) = parts.headers.get(AUTHORIZATION) else {
+            return Ok(Self(None));
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
@@ -36,7 +40,9 @@ impl FromRequestParts<AppState> for Caller {
 impl Caller {
     /// Any authenticated principal.
     pub fn authenticated(&self) -> Result<&Principal, ApiError> {
-        self.0.as_ref().ok_or(ApiError::Unauthorized("this endpoint needs a token"))
+        self.0
+            .as_ref()
+            .ok_or(ApiError::Unauthorized("this endpoint needs a token"))
     }
 
     /// An admin: the only role that changes the machine database.
@@ -45,7 +51,10 @@ impl Caller {
         if p.role == Role::Admin {
             Ok(p)
         } else {
-            Err(ApiError::Forbidden(format!("{} ({}) may not change this; an admin token is needed", p.name, p.role)))
+            Err(ApiError::Forbidden(format!(
+                "{} ({}) may not change this; an admin token is needed",
+                p.name, p.role
+            )))
         }
     }
 

@@ -16,7 +16,7 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("forbidden: {0}")]
     Forbidden(String),
-    #[error("{0} not found")]
+    #[error("not found: {0}")]
     NotFound(String),
     #[error("conflict: {0}")]
     Conflict(String),
@@ -65,7 +65,10 @@ impl ApiError {
             Self::Conflict(_) | Self::PreconditionFailed { .. } | Self::PreconditionRequired => "ValueError",
             Self::Internal(_) => "RuntimeError",
         };
-        let reply = RpcReply::Exception { exn_type: exn_type.into(), exn_message: self.to_string() };
+        let reply = RpcReply::Exception {
+            exn_type: exn_type.into(),
+            exn_message: self.to_string(),
+        };
         (self.status(), Json(reply)).into_response()
     }
 }
@@ -81,7 +84,8 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -44,7 +44,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(db: Arc<Db>, config: ServerConfig) -> Self {
-        Self { db, metrics: Arc::new(Metrics::default()), config: Arc::new(config) }
+        Self {
+            db,
+            metrics: Arc::new(Metrics::default()),
+            config: Arc::new(config),
+        }
     }
 }
 
@@ -58,10 +62,18 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/machines/{name}",
-            get(rest::get_machine).patch(rest::patch_machine).put(rest::put_machine).delete(rest::delete_machine),
+            get(rest::get_machine)
+                .patch(rest::patch_machine)
+                .put(rest::put_machine)
+                .delete(rest::delete_machine),
         )
         .route("/switches", get(rest::list_switches).post(rest::create_switch))
-        .route("/switches/{name}", get(rest::get_switch).patch(rest::patch_switch).delete(rest::delete_switch))
+        .route(
+            "/switches/{name}",
+            get(rest::get_switch)
+                .patch(rest::patch_switch)
+                .delete(rest::delete_switch),
+        )
         .route("/settings", get(rest::list_settings))
         .route("/settings/{key}", get(rest::get_setting).put(rest::put_setting))
         .route("/changes", get(rest::list_changes))

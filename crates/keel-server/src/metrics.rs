@@ -42,23 +42,51 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("keel");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter())
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ])
         });
         let machines = Gauge::default();
         let last_seq = Gauge::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
         registry.register("machines", "Machines in the database", machines.clone());
-        registry.register("last_seq", "Sequence number of the last committed change", last_seq.clone());
-        Self { registry, requests, latency, machines, last_seq }
+        registry.register(
+            "last_seq",
+            "Sequence number of the last committed change",
+            last_seq.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            machines,
+            last_seq,
+        }
     }
 }
 
 impl Metrics {
     fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {
-        self.requests.get_or_create(&RequestLabels { route: route.to_owned(), method: method.to_owned(), status }).inc();
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_owned(),
+                method: method.to_owned(),
+                status,
+            })
+            .inc();
         self.latency
-            .get_or_create(&RouteLabels { route: route.to_owned() })
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
             .observe(started.elapsed().as_secs_f64());
     }
 }
@@ -66,7 +94,11 @@ impl Metrics {
 /// Counts and times every request; logs every 5xx.
 pub(crate) async fn track(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
     let started = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     let method = req.method().to_string();
     let resp = next.run(req).await;
     let status = resp.status();
@@ -87,5 +119,9 @@ pub(crate) async fn render(State(state): State<AppState>) -> Response {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
         return crate::ApiError::Internal(e.to_string()).into_response();
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
 }

@@ -19,19 +19,24 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Parses a body as strict JSON: a syntax error names the body, a shape error names the field.
 fn json_fields(body: &[u8]) -> Result<Fields, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
     Ok(Fields::new(v, Strictness::Strict)?)
 }
 
 /// The version an `If-Match` header names: required, a number, never `*`.
 fn if_match(headers: &HeaderMap) -> Result<u64, ApiError> {
     let raw = headers.get(header::IF_MATCH).ok_or(ApiError::PreconditionRequired)?;
-    let s = raw.to_str().map_err(|_| ApiError::invalid("If-Match", "is not ASCII"))?.trim();
+    let s = raw
+        .to_str()
+        .map_err(|_| ApiError::invalid("If-Match", "is not ASCII"))?
+        .trim();
     let s = s.strip_prefix("W/").unwrap_or(s).trim_matches('"');
     if s == "*" {
         return Err(ApiError::PreconditionRequired);
     }
-    s.parse().map_err(|_| ApiError::invalid("If-Match", format!("must be a version number as in ETag, got {s:?}")))
+    s.parse()
+        .map_err(|_| ApiError::invalid("If-Match", format!("must be a version number as in ETag, got {s:?}")))
 }
 
 /// A JSON answer carrying the record's version as its ETag.
@@ -59,14 +64,19 @@ pub(crate) async fn list_machines(State(st): State<AppState>, caller: Caller, Ra
     caller.reader(st.config.open_reads)?;
     let filters = parse_filters::<Machine>(filters_of(q.as_deref()))?;
     let snap = st.db.snapshot();
-    let list: Vec<&Machine> = snap.machines().filter(|m| filters.iter().all(|f| f.matches(*m))).collect();
+    let list: Vec<&Machine> = snap
+        .machines()
+        .filter(|m| filters.iter().all(|f| f.matches(*m)))
+        .collect();
     Ok(Json(to_json(&list)?).into_response())
 }
 
 pub(crate) async fn get_machine(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
-    let m = snap.machine_by_name(&name).ok_or_else(|| ApiError::NotFound(format!("machine {name}")))?;
+    let m = snap
+        .machine_by_name(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("machine {name}")))?;
     Ok(with_etag(StatusCode::OK, m.version, to_json(m)?))
 }
 
@@ -104,7 +114,11 @@ pub(crate) async fn put_machine(
     body: Bytes,
 ) -> ApiResult {
     let probe = MachinePatch::from_fields(json_fields(&body)?)?;
-    for (field, given) in [("hostname", probe.hostname.is_some()), ("mac", probe.mac.is_some()), ("mtype", probe.mtype.is_some())] {
+    for (field, given) in [
+        ("hostname", probe.hostname.is_some()),
+        ("mac", probe.mac.is_some()),
+        ("mtype", probe.mtype.is_some()),
+    ] {
         if !given {
             return Err(ValidationError::new(field, "is required with PUT (use PATCH to change some fields)").into());
         }
@@ -143,7 +157,11 @@ pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, 
         })
         .collect::<Result<Vec<_>, ValidationError>>()?;
     let created = st.db.import_machines(who, rows).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "created": created.len(), "machines": created }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "created": created.len(), "machines": created })),
+    )
+        .into_response())
 }
 
 // ---- switches ----
@@ -157,7 +175,9 @@ pub(crate) async fn list_switches(State(st): State<AppState>, caller: Caller) ->
 pub(crate) async fn get_switch(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
-    let s = snap.switch(&name).ok_or_else(|| ApiError::NotFound(format!("switch {name}")))?;
+    let s = snap
+        .switch(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("switch {name}")))?;
     Ok(with_etag(StatusCode::OK, s.version, to_json(s)?))
 }
 
@@ -211,7 +231,11 @@ pub(crate) async fn list_settings(State(st): State<AppState>, caller: Caller) ->
 
 pub(crate) async fn get_setting(State(st): State<AppState>, caller: Caller, Path(key): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
-    let s = st.db.snapshot().setting(&key).map_err(|_| ApiError::NotFound(format!("setting {key}")))?;
+    let s = st
+        .db
+        .snapshot()
+        .setting(&key)
+        .map_err(|e| ApiError::NotFound(e.message))?;
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 
@@ -225,7 +249,9 @@ pub(crate) async fn put_setting(
     let who = caller.admin()?;
     let version = if_match(&headers)?;
     let mut f = json_fields(&body)?;
-    let value = f.take_value("value").ok_or_else(|| ApiError::invalid("value", "is required"))?;
+    let value = f
+        .take_value("value")
+        .ok_or_else(|| ApiError::invalid("value", "is required"))?;
     f.finish()?;
     let s = st.db.set_setting(who, &key, value, Some(version)).await?;
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
@@ -246,7 +272,11 @@ fn default_limit() -> u32 {
     100
 }
 
-pub(crate) async fn list_changes(State(st): State<AppState>, caller: Caller, q: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult {
+pub(crate) async fn list_changes(
+    State(st): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ChangesQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     let changes = st.db.store().changes_since(q.since, q.limit.clamp(1, 10_000)).await?;
@@ -263,12 +293,17 @@ pub(crate) async fn list_tokens(State(st): State<AppState>, caller: Caller) -> A
 pub(crate) async fn create_token(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     caller.admin()?;
     let mut f = json_fields(&body)?;
-    let name = f.opt_str("name")?.ok_or_else(|| ApiError::invalid("name", "is required"))?;
+    let name = f
+        .opt_str("name")?
+        .ok_or_else(|| ApiError::invalid("name", "is required"))?;
     let name = keel_model::input::check_text("name", name.trim(), 64)?;
     if name.is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
     }
-    let role: Role = f.opt_str("role")?.ok_or_else(|| ApiError::invalid("role", "is required"))?.parse()?;
+    let role: Role = f
+        .opt_str("role")?
+        .ok_or_else(|| ApiError::invalid("role", "is required"))?
+        .parse()?;
     let facilities = f.opt_str_list("facilities")?.unwrap_or_default();
     let host = f.opt_str("host")?;
     let expires = f
@@ -279,7 +314,16 @@ pub(crate) async fn create_token(State(st): State<AppState>, caller: Caller, bod
         })
         .transpose()?;
     f.finish()?;
-    let (secret, row) = st.db.create_token(NewToken { name, role, facilities, host, expires }).await?;
+    let (secret, row) = st
+        .db
+        .create_token(NewToken {
+            name,
+            role,
+            facilities,
+            host,
+            expires,
+        })
+        .await?;
     let mut body = to_json(&row)?;
     body["token"] = Value::String(secret);
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -300,11 +344,15 @@ pub(crate) async fn revoke_token(State(st): State<AppState>, caller: Caller, Pat
 pub(crate) async fn backup(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.admin()?;
     let dir = st.config.data_dir.join("backups.tmp");
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let path = dir.join(format!("backup-{}.db", uuid::Uuid::new_v4()));
     let result = async {
         st.db.store().backup(&path).await?;
-        tokio::fs::read(&path).await.map_err(|e| ApiError::Internal(e.to_string()))
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
     .await;
     let _ = tokio::fs::remove_file(&path).await;

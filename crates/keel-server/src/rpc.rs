@@ -38,7 +38,11 @@ pub(crate) async fn call_by_host(
 ) -> Response {
     // mdb and udb share an address: the first label of Host picks the database.
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let service = if host.split('.').next().is_some_and(|l| l.starts_with("udb")) { Service::Udb } else { Service::Mdb };
+    let service = if host.split('.').next().is_some_and(|l| l.starts_with("udb")) {
+        Service::Udb
+    } else {
+        Service::Mdb
+    };
     dispatch(state, caller, service, &method, &headers, &verb, query, &body).await
 }
 
@@ -83,7 +87,9 @@ async fn dispatch(
             (Service::Mdb, "query") => query_machines(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "register") => register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await,
-            (Service::Udb, _) => Err(ApiError::NotFound(format!("udb method {method:?} (the user database is not served yet)"))),
+            (Service::Udb, _) => Err(ApiError::NotFound(format!(
+                "udb method {method:?} (the user database is not served yet)"
+            ))),
             (Service::Mdb, _) => Err(ApiError::NotFound(format!("mdb method {method:?}"))),
         }
     }
@@ -107,8 +113,14 @@ impl Args {
             named.insert(k, Value::String(v));
         }
         let mut positional = Vec::new();
-        let ctype = headers.get(header::CONTENT_TYPE).and_then(|c| c.to_str().ok()).unwrap_or("");
-        let trimmed = body.iter().position(|b| !b.is_ascii_whitespace()).map_or(&body[..0], |i| &body[i..]);
+        let ctype = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|c| c.to_str().ok())
+            .unwrap_or("");
+        let trimmed = body
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map_or(&body[..0], |i| &body[i..]);
         if *verb == Method::POST && !trimmed.is_empty() {
             if ctype.starts_with("application/x-www-form-urlencoded") && !trimmed.starts_with(b"{") {
                 let text = std::str::from_utf8(trimmed).map_err(|_| ApiError::invalid("body", "is not UTF-8"))?;
@@ -118,7 +130,9 @@ impl Args {
             } else {
                 let v: Value = serde_json::from_slice(trimmed)
                     .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
-                let Value::Object(mut obj) = v else { return Err(ApiError::invalid("body", "must be a JSON object")) };
+                let Value::Object(mut obj) = v else {
+                    return Err(ApiError::invalid("body", "must be a JSON object"));
+                };
                 // `hmac` is accepted (prologin clients send it) and not otherwise used here.
                 obj.remove("hmac");
                 match (obj.remove("args"), obj.remove("kwargs")) {
@@ -144,7 +158,10 @@ impl Args {
     /// All arguments by name, positional ones named after `params`.
     fn named(self, params: &[&str]) -> Result<Map<String, Value>, ApiError> {
         if self.positional.len() > params.len() {
-            return Err(ApiError::invalid("args", format!("at most {} positional arguments", params.len())));
+            return Err(ApiError::invalid(
+                "args",
+                format!("at most {} positional arguments", params.len()),
+            ));
         }
         let mut named = self.named;
         for (name, v) in params.iter().zip(self.positional) {
@@ -157,7 +174,9 @@ impl Args {
 }
 
 fn form_pairs(s: &str) -> Vec<(String, String)> {
-    form_urlencoded::parse(s.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+    form_urlencoded::parse(s.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// `query(**filters)`: machines matching every filter; no filter = all. Uses the indexes when a
@@ -166,8 +185,16 @@ pub(crate) fn query_machines(snap: &Snapshot, named: Map<String, Value>) -> Resu
     let filters = parse_filters::<Machine>(named)?;
     let pinned = pinned_machine(snap, &filters);
     let records: Vec<MachineRecord> = match pinned {
-        Some(candidate) => candidate.into_iter().filter(|m| matches_all(&filters, *m)).map(MachineRecord::from).collect(),
-        None => snap.machines().filter(|m| matches_all(&filters, *m)).map(MachineRecord::from).collect(),
+        Some(candidate) => candidate
+            .into_iter()
+            .filter(|m| matches_all(&filters, *m))
+            .map(MachineRecord::from)
+            .collect(),
+        None => snap
+            .machines()
+            .filter(|m| matches_all(&filters, *m))
+            .map(MachineRecord::from)
+            .collect(),
     };
     serde_json::to_value(records).map_err(|e| ApiError::Internal(e.to_string()))
 }
@@ -181,7 +208,8 @@ fn pinned_machine<'s>(snap: &'s Snapshot, filters: &[Filter]) -> Option<Option<&
         if let Some(v) = f.exact("hostname") {
             return Some(snap.machine_by_name(v).filter(|m| m.hostname.as_str() == v));
         }
-        f.exact("ip").map(|v| v.parse().ok().and_then(|ip| snap.machine_by_ip(ip)))
+        f.exact("ip")
+            .map(|v| v.parse().ok().and_then(|ip| snap.machine_by_ip(ip)))
     })
 }
 
@@ -191,7 +219,11 @@ fn matches_all<R: Queryable>(filters: &[Filter], r: &R) -> bool {
 
 fn query_switches(snap: &Snapshot, named: Map<String, Value>) -> Result<Value, ApiError> {
     let filters = parse_filters::<keel_model::Switch>(named)?;
-    let records: Vec<SwitchRecord> = snap.switches().filter(|s| matches_all(&filters, *s)).map(SwitchRecord::from).collect();
+    let records: Vec<SwitchRecord> = snap
+        .switches()
+        .filter(|s| matches_all(&filters, *s))
+        .map(SwitchRecord::from)
+        .collect();
     serde_json::to_value(records).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
@@ -205,7 +237,11 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
         Some(p) if snap.flag("allow_self_registration") => p.clone(),
         None if snap.flag("allow_self_registration") => Principal::anonymous(),
         Some(p) => return Err(ApiError::Forbidden(format!("{} may not register machines", p.name))),
-        None => return Err(ApiError::Unauthorized("self-registration is closed (allow_self_registration is off)")),
+        None => {
+            return Err(ApiError::Unauthorized(
+                "self-registration is closed (allow_self_registration is off)",
+            ))
+        }
     };
     let mut named = named;
     named.remove("ip"); // the pool decides the address of a registered machine

@@ -31,7 +31,14 @@ impl Db {
     pub async fn open(store: Arc<dyn Store>, pools: Pools) -> Result<Self, StoreError> {
         let (snapshot, db_id) = build_snapshot(store.as_ref()).await?;
         let (changes, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Ok(Self { store, snapshot: ArcSwap::from_pointee(snapshot), writer: Mutex::new(()), changes, pools, db_id })
+        Ok(Self {
+            store,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(()),
+            changes,
+            pools,
+            db_id,
+        })
     }
 
     /// The latest committed state. Cheap: an `Arc` clone.
@@ -132,7 +139,8 @@ pub async fn build_snapshot(store: &dyn Store) -> Result<(Snapshot, String), Sto
     let loaded = store.load().await?;
     let mut s = Snapshot::default();
     for (kind, value) in loaded.records {
-        s.load_record(kind, value).map_err(|e| StoreError::Corrupt(format!("a stored {kind} does not decode: {e}")))?;
+        s.load_record(kind, value)
+            .map_err(|e| StoreError::Corrupt(format!("a stored {kind} does not decode: {e}")))?;
     }
     s.set_seq(loaded.seq);
     Ok((s, loaded.db_id))

@@ -16,7 +16,10 @@ fn armed_commit() -> Option<u64> {
     *ARMED.get_or_init(|| {
         let spec = std::env::var("KEEL_FAULT").ok()?;
         let n = spec.strip_prefix("hang_in_commit:")?.parse().ok()?;
-        tracing::warn!(commit = n, "fault point armed: that commit will hang inside its transaction");
+        tracing::warn!(
+            commit = n,
+            "fault point armed: that commit will hang inside its transaction"
+        );
         Some(n)
     })
 }

@@ -1,7 +1,9 @@
 //! The mutations keel offers, as `Db` methods: validate against the Snapshot, then one commit.
 
 use keel_model::input::Fields;
-use keel_model::{Change, Machine, MachinePatch, Principal, Record, Setting, Snapshot, Switch, ValidationError, ValidationErrors};
+use keel_model::{
+    Change, Machine, MachinePatch, Principal, Record, Setting, Snapshot, Switch, ValidationError, ValidationErrors,
+};
 use serde_json::Value;
 
 use crate::store::Write;
@@ -17,12 +19,16 @@ fn check_version(current: u64, expected: u64) -> Result<(), StoreError> {
 }
 
 fn decode<R: Record>(changes: &[Change]) -> Result<R, StoreError> {
-    let after = changes.last().and_then(|c| c.after.clone()).ok_or_else(|| StoreError::Corrupt("no record".into()))?;
+    let after = changes
+        .last()
+        .and_then(|c| c.after.clone())
+        .ok_or_else(|| StoreError::Corrupt("no record".into()))?;
     serde_json::from_value(after).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn find_machine<'s>(s: &'s Snapshot, name: &str) -> Result<&'s Machine, StoreError> {
-    s.machine_by_name(name).ok_or_else(|| StoreError::NotFound(format!("machine {name}")))
+    s.machine_by_name(name)
+        .ok_or_else(|| StoreError::NotFound(format!("machine {name}")))
 }
 
 impl Db {
@@ -114,14 +120,24 @@ impl Db {
         decode(&changes)
     }
 
-    pub async fn edit_switch(&self, who: &Principal, name: &str, if_version: u64, fields: Fields) -> Result<Switch, StoreError> {
+    pub async fn edit_switch(
+        &self,
+        who: &Principal,
+        name: &str,
+        if_version: u64,
+        fields: Fields,
+    ) -> Result<Switch, StoreError> {
         let changes = self
             .write(who, |s, _| {
-                let old = s.switch(name).ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
+                let old = s
+                    .switch(name)
+                    .ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
                 check_version(old.version, if_version)?;
                 let sw = Switch::from_fields(fields, Some(old))?;
                 if sw.name != old.name {
-                    return Err(ValidationError::new("name", "a switch cannot be renamed; delete and re-add it").into());
+                    return Err(
+                        ValidationError::new("name", "a switch cannot be renamed; delete and re-add it").into(),
+                    );
                 }
                 s.check_switch(&sw)?;
                 Ok(vec![Write::put(&sw, Some(if_version), false)?])
@@ -133,7 +149,9 @@ impl Db {
     pub async fn delete_switch(&self, who: &Principal, name: &str, if_version: u64) -> Result<Switch, StoreError> {
         let mut gone = None;
         self.write(who, |s, _| {
-            let old = s.switch(name).ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
+            let old = s
+                .switch(name)
+                .ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
             check_version(old.version, if_version)?;
             gone = Some(old.clone());
             Ok(vec![Write::delete(old, Some(if_version))])
@@ -143,7 +161,13 @@ impl Db {
     }
 
     /// Sets a known setting; `if_version` (0 for a never-set one) guards against lost updates.
-    pub async fn set_setting(&self, who: &Principal, key: &str, value: Value, if_version: Option<u64>) -> Result<Setting, StoreError> {
+    pub async fn set_setting(
+        &self,
+        who: &Principal,
+        key: &str,
+        value: Value,
+        if_version: Option<u64>,
+    ) -> Result<Setting, StoreError> {
         let changes = self
             .write(who, |s, _| {
                 let current = s.setting(key)?;

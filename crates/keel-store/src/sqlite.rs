@@ -39,7 +39,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(max_connections).min_connections(1).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .connect_with(opts)
+            .await?;
         MIGRATOR.run(&pool).await?;
         sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('db_id', ?)")
             .bind(uuid::Uuid::new_v4().to_string())
@@ -51,7 +55,10 @@ impl SqliteStore {
     /// Gives the database a new id (after a restore, so watchers of the old one start over).
     pub async fn renew_db_id(&self) -> Result<String, StoreError> {
         let id = uuid::Uuid::new_v4().to_string();
-        sqlx::query("UPDATE meta SET value = ? WHERE key = 'db_id'").bind(&id).execute(&self.pool).await?;
+        sqlx::query("UPDATE meta SET value = ? WHERE key = 'db_id'")
+            .bind(&id)
+            .execute(&self.pool)
+            .await?;
         Ok(id)
     }
 
@@ -63,7 +70,9 @@ impl SqliteStore {
 
     /// Leaves the file self-contained (no -wal beside it), so it can be renamed into place.
     pub async fn checkpoint_and_detach_wal(&self) -> Result<(), StoreError> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
         sqlx::query("PRAGMA journal_mode=DELETE").execute(&self.pool).await?;
         Ok(())
     }
@@ -76,15 +85,24 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load(&self) -> Result<Loaded, StoreError> {
-        let db_id: String =
-            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'db_id'").fetch_one(&self.pool).await?;
-        let seq: i64 = sqlx::query_scalar("SELECT seq FROM counter WHERE id = 1").fetch_one(&self.pool).await?;
-        let rows = sqlx::query("SELECT kind, data FROM objects").fetch_all(&self.pool).await?;
+        let db_id: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'db_id'")
+            .fetch_one(&self.pool)
+            .await?;
+        let seq: i64 = sqlx::query_scalar("SELECT seq FROM counter WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT kind, data FROM objects")
+            .fetch_all(&self.pool)
+            .await?;
         let records = rows
             .iter()
             .map(|r| Ok((parse_kind(r.try_get("kind")?)?, parse_json(r.try_get("data")?)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Loaded { db_id, seq: to_u64(seq), records })
+        Ok(Loaded {
+            db_id,
+            seq: to_u64(seq),
+            records,
+        })
     }
 
     async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
@@ -111,7 +129,9 @@ impl Store for SqliteStore {
     }
 
     async fn first_seq(&self) -> Result<u64, StoreError> {
-        let s: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes").fetch_one(&self.pool).await?;
+        let s: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(s.map_or(0, to_u64))
     }
 
@@ -135,12 +155,17 @@ impl Store for SqliteStore {
     }
 
     async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM tokens WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created, id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created, id")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(token_from_row).collect()
     }
 
@@ -154,7 +179,9 @@ impl Store for SqliteStore {
     }
 
     async fn backup(&self, dest: &Path) -> Result<(), StoreError> {
-        let dest = dest.to_str().ok_or_else(|| StoreError::Corrupt("backup path is not UTF-8".into()))?;
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| StoreError::Corrupt("backup path is not UTF-8".into()))?;
         // VACUUM INTO reads one consistent snapshot of the database, even under concurrent writes.
         sqlx::query("VACUUM INTO ?").bind(dest).execute(&self.pool).await?;
         Ok(())

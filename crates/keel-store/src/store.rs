@@ -36,7 +36,14 @@ impl Write {
     }
 
     pub fn delete<R: Record>(r: &R, expected_version: Option<u64>) -> Self {
-        Self { kind: R::KIND, key: Some(r.key()), op: Op::Delete, expected_version, after: None, uniques: Vec::new() }
+        Self {
+            kind: R::KIND,
+            key: Some(r.key()),
+            op: Op::Delete,
+            expected_version,
+            after: None,
+            uniques: Vec::new(),
+        }
     }
 }
 

@@ -27,7 +27,12 @@ pub struct TokenRow {
 
 impl TokenRow {
     pub fn principal(&self) -> Principal {
-        Principal { name: self.name.clone(), role: self.role, facilities: self.facilities.clone(), host: self.host.clone() }
+        Principal {
+            name: self.name.clone(),
+            role: self.role,
+            facilities: self.facilities.clone(),
+            host: self.host.clone(),
+        }
     }
 
     fn expired_at(&self, now: OffsetDateTime) -> bool {
@@ -126,7 +131,13 @@ mod tests {
     use super::*;
 
     fn new(expires: Option<OffsetDateTime>) -> NewToken {
-        NewToken { name: "t".into(), role: Role::Admin, facilities: vec![], host: None, expires }
+        NewToken {
+            name: "t".into(),
+            role: Role::Admin,
+            facilities: vec![],
+            host: None,
+            expires,
+        }
     }
 
     #[test]

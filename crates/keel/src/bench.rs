@@ -63,7 +63,10 @@ struct Report {
 }
 
 pub async fn run(args: &BenchArgs, json: bool) -> anyhow::Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(format!("keel-bench-{}", std::process::id())));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("keel-bench-{}", std::process::id())));
     let owned = args.dir.is_none();
     std::fs::create_dir_all(&dir)?;
     let result = bench_in(&dir, args).await;
@@ -95,8 +98,16 @@ async fn bench_in(dir: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
     fill(&client, args.registrations.max(1000), args.machines).await?;
     r.query_all_10k_p50_ms = full_query(&server.url, 30).await?;
     r.rss_10k_mb = rss_mb(server.child.id())?;
-    eprintln!("bench: query(mac=) with {} connections for {} s", args.connections, args.duration);
-    let (rate, lat) = query_mac_load(&server.url, args.machines, args.connections, Duration::from_secs(args.duration))?;
+    eprintln!(
+        "bench: query(mac=) with {} connections for {} s",
+        args.connections, args.duration
+    );
+    let (rate, lat) = query_mac_load(
+        &server.url,
+        args.machines,
+        args.connections,
+        Duration::from_secs(args.duration),
+    )?;
     (r.query_mac_per_s, r.query_mac_p50_ms, r.query_mac_p99_ms) = (rate, percentile(&lat, 0.5), percentile(&lat, 0.99));
     Ok(r)
 }
@@ -104,12 +115,46 @@ async fn bench_in(dir: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
 fn print_report(r: &Report, args: &BenchArgs) {
     let f = |v: f64| format!("{v:.2}");
     let rows = vec![
-        vec!["fsync latency (4 KiB + fdatasync)".into(), format!("mean {} ms, p99 {} ms", f(r.fsync_mean_ms), f(r.fsync_p99_ms)), format!("bound {:.0} durable writes/s", r.fsync_bound_per_s)],
-        vec![format!("register, sequential ×{}", args.registrations), format!("{:.0}/s (p50 {} ms, p99 {} ms)", r.register_per_s, f(r.register_p50_ms), f(r.register_p99_ms)), "≥ 2,000/s or ≥ bound/1.5".into()],
-        vec!["full query, 1,000 machines".into(), format!("p50 {} ms", f(r.query_all_1k_p50_ms)), String::new()],
-        vec![format!("full query, {} machines", args.machines), format!("p50 {} ms", f(r.query_all_10k_p50_ms)), "< 20 ms".into()],
-        vec![format!("query(mac=), {} conns, {} s", args.connections, args.duration), format!("{:.0} req/s (p50 {} ms, p99 {} ms)", r.query_mac_per_s, f(r.query_mac_p50_ms), f(r.query_mac_p99_ms)), "≥ 25,000 req/s".into()],
-        vec![format!("server RSS at {} machines", args.machines), format!("{:.1} MB", r.rss_10k_mb), "< 80 MB".into()],
+        vec![
+            "fsync latency (4 KiB + fdatasync)".into(),
+            format!("mean {} ms, p99 {} ms", f(r.fsync_mean_ms), f(r.fsync_p99_ms)),
+            format!("bound {:.0} durable writes/s", r.fsync_bound_per_s),
+        ],
+        vec![
+            format!("register, sequential ×{}", args.registrations),
+            format!(
+                "{:.0}/s (p50 {} ms, p99 {} ms)",
+                r.register_per_s,
+                f(r.register_p50_ms),
+                f(r.register_p99_ms)
+            ),
+            "≥ 2,000/s or ≥ bound/1.5".into(),
+        ],
+        vec![
+            "full query, 1,000 machines".into(),
+            format!("p50 {} ms", f(r.query_all_1k_p50_ms)),
+            String::new(),
+        ],
+        vec![
+            format!("full query, {} machines", args.machines),
+            format!("p50 {} ms", f(r.query_all_10k_p50_ms)),
+            "< 20 ms".into(),
+        ],
+        vec![
+            format!("query(mac=), {} conns, {} s", args.connections, args.duration),
+            format!(
+                "{:.0} req/s (p50 {} ms, p99 {} ms)",
+                r.query_mac_per_s,
+                f(r.query_mac_p50_ms),
+                f(r.query_mac_p99_ms)
+            ),
+            "≥ 25,000 req/s".into(),
+        ],
+        vec![
+            format!("server RSS at {} machines", args.machines),
+            format!("{:.1} MB", r.rss_10k_mb),
+            "< 80 MB".into(),
+        ],
     ];
     println!("{}", table(&["measure", "result", "target"], rows));
 }
@@ -150,16 +195,26 @@ fn start_server(dir: &Path) -> anyhow::Result<Server> {
         .stderr(log)
         .spawn()
         .context("cannot start keel serve")?;
-    let mut server = Server { child, url: String::new(), token: String::new() };
+    let mut server = Server {
+        child,
+        url: String::new(),
+        token: String::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let (Ok(addr), Ok(tok)) = (std::fs::read_to_string(data.join("listen.addr")), std::fs::read_to_string(data.join("admin.token"))) {
+        if let (Ok(addr), Ok(tok)) = (
+            std::fs::read_to_string(data.join("listen.addr")),
+            std::fs::read_to_string(data.join("admin.token")),
+        ) {
             server.url = format!("http://{}", addr.trim());
             server.token = tok.trim().to_owned();
             return Ok(server);
         }
         if let Some(status) = server.child.try_wait()? {
-            bail!("keel serve exited with {status}; see {}", dir.join("server.log").display());
+            bail!(
+                "keel serve exited with {status}; see {}",
+                dir.join("server.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -197,7 +252,13 @@ async fn fill(c: &Client, from: u32, to: u32) -> anyhow::Result<()> {
         let rows: Vec<Value> = (i..end)
             .map(|k| json!({"hostname": format!("fill{k}"), "mac": mac_of(k), "mtype": "user", "room": "pasteur", "rfs": 1, "hfs": 1}))
             .collect();
-        c.call::<Value>(Method::POST, "/api/v1/machines/import", Some(&json!({ "machines": rows })), None).await?;
+        c.call::<Value>(
+            Method::POST,
+            "/api/v1/machines/import",
+            Some(&json!({ "machines": rows })),
+            None,
+        )
+        .await?;
         i = end;
     }
     Ok(())
@@ -236,7 +297,10 @@ fn query_mac_load(url: &str, machines: u32, connections: usize, duration: Durati
                     let mut i = k as u32;
                     while Instant::now() < deadline {
                         let t = Instant::now();
-                        let r = http.get(format!("{url}/call/query?mac={}", mac_of(i % machines))).send().await;
+                        let r = http
+                            .get(format!("{url}/call/query?mac={}", mac_of(i % machines)))
+                            .send()
+                            .await;
                         if let Ok(resp) = r {
                             let _ = resp.bytes().await;
                         }
@@ -275,5 +339,7 @@ fn mean(v: &[f64]) -> f64 {
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    s.get(((s.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
+    s.get(((s.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }

@@ -17,7 +17,9 @@ fn machines() -> Vec<Value> {
             "room": room, "rfs": 1, "hfs": 1
         }));
     }
-    list.push(json!({"hostname": "orga01", "mac": "52:54:00:00:02:01", "mtype": "orga", "room": "other", "rfs": 1, "hfs": 1}));
+    list.push(
+        json!({"hostname": "orga01", "mac": "52:54:00:00:02:01", "mtype": "orga", "room": "other", "rfs": 1, "hfs": 1}),
+    );
     list
 }
 
@@ -42,6 +44,9 @@ pub async fn load(db: &Db) -> anyhow::Result<()> {
     for s in switches() {
         db.create_switch(&who, Fields::new(s, Strictness::Strict)?).await?;
     }
-    println!("keel: loaded the example site ({} machines)", db.snapshot().machine_count());
+    println!(
+        "keel: loaded the example site ({} machines)",
+        db.snapshot().machine_count()
+    );
     Ok(())
 }

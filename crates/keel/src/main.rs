@@ -98,7 +98,10 @@ impl Cli {
     fn serve_config(&self, args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         let file = FileConfig::load(args.config.as_deref())?;
         Ok(ServeConfig {
-            listen: args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
             data_dir: self.data_dir(Some(&file)),
             open_reads: args.open_reads || file.open_reads.unwrap_or(false),
             pools: file.pools.unwrap_or_default(),
@@ -110,7 +113,9 @@ impl Cli {
     fn client(&self) -> anyhow::Result<keel_client::Client> {
         let token = match &self.token {
             Some(t) => Some(t.clone()),
-            None => std::fs::read_to_string(self.data_dir(None).join(serve::TOKEN_FILE)).ok().map(|t| t.trim().to_owned()),
+            None => std::fs::read_to_string(self.data_dir(None).join(serve::TOKEN_FILE))
+                .ok()
+                .map(|t| t.trim().to_owned()),
         };
         Ok(keel_client::Client::new(&self.url, token)?)
     }
@@ -159,7 +164,10 @@ fn init_tracing(server: bool) {
     let default = if server { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[cfg(test)]

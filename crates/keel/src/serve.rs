@@ -24,13 +24,25 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    let store = SqliteStore::open(&cfg.data_dir.join(DB_FILE)).await.context("cannot open the database")?;
-    let db = Arc::new(Db::open(Arc::new(store), cfg.pools.clone()).await.context("cannot load the database")?);
+    let store = SqliteStore::open(&cfg.data_dir.join(DB_FILE))
+        .await
+        .context("cannot open the database")?;
+    let db = Arc::new(
+        Db::open(Arc::new(store), cfg.pools.clone())
+            .await
+            .context("cannot load the database")?,
+    );
     ensure_admin_token(&db, &cfg.data_dir).await?;
     if cfg.example_site {
         example::load(&db).await.context("cannot load the example site")?;
     }
-    let state = AppState::new(db.clone(), ServerConfig { open_reads: cfg.open_reads, data_dir: cfg.data_dir.clone() });
+    let state = AppState::new(
+        db.clone(),
+        ServerConfig {
+            open_reads: cfg.open_reads,
+            data_dir: cfg.data_dir.clone(),
+        },
+    );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -38,7 +50,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::write(cfg.data_dir.join(ADDR_FILE), addr.to_string())?;
     tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
     println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
-    axum::serve(listener, keel_server::app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, keel_server::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("keel stopped");
     Ok(())
 }
@@ -46,11 +60,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 /// One server per data directory: a second `keel serve` (or a `keel restore`) fails clearly.
 pub fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join(LOCK_FILE);
-    let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path)
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    f.try_lock().map_err(|_| {
-        anyhow::anyhow!("another keel is using {} (it holds {})", dir.display(), path.display())
-    })?;
+    f.try_lock()
+        .map_err(|_| anyhow::anyhow!("another keel is using {} (it holds {})", dir.display(), path.display()))?;
     Ok(f)
 }
 
@@ -60,14 +77,29 @@ async fn ensure_admin_token(db: &Db, dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let (secret, row) = db
-        .create_token(NewToken { name: "admin".into(), role: Role::Admin, facilities: vec![], host: None, expires: None })
+        .create_token(NewToken {
+            name: "admin".into(),
+            role: Role::Admin,
+            facilities: vec![],
+            host: None,
+            expires: None,
+        })
         .await?;
     let path = dir.join(TOKEN_FILE);
-    let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&path)
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     writeln!(f, "{secret}")?;
     f.sync_all()?;
-    println!("keel: first start: created admin token {} in {} (mode 0600)", row.id, path.display());
+    println!(
+        "keel: first start: created admin token {} in {} (mode 0600)",
+        row.id,
+        path.display()
+    );
     Ok(())
 }
 

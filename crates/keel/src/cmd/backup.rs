@@ -33,9 +33,17 @@ pub async fn backup(c: &Client, args: &BackupArgs, json: bool) -> anyhow::Result
     let (store, summary) = verify(&args.file).await.context("the backup does not verify")?;
     store.close().await;
     if json {
-        return print_json(&json!({"file": args.file, "bytes": bytes.len(), "seq": summary.seq, "machines": summary.machines}));
+        return print_json(
+            &json!({"file": args.file, "bytes": bytes.len(), "seq": summary.seq, "machines": summary.machines}),
+        );
     }
-    println!("backup of seq {} ({} machines, {} bytes) written to {}", summary.seq, summary.machines, bytes.len(), args.file.display());
+    println!(
+        "backup of seq {} ({} machines, {} bytes) written to {}",
+        summary.seq,
+        summary.machines,
+        bytes.len(),
+        args.file.display()
+    );
     Ok(())
 }
 
@@ -62,15 +70,28 @@ async fn verify(file: &Path) -> anyhow::Result<(SqliteStore, Summary)> {
     let (snap, _) = build_snapshot(&store).await?;
     if let Some(replayed) = replay_log(&store).await? {
         if replayed.seq() != snap.seq() {
-            bail!("the change log ends at seq {} but the records are at seq {}", replayed.seq(), snap.seq());
+            bail!(
+                "the change log ends at seq {} but the records are at seq {}",
+                replayed.seq(),
+                snap.seq()
+            );
         }
         for kind in Kind::ALL {
             if records_of(&replayed, kind) != records_of(&snap, kind) {
-                bail!("the {kind} records differ from the change log replayed to seq {}", snap.seq());
+                bail!(
+                    "the {kind} records differ from the change log replayed to seq {}",
+                    snap.seq()
+                );
             }
         }
     }
-    Ok((store, Summary { seq: snap.seq(), machines: snap.machine_count() }))
+    Ok((
+        store,
+        Summary {
+            seq: snap.seq(),
+            machines: snap.machine_count(),
+        },
+    ))
 }
 
 pub async fn restore(data_dir: &Path, args: &RestoreArgs, json: bool) -> anyhow::Result<()> {
@@ -82,7 +103,10 @@ pub async fn restore(data_dir: &Path, args: &RestoreArgs, json: bool) -> anyhow:
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_file(&staged);
-            return Err(e.context(format!("{} is not a usable backup; nothing was changed", args.file.display())));
+            return Err(e.context(format!(
+                "{} is not a usable backup; nothing was changed",
+                args.file.display()
+            )));
         }
     };
     // A new id: watchers of the old database must start from a snapshot, not resume.
@@ -91,9 +115,16 @@ pub async fn restore(data_dir: &Path, args: &RestoreArgs, json: bool) -> anyhow:
     store.close().await;
     let kept = swap_in(data_dir, &staged)?;
     if json {
-        return print_json(&json!({"seq": summary.seq, "machines": summary.machines, "db_id": db_id, "previous": kept}));
+        return print_json(
+            &json!({"seq": summary.seq, "machines": summary.machines, "db_id": db_id, "previous": kept}),
+        );
     }
-    println!("restored seq {} ({} machines) into {}; new database id {db_id}", summary.seq, summary.machines, data_dir.display());
+    println!(
+        "restored seq {} ({} machines) into {}; new database id {db_id}",
+        summary.seq,
+        summary.machines,
+        data_dir.display()
+    );
     if let Some(k) = kept {
         println!("the previous database was kept as {}", k.display());
     }

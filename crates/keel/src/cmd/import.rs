@@ -12,7 +12,18 @@ use serde_json::{json, Map, Value};
 use crate::output::print_json;
 
 /// Columns a CSV file may have (its first line names them, in any order).
-const COLUMNS: &[&str] = &["hostname", "mac", "mtype", "ip", "aliases", "room", "rfs", "hfs", "is_faulty", "faulty_reason"];
+const COLUMNS: &[&str] = &[
+    "hostname",
+    "mac",
+    "mtype",
+    "ip",
+    "aliases",
+    "room",
+    "rfs",
+    "hfs",
+    "is_faulty",
+    "faulty_reason",
+];
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
@@ -35,12 +46,23 @@ pub async fn run(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()
     }
     .map_err(|errors| report(&args.file, errors))?;
     if args.dry_run {
-        println!("{}: {} machines read, no error found in the file (the server was not asked)", args.file.display(), rows.len());
+        println!(
+            "{}: {} machines read, no error found in the file (the server was not asked)",
+            args.file.display(),
+            rows.len()
+        );
         return Ok(());
     }
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("importing {} machines", rows.len()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let result = c.call::<Value>(Method::POST, "/api/v1/machines/import", Some(&json!({ "machines": rows })), None).await;
+    let result = c
+        .call::<Value>(
+            Method::POST,
+            "/api/v1/machines/import",
+            Some(&json!({ "machines": rows })),
+            None,
+        )
+        .await;
     spinner.finish_and_clear();
     let answer = match result {
         Ok(a) => a.value,
@@ -64,7 +86,9 @@ fn format_of(path: &Path, given: Option<&str>) -> anyhow::Result<Format> {
     match given.unwrap_or(ext) {
         "csv" | "CSV" => Ok(Format::Csv),
         "json" | "jsonl" | "JSON" => Ok(Format::Json),
-        other => anyhow::bail!("unknown import format {other:?}: use --format csv or --format json"),
+        other => {
+            anyhow::bail!("unknown import format {other:?}: use --format csv or --format json")
+        }
     }
 }
 
@@ -77,7 +101,10 @@ fn report(file: &Path, errors: Vec<ValidationError>) -> anyhow::Error {
 }
 
 fn parse_csv(text: &str) -> Result<Vec<Value>, Vec<ValidationError>> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(text.as_bytes());
     let header: Vec<String> = match reader.headers() {
         Ok(h) => h.iter().map(str::to_owned).collect(),
         Err(e) => return Err(vec![ValidationError::new("header", e.to_string()).at_line(1)]),
@@ -91,7 +118,7 @@ fn parse_csv(text: &str) -> Result<Vec<Value>, Vec<ValidationError>> {
     for record in reader.records() {
         match record {
             Ok(r) => {
-                let line = r.position().map_or(0, |p| p.line() as usize);
+                let line = r.position().map_or(0, |p| line_at(text, p.byte()));
                 let mut obj = Map::new();
                 obj.insert("line".into(), json!(line));
                 for (col, val) in header.iter().zip(r.iter()).filter(|(_, v)| !v.is_empty()) {
@@ -100,7 +127,7 @@ fn parse_csv(text: &str) -> Result<Vec<Value>, Vec<ValidationError>> {
                 rows.push(Value::Object(obj));
             }
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line() as usize);
+                let line = e.position().map_or(0, |p| line_at(text, p.byte()));
                 errors.push(ValidationError::new("row", csv_message(&e)).at_line(line));
             }
         }
@@ -110,6 +137,18 @@ fn parse_csv(text: &str) -> Result<Vec<Value>, Vec<ValidationError>> {
     } else {
         Err(errors)
     }
+}
+
+/// The 1-based line at a byte offset. (The csv crate's own line count skips blank lines, which
+/// would name the wrong line to the user.)
+fn line_at(text: &str, byte: u64) -> usize {
+    let bytes = text.as_bytes();
+    let mut end = usize::try_from(byte).unwrap_or(usize::MAX).min(bytes.len());
+    // A record's position may point at the blank lines before it.
+    while end < bytes.len() && (bytes[end] == b'\n' || bytes[end] == b'\r') {
+        end += 1;
+    }
+    bytes[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 fn csv_message(e: &csv::Error) -> String {
@@ -140,16 +179,20 @@ fn cell(col: &str, val: &str) -> Value {
 /// A JSON array (entries numbered from 1) or JSON Lines (numbered by line).
 fn parse_json(text: &str) -> Result<Vec<Value>, Vec<ValidationError>> {
     if text.trim_start().starts_with('[') {
-        let items: Vec<Value> = serde_json::from_str(text).map_err(|e| {
-            vec![ValidationError::new("file", format!("is not a JSON array: {e}")).at_line(e.line())]
-        })?;
+        let items: Vec<Value> = serde_json::from_str(text)
+            .map_err(|e| vec![ValidationError::new("file", format!("is not a JSON array: {e}")).at_line(e.line())])?;
         return number_rows(items.into_iter().enumerate().map(|(i, v)| (i + 1, Ok(v))).collect());
     }
     let parsed = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, serde_json::from_str(l).map_err(|e| ValidationError::new("line", format!("is not JSON: {e}")))))
+        .map(|(i, l)| {
+            (
+                i + 1,
+                serde_json::from_str(l).map_err(|e| ValidationError::new("line", format!("is not JSON: {e}"))),
+            )
+        })
         .collect();
     number_rows(parsed)
 }

@@ -17,7 +17,9 @@ pub struct LogArgs {
 }
 
 pub async fn run(c: &Client, args: &LogArgs, json: bool) -> anyhow::Result<()> {
-    let changes: Vec<Change> = c.get(&format!("/api/v1/changes?since={}&limit={}", args.since, args.limit)).await?;
+    let changes: Vec<Change> = c
+        .get(&format!("/api/v1/changes?since={}&limit={}", args.since, args.limit))
+        .await?;
     if json {
         return print_json(&changes);
     }
@@ -55,7 +57,11 @@ fn diff(before: Option<&Value>, after: Option<&Value>) -> String {
     let empty = serde_json::Map::new();
     let b = before.and_then(Value::as_object).unwrap_or(&empty);
     let a = after.and_then(Value::as_object).unwrap_or(&empty);
-    let mut keys: Vec<&String> = b.keys().chain(a.keys()).filter(|k| *k != "version" && *k != "id").collect();
+    let mut keys: Vec<&String> = b
+        .keys()
+        .chain(a.keys())
+        .filter(|k| *k != "version" && *k != "id")
+        .collect();
     keys.sort();
     keys.dedup();
     keys.into_iter()

@@ -1,6 +1,5 @@
 //! `keel machine …`
 
-
 use clap::Subcommand;
 use keel_client::Client;
 use keel_model::Machine;
@@ -73,7 +72,12 @@ impl MachineFields {
         put("mac", self.mac.clone().map(Value::from));
         put("mtype", self.mtype.clone().map(Value::from));
         put("ip", self.ip.clone().map(Value::from));
-        put("aliases", self.aliases.as_deref().map(|a| Value::from(keel_model::input::split_list(a))));
+        put(
+            "aliases",
+            self.aliases
+                .as_deref()
+                .map(|a| Value::from(keel_model::input::split_list(a))),
+        );
         put("room", self.room.clone().map(Value::from));
         put("rfs", self.rfs.map(Value::from));
         put("hfs", self.hfs.map(Value::from));
@@ -95,15 +99,26 @@ pub async fn run(c: &Client, cmd: &MachineCmd, json: bool) -> anyhow::Result<()>
             print_machines(&[m], json)
         }
         MachineCmd::Add(f) => {
-            let m: Machine = c.call(Method::POST, "/api/v1/machines", Some(&f.to_json()), None).await?.value;
+            let m: Machine = c
+                .call(Method::POST, "/api/v1/machines", Some(&f.to_json()), None)
+                .await?
+                .value;
             print_machines(&[m], json)
         }
         MachineCmd::Edit { name, fields } => {
-            let m: Machine = c.edit(Method::PATCH, &format!("/api/v1/machines/{}", seg(name)), Some(&fields.to_json())).await?;
+            let m: Machine = c
+                .edit(
+                    Method::PATCH,
+                    &format!("/api/v1/machines/{}", seg(name)),
+                    Some(&fields.to_json()),
+                )
+                .await?;
             print_machines(&[m], json)
         }
         MachineCmd::Rm { name } => {
-            let _: Value = c.edit(Method::DELETE, &format!("/api/v1/machines/{}", seg(name)), None).await?;
+            let _: Value = c
+                .edit(Method::DELETE, &format!("/api/v1/machines/{}", seg(name)), None)
+                .await?;
             if !json {
                 println!("removed machine {name}");
             }
@@ -129,11 +144,20 @@ pub fn print_machines(list: &[Machine], json: bool) -> anyhow::Result<()> {
                 m.rfs.to_string(),
                 m.hfs.to_string(),
                 m.aliases.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                if m.is_faulty { format!("yes: {}", m.faulty_reason) } else { String::new() },
+                if m.is_faulty {
+                    format!("yes: {}", m.faulty_reason)
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
-    println!("{}", table(&["hostname", "ip", "mac", "type", "room", "rfs", "hfs", "aliases", "faulty"], rows));
+    println!(
+        "{}",
+        table(
+            &["hostname", "ip", "mac", "type", "room", "rfs", "hfs", "aliases", "faulty"],
+            rows
+        )
+    );
     Ok(())
 }
-

@@ -28,7 +28,13 @@ pub async fn run(c: &Client, cmd: &SettingCmd, json: bool) -> anyhow::Result<()>
             }
             let rows = list
                 .iter()
-                .map(|s| vec![s["key"].as_str().unwrap_or("").to_owned(), s["value"].to_string(), s["help"].as_str().unwrap_or("").to_owned()])
+                .map(|s| {
+                    vec![
+                        s["key"].as_str().unwrap_or("").to_owned(),
+                        s["value"].to_string(),
+                        s["help"].as_str().unwrap_or("").to_owned(),
+                    ]
+                })
                 .collect();
             println!("{}", table(&["key", "value", "meaning"], rows));
         }
@@ -45,7 +51,13 @@ pub async fn run(c: &Client, cmd: &SettingCmd, json: bool) -> anyhow::Result<()>
                 "false" | "off" | "no" | "0" => json!(false),
                 other => json!(other),
             };
-            let s: Value = c.edit(Method::PUT, &format!("/api/v1/settings/{}", seg(key)), Some(&json!({ "value": value }))).await?;
+            let s: Value = c
+                .edit(
+                    Method::PUT,
+                    &format!("/api/v1/settings/{}", seg(key)),
+                    Some(&json!({ "value": value })),
+                )
+                .await?;
             if json {
                 return print_json(&s);
             }

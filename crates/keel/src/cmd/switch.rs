@@ -73,13 +73,31 @@ pub async fn run(c: &Client, cmd: &SwitchCmd, json: bool) -> anyhow::Result<()> 
         SwitchCmd::List => c.get::<Vec<Switch>>("/api/v1/switches").await?,
         SwitchCmd::Show { name } => vec![c.get(&format!("/api/v1/switches/{}", seg(name))).await?],
         SwitchCmd::Add { name, fields } => {
-            vec![c.call(Method::POST, "/api/v1/switches", Some(&fields.to_json(Some(name))), None).await?.value]
+            vec![
+                c.call(
+                    Method::POST,
+                    "/api/v1/switches",
+                    Some(&fields.to_json(Some(name))),
+                    None,
+                )
+                .await?
+                .value,
+            ]
         }
         SwitchCmd::Edit { name, fields } => {
-            vec![c.edit(Method::PATCH, &format!("/api/v1/switches/{}", seg(name)), Some(&fields.to_json(None))).await?]
+            vec![
+                c.edit(
+                    Method::PATCH,
+                    &format!("/api/v1/switches/{}", seg(name)),
+                    Some(&fields.to_json(None)),
+                )
+                .await?,
+            ]
         }
         SwitchCmd::Rm { name } => {
-            let _: Value = c.edit(Method::DELETE, &format!("/api/v1/switches/{}", seg(name)), None).await?;
+            let _: Value = c
+                .edit(Method::DELETE, &format!("/api/v1/switches/{}", seg(name)), None)
+                .await?;
             if !json {
                 println!("removed switch {name}");
             }
@@ -91,7 +109,15 @@ pub async fn run(c: &Client, cmd: &SwitchCmd, json: bool) -> anyhow::Result<()> 
     }
     let rows = list
         .iter()
-        .map(|s| vec![s.name.to_string(), s.chassis.clone(), s.room.clone(), s.rfs.to_string(), s.hfs.to_string()])
+        .map(|s| {
+            vec![
+                s.name.to_string(),
+                s.chassis.clone(),
+                s.room.clone(),
+                s.rfs.to_string(),
+                s.hfs.to_string(),
+            ]
+        })
         .collect();
     println!("{}", table(&["name", "chassis", "room", "rfs", "hfs"], rows));
     Ok(())

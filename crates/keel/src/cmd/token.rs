@@ -39,7 +39,14 @@ pub enum TokenCmd {
 
 pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        TokenCmd::Create { name, role, facilities, host, expires, expires_in_days } => {
+        TokenCmd::Create {
+            name,
+            role,
+            facilities,
+            host,
+            expires,
+            expires_in_days,
+        } => {
             let expires = match (expires, expires_in_days) {
                 (Some(e), _) => Some(e.clone()),
                 (None, Some(d)) => Some(
@@ -54,7 +61,10 @@ pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
                 return print_json(&t);
             }
             println!("{}", t["token"].as_str().unwrap_or(""));
-            eprintln!("token {} for {name} ({role}); keep it now: it is not shown again", t["id"].as_str().unwrap_or(""));
+            eprintln!(
+                "token {} for {name} ({role}); keep it now: it is not shown again",
+                t["id"].as_str().unwrap_or("")
+            );
         }
         TokenCmd::List => {
             let list: Vec<Value> = c.get("/api/v1/tokens").await?;
@@ -64,12 +74,30 @@ pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
             let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
             let rows = list
                 .iter()
-                .map(|t| vec![s(&t["id"]), s(&t["name"]), s(&t["role"]), s(&t["created"]), s(&t["expires"]), s(&t["revoked"])])
+                .map(|t| {
+                    vec![
+                        s(&t["id"]),
+                        s(&t["name"]),
+                        s(&t["role"]),
+                        s(&t["created"]),
+                        s(&t["expires"]),
+                        s(&t["revoked"]),
+                    ]
+                })
                 .collect();
-            println!("{}", table(&["id", "name", "role", "created", "expires", "revoked"], rows));
+            println!(
+                "{}",
+                table(&["id", "name", "role", "created", "expires", "revoked"], rows)
+            );
         }
         TokenCmd::Revoke { id } => {
-            c.request(Method::DELETE, &format!("/api/v1/tokens/{}", super::seg(id)), None, None).await?;
+            c.request(
+                Method::DELETE,
+                &format!("/api/v1/tokens/{}", super::seg(id)),
+                None,
+                None,
+            )
+            .await?;
             if !json {
                 println!("revoked token {id}");
             }

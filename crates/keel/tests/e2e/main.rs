@@ -1,0 +1,20 @@
+//! keel's end-to-end tests: the real `keel` binary, started on a free port with a fresh data
+//! directory, driven over HTTP, by its CLI, and by real tools (curl).
+//!
+//! Modules:
+//! - `support`: the `Keel` harness (start, restart, kill -9, CLI) and helpers.
+//! - `foundation`: the README's commands, validation, versions (412/428), tokens and roles.
+//! - `durability`: kill -9 inside a transaction, backup under load and restore.
+//! - `cli`: the admin CLI (tables, --json, import naming every bad line, errors).
+//! - `regression`: one test per fixed bug, named after its issue.
+
+// A test binary exports nothing.
+#![allow(unreachable_pub)]
+// Test helpers may unwrap: a panic there is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod durability;
+mod foundation;
+mod regression;
+mod support;

@@ -1,0 +1,223 @@
+//! The test harness: a real `keel serve` per test, killed when the test ends.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use keel_client::Client;
+use reqwest::Method;
+use serde_json::Value;
+
+pub const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
+/// A running keel server with its own data directory.
+pub struct Keel {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub token: String,
+    args: Vec<String>,
+}
+
+impl Keel {
+    /// `keel serve` on a free port with a fresh data directory, plus `args`.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("keel-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let mut k = Self {
+            child: None,
+            dir,
+            url: String::new(),
+            token: String::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        k.spawn(env);
+        k
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("serve.log")
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let data = self.data();
+        let _ = std::fs::remove_file(data.join("listen.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut cmd = Command::new(KEEL);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(&self.args);
+        cmd.env_remove("KEEL_TOKEN")
+            .env_remove("KEEL_URL")
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn keel");
+        self.child = Some(child);
+        let addr = wait_for_file(&data.join("listen.addr"), Duration::from_secs(30), || self.exited())
+            .unwrap_or_else(|| panic!("keel did not start; log:\n{}", self.log()));
+        self.url = format!("http://{}", addr.trim());
+        self.token = std::fs::read_to_string(data.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_owned();
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Stops the server with SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// Stops the server cleanly (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data directory.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.spawn(env);
+    }
+
+    pub fn admin(&self) -> Client {
+        Client::new(&self.url, Some(self.token.clone())).expect("client")
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.url, None).expect("client")
+    }
+
+    /// Runs the CLI against this server with the admin token.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(KEEL)
+            .args(args)
+            .env("KEEL_URL", &self.url)
+            .env("KEEL_TOKEN", &self.token)
+            .env_remove("KEEL_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run keel")
+    }
+
+    /// The current seq, from /healthz.
+    pub async fn seq(&self) -> u64 {
+        let h: Value = self.anonymous().get("/healthz").await.expect("healthz");
+        h["seq"].as_u64().expect("seq")
+    }
+}
+
+impl Drop for Keel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits for a file to exist and be non-empty; `None` on timeout or if `dead()` says the process died.
+pub fn wait_for_file(path: &Path, timeout: Duration, mut dead: impl FnMut() -> bool) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return Some(s);
+            }
+        }
+        if dead() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Fails the test unless `tool` is on PATH. Under CI a missing tool is a failure, never a skip.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is not installed: .ci/run installs it (apt-get install); install it to run this test"
+    );
+}
+
+/// Sends a request as-is and returns its status and JSON body (for checking error answers).
+pub async fn req(
+    k: &Keel,
+    token: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut r = reqwest::Client::new().request(method, format!("{}{path}", k.url));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    for (h, v) in headers {
+        r = r.header(*h, *v);
+    }
+    let resp = r.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The JSON printed by a CLI command run with --json.
+pub fn stdout_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "keel failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
