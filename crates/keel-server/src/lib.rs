@@ -97,3 +97,6 @@ async fn healthz(axum::extract::State(st): axum::extract::State<AppState>) -> Js
     let snap = st.db.snapshot();
     Json(json!({"status": "ok", "seq": snap.seq(), "machines": snap.machine_count(), "db_id": st.db.db_id()}))
 }
+
+#[cfg(test)]
+mod tests;

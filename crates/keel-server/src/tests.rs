@@ -1,0 +1,122 @@
+//! Handler tests through `oneshot`: no socket, a real SQLite store in a temp dir.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use keel_model::input::{Fields, Strictness};
+use keel_model::{MachinePatch, Pools, Principal};
+use keel_store::{Db, SqliteStore};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::{app, AppState, ServerConfig};
+
+async fn state(dir: &tempfile::TempDir) -> AppState {
+    let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
+    let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
+    let patch = |v: Value| MachinePatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+    let who = Principal::system();
+    db.create_machine(
+        &who,
+        patch(json!({"hostname": "gw", "mac": "02:00:00:00:00:01", "mtype": "service", "aliases": ["mdb"]})),
+    )
+    .await
+    .unwrap();
+    AppState::new(
+        db,
+        ServerConfig {
+            open_reads: false,
+            data_dir: dir.path().to_owned(),
+        },
+    )
+}
+
+async fn send(st: &AppState, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app(st.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn get(uri: &str, host: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::HOST, host)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rpc_is_routed_by_host_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    for (uri, host, status, kind) in [
+        ("/call/query", "mdb.prolo", 200, "result"),
+        ("/call/query", "localhost:8080", 200, "result"),
+        ("/call/query", "udb.prolo", 404, "exception"),
+        ("/mdb/call/query", "udb.prolo", 200, "result"),
+        ("/udb/call/query", "mdb", 404, "exception"),
+        ("/call/nosuch", "mdb", 404, "exception"),
+        ("/call/query?colour=red", "mdb", 400, "exception"),
+    ] {
+        let (got, body) = send(&st, get(uri, host)).await;
+        assert_eq!(
+            (got.as_u16(), body["type"].as_str()),
+            (status, Some(kind)),
+            "{uri} Host: {host} → {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rpc_query_by_mac_accepts_any_notation() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    for mac in ["02:00:00:00:00:01", "02-00-00-00-00-01", "0200.0000.0001"] {
+        let (_, body) = send(&st, get(&format!("/call/query?mac={mac}"), "mdb")).await;
+        assert_eq!(body["data"][0]["hostname"], "gw", "{mac}");
+    }
+    let body = Body::from(json!({"args": [], "kwargs": {"aliases__contains": "mdb"}, "hmac": "x"}).to_string());
+    let req = Request::post("/call/query")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap();
+    let (status, body) = send(&st, req).await;
+    assert_eq!(
+        (status, body["data"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(1))
+    );
+}
+
+#[tokio::test]
+async fn rest_refuses_anonymous_writes_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    let req = Request::post("/api/v1/machines").body(Body::from("{}")).unwrap();
+    let resp = app(st.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    assert_eq!(
+        send(&st, get("/api/v1/machines", "x")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(send(&st, get("/api/v1/nothing", "x")).await.0, StatusCode::NOT_FOUND);
+    let (status, body) = send(&st, get("/healthz", "x")).await;
+    assert_eq!((status, body["machines"].as_u64()), (StatusCode::OK, Some(1)));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    send(&st, get("/call/query", "mdb")).await;
+    let resp = app(st.clone()).oneshot(get("/metrics", "x")).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains("keel_http_requests_total{route=\"/call/{method}\",method=\"GET\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("keel_machines 1"));
+    assert!(text.contains("keel_last_seq 1"));
+    assert!(text.contains("keel_http_request_duration_seconds_bucket"));
+}

@@ -1,0 +1,125 @@
+//! The store's behaviour against a real SQLite file.
+
+use std::sync::Arc;
+
+use keel_model::input::{Fields, Strictness};
+use keel_model::{Kind, MachinePatch, Pools, Principal};
+use serde_json::{json, Value};
+
+use crate::{build_snapshot, records_of, replay_log, Db, SqliteStore, StoreError, Write};
+
+async fn open(dir: &tempfile::TempDir) -> Db {
+    let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
+    Db::open(Arc::new(store), Pools::default()).await.unwrap()
+}
+
+fn patch(v: Value) -> MachinePatch {
+    MachinePatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap()
+}
+
+fn machine(i: u8) -> MachinePatch {
+    patch(json!({"hostname": format!("h{i}"), "mac": format!("02:00:00:00:00:{i:02x}"), "mtype": "user"}))
+}
+
+#[tokio::test]
+async fn seqs_versions_and_ids_come_from_the_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir).await;
+    let who = Principal::system();
+    let a = db.create_machine(&who, machine(1)).await.unwrap();
+    let b = db.create_machine(&who, machine(2)).await.unwrap();
+    assert_eq!((a.id, a.version, b.id, b.version), (1, 1, 2, 2));
+    assert_eq!(b.ip.to_string(), "192.168.0.2");
+    let a2 = db
+        .edit_machine(&who, "h1", 1, patch(json!({"room": "alt"})))
+        .await
+        .unwrap();
+    assert_eq!((a2.id, a2.version), (1, 3));
+    let err = db
+        .edit_machine(&who, "h1", 1, patch(json!({"room": "x"})))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::VersionMismatch {
+            expected: 1,
+            current: 3
+        }
+    ));
+    let changes = db.store().changes_since(0, 100).await.unwrap();
+    assert_eq!(changes.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(changes[2].before.as_ref().unwrap()["room"], "other");
+    assert_eq!(db.snapshot().seq(), 3);
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_duplicate_the_snapshot_did_not_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir).await;
+    let who = Principal::system();
+    let a = db.create_machine(&who, machine(1)).await.unwrap();
+    // Bypass the Snapshot check: write a second machine claiming the same MAC directly.
+    let mut twin = a.clone();
+    twin.id = 0;
+    twin.hostname = "other".to_owned().try_into().unwrap();
+    twin.ip = "192.168.0.9".parse().unwrap();
+    let w = Write::put(&twin, Some(0), true).unwrap();
+    let err = db.store().commit("test", vec![w]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(ref m) if m.contains("mac")), "{err}");
+    // Nothing of the failed commit remains, not even its seq.
+    let b = db.create_machine(&who, machine(2)).await.unwrap();
+    assert_eq!(b.version, 2);
+}
+
+#[tokio::test]
+async fn import_is_all_or_nothing_and_names_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir).await;
+    let who = Principal::system();
+    let rows = vec![
+        (2, Ok(machine(1))),
+        (3, Ok(machine(1))),
+        (4, Err(keel_model::ValidationError::new("mac", "bad"))),
+        (5, Ok(machine(5))),
+    ];
+    let err = db.import_machines(&who, rows).await.unwrap_err();
+    let StoreError::InvalidMany(errs) = err else {
+        panic!("expected many errors, got {err}")
+    };
+    assert_eq!(
+        errs.0.iter().map(|e| (e.line, e.field.as_str())).collect::<Vec<_>>(),
+        [(Some(3), "hostname"), (Some(4), "mac")]
+    );
+    assert_eq!(db.snapshot().seq(), 0);
+    let ok = db
+        .import_machines(&who, vec![(1, Ok(machine(1))), (2, Ok(machine(2)))])
+        .await
+        .unwrap();
+    assert_eq!(ok.len(), 2);
+    assert_eq!(db.snapshot().machine_count(), 2);
+}
+
+#[tokio::test]
+async fn reopening_rebuilds_the_same_snapshot_as_the_log_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let who = Principal::system();
+    {
+        let db = open(&dir).await;
+        for i in 1..=20 {
+            db.create_machine(&who, machine(i)).await.unwrap();
+        }
+        db.delete_machine(&who, "h3", 3).await.unwrap();
+        db.set_setting(&who, "contest_mode", json!(true), Some(0))
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
+    let (built, _) = build_snapshot(&store).await.unwrap();
+    let replayed = replay_log(&store).await.unwrap().unwrap();
+    assert_eq!(built.seq(), 22);
+    assert_eq!(built.machine_count(), 19);
+    for kind in Kind::ALL {
+        assert_eq!(records_of(&built, kind), records_of(&replayed, kind));
+    }
+    assert!(built.flag("contest_mode"));
+}
