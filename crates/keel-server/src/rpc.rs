@@ -7,10 +7,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+
 use keel_model::input::{Fields, Strictness};
 use keel_model::query::{parse_filters, Filter};
-use keel_model::wire::{MachineRecord, Queryable, RpcReply, SwitchRecord};
+use keel_model::wire::{MachineRecord, MachineWire, Queryable, SwitchRecord};
 use keel_model::{Mac, Machine, MachinePatch, Principal, Snapshot};
 use serde_json::{Map, Value};
 
@@ -95,8 +95,27 @@ async fn dispatch(
     }
     .await;
     match result {
-        Ok(data) => Json(RpcReply::Result { data }).into_response(),
+        Ok(reply) => reply.into_response(),
         Err(e) => e.into_rpc_response(),
+    }
+}
+
+/// A successful RPC answer, its `data` already serialized.
+pub(crate) struct Reply(Vec<u8>);
+
+impl Reply {
+    fn serialize<T: serde::Serialize>(data: &T) -> Result<Self, ApiError> {
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(br#"{"type":"result","data":"#);
+        serde_json::to_writer(&mut out, data).map_err(|e| ApiError::Internal(e.to_string()))?;
+        out.push(b'}');
+        Ok(Self(out))
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
     }
 }
 
@@ -180,23 +199,23 @@ fn form_pairs(s: &str) -> Vec<(String, String)> {
 }
 
 /// `query(**filters)`: machines matching every filter; no filter = all. Uses the indexes when a
-/// filter pins `mac`, `hostname` or `ip` to one value, so lookups never scan.
-pub(crate) fn query_machines(snap: &Snapshot, named: Map<String, Value>) -> Result<Value, ApiError> {
+/// filter pins `mac`, `hostname` or `ip` to one value, so lookups never scan. Serialized straight
+/// from the Snapshot into the reply.
+pub(crate) fn query_machines(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
     let filters = parse_filters::<Machine>(named)?;
-    let pinned = pinned_machine(snap, &filters);
-    let records: Vec<MachineRecord> = match pinned {
+    let records: Vec<MachineWire<'_>> = match pinned_machine(snap, &filters) {
         Some(candidate) => candidate
             .into_iter()
             .filter(|m| matches_all(&filters, *m))
-            .map(MachineRecord::from)
+            .map(MachineWire)
             .collect(),
         None => snap
             .machines()
             .filter(|m| matches_all(&filters, *m))
-            .map(MachineRecord::from)
+            .map(MachineWire)
             .collect(),
     };
-    serde_json::to_value(records).map_err(|e| ApiError::Internal(e.to_string()))
+    Reply::serialize(&records)
 }
 
 /// `Some(candidates)` when an index answers the query; `None` when a scan is needed.
@@ -217,20 +236,20 @@ fn matches_all<R: Queryable>(filters: &[Filter], r: &R) -> bool {
     filters.iter().all(|f| f.matches(r))
 }
 
-fn query_switches(snap: &Snapshot, named: Map<String, Value>) -> Result<Value, ApiError> {
+fn query_switches(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
     let filters = parse_filters::<keel_model::Switch>(named)?;
     let records: Vec<SwitchRecord> = snap
         .switches()
         .filter(|s| matches_all(&filters, *s))
         .map(SwitchRecord::from)
         .collect();
-    serde_json::to_value(records).map_err(|e| ApiError::Internal(e.to_string()))
+    Reply::serialize(&records)
 }
 
 /// `register(hostname, mac, rfs, hfs, room, mtype)`: adds a machine with an address from its pool.
 /// Without an admin token, only while `allow_self_registration` is on. Registering the same
 /// (hostname, MAC) again answers the existing machine, so a rebooting machine may retry.
-async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, Value>) -> Result<Value, ApiError> {
+async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, Value>) -> Result<Reply, ApiError> {
     let snap = state.db.snapshot();
     let principal = match who {
         Some(p) if p.is_admin() => p.clone(),
@@ -248,9 +267,9 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
     let patch = MachinePatch::from_fields(Fields::from_map(named, Strictness::Lenient))?;
     if let (Some(h), Some(mac)) = (&patch.hostname, &patch.mac) {
         if let Some(m) = snap.machine_by_mac(mac).filter(|m| &m.hostname == h) {
-            return serde_json::to_value(MachineRecord::from(m)).map_err(|e| ApiError::Internal(e.to_string()));
+            return Reply::serialize(&MachineRecord::from(m));
         }
     }
     let m = state.db.create_machine(&principal, patch).await?;
-    serde_json::to_value(MachineRecord::from(&m)).map_err(|e| ApiError::Internal(e.to_string()))
+    Reply::serialize(&MachineRecord::from(&m))
 }

@@ -24,6 +24,7 @@ pub struct Db {
     changes: broadcast::Sender<Arc<Change>>,
     pools: Pools,
     db_id: String,
+    tokens: TokenCache,
 }
 
 impl Db {
@@ -38,6 +39,7 @@ impl Db {
             changes,
             pools,
             db_id,
+            tokens: TokenCache::default(),
         })
     }
 
@@ -117,6 +119,7 @@ impl Db {
 
     pub async fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
         let done = self.store.revoke_token(id, &now_rfc3339()).await?;
+        self.tokens.forget(id);
         tracing::info!(token = %id, done, "token revoked");
         Ok(done)
     }
@@ -127,10 +130,56 @@ impl Db {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(match self.store.token(id).await? {
+        let row = match self.tokens.get(id) {
+            Some(row) => Some(row),
+            None => {
+                let row = self.store.token(id).await?;
+                if let Some(r) = &row {
+                    self.tokens.put(r.clone());
+                }
+                row
+            }
+        };
+        Ok(match row {
             None => Err(AuthError::Unknown),
             Some(row) => token::verify(&row, secret, time::OffsetDateTime::now_utc()),
         })
+    }
+}
+
+/// Token rows recently read from the store, so a request costs no database read to authenticate.
+///
+/// A revocation through this server takes effect at once; one made by another server sharing the
+/// database (a later backend) within `TOKEN_CACHE_TTL`.
+#[derive(Default)]
+struct TokenCache {
+    rows: std::sync::RwLock<std::collections::HashMap<String, (TokenRow, std::time::Instant)>>,
+}
+
+const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl TokenCache {
+    fn get(&self, id: &str) -> Option<TokenRow> {
+        let rows = self.rows.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        rows.get(id)
+            .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
+            .map(|(row, _)| row.clone())
+    }
+
+    fn put(&self, row: TokenRow) {
+        let mut rows = self.rows.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: unknown ids are never cached, and stale entries go when the map grows.
+        if rows.len() > 10_000 {
+            rows.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+        }
+        rows.insert(row.id.clone(), (row, std::time::Instant::now()));
+    }
+
+    fn forget(&self, id: &str) {
+        self.rows
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id);
     }
 }
 

@@ -8,6 +8,7 @@ mod error;
 mod fault;
 mod ops;
 mod sqlite;
+mod sqlite_commit;
 mod store;
 pub mod token;
 
