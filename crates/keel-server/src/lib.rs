@@ -83,9 +83,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("API route".into()) });
     Router::new()
         .nest("/api/v1", api)
-        .route("/call/{method}", any(rpc::call_by_host))
-        .route("/mdb/call/{method}", any(rpc::call_mdb))
-        .route("/udb/call/{method}", any(rpc::call_udb))
+        .route("/call/{method}", any(rpc::call))
+        .route("/mdb/call/{method}", any(rpc::call))
+        .route("/udb/call/{method}", any(rpc::call))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -39,6 +39,25 @@ fn if_match(headers: &HeaderMap) -> Result<u64, ApiError> {
         .map_err(|_| ApiError::invalid("If-Match", format!("must be a version number as in ETag, got {s:?}")))
 }
 
+/// An admin's guarded change: who makes it, and the version their `If-Match` names.
+pub(crate) struct Guarded {
+    who: keel_model::Principal,
+    version: u64,
+}
+
+impl axum::extract::FromRequestParts<AppState> for Guarded {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, st: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, st).await?;
+        let who = caller.admin()?.clone();
+        Ok(Self {
+            who,
+            version: if_match(&parts.headers)?,
+        })
+    }
+}
+
 /// A JSON answer carrying the record's version as its ETag.
 fn with_etag(status: StatusCode, version: u64, body: Value) -> Response {
     let mut resp = (status, Json(body)).into_response();
@@ -93,26 +112,17 @@ pub(crate) async fn create_machine(State(st): State<AppState>, caller: Caller, b
 
 pub(crate) async fn patch_machine(
     State(st): State<AppState>,
-    caller: Caller,
+    g: Guarded,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let who = caller.admin()?;
-    let version = if_match(&headers)?;
     let patch = MachinePatch::from_fields(json_fields(&body)?)?;
-    let m = st.db.edit_machine(who, &name, version, patch).await?;
+    let m = st.db.edit_machine(&g.who, &name, g.version, patch).await?;
     Ok(with_etag(StatusCode::OK, m.version, to_json(&m)?))
 }
 
 /// PUT replaces: the required fields must all be there.
-pub(crate) async fn put_machine(
-    st: State<AppState>,
-    caller: Caller,
-    name: Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
+pub(crate) async fn put_machine(st: State<AppState>, g: Guarded, name: Path<String>, body: Bytes) -> ApiResult {
     let probe = MachinePatch::from_fields(json_fields(&body)?)?;
     for (field, given) in [
         ("hostname", probe.hostname.is_some()),
@@ -123,18 +133,11 @@ pub(crate) async fn put_machine(
             return Err(ValidationError::new(field, "is required with PUT (use PATCH to change some fields)").into());
         }
     }
-    patch_machine(st, caller, name, headers, body).await
+    patch_machine(st, g, name, body).await
 }
 
-pub(crate) async fn delete_machine(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let who = caller.admin()?;
-    let version = if_match(&headers)?;
-    st.db.delete_machine(who, &name, version).await?;
+pub(crate) async fn delete_machine(State(st): State<AppState>, g: Guarded, Path(name): Path<String>) -> ApiResult {
+    st.db.delete_machine(&g.who, &name, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -189,26 +192,16 @@ pub(crate) async fn create_switch(State(st): State<AppState>, caller: Caller, bo
 
 pub(crate) async fn patch_switch(
     State(st): State<AppState>,
-    caller: Caller,
+    g: Guarded,
     Path(name): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let who = caller.admin()?;
-    let version = if_match(&headers)?;
-    let s = st.db.edit_switch(who, &name, version, json_fields(&body)?).await?;
+    let s = st.db.edit_switch(&g.who, &name, g.version, json_fields(&body)?).await?;
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 
-pub(crate) async fn delete_switch(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult {
-    let who = caller.admin()?;
-    let version = if_match(&headers)?;
-    st.db.delete_switch(who, &name, version).await?;
+pub(crate) async fn delete_switch(State(st): State<AppState>, g: Guarded, Path(name): Path<String>) -> ApiResult {
+    st.db.delete_switch(&g.who, &name, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -241,19 +234,16 @@ pub(crate) async fn get_setting(State(st): State<AppState>, caller: Caller, Path
 
 pub(crate) async fn put_setting(
     State(st): State<AppState>,
-    caller: Caller,
+    g: Guarded,
     Path(key): Path<String>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
-    let who = caller.admin()?;
-    let version = if_match(&headers)?;
     let mut f = json_fields(&body)?;
     let value = f
         .take_value("value")
         .ok_or_else(|| ApiError::invalid("value", "is required"))?;
     f.finish()?;
-    let s = st.db.set_setting(who, &key, value, Some(version)).await?;
+    let s = st.db.set_setting(&g.who, &key, value, Some(g.version)).await?;
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 

@@ -4,7 +4,7 @@
 //! answers are `{"type":"result","data":…}` or `{"type":"exception",…}`. Lenient like the original.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 
@@ -27,63 +27,21 @@ enum Service {
 /// Positional parameter names, so `args` can be given as in the original clients.
 const REGISTER_PARAMS: &[&str] = &["hostname", "mac", "rfs", "hfs", "room", "mtype"];
 
-pub(crate) async fn call_by_host(
-    state: State<AppState>,
-    caller: Caller,
-    Path(method): Path<String>,
-    headers: HeaderMap,
-    verb: Method,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    // mdb and udb share an address: the first label of Host picks the database.
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let service = if host.split('.').next().is_some_and(|l| l.starts_with("udb")) {
-        Service::Udb
-    } else {
-        Service::Mdb
-    };
-    dispatch(state, caller, service, &method, &headers, &verb, query, &body).await
-}
-
-pub(crate) async fn call_mdb(
-    state: State<AppState>,
-    caller: Caller,
-    Path(method): Path<String>,
-    headers: HeaderMap,
-    verb: Method,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    dispatch(state, caller, Service::Mdb, &method, &headers, &verb, query, &body).await
-}
-
-pub(crate) async fn call_udb(
-    state: State<AppState>,
-    caller: Caller,
-    Path(method): Path<String>,
-    headers: HeaderMap,
-    verb: Method,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    dispatch(state, caller, Service::Udb, &method, &headers, &verb, query, &body).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn dispatch(
+/// `/call/<method>`, `/mdb/call/<method>` and `/udb/call/<method>`.
+pub(crate) async fn call(
     State(state): State<AppState>,
     Caller(who): Caller,
-    service: Service,
-    method: &str,
-    headers: &HeaderMap,
-    verb: &Method,
-    query: Option<String>,
-    body: &[u8],
+    Path(method): Path<String>,
+    uri: axum::extract::OriginalUri,
+    headers: HeaderMap,
+    verb: Method,
+    body: Bytes,
 ) -> Response {
+    let service = service_of(uri.path(), &headers);
+    let query = uri.query();
     let result = async {
-        let args = Args::parse(headers, verb, query.as_deref(), body)?;
-        match (service, method) {
+        let args = Args::parse(&headers, &verb, query, &body)?;
+        match (service, method.as_str()) {
             (Service::Mdb, "query") => query_machines(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "register") => register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await,
@@ -116,6 +74,23 @@ impl Reply {
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         ([(header::CONTENT_TYPE, "application/json")], self.0).into_response()
+    }
+}
+
+/// Which database a call is for: by path prefix, else by the first label of `Host` (mdb and udb
+/// share an address in prologin's setup).
+fn service_of(path: &str, headers: &HeaderMap) -> Service {
+    if path.starts_with("/mdb/") {
+        return Service::Mdb;
+    }
+    if path.starts_with("/udb/") {
+        return Service::Udb;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if host.split('.').next().is_some_and(|l| l.starts_with("udb")) {
+        Service::Udb
+    } else {
+        Service::Mdb
     }
 }
 
