@@ -181,3 +181,35 @@ fn help_and_completions() {
         .unwrap();
     assert!(out.status.success() && !out.stdout.is_empty());
 }
+
+/// One server per data directory; a bad config file is refused naming the key.
+#[test]
+fn second_server_and_bad_config_fail_clearly() {
+    let k = Keel::start(&[]);
+    let out = std::process::Command::new(KEEL)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            k.data().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("another keel is using"), "{}", stderr(&out));
+    let cfg = k.dir.path().join("bad.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nlisten_port = 80\n").unwrap();
+    let out = std::process::Command::new(KEEL)
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--data-dir",
+            k.dir.path().join("other").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("listen_port"), "{}", stderr(&out));
+}
