@@ -16,10 +16,12 @@ mod error;
 mod metrics;
 mod rest;
 mod rpc;
+mod watch;
 
 pub use auth::Caller;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use watch::WatchConfig;
 
 /// Largest request body accepted, except imports.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -33,6 +35,7 @@ pub struct ServerConfig {
     pub open_reads: bool,
     /// Where temporary files (backups in transit) go.
     pub data_dir: PathBuf,
+    pub watch: WatchConfig,
 }
 
 #[derive(Clone)]
@@ -80,12 +83,16 @@ pub fn app(state: AppState) -> Router {
         .route("/tokens", get(rest::list_tokens).post(rest::create_token))
         .route("/tokens/{id}", axum::routing::delete(rest::revoke_token))
         .route("/backup", get(rest::backup))
+        .route("/watch", get(watch::watch))
         .fallback(|| async { ApiError::NotFound("API route".into()) });
     Router::new()
         .nest("/api/v1", api)
         .route("/call/{method}", any(rpc::call))
         .route("/mdb/call/{method}", any(rpc::call))
         .route("/udb/call/{method}", any(rpc::call))
+        .route("/poll", get(watch::poll))
+        .route("/mdb/poll", get(watch::poll))
+        .route("/udb/poll", get(watch::poll))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

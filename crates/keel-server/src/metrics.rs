@@ -35,6 +35,9 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     machines: Gauge,
     last_seq: Gauge,
+    pub(crate) watch_subscribers: Gauge,
+    pub(crate) watch_events: Counter,
+    pub(crate) watch_cut: Counter,
 }
 
 impl Default for Metrics {
@@ -64,12 +67,23 @@ impl Default for Metrics {
             "Sequence number of the last committed change",
             last_seq.clone(),
         );
+        let (watch_subscribers, watch_events, watch_cut) = (Gauge::default(), Counter::default(), Counter::default());
+        registry.register("watch_subscribers", "Open watch streams", watch_subscribers.clone());
+        registry.register("watch_events", "Lines sent on watch streams", watch_events.clone());
+        registry.register(
+            "watch_disconnects",
+            "Watch streams cut (too slow, or changes no longer available)",
+            watch_cut.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             machines,
             last_seq,
+            watch_subscribers,
+            watch_events,
+            watch_cut,
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::{ApiError, AppState};
 
 /// Which database a `/call/*` request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Service {
+pub(crate) enum Service {
     Mdb,
     Udb,
 }
@@ -79,8 +79,8 @@ impl IntoResponse for Reply {
 
 /// Which database a call is for: by path prefix, else by the first label of `Host` (mdb and udb
 /// share an address in prologin's setup).
-fn service_of(path: &str, headers: &HeaderMap) -> Service {
-    if path.starts_with("/mdb/") {
+pub(crate) fn service_of(path: &str, headers: &HeaderMap) -> Service {
+    if path.starts_with("/mdb/") || path == "/mdb" {
         return Service::Mdb;
     }
     if path.starts_with("/udb/") {

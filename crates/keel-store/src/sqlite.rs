@@ -129,6 +129,18 @@ impl Store for SqliteStore {
         Ok(s.map_or(0, to_u64))
     }
 
+    async fn trim_log(&self, keep: u64, older_than: Option<&str>) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM changes WHERE seq < (SELECT MAX(seq) FROM changes) \
+             AND (seq <= (SELECT MAX(seq) FROM changes) - ? OR time < ?)",
+        )
+        .bind(to_i64(keep.max(1)))
+        .bind(older_than.unwrap_or(""))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) \

@@ -66,6 +66,9 @@ pub trait Store: Send + Sync + 'static {
     async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError>;
     /// The seq of the oldest change still in the log (0 when the log is empty).
     async fn first_seq(&self) -> Result<u64, StoreError>;
+    /// Deletes old changes: all but the newest `keep`, and those before `older_than` (RFC 3339),
+    /// never the newest change. Returns how many were deleted.
+    async fn trim_log(&self, keep: u64, older_than: Option<&str>) -> Result<u64, StoreError>;
     async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError>;
     async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError>;
     async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;

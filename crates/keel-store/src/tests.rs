@@ -123,3 +123,28 @@ async fn reopening_rebuilds_the_same_snapshot_as_the_log_replayed() {
     }
     assert!(built.flag("contest_mode"));
 }
+
+#[tokio::test]
+async fn trimming_keeps_the_newest_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir).await;
+    let who = Principal::system();
+    for i in 1..=10 {
+        db.create_machine(&who, machine(i)).await.unwrap();
+    }
+    assert_eq!(db.store().trim_log(3, None).await.unwrap(), 7);
+    assert_eq!(db.store().first_seq().await.unwrap(), 8);
+    // Age: everything older than far future, except the newest change.
+    assert_eq!(
+        db.store()
+            .trim_log(1_000, Some("9999-01-01T00:00:00.000000Z"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(db.store().first_seq().await.unwrap(), 10);
+    assert!(
+        replay_log(db.store()).await.unwrap().is_none(),
+        "a trimmed log cannot be replayed from the start"
+    );
+}

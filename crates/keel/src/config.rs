@@ -18,6 +18,45 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub open_reads: Option<bool>,
     pub pools: Option<Pools>,
+    #[serde(default)]
+    pub watch: WatchFile,
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+/// `[watch]`: the change feed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchFile {
+    /// Seconds between heartbeat lines on an idle stream (default 10).
+    pub heartbeat_secs: Option<u64>,
+    /// Lines queued per subscriber (default 1024).
+    pub buffer: Option<usize>,
+    /// Seconds a subscriber may accept nothing before it is cut off (default 30).
+    pub stall_timeout_secs: Option<u64>,
+}
+
+/// `[log]`: retention of the change log. A watcher older than what is kept gets a snapshot.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// Keep at most this many changes (default 1,000,000).
+    pub keep_changes: Option<u64>,
+    /// Drop changes older than this many days (default: no age limit).
+    pub keep_days: Option<u64>,
+}
+
+impl WatchFile {
+    pub fn config(&self) -> keel_server::WatchConfig {
+        let d = keel_server::WatchConfig::default();
+        keel_server::WatchConfig {
+            heartbeat: self.heartbeat_secs.map_or(d.heartbeat, std::time::Duration::from_secs),
+            buffer: self.buffer.unwrap_or(d.buffer),
+            stall_timeout: self
+                .stall_timeout_secs
+                .map_or(d.stall_timeout, std::time::Duration::from_secs),
+        }
+    }
 }
 
 impl FileConfig {
@@ -45,6 +84,9 @@ pub struct ServeConfig {
     pub open_reads: bool,
     pub pools: Pools,
     pub example_site: bool,
+    pub watch: keel_server::WatchConfig,
+    pub keep_changes: u64,
+    pub keep_days: Option<u64>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

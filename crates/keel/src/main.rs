@@ -104,8 +104,11 @@ impl Cli {
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
             data_dir: self.data_dir(Some(&file)),
             open_reads: args.open_reads || file.open_reads.unwrap_or(false),
-            pools: file.pools.unwrap_or_default(),
+            pools: file.pools.clone().unwrap_or_default(),
             example_site: args.example_site,
+            watch: file.watch.config(),
+            keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
+            keep_days: file.log.keep_days,
         })
     }
 

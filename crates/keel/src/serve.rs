@@ -36,13 +36,13 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     if cfg.example_site {
         example::load(&db).await.context("cannot load the example site")?;
     }
-    let state = AppState::new(
-        db.clone(),
-        ServerConfig {
-            open_reads: cfg.open_reads,
-            data_dir: cfg.data_dir.clone(),
-        },
-    );
+    tokio::spawn(trim_log_forever(db.clone(), cfg.keep_changes, cfg.keep_days));
+    let server_config = ServerConfig {
+        open_reads: cfg.open_reads,
+        data_dir: cfg.data_dir.clone(),
+        watch: cfg.watch.clone(),
+    };
+    let state = AppState::new(db.clone(), server_config);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -101,6 +101,24 @@ async fn ensure_admin_token(db: &Db, dir: &Path) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// Applies the change log's retention at start and every minute.
+async fn trim_log_forever(db: Arc<Db>, keep: u64, keep_days: Option<u64>) {
+    loop {
+        let cutoff = keep_days.map(|d| {
+            keel_store::rfc3339(
+                time::OffsetDateTime::now_utc()
+                    - time::Duration::days(i64::try_from(d).unwrap_or(i64::MAX / 86_400_000)),
+            )
+        });
+        match db.store().trim_log(keep, cutoff.as_deref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "change log trimmed"),
+            Err(e) => tracing::error!(%e, "cannot trim the change log"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,357 @@
+//! `GET /api/v1/watch`: the live, resumable change feed; `GET /poll`: the prologin mdbsync feed.
+//!
+//! Each subscriber gets a producer task that writes lines into a bounded queue, which the HTTP body
+//! drains. The producer subscribes to the Change broadcast *before* it reads the Snapshot, so every
+//! change after the Snapshot's seq reaches it; it then sends either a snapshot or the log since the
+//! client's seq, then live changes. It never skips a seq: a gap, a lag beyond the broadcast ring,
+//! or a client that stops reading ends the stream with a reason line, and the client resumes from
+//! its last seq. Writers and other subscribers never wait for a subscriber.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use keel_model::wire::MachineWire;
+use keel_model::{Change, Kind, Machine, Op, Snapshot};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+/// How watch streams behave (from the server's configuration).
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// A heartbeat line after this long without any other line.
+    pub heartbeat: Duration,
+    /// Lines queued for one subscriber.
+    pub buffer: usize,
+    /// A subscriber that accepts no line for this long is cut off.
+    pub stall_timeout: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(10),
+            buffer: 1024,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a watch request asks for.
+#[derive(Debug, Default)]
+struct Params {
+    since: Option<u64>,
+    kinds: Option<Vec<Kind>>,
+    db_id: Option<String>,
+}
+
+impl Params {
+    fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut p = Self::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "since" => {
+                    p.since = Some(
+                        v.parse()
+                            .map_err(|_| ApiError::invalid("since", "must be a sequence number"))?,
+                    );
+                }
+                "kinds" => {
+                    let kinds = v
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| {
+                            Kind::parse(s).ok_or_else(|| ApiError::invalid("kinds", format!("unknown kind {s:?}")))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    p.kinds = Some(kinds);
+                }
+                "db_id" => p.db_id = Some(v.into_owned()),
+                other => {
+                    return Err(ApiError::invalid(
+                        other,
+                        "unknown parameter; known: since, kinds, db_id",
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    fn wants(&self, kind: Kind) -> bool {
+        self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+    }
+}
+
+/// Where a stream starts: the log after a seq, or a snapshot.
+enum Start {
+    Resume(u64),
+    Snapshot,
+}
+
+pub(crate) async fn watch(
+    State(st): State<AppState>,
+    caller: Caller,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.reader(st.config.open_reads)?;
+    let params = Params::parse(q.as_deref())?;
+    let rx = st.db.subscribe(); // before the Snapshot: no change can fall between the two
+    let snap = st.db.snapshot();
+    let start = decide_start(&st, &params, &snap).await?;
+    let (tx, lines) = mpsc::channel(st.config.watch.buffer.max(1));
+    let reason = Arc::new(Mutex::new(None));
+    let producer = Producer {
+        st: st.clone(),
+        params,
+        tx,
+        reason: reason.clone(),
+        last: 0,
+    };
+    tokio::spawn(producer.run(start, snap, rx));
+    Ok(ndjson(body(lines, reason), st.db.db_id()))
+}
+
+async fn decide_start(st: &AppState, p: &Params, snap: &Snapshot) -> Result<Start, ApiError> {
+    let Some(since) = p.since else {
+        return Ok(Start::Snapshot);
+    };
+    if p.db_id.as_deref().is_some_and(|id| id != st.db.db_id()) || since > snap.seq() {
+        return Ok(Start::Snapshot); // another database (a restore), or a seq this one never had
+    }
+    let first = st.db.store().first_seq().await?;
+    Ok(if since == snap.seq() || (first > 0 && since + 1 >= first) {
+        Start::Resume(since)
+    } else {
+        Start::Snapshot
+    })
+}
+
+fn ndjson(body: Body, db_id: &str) -> Response {
+    let mut resp = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+    if let Ok(v) = HeaderValue::from_str(db_id) {
+        resp.headers_mut().insert("x-keel-db-id", v);
+    }
+    resp
+}
+
+/// The HTTP body: every queued line, then the reason the stream ended, if any.
+fn body(lines: mpsc::Receiver<Bytes>, reason: Arc<Mutex<Option<Bytes>>>) -> Body {
+    let stream = futures_util::stream::unfold((lines, reason, false), |(mut lines, reason, done)| async move {
+        if done {
+            return None;
+        }
+        match lines.recv().await {
+            Some(line) => Some((Ok::<_, std::convert::Infallible>(line), (lines, reason, false))),
+            None => {
+                let last = reason.lock().ok().and_then(|mut r| r.take())?;
+                Some((Ok(last), (lines, reason, true)))
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Why a producer stopped.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The stream must end with this reason; the client resumes from its last seq.
+    Cut(String),
+}
+
+struct Producer {
+    st: AppState,
+    params: Params,
+    tx: mpsc::Sender<Bytes>,
+    reason: Arc<Mutex<Option<Bytes>>>,
+    /// The last seq the client has been given (or skipped, for kinds it did not ask for).
+    last: u64,
+}
+
+impl Producer {
+    async fn run(mut self, start: Start, snap: Arc<Snapshot>, mut rx: broadcast::Receiver<Arc<Change>>) {
+        let metrics = self.st.metrics.clone();
+        metrics.watch_subscribers.inc();
+        let result = async {
+            match start {
+                Start::Snapshot => self.snapshot(&snap).await?,
+                Start::Resume(since) => self.replay(since, snap.seq()).await?,
+            }
+            self.live(&mut rx).await
+        }
+        .await;
+        metrics.watch_subscribers.dec();
+        if let Err(Stop::Cut(reason)) = result {
+            metrics.watch_cut.inc();
+            tracing::info!(%reason, last = self.last, "watch stream cut");
+            let line = line(&json!({"type": "error", "reason": reason, "seq": self.last}));
+            if let Ok(mut r) = self.reason.lock() {
+                *r = Some(line);
+            }
+        }
+    }
+
+    /// Queues a line, waiting at most the stall timeout for the client to make room.
+    async fn send(&mut self, v: &Value) -> Result<(), Stop> {
+        let timeout = self.st.config.watch.stall_timeout;
+        match tokio::time::timeout(timeout, self.tx.send(line(v))).await {
+            Ok(Ok(())) => {
+                self.st.metrics.watch_events.inc();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(Stop::Gone),
+            Err(_) => Err(Stop::Cut(format!(
+                "too slow: accepted nothing for {} s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    async fn snapshot(&mut self, snap: &Snapshot) -> Result<(), Stop> {
+        let seq = snap.seq();
+        self.send(&json!({"type": "snapshot_begin", "seq": seq, "db_id": self.st.db.db_id()}))
+            .await?;
+        let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| self.params.wants(*k)).collect();
+        for kind in kinds {
+            for data in keel_store::records_of(snap, kind) {
+                self.send(&json!({"seq": seq, "kind": kind, "op": "put", "data": data}))
+                    .await?;
+            }
+        }
+        self.last = seq;
+        self.send(&json!({"type": "snapshot_end", "seq": seq})).await
+    }
+
+    /// Sends the logged changes after `since` up to `until` (the Snapshot's seq).
+    async fn replay(&mut self, since: u64, until: u64) -> Result<(), Stop> {
+        self.last = since;
+        while self.last < until {
+            let batch = self
+                .st
+                .db
+                .store()
+                .changes_since(self.last, 1000)
+                .await
+                .map_err(|e| Stop::Cut(e.to_string()))?;
+            if batch.is_empty() {
+                return Err(Stop::Cut("the change log ended early".into()));
+            }
+            for c in batch.iter().filter(|c| c.seq <= until) {
+                self.change(c).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one change, in order; a gap is never skipped silently.
+    async fn change(&mut self, c: &Change) -> Result<(), Stop> {
+        if c.seq <= self.last {
+            return Ok(()); // already in the snapshot or the replay
+        }
+        if c.seq != self.last + 1 {
+            return Err(Stop::Cut(format!(
+                "changes {} to {} are no longer available; resume",
+                self.last + 1,
+                c.seq - 1
+            )));
+        }
+        if self.params.wants(c.kind) {
+            let data = if c.op == Op::Put { &c.after } else { &c.before };
+            self.send(&json!({"seq": c.seq, "kind": c.kind, "op": c.op, "data": data}))
+                .await?;
+        }
+        self.last = c.seq;
+        Ok(())
+    }
+
+    async fn live(&mut self, rx: &mut broadcast::Receiver<Arc<Change>>) -> Result<(), Stop> {
+        let heartbeat = self.st.config.watch.heartbeat;
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(c) => self.change(&c).await?,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return Err(Stop::Cut(format!("too slow: fell {n} changes behind")));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Err(Stop::Cut("server shutting down".into())),
+                },
+                () = tokio::time::sleep(heartbeat) => {
+                    let beat = json!({"type": "heartbeat", "seq": self.last});
+                    self.send(&beat).await?;
+                }
+                () = self.tx.closed() => return Err(Stop::Gone),
+            }
+        }
+    }
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut out = serde_json::to_vec(v).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// `GET /poll` (prologin mdbsync): first the whole machine set as one JSON array of
+/// `{"type":"update","data":…}`, then one array line per batch of changes. No heartbeats.
+pub(crate) async fn poll(
+    State(st): State<AppState>,
+    uri: axum::extract::OriginalUri,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if crate::rpc::service_of(uri.path(), &headers) == crate::rpc::Service::Udb {
+        return ApiError::NotFound("udb poll (the user database is not served yet)".into()).into_response();
+    }
+    let mut rx = st.db.subscribe();
+    let snap = st.db.snapshot();
+    let first: Vec<Value> = snap
+        .machines()
+        .map(|m| json!({"type": "update", "data": MachineWire(m)}))
+        .collect();
+    let (tx, lines) = mpsc::channel::<Bytes>(st.config.watch.buffer.max(1));
+    let stall = st.config.watch.stall_timeout;
+    tokio::spawn(async move {
+        let mut last = snap.seq();
+        let mut batch = vec![json!(first)];
+        loop {
+            for events in batch.drain(..) {
+                if !matches!(tokio::time::timeout(stall, tx.send(line(&events))).await, Ok(Ok(()))) {
+                    return;
+                }
+            }
+            let Ok(c) = rx.recv().await else { return }; // lagged or closed: the client reconnects
+            let mut events = Vec::new();
+            let mut next = Some(c);
+            while let Some(c) = next {
+                if c.seq > last {
+                    last = c.seq;
+                    events.extend(poll_event(&c));
+                }
+                next = rx.try_recv().ok();
+            }
+            if !events.is_empty() {
+                batch.push(Value::Array(events));
+            }
+        }
+    });
+    ndjson(body(lines, Arc::new(Mutex::new(None))), st.db.db_id())
+}
+
+fn poll_event(c: &Change) -> Option<Value> {
+    if c.kind != Kind::Machine {
+        return None;
+    }
+    let (kind, rec) = if c.op == Op::Put {
+        ("update", &c.after)
+    } else {
+        ("delete", &c.before)
+    };
+    let m: Machine = serde_json::from_value(rec.clone()?).ok()?;
+    Some(json!({"type": kind, "data": MachineWire(&m)}))
+}
