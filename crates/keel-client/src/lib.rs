@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+mod watch;
+pub use watch::{Watch, WatchEvent, WatchOptions};
+
 use keel_model::ValidationError;
 use reqwest::{header, Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -42,6 +45,8 @@ pub struct Versioned<T> {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For streams: no overall timeout, and TCP keepalive to notice a dead server.
+    stream_http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
@@ -57,8 +62,17 @@ impl Client {
                 url: base.to_owned(),
                 source: e,
             })?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_keepalive(Duration::from_secs(15))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                url: base.to_owned(),
+                source: e,
+            })?;
         Ok(Self {
             http,
+            stream_http,
             base: base.trim_end_matches('/').to_owned(),
             token,
         })
@@ -86,6 +100,24 @@ impl Client {
         }
         if let Some(b) = body {
             req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            source: e,
+        })?;
+        if resp.status().is_success() {
+            Ok(resp)
+        } else {
+            Err(api_error(resp).await)
+        }
+    }
+
+    /// Sends a GET whose answer is a stream (no overall timeout: it lasts as long as it is read).
+    pub async fn request_streaming(&self, method: Method, path: &str) -> Result<reqwest::Response, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.stream_http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
         }
         let resp = req.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),

@@ -55,6 +55,8 @@ enum Command {
     Setting(cmd::setting::SettingCmd),
     /// Show the change log: who changed what, when.
     Log(cmd::log::LogArgs),
+    /// Print the current state, then every change as it happens (resumes across disconnects).
+    Watch(cmd::watch::WatchArgs),
     /// API tokens: create, list, revoke.
     #[command(subcommand, alias = "tokens")]
     Token(cmd::token::TokenCmd),
@@ -152,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
         Command::Log(a) => cmd::log::run(&cli.client()?, a, json).await,
         Command::Token(c) => cmd::token::run(&cli.client()?, c, json).await,
+        Command::Watch(a) => cmd::watch::run(&cli.client()?, a, json).await,
         Command::Backup(a) => cmd::backup::backup(&cli.client()?, a, json).await,
         Command::Restore(a) => cmd::backup::restore(&cli.data_dir(None), a, json).await,
         Command::Bench(a) => bench::run(a, json).await,

@@ -31,7 +31,13 @@ pub fn print_error(e: &anyhow::Error) {
             }
         }
     }
+    // Causes that only repeat the message above them (a wrapped error's own text) are left out.
+    let mut previous = e.to_string();
     for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        previous = text;
     }
 }

@@ -17,6 +17,7 @@ pub struct Keel {
     pub url: String,
     pub token: String,
     args: Vec<String>,
+    listen: String,
 }
 
 impl Keel {
@@ -36,6 +37,7 @@ impl Keel {
             url: String::new(),
             token: String::new(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            listen: "127.0.0.1:0".to_owned(),
         };
         k.spawn(env);
         k
@@ -49,6 +51,28 @@ impl Keel {
         self.dir.path().join("serve.log")
     }
 
+    /// A server whose config file holds `toml` (plus any `args`).
+    pub fn start_with_config(toml: &str, args: &[&str]) -> Self {
+        let cfg = tempfile::Builder::new()
+            .prefix("keel-e2e-cfg-")
+            .suffix(".toml")
+            .tempfile()
+            .expect("config");
+        std::fs::write(cfg.path(), toml).expect("write config");
+        let (_, path) = cfg.keep().expect("keep config");
+        let mut all = vec!["--config", path.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        Self::start(&all)
+    }
+
+    /// Restarts on the same port after a kill -9 (clients reconnect to the same URL).
+    pub fn restart_same_port(&mut self) {
+        self.stop();
+        let port = self.url.rsplit(':').next().expect("port").to_owned();
+        self.listen = format!("127.0.0.1:{port}");
+        self.spawn(&[]);
+    }
+
     fn spawn(&mut self, env: &[(&str, &str)]) {
         let data = self.data();
         let _ = std::fs::remove_file(data.join("listen.addr"));
@@ -58,7 +82,7 @@ impl Keel {
             .open(self.log_path())
             .expect("log file");
         let mut cmd = Command::new(KEEL);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", &self.listen, "--data-dir"])
             .arg(&data)
             .args(&self.args);
         cmd.env_remove("KEEL_TOKEN")
@@ -220,4 +244,18 @@ pub fn stdout_json(out: &Output) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+/// Pools of 65,534 addresses per type, for tests that add thousands of machines.
+pub const BIG_POOLS: &str = "[pools.user]\nnetwork = \"10.0.0.0/16\"\n[pools.orga]\nnetwork = \"10.1.0.0/16\"\n\
+[pools.cluster]\nnetwork = \"10.2.0.0/16\"\n[pools.service]\nnetwork = \"192.168.0.0/16\"\n";
+
+/// `n` machine rows for the import endpoint, hostnames `{prefix}{i}`, MACs unique per `salt`.
+pub fn machine_rows(prefix: &str, salt: u8, range: std::ops::Range<u32>) -> Vec<Value> {
+    range
+        .map(|i| {
+            let b = i.to_be_bytes();
+            serde_json::json!({"hostname": format!("{prefix}{i}"), "mac": format!("02:{salt:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]), "mtype": "user"})
+        })
+        .collect()
 }
