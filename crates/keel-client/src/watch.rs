@@ -51,6 +51,8 @@ pub struct Watch {
     in_snapshot: bool,
     stream: Option<ByteStream>,
     buf: Vec<u8>,
+    /// Where the next line starts in `buf` (consumed bytes are dropped once per chunk, not per line).
+    pos: usize,
     backoff: Duration,
 }
 
@@ -67,6 +69,7 @@ impl Client {
             in_snapshot: false,
             stream: None,
             buf: Vec::new(),
+            pos: 0,
             backoff: Duration::from_millis(50),
         }
     }
@@ -86,6 +89,7 @@ impl Watch {
     pub fn disconnect(&mut self) {
         self.stream = None;
         self.buf.clear();
+        self.pos = 0;
     }
 
     /// The next event, in seq order, reconnecting as needed. Errors are returned only for what a
@@ -147,12 +151,13 @@ impl Watch {
 
     async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
         loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
-                let rest = self.buf.split_off(i + 1);
-                let mut line = std::mem::replace(&mut self.buf, rest);
-                line.pop();
+            if let Some(i) = self.buf[self.pos..].iter().position(|&b| b == b'\n') {
+                let line = self.buf[self.pos..self.pos + i].to_vec();
+                self.pos += i + 1;
                 return Ok(Some(line));
             }
+            self.buf.drain(..self.pos);
+            self.pos = 0;
             let Some(stream) = self.stream.as_mut() else {
                 return Ok(None);
             };

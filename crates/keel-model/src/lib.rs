@@ -21,4 +21,4 @@ pub use pool::{Pool, Pools};
 pub use principal::{Principal, Role};
 pub use record::Record;
 pub use setting::{Setting, SettingSpec, SETTINGS};
-pub use snapshot::{ApplyError, Snapshot};
+pub use snapshot::{AllocHints, ApplyError, Snapshot};

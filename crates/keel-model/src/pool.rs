@@ -39,9 +39,14 @@ impl Pool {
     /// `used_in_order` yields the used addresses inside the pool in increasing order, so the walk
     /// costs the number of used addresses below the first gap, not the pool's size.
     pub fn lowest_free(&self, used_in_order: impl Iterator<Item = Ipv4Addr>) -> Option<Ipv4Addr> {
+        self.lowest_free_from(self.network.network(), used_in_order)
+    }
+
+    /// As [`Pool::lowest_free`], for a caller that knows no address below `from` is free.
+    pub fn lowest_free_from(&self, from: Ipv4Addr, used_in_order: impl Iterator<Item = Ipv4Addr>) -> Option<Ipv4Addr> {
         let mut used = used_in_order.peekable();
         let (first, last) = (u32::from(self.network.network()), u32::from(self.network.broadcast()));
-        let mut candidate = first;
+        let mut candidate = u32::from(from).clamp(first, last);
         loop {
             let ip = Ipv4Addr::from(candidate);
             while used.next_if(|u| *u < ip).is_some() {}
@@ -101,19 +106,22 @@ impl Pools {
         }
     }
 
-    /// Picks the lowest free address of the type's pool.
+    /// Picks the lowest free address of the type's pool at or above `from`; the caller guarantees
+    /// none below it is free (`from` = the network address for a plain allocation).
     pub fn allocate(
         &self,
         mtype: MachineType,
+        from: Option<Ipv4Addr>,
         used_in_order: impl Iterator<Item = Ipv4Addr>,
     ) -> Result<Ipv4Addr, ValidationError> {
         let pool = self.of(mtype);
-        pool.lowest_free(used_in_order).ok_or_else(|| {
-            ValidationError::new(
-                "ip",
-                format!("the {mtype} pool {} is full: no free address left", pool.network),
-            )
-        })
+        pool.lowest_free_from(from.unwrap_or(pool.network.network()), used_in_order)
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "ip",
+                    format!("the {mtype} pool {} is full: no free address left", pool.network),
+                )
+            })
     }
 }
 

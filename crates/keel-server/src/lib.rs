@@ -43,6 +43,7 @@ pub struct AppState {
     pub db: Arc<Db>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
+    watch_lines: Arc<watch::LineCache>,
 }
 
 impl AppState {
@@ -51,6 +52,7 @@ impl AppState {
             db,
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
+            watch_lines: Arc::new(watch::LineCache::default()),
         }
     }
 }

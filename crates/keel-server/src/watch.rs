@@ -27,7 +27,7 @@ use crate::{ApiError, AppState};
 pub struct WatchConfig {
     /// A heartbeat line after this long without any other line.
     pub heartbeat: Duration,
-    /// Lines queued for one subscriber.
+    /// Chunks (of up to 64 KiB of lines) queued for one subscriber.
     pub buffer: usize,
     /// A subscriber that accepts no line for this long is cut off.
     pub stall_timeout: Duration,
@@ -113,6 +113,7 @@ pub(crate) async fn watch(
         tx,
         reason: reason.clone(),
         last: 0,
+        out: Vec::new(),
     };
     tokio::spawn(producer.run(start, snap, rx));
     Ok(ndjson(body(lines, reason), st.db.db_id()))
@@ -173,7 +174,12 @@ struct Producer {
     reason: Arc<Mutex<Option<Bytes>>>,
     /// The last seq the client has been given (or skipped, for kinds it did not ask for).
     last: u64,
+    /// Lines not yet handed to the HTTP body: sent as one chunk, so a burst costs few writes.
+    out: Vec<u8>,
 }
+
+/// Lines are handed to the HTTP body in chunks of about this size.
+const CHUNK: usize = 64 * 1024;
 
 impl Producer {
     async fn run(mut self, start: Start, snap: Arc<Snapshot>, mut rx: broadcast::Receiver<Arc<Change>>) {
@@ -184,6 +190,7 @@ impl Producer {
                 Start::Snapshot => self.snapshot(&snap).await?,
                 Start::Resume(since) => self.replay(since, snap.seq()).await?,
             }
+            drop(snap); // an idle subscriber must not pin an old Snapshot in memory
             self.live(&mut rx).await
         }
         .await;
@@ -198,14 +205,25 @@ impl Producer {
         }
     }
 
-    /// Queues a line, waiting at most the stall timeout for the client to make room.
-    async fn send(&mut self, v: &Value) -> Result<(), Stop> {
+    fn push(&mut self, line: &[u8]) {
+        self.out.extend_from_slice(line);
+        self.st.metrics.watch_events.inc();
+    }
+
+    /// Hands the pending lines to the body, waiting at most the stall timeout for room.
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.out));
+        let chunk = match self.tx.try_send(chunk) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Gone),
+            Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
+        };
         let timeout = self.st.config.watch.stall_timeout;
-        match tokio::time::timeout(timeout, self.tx.send(line(v))).await {
-            Ok(Ok(())) => {
-                self.st.metrics.watch_events.inc();
-                Ok(())
-            }
+        match tokio::time::timeout(timeout, self.tx.send(chunk)).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Stop::Gone),
             Err(_) => Err(Stop::Cut(format!(
                 "too slow: accepted nothing for {} s",
@@ -214,19 +232,29 @@ impl Producer {
         }
     }
 
+    async fn push_flushing(&mut self, line: &[u8]) -> Result<(), Stop> {
+        self.push(line);
+        if self.out.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn snapshot(&mut self, snap: &Snapshot) -> Result<(), Stop> {
         let seq = snap.seq();
-        self.send(&json!({"type": "snapshot_begin", "seq": seq, "db_id": self.st.db.db_id()}))
-            .await?;
+        self.push(&line(
+            &json!({"type": "snapshot_begin", "seq": seq, "db_id": self.st.db.db_id()}),
+        ));
         let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| self.params.wants(*k)).collect();
         for kind in kinds {
             for data in keel_store::records_of(snap, kind) {
-                self.send(&json!({"seq": seq, "kind": kind, "op": "put", "data": data}))
+                self.push_flushing(&line(&json!({"seq": seq, "kind": kind, "op": "put", "data": data})))
                     .await?;
             }
         }
         self.last = seq;
-        self.send(&json!({"type": "snapshot_end", "seq": seq})).await
+        self.push(&line(&json!({"type": "snapshot_end", "seq": seq})));
+        self.flush().await
     }
 
     /// Sends the logged changes after `since` up to `until` (the Snapshot's seq).
@@ -244,14 +272,17 @@ impl Producer {
                 return Err(Stop::Cut("the change log ended early".into()));
             }
             for c in batch.iter().filter(|c| c.seq <= until) {
-                self.change(c).await?;
+                self.change(c)?;
+                if self.out.len() >= CHUNK {
+                    self.flush().await?;
+                }
             }
         }
-        Ok(())
+        self.flush().await
     }
 
-    /// Sends one change, in order; a gap is never skipped silently.
-    async fn change(&mut self, c: &Change) -> Result<(), Stop> {
+    /// Queues one change, in order; a gap is never skipped silently.
+    fn change(&mut self, c: &Change) -> Result<(), Stop> {
         if c.seq <= self.last {
             return Ok(()); // already in the snapshot or the replay
         }
@@ -263,9 +294,8 @@ impl Producer {
             )));
         }
         if self.params.wants(c.kind) {
-            let data = if c.op == Op::Put { &c.after } else { &c.before };
-            self.send(&json!({"seq": c.seq, "kind": c.kind, "op": c.op, "data": data}))
-                .await?;
+            let line = self.st.watch_lines.line(c);
+            self.push(&line);
         }
         self.last = c.seq;
         Ok(())
@@ -275,19 +305,49 @@ impl Producer {
         let heartbeat = self.st.config.watch.heartbeat;
         loop {
             tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(c) => self.change(&c).await?,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        return Err(Stop::Cut(format!("too slow: fell {n} changes behind")));
+                r = rx.recv() => {
+                    self.received(r.map_err(Into::into))?;
+                    // Take what else is already there, then write it all at once.
+                    while self.out.len() < CHUNK {
+                        match rx.try_recv() {
+                            Err(broadcast::error::TryRecvError::Empty) => break,
+                            r => self.received(r.map_err(|e| match e {
+                                broadcast::error::TryRecvError::Lagged(n) => Lag::Behind(n),
+                                _ => Lag::Closed,
+                            }))?,
+                        }
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Err(Stop::Cut("server shutting down".into())),
-                },
+                    self.flush().await?;
+                }
                 () = tokio::time::sleep(heartbeat) => {
-                    let beat = json!({"type": "heartbeat", "seq": self.last});
-                    self.send(&beat).await?;
+                    self.push(&line(&json!({"type": "heartbeat", "seq": self.last})));
+                    self.flush().await?;
                 }
                 () = self.tx.closed() => return Err(Stop::Gone),
             }
+        }
+    }
+
+    fn received(&mut self, r: Result<Arc<Change>, Lag>) -> Result<(), Stop> {
+        match r {
+            Ok(c) => self.change(&c),
+            Err(Lag::Behind(n)) => Err(Stop::Cut(format!("too slow: fell {n} changes behind"))),
+            Err(Lag::Closed) => Err(Stop::Cut("server shutting down".into())),
+        }
+    }
+}
+
+/// Why the broadcast gave no change.
+enum Lag {
+    Behind(u64),
+    Closed,
+}
+
+impl From<broadcast::error::RecvError> for Lag {
+    fn from(e: broadcast::error::RecvError) -> Self {
+        match e {
+            broadcast::error::RecvError::Lagged(n) => Self::Behind(n),
+            broadcast::error::RecvError::Closed => Self::Closed,
         }
     }
 }
@@ -296,6 +356,52 @@ fn line(v: &Value) -> Bytes {
     let mut out = serde_json::to_vec(v).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
+}
+
+/// The serialized lines of recent changes, shared by all subscribers: fanning a change out to a
+/// thousand watchers serializes it once.
+#[derive(Default)]
+pub(crate) struct LineCache {
+    recent: Mutex<(std::collections::HashMap<u64, Bytes>, std::collections::VecDeque<u64>)>,
+}
+
+const LINE_CACHE: usize = 16_384;
+
+impl LineCache {
+    fn line(&self, c: &Change) -> Bytes {
+        if let Some(b) = self.recent.lock().ok().and_then(|r| r.0.get(&c.seq).cloned()) {
+            return b;
+        }
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            seq: u64,
+            kind: Kind,
+            op: Op,
+            data: &'a Option<Value>,
+        }
+        let data = if c.op == Op::Put { &c.after } else { &c.before };
+        let mut out = serde_json::to_vec(&Line {
+            seq: c.seq,
+            kind: c.kind,
+            op: c.op,
+            data,
+        })
+        .unwrap_or_default();
+        out.push(b'\n');
+        let b = Bytes::from(out);
+        if let Ok(mut guard) = self.recent.lock() {
+            let (map, order) = &mut *guard;
+            if map.insert(c.seq, b.clone()).is_none() {
+                order.push_back(c.seq);
+                if order.len() > LINE_CACHE {
+                    if let Some(old) = order.pop_front() {
+                        map.remove(&old);
+                    }
+                }
+            }
+        }
+        b
+    }
 }
 
 /// `GET /poll` (prologin mdbsync): first the whole machine set as one JSON array of

@@ -84,11 +84,12 @@ impl Db {
             .write(who, |s, pools| {
                 // Each row is checked against the database and the rows before it.
                 let mut scratch = s.clone();
+                let mut hints = keel_model::AllocHints::default();
                 let mut errors = Vec::new();
                 let mut writes = Vec::with_capacity(rows.len());
                 for (i, (line, row)) in rows.into_iter().enumerate() {
                     let provisional_id = u64::MAX - i as u64;
-                    match row.and_then(|p| scratch.new_machine(p, provisional_id, pools)) {
+                    match row.and_then(|p| scratch.new_machine_hinted(p, provisional_id, pools, &mut hints)) {
                         Ok(m) => {
                             writes.push(Write::put(&m, Some(0), true)?);
                             scratch.put_machine(m);

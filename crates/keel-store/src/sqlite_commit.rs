@@ -1,9 +1,9 @@
-//! One SQLite commit in two round trips (for up to 256 records), whatever it writes:
+//! One SQLite commit in two round trips (for up to about 1,000 records), whatever it writes:
 //!
 //! 1. `BEGIN IMMEDIATE; UPDATE counter … RETURNING seq;` plus a `SELECT` of each record being
 //!    replaced — the seqs are taken from the counter row inside the transaction (DESIGN.md 8);
-//! 2. every record, unique value and Change row, as one multi-statement batch (per 256 writes),
-//!    the last batch ending with `COMMIT`.
+//! 2. every record, unique value and Change row, as multi-row statements in one batch (more
+//!    batches for a large import), the last batch ending with `COMMIT`.
 //!
 //! The crash-test fault point sits between the two: after the seqs are taken, before any record
 //! is written or committed, on the same path as every commit.
@@ -24,9 +24,6 @@ use sqlx::{Row, Sqlite, SqlitePool};
 use crate::sqlite::{parse_json, to_i64, to_u64};
 use crate::store::Write;
 use crate::{fault, now_rfc3339, StoreError};
-
-/// Records written per round trip in a large commit (an import).
-const WRITES_PER_BATCH: usize = 256;
 
 struct OpenTx {
     conn: PoolConnection<Sqlite>,
@@ -75,7 +72,7 @@ async fn run(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec
         .map(|(i, w)| plan(w, first + i as u64, principal, &time, current.get(&i)))
         .collect::<Result<Vec<_>, _>>()?;
     fault::in_commit().await;
-    let chunks: Vec<&[Planned]> = planned.chunks(WRITES_PER_BATCH).collect();
+    let chunks = batches(&planned);
     for (i, chunk) in chunks.iter().enumerate() {
         write_chunk(tx, chunk, i + 1 == chunks.len()).await?;
     }
@@ -167,55 +164,94 @@ fn stamp(after: &mut Value, seq: u64, assign_id: bool) {
     }
 }
 
-/// Writes the records, unique values and Change rows of `chunk` in one round trip, then commits
-/// if `last`. SQLite stops at the first failing statement, so an error never reaches the COMMIT.
+/// Splits the writes into batches of one round trip each: a key at most once per batch (inside a
+/// batch, statements go table by table rather than write by write) and at most ~30,000 bound
+/// values (SQLite allows 32,766 per statement).
+fn batches(planned: &[Planned]) -> Vec<&[Planned]> {
+    let mut out = Vec::new();
+    let (mut start, mut params) = (0, 0);
+    let mut keys = std::collections::HashSet::new();
+    for (i, p) in planned.iter().enumerate() {
+        let cost = 14 + 4 * p.uniques.len();
+        if i > start && (params + cost > 30_000 || keys.contains(&(p.change.kind, p.change.key.as_str()))) {
+            out.push(&planned[start..i]);
+            (start, params) = (i, 0);
+            keys.clear();
+        }
+        keys.insert((p.change.kind, p.change.key.as_str()));
+        params += cost;
+    }
+    out.push(&planned[start..]);
+    out
+}
+
+/// `n` groups of `arity` placeholders: `(?, ?), (?, ?)`.
+fn rows(n: usize, arity: usize) -> String {
+    let one = format!("({})", vec!["?"; arity].join(", "));
+    vec![one; n].join(", ")
+}
+
+/// Writes the records, unique values and Change rows of `chunk` in one round trip (multi-row
+/// statements), then commits if `last`. SQLite stops at the first failing statement, so an error
+/// never reaches the COMMIT.
 async fn write_chunk(tx: &mut OpenTx, chunk: &[Planned], last: bool) -> Result<(), StoreError> {
-    let mut sql = String::new();
-    for p in chunk {
-        if !p.fresh {
-            sql.push_str("DELETE FROM uniques WHERE kind = ? AND key = ?;");
-        }
-        if !p.uniques.is_empty() {
-            sql.push_str("INSERT INTO uniques (space, value, kind, key) VALUES ");
-            sql.push_str(&vec!["(?, ?, ?, ?)"; p.uniques.len()].join(", "));
-            sql.push(';');
-        }
-        sql.push_str(match p.change.op {
-            Op::Put => {
-                "INSERT INTO objects (kind, key, version, data) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, data = excluded.data;"
-            }
-            Op::Delete => "DELETE FROM objects WHERE kind = ? AND key = ?;",
-        });
-        sql.push_str(
-            "INSERT INTO changes (seq, time, principal, kind, op, key, before, after) VALUES (?, ?, ?, ?, ?, ?, ?, ?);",
+    let replaced: Vec<&Planned> = chunk.iter().filter(|p| !p.fresh).collect();
+    let uniques: Vec<(&Planned, &(&'static str, String))> = chunk
+        .iter()
+        .flat_map(|p| p.uniques.iter().map(move |u| (p, u)))
+        .collect();
+    let puts: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Put).collect();
+    let deletes: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Delete).collect();
+    let mut sql = "DELETE FROM uniques WHERE kind = ? AND key = ?;".repeat(replaced.len());
+    if !uniques.is_empty() {
+        sql += &format!(
+            "INSERT INTO uniques (space, value, kind, key) VALUES {};",
+            rows(uniques.len(), 4)
         );
     }
+    if !puts.is_empty() {
+        sql += &format!(
+            "INSERT INTO objects (kind, key, version, data) VALUES {} \
+             ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, data = excluded.data;",
+            rows(puts.len(), 4)
+        );
+    }
+    sql += &"DELETE FROM objects WHERE kind = ? AND key = ?;".repeat(deletes.len());
+    sql += &format!(
+        "INSERT INTO changes (seq, time, principal, kind, op, key, before, after) VALUES {};",
+        rows(chunk.len(), 8)
+    );
     if last {
-        sql.push_str("COMMIT;");
+        sql += "COMMIT;";
     }
     let mut q = sqlx::query(&sql).persistent(chunk.len() == 1);
+    for p in &replaced {
+        q = q.bind(p.change.kind.as_str()).bind(p.change.key.as_str());
+    }
+    for (p, (space, value)) in &uniques {
+        q = q
+            .bind(*space)
+            .bind(value.as_str())
+            .bind(p.change.kind.as_str())
+            .bind(p.change.key.as_str());
+    }
+    for p in &puts {
+        q = q
+            .bind(p.change.kind.as_str())
+            .bind(p.change.key.as_str())
+            .bind(to_i64(p.change.seq))
+            .bind(p.after.as_deref());
+    }
+    for p in &deletes {
+        q = q.bind(p.change.kind.as_str()).bind(p.change.key.as_str());
+    }
     for p in chunk {
-        let (c, kind) = (&p.change, p.change.kind.as_str());
-        if !p.fresh {
-            q = q.bind(kind).bind(c.key.as_str());
-        }
-        for (space, value) in &p.uniques {
-            q = q.bind(*space).bind(value.as_str()).bind(kind).bind(c.key.as_str());
-        }
-        q = match c.op {
-            Op::Put => q
-                .bind(kind)
-                .bind(c.key.as_str())
-                .bind(to_i64(c.seq))
-                .bind(p.after.as_deref()),
-            Op::Delete => q.bind(kind).bind(c.key.as_str()),
-        };
+        let c = &p.change;
         q = q
             .bind(to_i64(c.seq))
             .bind(c.time.as_str())
             .bind(c.principal.as_str())
-            .bind(kind);
+            .bind(c.kind.as_str());
         q = q
             .bind(c.op.as_str())
             .bind(c.key.as_str())

@@ -12,8 +12,25 @@ use serde_json::{json, Value};
 
 use crate::output::{print_json, table};
 
+/// Which measurements to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// The machine database: fsync, register, full query, query(mac=), RSS.
+    Mdb,
+    /// The watch stream: fan-out latency to 1,000 subscribers, bulk fan-out, memory per subscriber.
+    Watch,
+    /// Both.
+    All,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value = "mdb")]
+    suite: Suite,
+    /// Watch subscribers for the latency and memory measurements.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
     /// Sequential registrations to time.
     #[arg(long, default_value_t = 2000)]
     registrations: u32,
@@ -33,10 +50,10 @@ pub struct BenchArgs {
 }
 
 /// The server under test; killed when dropped, whatever happens.
-struct Server {
-    child: Child,
-    url: String,
-    token: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    pub(crate) token: String,
 }
 
 impl Drop for Server {
@@ -69,19 +86,37 @@ pub async fn run(args: &BenchArgs, json: bool) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("keel-bench-{}", std::process::id())));
     let owned = args.dir.is_none();
     std::fs::create_dir_all(&dir)?;
-    let result = bench_in(&dir, args).await;
+    let result = run_suites(&dir, args, json).await;
     if owned {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let report = result?;
-    if json {
-        return print_json(&report);
+    result
+}
+
+async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<()> {
+    let mut out = serde_json::Map::new();
+    if matches!(args.suite, Suite::Mdb | Suite::All) {
+        let report = bench_in(&dir.join("mdb"), args).await?;
+        if !json {
+            print_report(&report, args);
+        }
+        out.insert("mdb".into(), serde_json::to_value(&report)?);
     }
-    print_report(&report, args);
+    if matches!(args.suite, Suite::Watch | Suite::All) {
+        let report = crate::bench_watch::run(&dir.join("watch"), args.subscribers).await?;
+        if !json {
+            crate::bench_watch::print(&report, args.subscribers);
+        }
+        out.insert("watch".into(), serde_json::to_value(&report)?);
+    }
+    if json {
+        print_json(&out)?;
+    }
     Ok(())
 }
 
 async fn bench_in(dir: &Path, args: &BenchArgs) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(dir)?;
     let mut r = Report::default();
     eprintln!("bench: fsync latency of {}", dir.display());
     let fs = fsync_latency(dir, 200)?;
@@ -176,7 +211,7 @@ fn fsync_latency(dir: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(out)
 }
 
-fn start_server(dir: &Path) -> anyhow::Result<Server> {
+pub(crate) fn start_server(dir: &Path) -> anyhow::Result<Server> {
     let cfg = dir.join("bench.toml");
     std::fs::write(
         &cfg,
@@ -221,7 +256,7 @@ fn start_server(dir: &Path) -> anyhow::Result<Server> {
     bail!("keel serve did not start within 30 s")
 }
 
-fn mac_of(i: u32) -> String {
+pub(crate) fn mac_of(i: u32) -> String {
     let b = i.to_be_bytes();
     format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
 }
@@ -245,7 +280,7 @@ async fn register(c: &Client, n: u32) -> anyhow::Result<(f64, Vec<f64>)> {
 }
 
 /// Adds machines `from..to` through the import endpoint, in batches.
-async fn fill(c: &Client, from: u32, to: u32) -> anyhow::Result<()> {
+pub(crate) async fn fill(c: &Client, from: u32, to: u32) -> anyhow::Result<()> {
     let mut i = from;
     while i < to {
         let end = (i + 2000).min(to);
@@ -321,7 +356,7 @@ fn query_mac_load(url: &str, machines: u32, connections: usize, duration: Durati
     .map_err(|_| anyhow::anyhow!("the load thread panicked"))?
 }
 
-fn rss_mb(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
@@ -332,11 +367,11 @@ fn rss_mb(pid: u32) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(crate) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn percentile(v: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(((s.len() as f64 - 1.0) * p).round() as usize)

@@ -30,7 +30,7 @@ pub struct FileConfig {
 pub struct WatchFile {
     /// Seconds between heartbeat lines on an idle stream (default 10).
     pub heartbeat_secs: Option<u64>,
-    /// Lines queued per subscriber (default 1024).
+    /// Chunks of up to 64 KiB of lines queued per subscriber (default 16).
     pub buffer: Option<usize>,
     /// Seconds a subscriber may accept nothing before it is cut off (default 30).
     pub stall_timeout_secs: Option<u64>,
