@@ -44,15 +44,32 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     watch_lines: Arc<watch::LineCache>,
+    /// Becomes true when the server stops: open streams end (with a reason line) so that the
+    /// graceful shutdown does not wait on them forever.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
     pub fn new(db: Arc<Db>, config: ServerConfig) -> Self {
+        Self::with_shutdown(db, config, tokio::sync::watch::channel(false).1)
+    }
+
+    /// A state whose streams end when `shutdown` turns true.
+    pub fn with_shutdown(db: Arc<Db>, config: ServerConfig, shutdown: tokio::sync::watch::Receiver<bool>) -> Self {
         Self {
             db,
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
+            shutdown,
+        }
+    }
+
+    /// Resolves when the server is stopping (never, if nothing will stop it).
+    pub(crate) async fn stopping(&self) {
+        let mut rx = self.shutdown.clone();
+        if rx.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

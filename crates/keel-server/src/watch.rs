@@ -324,6 +324,7 @@ impl Producer {
                     self.flush().await?;
                 }
                 () = self.tx.closed() => return Err(Stop::Gone),
+                () = self.st.stopping() => return Err(Stop::Cut("server shutting down; resume elsewhere or later".into())),
             }
         }
     }
@@ -422,7 +423,9 @@ pub(crate) async fn poll(
         .collect();
     let (tx, lines) = mpsc::channel::<Bytes>(st.config.watch.buffer.max(1));
     let stall = st.config.watch.stall_timeout;
+    let task_st = st.clone();
     tokio::spawn(async move {
+        let st = task_st;
         let mut last = snap.seq();
         let mut batch = vec![json!(first)];
         loop {
@@ -431,7 +434,14 @@ pub(crate) async fn poll(
                     return;
                 }
             }
-            let Ok(c) = rx.recv().await else { return }; // lagged or closed: the client reconnects
+            let stopping = st.stopping();
+            let c = tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(c) => c,
+                    Err(_) => return, // lagged or closed: the client reconnects
+                },
+                () = stopping => return,
+            };
             let mut events = Vec::new();
             let mut next = Some(c);
             while let Some(c) = next {

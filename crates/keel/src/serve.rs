@@ -42,7 +42,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         data_dir: cfg.data_dir.clone(),
         watch: cfg.watch.clone(),
     };
-    let state = AppState::new(db.clone(), server_config);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -50,9 +51,21 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::write(cfg.data_dir.join(ADDR_FILE), addr.to_string())?;
     tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
     println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
-    axum::serve(listener, keel_server::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let stopping = async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: ending open streams, finishing requests");
+        let _ = stop_tx.send(true);
+    };
+    let serve = axum::serve(listener, keel_server::app(state)).with_graceful_shutdown(stopping);
+    // Requests in flight get a few seconds to finish; a client that never reads is not waited for.
+    let mut serve = std::pin::pin!(std::future::IntoFuture::into_future(serve));
+    tokio::select! {
+        r = &mut serve => r?,
+        () = async {
+            shutdown_signal().await;
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        } => tracing::warn!("stopped with requests still open after 10 s"),
+    }
     tracing::info!("keel stopped");
     Ok(())
 }

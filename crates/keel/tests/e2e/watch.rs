@@ -325,3 +325,34 @@ async fn cli_watch_prints_an_empty_snapshot_and_waits() {
     assert_eq!(next(&mut out).await, "1 put machine a1");
     assert!(child.try_wait().unwrap().is_none(), "keel watch keeps waiting");
 }
+
+/// SIGTERM with watch streams open: the streams end and the server exits cleanly, promptly.
+#[tokio::test]
+async fn stop_with_open_streams_is_prompt_and_clean() {
+    let mut k = Keel::start(&["--example-site"]);
+    let mut w = k.admin().watch(WatchOptions {
+        reconnect: false,
+        ..opts(None)
+    });
+    assert!(matches!(w.next().await.unwrap(), WatchEvent::SnapshotBegin { .. }));
+    let poll = reqwest::get(format!("{}/poll", k.url)).await.unwrap();
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = k.stop();
+        (s, k)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "keel did not exit cleanly: {status:?}"
+    );
+    // Not a speed measure: the server's own fallback would end it after 10 s; this proves it did not wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopping waited for the streams: {:?}",
+        started.elapsed()
+    );
+    drop(poll);
+}
