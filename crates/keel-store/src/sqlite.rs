@@ -42,6 +42,9 @@ impl SqliteStore {
             // Checkpoint every ~16 MiB of WAL rather than 4 MiB: fewer checkpoint stalls under write load.
             .pragma("wal_autocheckpoint", "4000");
         let pool = SqlitePoolOptions::new()
+            // A ping before each use is a round trip to the worker thread, and a local file does not
+            // go away: skip it.
+            .test_before_acquire(false)
             .max_connections(max_connections)
             .min_connections(1)
             .connect_with(opts)

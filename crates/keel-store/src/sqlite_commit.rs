@@ -64,7 +64,9 @@ pub(crate) async fn commit(pool: &SqlitePool, principal: &str, writes: Vec<Write
 
 async fn run(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
     let time = now_rfc3339();
+    let t0 = std::time::Instant::now();
     let (last, current) = begin(tx, &writes).await?;
+    let t1 = t0.elapsed().as_micros() as u64;
     let first = last + 1 - writes.len() as u64;
     let planned = writes
         .into_iter()
@@ -78,6 +80,12 @@ async fn run(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec
     }
     // The last batch ended with COMMIT, and it succeeded.
     tx.open = false;
+    tracing::debug!(
+        begin_us = t1,
+        total_us = t0.elapsed().as_micros() as u64,
+        writes = planned.len(),
+        "committed"
+    );
     Ok(planned.into_iter().map(|p| p.change).collect())
 }
 

@@ -1,6 +1,8 @@
 -- keel's SQLite schema, version 1.
 -- Records are stored generically (kind, key, JSON); their unique values live in `uniques`, so the
--- database itself refuses a duplicate even if a caller's check raced.
+-- database itself refuses a duplicate even if a caller's check raced. Tables keyed by their primary
+-- key are WITHOUT ROWID: one B-tree each instead of a table plus an index, so a commit writes
+-- fewer pages (and fsyncs less).
 
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -21,7 +23,7 @@ CREATE TABLE objects (
     version INTEGER NOT NULL,
     data    TEXT    NOT NULL,
     PRIMARY KEY (kind, key)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE uniques (
     space TEXT NOT NULL,
@@ -29,7 +31,7 @@ CREATE TABLE uniques (
     kind  TEXT NOT NULL,
     key   TEXT NOT NULL,
     PRIMARY KEY (space, value)
-);
+) WITHOUT ROWID;
 CREATE INDEX uniques_owner ON uniques (kind, key);
 
 CREATE TABLE changes (
