@@ -301,8 +301,16 @@ impl Producer {
         Ok(())
     }
 
+    /// Live changes until the client goes, falls behind, or the server stops. The timers and
+    /// wakers live outside the loop: a change fanned out to a thousand subscribers must not cost a
+    /// thousand timer registrations.
     async fn live(&mut self, rx: &mut broadcast::Receiver<Arc<Change>>) -> Result<(), Stop> {
         let heartbeat = self.st.config.watch.heartbeat;
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let st = self.st.clone();
+        let mut stopping = std::pin::pin!(st.stopping());
+        let mut quiet = true; // nothing sent since the last tick
         loop {
             tokio::select! {
                 r = rx.recv() => {
@@ -317,14 +325,20 @@ impl Producer {
                             }))?,
                         }
                     }
+                    quiet &= self.out.is_empty();
                     self.flush().await?;
                 }
-                () = tokio::time::sleep(heartbeat) => {
-                    self.push(&line(&json!({"type": "heartbeat", "seq": self.last})));
-                    self.flush().await?;
+                _ = ticks.tick() => {
+                    if self.tx.is_closed() {
+                        return Err(Stop::Gone);
+                    }
+                    if quiet {
+                        self.push(&line(&json!({"type": "heartbeat", "seq": self.last})));
+                        self.flush().await?;
+                    }
+                    quiet = true;
                 }
-                () = self.tx.closed() => return Err(Stop::Gone),
-                () = self.st.stopping() => return Err(Stop::Cut("server shutting down; resume elsewhere or later".into())),
+                () = &mut stopping => return Err(Stop::Cut("server shutting down; resume elsewhere or later".into())),
             }
         }
     }
