@@ -25,6 +25,8 @@ pub struct Db {
     pools: Pools,
     db_id: String,
     tokens: TokenCache,
+    /// Where each pool's lowest-free search may start; reset whenever an address is freed.
+    alloc_hints: std::sync::Mutex<keel_model::AllocHints>,
 }
 
 impl Db {
@@ -40,6 +42,7 @@ impl Db {
             pools,
             db_id,
             tokens: TokenCache::default(),
+            alloc_hints: std::sync::Mutex::new(keel_model::AllocHints::default()),
         })
     }
 
@@ -95,6 +98,9 @@ impl Db {
             }
         }
         self.snapshot.store(Arc::new(next));
+        if changes.iter().any(frees_an_address) {
+            *self.alloc_hints() = keel_model::AllocHints::default();
+        }
         for c in &changes {
             // No subscriber is not an error.
             let _ = self.changes.send(Arc::new(c.clone()));
@@ -102,7 +108,15 @@ impl Db {
         Ok(changes)
     }
 
+    /// The allocation hints, for a write in progress (only writers use them, under the writer lock).
+    pub(crate) fn alloc_hints(&self) -> std::sync::MutexGuard<'_, keel_model::AllocHints> {
+        self.alloc_hints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn reload(&self) {
+        *self.alloc_hints() = keel_model::AllocHints::default();
         match build_snapshot(self.store.as_ref()).await {
             Ok((s, _)) => self.snapshot.store(Arc::new(s)),
             Err(e) => tracing::error!(%e, "cannot reload the snapshot from the store"),
@@ -181,6 +195,17 @@ impl TokenCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id);
     }
+}
+
+/// True if a change may free an IP address (a machine deleted, or moved to another address or type):
+/// then an allocation hint no longer holds.
+fn frees_an_address(c: &Change) -> bool {
+    let field = |v: &Option<serde_json::Value>, f: &str| v.as_ref().map(|v| v[f].clone());
+    c.kind == Kind::Machine
+        && (c.op == keel_model::Op::Delete
+            || (c.before.is_some()
+                && (field(&c.before, "ip") != field(&c.after, "ip")
+                    || field(&c.before, "mtype") != field(&c.after, "mtype"))))
 }
 
 /// Builds a Snapshot from everything the store holds.

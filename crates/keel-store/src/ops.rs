@@ -36,7 +36,8 @@ impl Db {
     pub async fn create_machine(&self, who: &Principal, patch: MachinePatch) -> Result<Machine, StoreError> {
         let changes = self
             .write(who, |s, pools| {
-                let m = s.new_machine(patch, 0, pools)?;
+                let mut hints = self.alloc_hints();
+                let m = s.new_machine_hinted(patch, 0, pools, &mut hints)?;
                 Ok(vec![Write::put(&m, Some(0), true)?])
             })
             .await?;

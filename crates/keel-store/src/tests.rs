@@ -148,3 +148,30 @@ async fn trimming_keeps_the_newest_changes() {
         "a trimmed log cannot be replayed from the start"
     );
 }
+
+/// Allocation takes the lowest free address, including one freed by a delete or an edit.
+#[tokio::test]
+async fn freed_addresses_are_reused_lowest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(&dir).await;
+    let who = Principal::system();
+    for i in 1..=5 {
+        db.create_machine(&who, machine(i)).await.unwrap();
+    }
+    let h2 = db.snapshot().machine_by_name("h2").unwrap().clone();
+    db.delete_machine(&who, "h2", h2.version).await.unwrap();
+    let a = db.create_machine(&who, machine(6)).await.unwrap();
+    assert_eq!(
+        a.ip.to_string(),
+        "192.168.0.2",
+        "the deleted machine's address is reused"
+    );
+    let h3 = db.snapshot().machine_by_name("h3").unwrap().clone();
+    db.edit_machine(&who, "h3", h3.version, patch(json!({"ip": "192.168.0.50"})))
+        .await
+        .unwrap();
+    let b = db.create_machine(&who, machine(7)).await.unwrap();
+    assert_eq!(b.ip.to_string(), "192.168.0.3", "an address left by an edit is reused");
+    let c = db.create_machine(&who, machine(8)).await.unwrap();
+    assert_eq!(c.ip.to_string(), "192.168.0.6");
+}
