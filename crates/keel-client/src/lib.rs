@@ -101,6 +101,11 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.send(req).await
+    }
+
+    /// Sends a built request; a non-2xx answer becomes `ClientError::Api` with the server's reason.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
         let resp = req.send().await.map_err(|e| ClientError::Unreachable {
             url: self.base.clone(),
             source: e,
@@ -119,15 +124,7 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: self.base.clone(),
-            source: e,
-        })?;
-        if resp.status().is_success() {
-            Ok(resp)
-        } else {
-            Err(api_error(resp).await)
-        }
+        self.send(req).await
     }
 
     /// Sends a request and decodes its JSON answer, with the ETag's version.

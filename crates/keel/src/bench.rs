@@ -287,15 +287,21 @@ pub(crate) async fn fill(c: &Client, from: u32, to: u32) -> anyhow::Result<()> {
         let rows: Vec<Value> = (i..end)
             .map(|k| json!({"hostname": format!("fill{k}"), "mac": mac_of(k), "mtype": "user", "room": "pasteur", "rfs": 1, "hfs": 1}))
             .collect();
-        c.call::<Value>(
-            Method::POST,
-            "/api/v1/machines/import",
-            Some(&json!({ "machines": rows })),
-            None,
-        )
-        .await?;
+        import(c, rows).await?;
         i = end;
     }
+    Ok(())
+}
+
+/// Adds machines through the import endpoint, in one commit.
+pub(crate) async fn import(c: &Client, rows: Vec<Value>) -> anyhow::Result<()> {
+    c.call::<Value>(
+        Method::POST,
+        "/api/v1/machines/import",
+        Some(&json!({ "machines": rows })),
+        None,
+    )
+    .await?;
     Ok(())
 }
 

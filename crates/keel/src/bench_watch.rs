@@ -252,13 +252,7 @@ async fn bulk_fanout(
     let before: Value = c.get("/healthz").await?;
     let first = before["seq"].as_u64().unwrap_or(0) + 1;
     let last = first + u64::from(count) - 1;
-    c.call::<Value>(
-        Method::POST,
-        "/api/v1/machines/import",
-        Some(&json!({ "machines": rows })),
-        None,
-    )
-    .await?;
+    crate::bench::import(c, rows).await?;
     eprintln!(
         "bench: the import was acknowledged after {:.2} s",
         t0.elapsed().as_secs_f64()
