@@ -24,6 +24,11 @@ fn armed_commit() -> Option<u64> {
     })
 }
 
+/// True when a commit fault is armed (the commit path then makes room for it).
+pub(crate) fn armed() -> bool {
+    armed_commit().is_some()
+}
+
 /// Called inside each write transaction, just before COMMIT.
 pub(crate) async fn in_commit() {
     let n = COMMITS.fetch_add(1, Ordering::SeqCst) + 1;

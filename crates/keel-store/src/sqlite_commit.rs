@@ -8,6 +8,9 @@
 //! The crash-test fault point sits between the two: after the seqs are taken, before any record
 //! is written or committed, on the same path as every commit.
 //!
+//! A small commit that only creates records (a registration) needs nothing read first: it is one
+//! round trip, with the seqs used inside SQL (`run_fresh`).
+//!
 //! sqlx hands each statement to SQLite's worker thread and back; on this hardware that round trip
 //! costs about as much as the fsync, so fewer round trips is what makes durable writes fast.
 //! The transaction is opened by hand, so `OpenTx` guarantees it never outlives an error or a
@@ -63,6 +66,15 @@ pub(crate) async fn commit(pool: &SqlitePool, principal: &str, writes: Vec<Write
 }
 
 async fn run(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
+    // Small creations take the one-round-trip path; its per-row subqueries make SQLite's
+    // statement preparation slow for large batches, where the round trip saved no longer counts.
+    if writes.len() <= FRESH_MAX
+        && writes
+            .iter()
+            .all(|w| w.key.is_none() && w.op == Op::Put && w.after.is_some())
+    {
+        return run_fresh(tx, principal, writes).await;
+    }
     let time = now_rfc3339();
     let t0 = std::time::Instant::now();
     let (last, current) = begin(tx, &writes).await?;
@@ -87,6 +99,143 @@ async fn run(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec
         "committed"
     );
     Ok(planned.into_iter().map(|p| p.change).collect())
+}
+
+/// A small commit that only creates records (a registration, an add): nothing to read first, so
+/// the seqs are taken and used inside SQL — `seq` from the counter row, stamped into each record
+/// with `json_set` exactly as `stamp` does — and the whole commit is one round trip. Armed for a
+/// crash test, the fault point splits it after the counter update, still inside the transaction.
+async fn run_fresh(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
+    let time = now_rfc3339();
+    let n = writes.len();
+    let afters: Vec<String> = writes
+        .iter()
+        .map(|w| w.after.as_ref().map(Value::to_string).unwrap_or_default())
+        .collect();
+    let begin = "BEGIN IMMEDIATE; UPDATE counter SET seq = seq + ? WHERE id = 1;";
+    tx.open = true;
+    let armed = fault::armed();
+    if armed {
+        sqlx::query(begin).bind(n as i64).execute(&mut *tx.conn).await?;
+        fault::in_commit().await;
+    }
+    let sql = format!(
+        "{}{}SELECT seq FROM counter WHERE id = 1; COMMIT;",
+        if armed { "" } else { begin },
+        fresh_sql(&writes, n)
+    );
+    let mut q = sqlx::query(&sql).persistent(n == 1);
+    if !armed {
+        q = q.bind(n as i64);
+    }
+    // In the order of `fresh_sql`: all unique values, then all records, then all Changes.
+    for w in &writes {
+        for (space, value) in &w.uniques {
+            q = q.bind(*space).bind(value.as_str()).bind(w.kind.as_str());
+        }
+    }
+    for (w, after) in writes.iter().zip(&afters) {
+        q = q.bind(w.kind.as_str()).bind(after.as_str());
+    }
+    for (w, after) in writes.iter().zip(&afters) {
+        q = q
+            .bind(time.as_str())
+            .bind(principal)
+            .bind(w.kind.as_str())
+            .bind(after.as_str());
+    }
+    let rows = match q.fetch_all(&mut *tx.conn).await {
+        Ok(rows) => rows,
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => return Err(fresh_conflict(tx, &writes).await),
+        Err(e) => return Err(e.into()),
+    };
+    tx.open = false;
+    let seq: i64 = rows
+        .last()
+        .ok_or_else(|| StoreError::Corrupt("no counter row".into()))?
+        .try_get("seq")?;
+    Ok(fresh_changes(writes, to_u64(seq), principal, &time))
+}
+
+/// The most records a one-round-trip creation takes (see `run`).
+const FRESH_MAX: usize = 16;
+
+/// The inserts of a batch of fresh writes; `left` writes remain from the first of this batch, so
+/// write i of the batch has seq = counter - (left - 1 - i).
+fn fresh_sql(batch: &[Write], left: usize) -> String {
+    let seq = |i: usize| format!("(SELECT seq - {} FROM counter WHERE id = 1)", left - 1 - i);
+    let mut uniques = Vec::new();
+    let mut objects = Vec::new();
+    let mut changes = Vec::new();
+    for (i, w) in batch.iter().enumerate() {
+        let s = seq(i);
+        let key = format!("CAST({s} AS TEXT)");
+        let stamped = format!("json_set(?, '$.version', {s}, '$.id', {s})");
+        uniques.extend(w.uniques.iter().map(|_| format!("(?, ?, ?, {key})")));
+        objects.push(format!("(?, {key}, {s}, {stamped})"));
+        changes.push(format!("({s}, ?, ?, ?, 'put', {key}, NULL, {stamped})"));
+    }
+    let mut sql = String::new();
+    if !uniques.is_empty() {
+        sql += &format!(
+            "INSERT INTO uniques (space, value, kind, key) VALUES {};",
+            uniques.join(", ")
+        );
+    }
+    sql += &format!(
+        "INSERT INTO objects (kind, key, version, data) VALUES {};",
+        objects.join(", ")
+    );
+    sql += &format!(
+        "INSERT INTO changes (seq, time, principal, kind, op, key, before, after) VALUES {};",
+        changes.join(", ")
+    );
+    sql
+}
+
+/// The Changes of a committed fresh batch whose last seq is `last`: built in Rust exactly as SQL
+/// stored them.
+fn fresh_changes(writes: Vec<Write>, last: u64, principal: &str, time: &str) -> Vec<Change> {
+    let first = last + 1 - writes.len() as u64;
+    writes
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let seq = first + i as u64;
+            let mut after = w.after.unwrap_or(Value::Null);
+            stamp(&mut after, seq, true);
+            Change {
+                seq,
+                time: time.to_owned(),
+                principal: principal.to_owned(),
+                kind: w.kind,
+                op: Op::Put,
+                key: seq.to_string(),
+                before: None,
+                after: Some(after),
+            }
+        })
+        .collect()
+}
+
+/// Names the unique value a fresh batch claims that is already held (the rare path).
+async fn fresh_conflict(tx: &mut OpenTx, writes: &[Write]) -> StoreError {
+    let mut seen = std::collections::HashSet::new();
+    for (space, value) in writes.iter().flat_map(|w| w.uniques.iter()) {
+        if !seen.insert((*space, value.as_str())) {
+            return StoreError::Conflict(format!("{space} {value} is given twice"));
+        }
+        let held: Result<Option<String>, _> =
+            sqlx::query_scalar("SELECT key FROM uniques WHERE space = ? AND value = ?")
+                .bind(*space)
+                .bind(value.as_str())
+                .fetch_optional(&mut *tx.conn)
+                .await;
+        if let Ok(Some(_)) = held {
+            return StoreError::Conflict(format!("{space} {value} is already used"));
+        }
+    }
+    StoreError::Conflict("a unique value is already used".into())
 }
 
 /// Opens the transaction, takes the seqs and reads the records being replaced (by write index).
