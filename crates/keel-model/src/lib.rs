@@ -3,6 +3,7 @@
 mod change;
 mod error;
 pub mod input;
+pub mod login;
 mod machine;
 mod names;
 mod pool;
@@ -11,6 +12,7 @@ pub mod query;
 mod record;
 mod setting;
 mod snapshot;
+mod user;
 pub mod wire;
 
 pub use change::{Change, Kind, Op};
@@ -22,3 +24,4 @@ pub use principal::{Principal, Role};
 pub use record::Record;
 pub use setting::{Setting, SettingSpec, SETTINGS};
 pub use snapshot::{AllocHints, ApplyError, Snapshot};
+pub use user::{Group, Login, UidPools, UidRange};
