@@ -12,17 +12,27 @@ pub enum Kind {
     Machine,
     Switch,
     Setting,
+    User,
+    /// Internal high-water marks (uids); never sent on watch streams.
+    Counter,
 }
 
 impl Kind {
-    pub const ALL: [Self; 3] = [Self::Machine, Self::Switch, Self::Setting];
+    pub const ALL: [Self; 5] = [Self::Machine, Self::Switch, Self::Setting, Self::User, Self::Counter];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Machine => "machine",
             Self::Switch => "switch",
             Self::Setting => "setting",
+            Self::User => "user",
+            Self::Counter => "counter",
         }
+    }
+
+    /// Kinds that watchers may see (counters are keel's own bookkeeping).
+    pub fn is_public(self) -> bool {
+        self != Self::Counter
     }
 
     pub fn parse(s: &str) -> Option<Self> {

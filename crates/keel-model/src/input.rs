@@ -104,6 +104,24 @@ impl Fields {
         }
     }
 
+    /// A list of lines: a JSON array, or a string with one item per line (SSH keys).
+    pub fn opt_str_lines(&mut self, name: &str) -> Result<Option<Vec<String>>, ValidationError> {
+        match self.take(name) {
+            Some(Value::String(s)) => Ok(Some(
+                s.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            )),
+            Some(v) => {
+                self.map.insert(name.to_owned(), v);
+                self.opt_str_list(name)
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Ends reading: in strict mode, any field not taken is an error naming it.
     pub fn finish(self) -> Result<(), ValidationError> {
         match (self.mode, self.map.keys().next()) {

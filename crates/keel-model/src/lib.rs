@@ -24,4 +24,4 @@ pub use principal::{Principal, Role};
 pub use record::Record;
 pub use setting::{Setting, SettingSpec, SETTINGS};
 pub use snapshot::{AllocHints, ApplyError, Snapshot};
-pub use user::{Group, Login, UidPools, UidRange};
+pub use user::{check_ssh_key, is_sha512_crypt, Counter, Group, Login, UidPools, UidRange, User, UserPatch};

@@ -69,6 +69,9 @@ pub struct Pools {
     pub orga: Pool,
     pub cluster: Pool,
     pub service: Pool,
+    /// uid pools of the user groups (`[pools.uids.user] first = 10001, last = 10999`, …).
+    #[serde(default)]
+    pub uids: crate::UidPools,
 }
 
 impl Default for Pools {
@@ -79,6 +82,7 @@ impl Default for Pools {
             orga: net("192.168.0.0/24"),
             service: net("192.168.1.0/24"),
             cluster: net("192.168.2.0/24"),
+            uids: crate::UidPools::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{Kind, Machine, Setting, Switch};
+use crate::{Counter, Kind, Machine, Setting, Switch, User};
 
 /// A record kind the store can write: its key, its version and the unique values it claims.
 pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -57,6 +57,38 @@ impl Record for Switch {
 
 impl Record for Setting {
     const KIND: Kind = Kind::Setting;
+    fn key(&self) -> String {
+        self.key.clone()
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn set_version(&mut self, v: u64) {
+        self.version = v;
+    }
+    fn unique_values(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
+impl Record for User {
+    const KIND: Kind = Kind::User;
+    fn key(&self) -> String {
+        self.login.to_string()
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn set_version(&mut self, v: u64) {
+        self.version = v;
+    }
+    fn unique_values(&self) -> Vec<(&'static str, String)> {
+        vec![("login", self.login.to_string()), ("uid", self.uid.to_string())]
+    }
+}
+
+impl Record for Counter {
+    const KIND: Kind = Kind::Counter;
     fn key(&self) -> String {
         self.key.clone()
     }

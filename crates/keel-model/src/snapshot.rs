@@ -9,7 +9,8 @@ use std::net::Ipv4Addr;
 use imbl::{HashMap, OrdMap};
 
 use crate::{
-    Change, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting, Switch, ValidationError, SETTINGS,
+    Change, Counter, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting, Switch, User, UserPatch,
+    ValidationError, SETTINGS,
 };
 
 /// Why a Change could not be applied (a corrupt log entry: never expected).
@@ -40,6 +41,9 @@ pub struct Snapshot {
     by_ip: OrdMap<Ipv4Addr, u64>,
     switches: OrdMap<String, Switch>,
     settings: OrdMap<String, Setting>,
+    users: OrdMap<String, User>,
+    by_uid: HashMap<u32, String>,
+    counters: OrdMap<String, Counter>,
 }
 
 impl Snapshot {
@@ -79,6 +83,11 @@ impl Snapshot {
             Kind::Machine => self.put_machine(serde_json::from_value(v)?),
             Kind::Switch => self.put_switch(serde_json::from_value(v)?),
             Kind::Setting => self.put_setting(serde_json::from_value(v)?),
+            Kind::User => self.put_user(serde_json::from_value(v)?),
+            Kind::Counter => {
+                let c: Counter = serde_json::from_value(v)?;
+                self.counters.insert(c.key.clone(), c);
+            }
         }
         Ok(())
     }
@@ -95,6 +104,14 @@ impl Snapshot {
             }
             Kind::Setting => {
                 self.settings.remove(key);
+            }
+            Kind::User => {
+                if let Some(u) = self.users.remove(key) {
+                    self.by_uid.remove(&u.uid);
+                }
+            }
+            Kind::Counter => {
+                self.counters.remove(key);
             }
         }
     }
@@ -270,6 +287,76 @@ impl Snapshot {
             return taken("ip", m.ip.to_string(), other);
         }
         Ok(())
+    }
+
+    pub fn put_user(&mut self, u: User) {
+        if let Some(old) = self.users.remove(u.login.as_str()) {
+            self.by_uid.remove(&old.uid);
+        }
+        self.by_uid.insert(u.uid, u.login.to_string());
+        self.users.insert(u.login.to_string(), u);
+    }
+
+    /// All users, ordered by login.
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    pub fn user(&self, login: &str) -> Option<&User> {
+        self.users.get(login)
+    }
+
+    pub fn user_by_uid(&self, uid: u32) -> Option<&User> {
+        self.by_uid.get(&uid).and_then(|l| self.users.get(l))
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn counters(&self) -> impl Iterator<Item = &Counter> {
+        self.counters.values()
+    }
+
+    pub fn counter(&self, key: &str) -> Option<&Counter> {
+        self.counters.get(key)
+    }
+
+    /// Decides a new user: login free, uid the next of its group's pool — above every uid that pool
+    /// ever gave (its counter) — and the counter moved up to it.
+    pub fn new_user(&self, patch: UserPatch, pools: &crate::UidPools) -> Result<(User, Counter), ValidationError> {
+        let group = patch
+            .group
+            .ok_or_else(|| ValidationError::new("group", "is required"))?;
+        if let Some(login) = &patch.login {
+            if self.users.contains_key(login.as_str()) {
+                return Err(ValidationError::new("login", format!("{login} already exists")));
+            }
+        }
+        let key = Counter::uid_key(group);
+        let range = pools.of(group);
+        let counted = self
+            .counters
+            .get(&key)
+            .map(|c| u32::try_from(c.value).unwrap_or(u32::MAX));
+        let present = self
+            .by_uid
+            .keys()
+            .copied()
+            .filter(|u| (range.first..=range.last).contains(u))
+            .max();
+        let high = counted.into_iter().chain(present).max();
+        let uid = pools.next(group, high)?;
+        let user = patch.create(uid)?;
+        let version = self.counters.get(&key).map_or(0, |c| c.version);
+        Ok((
+            user,
+            Counter {
+                key,
+                value: u64::from(uid),
+                version,
+            },
+        ))
     }
 
     /// Checks a switch's chassis id against the other switches.

@@ -185,3 +185,253 @@ mod tests {
         assert_eq!(p.next(Group::Root, Some(12999)).unwrap_err().field, "uid");
     }
 }
+
+/// A user account. The password exists only as its SHA-512-crypt hash, which leaves keel only
+/// toward what needs it (shadow files, the login check), never on read APIs or watch streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub login: Login,
+    pub firstname: String,
+    pub lastname: String,
+    pub group: Group,
+    pub uid: u32,
+    pub shell: String,
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// `$6$…`, or empty for an account that cannot log in with a password yet.
+    #[serde(default)]
+    pub password_hash: String,
+    /// True once the user chose their own password (then sheets leave it alone unless forced).
+    #[serde(default)]
+    pub password_changed: bool,
+    pub version: u64,
+}
+
+impl User {
+    /// The user as read APIs show it: everything but the hash, and whether there is one.
+    pub fn public_json(&self) -> serde_json::Value {
+        crate::wire::public_record(crate::Kind::User, &serde_json::to_value(self).unwrap_or_default())
+    }
+}
+
+/// A counter that only grows, kept in the database (the uid high-water marks: `uid.user`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    pub key: String,
+    pub value: u64,
+    pub version: u64,
+}
+
+impl Counter {
+    pub fn uid_key(group: Group) -> String {
+        format!("uid.{group}")
+    }
+}
+
+/// The fields a caller may give when creating or editing a user; `None` means "not given".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserPatch {
+    pub login: Option<Login>,
+    pub firstname: Option<String>,
+    pub lastname: Option<String>,
+    pub group: Option<Group>,
+    pub shell: Option<String>,
+    pub ssh_keys: Option<Vec<String>>,
+    pub password_hash: Option<String>,
+    pub password_changed: Option<bool>,
+}
+
+impl UserPatch {
+    /// Reads and validates each given field. A password is only ever accepted hashed.
+    pub fn from_fields(mut f: crate::input::Fields) -> Result<Self, ValidationError> {
+        use crate::input::check_text;
+        if f.take_value("password").is_some() {
+            return Err(ValidationError::new(
+                "password",
+                "keel stores no plaintext: send password_hash ($6$…)",
+            ));
+        }
+        let patch = Self {
+            login: f.opt_str("login")?.map(|s| Login::parse("login", &s)).transpose()?,
+            firstname: f
+                .opt_str("firstname")?
+                .map(|s| check_text("firstname", s.trim(), 128))
+                .transpose()?,
+            lastname: f
+                .opt_str("lastname")?
+                .map(|s| check_text("lastname", s.trim(), 128))
+                .transpose()?,
+            group: f.opt_str("group")?.map(|s| s.parse()).transpose()?,
+            shell: f.opt_str("shell")?.map(|s| check_shell(&s)).transpose()?,
+            ssh_keys: f
+                .opt_str_lines("ssh_keys")?
+                .map(|keys| keys.iter().map(|k| check_ssh_key(k)).collect::<Result<Vec<_>, _>>())
+                .transpose()?,
+            password_hash: f.opt_str("password_hash")?.map(|h| check_hash(&h)).transpose()?,
+            password_changed: f.opt_bool("password_changed")?,
+        };
+        f.finish()?;
+        Ok(patch)
+    }
+
+    /// Builds a new user with `uid` (decided by the Snapshot from the pools).
+    pub fn create(self, uid: u32) -> Result<User, ValidationError> {
+        let login = self.login.ok_or_else(|| ValidationError::new("login", "is required"))?;
+        Ok(User {
+            firstname: self.firstname.unwrap_or_else(|| login.to_string()),
+            lastname: self.lastname.unwrap_or_else(|| login.to_string()),
+            login,
+            group: self.group.ok_or_else(|| ValidationError::new("group", "is required"))?,
+            uid,
+            shell: self.shell.unwrap_or_else(|| "/bin/bash".to_owned()),
+            ssh_keys: self.ssh_keys.unwrap_or_default(),
+            password_hash: self.password_hash.unwrap_or_default(),
+            password_changed: self.password_changed.unwrap_or(false),
+            version: 0,
+        })
+    }
+
+    /// Applies the given fields over an existing user (login, group and uid do not change).
+    pub fn apply(self, old: &User) -> Result<User, ValidationError> {
+        if self.login.as_ref().is_some_and(|l| *l != old.login) {
+            return Err(ValidationError::new(
+                "login",
+                "a login cannot be changed; create a new user",
+            ));
+        }
+        if self.group.is_some_and(|g| g != old.group) {
+            return Err(ValidationError::new(
+                "group",
+                "a group cannot be changed: its uid pool would not match",
+            ));
+        }
+        let mut u = old.clone();
+        u.firstname = self.firstname.unwrap_or(u.firstname);
+        u.lastname = self.lastname.unwrap_or(u.lastname);
+        u.shell = self.shell.unwrap_or(u.shell);
+        u.ssh_keys = self.ssh_keys.unwrap_or(u.ssh_keys);
+        u.password_hash = self.password_hash.unwrap_or(u.password_hash);
+        u.password_changed = self.password_changed.unwrap_or(u.password_changed);
+        Ok(u)
+    }
+}
+
+/// True if `s` has the shape of a SHA-512-crypt hash: `$6$[rounds=N$]salt$86 characters`.
+pub fn is_sha512_crypt(s: &str) -> bool {
+    let mut parts = s.split('$');
+    let b64 = |p: &str| p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
+    let (Some(""), Some("6")) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let mut rest: Vec<&str> = parts.collect();
+    if rest.first().is_some_and(|r| r.starts_with("rounds=")) {
+        rest.remove(0);
+    }
+    matches!(rest.as_slice(), [salt, hash] if (1..=16).contains(&salt.len()) && b64(salt) && hash.len() == 86 && b64(hash))
+}
+
+fn check_hash(h: &str) -> Result<String, ValidationError> {
+    if h.is_empty() || is_sha512_crypt(h) {
+        Ok(h.to_owned())
+    } else {
+        Err(ValidationError::new(
+            "password_hash",
+            "must be a SHA-512-crypt hash ($6$salt$…) or empty",
+        ))
+    }
+}
+
+fn check_shell(s: &str) -> Result<String, ValidationError> {
+    let ok =
+        s.starts_with('/') && s.len() <= 256 && !s.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(ValidationError::new(
+            "shell",
+            format!("must be an absolute path without spaces or ':' (got {s:?})"),
+        ))
+    }
+}
+
+/// The key types OpenSSH accepts in authorized_keys.
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// Checks an OpenSSH public key line `TYPE BASE64 [comment]` (comment kept): a known type, a
+/// well-formed base64 blob that starts with that same type, no newline.
+pub fn check_ssh_key(line: &str) -> Result<String, ValidationError> {
+    let bad = |why: &str| {
+        ValidationError::new(
+            "ssh_keys",
+            format!("{why} (got {:?})", line.chars().take(40).collect::<String>()),
+        )
+    };
+    let line = line.trim();
+    if line.chars().any(char::is_control) {
+        return Err(bad("a key is one line"));
+    }
+    let mut parts = line.splitn(3, ' ');
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return Err(bad("expected 'TYPE BASE64 [comment]'"));
+    };
+    if !SSH_KEY_TYPES.contains(&kind) {
+        return Err(bad("unknown key type"));
+    }
+    let decoded = decode_base64(blob).ok_or_else(|| bad("the key is not valid base64"))?;
+    // The blob starts with the type as an SSH string: 4-byte big-endian length, then the name.
+    let named = decoded.get(4..4 + kind.len()).is_some_and(|n| n == kind.as_bytes())
+        && decoded.get(..4) == Some(&u32::try_from(kind.len()).unwrap_or(0).to_be_bytes()[..]);
+    if named {
+        Ok(line.to_owned())
+    } else {
+        Err(bad("the key's content does not match its type"))
+    }
+}
+
+/// Standard base64 with padding (what OpenSSH writes).
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[cfg(test)]
+mod user_tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh3w1q3rDqB3sRrcB8xQ3W8N4Ckj0m0jbUuv5a1J6PB alice@laptop";
+
+    #[test]
+    fn ssh_keys() {
+        assert_eq!(check_ssh_key(KEY).unwrap(), KEY);
+        for bad in [
+            "ssh-ed25519",
+            "ssh-dss AAAAB3NzaC1kc3MAAACBAP",
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIHh3w1q3rDqB3sRrcB8xQ3W8N4Ckj0m0jbUuv5a1J6PB",
+            "ssh-ed25519 not*base64",
+            "ssh-ed25519 AAAA\nssh-rsa AAAA",
+        ] {
+            assert!(check_ssh_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hashes_and_shells() {
+        let h = "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
+        assert!(is_sha512_crypt(h) && check_hash(h).is_ok() && check_hash("").is_ok());
+        for bad in ["$1$abc$def", "$6$", "plain", "$6$sa!t$x"] {
+            assert!(check_hash(bad).is_err(), "{bad}");
+        }
+        assert!(check_shell("/bin/zsh").is_ok());
+        for bad in ["bash", "/bin/ba sh", "/bin/a:b", ""] {
+            assert!(check_shell(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use crate::{Hostname, Machine, Switch};
+use crate::{Hostname, Machine, Switch, User};
 
 /// A machine as prologin's mdb returns it (`aliases` is a comma-separated string).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +175,64 @@ impl Queryable for Switch {
             _ => return None,
         })
     }
+}
+
+/// A user as prologin's udb returns it — never a password or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub login: String,
+    pub firstname: String,
+    pub lastname: String,
+    pub uid: u32,
+    pub group: String,
+    pub shell: String,
+    /// The SSH public keys, one per line.
+    pub ssh_key: String,
+}
+
+impl From<&User> for UserRecord {
+    fn from(u: &User) -> Self {
+        Self {
+            login: u.login.to_string(),
+            firstname: u.firstname.clone(),
+            lastname: u.lastname.clone(),
+            uid: u.uid,
+            group: u.group.to_string(),
+            shell: u.shell.clone(),
+            ssh_key: u.ssh_keys.join("\n"),
+        }
+    }
+}
+
+impl Queryable for User {
+    const FIELDS: &'static [&'static str] = &["login", "firstname", "lastname", "uid", "group", "shell"];
+    fn field(&self, name: &str) -> Option<Cow<'_, str>> {
+        Some(match name {
+            "login" => Cow::Borrowed(self.login.as_str()),
+            "firstname" => Cow::Borrowed(self.firstname.as_str()),
+            "lastname" => Cow::Borrowed(self.lastname.as_str()),
+            "uid" => Cow::Owned(self.uid.to_string()),
+            "group" => Cow::Borrowed(self.group.as_str()),
+            "shell" => Cow::Borrowed(self.shell.as_str()),
+            _ => return None,
+        })
+    }
+}
+
+/// A record as read APIs and watchers may see it: a user's password hash is replaced by
+/// `has_password`; other records are unchanged.
+pub fn public_record(kind: crate::Kind, data: &Value) -> Value {
+    let mut v = data.clone();
+    if kind == crate::Kind::User {
+        if let Value::Object(m) = &mut v {
+            let has = m
+                .remove("password_hash")
+                .and_then(|h| h.as_str().map(|h| !h.is_empty()))
+                .unwrap_or(false);
+            m.insert("has_password".into(), has.into());
+        }
+    }
+    v
 }
 
 /// An RPC answer in the prologin shape: `{"type":"result","data":…}`.

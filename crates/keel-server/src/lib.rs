@@ -96,6 +96,11 @@ pub fn app(state: AppState) -> Router {
                 .patch(rest::patch_switch)
                 .delete(rest::delete_switch),
         )
+        .route("/users", get(rest::list_users).post(rest::create_user))
+        .route(
+            "/users/{login}",
+            get(rest::get_user).patch(rest::patch_user).delete(rest::delete_user),
+        )
         .route("/settings", get(rest::list_settings))
         .route("/settings/{key}", get(rest::get_setting).put(rest::put_setting))
         .route("/changes", get(rest::list_changes))

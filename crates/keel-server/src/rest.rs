@@ -247,6 +247,53 @@ pub(crate) async fn put_setting(
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 
+// ---- users ----
+
+pub(crate) async fn list_users(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let filters = parse_filters::<keel_model::User>(filters_of(q.as_deref()))?;
+    let snap = st.db.snapshot();
+    let list: Vec<Value> = snap
+        .users()
+        .filter(|u| filters.iter().all(|f| f.matches(*u)))
+        .map(keel_model::User::public_json)
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+pub(crate) async fn get_user(State(st): State<AppState>, caller: Caller, Path(login): Path<String>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    let u = snap
+        .user(&login)
+        .ok_or_else(|| ApiError::NotFound(format!("user {login}")))?;
+    Ok(with_etag(StatusCode::OK, u.version, u.public_json()))
+}
+
+/// `POST /api/v1/users`: a password is accepted only as its SHA-512-crypt hash.
+pub(crate) async fn create_user(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
+    let who = caller.admin()?;
+    let patch = keel_model::UserPatch::from_fields(json_fields(&body)?)?;
+    let u = st.db.create_user(who, patch).await?;
+    Ok(with_etag(StatusCode::CREATED, u.version, u.public_json()))
+}
+
+pub(crate) async fn patch_user(
+    State(st): State<AppState>,
+    g: Guarded,
+    Path(login): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let patch = keel_model::UserPatch::from_fields(json_fields(&body)?)?;
+    let u = st.db.edit_user(&g.who, &login, g.version, patch).await?;
+    Ok(with_etag(StatusCode::OK, u.version, u.public_json()))
+}
+
+pub(crate) async fn delete_user(State(st): State<AppState>, g: Guarded, Path(login): Path<String>) -> ApiResult {
+    st.db.delete_user(&g.who, &login, g.version).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 // ---- change log ----
 
 #[derive(Debug, Deserialize)]
@@ -269,7 +316,13 @@ pub(crate) async fn list_changes(
 ) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let changes = st.db.store().changes_since(q.since, q.limit.clamp(1, 10_000)).await?;
+    let mut changes = st.db.store().changes_since(q.since, q.limit.clamp(1, 10_000)).await?;
+    // The log is readable with any token: password hashes never leave through it.
+    for c in &mut changes {
+        for rec in [&mut c.before, &mut c.after].into_iter().flatten() {
+            *rec = keel_model::wire::public_record(c.kind, rec);
+        }
+    }
     Ok(Json(to_json(&changes)?).into_response())
 }
 

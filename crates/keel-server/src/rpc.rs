@@ -45,9 +45,8 @@ pub(crate) async fn call(
             (Service::Mdb, "query") => query_machines(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "register") => register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await,
-            (Service::Udb, _) => Err(ApiError::NotFound(format!(
-                "udb method {method:?} (the user database is not served yet)"
-            ))),
+            (Service::Udb, "query") => query_users(&state.db.snapshot(), args.named(&[])?),
+            (Service::Udb, _) => Err(ApiError::NotFound(format!("udb method {method:?}"))),
             (Service::Mdb, _) => Err(ApiError::NotFound(format!("mdb method {method:?}"))),
         }
     }
@@ -209,6 +208,17 @@ fn pinned_machine<'s>(snap: &'s Snapshot, filters: &[Filter]) -> Option<Option<&
 
 fn matches_all<R: Queryable>(filters: &[Filter], r: &R) -> bool {
     filters.iter().all(|f| f.matches(r))
+}
+
+/// udb `query(**filters)`: users in prologin's shape — never a password or its hash.
+fn query_users(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
+    let filters = parse_filters::<keel_model::User>(named)?;
+    let records: Vec<keel_model::wire::UserRecord> = snap
+        .users()
+        .filter(|u| matches_all(&filters, *u))
+        .map(keel_model::wire::UserRecord::from)
+        .collect();
+    Reply::serialize(&records)
 }
 
 fn query_switches(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {

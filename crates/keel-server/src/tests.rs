@@ -54,9 +54,11 @@ async fn rpc_is_routed_by_host_and_prefix() {
     for (uri, host, status, kind) in [
         ("/call/query", "mdb.prolo", 200, "result"),
         ("/call/query", "localhost:8080", 200, "result"),
-        ("/call/query", "udb.prolo", 404, "exception"),
+        ("/call/query", "udb.prolo", 200, "result"),
+        ("/call/register", "udb.prolo", 404, "exception"),
         ("/mdb/call/query", "udb.prolo", 200, "result"),
-        ("/udb/call/query", "mdb", 404, "exception"),
+        ("/udb/call/query", "mdb", 200, "result"),
+        ("/udb/call/switches", "mdb", 404, "exception"),
         ("/call/nosuch", "mdb", 404, "exception"),
         ("/call/query?colour=red", "mdb", 400, "exception"),
     ] {

@@ -14,8 +14,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use keel_model::wire::MachineWire;
-use keel_model::{Change, Kind, Machine, Op, Snapshot};
+use keel_model::wire::{MachineWire, UserRecord};
+use keel_model::{Change, Kind, Machine, Op, Snapshot, User};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
@@ -67,7 +67,9 @@ impl Params {
                         .split(',')
                         .filter(|s| !s.is_empty())
                         .map(|s| {
-                            Kind::parse(s).ok_or_else(|| ApiError::invalid("kinds", format!("unknown kind {s:?}")))
+                            Kind::parse(s)
+                                .filter(|k| k.is_public())
+                                .ok_or_else(|| ApiError::invalid("kinds", format!("unknown kind {s:?}")))
                         })
                         .collect::<Result<Vec<_>, _>>()?;
                     p.kinds = Some(kinds);
@@ -85,7 +87,7 @@ impl Params {
     }
 
     fn wants(&self, kind: Kind) -> bool {
-        self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+        kind.is_public() && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
     }
 }
 
@@ -395,6 +397,7 @@ impl LineCache {
             data: &'a Option<Value>,
         }
         let data = if c.op == Op::Put { &c.after } else { &c.before };
+        let data = &data.as_ref().map(|d| keel_model::wire::public_record(c.kind, d));
         let mut out = serde_json::to_vec(&Line {
             seq: c.seq,
             kind: c.kind,
@@ -419,22 +422,29 @@ impl LineCache {
     }
 }
 
-/// `GET /poll` (prologin mdbsync): first the whole machine set as one JSON array of
-/// `{"type":"update","data":…}`, then one array line per batch of changes. No heartbeats.
+/// `GET /poll` (prologin mdbsync/udbsync): first the whole machine (or user) set as one JSON array
+/// of `{"type":"update","data":…}`, then one array line per batch of changes. No heartbeats.
 pub(crate) async fn poll(
     State(st): State<AppState>,
     uri: axum::extract::OriginalUri,
     headers: axum::http::HeaderMap,
 ) -> Response {
-    if crate::rpc::service_of(uri.path(), &headers) == crate::rpc::Service::Udb {
-        return ApiError::NotFound("udb poll (the user database is not served yet)".into()).into_response();
-    }
+    let kind = match crate::rpc::service_of(uri.path(), &headers) {
+        crate::rpc::Service::Udb => Kind::User,
+        crate::rpc::Service::Mdb => Kind::Machine,
+    };
     let mut rx = st.db.subscribe();
     let snap = st.db.snapshot();
-    let first: Vec<Value> = snap
-        .machines()
-        .map(|m| json!({"type": "update", "data": MachineWire(m)}))
-        .collect();
+    let first: Vec<Value> = match kind {
+        Kind::User => snap
+            .users()
+            .map(|u| json!({"type": "update", "data": UserRecord::from(u)}))
+            .collect(),
+        _ => snap
+            .machines()
+            .map(|m| json!({"type": "update", "data": MachineWire(m)}))
+            .collect(),
+    };
     let (tx, lines) = mpsc::channel::<Bytes>(st.config.watch.buffer.max(1));
     let stall = st.config.watch.stall_timeout;
     let task_st = st.clone();
@@ -461,7 +471,7 @@ pub(crate) async fn poll(
             while let Some(c) = next {
                 if c.seq > last {
                     last = c.seq;
-                    events.extend(poll_event(&c));
+                    events.extend(poll_event(&c, kind));
                 }
                 next = rx.try_recv().ok();
             }
@@ -473,15 +483,20 @@ pub(crate) async fn poll(
     ndjson(body(lines, Arc::new(Mutex::new(None))), st.db.db_id())
 }
 
-fn poll_event(c: &Change) -> Option<Value> {
-    if c.kind != Kind::Machine {
+/// One change as an mdbsync/udbsync event, if it is of the kind this feed carries.
+fn poll_event(c: &Change, kind: Kind) -> Option<Value> {
+    if c.kind != kind {
         return None;
     }
-    let (kind, rec) = if c.op == Op::Put {
+    let (event, rec) = if c.op == Op::Put {
         ("update", &c.after)
     } else {
         ("delete", &c.before)
     };
-    let m: Machine = serde_json::from_value(rec.clone()?).ok()?;
-    Some(json!({"type": kind, "data": MachineWire(&m)}))
+    let rec = rec.clone()?;
+    let data = match kind {
+        Kind::User => json!(UserRecord::from(&serde_json::from_value::<User>(rec).ok()?)),
+        _ => json!(MachineWire(&serde_json::from_value::<Machine>(rec).ok()?)),
+    };
+    Some(json!({"type": event, "data": data}))
 }

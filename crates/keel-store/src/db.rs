@@ -245,5 +245,7 @@ pub fn records_of(s: &Snapshot, kind: Kind) -> Vec<serde_json::Value> {
         Kind::Machine => s.machines().map(|m| v(serde_json::to_value(m))).collect(),
         Kind::Switch => s.switches().map(|m| v(serde_json::to_value(m))).collect(),
         Kind::Setting => s.settings().into_iter().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::User => s.users().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::Counter => s.counters().map(|m| v(serde_json::to_value(m))).collect(),
     }
 }

@@ -2,7 +2,8 @@
 
 use keel_model::input::Fields;
 use keel_model::{
-    Change, Machine, MachinePatch, Principal, Record, Setting, Snapshot, Switch, ValidationError, ValidationErrors,
+    Change, Machine, MachinePatch, Principal, Record, Setting, Snapshot, Switch, User, UserPatch, ValidationError,
+    ValidationErrors,
 };
 use serde_json::Value;
 
@@ -181,5 +182,63 @@ impl Db {
             })
             .await?;
         decode(&changes)
+    }
+}
+
+fn find_user<'s>(s: &'s Snapshot, login: &str) -> Result<&'s User, StoreError> {
+    s.user(login)
+        .ok_or_else(|| StoreError::NotFound(format!("user {login}")))
+}
+
+impl Db {
+    /// Adds a user; its uid is the next of its group's pool, never one given before.
+    pub async fn create_user(&self, who: &Principal, patch: UserPatch) -> Result<User, StoreError> {
+        let changes = self
+            .write(who, |s, pools| {
+                let (user, counter) = s.new_user(patch, &pools.uids)?;
+                Ok(vec![
+                    Write::put(&user, Some(0), false)?,
+                    Write::put(&counter, None, false)?,
+                ])
+            })
+            .await?;
+        changes
+            .iter()
+            .find(|c| c.kind == User::KIND)
+            .and_then(|c| c.after.clone())
+            .and_then(|a| serde_json::from_value(a).ok())
+            .ok_or_else(|| StoreError::Corrupt("no user in the commit".into()))
+    }
+
+    /// Edits the user `login`, which must be at version `if_version`.
+    pub async fn edit_user(
+        &self,
+        who: &Principal,
+        login: &str,
+        if_version: u64,
+        patch: UserPatch,
+    ) -> Result<User, StoreError> {
+        let changes = self
+            .write(who, |s, _| {
+                let old = find_user(s, login)?;
+                check_version(old.version, if_version)?;
+                let u = patch.apply(old)?;
+                Ok(vec![Write::put(&u, Some(if_version), false)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+
+    /// Removes a user. Its uid is not given again (the group's counter keeps it).
+    pub async fn delete_user(&self, who: &Principal, login: &str, if_version: u64) -> Result<User, StoreError> {
+        let mut gone = None;
+        self.write(who, |s, _| {
+            let old = find_user(s, login)?;
+            check_version(old.version, if_version)?;
+            gone = Some(old.clone());
+            Ok(vec![Write::delete(old, Some(if_version))])
+        })
+        .await?;
+        gone.ok_or_else(|| StoreError::NotFound(format!("user {login}")))
     }
 }

@@ -42,9 +42,14 @@ pub async fn run(c: &Client, args: &LogArgs, json: bool) -> anyhow::Result<()> {
 
 fn name_of(ch: &Change) -> String {
     let rec = ch.after.as_ref().or(ch.before.as_ref());
-    rec.and_then(|r| r.get("hostname").or_else(|| r.get("name")).or_else(|| r.get("key")))
-        .and_then(Value::as_str)
-        .map_or_else(|| ch.key.clone(), str::to_owned)
+    rec.and_then(|r| {
+        r.get("hostname")
+            .or_else(|| r.get("login"))
+            .or_else(|| r.get("name"))
+            .or_else(|| r.get("key"))
+    })
+    .and_then(Value::as_str)
+    .map_or_else(|| ch.key.clone(), str::to_owned)
 }
 
 /// `field: old → new` for each changed field (version excluded); creations and deletions in a word.

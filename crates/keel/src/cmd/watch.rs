@@ -52,6 +52,7 @@ fn event_json(ev: &WatchEvent) -> Value {
 fn event_text(ev: &WatchEvent) -> String {
     let name = |d: &Value| {
         d.get("hostname")
+            .or_else(|| d.get("login"))
             .or_else(|| d.get("name"))
             .or_else(|| d.get("key"))
             .and_then(Value::as_str)

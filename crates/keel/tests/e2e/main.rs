@@ -6,6 +6,7 @@
 //! - `foundation`: the README's commands, validation, versions (412/428), tokens and roles.
 //! - `durability`: kill -9 inside a transaction, backup under load and restore.
 //! - `cli`: the admin CLI (tables, --json, import naming every bad line, errors).
+//! - `users`: users in the database (uids, validation, hashes never shown).
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
 //! - `regression`: one test per fixed bug, named after its issue.
 
@@ -19,4 +20,5 @@ mod durability;
 mod foundation;
 mod regression;
 mod support;
+mod users;
 mod watch;

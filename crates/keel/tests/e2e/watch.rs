@@ -23,7 +23,8 @@ fn key(kind: Kind, data: &Value) -> String {
     match kind {
         Kind::Machine => data["id"].to_string(),
         Kind::Switch => data["name"].to_string(),
-        Kind::Setting => data["key"].to_string(),
+        Kind::Setting | Kind::Counter => data["key"].to_string(),
+        Kind::User => data["login"].to_string(),
     }
 }
 
