@@ -314,6 +314,10 @@ impl Snapshot {
         self.users.len()
     }
 
+    pub fn put_counter(&mut self, c: Counter) {
+        self.counters.insert(c.key.clone(), c);
+    }
+
     pub fn counters(&self) -> impl Iterator<Item = &Counter> {
         self.counters.values()
     }

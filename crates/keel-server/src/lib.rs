@@ -98,6 +98,10 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/users", get(rest::list_users).post(rest::create_user))
         .route(
+            "/users/import",
+            post(rest::import_users).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
+        )
+        .route(
             "/users/{login}",
             get(rest::get_user).patch(rest::patch_user).delete(rest::delete_user),
         )

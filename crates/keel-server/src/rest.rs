@@ -294,6 +294,48 @@ pub(crate) async fn delete_user(State(st): State<AppState>, g: Guarded, Path(log
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST /api/v1/users/import`: `{"on_existing": "refuse|update|ignore", "dry_run": bool,
+/// "users": [{"line": N, …fields}]}` — all or nothing, every bad line named.
+pub(crate) async fn import_users(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
+    let who = caller.admin()?;
+    let mut fields = json_fields(&body)?;
+    let on_existing = match fields.opt_str("on_existing")?.as_deref() {
+        None | Some("refuse") => keel_store::OnExisting::Refuse,
+        Some("update") => keel_store::OnExisting::Update,
+        Some("ignore") => keel_store::OnExisting::Ignore,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "on_existing",
+                format!("must be refuse, update or ignore, not {other:?}"),
+            ))
+        }
+    };
+    let dry_run = fields.opt_bool("dry_run")?.unwrap_or(false);
+    let rows = match fields.take_value("users") {
+        Some(Value::Array(rows)) => rows,
+        _ => return Err(ApiError::invalid("users", "must be a list of user objects")),
+    };
+    fields.finish()?;
+    let rows = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut f = Fields::new(row, Strictness::Strict).map_err(|e| e.at_line(i + 1))?;
+            let line = f.opt_u32("line").ok().flatten().map_or(i + 1, |l| l as usize);
+            Ok((line, keel_model::UserPatch::from_fields(f).map_err(|e| e.at_line(line))))
+        })
+        .collect::<Result<Vec<_>, ValidationError>>()?;
+    let report = st.db.import_users(who, rows, on_existing, dry_run).await?;
+    let public = |list: &[keel_model::User]| list.iter().map(keel_model::User::public_json).collect::<Vec<_>>();
+    let body = json!({
+        "dry_run": dry_run,
+        "created": public(&report.created),
+        "updated": public(&report.updated),
+        "ignored": report.ignored,
+    });
+    Ok((if dry_run { StatusCode::OK } else { StatusCode::CREATED }, Json(body)).into_response())
+}
+
 // ---- change log ----
 
 #[derive(Debug, Deserialize)]

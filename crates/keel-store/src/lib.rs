@@ -14,6 +14,7 @@ pub mod token;
 
 pub use db::{build_snapshot, records_of, replay_log, Db};
 pub use error::StoreError;
+pub use ops::{ImportReport, OnExisting};
 pub use sqlite::SqliteStore;
 pub use store::{Loaded, Store, Write};
 pub use token::{AuthError, NewToken, TokenRow};

@@ -242,3 +242,112 @@ impl Db {
         gone.ok_or_else(|| StoreError::NotFound(format!("user {login}")))
     }
 }
+
+/// What an import does with a login that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnExisting {
+    /// The line is an error (the default).
+    Refuse,
+    /// The user is updated with the line's fields.
+    Update,
+    /// The line is skipped.
+    Ignore,
+}
+
+/// What an import did (or, for a dry run, would do).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ImportReport {
+    pub created: Vec<User>,
+    pub updated: Vec<User>,
+    pub ignored: Vec<String>,
+}
+
+impl Db {
+    /// Adds (or updates) many users at once, all or nothing; every bad line is named.
+    pub async fn import_users(
+        &self,
+        who: &Principal,
+        rows: Vec<(usize, Result<UserPatch, ValidationError>)>,
+        on_existing: OnExisting,
+        dry_run: bool,
+    ) -> Result<ImportReport, StoreError> {
+        if dry_run {
+            let snap = self.snapshot();
+            return plan_user_import(&snap, &self.pools().uids, rows, on_existing).map(|(report, _)| report);
+        }
+        let mut report = None;
+        self.write(who, |s, pools| {
+            let (r, writes) = plan_user_import(s, &pools.uids, rows, on_existing)?;
+            report = Some(r);
+            Ok(writes)
+        })
+        .await?;
+        report.ok_or_else(|| StoreError::Corrupt("no import report".into()))
+    }
+}
+
+/// Checks every row against the database and the rows before it; returns the report and the writes.
+fn plan_user_import(
+    s: &Snapshot,
+    uids: &keel_model::UidPools,
+    rows: Vec<(usize, Result<UserPatch, ValidationError>)>,
+    on_existing: OnExisting,
+) -> Result<(ImportReport, Vec<Write>), StoreError> {
+    let mut scratch = s.clone();
+    let mut report = ImportReport::default();
+    let mut errors = Vec::new();
+    let mut counters = std::collections::BTreeMap::new();
+    let mut in_file: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (line, row) in rows {
+        let result = row.and_then(|patch| {
+            if let Some(l) = &patch.login {
+                if let Some(first) = in_file.insert(l.to_string(), line) {
+                    return Err(ValidationError::new("login", format!("{l} is already on line {first}")));
+                }
+            }
+            let existing = patch.login.as_ref().and_then(|l| scratch.user(l.as_str())).cloned();
+            match (existing, on_existing) {
+                (Some(old), OnExisting::Ignore) => {
+                    report.ignored.push(old.login.to_string());
+                    Ok(())
+                }
+                (Some(old), OnExisting::Update) => {
+                    let u = patch.apply(&old)?;
+                    scratch.put_user(u.clone());
+                    report.updated.push(u);
+                    Ok(())
+                }
+                (Some(old), OnExisting::Refuse) => Err(ValidationError::new(
+                    "login",
+                    format!("{} already exists (import with --update or --ignore)", old.login),
+                )),
+                (None, _) => {
+                    let (u, counter) = scratch.new_user(patch, uids)?;
+                    scratch.put_user(u.clone());
+                    counters.insert(counter.key.clone(), counter.clone());
+                    scratch.put_counter(counter);
+                    report.created.push(u);
+                    Ok(())
+                }
+            }
+        });
+        if let Err(e) = result {
+            errors.push(e.at_line(line));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ValidationErrors(errors).into());
+    }
+    let mut writes = Vec::new();
+    for u in &report.created {
+        writes.push(Write::put(u, Some(0), false)?);
+    }
+    for u in &report.updated {
+        let version = s.user(u.login.as_str()).map_or(0, |o| o.version);
+        writes.push(Write::put(u, Some(version), false)?);
+    }
+    for c in counters.values() {
+        writes.push(Write::put(c, None, false)?);
+    }
+    Ok((report, writes))
+}

@@ -51,6 +51,9 @@ enum Command {
     /// Switches: list, show, add, edit, remove.
     #[command(subcommand, alias = "switches")]
     Switch(cmd::switch::SwitchCmd),
+    /// Users: list, show, remove, import (with password sheets).
+    #[command(subcommand, alias = "user")]
+    Users(cmd::users::UsersCmd),
     /// Site-wide settings (contest_mode, allow_self_registration).
     #[command(subcommand, alias = "settings")]
     Setting(cmd::setting::SettingCmd),
@@ -153,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Machine(c) => cmd::machine::run(&cli.client()?, c, json).await,
         Command::Switch(c) => cmd::switch::run(&cli.client()?, c, json).await,
         Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
+        Command::Users(c) => cmd::users::run(&cli.client()?, c, json).await,
         Command::Log(a) => cmd::log::run(&cli.client()?, a, json).await,
         Command::Token(c) => cmd::token::run(&cli.client()?, c, json).await,
         Command::Watch(a) => cmd::watch::run(&cli.client()?, a, json).await,

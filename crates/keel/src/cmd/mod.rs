@@ -7,6 +7,7 @@ pub mod machine;
 pub mod setting;
 pub mod switch;
 pub mod token;
+pub mod users;
 pub mod watch;
 
 /// Percent-encodes one path segment (a hostname, a key) for a URL.

@@ -7,6 +7,7 @@
 //! - `durability`: kill -9 inside a transaction, backup under load and restore.
 //! - `cli`: the admin CLI (tables, --json, import naming every bad line, errors).
 //! - `users`: users in the database (uids, validation, hashes never shown).
+//! - `users_import`: `keel users import` (login rule, sheets, all or nothing).
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
 //! - `regression`: one test per fixed bug, named after its issue.
 
@@ -21,4 +22,5 @@ mod foundation;
 mod regression;
 mod support;
 mod users;
+mod users_import;
 mod watch;

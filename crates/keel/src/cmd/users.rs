@@ -1,0 +1,349 @@
+//! `keel users …`: list, show, remove, and the batch import of prologin's `batchimport`.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use keel_client::{Client, ClientError};
+use keel_model::login::{base_login, LoginAllocator, RESERVED_LOGINS};
+use keel_model::{Group, Login, ValidationError};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::seg;
+use crate::output::{print_json, table};
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// List users (filters as FIELD=VALUE, e.g. group=orga, login__startswith=j).
+    #[command(alias = "ls")]
+    List { filters: Vec<String> },
+    /// Show one user.
+    Show { login: String },
+    /// Remove a user (its uid is never given again).
+    #[command(alias = "delete")]
+    Rm { login: String },
+    /// Import users from a file, all or nothing, like prologin's batchimport.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// One person per line: `first name<TAB>last name` (or a login with --logins), optionally
+    /// ending in `:password` (with --passwords). UTF-8; a BOM and CRLF are accepted.
+    pub file: PathBuf,
+    /// The group: user, orga or root.
+    #[arg(long = "type", default_value = "user")]
+    pub group: String,
+    /// Each line is a login (first and last name default to it).
+    #[arg(long)]
+    pub logins: bool,
+    /// Each line ends with `:password` (otherwise passwords are generated).
+    #[arg(long)]
+    pub passwords: bool,
+    /// Length of generated passwords.
+    #[arg(long, default_value_t = 8)]
+    pub pwdlen: usize,
+    /// Update users that already exist instead of refusing the file.
+    #[arg(long, conflicts_with = "ignore")]
+    pub update: bool,
+    /// Skip users that already exist.
+    #[arg(long)]
+    pub ignore: bool,
+    /// Show what would happen; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the password sheet to PREFIX.tsv (real name, login, password; mode 0600).
+    #[arg(long, value_name = "PREFIX")]
+    pub sheet: Option<PathBuf>,
+}
+
+pub async fn run(c: &Client, cmd: &UsersCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        UsersCmd::List { filters } => {
+            let list: Vec<Value> = c.get(&format!("/api/v1/users?{}", filters.join("&"))).await?;
+            print_users(&list, json)
+        }
+        UsersCmd::Show { login } => {
+            let u: Value = c.get(&format!("/api/v1/users/{}", seg(login))).await?;
+            print_users(&[u], json)
+        }
+        UsersCmd::Rm { login } => {
+            let _: Value = c
+                .edit(Method::DELETE, &format!("/api/v1/users/{}", seg(login)), None)
+                .await?;
+            if !json {
+                println!("removed user {login}");
+            }
+            Ok(())
+        }
+        UsersCmd::Import(args) => import(c, args, json).await,
+    }
+}
+
+fn print_users(list: &[Value], json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&list);
+    }
+    let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let rows = list
+        .iter()
+        .map(|u| {
+            let keys = u["ssh_keys"].as_array().map_or(0, Vec::len);
+            vec![
+                s(&u["login"]),
+                s(&u["uid"]),
+                s(&u["group"]),
+                format!("{} {}", s(&u["firstname"]), s(&u["lastname"])),
+                s(&u["shell"]),
+                keys.to_string(),
+                s(&u["has_password"]),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &["login", "uid", "group", "name", "shell", "ssh keys", "password"],
+            rows
+        )
+    );
+    Ok(())
+}
+
+/// One line of an import file, understood.
+#[derive(Debug, Clone)]
+struct Person {
+    line: usize,
+    first: String,
+    last: String,
+    login: String,
+    password: String,
+}
+
+async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()> {
+    let group: Group = args
+        .group
+        .parse()
+        .map_err(|e: ValidationError| anyhow::anyhow!("--type: {}", e.message))?;
+    let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let existing: Vec<Value> = c.get("/api/v1/users").await?;
+    let existing = existing.iter().filter_map(|u| u["login"].as_str().map(str::to_owned));
+    let people = parse_people(&text, args, LoginAllocator::new(existing, RESERVED_LOGINS))
+        .map_err(|errs| report(&args.file, errs))?;
+    let hashes = if args.dry_run {
+        vec![String::new(); people.len()]
+    } else {
+        hash_all(&people)?
+    };
+    let rows: Vec<Value> = people
+        .iter()
+        .zip(&hashes)
+        .map(|(p, h)| {
+            let mut row = json!({"line": p.line, "login": p.login, "firstname": p.first, "lastname": p.last, "group": group.as_str()});
+            if !h.is_empty() {
+                row["password_hash"] = json!(h);
+            }
+            row
+        })
+        .collect();
+    let sheet = match (&args.sheet, args.dry_run) {
+        (Some(prefix), false) => Some(write_sheet(prefix, &people)?),
+        _ => None,
+    };
+    let on_existing = if args.update {
+        "update"
+    } else if args.ignore {
+        "ignore"
+    } else {
+        "refuse"
+    };
+    let body = json!({"on_existing": on_existing, "dry_run": args.dry_run, "users": rows});
+    let answer = match c
+        .call::<Value>(Method::POST, "/api/v1/users/import", Some(&body), None)
+        .await
+    {
+        Ok(a) => a.value,
+        Err(e) => {
+            if let Some((partial, _)) = &sheet {
+                let _ = std::fs::remove_file(partial);
+            }
+            return Err(match e {
+                ClientError::Api { errors, .. } if !errors.is_empty() => report(&args.file, errors),
+                e => e.into(),
+            });
+        }
+    };
+    if let Some((partial, path)) = &sheet {
+        std::fs::rename(partial, path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    summarize(&answer, args, sheet.as_ref().map(|(_, p)| p.as_path()), json)
+}
+
+fn summarize(answer: &Value, args: &ImportArgs, sheet: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(answer);
+    }
+    let n = |k: &str| answer[k].as_array().map_or(0, Vec::len);
+    let verb = if args.dry_run { "would create" } else { "created" };
+    println!(
+        "{verb} {} users, updated {}, ignored {} ({})",
+        n("created"),
+        n("updated"),
+        n("ignored"),
+        args.file.display()
+    );
+    if args.dry_run {
+        for u in answer["created"].as_array().into_iter().flatten() {
+            println!(
+                "  {}\t{} {}",
+                u["login"].as_str().unwrap_or(""),
+                u["firstname"].as_str().unwrap_or(""),
+                u["lastname"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if let Some(p) = sheet {
+        println!("password sheet: {} (mode 0600)", p.display());
+    }
+    Ok(())
+}
+
+/// Reads every line; all errors are collected, each with its line number.
+fn parse_people(
+    text: &str,
+    args: &ImportArgs,
+    mut logins: LoginAllocator,
+) -> Result<Vec<Person>, Vec<ValidationError>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut people = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        match parse_line(i + 1, raw, args, &mut logins) {
+            Ok(p) => people.push(p),
+            Err(e) => errors.push(e.at_line(i + 1)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(people)
+    } else {
+        Err(errors)
+    }
+}
+
+fn parse_line(
+    line: usize,
+    raw: &str,
+    args: &ImportArgs,
+    logins: &mut LoginAllocator,
+) -> Result<Person, ValidationError> {
+    let (rest, password) = if args.passwords {
+        let (rest, pw) = raw
+            .rsplit_once(':')
+            .ok_or_else(|| ValidationError::new("password", "expected the line to end with :password"))?;
+        if pw.is_empty() {
+            return Err(ValidationError::new("password", "is empty"));
+        }
+        (rest, pw.to_owned())
+    } else {
+        (
+            raw,
+            keel_password::generate(args.pwdlen).map_err(|e| ValidationError::new("password", e.to_string()))?,
+        )
+    };
+    if args.logins {
+        let login = Login::parse("login", rest.trim())?.to_string();
+        return Ok(Person {
+            line,
+            first: login.clone(),
+            last: login.clone(),
+            login,
+            password,
+        });
+    }
+    let (first, last) = rest
+        .split_once('\t')
+        .ok_or_else(|| ValidationError::new("line", "expected first name<TAB>last name"))?;
+    let (first, last) = (first.trim().to_owned(), last.trim().to_owned());
+    let base = base_login(&first, &last)
+        .ok_or_else(|| ValidationError::new("login", "the names give no login (no Latin letter)"))?;
+    let login = logins.take(&base);
+    Login::parse("login", &login)?;
+    Ok(Person {
+        line,
+        first,
+        last,
+        login,
+        password,
+    })
+}
+
+/// Prints every bad line and returns the error that fails the command.
+fn report(file: &Path, errors: Vec<ValidationError>) -> anyhow::Error {
+    for e in &errors {
+        eprintln!("{}:{e}", file.display());
+    }
+    anyhow::anyhow!("{} error(s) in {}: nothing was imported", errors.len(), file.display())
+}
+
+/// Hashes every password on all cores, with a progress bar on a terminal.
+fn hash_all(people: &[Person]) -> anyhow::Result<Vec<String>> {
+    let bar = indicatif::ProgressBar::new(people.len() as u64).with_message("hashing passwords");
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let chunk = people.len().div_ceil(threads).max(1);
+    let results: Vec<anyhow::Result<Vec<String>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = people
+            .chunks(chunk)
+            .map(|part| {
+                let bar = bar.clone();
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|p| {
+                            let h = keel_password::hash(&p.password).map_err(anyhow::Error::from);
+                            bar.inc(1);
+                            h
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a hashing thread failed")))
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    Ok(results
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Writes `PREFIX.tsv` (as prologin's pwdsheetdata: real name, login, password; sorted by name)
+/// to a temporary file, mode 0600; it is renamed into place only once the import succeeded.
+fn write_sheet(prefix: &Path, people: &[Person]) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let path = PathBuf::from(format!("{}.tsv", prefix.display()));
+    let partial = PathBuf::from(format!("{}.tsv.partial", prefix.display()));
+    let mut sorted: Vec<&Person> = people.iter().collect();
+    sorted.sort_by(|a, b| (&a.last, &a.first, &a.login).cmp(&(&b.last, &b.first, &b.login)));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    for p in sorted {
+        let name = format!("{} {}", p.first, p.last);
+        writeln!(f, "{}\t{}\t{}", name.trim(), p.login, p.password)?;
+    }
+    f.sync_all()?;
+    Ok((partial, path))
+}
