@@ -165,3 +165,50 @@ async fn a_bad_line_imports_nothing() {
     ]));
     assert_eq!(v["ignored"].as_array().unwrap().len(), 2);
 }
+
+/// kill -9 while a 10,000-user import is inside its transaction leaves none of them; the same
+/// import then succeeds whole.
+#[tokio::test]
+async fn kill9_during_a_large_import_leaves_none() {
+    let marker = k_marker();
+    let cfg = "[pools.uids.user]\nfirst = 100000\nlast = 199999\n[pools.uids.orga]\nfirst = 11001\nlast = 11999\n\
+               [pools.uids.root]\nfirst = 12001\nlast = 12999\n";
+    let mut k = Keel::start_with_config(&format!("{}{cfg}", crate::support::BIG_POOLS), &[]);
+    k.restart(&[
+        ("KEEL_FAULT", "hang_in_commit:1"),
+        ("KEEL_FAULT_MARKER", marker.to_str().unwrap()),
+    ]);
+    let file = k.dir.path().join("many.txt");
+    let text: String = (0..10_000).map(|i| format!("First{i}\tLast{i}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let mut import = std::process::Command::new(crate::support::KEEL)
+        .args(["users", "import", file.to_str().unwrap()])
+        .env("KEEL_URL", &k.url)
+        .env("KEEL_TOKEN", &k.token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let hit = crate::support::wait_for_file(&marker, std::time::Duration::from_secs(120), || false);
+    assert!(hit.is_some(), "the import never reached its commit");
+    k.kill9();
+    let _ = import.wait();
+    k.restart(&[]);
+    assert_eq!(k.seq().await, 0, "nothing of the import was committed");
+    let (_, users) = req(&k, Some(&k.token), Method::GET, "/api/v1/users", None, &[]).await;
+    assert_eq!(users.as_array().unwrap().len(), 0);
+    let out = k.cli(&["users", "import", file.to_str().unwrap(), "--json"]);
+    assert_eq!(stdout_json(&out)["created"].as_array().unwrap().len(), 10_000);
+    assert_eq!(
+        k.seq().await,
+        10_001,
+        "10,000 users and their group's counter, in one commit"
+    );
+}
+
+fn k_marker() -> std::path::PathBuf {
+    let p = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    let path = p.to_path_buf();
+    drop(p);
+    path
+}
