@@ -14,6 +14,7 @@ mod config;
 mod example;
 mod output;
 mod serve;
+mod sheet;
 
 use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 

@@ -55,7 +55,8 @@ pub struct ImportArgs {
     /// Show what would happen; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Write the password sheet to PREFIX.tsv (real name, login, password; mode 0600).
+    /// Write the password sheets PREFIX.tsv (real name, login, password) and PREFIX.pdf (printable
+    /// cards), mode 0600. Only at import do passwords exist in clear: keel keeps only their hashes.
     #[arg(long, value_name = "PREFIX")]
     pub sheet: Option<PathBuf>,
 }
@@ -161,28 +162,23 @@ async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()>
         "refuse"
     };
     let body = json!({"on_existing": on_existing, "dry_run": args.dry_run, "users": rows});
+    // On any error the sheets are dropped, which removes them: their passwords were never set.
     let answer = match c
         .call::<Value>(Method::POST, "/api/v1/users/import", Some(&body), None)
         .await
     {
         Ok(a) => a.value,
-        Err(e) => {
-            if let Some((partial, _)) = &sheet {
-                let _ = std::fs::remove_file(partial);
-            }
-            return Err(match e {
-                ClientError::Api { errors, .. } if !errors.is_empty() => report(&args.file, errors),
-                e => e.into(),
-            });
-        }
+        Err(ClientError::Api { errors, .. }) if !errors.is_empty() => return Err(report(&args.file, errors)),
+        Err(e) => return Err(e.into()),
     };
-    if let Some((partial, path)) = &sheet {
-        std::fs::rename(partial, path).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    summarize(&answer, args, sheet.as_ref().map(|(_, p)| p.as_path()), json)
+    let written = match sheet {
+        Some(s) => s.commit()?,
+        None => Vec::new(),
+    };
+    summarize(&answer, args, &written, json)
 }
 
-fn summarize(answer: &Value, args: &ImportArgs, sheet: Option<&Path>, json: bool) -> anyhow::Result<()> {
+fn summarize(answer: &Value, args: &ImportArgs, sheets: &[PathBuf], json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(answer);
     }
@@ -205,7 +201,7 @@ fn summarize(answer: &Value, args: &ImportArgs, sheet: Option<&Path>, json: bool
             );
         }
     }
-    if let Some(p) = sheet {
+    for p in sheets {
         println!("password sheet: {} (mode 0600)", p.display());
     }
     Ok(())
@@ -326,24 +322,68 @@ fn hash_all(people: &[Person]) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Writes `PREFIX.tsv` (as prologin's pwdsheetdata: real name, login, password; sorted by name)
-/// to a temporary file, mode 0600; it is renamed into place only once the import succeeded.
-fn write_sheet(prefix: &Path, people: &[Person]) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let path = PathBuf::from(format!("{}.tsv", prefix.display()));
-    let partial = PathBuf::from(format!("{}.tsv.partial", prefix.display()));
+/// Writes the sheets for `people` — `PREFIX.tsv` (prologin's pwdsheetdata format: real name,
+/// login, password) and `PREFIX.pdf` (printable cards), both sorted by name, mode 0600 — under
+/// temporary names: they are renamed into place only once the import succeeded.
+fn write_sheet(prefix: &Path, people: &[Person]) -> anyhow::Result<Sheets> {
     let mut sorted: Vec<&Person> = people.iter().collect();
     sorted.sort_by(|a, b| (&a.last, &a.first, &a.login).cmp(&(&b.last, &b.first, &b.login)));
+    let names: Vec<String> = sorted
+        .iter()
+        .map(|p| format!("{} {}", p.first, p.last).trim().to_owned())
+        .collect();
+    let tsv: String = sorted
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| format!("{n}\t{}\t{}\n", p.login, p.password))
+        .collect();
+    let cards: Vec<crate::sheet::Card<'_>> = sorted
+        .iter()
+        .zip(&names)
+        .map(|(p, n)| crate::sheet::Card {
+            name: n,
+            login: &p.login,
+            password: &p.password,
+        })
+        .collect();
+    let mut sheets = Sheets(Vec::new());
+    for (ext, bytes) in [("tsv", tsv.into_bytes()), ("pdf", crate::sheet::pdf(&cards))] {
+        let path = PathBuf::from(format!("{}.{ext}", prefix.display()));
+        let partial = PathBuf::from(format!("{}.{ext}.partial", prefix.display()));
+        write_private(&partial, &bytes).with_context(|| format!("cannot write {}", partial.display()))?;
+        sheets.0.push((partial, path));
+    }
+    Ok(sheets)
+}
+
+/// Sheets written under temporary names, removed unless `commit` renames them into place.
+struct Sheets(Vec<(PathBuf, PathBuf)>);
+
+impl Sheets {
+    fn commit(mut self) -> anyhow::Result<Vec<PathBuf>> {
+        let done = std::mem::take(&mut self.0);
+        for (partial, path) in &done {
+            std::fs::rename(partial, path).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(done.into_iter().map(|(_, p)| p).collect())
+    }
+}
+
+impl Drop for Sheets {
+    fn drop(&mut self) {
+        for (partial, _) in &self.0 {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .mode(0o600)
-        .open(&partial)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    for p in sorted {
-        let name = format!("{} {}", p.first, p.last);
-        writeln!(f, "{}\t{}\t{}", name.trim(), p.login, p.password)?;
-    }
-    f.sync_all()?;
-    Ok((partial, path))
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }

@@ -15,6 +15,7 @@ use crate::support::{req, require_tool, stdout_json, Keel};
 async fn import_follows_the_login_rule_and_stores_only_hashes() {
     require_tool("openssl");
     require_tool("sqlite3");
+    require_tool("pdftotext");
     let k = Keel::start(&[]);
     req(
         &k,
@@ -73,12 +74,26 @@ async fn import_follows_the_login_rule_and_stores_only_hashes() {
     );
     let tsv = std::fs::read_to_string(&tsv_path).unwrap();
     assert_eq!(tsv.lines().count(), 7);
+    let pdf_path = k.dir.path().join("sheet.pdf");
+    assert_eq!(
+        std::fs::metadata(&pdf_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let pdf_text = Command::new("pdftotext")
+        .args(["-layout", pdf_path.to_str().unwrap(), "-"])
+        .output()
+        .unwrap();
+    let pdf_text = String::from_utf8_lossy(&pdf_text.stdout).into_owned();
     let db = k.data().join("keel.db");
     for line in tsv.lines() {
         let [name, login, password] = line.split('\t').collect::<Vec<_>>()[..] else {
             panic!("bad sheet line {line:?}")
         };
         assert!(!name.is_empty());
+        assert!(
+            pdf_text.contains(login) && pdf_text.contains(password),
+            "{login} or its password is not in the PDF"
+        );
         let sql = format!(
             "SELECT json_extract(data, '$.password_hash') FROM objects WHERE kind = 'user' AND key = '{login}'"
         );
