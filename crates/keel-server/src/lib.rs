@@ -105,6 +105,7 @@ pub fn app(state: AppState) -> Router {
             "/users/{login}",
             get(rest::get_user).patch(rest::patch_user).delete(rest::delete_user),
         )
+        .route("/passwd", post(rest::passwd))
         .route("/settings", get(rest::list_settings))
         .route("/settings/{key}", get(rest::get_setting).put(rest::put_setting))
         .route("/changes", get(rest::list_changes))

@@ -336,6 +336,58 @@ pub(crate) async fn import_users(State(st): State<AppState>, caller: Caller, bod
     Ok((if dry_run { StatusCode::OK } else { StatusCode::CREATED }, Json(body)).into_response())
 }
 
+/// `POST /api/v1/passwd {"login","old_password","new_password_hash"}`: a user changes their own
+/// password. The old one is checked against its hash (never stored nor logged); the new one
+/// arrives hashed. No token: knowing the old password is the authentication.
+pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult {
+    let mut f = json_fields(&body)?;
+    let login = f
+        .opt_str("login")?
+        .ok_or_else(|| ApiError::invalid("login", "is required"))?;
+    let old = f
+        .opt_str("old_password")?
+        .ok_or_else(|| ApiError::invalid("old_password", "is required"))?;
+    let new_hash = f
+        .opt_str("new_password_hash")?
+        .ok_or_else(|| ApiError::invalid("new_password_hash", "is required"))?;
+    f.finish()?;
+    if !keel_model::is_sha512_crypt(&new_hash) {
+        return Err(ApiError::invalid(
+            "new_password_hash",
+            "must be a SHA-512-crypt hash ($6$salt$…)",
+        ));
+    }
+    let user = st.db.snapshot().user(&login).cloned();
+    // The same answer, and the same work, for an unknown login and a wrong password.
+    let stored = user
+        .as_ref()
+        .map_or(DUMMY_HASH, |u| u.password_hash.as_str())
+        .to_owned();
+    let ok = tokio::task::spawn_blocking(move || keel_password::verify(&old, &stored))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| ok) else {
+        tracing::warn!(%login, "password change refused: wrong login or password");
+        return Err(ApiError::Unauthorized("wrong login or password"));
+    };
+    let patch = keel_model::UserPatch {
+        password_hash: Some(new_hash),
+        password_changed: Some(true),
+        ..Default::default()
+    };
+    let who = keel_model::Principal {
+        name: format!("user:{login}"),
+        ..keel_model::Principal::anonymous()
+    };
+    st.db.edit_user(&who, &login, user.version, patch).await?;
+    tracing::info!(%login, "password changed by its user");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A valid hash of a password nobody has, to verify against when the login is unknown.
+const DUMMY_HASH: &str =
+    "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
+
 // ---- change log ----
 
 #[derive(Debug, Deserialize)]

@@ -55,6 +55,8 @@ enum Command {
     /// Users: list, show, remove, import (with password sheets).
     #[command(subcommand, alias = "user")]
     Users(cmd::users::UsersCmd),
+    /// Change your password (the current one is checked), or, as an admin, reset one.
+    Passwd(cmd::passwd::PasswdArgs),
     /// Site-wide settings (contest_mode, allow_self_registration).
     #[command(subcommand, alias = "settings")]
     Setting(cmd::setting::SettingCmd),
@@ -158,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Switch(c) => cmd::switch::run(&cli.client()?, c, json).await,
         Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
         Command::Users(c) => cmd::users::run(&cli.client()?, c, json).await,
+        Command::Passwd(a) => cmd::passwd::run(&cli.client()?, a, json).await,
         Command::Log(a) => cmd::log::run(&cli.client()?, a, json).await,
         Command::Token(c) => cmd::token::run(&cli.client()?, c, json).await,
         Command::Watch(a) => cmd::watch::run(&cli.client()?, a, json).await,

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod import;
 pub mod log;
 pub mod machine;
+pub mod passwd;
 pub mod setting;
 pub mod switch;
 pub mod token;

@@ -27,6 +27,34 @@ pub enum UsersCmd {
     Rm { login: String },
     /// Import users from a file, all or nothing, like prologin's batchimport.
     Import(ImportArgs),
+    /// Issue fresh passwords and write the sheets (prologin's pwdsheetdata step). Leaves alone
+    /// users who changed their own password, unless --force; asks before resetting.
+    Sheet(SheetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SheetArgs {
+    /// The group: user, orga or root.
+    #[arg(long = "type")]
+    pub group: String,
+    /// These users (comma-separated logins).
+    #[arg(long, value_delimiter = ',', conflicts_with = "all")]
+    pub users: Vec<String>,
+    /// Every user of the group.
+    #[arg(long)]
+    pub all: bool,
+    /// Write PREFIX.tsv and PREFIX.pdf (mode 0600).
+    #[arg(long, value_name = "PREFIX")]
+    pub sheet: PathBuf,
+    /// Also reset users who changed their own password.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+    /// Length of the generated passwords.
+    #[arg(long, default_value_t = 8)]
+    pub pwdlen: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,6 +109,7 @@ pub async fn run(c: &Client, cmd: &UsersCmd, json: bool) -> anyhow::Result<()> {
             Ok(())
         }
         UsersCmd::Import(args) => import(c, args, json).await,
+        UsersCmd::Sheet(args) => sheet(c, args, json).await,
     }
 }
 
@@ -176,6 +205,102 @@ async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()>
         None => Vec::new(),
     };
     summarize(&answer, args, &written, json)
+}
+
+async fn sheet(c: &Client, args: &SheetArgs, json: bool) -> anyhow::Result<()> {
+    let group: Group = args
+        .group
+        .parse()
+        .map_err(|e: ValidationError| anyhow::anyhow!("--type: {}", e.message))?;
+    let members: Vec<Value> = c.get(&format!("/api/v1/users?group={group}")).await?;
+    let chosen: Vec<&Value> = if args.all {
+        members.iter().collect()
+    } else if args.users.is_empty() {
+        anyhow::bail!("say which users: --users a,b or --all");
+    } else {
+        let missing: Vec<&String> = args
+            .users
+            .iter()
+            .filter(|l| !members.iter().any(|u| u["login"] == l.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "no {group} user named {}",
+                missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        members
+            .iter()
+            .filter(|u| args.users.iter().any(|l| u["login"] == l.as_str()))
+            .collect()
+    };
+    let (reset, kept): (Vec<&Value>, Vec<&Value>) = chosen
+        .into_iter()
+        .partition(|u| args.force || u["password_changed"] != true);
+    if reset.is_empty() {
+        println!(
+            "nothing to do: {} user(s) chose their own password (--force to reset them too)",
+            kept.len()
+        );
+        return Ok(());
+    }
+    confirm(reset.len(), kept.len(), group, args.yes)?;
+    let text = |u: &Value, k: &str| u[k].as_str().unwrap_or("").to_owned();
+    let people: Vec<Person> = reset
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            let password = keel_password::generate(args.pwdlen)?;
+            Ok(Person {
+                line: i + 1,
+                first: text(u, "firstname"),
+                last: text(u, "lastname"),
+                login: text(u, "login"),
+                password,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let hashes = hash_all(&people)?;
+    let rows: Vec<Value> = people
+        .iter()
+        .zip(&hashes)
+        .map(|(p, h)| json!({"line": p.line, "login": p.login, "password_hash": h, "password_changed": false}))
+        .collect();
+    let sheets = write_sheet(&args.sheet, &people)?;
+    let body = json!({"on_existing": "update", "users": rows});
+    let answer: Value = c
+        .call(Method::POST, "/api/v1/users/import", Some(&body), None)
+        .await?
+        .value;
+    let written = sheets.commit()?;
+    if json {
+        return print_json(&answer);
+    }
+    println!("reset {} passwords ({} left alone)", people.len(), kept.len());
+    for p in written {
+        println!("password sheet: {} (mode 0600)", p.display());
+    }
+    Ok(())
+}
+
+/// Asks before resetting passwords: one command must not log out a room by accident.
+fn confirm(n: usize, kept: usize, group: Group, yes: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    eprintln!("about to reset {n} password(s) of group {group}; {kept} chosen by their users are left alone");
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("not resetting without confirmation: run on a terminal or add --yes");
+    }
+    eprint!("reset them? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("nothing changed")
+    }
 }
 
 fn summarize(answer: &Value, args: &ImportArgs, sheets: &[PathBuf], json: bool) -> anyhow::Result<()> {

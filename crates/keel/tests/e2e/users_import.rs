@@ -227,3 +227,89 @@ fn k_marker() -> std::path::PathBuf {
     drop(p);
     path
 }
+
+/// Runs `keel passwd --stdin LOGIN` with `input` on standard input, without a token.
+fn passwd(k: &Keel, login: &str, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(crate::support::KEEL)
+        .args(["passwd", "--stdin", login])
+        .env("KEEL_URL", &k.url)
+        .env_remove("KEEL_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A user changes their password (the old one checked); sheets then leave them alone unless
+/// forced, ask before resetting, and an admin can reset one password.
+#[tokio::test]
+async fn passwd_sheets_and_reset() {
+    let k = Keel::start(&[]);
+    let file = k.dir.path().join("people.txt");
+    std::fs::write(&file, "alice:First-pass-1\nbob:Bob-pass-22\ncarol:Carol-pass-3\n").unwrap();
+    let path = file.to_str().unwrap();
+    assert!(k
+        .cli(&["users", "import", path, "--logins", "--passwords"])
+        .status
+        .success());
+    let out = passwd(&k, "alice", "wrong-pass\nAlice-new-pw\n");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("wrong login or password"));
+    let out = passwd(&k, "alice", "First-pass-1\nAlice-new-pw\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prefix = k.dir.path().join("s2");
+    let sheet = |extra: &[&str]| {
+        let mut a = vec![
+            "users",
+            "sheet",
+            "--type",
+            "user",
+            "--all",
+            "--sheet",
+            prefix.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        k.cli(&a)
+    };
+    let out = sheet(&[]);
+    assert!(!out.status.success(), "no confirmation, no reset");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    assert!(sheet(&["--yes"]).status.success());
+    let tsv = std::fs::read_to_string(k.dir.path().join("s2.tsv")).unwrap();
+    assert_eq!(tsv.lines().count(), 2, "alice chose her password: left alone\n{tsv}");
+    assert!(!tsv.contains("alice"));
+    assert!(
+        passwd(&k, "alice", "Alice-new-pw\nAlice-newer-pw\n").status.success(),
+        "alice's password still works"
+    );
+    let bob_pw = tsv
+        .lines()
+        .find(|l| l.contains("\tbob\t"))
+        .unwrap()
+        .rsplit('\t')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        passwd(&k, "bob", &format!("{bob_pw}\nBob-own-pass\n")).status.success(),
+        "bob's sheet password works"
+    );
+    assert!(sheet(&["--yes", "--force"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(k.dir.path().join("s2.tsv"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    let out = k.cli(&["passwd", "--reset", "carol", "--json"]);
+    let reset = stdout_json(&out);
+    let carol_pw = reset["password"].as_str().unwrap();
+    assert!(passwd(&k, "carol", &format!("{carol_pw}\nCarol-own-pass\n"))
+        .status
+        .success());
+    assert!(!k.log().contains(carol_pw) && !k.log().contains("Carol-own-pass"));
+}
