@@ -83,6 +83,9 @@ pub struct ImportArgs {
     /// Show what would happen; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// More logins never to hand out, besides root and the usual system accounts (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub reserved: Vec<String>,
     /// Write the password sheets PREFIX.tsv (real name, login, password) and PREFIX.pdf (printable
     /// cards), mode 0600. Only at import do passwords exist in clear: keel keeps only their hashes.
     #[arg(long, value_name = "PREFIX")]
@@ -161,8 +164,13 @@ async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()>
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
     let existing: Vec<Value> = c.get("/api/v1/users").await?;
     let existing = existing.iter().filter_map(|u| u["login"].as_str().map(str::to_owned));
-    let people = parse_people(&text, args, LoginAllocator::new(existing, RESERVED_LOGINS))
-        .map_err(|errs| report(&args.file, errs))?;
+    let reserved: Vec<&str> = RESERVED_LOGINS
+        .iter()
+        .copied()
+        .chain(args.reserved.iter().map(String::as_str))
+        .collect();
+    let people =
+        parse_people(&text, args, LoginAllocator::new(existing, &reserved)).map_err(|errs| report(&args.file, errs))?;
     let hashes = if args.dry_run {
         vec![String::new(); people.len()]
     } else {

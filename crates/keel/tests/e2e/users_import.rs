@@ -36,7 +36,9 @@ async fn import_follows_the_login_rule_and_stores_only_hashes() {
          Jean-Baptiste\tPoquelin\n\
          Zoë\tO'Brien\n\
          Ro\tOt\n\
-         Ægir\tØdegård\n",
+         Ægir\tØdegård\n\
+         B\tIn\n\
+         Kim\tEel\n",
     )
     .unwrap();
     let prefix = k.dir.path().join("sheet");
@@ -46,6 +48,8 @@ async fn import_follows_the_login_rule_and_stores_only_hashes() {
         file.to_str().unwrap(),
         "--sheet",
         prefix.to_str().unwrap(),
+        "--reserved",
+        "keel1",
         "--json",
     ]);
     let answer = stdout_json(&out);
@@ -64,7 +68,9 @@ async fn import_follows_the_login_rule_and_stores_only_hashes() {
             "jbpoquelin1",
             "zobrien",
             "rot",
-            "gdegard"
+            "gdegard",
+            "bin1",  // bin is a system account
+            "keel2"  // keel is reserved, and keel1 by --reserved
         ]
     );
     let tsv_path = k.dir.path().join("sheet.tsv");
@@ -73,7 +79,7 @@ async fn import_follows_the_login_rule_and_stores_only_hashes() {
         0o600
     );
     let tsv = std::fs::read_to_string(&tsv_path).unwrap();
-    assert_eq!(tsv.lines().count(), 7);
+    assert_eq!(tsv.lines().count(), 9);
     let pdf_path = k.dir.path().join("sheet.pdf");
     assert_eq!(
         std::fs::metadata(&pdf_path).unwrap().permissions().mode() & 0o777,
@@ -120,7 +126,7 @@ async fn import_follows_the_login_rule_and_stores_only_hashes() {
             .any(|w| w == password.as_bytes()));
     }
     let (_, udb) = req(&k, None, Method::GET, "/udb/call/query?group=user", None, &[]).await;
-    assert_eq!(udb["data"].as_array().unwrap().len(), 8);
+    assert_eq!(udb["data"].as_array().unwrap().len(), 10);
 }
 
 /// One bad line imports nothing and is named; --logins with an existing user needs --update or
