@@ -16,89 +16,41 @@ pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     fn unique_values(&self) -> Vec<(&'static str, String)>;
 }
 
-impl Record for Machine {
-    const KIND: Kind = Kind::Machine;
-    fn key(&self) -> String {
-        self.id.to_string()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn set_version(&mut self, v: u64) {
-        self.version = v;
-    }
-    fn unique_values(&self) -> Vec<(&'static str, String)> {
-        let mut u: Vec<_> = self.names().map(|n| ("name", n.to_string())).collect();
-        u.push(("mac", self.mac.to_string()));
-        u.push(("ip", self.ip.to_string()));
-        u
-    }
-}
-
-impl Record for Switch {
-    const KIND: Kind = Kind::Switch;
-    fn key(&self) -> String {
-        self.name.to_string()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn set_version(&mut self, v: u64) {
-        self.version = v;
-    }
-    fn unique_values(&self) -> Vec<(&'static str, String)> {
-        if self.chassis.is_empty() {
-            Vec::new()
-        } else {
-            vec![("chassis", self.chassis.clone())]
+/// The same impl for every record type: its kind, how to key it, what it must hold alone.
+macro_rules! record {
+    ($t:ty, $kind:expr, |$s:ident| key: $key:expr, uniques: $uniques:expr) => {
+        impl Record for $t {
+            const KIND: Kind = $kind;
+            fn key(&self) -> String {
+                let $s = self;
+                $key
+            }
+            fn version(&self) -> u64 {
+                self.version
+            }
+            fn set_version(&mut self, v: u64) {
+                self.version = v;
+            }
+            #[allow(unused_variables)] // some record types hold no unique value
+            fn unique_values(&self) -> Vec<(&'static str, String)> {
+                let $s = self;
+                $uniques
+            }
         }
-    }
+    };
 }
 
-impl Record for Setting {
-    const KIND: Kind = Kind::Setting;
-    fn key(&self) -> String {
-        self.key.clone()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn set_version(&mut self, v: u64) {
-        self.version = v;
-    }
-    fn unique_values(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
-    }
-}
-
-impl Record for User {
-    const KIND: Kind = Kind::User;
-    fn key(&self) -> String {
-        self.login.to_string()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn set_version(&mut self, v: u64) {
-        self.version = v;
-    }
-    fn unique_values(&self) -> Vec<(&'static str, String)> {
-        vec![("login", self.login.to_string()), ("uid", self.uid.to_string())]
-    }
-}
-
-impl Record for Counter {
-    const KIND: Kind = Kind::Counter;
-    fn key(&self) -> String {
-        self.key.clone()
-    }
-    fn version(&self) -> u64 {
-        self.version
-    }
-    fn set_version(&mut self, v: u64) {
-        self.version = v;
-    }
-    fn unique_values(&self) -> Vec<(&'static str, String)> {
-        Vec::new()
-    }
-}
+record!(Machine, Kind::Machine, |m| key: m.id.to_string(), uniques: {
+    let mut u: Vec<_> = m.names().map(|n| ("name", n.to_string())).collect();
+    u.push(("mac", m.mac.to_string()));
+    u.push(("ip", m.ip.to_string()));
+    u
+});
+record!(Switch, Kind::Switch, |s| key: s.name.to_string(), uniques: {
+    if s.chassis.is_empty() { Vec::new() } else { vec![("chassis", s.chassis.clone())] }
+});
+record!(Setting, Kind::Setting, |s| key: s.key.clone(), uniques: Vec::new());
+record!(User, Kind::User, |u| key: u.login.to_string(), uniques: {
+    vec![("login", u.login.to_string()), ("uid", u.uid.to_string())]
+});
+record!(Counter, Kind::Counter, |c| key: c.key.clone(), uniques: Vec::new());

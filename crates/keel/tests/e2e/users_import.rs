@@ -144,46 +144,22 @@ async fn a_bad_line_imports_nothing() {
     assert_eq!(k.seq().await, seq);
     std::fs::write(&file, "alice:Pa55-word\nbob:Other-99\n").unwrap();
     let path = file.to_str().unwrap();
-    let v: Value = stdout_json(&k.cli(&[
-        "users",
-        "import",
-        path,
-        "--logins",
-        "--passwords",
-        "--type",
-        "root",
-        "--json",
-    ]));
+    let roots = |extra: &[&str]| {
+        let mut a = vec!["users", "import", path, "--logins", "--passwords", "--type", "root"];
+        a.extend_from_slice(extra);
+        k.cli(&a)
+    };
+    let v: Value = stdout_json(&roots(&["--json"]));
     assert_eq!(v["created"][0]["uid"], 12001);
-    let out = k.cli(&["users", "import", path, "--logins", "--passwords", "--type", "root"]);
+    let out = roots(&[]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already exists"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = stdout_json(&k.cli(&[
-        "users",
-        "import",
-        path,
-        "--logins",
-        "--passwords",
-        "--type",
-        "root",
-        "--update",
-        "--json",
-    ]));
+    let v = stdout_json(&roots(&["--update", "--json"]));
     assert_eq!(v["updated"].as_array().unwrap().len(), 2);
-    let v = stdout_json(&k.cli(&[
-        "users",
-        "import",
-        path,
-        "--logins",
-        "--passwords",
-        "--type",
-        "root",
-        "--ignore",
-        "--json",
-    ]));
+    let v = stdout_json(&roots(&["--ignore", "--json"]));
     assert_eq!(v["ignored"].as_array().unwrap().len(), 2);
 }
 
