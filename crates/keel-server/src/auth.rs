@@ -67,3 +67,40 @@ impl Caller {
         }
     }
 }
+
+/// Slows down password guessing: after a few wrong passwords for a login, that login is refused
+/// for a while, doubling up to a minute. In memory: a restart forgets, which is acceptable for a
+/// throttle (the hash's cost still bounds the rate).
+#[derive(Default)]
+pub(crate) struct Throttle {
+    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
+}
+
+/// Wrong passwords allowed before waiting is imposed.
+const FREE_FAILURES: u32 = 5;
+
+impl Throttle {
+    /// How long `login` must still wait before another try, if at all.
+    pub(crate) fn wait(&self, login: &str) -> Option<std::time::Duration> {
+        let map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (n, last) = *map.get(login)?;
+        let penalty = std::time::Duration::from_secs(1u64 << (n.checked_sub(FREE_FAILURES)?).min(6));
+        penalty.checked_sub(last.elapsed())
+    }
+
+    pub(crate) fn failed(&self, login: &str) {
+        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() > 100_000 {
+            map.clear(); // bounded: a flood of made-up logins cannot grow it without end
+        }
+        let e = map.entry(login.to_owned()).or_insert((0, std::time::Instant::now()));
+        *e = (e.0 + 1, std::time::Instant::now());
+    }
+
+    pub(crate) fn succeeded(&self, login: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(login);
+    }
+}

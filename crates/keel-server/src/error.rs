@@ -22,6 +22,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("the record is at version {current}; re-read it and retry (If-Match said {expected})")]
     PreconditionFailed { expected: u64, current: u64 },
+    #[error("too many wrong passwords: try again in {0} s")]
+    TooManyAttempts(u64),
     #[error("If-Match is required: send the version (ETag) you read; * is not accepted")]
     PreconditionRequired,
     /// Details are logged, never shown.
@@ -43,6 +45,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+            Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -60,7 +63,7 @@ impl ApiError {
         self.log();
         let exn_type = match &self {
             Self::Invalid(_) => "ValueError",
-            Self::Unauthorized(_) | Self::Forbidden(_) => "PermissionError",
+            Self::Unauthorized(_) | Self::Forbidden(_) | Self::TooManyAttempts(_) => "PermissionError",
             Self::NotFound(_) => "KeyError",
             Self::Conflict(_) | Self::PreconditionFailed { .. } | Self::PreconditionRequired => "ValueError",
             Self::Internal(_) => "RuntimeError",
@@ -83,6 +86,11 @@ impl IntoResponse for ApiError {
             body["errors"] = json!(errors);
         }
         let mut resp = (status, Json(body)).into_response();
+        if let Self::TooManyAttempts(secs) = &self {
+            if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

@@ -44,6 +44,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     watch_lines: Arc<watch::LineCache>,
+    login_throttle: Arc<auth::Throttle>,
     /// Becomes true when the server stops: open streams end (with a reason line) so that the
     /// graceful shutdown does not wait on them forever.
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -61,6 +62,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
+            login_throttle: Arc::new(auth::Throttle::default()),
             shutdown,
         }
     }

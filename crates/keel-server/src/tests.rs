@@ -123,3 +123,34 @@ async fn metrics_count_requests_by_route() {
     assert!(text.contains("keel_last_seq 1"));
     assert!(text.contains("keel_http_request_duration_seconds_bucket"));
 }
+
+/// Wrong passwords for a login are throttled: after five, even the right one must wait.
+#[tokio::test]
+async fn password_guessing_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    let hash = keel_password::hash("Right-pass-1").unwrap();
+    let patch = keel_model::UserPatch::from_fields(
+        Fields::new(
+            json!({"login": "alice", "group": "user", "password_hash": hash}),
+            Strictness::Strict,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    st.db.create_user(&Principal::system(), patch).await.unwrap();
+    let try_pw = |old: &str| {
+        let new = keel_password::hash("New-pass-22").unwrap();
+        let body = json!({"login": "alice", "old_password": old, "new_password_hash": new}).to_string();
+        Request::post("/api/v1/passwd")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for _ in 0..5 {
+        assert_eq!(send(&st, try_pw("wrong")).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let resp = app(st.clone()).oneshot(try_pw("Right-pass-1")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
+}
