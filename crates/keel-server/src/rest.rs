@@ -141,6 +141,24 @@ pub(crate) async fn delete_machine(State(st): State<AppState>, g: Guarded, Path(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The rows of an import body, each read by `parse` and numbered by its `line` field (else its
+/// position): a bad row is kept as its error, so the import can name every bad line at once.
+type Numbered<T> = Vec<(usize, Result<T, ValidationError>)>;
+
+fn numbered_rows<T>(
+    rows: Vec<Value>,
+    parse: fn(Fields) -> Result<T, ValidationError>,
+) -> Result<Numbered<T>, ValidationError> {
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut f = Fields::new(row, Strictness::Strict).map_err(|e| e.at_line(i + 1))?;
+            let line = f.opt_u32("line").ok().flatten().map_or(i + 1, |l| l as usize);
+            Ok((line, parse(f).map_err(|e| e.at_line(line))))
+        })
+        .collect()
+}
+
 /// `POST /api/v1/machines/import`: `{"machines": [{"line": N, ...fields}, ...]}`, all or nothing.
 pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
@@ -150,15 +168,7 @@ pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, 
         _ => return Err(ApiError::invalid("machines", "must be a list of machine objects")),
     };
     fields.finish()?;
-    let rows = rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let mut f = Fields::new(row, Strictness::Strict).map_err(|e| e.at_line(i + 1))?;
-            let line = f.opt_u32("line").ok().flatten().map_or(i + 1, |l| l as usize);
-            Ok((line, MachinePatch::from_fields(f).map_err(|e| e.at_line(line))))
-        })
-        .collect::<Result<Vec<_>, ValidationError>>()?;
+    let rows = numbered_rows(rows, MachinePatch::from_fields)?;
     let created = st.db.import_machines(who, rows).await?;
     Ok((
         StatusCode::CREATED,
@@ -316,15 +326,7 @@ pub(crate) async fn import_users(State(st): State<AppState>, caller: Caller, bod
         _ => return Err(ApiError::invalid("users", "must be a list of user objects")),
     };
     fields.finish()?;
-    let rows = rows
-        .into_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let mut f = Fields::new(row, Strictness::Strict).map_err(|e| e.at_line(i + 1))?;
-            let line = f.opt_u32("line").ok().flatten().map_or(i + 1, |l| l as usize);
-            Ok((line, keel_model::UserPatch::from_fields(f).map_err(|e| e.at_line(line))))
-        })
-        .collect::<Result<Vec<_>, ValidationError>>()?;
+    let rows = numbered_rows(rows, keel_model::UserPatch::from_fields)?;
     let report = st.db.import_users(who, rows, on_existing, dry_run).await?;
     let public = |list: &[keel_model::User]| list.iter().map(keel_model::User::public_json).collect::<Vec<_>>();
     let body = json!({

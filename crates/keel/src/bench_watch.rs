@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::bench::{mean, percentile, rss_mb, start_server};
+use crate::bench::{percentile, rss_mb, start_server};
 use crate::output::table;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -234,7 +234,6 @@ async fn one_change_rounds(
         to_last.push(last);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = mean(&all);
     Ok((all, to_last))
 }
 
