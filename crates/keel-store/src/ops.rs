@@ -27,12 +27,38 @@ fn decode<R: Record>(changes: &[Change]) -> Result<R, StoreError> {
     serde_json::from_value(after).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+fn find_switch<'s>(s: &'s Snapshot, name: &str) -> Result<&'s Switch, StoreError> {
+    s.switch(name)
+        .ok_or_else(|| StoreError::NotFound(format!("switch {name}")))
+}
+
 fn find_machine<'s>(s: &'s Snapshot, name: &str) -> Result<&'s Machine, StoreError> {
     s.machine_by_name(name)
         .ok_or_else(|| StoreError::NotFound(format!("machine {name}")))
 }
 
 impl Db {
+    /// Deletes the record `find` picks, which must be at version `if_version`; returns it as it was.
+    async fn delete_one<R: Record>(
+        &self,
+        who: &Principal,
+        if_version: u64,
+        find: impl for<'s> FnOnce(&'s Snapshot) -> Result<&'s R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let changes = self
+            .write(who, |s, _| {
+                let old = find(s)?;
+                check_version(old.version(), if_version)?;
+                Ok(vec![Write::delete(old, Some(if_version))])
+            })
+            .await?;
+        let before = changes
+            .last()
+            .and_then(|c| c.before.clone())
+            .ok_or_else(|| StoreError::Corrupt("no record".into()))?;
+        serde_json::from_value(before).map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
     /// Adds a machine; its address is allocated from its type's pool unless given.
     pub async fn create_machine(&self, who: &Principal, patch: MachinePatch) -> Result<Machine, StoreError> {
         let changes = self
@@ -65,15 +91,7 @@ impl Db {
     }
 
     pub async fn delete_machine(&self, who: &Principal, name: &str, if_version: u64) -> Result<Machine, StoreError> {
-        let mut gone = None;
-        self.write(who, |s, _| {
-            let old = find_machine(s, name)?;
-            check_version(old.version, if_version)?;
-            gone = Some(old.clone());
-            Ok(vec![Write::delete(old, Some(if_version))])
-        })
-        .await?;
-        gone.ok_or_else(|| StoreError::NotFound(format!("machine {name}")))
+        self.delete_one(who, if_version, |s| find_machine(s, name)).await
     }
 
     /// Adds many machines at once, all or nothing. Every bad row is reported with its line.
@@ -132,9 +150,7 @@ impl Db {
     ) -> Result<Switch, StoreError> {
         let changes = self
             .write(who, |s, _| {
-                let old = s
-                    .switch(name)
-                    .ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
+                let old = find_switch(s, name)?;
                 check_version(old.version, if_version)?;
                 let sw = Switch::from_fields(fields, Some(old))?;
                 if sw.name != old.name {
@@ -150,17 +166,7 @@ impl Db {
     }
 
     pub async fn delete_switch(&self, who: &Principal, name: &str, if_version: u64) -> Result<Switch, StoreError> {
-        let mut gone = None;
-        self.write(who, |s, _| {
-            let old = s
-                .switch(name)
-                .ok_or_else(|| StoreError::NotFound(format!("switch {name}")))?;
-            check_version(old.version, if_version)?;
-            gone = Some(old.clone());
-            Ok(vec![Write::delete(old, Some(if_version))])
-        })
-        .await?;
-        gone.ok_or_else(|| StoreError::NotFound(format!("switch {name}")))
+        self.delete_one(who, if_version, |s| find_switch(s, name)).await
     }
 
     /// Sets a known setting; `if_version` (0 for a never-set one) guards against lost updates.
@@ -231,15 +237,7 @@ impl Db {
 
     /// Removes a user. Its uid is not given again (the group's counter keeps it).
     pub async fn delete_user(&self, who: &Principal, login: &str, if_version: u64) -> Result<User, StoreError> {
-        let mut gone = None;
-        self.write(who, |s, _| {
-            let old = find_user(s, login)?;
-            check_version(old.version, if_version)?;
-            gone = Some(old.clone());
-            Ok(vec![Write::delete(old, Some(if_version))])
-        })
-        .await?;
-        gone.ok_or_else(|| StoreError::NotFound(format!("user {login}")))
+        self.delete_one(who, if_version, |s| find_user(s, login)).await
     }
 }
 
