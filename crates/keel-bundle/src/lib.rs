@@ -1,0 +1,28 @@
+//! The propagation bundle: what the engine sends and `keel-agent` applies.
+//!
+//! A bundle is a tar of `MANIFEST.json`, `MANIFEST.sig` (the raw ed25519 signature of MANIFEST.json
+//! by the server's key) and the files the manifest lists, regular files only. Reading is the
+//! security boundary of every destination, so [`Bundle::open`] checks, in this order: the tar's
+//! members (regular files, safe relative names, no duplicates, bounded sizes), the signature
+//! against the trusted keys — *before* anything in the manifest is believed — then the manifest
+//! (format, names, version) and that the files are exactly the listed ones with their digests.
+//! Nothing taken from a bundle is ever handed to a shell; names are checked against strict
+//! alphabets here so that later code cannot be tricked by them either.
+
+#![forbid(unsafe_code)]
+
+mod key;
+mod manifest;
+mod read;
+mod write;
+
+pub use key::{KeyError, PublicKey, SecretKey};
+pub use manifest::{check_rel_path, FileEntry, Manifest, Version, FORMAT};
+pub use read::{Bundle, BundleError, Limits};
+pub use write::{build, manifest as manifest_for, BuildError, File, Header};
+
+/// The lower-cased sha256 of `data`, in hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

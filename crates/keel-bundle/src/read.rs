@@ -1,0 +1,340 @@
+//! Reading a bundle: the checks every destination relies on.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::manifest::{check_rel_path, Manifest};
+use crate::PublicKey;
+
+/// Bounds on what a reader accepts (a bundle is held in memory while it is checked).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_files: usize,
+    pub max_total_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_files: 10_000,
+            max_total_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a bundle was refused. Each maps to its own agent exit code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BundleError {
+    #[error("not a readable tar: {0}")]
+    Tar(String),
+    #[error("member {name:?}: {reason}")]
+    Member { name: String, reason: String },
+    #[error("bundle larger than the limit ({limit} bytes or {files} files)")]
+    TooLarge { limit: u64, files: usize },
+    #[error("no {0} in the bundle")]
+    Missing(&'static str),
+    #[error("the signature does not verify against any trusted key")]
+    BadSignature,
+    #[error("MANIFEST.json: {0}")]
+    Manifest(String),
+    #[error("unsupported bundle format: {0}")]
+    Format(String),
+    #[error("file {path:?}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// A bundle whose signature, names and contents all checked.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    /// Path → contents, for exactly the files the manifest lists.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Bundle {
+    /// Reads and checks a bundle from `r`, reading at most the limit (plus a little tar framing).
+    pub fn read_from(r: impl Read, trusted: &[PublicKey], limits: Limits) -> Result<Self, BundleError> {
+        let cap = limits.max_total_bytes + 1024 * (limits.max_files as u64 + 4);
+        let mut raw = Vec::new();
+        r.take(cap + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| BundleError::Tar(e.to_string()))?;
+        if raw.len() as u64 > cap {
+            return Err(BundleError::TooLarge {
+                limit: limits.max_total_bytes,
+                files: limits.max_files,
+            });
+        }
+        Self::open(&raw, trusted, limits)
+    }
+
+    /// Checks a bundle held in memory.
+    pub fn open(raw: &[u8], trusted: &[PublicKey], limits: Limits) -> Result<Self, BundleError> {
+        let mut members = members(raw, limits)?;
+        let json = members
+            .remove("MANIFEST.json")
+            .ok_or(BundleError::Missing("MANIFEST.json"))?;
+        let sig = members
+            .remove("MANIFEST.sig")
+            .ok_or(BundleError::Missing("MANIFEST.sig"))?;
+        // Nothing in the manifest is believed before this line.
+        if !trusted.iter().any(|k| k.verify(&json, &sig)) {
+            return Err(BundleError::BadSignature);
+        }
+        let manifest = parse_manifest(&json)?;
+        for f in &manifest.files {
+            let Some(data) = members.get(&f.path) else {
+                return Err(BundleError::File {
+                    path: f.path.clone(),
+                    reason: "listed in the manifest but missing".into(),
+                });
+            };
+            if data.len() as u64 != f.size || crate::sha256_hex(data) != f.sha256 {
+                return Err(BundleError::File {
+                    path: f.path.clone(),
+                    reason: "contents do not match the manifest's size and sha256".into(),
+                });
+            }
+        }
+        if let Some(extra) = members.keys().find(|p| !manifest.files.iter().any(|f| &f.path == *p)) {
+            return Err(BundleError::File {
+                path: extra.clone(),
+                reason: "not listed in the manifest".into(),
+            });
+        }
+        Ok(Self {
+            manifest,
+            files: members,
+        })
+    }
+}
+
+fn parse_manifest(json: &[u8]) -> Result<Manifest, BundleError> {
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    // The format decides how to read the rest: a newer one is a protocol error, not garbage.
+    match v.get("format").and_then(serde_json::Value::as_u64) {
+        Some(f) if f == u64::from(crate::FORMAT) => {}
+        Some(f) => {
+            return Err(BundleError::Format(format!(
+                "format {f}, this agent reads {}",
+                crate::FORMAT
+            )))
+        }
+        None => return Err(BundleError::Manifest("no numeric \"format\" field".into())),
+    }
+    let m: Manifest = serde_json::from_value(v).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    m.check().map_err(BundleError::Manifest)?;
+    Ok(m)
+}
+
+/// Every member of the tar, checked: regular files with safe names, each once, within the limits.
+fn members(raw: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
+    let mut archive = tar::Archive::new(raw);
+    let mut out = BTreeMap::new();
+    let mut total = 0u64;
+    let entries = archive.entries().map_err(|e| BundleError::Tar(e.to_string()))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| BundleError::Tar(e.to_string()))?;
+        let name = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| BundleError::Member {
+            name: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+            reason: "name is not UTF-8".into(),
+        })?;
+        let refuse = |reason: &str| BundleError::Member {
+            name: name.clone(),
+            reason: reason.into(),
+        };
+        let kind = entry.header().entry_type();
+        if !kind.is_file() {
+            return Err(refuse(&format!("only regular files are accepted ({})", describe(kind))));
+        }
+        if name != "MANIFEST.json" && name != "MANIFEST.sig" {
+            check_rel_path(&name).map_err(|e| refuse(&e))?;
+        }
+        let size = entry.header().size().map_err(|e| refuse(&e.to_string()))?;
+        total += size;
+        if total > limits.max_total_bytes || out.len() >= limits.max_files + 2 {
+            return Err(BundleError::TooLarge {
+                limit: limits.max_total_bytes,
+                files: limits.max_files,
+            });
+        }
+        let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        entry.read_to_end(&mut data).map_err(|e| refuse(&e.to_string()))?;
+        if out.insert(name.clone(), data).is_some() {
+            return Err(refuse("appears twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn describe(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Symlink => "a symbolic link",
+        tar::EntryType::Link => "a hard link",
+        tar::EntryType::Directory => "a directory",
+        tar::EntryType::Char | tar::EntryType::Block => "a device",
+        tar::EntryType::Fifo => "a FIFO",
+        _ => "an unsupported member type",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::{build, File, Header};
+    use crate::{SecretKey, Version};
+
+    fn header() -> Header<'static> {
+        Header {
+            service: "passwd",
+            version: Version::new(1, 0),
+            facility: "lan",
+            destination: "host1.prolo",
+            run_id: "r1",
+            created: "2026-01-01T00:00:00Z",
+            serial: 7,
+        }
+    }
+
+    fn files() -> Vec<File> {
+        vec![File {
+            path: "passwd".into(),
+            mode: 0o644,
+            data: b"alice:x:10001:10000::/home/alice:/bin/bash\n".to_vec(),
+        }]
+    }
+
+    fn raw_tar(members: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut t = tar::Builder::new(Vec::new());
+        for (name, kind, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            if kind.is_symlink() {
+                h.set_size(0);
+                t.append_link(&mut h, name, "/etc/shadow").unwrap();
+            } else {
+                // set_path refuses "..": write the name bytes directly, as an attacker would.
+                let bytes = name.as_bytes();
+                h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+                h.set_cksum();
+                t.append(&h, *data).unwrap();
+            }
+        }
+        t.into_inner().unwrap()
+    }
+
+    fn signed(key: &SecretKey, m: &serde_json::Value) -> (Vec<u8>, [u8; 64]) {
+        let json = serde_json::to_vec(m).unwrap();
+        let sig = key.sign(&json);
+        (json, sig)
+    }
+
+    #[test]
+    fn roundtrip_and_determinism() {
+        let k = SecretKey::generate().unwrap();
+        let a = build(&k, &header(), &files()).unwrap();
+        assert_eq!(a, build(&k, &header(), &files()).unwrap());
+        let b = Bundle::open(&a, &[k.public()], Limits::default()).unwrap();
+        assert_eq!(b.manifest.serial, 7);
+        assert_eq!(b.files["passwd"], files()[0].data);
+    }
+
+    #[test]
+    fn untrusted_key_and_tampering_are_refused() {
+        let k = SecretKey::generate().unwrap();
+        let other = SecretKey::generate().unwrap();
+        let a = build(&k, &header(), &files()).unwrap();
+        assert_eq!(
+            Bundle::open(&a, &[other.public()], Limits::default()).unwrap_err(),
+            BundleError::BadSignature
+        );
+        let mut t = a.clone();
+        let at = t.windows(5).position(|w| w == b"alice").unwrap();
+        t[at] = b'A'; // the file's contents, the signature still fine
+        assert!(matches!(
+            Bundle::open(&t, &[k.public()], Limits::default()),
+            Err(BundleError::File { .. })
+        ));
+    }
+
+    #[test]
+    fn links_dotdot_and_absolute_members_are_refused() {
+        let k = SecretKey::generate().unwrap();
+        for (name, kind) in [
+            ("passwd", tar::EntryType::Symlink),
+            ("../passwd", tar::EntryType::Regular),
+            ("/etc/passwd", tar::EntryType::Regular),
+            ("$(touch x)", tar::EntryType::Regular),
+            ("dev", tar::EntryType::Char),
+        ] {
+            let (json, sig) = signed(&k, &serde_json::json!({}));
+            let t = raw_tar(&[
+                ("MANIFEST.json", tar::EntryType::Regular, &json),
+                ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+                (name, kind, b"x"),
+            ]);
+            let e = Bundle::open(&t, &[k.public()], Limits::default()).unwrap_err();
+            assert!(matches!(e, BundleError::Member { .. }), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicates_unlisted_and_other_formats_are_refused() {
+        let k = SecretKey::generate().unwrap();
+        let good = build(&k, &header(), &files()).unwrap();
+        let b = Bundle::open(&good, &[k.public()], Limits::default()).unwrap();
+        let json = serde_json::to_vec(&b.manifest).unwrap();
+        let sig = k.sign(&json);
+        let dup = raw_tar(&[
+            ("MANIFEST.json", tar::EntryType::Regular, &json),
+            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+            ("passwd", tar::EntryType::Regular, &b.files["passwd"]),
+            ("passwd", tar::EntryType::Regular, &b.files["passwd"]),
+        ]);
+        assert!(matches!(
+            Bundle::open(&dup, &[k.public()], Limits::default()),
+            Err(BundleError::Member { .. })
+        ));
+        let extra = raw_tar(&[
+            ("MANIFEST.json", tar::EntryType::Regular, &json),
+            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+            ("passwd", tar::EntryType::Regular, &b.files["passwd"]),
+            ("shadow", tar::EntryType::Regular, b"x"),
+        ]);
+        assert!(matches!(
+            Bundle::open(&extra, &[k.public()], Limits::default()),
+            Err(BundleError::File { .. })
+        ));
+        let mut v = serde_json::to_value(&b.manifest).unwrap();
+        v["format"] = 2.into();
+        let (json, sig) = signed(&k, &v);
+        let newer = raw_tar(&[
+            ("MANIFEST.json", tar::EntryType::Regular, &json),
+            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+        ]);
+        assert!(matches!(
+            Bundle::open(&newer, &[k.public()], Limits::default()),
+            Err(BundleError::Format(_))
+        ));
+    }
+
+    #[test]
+    fn limits_hold() {
+        let k = SecretKey::generate().unwrap();
+        let a = build(&k, &header(), &files()).unwrap();
+        let tiny = Limits {
+            max_files: 10,
+            max_total_bytes: 16,
+        };
+        assert!(matches!(
+            Bundle::read_from(&a[..], &[k.public()], tiny),
+            Err(BundleError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            Bundle::open(b"garbage", &[k.public()], Limits::default()),
+            Err(BundleError::Tar(_) | BundleError::Missing(_))
+        ));
+    }
+}
