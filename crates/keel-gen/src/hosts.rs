@@ -1,0 +1,22 @@
+//! `hosts`: the lines keel keeps in /etc/hosts — how hosts find each other before DNS works.
+
+use std::fmt::Write as _;
+
+use keel_bundle::File;
+
+use crate::{file, Input, Options};
+
+/// `ip name.zone name alias.zone alias …` for every machine, by IP then hostname.
+pub fn hosts(input: &Input<'_>, opts: &Options) -> Vec<File> {
+    let mut machines = input.machines.clone();
+    machines.sort_by(|a, b| (a.ip, &a.hostname).cmp(&(b.ip, &b.hostname)));
+    let mut out = String::with_capacity(machines.len() * 64);
+    for m in machines {
+        let _ = write!(out, "{}", m.ip);
+        for name in m.names() {
+            let _ = write!(out, " {name}.{} {name}", opts.zone);
+        }
+        out.push('\n');
+    }
+    vec![file("hosts", 0o644, out)]
+}

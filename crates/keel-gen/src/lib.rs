@@ -1,0 +1,132 @@
+//! Generators: a facility's part of the Snapshot in, the files of a service out.
+//!
+//! Pure and deterministic (invariant 3): the same input gives byte-identical files, so an
+//! unchanged state yields an unchanged bundle digest and nothing is sent. Records are always
+//! emitted in a fixed order (uid, then login; IP, then hostname), never in map order.
+
+#![forbid(unsafe_code)]
+
+mod accounts;
+mod hosts;
+
+use std::collections::BTreeMap;
+
+use keel_bundle::{File, Version};
+use keel_model::{Group, Kind, Machine, User};
+use serde::{Deserialize, Serialize};
+
+pub use accounts::{homes, passwd, root_ssh};
+pub use hosts::hosts;
+
+/// What a facility receives: its users and the site's machines.
+#[derive(Debug, Clone, Default)]
+pub struct Input<'a> {
+    pub facility: &'a str,
+    pub users: Vec<&'a User>,
+    pub machines: Vec<&'a Machine>,
+}
+
+/// A group as it appears on hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// Site choices the generators follow (the `[propagation.generators]` table of keel.toml).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// Homes are `<home_root>/<login>`.
+    pub home_root: String,
+    /// Mode of a new home directory.
+    pub home_mode: u32,
+    /// keel's groups on hosts. `root` is not called `root` there by default: that name and gid 0
+    /// belong to the host.
+    pub groups: BTreeMap<Group, HostGroup>,
+    /// The DNS zone machines live in (`hosts` writes `name.zone name aliases…`).
+    pub zone: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let g = |name: &str, gid| HostGroup { name: name.into(), gid };
+        Self {
+            home_root: "/home".into(),
+            home_mode: 0o700,
+            groups: BTreeMap::from([
+                (Group::User, g("user", 10000)),
+                (Group::Orga, g("orga", 11000)),
+                (Group::Root, g("roots", 12000)),
+            ]),
+            zone: "prolo".into(),
+        }
+    }
+}
+
+impl Options {
+    fn group(&self, g: Group) -> HostGroup {
+        self.groups.get(&g).cloned().unwrap_or_else(|| HostGroup {
+            name: g.as_str().into(),
+            gid: 65534,
+        })
+    }
+}
+
+/// The services keel ships. Custom services (a command) and the network ones live beside these
+/// in the engine; these are the ones that are pure functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BuiltIn {
+    Passwd,
+    RootSsh,
+    Homes,
+    Hosts,
+}
+
+impl BuiltIn {
+    pub const ALL: [Self; 4] = [Self::Passwd, Self::RootSsh, Self::Homes, Self::Hosts];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Passwd => "passwd",
+            Self::RootSsh => "root_ssh",
+            Self::Homes => "homes",
+            Self::Hosts => "hosts",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == s)
+    }
+
+    /// The version agents check: a new major means old agents must refuse it.
+    pub fn version(self) -> Version {
+        Version::new(1, 0)
+    }
+
+    /// Whether a change of this kind can change this service's files.
+    pub fn affected_by(self, kind: Kind) -> bool {
+        match self {
+            Self::Passwd | Self::RootSsh | Self::Homes => kind == Kind::User,
+            Self::Hosts => kind == Kind::Machine,
+        }
+    }
+
+    pub fn generate(self, input: &Input<'_>, opts: &Options) -> Vec<File> {
+        match self {
+            Self::Passwd => passwd(input, opts),
+            Self::RootSsh => root_ssh(input),
+            Self::Homes => homes(input, opts),
+            Self::Hosts => hosts(input, opts),
+        }
+    }
+}
+
+fn file(path: &str, mode: u32, data: String) -> File {
+    File {
+        path: path.into(),
+        mode,
+        data: data.into_bytes(),
+    }
+}

@@ -1,0 +1,56 @@
+//! Every built-in generator against the files in `tests/data/<service>/` (invariant 3).
+//! `UPDATE_GOLDEN=1 cargo test -p keel-gen` rewrites them; review the diff.
+
+use std::path::Path;
+
+use keel_gen::{BuiltIn, Input, Options};
+use keel_model::{Machine, User};
+
+fn site() -> (Vec<User>, Vec<Machine>) {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/site.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        serde_json::from_value(v["users"].clone()).unwrap(),
+        serde_json::from_value(v["machines"].clone()).unwrap(),
+    )
+}
+
+#[test]
+fn generators_match_golden_files() {
+    let (users, machines) = site();
+    let mut input = Input {
+        facility: "lan",
+        users: users.iter().collect(),
+        machines: machines.iter().collect(),
+    };
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for service in BuiltIn::ALL {
+        let files = service.generate(&input, &Options::default());
+        // Input order must not matter.
+        input.users.reverse();
+        input.machines.reverse();
+        assert_eq!(
+            files,
+            service.generate(&input, &Options::default()),
+            "{service:?} depends on input order"
+        );
+        for f in files {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data")
+                .join(service.name())
+                .join(&f.path);
+            if update {
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(&path, &f.data).unwrap();
+            }
+            let want =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+            assert_eq!(
+                String::from_utf8_lossy(&f.data),
+                String::from_utf8_lossy(&want),
+                "{}",
+                path.display()
+            );
+        }
+    }
+}
