@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Every built-in generator against the files in `tests/data/<service>/` (invariant 3).
 //! `UPDATE_GOLDEN=1 cargo test -p keel-gen` rewrites them; review the diff.
 
