@@ -17,7 +17,7 @@ mod read;
 mod write;
 
 pub use key::{KeyError, PublicKey, SecretKey};
-pub use manifest::{check_rel_path, FileEntry, Manifest, Version, FORMAT};
+pub use manifest::{check_rel_path, destination_host, FileEntry, Manifest, Version, FORMAT};
 pub use read::{Bundle, BundleError, Limits};
 pub use write::{build, manifest as manifest_for, BuildError, File, Header};
 

@@ -167,6 +167,25 @@ fn check_destination(s: &str) -> Result<(), String> {
     }
 }
 
+/// The host part of a destination, as invariant 7 compares it: lower-cased, without `user@`,
+/// `:port`, brackets or a trailing dot; an IP address in its canonical form.
+pub fn destination_host(d: &str) -> String {
+    let d = d.trim();
+    let d = d.rsplit_once('@').map_or(d, |(_, h)| h);
+    let host = if let Some(rest) = d.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(h, _)| h)
+    } else if d.matches(':').count() == 1 {
+        d.split_once(':').map_or(d, |(h, _)| h)
+    } else {
+        d // a bare IPv6 address, or no port
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => host,
+    }
+}
+
 /// A file's path inside a bundle: relative, `/`-separated, 1 to 16 components of
 /// `A-Z a-z 0-9 . _ - + @`, none empty, `.` or `..`, at most 255 bytes, and not `MANIFEST.*`.
 pub fn check_rel_path(p: &str) -> Result<(), String> {
@@ -221,6 +240,20 @@ mod tests {
             "é",
         ] {
             assert!(check_rel_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn destination_hosts() {
+        for (d, want) in [
+            ("Host1.Prolo.", "host1.prolo"),
+            ("root@host1.prolo:2222", "host1.prolo"),
+            ("[::1]:22", "::1"),
+            ("0:0::1", "::1"),
+            ("a@b@c", "c"),
+            ("127.0.0.1:22", "127.0.0.1"),
+        ] {
+            assert_eq!(destination_host(d), want, "{d}");
         }
     }
 

@@ -1,0 +1,271 @@
+//! `keel-agent apply`: one bundle from stdin, checked and applied, in the order the security
+//! argument needs — signature, whitelist, ignore list, version, lock, recovery, serial, hooks,
+//! files — with one exit code.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use keel_bundle::{Bundle, BundleError, Limits, Version};
+
+use crate::config::Config;
+use crate::fsops::{self, Change, Journal};
+use crate::hooks::{self, Phase};
+use crate::out::{Code, Fail, Out};
+use crate::services::{self, State};
+
+/// Majors this agent implements for the built-in services.
+const BUILT_IN: [(&str, u32); 4] = [("passwd", 1), ("root_ssh", 1), ("homes", 1), ("hosts", 1)];
+
+/// Applies the bundle read from `input`; returns the exit code after writing its lines to `out`.
+pub fn apply(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Code {
+    match run(cfg, input, out) {
+        Ok(code) => code,
+        Err(f) => {
+            out.error(f.code, &f.message);
+            f.code
+        }
+    }
+}
+
+fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> {
+    let limits = Limits {
+        max_total_bytes: cfg.max_bundle_bytes,
+        ..Limits::default()
+    };
+    let bundle = Bundle::read_from(input, &cfg.trusted_keys, limits).map_err(refusal)?;
+    let m = &bundle.manifest;
+    out.name = m.service.clone();
+    check_whitelist(cfg, &m.destination, &m.facility)?;
+    if cfg.ignore_services.iter().any(|s| s == &m.service) {
+        out.info("service ignored on this host (ignore_services)");
+        return Ok(Code::Ok);
+    }
+    check_version(cfg, &m.service, m.version, out)?;
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| Fail::new(Code::Io, format!("state dir: {e}")))?;
+    let _lock = lock(&cfg.state_dir, &m.service)?;
+    let journal = Journal::new(&cfg.state_dir, &m.service);
+    if journal.recover()? {
+        out.info("rolled back a run that was interrupted");
+    }
+    let state_path = state_file(cfg, &m.facility, &m.service);
+    let state: State = match fsops::read_target(&state_path)? {
+        Some(b) => {
+            serde_json::from_slice(&b).map_err(|e| Fail::new(Code::Io, format!("{}: {e}", state_path.display())))?
+        }
+        None => State::default(),
+    };
+    let digest = m.digest();
+    if m.serial == state.serial && digest == state.digest {
+        out.info(&format!("serial {} already applied; nothing to do", m.serial));
+        return Ok(Code::Ok);
+    }
+    if m.serial <= state.serial {
+        return Err(Fail::new(
+            Code::Replay,
+            format!(
+                "serial {} is not above {}, the last applied: refused (replay)",
+                m.serial, state.serial
+            ),
+        ));
+    }
+    // The shadow suite's lock, so passwd, useradd and friends never write alongside us.
+    let _pwd = if m.service == "passwd" {
+        Some(pwd_lock(cfg)?)
+    } else {
+        None
+    };
+    let plan = services::plan(cfg, &bundle, &state)?;
+    let env = hook_env(cfg, &bundle);
+    let hook_dir = cfg.hooks_dir.join(format!("{}.d", m.service));
+    hooks::run(&hook_dir, Phase::Pre, &env, out)?;
+    let new_state = State {
+        serial: m.serial,
+        digest,
+        managed: plan.managed.clone(),
+    };
+    let mut changes = plan.changes.clone();
+    let changed = changes.len();
+    changes.push(Change {
+        target: state_path,
+        data: Some(serde_json::to_vec_pretty(&new_state).map_err(|e| Fail::new(Code::Io, e.to_string()))?),
+        mode: 0o600,
+    });
+    if let Err(e) = journal.apply(&changes) {
+        journal.recover()?;
+        return Err(e);
+    }
+    if let Err(e) = hooks::run(&hook_dir, Phase::Mid, &env, out) {
+        journal.recover()?;
+        return Err(e);
+    }
+    journal.commit()?;
+    create_homes(&plan.homes, out);
+    out.info(&format!(
+        "serial {} applied: {changed} file(s) changed{}",
+        m.serial,
+        if plan.homes.is_empty() {
+            String::new()
+        } else {
+            format!(", {} home(s) checked", plan.homes.len())
+        }
+    ));
+    match hooks::run(&hook_dir, Phase::Post, &env, out) {
+        Ok(()) => Ok(Code::Ok),
+        Err(f) => {
+            out.error(f.code, &f.message);
+            Ok(Code::PostHookFailed)
+        }
+    }
+}
+
+fn refusal(e: BundleError) -> Fail {
+    let code = match e {
+        BundleError::BadSignature => Code::BadSignature,
+        BundleError::Format(_) => Code::UnknownFormat,
+        _ => Code::BadBundle,
+    };
+    Fail::new(code, e.to_string())
+}
+
+/// Invariant 7: the destination's host part is one of this host's names, or the facility is
+/// trusted as a whole.
+fn check_whitelist(cfg: &Config, destination: &str, facility: &str) -> Result<(), Fail> {
+    let host = keel_bundle::destination_host(destination);
+    if cfg.dns_alias_whitelist.contains(&host) || cfg.facility_whitelist.iter().any(|f| f == facility) {
+        return Ok(());
+    }
+    Err(Fail::new(
+        Code::NotWhitelisted,
+        format!(
+            "destination {host:?} is not in dns_alias_whitelist and facility {facility:?} is not in facility_whitelist: refused"
+        ),
+    ))
+}
+
+fn check_version(cfg: &Config, service: &str, got: Version, out: &mut Out<'_>) -> Result<(), Fail> {
+    let configured = cfg
+        .services
+        .get(service)
+        .and_then(|s| s.version.as_deref()?.parse::<Version>().ok());
+    let built_in = BUILT_IN
+        .iter()
+        .find(|(n, _)| *n == service)
+        .map(|(_, m)| Version::new(*m, 0));
+    let Some(want) = configured.or(built_in) else {
+        return Ok(()); // a custom service without a pinned version
+    };
+    if want.major != got.major {
+        return Err(Fail::new(
+            Code::WrongMajor,
+            format!("version {got} refused: this host implements {service} {}.x", want.major),
+        ));
+    }
+    if want.minor != got.minor {
+        out.info(&format!(
+            "version {got}; this host knows {want} (minor difference, applied)"
+        ));
+    }
+    Ok(())
+}
+
+/// One run per service at a time: an exclusive `flock`, released when the process ends however
+/// it ends.
+fn lock(state_dir: &Path, service: &str) -> Result<std::fs::File, Fail> {
+    let path = state_dir.join(format!("{service}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Fail::new(Code::Io, format!("{}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Fail::new(
+            Code::Locked,
+            format!("another run of {service} is in progress (lock {} held)", path.display()),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Fail::new(Code::Io, format!("{}: {e}", path.display()))),
+    }
+}
+
+/// `lckpwdf`'s lock: a POSIX record lock on /etc/.pwd.lock (OFD locks conflict with it), waited
+/// for up to 15 s like glibc does.
+fn pwd_lock(cfg: &Config) -> Result<std::fs::File, Fail> {
+    let path = cfg.target("/etc/.pwd.lock");
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Fail::new(Code::Io, format!("{}: {e}", path.display())))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match rustix::fs::fcntl_lock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(f),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(Fail::new(
+                    Code::Locked,
+                    format!("{} is held by another program (passwd, useradd…): {e}", path.display()),
+                ))
+            }
+        }
+    }
+}
+
+fn state_file(cfg: &Config, facility: &str, service: &str) -> PathBuf {
+    cfg.state_dir.join(facility).join(format!("{service}.json"))
+}
+
+fn hook_env(cfg: &Config, b: &Bundle) -> Vec<(&'static str, String)> {
+    let m = &b.manifest;
+    vec![
+        ("KEEL_SERVICE", m.service.clone()),
+        ("KEEL_FACILITY", m.facility.clone()),
+        ("KEEL_SERIAL", m.serial.to_string()),
+        ("KEEL_VERSION", m.version.to_string()),
+        ("KEEL_ROOT", cfg.root_dir.display().to_string()),
+        ("KEEL_SERVICE_DIR", cfg.service_dir(&m.service).display().to_string()),
+    ]
+}
+
+/// Creates missing homes. Existing ones are left alone; an owner change needs root, so without it
+/// the home keeps the agent's owner and a line says so.
+fn create_homes(homes: &[services::Home], out: &mut Out<'_>) {
+    use std::os::unix::fs::DirBuilderExt;
+    let root = rustix::process::geteuid().is_root();
+    let mut created = 0;
+    for h in homes {
+        if std::fs::symlink_metadata(&h.path).is_ok() {
+            continue;
+        }
+        if let Some(parent) = h.path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        if let Err(e) = std::fs::DirBuilder::new().mode(h.mode).create(&h.path) {
+            out.error(Code::PostHookFailed, &format!("creating {}: {e}", h.path.display()));
+            continue;
+        }
+        created += 1;
+        if root {
+            if let Err(e) = std::os::unix::fs::chown(&h.path, Some(h.uid), Some(h.gid)) {
+                out.error(Code::PostHookFailed, &format!("chown {}: {e}", h.path.display()));
+            }
+        }
+    }
+    if created > 0 {
+        out.info(&format!(
+            "{created} home(s) created{}",
+            if root {
+                ""
+            } else {
+                " (not root: owners left as the agent's)"
+            }
+        ));
+    }
+}

@@ -1,0 +1,290 @@
+//! What each service does to the host: from a checked bundle and the host's current files to the
+//! list of file changes. Built-ins merge with what the host already has; any other service's files
+//! go to its directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use keel_bundle::Bundle;
+
+use crate::config::Config;
+use crate::fsops::{read_target, Change};
+use crate::out::{Code, Fail};
+
+/// What the agent remembers per (facility, service) — itself one of the run's targets.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct State {
+    pub(crate) serial: u64,
+    pub(crate) digest: String,
+    /// Names keel put on the host, by file ("passwd" → logins, "files" → paths, …): what the next
+    /// run may replace or remove. Everything else on the host is the host's own.
+    #[serde(default)]
+    pub(crate) managed: BTreeMap<String, Vec<String>>,
+}
+
+/// A home directory to create if it is missing.
+#[derive(Debug, Clone)]
+pub(crate) struct Home {
+    pub(crate) path: PathBuf,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mode: u32,
+}
+
+/// The changes a run makes.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) changes: Vec<Change>,
+    pub(crate) managed: BTreeMap<String, Vec<String>>,
+    pub(crate) homes: Vec<Home>,
+}
+
+fn data_err(msg: impl Into<String>) -> Fail {
+    Fail::new(Code::ServiceData, msg)
+}
+
+fn text<'a>(b: &'a Bundle, name: &str) -> Result<&'a str, Fail> {
+    let data = b
+        .files
+        .get(name)
+        .ok_or_else(|| data_err(format!("the bundle has no {name:?} file")))?;
+    std::str::from_utf8(data).map_err(|_| data_err(format!("{name} is not UTF-8")))
+}
+
+pub(crate) fn plan(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
+    match b.manifest.service.as_str() {
+        "passwd" => passwd(cfg, b, state),
+        "root_ssh" => block(cfg, b, "authorized_keys", "/root/.ssh/authorized_keys", 0o600),
+        "hosts" => block(cfg, b, "hosts", "/etc/hosts", 0o644),
+        "homes" => homes(cfg, b),
+        _ => custom(cfg, b, state),
+    }
+}
+
+/// A `name:…` line file (passwd, group, shadow) split into (name, line).
+fn lines(s: &str) -> Vec<(&str, &str)> {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| (l.split(':').next().unwrap_or(""), l))
+        .collect()
+}
+
+fn check_account_line(file: &str, line: &str, fields: usize) -> Result<(), Fail> {
+    let parts: Vec<&str> = line.split(':').collect();
+    let name_ok = parts[0]
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
+        && parts[0]
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
+    if parts.len() != fields || !name_ok {
+        return Err(data_err(format!("{file}: malformed line {line:?}")));
+    }
+    Ok(())
+}
+
+/// Merges keel's entries into one of the host's account files. Lines keel did not write are
+/// kept in place; keel's follow, in the bundle's order. A name the host already has for itself is
+/// refused unless the line is identical (then keel adopts it).
+fn merge_accounts(current: &str, before: &BTreeSet<String>, new: &[(&str, &str)], file: &str) -> Result<String, Fail> {
+    let new_names: BTreeSet<&str> = new.iter().map(|(n, _)| *n).collect();
+    let mut out = String::with_capacity(current.len() + new.iter().map(|(_, l)| l.len() + 1).sum::<usize>());
+    for (name, line) in lines(current) {
+        if before.contains(name) {
+            continue; // keel's from last time: replaced below or removed
+        }
+        if new_names.contains(name) {
+            if new.iter().any(|(n, l)| n == &name && *l == line) {
+                continue; // identical: adopted
+            }
+            return Err(data_err(format!(
+                "{file}: {name:?} exists on this host and is not keel's; refusing to replace it"
+            )));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (_, line) in new {
+        out.push_str(line);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Numeric ids (field 2 of passwd and group) of kept host lines and of keel's: uid 0 and
+/// duplicates are refused unless the host's policy allows them.
+fn check_ids(
+    cfg: &Config,
+    file: &str,
+    host: &str,
+    before: &BTreeSet<String>,
+    new: &[(&str, &str)],
+) -> Result<(), Fail> {
+    let id = |line: &str| -> Result<u32, Fail> {
+        line.split(':')
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| data_err(format!("{file}: malformed id in {line:?}")))
+    };
+    let new_names: BTreeSet<&str> = new.iter().map(|(n, _)| *n).collect();
+    let mut seen: BTreeMap<u32, String> = BTreeMap::new();
+    for (name, line) in lines(host) {
+        if !before.contains(name) && !new_names.contains(name) {
+            if let Ok(i) = id(line) {
+                seen.insert(i, format!("the host's {name:?}"));
+            }
+        }
+    }
+    for (name, line) in new {
+        let i = id(line)?;
+        if i == 0 && !(file == "passwd" && cfg.passwd.allow_uid0) {
+            return Err(data_err(format!(
+                "{file}: {name:?} has id 0; refused (passwd.allow_uid0 = true allows it)"
+            )));
+        }
+        if let Some(other) = seen.insert(i, format!("{name:?}")) {
+            if !cfg.passwd.allow_duplicate_uids {
+                return Err(data_err(format!(
+                    "{file}: {name:?} has id {i}, already used by {other}; refused (passwd.allow_duplicate_uids = true allows it)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
+    let mut plan = Plan::default();
+    for (file, fields, target, mode) in [
+        ("passwd", 7, "/etc/passwd", 0o644),
+        ("group", 4, "/etc/group", 0o644),
+        ("shadow", 9, "/etc/shadow", 0o640),
+    ] {
+        let new = lines(text(b, file)?);
+        for (_, line) in &new {
+            check_account_line(file, line, fields)?;
+        }
+        let path = cfg.target(target);
+        let current = read_target(&path)?.unwrap_or_default();
+        let current = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;
+        let before: BTreeSet<String> = state.managed.get(file).into_iter().flatten().cloned().collect();
+        if file != "shadow" {
+            check_ids(cfg, file, &current, &before, &new)?;
+        }
+        let merged = merge_accounts(&current, &before, &new, file)?;
+        plan.managed
+            .insert(file.into(), new.iter().map(|(n, _)| (*n).to_owned()).collect());
+        if merged.as_bytes() != current.as_bytes() {
+            plan.changes.push(Change {
+                target: path,
+                data: Some(merged.into_bytes()),
+                mode,
+            });
+        }
+    }
+    Ok(plan)
+}
+
+const BEGIN: &str = "# BEGIN keel: lines up to END keel are rewritten by keel; edit outside them";
+const END: &str = "# END keel";
+
+/// Puts the bundle file between keel's markers in a host file, keeping every line outside them.
+fn block(cfg: &Config, b: &Bundle, file: &str, target: &str, mode: u32) -> Result<Plan, Fail> {
+    let body = text(b, file)?;
+    let path = cfg.target(target);
+    let current = read_target(&path)?.unwrap_or_default();
+    let current = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;
+    let (mut head, mut tail) = (String::new(), String::new());
+    let mut state = 0; // 0 before the block, 1 inside, 2 after
+    for line in current.lines() {
+        match (state, line) {
+            (0, l) if l == BEGIN => state = 1,
+            (1, l) if l == END => state = 2,
+            (1, _) => {}
+            (0, l) => {
+                head.push_str(l);
+                head.push('\n');
+            }
+            (_, l) => {
+                tail.push_str(l);
+                tail.push('\n');
+            }
+        }
+    }
+    if state == 1 {
+        return Err(data_err(format!(
+            "{target}: \"{BEGIN}\" has no \"{END}\"; fix the file by hand"
+        )));
+    }
+    let merged = format!("{head}{BEGIN}\n{body}{END}\n{tail}");
+    let mut plan = Plan::default();
+    if merged != current {
+        plan.changes.push(Change {
+            target: path,
+            data: Some(merged.into_bytes()),
+            mode,
+        });
+    }
+    Ok(plan)
+}
+
+/// `path uid gid mode` lines: homes to create when missing.
+fn homes(cfg: &Config, b: &Bundle) -> Result<Plan, Fail> {
+    let mut plan = Plan::default();
+    for line in text(b, "homes")?.lines().filter(|l| !l.trim().is_empty()) {
+        let bad = || data_err(format!("homes: malformed line {line:?}"));
+        let parts: Vec<&str> = line.split(' ').collect();
+        let [path, uid, gid, mode] = parts[..] else {
+            return Err(bad());
+        };
+        let rel = path.strip_prefix('/').ok_or_else(bad)?;
+        keel_bundle::check_rel_path(rel).map_err(|e| data_err(format!("homes: {path:?}: {e}")))?;
+        let uid: u32 = uid.parse().map_err(|_| bad())?;
+        let gid: u32 = gid.parse().map_err(|_| bad())?;
+        let mode = u32::from_str_radix(mode, 8).map_err(|_| bad())?;
+        if uid == 0 || mode > 0o777 {
+            return Err(bad());
+        }
+        plan.homes.push(Home {
+            path: cfg.target(path),
+            uid,
+            gid,
+            mode,
+        });
+    }
+    Ok(plan)
+}
+
+/// Any other service: its files, as they are, in its directory; files of the last run that are
+/// no longer in the bundle are removed.
+fn custom(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
+    let dir = cfg.service_dir(&b.manifest.service);
+    let mut plan = Plan::default();
+    for f in &b.manifest.files {
+        let path = dir.join(&f.path);
+        let data = &b.files[&f.path];
+        let same = read_target(&path)?.is_some_and(|cur| &cur == data)
+            && std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777 == f.mode);
+        if !same {
+            plan.changes.push(Change {
+                target: path,
+                data: Some(data.clone()),
+                mode: f.mode,
+            });
+        }
+    }
+    let now: Vec<String> = b.manifest.files.iter().map(|f| f.path.clone()).collect();
+    for old in state.managed.get("files").into_iter().flatten() {
+        if !now.contains(old) && keel_bundle::check_rel_path(old).is_ok() {
+            plan.changes.push(Change {
+                target: dir.join(old),
+                data: None,
+                mode: 0,
+            });
+        }
+    }
+    plan.managed.insert("files".into(), now);
+    Ok(plan)
+}

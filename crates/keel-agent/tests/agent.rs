@@ -1,0 +1,476 @@
+//! keel-agent end to end: the real binary, a config with `root_dir` under a temp dir, bundles on
+//! stdin. Tests named `perun_*` are regressions for what Perun's slave scripts accept.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use keel_bundle::{build, File, Header, SecretKey, Version};
+
+struct Host {
+    dir: tempfile::TempDir,
+    key: SecretKey,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+const GROUP: &str = "root:x:0:\ndaemon:x:1:\n";
+const SHADOW: &str = "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n";
+
+impl Host {
+    fn new(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let h = Self { dir, key };
+        std::fs::create_dir_all(h.root().join("etc")).unwrap();
+        std::fs::write(h.root().join("etc/passwd"), PASSWD).unwrap();
+        std::fs::write(h.root().join("etc/group"), GROUP).unwrap();
+        std::fs::write(h.root().join("etc/shadow"), SHADOW).unwrap();
+        h.config(extra);
+        h
+    }
+
+    fn config(&self, extra: &str) {
+        let cfg = format!(
+            "fqdn = \"host1.prolo\"\ntrusted_keys = [\"{}\"]\nroot_dir = \"{}\"\n{extra}",
+            self.key.public(),
+            self.root().display()
+        );
+        std::fs::write(self.dir.path().join("agent.toml"), cfg).unwrap();
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.root().join(rel)).unwrap_or_default()
+    }
+
+    fn hook(&self, service: &str, name: &str, script: &str) {
+        let d = self.dir.path().join(format!("agent.d/{service}.d"));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn bundle(&self, service: &str, serial: u64, files: &[(&str, &str)]) -> Vec<u8> {
+        bundle_as(&self.key, service, Version::new(1, 0), "host1.prolo", serial, files)
+    }
+
+    fn spawn(&self, bundle: &[u8]) -> std::process::Child {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel-agent"))
+            .args([
+                "--config",
+                &self.dir.path().join("agent.toml").display().to_string(),
+                "apply",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bundle).unwrap();
+        child
+    }
+
+    fn apply(&self, bundle: &[u8]) -> Run {
+        let out = self.spawn(bundle).wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn untouched(&self) {
+        assert_eq!(self.read("etc/passwd"), PASSWD);
+        assert_eq!(self.read("etc/group"), GROUP);
+        assert_eq!(self.read("etc/shadow"), SHADOW);
+    }
+}
+
+fn bundle_as(
+    key: &SecretKey,
+    service: &str,
+    version: Version,
+    dest: &str,
+    serial: u64,
+    files: &[(&str, &str)],
+) -> Vec<u8> {
+    let files: Vec<File> = files
+        .iter()
+        .map(|(p, d)| File {
+            path: (*p).into(),
+            mode: 0o644,
+            data: d.as_bytes().to_vec(),
+        })
+        .collect();
+    let h = Header {
+        service,
+        version,
+        facility: "lan",
+        destination: dest,
+        run_id: "test",
+        created: "2026-01-01T00:00:00Z",
+        serial,
+    };
+    build(key, &h, &files).unwrap()
+}
+
+fn accounts(users: &[(&str, u32)]) -> Vec<(&'static str, String)> {
+    let passwd: String = users
+        .iter()
+        .map(|(l, u)| format!("{l}:x:{u}:10000:{l}:/home/{l}:/bin/bash\n"))
+        .collect();
+    let members: Vec<&str> = users.iter().map(|(l, _)| *l).collect();
+    let shadow: String = users.iter().map(|(l, _)| format!("{l}:!::0:99999:7:::\n")).collect();
+    vec![
+        ("passwd", passwd),
+        ("group", format!("user:x:10000:{}\n", members.join(","))),
+        ("shadow", shadow),
+    ]
+}
+
+fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(a, b)| (*a, b.as_str())).collect()
+}
+
+/// A tar whose members are written byte by byte, as an attacker would.
+fn raw_tar(key: &SecretKey, members: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let manifest = serde_json::json!({
+        "format": 1, "service": "passwd", "version": "1.0", "facility": "lan", "destination": "host1.prolo",
+        "run_id": "x", "created": "now", "serial": 5, "files": []
+    });
+    let json = serde_json::to_vec(&manifest).unwrap();
+    let sig = key.sign(&json);
+    let mut t = tar::Builder::new(Vec::new());
+    let mut all: Vec<(&str, tar::EntryType, &[u8])> = vec![
+        ("MANIFEST.json", tar::EntryType::Regular, &json),
+        ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+    ];
+    all.extend_from_slice(members);
+    for (name, kind, data) in all {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        if kind.is_symlink() {
+            h.set_size(0);
+            t.append_link(&mut h, name, "/etc/shadow").unwrap();
+            continue;
+        }
+        h.set_size(data.len() as u64);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        t.append(&h, data).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+#[test]
+fn passwd_merges_with_the_hosts_accounts_and_is_stable() {
+    let h = Host::new("");
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001), ("bob", 10002)]))));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.is_empty(), "{}", r.stderr);
+    assert!(
+        r.stdout.contains(" Info passwd (code=0): serial 1 applied"),
+        "{}",
+        r.stdout
+    );
+    let passwd = h.read("etc/passwd");
+    assert!(
+        passwd.starts_with(PASSWD),
+        "the host's own accounts come first, untouched"
+    );
+    assert!(passwd.contains("alice:x:10001:") && passwd.contains("bob:x:10002:"));
+    // Remove bob: only keel's lines change.
+    let r = h.apply(&h.bundle("passwd", 2, &refs(&accounts(&[("alice", 10001)]))));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        h.read("etc/passwd"),
+        format!("{PASSWD}alice:x:10001:10000:alice:/home/alice:/bin/bash\n")
+    );
+    assert!(!h.read("etc/shadow").contains("bob:"));
+}
+
+#[test]
+fn perun_unordered_output_rewrites_unchanged_files() {
+    let h = Host::new("");
+    let data = accounts(&[("alice", 10001), ("bob", 10002)]);
+    assert_eq!(h.apply(&h.bundle("passwd", 1, &refs(&data))).code, 0);
+    let inode = |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(h.root().join(p)).unwrap());
+    let before = (h.read("etc/passwd"), inode("etc/passwd"), inode("etc/shadow"));
+    let r = h.apply(&h.bundle("passwd", 2, &refs(&data)));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("0 file(s) changed"), "{}", r.stdout);
+    assert_eq!(before, (h.read("etc/passwd"), inode("etc/passwd"), inode("etc/shadow")));
+}
+
+#[test]
+fn perun_eval_of_a_member_name_never_runs() {
+    let h = Host::new("");
+    let marker = h.dir.path().join("pwned");
+    let name = format!("$(touch {})", marker.display());
+    let r = h.apply(&raw_tar(&h.key, &[(&name, tar::EntryType::Regular, b"x")]));
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(!marker.exists());
+    h.untouched();
+}
+
+#[test]
+fn perun_symlink_absolute_and_dotdot_members_are_refused() {
+    let h = Host::new("");
+    for (name, kind) in [
+        ("passwd", tar::EntryType::Symlink),
+        ("/etc/passwd", tar::EntryType::Regular),
+        ("../../etc/passwd", tar::EntryType::Regular),
+        ("dev", tar::EntryType::Char),
+    ] {
+        let r = h.apply(&raw_tar(&h.key, &[(name, kind, b"evil:x:0:0::/:/bin/sh\n")]));
+        assert_eq!(r.code, 4, "{name}: {}", r.stderr);
+        assert!(r.stderr.contains("Error keel-agent (code=4)"), "{}", r.stderr);
+    }
+    h.untouched();
+}
+
+#[test]
+fn perun_symlinked_data_file_is_not_followed() {
+    let h = Host::new("");
+    let public = h.dir.path().join("world-readable");
+    std::fs::write(&public, "").unwrap();
+    std::fs::remove_file(h.root().join("etc/shadow")).unwrap();
+    std::os::unix::fs::symlink(&public, h.root().join("etc/shadow")).unwrap();
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
+    assert_eq!(r.code, 50, "{}", r.stderr);
+    assert!(r.stderr.contains("symbolic link"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&public).unwrap(),
+        "",
+        "no hash leaked through the link"
+    );
+    assert_eq!(h.read("etc/passwd"), PASSWD);
+}
+
+#[test]
+fn perun_older_bundle_is_refused_as_replay() {
+    let h = Host::new("");
+    let new = h.bundle("passwd", 7, &refs(&accounts(&[("alice", 10001), ("bob", 10002)])));
+    let old = h.bundle("passwd", 6, &refs(&accounts(&[("alice", 10001)])));
+    assert_eq!(h.apply(&new).code, 0);
+    let r = h.apply(&old);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(h.read("etc/passwd").contains("bob:"), "no rollback of the host");
+    // The same bundle again (a retry whose answer was lost) is not an error.
+    let r = h.apply(&new);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("already applied"));
+}
+
+#[test]
+fn perun_second_uid0_and_duplicate_uids_are_refused() {
+    let h = Host::new("");
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("toor", 0)]))));
+    assert_eq!(r.code, 50, "{}", r.stderr);
+    let r = h.apply(&h.bundle("passwd", 2, &refs(&accounts(&[("alice", 10001), ("eve", 10001)]))));
+    assert_eq!(r.code, 50, "{}", r.stderr);
+    let r = h.apply(&h.bundle("passwd", 3, &refs(&accounts(&[("mallory", 1)]))));
+    assert_eq!(r.code, 50, "uid of the host's daemon: {}", r.stderr);
+    let r = h.apply(&h.bundle("passwd", 4, &refs(&accounts(&[("daemon", 10005)]))));
+    assert_eq!(r.code, 50, "a host account's name: {}", r.stderr);
+    h.untouched();
+    h.config("[passwd]\nallow_duplicate_uids = true\n");
+    let r = h.apply(&h.bundle("passwd", 5, &refs(&accounts(&[("alice", 10001), ("eve", 10001)]))));
+    assert_eq!(r.code, 0, "allowed by the site: {}", r.stderr);
+}
+
+#[test]
+fn perun_lock_holds_a_concurrent_run_is_refused() {
+    let h = Host::new("");
+    let state = h.root().join("var/lib/keel-agent");
+    std::fs::create_dir_all(&state).unwrap();
+    let lock = std::fs::File::create(state.join("passwd.lock")).unwrap();
+    lock.lock().unwrap();
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    h.untouched();
+    drop(lock);
+    assert_eq!(
+        h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))))
+            .code,
+        0
+    );
+}
+
+#[test]
+fn signature_whitelist_and_version_are_checked_first() {
+    let h = Host::new("");
+    let data = accounts(&[("alice", 10001)]);
+    let stranger = SecretKey::generate().unwrap();
+    let r = h.apply(&bundle_as(
+        &stranger,
+        "passwd",
+        Version::new(1, 0),
+        "host1.prolo",
+        1,
+        &refs(&data),
+    ));
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let mut tampered = h.bundle("passwd", 1, &refs(&data));
+    let at = tampered.windows(5).position(|w| w == b"alice").unwrap();
+    tampered[at] = b'm';
+    assert_eq!(h.apply(&tampered).code, 4);
+    let r = h.apply(&bundle_as(
+        &h.key,
+        "passwd",
+        Version::new(1, 0),
+        "root@host2.prolo:22",
+        1,
+        &refs(&data),
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let r = h.apply(&bundle_as(
+        &h.key,
+        "passwd",
+        Version::new(2, 0),
+        "host1.prolo",
+        1,
+        &refs(&data),
+    ));
+    assert_eq!(r.code, 200, "{}", r.stderr);
+    assert_eq!(h.apply(b"not a tar at all").code, 4);
+    h.untouched();
+    // Alias spellings of this host, and a minor version difference, are fine.
+    let r = h.apply(&bundle_as(
+        &h.key,
+        "passwd",
+        Version::new(1, 3),
+        "root@HOST1.prolo.:2222",
+        1,
+        &refs(&data),
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("minor difference"), "{}", r.stdout);
+}
+
+#[test]
+fn facility_whitelist_and_ignored_services() {
+    let h = Host::new("facility_whitelist = [\"lan\"]\nignore_services = [\"hosts\"]\n");
+    let data = accounts(&[("alice", 10001)]);
+    let r = h.apply(&bundle_as(
+        &h.key,
+        "passwd",
+        Version::new(1, 0),
+        "other.example",
+        1,
+        &refs(&data),
+    ));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = h.apply(&h.bundle("hosts", 1, &[("hosts", "192.168.1.1 gw.prolo gw\n")]));
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("ignored"));
+    assert_eq!(h.read("etc/hosts"), "");
+}
+
+#[test]
+fn a_failing_pre_hook_writes_nothing_and_a_failing_mid_hook_rolls_back() {
+    let h = Host::new("");
+    h.hook("passwd", "pre_10_check", "echo checking; echo 'disk full' >&2; exit 3");
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("disk full"), "{}", r.stderr);
+    h.untouched();
+    std::fs::remove_dir_all(h.dir.path().join("agent.d")).unwrap();
+    h.hook(
+        "passwd",
+        "mid_10_reload",
+        "grep -q alice \"$KEEL_ROOT/etc/passwd\" && exit 1; exit 0",
+    );
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    h.untouched();
+    // The serial was rolled back too: the same bundle applies once the hook is fixed.
+    std::fs::remove_dir_all(h.dir.path().join("agent.d")).unwrap();
+    h.hook("passwd", "post_10_note", "echo done >&2");
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("(code=100): post_10_note: done"),
+        "a hook's stderr is a warning: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn an_agent_killed_mid_apply_is_repaired_by_the_next_run() {
+    let h = Host::new("");
+    let flag = h.dir.path().join("in-mid");
+    h.hook("passwd", "mid_10_stall", &format!("touch {}; sleep 30", flag.display()));
+    let mut child = h.spawn(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !flag.exists() {
+        assert!(std::time::Instant::now() < deadline, "the mid hook never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        h.read("etc/passwd").contains("alice"),
+        "files are in place while the mid hook runs"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::fs::remove_dir_all(h.dir.path().join("agent.d")).unwrap();
+    let r = h.apply(&h.bundle("passwd", 2, &refs(&accounts(&[("bob", 10002)]))));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("rolled back a run that was interrupted"),
+        "{}",
+        r.stdout
+    );
+    let passwd = h.read("etc/passwd");
+    assert!(passwd.contains("bob:") && !passwd.contains("alice:"), "{passwd}");
+}
+
+#[test]
+fn hosts_and_root_ssh_keep_the_hosts_own_lines() {
+    let h = Host::new("");
+    std::fs::write(h.root().join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+    let r = h.apply(&h.bundle("hosts", 1, &[("hosts", "192.168.1.254 gw.prolo gw\n")]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let hosts = h.read("etc/hosts");
+    assert!(hosts.starts_with("127.0.0.1 localhost\n# BEGIN keel"), "{hosts}");
+    assert!(hosts.ends_with("192.168.1.254 gw.prolo gw\n# END keel\n"), "{hosts}");
+    let r = h.apply(&h.bundle("hosts", 2, &[("hosts", "192.168.1.253 gw2.prolo gw2\n")]));
+    assert_eq!(r.code, 0);
+    let hosts = h.read("etc/hosts");
+    assert!(hosts.contains("gw2") && !hosts.contains(" gw.prolo"), "{hosts}");
+    let r = h.apply(&h.bundle("root_ssh", 1, &[("authorized_keys", "ssh-ed25519 AAAA root@x\n")]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(h.read("root/.ssh/authorized_keys").contains("ssh-ed25519 AAAA root@x"));
+}
+
+#[test]
+fn homes_are_created_and_custom_services_land_in_their_directory() {
+    let h = Host::new("[services.motd]\ndir = \"/etc/motd.d\"\n");
+    let r = h.apply(&h.bundle("homes", 1, &[("homes", "/home/alice 10001 10000 0700\n")]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let m = std::fs::metadata(h.root().join("home/alice")).unwrap();
+    assert!(m.is_dir());
+    assert_eq!(m.permissions().mode() & 0o777, 0o700);
+    let r = h.apply(&h.bundle("motd", 1, &[("a", "one\n"), ("sub/b", "two\n")]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(h.read("etc/motd.d/sub/b"), "two\n");
+    let r = h.apply(&h.bundle("motd", 2, &[("a", "one\n")]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !Path::new(&h.root().join("etc/motd.d/sub/b")).exists(),
+        "a file gone from the bundle is removed"
+    );
+}
