@@ -16,8 +16,9 @@ mod manifest;
 mod read;
 mod write;
 
+pub use keel_model::propagation::destination_host;
 pub use key::{KeyError, PublicKey, SecretKey};
-pub use manifest::{check_rel_path, destination_host, FileEntry, Manifest, Version, FORMAT};
+pub use manifest::{check_rel_path, FileEntry, Manifest, Version, FORMAT};
 pub use read::{Bundle, BundleError, Limits};
 pub use write::{build, manifest as manifest_for, BuildError, File, Header};
 

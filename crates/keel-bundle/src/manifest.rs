@@ -142,16 +142,9 @@ fn is_name_byte(c: u8) -> bool {
     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
 }
 
-/// A service or facility name: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+/// A service or facility name (the model's rule).
 pub(crate) fn check_name(field: &str, s: &str) -> Result<(), String> {
-    let ok = !s.is_empty() && s.len() <= 64 && s.as_bytes()[0].is_ascii_alphanumeric() && s.bytes().all(is_name_byte);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{field}: must be 1 to 64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit (got {s:?})"
-        ))
-    }
+    keel_model::propagation::check_name(field, s).map_err(|e| e.to_string())
 }
 
 /// A destination as written by an admin: `host`, `user@host`, `host:port`, `[v6]:port`, `local`.
@@ -164,25 +157,6 @@ fn check_destination(s: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("destination: unexpected characters in {s:?}"))
-    }
-}
-
-/// The host part of a destination, as invariant 7 compares it: lower-cased, without `user@`,
-/// `:port`, brackets or a trailing dot; an IP address in its canonical form.
-pub fn destination_host(d: &str) -> String {
-    let d = d.trim();
-    let d = d.rsplit_once('@').map_or(d, |(_, h)| h);
-    let host = if let Some(rest) = d.strip_prefix('[') {
-        rest.split_once(']').map_or(rest, |(h, _)| h)
-    } else if d.matches(':').count() == 1 {
-        d.split_once(':').map_or(d, |(h, _)| h)
-    } else {
-        d // a bare IPv6 address, or no port
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.to_string(),
-        Err(_) => host,
     }
 }
 
@@ -245,6 +219,7 @@ mod tests {
 
     #[test]
     fn destination_hosts() {
+        use crate::destination_host;
         for (d, want) in [
             ("Host1.Prolo.", "host1.prolo"),
             ("root@host1.prolo:2222", "host1.prolo"),

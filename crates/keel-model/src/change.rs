@@ -13,12 +13,24 @@ pub enum Kind {
     Switch,
     Setting,
     User,
+    Host,
+    Facility,
+    Destination,
     /// Internal high-water marks (uids); never sent on watch streams.
     Counter,
 }
 
 impl Kind {
-    pub const ALL: [Self; 5] = [Self::Machine, Self::Switch, Self::Setting, Self::User, Self::Counter];
+    pub const ALL: [Self; 8] = [
+        Self::Machine,
+        Self::Switch,
+        Self::Setting,
+        Self::User,
+        Self::Host,
+        Self::Facility,
+        Self::Destination,
+        Self::Counter,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -26,6 +38,9 @@ impl Kind {
             Self::Switch => "switch",
             Self::Setting => "setting",
             Self::User => "user",
+            Self::Host => "host",
+            Self::Facility => "facility",
+            Self::Destination => "destination",
             Self::Counter => "counter",
         }
     }

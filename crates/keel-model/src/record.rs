@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{Counter, Kind, Machine, Setting, Switch, User};
+use crate::{Counter, Destination, Facility, Host, Kind, Machine, Setting, Switch, User};
 
 /// A record kind the store can write: its key, its version and the unique values it claims.
 pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -54,3 +54,6 @@ record!(User, Kind::User, |u| key: u.login.to_string(), uniques: {
     vec![("login", u.login.to_string()), ("uid", u.uid.to_string())]
 });
 record!(Counter, Kind::Counter, |c| key: c.key.clone(), uniques: Vec::new());
+record!(Host, Kind::Host, |h| key: h.name.clone(), uniques: vec![("host", h.name.clone())]);
+record!(Facility, Kind::Facility, |f| key: f.name.clone(), uniques: Vec::new());
+record!(Destination, Kind::Destination, |d| key: d.key(), uniques: Vec::new());

@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 use imbl::{HashMap, OrdMap};
 
 use crate::{
-    Change, Counter, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting, Switch, User, UserPatch,
-    ValidationError, SETTINGS,
+    Change, Counter, Destination, Facility, Host, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting,
+    Switch, User, UserPatch, ValidationError, SETTINGS,
 };
 
 /// Why a Change could not be applied (a corrupt log entry: never expected).
@@ -44,6 +44,9 @@ pub struct Snapshot {
     users: OrdMap<String, User>,
     by_uid: HashMap<u32, String>,
     counters: OrdMap<String, Counter>,
+    hosts: OrdMap<String, Host>,
+    facilities: OrdMap<String, Facility>,
+    destinations: OrdMap<String, Destination>,
 }
 
 impl Snapshot {
@@ -88,6 +91,18 @@ impl Snapshot {
                 let c: Counter = serde_json::from_value(v)?;
                 self.counters.insert(c.key.clone(), c);
             }
+            Kind::Host => {
+                let h: Host = serde_json::from_value(v)?;
+                self.hosts.insert(h.name.clone(), h);
+            }
+            Kind::Facility => {
+                let f: Facility = serde_json::from_value(v)?;
+                self.facilities.insert(f.name.clone(), f);
+            }
+            Kind::Destination => {
+                let d: Destination = serde_json::from_value(v)?;
+                self.destinations.insert(d.key(), d);
+            }
         }
         Ok(())
     }
@@ -112,6 +127,15 @@ impl Snapshot {
             }
             Kind::Counter => {
                 self.counters.remove(key);
+            }
+            Kind::Host => {
+                self.hosts.remove(key);
+            }
+            Kind::Facility => {
+                self.facilities.remove(key);
+            }
+            Kind::Destination => {
+                self.destinations.remove(key);
             }
         }
     }
@@ -145,6 +169,32 @@ impl Snapshot {
 
     pub fn put_setting(&mut self, s: Setting) {
         self.settings.insert(s.key.clone(), s);
+    }
+
+    /// Propagation hosts, by name.
+    pub fn hosts(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.values()
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.get(name)
+    }
+
+    pub fn facilities(&self) -> impl Iterator<Item = &Facility> {
+        self.facilities.values()
+    }
+
+    pub fn facility(&self, name: &str) -> Option<&Facility> {
+        self.facilities.get(name)
+    }
+
+    /// Destinations, by facility, service, destination.
+    pub fn destinations(&self) -> impl Iterator<Item = &Destination> {
+        self.destinations.values()
+    }
+
+    pub fn destination(&self, key: &str) -> Option<&Destination> {
+        self.destinations.get(key)
     }
 
     /// All machines, ordered by hostname.

@@ -117,6 +117,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(v) => Self::Invalid(vec![v]),
             StoreError::InvalidMany(v) => Self::Invalid(v.0),
             StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::Forbidden(why) => Self::Forbidden(why),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed { expected, current },
             StoreError::Conflict(what) => Self::Conflict(what),
             other => Self::Internal(other.to_string()),

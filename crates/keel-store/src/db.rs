@@ -247,5 +247,8 @@ pub fn records_of(s: &Snapshot, kind: Kind) -> Vec<serde_json::Value> {
         Kind::Setting => s.settings().into_iter().map(|m| v(serde_json::to_value(m))).collect(),
         Kind::User => s.users().map(|m| v(serde_json::to_value(m))).collect(),
         Kind::Counter => s.counters().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::Host => s.hosts().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::Facility => s.facilities().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::Destination => s.destinations().map(|m| v(serde_json::to_value(m))).collect(),
     }
 }

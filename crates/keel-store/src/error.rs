@@ -7,6 +7,9 @@ pub enum StoreError {
     Invalid(#[from] ValidationError),
     #[error("{0}")]
     InvalidMany(ValidationErrors),
+    /// The principal may not do this (a manager outside their facilities).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
     /// The record changed since the caller read it (`If-Match` failed).

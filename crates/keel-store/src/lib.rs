@@ -7,6 +7,7 @@ mod db;
 mod error;
 mod fault;
 mod ops;
+mod prop_ops;
 mod sqlite;
 mod sqlite_commit;
 mod store;

@@ -213,3 +213,120 @@ async fn live_snapshot_equals_stored_rows() {
         (1..=40).collect::<Vec<_>>()
     );
 }
+
+mod propagation_rights {
+    use std::collections::BTreeSet;
+
+    use keel_model::{Channel, Destination, Facility, Host, Principal, Role};
+
+    use super::open;
+    use crate::StoreError;
+
+    fn manager(name: &str) -> Principal {
+        Principal {
+            name: name.into(),
+            role: Role::Manager,
+            facilities: Vec::new(),
+            host: None,
+        }
+    }
+
+    fn facility(name: &str, manager: &str) -> Facility {
+        Facility {
+            name: name.into(),
+            managers: vec![manager.into()],
+            groups: Vec::new(),
+            members: Vec::new(),
+            services: vec!["passwd".into()],
+            blocked: Vec::new(),
+            version: 0,
+        }
+    }
+
+    fn host(name: &str, facility: &str, aliases: &[&str]) -> Host {
+        Host {
+            name: name.into(),
+            facility: facility.into(),
+            machine: None,
+            aliases: aliases.iter().map(|a| (*a).into()).collect(),
+            version: 0,
+        }
+    }
+
+    fn dest(facility: &str, d: &str) -> Destination {
+        Destination {
+            facility: facility.into(),
+            service: "passwd".into(),
+            destination: d.into(),
+            channel: Channel::Ssh,
+            blocked: false,
+            version: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_manager_cannot_claim_a_name_of_another_facility() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir).await;
+        let admin = Principal::system();
+        let services: BTreeSet<String> = ["passwd".to_string()].into();
+        db.put_facility(&admin, facility("a", "alice"), 0, &services)
+            .await
+            .unwrap();
+        db.put_facility(&admin, facility("b", "bob"), 0, &services)
+            .await
+            .unwrap();
+        db.put_host(&admin, host("b1.example.org", "b", &["www.example.org"]), 0)
+            .await
+            .unwrap();
+        let alice = manager("alice");
+        // The seed's scenario: A's manager adds an alias of a host of B.
+        for d in ["www.example.org", "root@WWW.example.org.:22", "b1.example.org"] {
+            let e = db
+                .put_destination(&alice, dest("a", d), 0, &services)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, StoreError::Forbidden(_)), "{d}: {e}");
+        }
+        let e = db
+            .put_host(&alice, host("a1.example.org", "a", &["www.example.org"]), 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Forbidden(_)), "{e}");
+        // Outside their facility, and managers of facilities, are refused too.
+        let e = db
+            .put_destination(&alice, dest("b", "new.example.org"), 0, &services)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Forbidden(_)), "{e}");
+        let e = db
+            .put_facility(&alice, facility("c", "alice"), 0, &services)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Forbidden(_)), "{e}");
+        // Free names and their own names are fine.
+        db.put_host(&alice, host("a1.example.org", "a", &[]), 0).await.unwrap();
+        db.put_destination(&alice, dest("a", "root@a1.example.org"), 0, &services)
+            .await
+            .unwrap();
+        db.put_destination(&alice, dest("a", "fresh.example.org"), 0, &services)
+            .await
+            .unwrap();
+        // And once B's manager has it, A's manager still cannot take it.
+        let bob = manager("bob");
+        let e = db
+            .put_destination(&bob, dest("b", "fresh.example.org"), 0, &services)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Forbidden(_)), "{e}");
+        // An admin may do all of it.
+        db.put_destination(&admin, dest("a", "www.example.org"), 0, &services)
+            .await
+            .unwrap();
+        let e = db.delete_facility(&admin, "a", 1).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(_) | StoreError::VersionMismatch { .. }),
+            "{e}"
+        );
+    }
+}
