@@ -111,7 +111,7 @@ fn check_facility(f: &Facility, services: &BTreeSet<String>) -> Result<(), Store
     Ok(())
 }
 
-fn found<'s, R>(r: Option<&'s R>, what: impl FnOnce() -> String) -> Result<&'s R, StoreError> {
+fn found<R>(r: Option<&R>, what: impl FnOnce() -> String) -> Result<&R, StoreError> {
     r.ok_or_else(|| StoreError::NotFound(what()))
 }
 
