@@ -26,6 +26,12 @@ pub enum ApiError {
     TooManyAttempts(u64),
     #[error("If-Match is required: send the version (ETag) you read; * is not accepted")]
     PreconditionRequired,
+    /// A feature switched off in this server's configuration.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request was understood but its work failed (e.g. a generator), for reasons shown.
+    #[error("failed: {0}")]
+    Failed(String),
     /// Details are logged, never shown.
     #[error("internal error")]
     Internal(String),
@@ -46,6 +52,8 @@ impl ApiError {
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,7 +74,7 @@ impl ApiError {
             Self::Unauthorized(_) | Self::Forbidden(_) | Self::TooManyAttempts(_) => "PermissionError",
             Self::NotFound(_) => "KeyError",
             Self::Conflict(_) | Self::PreconditionFailed { .. } | Self::PreconditionRequired => "ValueError",
-            Self::Internal(_) => "RuntimeError",
+            Self::Internal(_) | Self::Unavailable(_) | Self::Failed(_) => "RuntimeError",
         };
         let reply = RpcReply::Exception {
             exn_type: exn_type.into(),

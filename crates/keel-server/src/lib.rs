@@ -14,6 +14,7 @@ use serde_json::json;
 mod auth;
 mod error;
 mod metrics;
+mod propagation;
 mod rest;
 mod rpc;
 mod watch;
@@ -48,11 +49,20 @@ pub struct AppState {
     /// Becomes true when the server stops: open streams end (with a reason line) so that the
     /// graceful shutdown does not wait on them forever.
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The propagation engine, unless switched off.
+    pub engine: Option<keel_propagate::Engine>,
 }
 
 impl AppState {
     pub fn new(db: Arc<Db>, config: ServerConfig) -> Self {
         Self::with_shutdown(db, config, tokio::sync::watch::channel(false).1)
+    }
+
+    /// The same state with a propagation engine.
+    #[must_use]
+    pub fn with_engine(mut self, engine: keel_propagate::Engine) -> Self {
+        self.engine = Some(engine);
+        self
     }
 
     /// A state whose streams end when `shutdown` turns true.
@@ -64,6 +74,7 @@ impl AppState {
             watch_lines: Arc::new(watch::LineCache::default()),
             login_throttle: Arc::new(auth::Throttle::default()),
             shutdown,
+            engine: None,
         }
     }
 
@@ -115,6 +126,36 @@ pub fn app(state: AppState) -> Router {
         .route("/tokens/{id}", axum::routing::delete(rest::revoke_token))
         .route("/backup", get(rest::backup))
         .route("/watch", get(watch::watch))
+        .route("/hosts", get(propagation::list_hosts).post(propagation::create_host))
+        .route(
+            "/hosts/{name}",
+            get(propagation::get_host)
+                .put(propagation::put_host)
+                .delete(propagation::delete_host),
+        )
+        .route(
+            "/facilities",
+            get(propagation::list_facilities).post(propagation::create_facility),
+        )
+        .route(
+            "/facilities/{name}",
+            get(propagation::get_facility)
+                .put(propagation::put_facility)
+                .delete(propagation::delete_facility),
+        )
+        .route(
+            "/destinations",
+            get(propagation::list_destinations).post(propagation::create_destination),
+        )
+        .route(
+            "/destinations/{facility}/{service}/{destination}",
+            get(propagation::get_destination).delete(propagation::delete_destination),
+        )
+        .route("/propagation", get(propagation::status))
+        .route("/propagation/force", post(propagation::force))
+        .route("/propagation/block", post(propagation::block))
+        .route("/propagation/bundle", get(propagation::gen_bundle))
+        .route("/propagation/key", get(propagation::public_key))
         .fallback(|| async { ApiError::NotFound("API route".into()) });
     Router::new()
         .nest("/api/v1", api)

@@ -25,7 +25,7 @@ fn json_fields(body: &[u8]) -> Result<Fields, ApiError> {
 }
 
 /// The version an `If-Match` header names: required, a number, never `*`.
-fn if_match(headers: &HeaderMap) -> Result<u64, ApiError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<u64, ApiError> {
     let raw = headers.get(header::IF_MATCH).ok_or(ApiError::PreconditionRequired)?;
     let s = raw
         .to_str()
@@ -59,7 +59,7 @@ impl axum::extract::FromRequestParts<AppState> for Guarded {
 }
 
 /// A JSON answer carrying the record's version as its ETag.
-fn with_etag(status: StatusCode, version: u64, body: Value) -> Response {
+pub(crate) fn with_etag(status: StatusCode, version: u64, body: Value) -> Response {
     let mut resp = (status, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
@@ -67,7 +67,7 @@ fn with_etag(status: StatusCode, version: u64, body: Value) -> Response {
     resp
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
 }
 

@@ -74,6 +74,10 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
     /// Marks a token revoked; false if it does not exist.
     async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError>;
+    /// Propagation's state rows (key, JSON), all of them.
+    async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Inserts or replaces propagation state rows, in one transaction.
+    async fn put_prop_state(&self, rows: &[(String, String)]) -> Result<(), StoreError>;
     /// Writes a consistent copy of the whole database to `dest` while serving.
     async fn backup(&self, dest: &Path) -> Result<(), StoreError>;
 }

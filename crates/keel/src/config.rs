@@ -22,6 +22,41 @@ pub struct FileConfig {
     pub watch: WatchFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub propagation: PropagationFile,
+}
+
+/// `[propagation]`: the engine that pushes services to destinations.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PropagationFile {
+    /// Run the engine (default true).
+    pub enabled: Option<bool>,
+    /// Wait this long after a change before generating, so a burst becomes one run (default 2000).
+    pub debounce_ms: Option<u64>,
+    /// Sends in flight at once (default 64).
+    pub parallel: Option<usize>,
+    /// A send that takes longer is killed and counted as failed (default 120).
+    pub send_timeout_secs: Option<u64>,
+    /// How often failed destinations are looked at again (default 3600).
+    pub recheck_secs: Option<u64>,
+    /// Resend everything this often even if unchanged; 0 never (default 86400).
+    pub refresh_secs: Option<u64>,
+    /// First retry after a failure; doubles up to `retry_max_secs` (defaults 5 and 3600).
+    pub retry_min_secs: Option<u64>,
+    pub retry_max_secs: Option<u64>,
+    /// The ed25519 key bundles are signed with (default `<data_dir>/bundle.key`, made at first start).
+    pub key_file: Option<PathBuf>,
+    /// The agent command for `local` destinations (default: `keel-agent apply`, the keel-agent
+    /// installed beside keel when there is one).
+    pub local_command: Option<Vec<String>>,
+    #[serde(default)]
+    pub ssh: keel_propagate::SshConfig,
+    #[serde(default)]
+    pub generators: keel_gen::Options,
+    /// Custom services: `[propagation.services.NAME] command = [...]`.
+    #[serde(default)]
+    pub services: std::collections::BTreeMap<String, keel_propagate::CustomService>,
 }
 
 /// `[watch]`: the change feed.
@@ -87,6 +122,7 @@ pub struct ServeConfig {
     pub watch: keel_server::WatchConfig,
     pub keep_changes: u64,
     pub keep_days: Option<u64>,
+    pub propagation: PropagationFile,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -13,6 +13,7 @@ mod cmd;
 mod config;
 mod example;
 mod output;
+mod propagation;
 mod serve;
 mod sheet;
 
@@ -60,6 +61,18 @@ enum Command {
     /// Site-wide settings (contest_mode, allow_self_registration).
     #[command(subcommand, alias = "settings")]
     Setting(cmd::setting::SettingCmd),
+    /// Propagation hosts: list, show, add, remove.
+    #[command(subcommand, alias = "hosts")]
+    Host(cmd::propagation::HostCmd),
+    /// Facilities: the hosts, users and services propagated together.
+    #[command(subcommand, alias = "facilities")]
+    Facility(cmd::propagation::FacilityCmd),
+    /// Where each facility's services are sent (ssh hosts, or `local`).
+    #[command(subcommand, alias = "destinations")]
+    Destination(cmd::propagation::DestinationCmd),
+    /// Propagation status, force, block, inspect a bundle, the signing key.
+    #[command(subcommand)]
+    Propagation(cmd::propagation::PropagationCmd),
     /// Show the change log: who changed what, when.
     Log(cmd::log::LogArgs),
     /// Print the current state, then every change as it happens (resumes across disconnects).
@@ -118,6 +131,7 @@ impl Cli {
             watch: file.watch.config(),
             keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
             keep_days: file.log.keep_days,
+            propagation: file.propagation.clone(),
         })
     }
 
@@ -158,6 +172,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(cli.serve_config(args)?).await,
         Command::Machine(c) => cmd::machine::run(&cli.client()?, c, json).await,
         Command::Switch(c) => cmd::switch::run(&cli.client()?, c, json).await,
+        Command::Host(c) => cmd::propagation::host(&cli.client()?, c, json).await,
+        Command::Facility(c) => cmd::propagation::facility(&cli.client()?, c, json).await,
+        Command::Destination(c) => cmd::propagation::destination(&cli.client()?, c, json).await,
+        Command::Propagation(c) => cmd::propagation::propagation(&cli.client()?, c, json).await,
         Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
         Command::Users(c) => cmd::users::run(&cli.client()?, c, json).await,
         Command::Passwd(a) => cmd::passwd::run(&cli.client()?, a, json).await,

@@ -43,7 +43,13 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         watch: cfg.watch.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
+    let mut state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
+    if cfg.propagation.enabled.unwrap_or(true) {
+        let engine = crate::propagation::start(db.clone(), &cfg.propagation, &cfg.data_dir)
+            .await
+            .context("cannot start propagation")?;
+        state = state.with_engine(engine);
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

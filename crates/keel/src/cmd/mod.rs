@@ -5,6 +5,7 @@ pub mod import;
 pub mod log;
 pub mod machine;
 pub mod passwd;
+pub mod propagation;
 pub mod setting;
 pub mod switch;
 pub mod token;

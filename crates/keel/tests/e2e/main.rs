@@ -8,6 +8,7 @@
 //! - `cli`: the admin CLI (tables, --json, import naming every bad line, errors).
 //! - `users`: users in the database (uids, validation, hashes never shown).
 //! - `users_import`: `keel users import` (login rule, sheets, all or nothing).
+//! - `propagation`: the engine and the real keel-agent (local child process; ssh to a real sshd).
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
 //! - `regression`: one test per fixed bug, named after its issue.
 
@@ -19,6 +20,7 @@
 mod cli;
 mod durability;
 mod foundation;
+mod propagation;
 mod regression;
 mod support;
 mod users;

@@ -1,0 +1,625 @@
+//! The engine: Changes in, tasks planned (debounced), GEN once per task, SEND to every destination
+//! in parallel, results recorded, failures retried.
+//!
+//! One loop owns the schedule. A Change plans the (facility, service) tasks it can affect, due
+//! after the service's debounce (counted from the first change: a burst becomes one run, and a
+//! steady trickle still runs every debounce). Due tasks run on their own tokio tasks, never two of
+//! the same (facility, service) at once. A task's serial is made durable before anything is sent,
+//! so no two different bundles ever carry the same serial, even across a crash; a restart replans
+//! every task, and destinations whose last result already holds the current digest are skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use keel_bundle::{File, SecretKey};
+use keel_model::{Change, Destination, Facility, Kind, Snapshot};
+use keel_store::Db;
+use tokio::sync::{broadcast, Notify, Semaphore};
+
+use crate::send::{self, Outcome, Sender};
+use crate::services::{self, Service};
+use crate::state::{task_key, DestResult, DestStatus, Task, TaskState};
+
+/// How the engine behaves (the `[propagation]` table of keel.toml).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub debounce: Duration,
+    /// Sends in flight at once, over all tasks.
+    pub parallel: usize,
+    pub send_timeout: Duration,
+    /// How often failed destinations are looked at again.
+    pub recheck: Duration,
+    /// How often everything is resent whatever its digest (None: never).
+    pub refresh: Option<Duration>,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub gen: keel_gen::Options,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            debounce: Duration::from_secs(2),
+            parallel: 64,
+            send_timeout: Duration::from_secs(120),
+            recheck: Duration::from_secs(3600),
+            refresh: Some(Duration::from_secs(86_400)),
+            retry_min: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            gen: keel_gen::Options::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("generating: {0}")]
+    Gen(String),
+    #[error(transparent)]
+    Store(#[from] keel_store::StoreError),
+}
+
+type TaskId = (String, String);
+
+#[derive(Debug, Clone)]
+struct Planned {
+    due: Instant,
+    force: bool,
+}
+
+struct Inner {
+    db: Arc<Db>,
+    cfg: EngineConfig,
+    key: SecretKey,
+    sender: Arc<dyn Sender>,
+    services: BTreeMap<String, Service>,
+    tasks: Mutex<BTreeMap<TaskId, Task>>,
+    queue: Mutex<BTreeMap<TaskId, Planned>>,
+    running: Mutex<BTreeSet<TaskId>>,
+    sends: Semaphore,
+    wake: Notify,
+}
+
+/// A handle on the running engine (cheap to clone).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now() -> String {
+    keel_store::now_rfc3339()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Engine {
+    /// Loads the saved task states, plans every task once (to catch up with changes made while
+    /// keel was down, and to resume tasks a crash interrupted), and starts the loop.
+    pub async fn start(
+        db: Arc<Db>,
+        cfg: EngineConfig,
+        key: SecretKey,
+        sender: Arc<dyn Sender>,
+        services: BTreeMap<String, Service>,
+    ) -> Result<Self, EngineError> {
+        let mut tasks = BTreeMap::new();
+        for (k, v) in db.store().prop_state().await? {
+            if !k.starts_with("task/") {
+                continue;
+            }
+            match serde_json::from_str::<Task>(&v) {
+                Ok(t) => {
+                    tasks.insert((t.facility.clone(), t.service.clone()), t);
+                }
+                Err(e) => tracing::warn!(key = %k, %e, "unreadable propagation state; starting that task afresh"),
+            }
+        }
+        let resumed = tasks.values().filter(|t| t.state.in_flight()).count();
+        if resumed > 0 {
+            tracing::info!(resumed, "resuming propagation tasks interrupted by a stop");
+        }
+        let parallel = cfg.parallel.max(1);
+        let inner = Arc::new(Inner {
+            db,
+            cfg,
+            key,
+            sender,
+            services,
+            tasks: Mutex::new(tasks),
+            queue: Mutex::new(BTreeMap::new()),
+            running: Mutex::new(BTreeSet::new()),
+            sends: Semaphore::new(parallel),
+            wake: Notify::new(),
+        });
+        let engine = Self { inner };
+        let rx = engine.inner.db.subscribe();
+        engine.plan_all(false, Duration::ZERO);
+        tokio::spawn(engine.clone().run(rx));
+        Ok(engine)
+    }
+
+    pub fn public_key(&self) -> keel_bundle::PublicKey {
+        self.inner.key.public()
+    }
+
+    pub fn service_names(&self) -> BTreeSet<String> {
+        self.inner.services.keys().cloned().collect()
+    }
+
+    /// Every task, by facility then service; `facility` narrows it.
+    pub fn status(&self, facility: Option<&str>) -> Vec<Task> {
+        lock(&self.inner.tasks)
+            .values()
+            .filter(|t| facility.is_none_or(|f| t.facility == f))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether nothing is planned or running.
+    pub fn is_idle(&self) -> bool {
+        lock(&self.inner.queue).is_empty() && lock(&self.inner.running).is_empty()
+    }
+
+    /// Plans `facility`'s tasks (one service, or all it runs) now, sending even unchanged files.
+    /// Returns the tasks planned.
+    pub fn force(&self, facility: &str, service: Option<&str>) -> Result<Vec<String>, EngineError> {
+        let snap = self.inner.db.snapshot();
+        let f = snap
+            .facility(facility)
+            .ok_or_else(|| EngineError::NotFound(format!("facility {facility}")))?;
+        let services: Vec<String> = match service {
+            Some(s) if f.services.iter().any(|x| x == s) => vec![s.to_owned()],
+            Some(s) => {
+                return Err(EngineError::Invalid(format!(
+                    "service {s} is not enabled on facility {facility}"
+                )))
+            }
+            None => f.services.clone(),
+        };
+        for s in &services {
+            self.plan((facility.to_owned(), s.clone()), Duration::ZERO, true);
+        }
+        Ok(services)
+    }
+
+    /// The signed bundle GEN would send to `destination` now (for inspection, or to try an agent
+    /// by hand). It takes a serial of its own, so it can never collide with a real send.
+    pub async fn gen_bundle(&self, service: &str, facility: &str, destination: &str) -> Result<Vec<u8>, EngineError> {
+        let snap = self.inner.db.snapshot();
+        let f = snap
+            .facility(facility)
+            .ok_or_else(|| EngineError::NotFound(format!("facility {facility}")))?;
+        let svc = self
+            .inner
+            .services
+            .get(service)
+            .ok_or_else(|| EngineError::NotFound(format!("service {service}")))?;
+        let files = services::generate(svc, &snap, f, &self.inner.cfg.gen)
+            .await
+            .map_err(EngineError::Gen)?;
+        let serial = self.next_serial(facility, service).await?;
+        self.inner.bundle(
+            svc,
+            facility,
+            destination,
+            serial,
+            &uuid::Uuid::new_v4().simple().to_string(),
+            &files,
+        )
+    }
+
+    async fn next_serial(&self, facility: &str, service: &str) -> Result<u64, EngineError> {
+        let task = {
+            let mut tasks = lock(&self.inner.tasks);
+            let t = tasks
+                .entry((facility.to_owned(), service.to_owned()))
+                .or_insert_with(|| Task::new(facility, service));
+            t.serial += 1;
+            t.clone()
+        };
+        self.inner.save(&task).await?;
+        Ok(task.serial)
+    }
+
+    fn plan(&self, id: TaskId, delay: Duration, force: bool) {
+        let due = Instant::now() + delay;
+        {
+            let mut q = lock(&self.inner.queue);
+            let p = q.entry(id.clone()).or_insert(Planned { due, force });
+            p.due = p.due.min(due);
+            p.force |= force;
+        }
+        {
+            let mut tasks = lock(&self.inner.tasks);
+            let t = tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1));
+            if !t.state.in_flight() || t.state == TaskState::Planned {
+                t.state = TaskState::Planned;
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Plans every enabled (facility, service) pair.
+    fn plan_all(&self, force: bool, delay: Duration) {
+        let snap = self.inner.db.snapshot();
+        for f in snap.facilities() {
+            for s in &f.services {
+                if self.inner.services.contains_key(s) {
+                    self.plan((f.name.clone(), s.clone()), delay, force);
+                }
+            }
+        }
+    }
+
+    /// Plans what a change can affect.
+    fn on_change(&self, c: &Change) {
+        let snap = self.inner.db.snapshot();
+        let pairs: Vec<TaskId> = match c.kind {
+            Kind::Facility => snap
+                .facility(&c.key)
+                .map(|f| f.services.iter().map(|s| (f.name.clone(), s.clone())).collect())
+                .unwrap_or_default(),
+            Kind::Destination => {
+                let mut parts = c.key.splitn(3, '/');
+                match (parts.next(), parts.next()) {
+                    (Some(f), Some(s)) => vec![(f.to_owned(), s.to_owned())],
+                    _ => Vec::new(),
+                }
+            }
+            kind => snap
+                .facilities()
+                .flat_map(|f| f.services.iter().map(move |s| (f.name.clone(), s.clone())))
+                .filter(|(_, s)| self.inner.services.get(s).is_some_and(|svc| svc.affected_by(kind)))
+                .collect(),
+        };
+        for id in pairs {
+            let debounce = self
+                .inner
+                .services
+                .get(&id.1)
+                .map_or(self.inner.cfg.debounce, |s| s.debounce(self.inner.cfg.debounce));
+            self.plan(id, debounce, false);
+        }
+    }
+
+    async fn run(self, mut rx: broadcast::Receiver<Arc<Change>>) {
+        let mut recheck = tokio::time::interval(self.inner.cfg.recheck);
+        recheck.tick().await;
+        let refresh_every = self
+            .inner
+            .cfg
+            .refresh
+            .unwrap_or(Duration::from_secs(u64::from(u32::MAX)));
+        let mut refresh = tokio::time::interval(refresh_every);
+        refresh.tick().await;
+        loop {
+            let next = lock(&self.inner.queue)
+                .values()
+                .map(|p| p.due)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(c) => self.on_change(&c),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.plan_all(false, self.inner.cfg.debounce),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep_until(next.into()) => {}
+                _ = recheck.tick() => self.plan_failed(),
+                _ = refresh.tick() => self.plan_all(true, Duration::ZERO),
+            }
+            self.start_due();
+        }
+    }
+
+    /// Plans the tasks with a destination not holding the current state.
+    fn plan_failed(&self) {
+        let failed: Vec<TaskId> = lock(&self.inner.tasks)
+            .iter()
+            .filter(|(_, t)| {
+                t.results
+                    .values()
+                    .any(|r| matches!(r.status, DestStatus::Error | DestStatus::Pending))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in failed {
+            self.plan(id, Duration::ZERO, false);
+        }
+    }
+
+    fn start_due(&self) {
+        let now = Instant::now();
+        let due: Vec<(TaskId, bool)> = {
+            let mut q = lock(&self.inner.queue);
+            let running = lock(&self.inner.running);
+            let ids: Vec<TaskId> = q
+                .iter()
+                .filter(|(id, p)| p.due <= now && !running.contains(*id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| q.remove(&id).map(|p| (id, p.force)))
+                .collect()
+        };
+        for (id, force) in due {
+            lock(&self.inner.running).insert(id.clone());
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let retry = engine.inner.clone().run_task(&id, force).await;
+                lock(&engine.inner.running).remove(&id);
+                if let Some(delay) = retry {
+                    engine.plan(id, delay, false);
+                }
+                engine.inner.wake.notify_one();
+            });
+        }
+    }
+}
+
+impl Inner {
+    fn bundle(
+        &self,
+        svc: &Service,
+        facility: &str,
+        destination: &str,
+        serial: u64,
+        run_id: &str,
+        files: &[File],
+    ) -> Result<Vec<u8>, EngineError> {
+        let created = now();
+        let h = keel_bundle::Header {
+            service: svc.name(),
+            version: svc.version(),
+            facility,
+            destination,
+            run_id,
+            created: &created,
+            serial,
+        };
+        keel_bundle::build(&self.key, &h, files).map_err(|e| EngineError::Gen(e.to_string()))
+    }
+
+    async fn save(&self, t: &Task) -> Result<(), EngineError> {
+        let json = serde_json::to_string(t).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.db.store().put_prop_state(&[(t.key(), json)]).await?;
+        Ok(())
+    }
+
+    fn update(&self, id: &TaskId, f: impl FnOnce(&mut Task)) -> Task {
+        let mut tasks = lock(&self.tasks);
+        let t = tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1));
+        f(t);
+        t.clone()
+    }
+
+    async fn save_logged(&self, t: &Task) {
+        if let Err(e) = self.save(t).await {
+            tracing::error!(task = %t.key(), %e, "cannot save propagation state");
+        }
+    }
+
+    /// Runs one task; returns when to retry failed destinations, if any failed.
+    async fn run_task(self: Arc<Self>, id: &TaskId, force: bool) -> Option<Duration> {
+        let snap = self.db.snapshot();
+        let (Some(facility), Some(svc)) = (snap.facility(&id.0), self.services.get(&id.1)) else {
+            self.update(id, |t| t.state = TaskState::Waiting);
+            return None;
+        };
+        if !facility.services.contains(&id.1) {
+            let t = self.update(id, |t| t.state = TaskState::Waiting);
+            self.save_logged(&t).await;
+            return None;
+        }
+        self.update(id, |t| {
+            t.state = TaskState::Generating;
+            t.started = Some(now());
+        });
+        let files = match services::generate(svc, &snap, facility, &self.cfg.gen).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(task = %task_key(&id.0, &id.1), error = %e, "GEN failed");
+                let t = self.update(id, |t| {
+                    t.state = TaskState::Generror;
+                    t.error = Some(e);
+                    t.finished = Some(now());
+                });
+                self.save_logged(&t).await;
+                return Some(self.cfg.retry_min);
+            }
+        };
+        let digest = keel_bundle::manifest_for(
+            &keel_bundle::Header {
+                service: svc.name(),
+                version: svc.version(),
+                facility: &id.0,
+                destination: "local",
+                run_id: "x",
+                created: "",
+                serial: 0,
+            },
+            &files,
+        )
+        .digest();
+        let task = self.update(id, |t| {
+            t.state = TaskState::Generated;
+            t.serial += 1;
+            t.digest.clone_from(&digest);
+            t.error = None;
+        });
+        // The serial is durable before any bundle carries it.
+        if let Err(e) = self.save(&task).await {
+            tracing::error!(%e, "cannot save the task's serial; not sending");
+            return Some(self.cfg.retry_min);
+        }
+        self.send_all(id, svc, facility, &snap, &files, &task, force).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_all(
+        self: &Arc<Self>,
+        id: &TaskId,
+        svc: &Service,
+        facility: &Facility,
+        snap: &Snapshot,
+        files: &[File],
+        task: &Task,
+        force: bool,
+    ) -> Option<Duration> {
+        let dests: Vec<Destination> = snap
+            .destinations()
+            .filter(|d| d.facility == id.0 && d.service == id.1)
+            .cloned()
+            .collect();
+        let blocked_here = facility.blocked.contains(&id.1);
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        self.update(id, |t| {
+            t.state = TaskState::Sending;
+            t.results.retain(|k, _| dests.iter().any(|d| &d.destination == k));
+        });
+        let mut sends = tokio::task::JoinSet::new();
+        for d in dests {
+            let last = task
+                .results
+                .get(&d.destination)
+                .cloned()
+                .unwrap_or_else(DestResult::pending);
+            if blocked_here || d.blocked {
+                let r = denied(
+                    last,
+                    if blocked_here {
+                        "service blocked on this facility"
+                    } else {
+                        "destination blocked"
+                    },
+                );
+                self.update(id, |t| {
+                    t.results.insert(d.destination.clone(), r);
+                });
+                continue;
+            }
+            if !force && last.holds(&task.digest) {
+                continue; // unchanged: nothing to send
+            }
+            let bundle = match self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, files) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(%e, "cannot build a bundle");
+                    continue;
+                }
+            };
+            let Some(cmd) = self.sender.command(&d) else {
+                continue;
+            };
+            let inner = self.clone();
+            let timeout = self.cfg.send_timeout;
+            sends.spawn(async move {
+                let _permit = inner.sends.acquire().await;
+                let out = send::run(cmd, bundle, timeout).await;
+                (d.destination, last, out)
+            });
+        }
+        while let Some(done) = sends.join_next().await {
+            let Ok((dest, last, out)) = done else { continue };
+            let r = result(last, &out, task);
+            tracing::debug!(task = %task.key(), %dest, status = ?r.status, "sent");
+            self.update(id, |t| {
+                t.results.insert(dest, r);
+            });
+        }
+        let task = self.update(id, |t| {
+            t.state = final_state(t);
+            t.finished = Some(now());
+        });
+        self.save_logged(&task).await;
+        let failures = task
+            .results
+            .values()
+            .filter(|r| r.status == DestStatus::Error)
+            .map(|r| r.failures)
+            .min()?;
+        Some(self.backoff(failures))
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = self
+            .cfg
+            .retry_min
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        exp.min(self.cfg.retry_max)
+    }
+}
+
+fn denied(mut r: DestResult, why: &str) -> DestResult {
+    r.status = DestStatus::Denied;
+    r.exit_code = None;
+    r.stdout.clear();
+    r.stderr = why.to_owned();
+    r.at = now();
+    r.retry_at = None;
+    r
+}
+
+/// The result of one send, from the agent's exit code (Perun's families) and output.
+fn result(mut r: DestResult, out: &Outcome, task: &Task) -> DestResult {
+    let status = match out.exit_code {
+        Some(0) if out.stderr.trim().is_empty() => DestStatus::Done,
+        Some(0 | 100..=199) => DestStatus::Warning,
+        Some(2) => DestStatus::Denied,
+        _ => DestStatus::Error,
+    };
+    let at = now();
+    r.status = status;
+    r.exit_code = out.exit_code;
+    r.stdout.clone_from(&out.stdout);
+    r.stderr.clone_from(&out.stderr);
+    r.duration_ms = u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX);
+    r.serial = task.serial;
+    match status {
+        DestStatus::Done | DestStatus::Warning => {
+            r.digest.clone_from(&task.digest);
+            r.last_success = Some(at.clone());
+            r.failures = 0;
+            r.retry_at = None;
+        }
+        _ => {
+            r.digest.clear();
+            r.last_error = Some(at.clone());
+            r.failures += 1;
+            r.retry_at = Some(unix_now() + 5u64.saturating_mul(1 << r.failures.min(10)));
+        }
+    }
+    r.at = at;
+    r
+}
+
+fn final_state(t: &Task) -> TaskState {
+    let statuses: Vec<DestStatus> = t.results.values().map(|r| r.status).collect();
+    let never_ran = t
+        .results
+        .values()
+        .any(|r| r.status == DestStatus::Error && matches!(r.exit_code, None | Some(255)));
+    if never_ran {
+        TaskState::Senderror
+    } else if statuses.contains(&DestStatus::Error) {
+        TaskState::Error
+    } else if statuses.contains(&DestStatus::Warning) {
+        TaskState::Warning
+    } else {
+        TaskState::Done
+    }
+}

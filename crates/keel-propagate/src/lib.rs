@@ -1,0 +1,15 @@
+//! keel's propagation engine (after Perun's): a change is detected, each affected (facility,
+//! service) task GENerates the service's complete files once, a signed bundle goes to every
+//! destination in parallel (SEND), and keel-agent applies it there and reports back.
+
+#![forbid(unsafe_code)]
+
+mod engine;
+pub mod send;
+pub mod services;
+pub mod state;
+
+pub use engine::{Engine, EngineConfig, EngineError};
+pub use send::{Senders, SshConfig};
+pub use services::{registry, CustomService, Service};
+pub use state::{DestResult, DestStatus, Task, TaskState};

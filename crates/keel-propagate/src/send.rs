@@ -1,0 +1,206 @@
+//! SEND: how a bundle reaches a destination's agent. Behind one small trait so another channel
+//! can be added without touching the engine.
+//!
+//! Both channels run a program with the bundle on stdin: the system OpenSSH client (so the site's
+//! ssh_config, known_hosts and keys apply) or the agent itself as a child process. Every argument
+//! comes from keel's config or a destination the model validated (no leading `-`, no spaces); no
+//! shell ever sees a destination on keel's side.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keel_model::{Channel, Destination};
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// What came back from one send.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// None: the agent's exit code is unknown (timeout, killed, could not start).
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub duration: Duration,
+}
+
+/// A way of delivering a bundle.
+pub trait Sender: Send + Sync {
+    fn command(&self, d: &Destination) -> Option<Command>;
+}
+
+/// The `ssh` channel's settings (the `[propagation.ssh]` table).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    pub program: String,
+    /// `-F`: the site's ssh_config.
+    pub config_file: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub identity: Option<PathBuf>,
+    pub connect_timeout_secs: u64,
+    /// What runs on the host (a fixed string from this config, never from data).
+    pub remote_command: String,
+    /// Keep connections open between sends (ControlMaster/ControlPersist); empty disables.
+    pub control_persist: String,
+    /// Where the control sockets live (default: `<data dir>/ssh`).
+    pub control_dir: Option<PathBuf>,
+    /// More `-o` options, e.g. `StrictHostKeyChecking=accept-new`.
+    pub options: Vec<String>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            program: "ssh".into(),
+            config_file: None,
+            known_hosts: None,
+            identity: None,
+            connect_timeout_secs: 10,
+            remote_command: "keel-agent apply".into(),
+            control_persist: "300".into(),
+            control_dir: None,
+            options: Vec::new(),
+        }
+    }
+}
+
+/// `ssh` and `local`, as configured.
+#[derive(Debug, Clone)]
+pub struct Senders {
+    pub ssh: SshConfig,
+    /// The agent command for `local` destinations, e.g. `["sudo", "-n", "keel-agent", "apply"]`.
+    pub local: Vec<String>,
+}
+
+impl Sender for Senders {
+    fn command(&self, d: &Destination) -> Option<Command> {
+        match d.channel {
+            Channel::Local => {
+                let (prog, args) = self.local.split_first()?;
+                let mut c = Command::new(prog);
+                c.args(args);
+                Some(c)
+            }
+            Channel::Ssh => Some(self.ssh_command(&d.destination)),
+        }
+    }
+}
+
+impl Senders {
+    fn ssh_command(&self, dest: &str) -> Command {
+        let s = &self.ssh;
+        let mut c = Command::new(&s.program);
+        c.args(["-o", "BatchMode=yes"]);
+        c.arg("-o").arg(format!("ConnectTimeout={}", s.connect_timeout_secs));
+        if let Some(f) = &s.config_file {
+            c.arg("-F").arg(f);
+        }
+        if let Some(k) = &s.known_hosts {
+            c.arg("-o").arg(format!("UserKnownHostsFile={}", k.display()));
+        }
+        if let Some(i) = &s.identity {
+            c.arg("-i").arg(i);
+        }
+        if !s.control_persist.is_empty() {
+            if let Some(dir) = &s.control_dir {
+                c.args(["-o", "ControlMaster=auto"]);
+                c.arg("-o").arg(format!("ControlPath={}/%C", dir.display()));
+                c.arg("-o").arg(format!("ControlPersist={}", s.control_persist));
+            }
+        }
+        for o in &s.options {
+            c.arg("-o").arg(o);
+        }
+        let (user, host, port) = split_destination(dest);
+        if let Some(p) = port {
+            c.arg("-p").arg(p);
+        }
+        if let Some(u) = user {
+            c.arg("-l").arg(u);
+        }
+        c.arg(host).arg(&s.remote_command);
+        c
+    }
+}
+
+/// `user@host:port` → (user, host, port); brackets of an IPv6 address removed.
+fn split_destination(d: &str) -> (Option<&str>, &str, Option<&str>) {
+    let (user, rest) = d.rsplit_once('@').map_or((None, d), |(u, r)| (Some(u), r));
+    if let Some(v6) = rest.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').unwrap_or((v6, ""));
+        return (user, h, after.strip_prefix(':'));
+    }
+    match rest.split_once(':') {
+        Some((h, p)) => (user, h, Some(p)),
+        None => (user, rest, None),
+    }
+}
+
+/// Keeps at most this much of an agent's output per stream.
+const KEEP: usize = 16 * 1024;
+
+fn text(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    if s.len() <= KEEP {
+        return s.into_owned();
+    }
+    let mut cut = s.len() - KEEP;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("…{}", &s[cut..])
+}
+
+/// Runs `cmd` with `bundle` on stdin, within `timeout`; the child is killed if it overruns.
+pub async fn run(mut cmd: Command, bundle: Vec<u8>, timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let fail = |msg: String| Outcome {
+        exit_code: None,
+        stdout: String::new(),
+        stderr: msg,
+        duration: start.elapsed(),
+    };
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot start {:?}: {e}", cmd.as_std().get_program())),
+    };
+    let stdin = child.stdin.take();
+    let feed = async move {
+        if let Some(mut w) = stdin {
+            // A refused bundle may close stdin early: the exit code tells why.
+            let _ = w.write_all(&bundle).await;
+            let _ = w.shutdown().await;
+        }
+    };
+    let work = async {
+        let ((), out) = tokio::join!(feed, child.wait_with_output());
+        out
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(out)) => Outcome {
+            exit_code: out.status.code(),
+            stdout: text(&out.stdout),
+            stderr: text(&out.stderr),
+            duration: start.elapsed(),
+        },
+        Ok(Err(e)) => fail(format!("waiting for the agent: {e}")),
+        Err(_) => fail(format!("timed out after {} s; killed", timeout.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_split() {
+        assert_eq!(split_destination("h"), (None, "h", None));
+        assert_eq!(split_destination("root@h:2222"), (Some("root"), "h", Some("2222")));
+        assert_eq!(split_destination("[::1]:22"), (None, "::1", Some("22")));
+        assert_eq!(split_destination("u@[fe80::1]"), (Some("u"), "fe80::1", None));
+    }
+}

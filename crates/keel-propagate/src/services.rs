@@ -1,0 +1,186 @@
+//! The services the engine knows — built-ins (pure generators of keel-gen) and custom ones (a
+//! command) — and GEN itself.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use keel_bundle::{File, Version};
+use keel_gen::BuiltIn;
+use keel_model::{Facility, Kind, Snapshot};
+use serde::Deserialize;
+
+/// A custom service from keel.toml: `[propagation.services.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomService {
+    /// The generator: run with the facility's data as JSON on stdin and the output directory as
+    /// its last argument (and in `KEEL_OUT_DIR`); every regular file it leaves there is shipped.
+    pub command: Vec<String>,
+    /// `major.minor`.
+    #[serde(default = "one_zero")]
+    pub version: String,
+    /// Which changes schedule it (default: machine and user).
+    #[serde(default = "default_kinds")]
+    pub kinds: Vec<Kind>,
+    /// Debounce in milliseconds (default: the engine's).
+    pub debounce_ms: Option<u64>,
+    /// GEN timeout in seconds.
+    #[serde(default = "gen_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn one_zero() -> String {
+    "1.0".into()
+}
+
+fn default_kinds() -> Vec<Kind> {
+    vec![Kind::Machine, Kind::User]
+}
+
+fn gen_timeout() -> u64 {
+    60
+}
+
+/// A service as the engine runs it.
+#[derive(Debug, Clone)]
+pub enum Service {
+    BuiltIn(BuiltIn),
+    Custom(String, CustomService),
+}
+
+impl Service {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::BuiltIn(b) => b.name(),
+            Self::Custom(n, _) => n,
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        match self {
+            Self::BuiltIn(b) => b.version(),
+            Self::Custom(_, c) => c.version.parse().unwrap_or(Version::new(1, 0)),
+        }
+    }
+
+    pub fn affected_by(&self, kind: Kind) -> bool {
+        match self {
+            Self::BuiltIn(b) => b.affected_by(kind),
+            Self::Custom(_, c) => c.kinds.contains(&kind),
+        }
+    }
+
+    pub fn debounce(&self, default: Duration) -> Duration {
+        match self {
+            Self::Custom(
+                _,
+                CustomService {
+                    debounce_ms: Some(ms), ..
+                },
+            ) => Duration::from_millis(*ms),
+            _ => default,
+        }
+    }
+}
+
+/// Every service, by name.
+pub fn registry(custom: &BTreeMap<String, CustomService>) -> Result<BTreeMap<String, Service>, String> {
+    let mut all: BTreeMap<String, Service> = BuiltIn::ALL
+        .into_iter()
+        .map(|b| (b.name().to_owned(), Service::BuiltIn(b)))
+        .collect();
+    for (name, c) in custom {
+        keel_model::propagation::check_name("propagation.services", name).map_err(|e| e.to_string())?;
+        if all.contains_key(name) {
+            return Err(format!("propagation.services.{name}: a built-in service has that name"));
+        }
+        if c.command.is_empty() {
+            return Err(format!("propagation.services.{name}.command: must name a program"));
+        }
+        c.version
+            .parse::<Version>()
+            .map_err(|e| format!("propagation.services.{name}.version: {e}"))?;
+        all.insert(name.clone(), Service::Custom(name.clone(), c.clone()));
+    }
+    Ok(all)
+}
+
+/// GEN for one facility: the service's files, or why not.
+pub async fn generate(
+    service: &Service,
+    snap: &Snapshot,
+    facility: &Facility,
+    opts: &keel_gen::Options,
+) -> Result<Vec<File>, String> {
+    let users: Vec<_> = snap.users().filter(|u| facility.receives(u)).collect();
+    match service {
+        Service::BuiltIn(b) => {
+            let input = keel_gen::Input {
+                facility: &facility.name,
+                users,
+                machines: snap.machines().collect(),
+            };
+            Ok(b.generate(&input, opts))
+        }
+        Service::Custom(_, c) => {
+            let data = serde_json::json!({
+                "facility": facility,
+                "users": users.iter().map(|u| u.public_json()).collect::<Vec<_>>(),
+                "machines": snap.machines().collect::<Vec<_>>(),
+                "hosts": snap.hosts().filter(|h| h.facility == facility.name).collect::<Vec<_>>(),
+                "settings": snap.settings(),
+                "seq": snap.seq(),
+            });
+            custom(c, serde_json::to_vec(&data).map_err(|e| e.to_string())?).await
+        }
+    }
+}
+
+async fn custom(c: &CustomService, input: Vec<u8>) -> Result<Vec<File>, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let (prog, args) = c.command.split_first().ok_or("no command")?;
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args).arg(dir.path()).env("KEEL_OUT_DIR", dir.path());
+    let out = crate::send::run(cmd, input, Duration::from_secs(c.timeout_secs)).await;
+    if out.exit_code != Some(0) {
+        let code = out
+            .exit_code
+            .map_or_else(|| "no exit code".to_owned(), |c| format!("exit code {c}"));
+        return Err(format!("generator failed ({code}): {}", out.stderr.trim()));
+    }
+    let mut files = Vec::new();
+    collect(dir.path(), dir.path(), &mut files)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// Every regular file under `dir`, as bundle files; links and other types are refused.
+fn collect(root: &Path, dir: &Path, out: &mut Vec<File>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for e in entries {
+        let e = e.map_err(|e| e.to_string())?;
+        let path = e.path();
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
+        let rel = path
+            .strip_prefix(root)
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .into_owned();
+        if meta.is_dir() {
+            collect(root, &path, out)?;
+        } else if meta.is_file() {
+            keel_bundle::check_rel_path(&rel).map_err(|e| format!("generated file {rel:?}: {e}"))?;
+            let data = std::fs::read(&path).map_err(|e| format!("{rel}: {e}"))?;
+            out.push(File {
+                path: rel,
+                mode: meta.permissions().mode() & 0o777,
+                data,
+            });
+        } else {
+            return Err(format!("generated {rel:?} is not a regular file (links are refused)"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! `/api/v1/hosts`, `/facilities`, `/destinations` and `/propagation/*`: propagation's records
+//! and the engine's status and controls. Admins and facility managers write here; the store
+//! decides what a manager may touch (inside the write), so the handlers only authenticate.
+
+use std::collections::BTreeSet;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_model::{Destination, Facility, Host, Principal, Role};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::auth::Caller;
+use crate::rest::{if_match, to_json, with_etag};
+use crate::{ApiError, AppState};
+
+type ApiResult = Result<Response, ApiError>;
+
+fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(b).map_err(|e| ApiError::invalid("body", e.to_string()))
+}
+
+/// Admins and managers may ask; the store decides what a manager may change.
+fn writer(caller: &Caller) -> Result<&Principal, ApiError> {
+    let p = caller.authenticated()?;
+    match p.role {
+        Role::Admin | Role::Manager => Ok(p),
+        _ => Err(ApiError::Forbidden(format!(
+            "{} ({}) may not change propagation; an admin or manager token is needed",
+            p.name, p.role
+        ))),
+    }
+}
+
+fn engine(st: &AppState) -> Result<&keel_propagate::Engine, ApiError> {
+    st.engine.as_ref().ok_or_else(|| {
+        ApiError::Unavailable("propagation is disabled on this server ([propagation] enabled = false)".into())
+    })
+}
+
+/// Service names the records may use: the engine's, or the built-ins when it is off.
+fn services(st: &AppState) -> BTreeSet<String> {
+    st.engine.as_ref().map_or_else(
+        || keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect(),
+        keel_propagate::Engine::service_names,
+    )
+}
+
+fn same_name(path: &str, body: &str) -> Result<(), ApiError> {
+    if path == body {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "name",
+            format!("is {body:?} in the body but {path:?} in the URL"),
+        ))
+    }
+}
+
+// ---- hosts ----
+
+pub(crate) async fn list_hosts(State(st): State<AppState>, caller: Caller) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    Ok(Json(to_json(&st.db.snapshot().hosts().collect::<Vec<_>>())?).into_response())
+}
+
+pub(crate) async fn get_host(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    let h = snap
+        .host(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("host {name}")))?;
+    Ok(with_etag(StatusCode::OK, h.version, to_json(h)?))
+}
+
+pub(crate) async fn create_host(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let h: Host = body(&b)?;
+    let h = st.db.put_host(writer(&caller)?, h, 0).await?;
+    Ok(with_etag(StatusCode::CREATED, h.version, to_json(&h)?))
+}
+
+pub(crate) async fn put_host(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let h: Host = body(&b)?;
+    same_name(&name, &h.name)?;
+    let h = st.db.put_host(writer(&caller)?, h, if_match(&headers)?).await?;
+    Ok(with_etag(StatusCode::OK, h.version, to_json(&h)?))
+}
+
+pub(crate) async fn delete_host(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    st.db.delete_host(writer(&caller)?, &name, if_match(&headers)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- facilities ----
+
+pub(crate) async fn list_facilities(State(st): State<AppState>, caller: Caller) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    Ok(Json(to_json(&st.db.snapshot().facilities().collect::<Vec<_>>())?).into_response())
+}
+
+pub(crate) async fn get_facility(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    let f = snap
+        .facility(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("facility {name}")))?;
+    Ok(with_etag(StatusCode::OK, f.version, to_json(f)?))
+}
+
+pub(crate) async fn create_facility(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let f: Facility = body(&b)?;
+    let f = st.db.put_facility(writer(&caller)?, f, 0, &services(&st)).await?;
+    Ok(with_etag(StatusCode::CREATED, f.version, to_json(&f)?))
+}
+
+pub(crate) async fn put_facility(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let f: Facility = body(&b)?;
+    same_name(&name, &f.name)?;
+    let f = st
+        .db
+        .put_facility(writer(&caller)?, f, if_match(&headers)?, &services(&st))
+        .await?;
+    Ok(with_etag(StatusCode::OK, f.version, to_json(&f)?))
+}
+
+pub(crate) async fn delete_facility(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult {
+    st.db
+        .delete_facility(writer(&caller)?, &name, if_match(&headers)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- destinations ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DestFilter {
+    facility: Option<String>,
+    service: Option<String>,
+}
+
+pub(crate) async fn list_destinations(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<DestFilter>,
+) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    let list: Vec<&Destination> = snap
+        .destinations()
+        .filter(|d| q.facility.as_ref().is_none_or(|f| &d.facility == f))
+        .filter(|d| q.service.as_ref().is_none_or(|s| &d.service == s))
+        .collect();
+    Ok(Json(to_json(&list)?).into_response())
+}
+
+pub(crate) async fn get_destination(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((facility, service, destination)): Path<(String, String, String)>,
+) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let key = format!("{facility}/{service}/{destination}");
+    let snap = st.db.snapshot();
+    let d = snap
+        .destination(&key)
+        .ok_or_else(|| ApiError::NotFound(format!("destination {key}")))?;
+    Ok(with_etag(StatusCode::OK, d.version, to_json(d)?))
+}
+
+pub(crate) async fn create_destination(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let d: Destination = body(&b)?;
+    let d = st.db.put_destination(writer(&caller)?, d, 0, &services(&st)).await?;
+    Ok(with_etag(StatusCode::CREATED, d.version, to_json(&d)?))
+}
+
+pub(crate) async fn delete_destination(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((facility, service, destination)): Path<(String, String, String)>,
+) -> ApiResult {
+    let key = format!("{facility}/{service}/{destination}");
+    st.db
+        .delete_destination(writer(&caller)?, &key, if_match(&headers)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- the engine ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StatusQuery {
+    facility: Option<String>,
+}
+
+pub(crate) async fn status(State(st): State<AppState>, caller: Caller, Query(q): Query<StatusQuery>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let tasks = engine(&st)?.status(q.facility.as_deref());
+    Ok(Json(json!({"idle": engine(&st)?.is_idle(), "tasks": to_json(&tasks)?})).into_response())
+}
+
+/// `who` runs `facility`: an admin, or one of its managers.
+fn may_run(st: &AppState, who: &Principal, facility: &str) -> Result<(), ApiError> {
+    let snap = st.db.snapshot();
+    let f = snap
+        .facility(facility)
+        .ok_or_else(|| ApiError::NotFound(format!("facility {facility}")))?;
+    if who.is_admin() || f.is_managed_by(&who.name) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "{} does not manage facility {facility}",
+            who.name
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForceBody {
+    facility: String,
+    service: Option<String>,
+}
+
+pub(crate) async fn force(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let who = writer(&caller)?;
+    let req: ForceBody = body(&b)?;
+    may_run(&st, who, &req.facility)?;
+    let planned = engine(&st)?
+        .force(&req.facility, req.service.as_deref())
+        .map_err(engine_error)?;
+    tracing::info!(who = %who.name, facility = %req.facility, ?planned, "propagation forced");
+    Ok((StatusCode::ACCEPTED, Json(json!({"planned": planned}))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BlockBody {
+    facility: String,
+    service: String,
+    /// Block one destination only; without it, the service on the whole facility.
+    destination: Option<String>,
+    /// false unblocks.
+    #[serde(default = "yes")]
+    blocked: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub(crate) async fn block(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let who = writer(&caller)?;
+    let req: BlockBody = body(&b)?;
+    let snap = st.db.snapshot();
+    let result: Value = match &req.destination {
+        Some(d) => {
+            let key = format!("{}/{}/{d}", req.facility, req.service);
+            let mut dest = snap
+                .destination(&key)
+                .cloned()
+                .ok_or_else(|| ApiError::NotFound(format!("destination {key}")))?;
+            let version = dest.version;
+            dest.blocked = req.blocked;
+            to_json(&st.db.put_destination(who, dest, version, &services(&st)).await?)?
+        }
+        None => {
+            let mut f = snap
+                .facility(&req.facility)
+                .cloned()
+                .ok_or_else(|| ApiError::NotFound(format!("facility {}", req.facility)))?;
+            let version = f.version;
+            f.blocked.retain(|s| s != &req.service);
+            if req.blocked {
+                f.blocked.push(req.service.clone());
+            }
+            to_json(&st.db.put_facility(who, f, version, &services(&st)).await?)?
+        }
+    };
+    Ok(Json(result).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GenQuery {
+    service: String,
+    facility: String,
+    destination: String,
+}
+
+/// The signed bundle GEN would send, as a tar.
+pub(crate) async fn gen_bundle(State(st): State<AppState>, caller: Caller, Query(q): Query<GenQuery>) -> ApiResult {
+    let who = writer(&caller)?;
+    may_run(&st, who, &q.facility)?;
+    let tar = engine(&st)?
+        .gen_bundle(&q.service, &q.facility, &q.destination)
+        .await
+        .map_err(engine_error)?;
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response())
+}
+
+pub(crate) async fn public_key(State(st): State<AppState>) -> ApiResult {
+    Ok(Json(json!({"public_key": engine(&st)?.public_key().to_string()})).into_response())
+}
+
+fn engine_error(e: keel_propagate::EngineError) -> ApiError {
+    match e {
+        keel_propagate::EngineError::NotFound(w) => ApiError::NotFound(w),
+        keel_propagate::EngineError::Invalid(m) => ApiError::invalid("service", m),
+        keel_propagate::EngineError::Gen(m) => ApiError::Failed(m),
+        keel_propagate::EngineError::Store(s) => s.into(),
+    }
+}

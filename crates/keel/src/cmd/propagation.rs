@@ -1,0 +1,600 @@
+//! `keel host …`, `keel facility …`, `keel destination …`, `keel propagation …`
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use keel_client::Client;
+use keel_model::{Channel, Destination, Facility, Group, Host, Login};
+use keel_propagate::{DestStatus, Task};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::seg;
+use crate::output::{print_json, table};
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// List hosts.
+    #[command(alias = "ls")]
+    List,
+    /// Show one host.
+    Show { name: String },
+    /// Add a host to a facility.
+    Add {
+        /// Its FQDN.
+        name: String,
+        #[arg(long)]
+        facility: String,
+        /// The Machine it is (its names become the host's too).
+        #[arg(long)]
+        machine: Option<String>,
+        /// Other names of the host (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        alias: Vec<String>,
+    },
+    /// Remove a host.
+    #[command(alias = "delete")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FacilityCmd {
+    /// List facilities.
+    #[command(alias = "ls")]
+    List,
+    /// Show one facility.
+    Show { name: String },
+    /// Create a facility (admins).
+    Add {
+        name: String,
+        #[command(flatten)]
+        fields: FacilityFields,
+    },
+    /// Change a facility; only the given lists are replaced.
+    Edit {
+        name: String,
+        #[command(flatten)]
+        fields: FacilityFields,
+    },
+    /// Remove an empty facility (admins).
+    #[command(alias = "delete")]
+    Rm { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FacilityFields {
+    /// Principals (token names) managing it.
+    #[arg(long, value_delimiter = ',')]
+    managers: Option<Vec<String>>,
+    /// Groups whose users it receives: user, orga, root.
+    #[arg(long, value_delimiter = ',')]
+    groups: Option<Vec<Group>>,
+    /// Users it receives whatever their group.
+    #[arg(long, value_delimiter = ',')]
+    members: Option<Vec<String>>,
+    /// Services enabled on it (passwd, root_ssh, homes, hosts, or a custom one).
+    #[arg(long, value_delimiter = ',')]
+    services: Option<Vec<String>>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DestinationCmd {
+    /// List destinations.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long)]
+        facility: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Add destinations: each service × each destination.
+    Add {
+        #[arg(long)]
+        facility: String,
+        /// One or more services (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        service: Vec<String>,
+        /// `host`, `user@host`, `host:port`, or `local`.
+        #[arg(required_unless_present = "all_hosts")]
+        destinations: Vec<String>,
+        /// Add every host of the facility (as `root@HOST`).
+        #[arg(long)]
+        all_hosts: bool,
+    },
+    /// Remove a destination.
+    #[command(alias = "delete")]
+    Rm {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        service: String,
+        destination: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PropagationCmd {
+    /// Each facility's services and destinations: state, last success, last error.
+    Status {
+        #[arg(long)]
+        facility: Option<String>,
+    },
+    /// Propagate now, sending even unchanged files; waits for the result unless --no-wait.
+    Force {
+        #[arg(long)]
+        facility: String,
+        /// One service (default: every service of the facility).
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Block a service on a facility, or on one destination (results show DENIED).
+    Block {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// Lift a block.
+    Unblock {
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        service: String,
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// Write the signed bundle GEN would send (to inspect it or try an agent by hand).
+    Gen {
+        service: String,
+        #[arg(long)]
+        facility: String,
+        #[arg(long)]
+        destination: String,
+        /// Output file (`-` for stdout).
+        #[arg(long)]
+        out: String,
+    },
+    /// Print the public key agents must trust (`trusted_keys` in agent.toml).
+    Key,
+}
+
+fn print_or_json<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if json {
+        print_json(v)
+    } else {
+        println!("{}", text());
+        Ok(())
+    }
+}
+
+pub async fn host(c: &Client, cmd: &HostCmd, json: bool) -> anyhow::Result<()> {
+    let list: Vec<Host> = match cmd {
+        HostCmd::List => c.get("/api/v1/hosts").await?,
+        HostCmd::Show { name } => vec![c.get(&format!("/api/v1/hosts/{}", seg(name))).await?],
+        HostCmd::Add {
+            name,
+            facility,
+            machine,
+            alias,
+        } => {
+            let body = json!({"name": name, "facility": facility, "machine": machine, "aliases": alias});
+            vec![c.call(Method::POST, "/api/v1/hosts", Some(&body), None).await?.value]
+        }
+        HostCmd::Rm { name } => {
+            let _: Value = c
+                .edit(Method::DELETE, &format!("/api/v1/hosts/{}", seg(name)), None)
+                .await?;
+            return print_or_json(json, &json!({"removed": name}), || format!("removed host {name}"));
+        }
+    };
+    let rows = list
+        .iter()
+        .map(|h| {
+            vec![
+                h.name.clone(),
+                h.facility.clone(),
+                h.machine.clone().unwrap_or_default(),
+                h.aliases.join(","),
+            ]
+        })
+        .collect();
+    print_or_json(json, &list, || table(&["host", "facility", "machine", "aliases"], rows))
+}
+
+pub async fn facility(c: &Client, cmd: &FacilityCmd, json: bool) -> anyhow::Result<()> {
+    let list: Vec<Facility> = match cmd {
+        FacilityCmd::List => c.get("/api/v1/facilities").await?,
+        FacilityCmd::Show { name } => vec![c.get(&format!("/api/v1/facilities/{}", seg(name))).await?],
+        FacilityCmd::Add { name, fields } => {
+            let f = fields.apply(Facility {
+                name: name.clone(),
+                managers: Vec::new(),
+                groups: Vec::new(),
+                members: Vec::new(),
+                services: Vec::new(),
+                blocked: Vec::new(),
+                version: 0,
+            })?;
+            vec![
+                c.call(
+                    Method::POST,
+                    "/api/v1/facilities",
+                    Some(&serde_json::to_value(&f)?),
+                    None,
+                )
+                .await?
+                .value,
+            ]
+        }
+        FacilityCmd::Edit { name, fields } => {
+            let path = format!("/api/v1/facilities/{}", seg(name));
+            let current = c.call::<Facility>(Method::GET, &path, None, None).await?;
+            let version = current.version.context("no ETag on the facility")?;
+            let f = fields.apply(current.value)?;
+            vec![
+                c.call(Method::PUT, &path, Some(&serde_json::to_value(&f)?), Some(version))
+                    .await?
+                    .value,
+            ]
+        }
+        FacilityCmd::Rm { name } => {
+            let _: Value = c
+                .edit(Method::DELETE, &format!("/api/v1/facilities/{}", seg(name)), None)
+                .await?;
+            return print_or_json(json, &json!({"removed": name}), || format!("removed facility {name}"));
+        }
+    };
+    let rows = list
+        .iter()
+        .map(|f| {
+            let groups: Vec<&str> = f.groups.iter().map(|g| g.as_str()).collect();
+            let members: Vec<&str> = f.members.iter().map(Login::as_str).collect();
+            vec![
+                f.name.clone(),
+                f.managers.join(","),
+                groups.join(","),
+                members.join(","),
+                f.services.join(","),
+                f.blocked.join(","),
+            ]
+        })
+        .collect();
+    print_or_json(json, &list, || {
+        table(
+            &["facility", "managers", "groups", "members", "services", "blocked"],
+            rows,
+        )
+    })
+}
+
+impl FacilityFields {
+    fn apply(&self, mut f: Facility) -> anyhow::Result<Facility> {
+        if let Some(v) = &self.managers {
+            f.managers.clone_from(v);
+        }
+        if let Some(v) = &self.groups {
+            f.groups.clone_from(v);
+        }
+        if let Some(v) = &self.members {
+            f.members = v.iter().map(|m| Login::parse("members", m)).collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = &self.services {
+            f.services.clone_from(v);
+        }
+        f.version = 0;
+        Ok(f)
+    }
+}
+
+pub async fn destination(c: &Client, cmd: &DestinationCmd, json: bool) -> anyhow::Result<()> {
+    let list: Vec<Destination> = match cmd {
+        DestinationCmd::List { facility, service } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            if let Some(f) = facility {
+                q.append_pair("facility", f);
+            }
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            c.get(&format!("/api/v1/destinations?{}", q.finish())).await?
+        }
+        DestinationCmd::Add {
+            facility,
+            service,
+            destinations,
+            all_hosts,
+        } => {
+            let mut targets = destinations.clone();
+            if *all_hosts {
+                let hosts: Vec<Host> = c.get("/api/v1/hosts").await?;
+                targets.extend(
+                    hosts
+                        .iter()
+                        .filter(|h| &h.facility == facility)
+                        .map(|h| format!("root@{}", h.name)),
+                );
+            }
+            let mut added = Vec::new();
+            for s in service {
+                for d in &targets {
+                    let channel = if d == "local" { Channel::Local } else { Channel::Ssh };
+                    let body = json!({"facility": facility, "service": s, "destination": d, "channel": channel});
+                    added.push(
+                        c.call(Method::POST, "/api/v1/destinations", Some(&body), None)
+                            .await?
+                            .value,
+                    );
+                }
+            }
+            added
+        }
+        DestinationCmd::Rm {
+            facility,
+            service,
+            destination,
+        } => {
+            let path = format!(
+                "/api/v1/destinations/{}/{}/{}",
+                seg(facility),
+                seg(service),
+                seg(destination)
+            );
+            let _: Value = c.edit(Method::DELETE, &path, None).await?;
+            return print_or_json(json, &json!({"removed": destination}), || {
+                format!("removed destination {destination} of {facility}/{service}")
+            });
+        }
+    };
+    let rows = list
+        .iter()
+        .map(|d| {
+            vec![
+                d.facility.clone(),
+                d.service.clone(),
+                d.destination.clone(),
+                format!("{:?}", d.channel).to_lowercase(),
+                if d.blocked { "blocked".into() } else { String::new() },
+            ]
+        })
+        .collect();
+    print_or_json(json, &list, || {
+        table(&["facility", "service", "destination", "channel", ""], rows)
+    })
+}
+
+pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        PropagationCmd::Status { facility } => {
+            let tasks = status(c, facility.as_deref()).await?;
+            if json {
+                return print_json(&tasks);
+            }
+            println!("{}", status_table(&tasks, std::io::stdout().is_terminal()));
+            Ok(())
+        }
+        PropagationCmd::Force {
+            facility,
+            service,
+            no_wait,
+            timeout,
+        } => {
+            force(
+                c,
+                facility,
+                service.as_deref(),
+                !no_wait,
+                Duration::from_secs(*timeout),
+                json,
+            )
+            .await
+        }
+        PropagationCmd::Block {
+            facility,
+            service,
+            destination,
+        } => block(c, facility, service, destination.as_deref(), true, json).await,
+        PropagationCmd::Unblock {
+            facility,
+            service,
+            destination,
+        } => block(c, facility, service, destination.as_deref(), false, json).await,
+        PropagationCmd::Gen {
+            service,
+            facility,
+            destination,
+            out,
+        } => {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("service", service)
+                .append_pair("facility", facility)
+                .append_pair("destination", destination);
+            let resp = c
+                .request(
+                    Method::GET,
+                    &format!("/api/v1/propagation/bundle?{}", q.finish()),
+                    None,
+                    None,
+                )
+                .await?;
+            let bytes = resp.bytes().await.context("reading the bundle")?;
+            if out == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes)?;
+            } else {
+                std::fs::write(out, &bytes).with_context(|| format!("cannot write {out}"))?;
+                if !json {
+                    eprintln!("wrote {} bytes to {out}", bytes.len());
+                }
+            }
+            Ok(())
+        }
+        PropagationCmd::Key => {
+            let v: Value = c.get("/api/v1/propagation/key").await?;
+            print_or_json(json, &v, || v["public_key"].as_str().unwrap_or_default().to_owned())
+        }
+    }
+}
+
+async fn status(c: &Client, facility: Option<&str>) -> anyhow::Result<Vec<Task>> {
+    let path = match facility {
+        Some(f) => format!("/api/v1/propagation?facility={}", seg(f)),
+        None => "/api/v1/propagation".into(),
+    };
+    let v: Value = c.get(&path).await?;
+    Ok(serde_json::from_value(v["tasks"].clone())?)
+}
+
+fn paint(s: &str, colour: bool) -> String {
+    if !colour {
+        return s.to_owned();
+    }
+    let code = match s {
+        "DONE" => "32",
+        "WARNING" | "PLANNED" | "SENDING" | "GENERATING" | "GENERATED" | "PENDING" => "33",
+        "DENIED" | "WAITING" => "2",
+        _ => "31",
+    };
+    format!("\x1b[{code}m{s}\x1b[0m")
+}
+
+fn status_table(tasks: &[Task], colour: bool) -> String {
+    let mut rows = Vec::new();
+    for t in tasks {
+        if t.results.is_empty() {
+            let error = t.error.clone().unwrap_or_default();
+            rows.push(vec![
+                t.facility.clone(),
+                t.service.clone(),
+                "-".into(),
+                paint(t.state.as_str(), colour),
+                String::new(),
+                error,
+            ]);
+        }
+        for (dest, r) in &t.results {
+            let status = serde_json::to_value(r.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let last_error = if r.status == DestStatus::Done {
+                String::new()
+            } else {
+                let first = r.stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+                format!("{} {}", r.last_error.clone().unwrap_or_default(), first)
+            };
+            rows.push(vec![
+                t.facility.clone(),
+                t.service.clone(),
+                dest.clone(),
+                paint(&status.unwrap_or_default(), colour),
+                r.last_success.clone().unwrap_or_default(),
+                last_error.trim().to_owned(),
+            ]);
+        }
+    }
+    table(
+        &[
+            "facility",
+            "service",
+            "destination",
+            "state",
+            "last success",
+            "last error",
+        ],
+        rows,
+    )
+}
+
+async fn force(
+    c: &Client,
+    facility: &str,
+    service: Option<&str>,
+    wait: bool,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let before: Vec<Task> = status(c, Some(facility)).await?;
+    let body = json!({"facility": facility, "service": service});
+    let r: Value = c
+        .call(Method::POST, "/api/v1/propagation/force", Some(&body), None)
+        .await?
+        .value;
+    let planned: Vec<String> = serde_json::from_value(r["planned"].clone())?;
+    if !wait {
+        return print_or_json(json, &r, || format!("planned: {}", planned.join(", ")));
+    }
+    let started = |t: &Task| before.iter().find(|b| b.key() == t.key()).map(|b| b.serial);
+    let bar = indicatif::ProgressBar::new(planned.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} tasks")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_message(format!("propagating {facility}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now: Vec<Task> = status(c, Some(facility)).await?;
+        let finished: Vec<&Task> = now
+            .iter()
+            .filter(|t| planned.contains(&t.service))
+            .filter(|t| started(t).is_none_or(|s| t.serial > s) && !t.state.in_flight())
+            .collect();
+        bar.set_position(finished.len() as u64);
+        if finished.len() == planned.len() {
+            bar.finish_and_clear();
+            let tasks: Vec<Task> = finished.into_iter().cloned().collect();
+            if json {
+                return print_json(&tasks);
+            }
+            println!("{}", status_table(&tasks, std::io::stdout().is_terminal()));
+            let failed = tasks
+                .iter()
+                .filter(|t| !matches!(t.state, keel_propagate::TaskState::Done))
+                .count();
+            if failed > 0 {
+                anyhow::bail!("{failed} task(s) did not end DONE");
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bar.abandon();
+            anyhow::bail!(
+                "still propagating after {} s; see `keel propagation status`",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn block(
+    c: &Client,
+    facility: &str,
+    service: &str,
+    destination: Option<&str>,
+    blocked: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let body = json!({"facility": facility, "service": service, "destination": destination, "blocked": blocked});
+    let r: Value = c
+        .call(Method::POST, "/api/v1/propagation/block", Some(&body), None)
+        .await?
+        .value;
+    let what = destination.map_or_else(
+        || format!("{service} on facility {facility}"),
+        |d| format!("{service} to {d}"),
+    );
+    print_or_json(json, &r, || {
+        format!("{} {what}", if blocked { "blocked" } else { "unblocked" })
+    })
+}

@@ -1,0 +1,86 @@
+//! Starting the propagation engine for `keel serve`: its key, its services, its senders.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use keel_bundle::SecretKey;
+use keel_propagate::{Engine, EngineConfig, Senders};
+use keel_store::Db;
+
+use crate::config::PropagationFile;
+
+/// The signing key's default file name in the data directory.
+pub const KEY_FILE: &str = "bundle.key";
+
+/// Reads the signing key, or makes one (mode 0600) on first start.
+pub fn load_or_create_key(path: &Path) -> anyhow::Result<SecretKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            SecretKey::from_base64(&text).with_context(|| format!("{}: not a keel signing key", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(f, "{}", key.to_base64())?;
+            f.sync_all()?;
+            tracing::info!(public_key = %key.public(), "made the bundle signing key; agents must trust this public key");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+pub fn key_path(p: &PropagationFile, data_dir: &Path) -> PathBuf {
+    p.key_file.clone().unwrap_or_else(|| data_dir.join(KEY_FILE))
+}
+
+/// `keel-agent apply`, preferring the keel-agent installed beside this binary.
+fn default_local_command() -> Vec<String> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("keel-agent")))
+        .filter(|p| p.exists());
+    let agent = beside.map_or_else(|| "keel-agent".to_owned(), |p| p.display().to_string());
+    vec![agent, "apply".into()]
+}
+
+pub async fn start(db: Arc<Db>, p: &PropagationFile, data_dir: &Path) -> anyhow::Result<Engine> {
+    let key = load_or_create_key(&key_path(p, data_dir))?;
+    let services = keel_propagate::registry(&p.services).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let d = EngineConfig::default();
+    let secs = |v: Option<u64>, dflt: Duration| v.map_or(dflt, Duration::from_secs);
+    let cfg = EngineConfig {
+        debounce: p.debounce_ms.map_or(d.debounce, Duration::from_millis),
+        parallel: p.parallel.unwrap_or(d.parallel),
+        send_timeout: secs(p.send_timeout_secs, d.send_timeout),
+        recheck: secs(p.recheck_secs, d.recheck).max(Duration::from_secs(1)),
+        refresh: match p.refresh_secs {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => d.refresh,
+        },
+        retry_min: secs(p.retry_min_secs, d.retry_min),
+        retry_max: secs(p.retry_max_secs, d.retry_max),
+        gen: p.generators.clone(),
+    };
+    let mut ssh = p.ssh.clone();
+    if ssh.control_dir.is_none() && !ssh.control_persist.is_empty() {
+        let dir = data_dir.join("ssh");
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        ssh.control_dir = Some(dir);
+    }
+    let senders = Senders {
+        ssh,
+        local: p.local_command.clone().unwrap_or_else(default_local_command),
+    };
+    Ok(Engine::start(db, cfg, key, Arc::new(senders), services).await?)
+}
