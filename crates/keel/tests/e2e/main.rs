@@ -22,6 +22,7 @@ mod durability;
 mod foundation;
 mod propagation;
 mod regression;
+mod sshd;
 mod support;
 mod users;
 mod users_import;

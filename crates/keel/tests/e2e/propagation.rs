@@ -295,3 +295,276 @@ async fn kill9_of_keel_mid_propagation_resumes_after_restart() {
     .await;
     assert!(k.log().contains("resuming propagation tasks"), "{}", k.log());
 }
+
+/// Sends `bundle` to `host` over ssh the way keel does; returns (exit code, stderr).
+fn ssh_apply(ssh_config: &Path, host: &str, bundle: &[u8]) -> (i32, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ssh")
+        .args(["-F", ssh_config.to_str().unwrap(), "-o", "BatchMode=yes", host])
+        .arg(format!("{} apply", agent_bin().display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child.stdin.take().unwrap().write_all(bundle);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn signed(key: &keel_bundle::SecretKey, version: keel_bundle::Version, serial: u64, passwd: &str) -> Vec<u8> {
+    let files = [
+        ("passwd", passwd.to_owned()),
+        ("group", "user:x:10000:\n".into()),
+        ("shadow", String::new()),
+    ];
+    let files: Vec<keel_bundle::File> = files
+        .iter()
+        .map(|(p, d)| keel_bundle::File {
+            path: (*p).into(),
+            mode: 0o644,
+            data: d.clone().into_bytes(),
+        })
+        .collect();
+    let h = keel_bundle::Header {
+        service: "passwd",
+        version,
+        facility: "lan",
+        destination: "host1",
+        run_id: "by-hand",
+        created: "",
+        serial,
+    };
+    keel_bundle::build(key, &h, &files).unwrap()
+}
+
+/// A signed tar with one hostile member, written byte by byte.
+fn hostile(key: &keel_bundle::SecretKey, name: &str, kind: tar::EntryType) -> Vec<u8> {
+    let m = json!({"format": 1, "service": "passwd", "version": "1.0", "facility": "lan", "destination": "host1",
+        "run_id": "x", "created": "", "serial": 9_000_000, "files": []});
+    let json = serde_json::to_vec(&m).unwrap();
+    let sig = key.sign(&json);
+    let mut t = tar::Builder::new(Vec::new());
+    for (n, k, d) in [
+        ("MANIFEST.json", tar::EntryType::Regular, &json[..]),
+        ("MANIFEST.sig", tar::EntryType::Regular, &sig[..]),
+        (name, kind, b"evil:x:0:0::/:/bin/sh\n"),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(k);
+        h.set_mode(0o644);
+        if k.is_symlink() {
+            h.set_size(0);
+            t.append_link(&mut h, n, "/etc/shadow").unwrap();
+            continue;
+        }
+        h.set_size(d.len() as u64);
+        h.as_old_mut().name[..n.len()].copy_from_slice(n.as_bytes());
+        h.set_cksum();
+        t.append(&h, d).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+#[tokio::test]
+async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sshd = crate::sshd::Sshd::start(&tmp.path().join("sshd"));
+    let agent_cfg = |n: &str| tmp.path().join(n).join("agent.toml");
+    let names = ["host1", "host2", "host3", "host4"];
+    let cfgs: Vec<PathBuf> = names.iter().map(|n| agent_cfg(n)).collect();
+    let pairs: Vec<(&str, &Path)> = names.iter().copied().zip(cfgs.iter().map(PathBuf::as_path)).collect();
+    let ssh_config = sshd.client_config(&pairs);
+    let config = format!(
+        "[propagation]\ndebounce_ms = 100\nretry_min_secs = 1\nsend_timeout_secs = 30\n\
+         [propagation.ssh]\nconfig_file = \"{}\"\nremote_command = \"{} apply\"\ncontrol_persist = \"\"\nconnect_timeout_secs = 3\n",
+        ssh_config.display(),
+        agent_bin().display()
+    );
+    let k = Keel::start_with_config(&config, &[]);
+    let pk = public_key(&k).await;
+    let hosts: Vec<AgentHost> = names
+        .iter()
+        .map(|n| {
+            // host3's agent knows itself by another name: it must refuse what is addressed to host3.
+            let fqdn = if *n == "host3" { "elsewhere.example.org" } else { n };
+            AgentHost::new(tmp.path(), n, fqdn, &pk, "")
+        })
+        .collect();
+    let before3 = hosts[2].read("etc/passwd");
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "lan", "groups": ["user"], "services": ["passwd"]})),
+    )
+    .await;
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "staff", "groups": ["orga"], "services": ["passwd"]})),
+    )
+    .await;
+    let out = k.cli(&[
+        "destination",
+        "add",
+        "--facility",
+        "lan",
+        "--service",
+        "passwd",
+        "host1",
+        "root@host2",
+        "host3",
+        "unreachable",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.cli(&[
+        "destination",
+        "add",
+        "--facility",
+        "staff",
+        "--service",
+        "passwd",
+        "host4",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    add_user(&k, "alice", "user").await;
+    add_user(&k, "olga", "orga").await;
+    eventually(30, "alice on host1 and host2, olga on host4", async || {
+        hosts[0].read("etc/passwd").contains("alice:x:")
+            && hosts[1].read("etc/shadow").contains("alice:!:")
+            && hosts[3].read("etc/passwd").contains("olga:x:")
+    })
+    .await;
+    assert!(
+        !hosts[0].read("etc/passwd").contains("olga"),
+        "lan does not receive orga"
+    );
+    assert!(
+        !hosts[3].read("etc/passwd").contains("alice"),
+        "staff does not receive users"
+    );
+    eventually(30, "results for every lan destination", async || {
+        let r = task_state(&k, "lan", "passwd").await.1;
+        ["host1", "root@host2", "host3", "unreachable"]
+            .iter()
+            .all(|d| r[d]["status"] != Value::Null)
+            && r["host3"]["status"] != "PENDING"
+    })
+    .await;
+    let (state, r) = task_state(&k, "lan", "passwd").await;
+    assert_eq!(r["host1"]["status"], "DONE", "{r}");
+    assert_eq!(r["root@host2"]["status"], "DONE", "{r}");
+    assert_eq!(r["host3"]["status"], "DENIED", "not whitelisted: {r}");
+    assert_eq!(r["host3"]["exit_code"], 2, "{r}");
+    assert_eq!(
+        hosts[2].read("etc/passwd"),
+        before3,
+        "nothing written on a host that refused"
+    );
+    assert_eq!(r["unreachable"]["status"], "ERROR", "{r}");
+    // SENDERROR, or already planned again for the retry.
+    assert!(
+        ["SENDERROR", "PLANNED", "GENERATING", "GENERATED", "SENDING"].contains(&state.as_str()),
+        "{state}"
+    );
+    // The unreachable destination is retried; the others are not resent (their digest holds).
+    let done_at = r["host1"]["at"].clone();
+    eventually(30, "the unreachable destination retried", async || {
+        task_state(&k, "lan", "passwd").await.1["unreachable"]["failures"].as_u64() >= Some(2)
+    })
+    .await;
+    assert_eq!(
+        task_state(&k, "lan", "passwd").await.1["host1"]["at"],
+        done_at,
+        "host1 was not resent"
+    );
+    let out = k.cli(&["propagation", "status", "--facility", "lan"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("unreachable") && text.contains("ERROR") && text.contains("DENIED"),
+        "{text}"
+    );
+
+    // Hostile bundles over the same ssh path, each refused with its own code, host1 untouched.
+    let key_text = std::fs::read_to_string(k.data().join("bundle.key")).unwrap();
+    let key = keel_bundle::SecretKey::from_base64(&key_text).unwrap();
+    let stranger = keel_bundle::SecretKey::generate().unwrap();
+    let v1 = keel_bundle::Version::new(1, 0);
+    let good = signed(&key, v1, 5_000_000, "zed:x:10500:10000::/home/zed:/bin/sh\n");
+    let mut tampered = good.clone();
+    let at = tampered.windows(3).position(|w| w == b"zed").unwrap();
+    tampered[at] = b'Z';
+    let before1 = hosts[0].read("etc/passwd");
+    for (what, bundle, code) in [
+        ("tampered", tampered, 4),
+        (
+            "signed by another key",
+            signed(&stranger, v1, 5_000_000, "x:x:10501:10000::/:/bin/sh\n"),
+            5,
+        ),
+        (
+            "wrong major",
+            signed(
+                &key,
+                keel_bundle::Version::new(2, 0),
+                5_000_000,
+                "y:x:10502:10000::/:/bin/sh\n",
+            ),
+            200,
+        ),
+        (
+            "a .. member",
+            hostile(&key, "../../etc/passwd", tar::EntryType::Regular),
+            4,
+        ),
+        ("a symlink member", hostile(&key, "passwd", tar::EntryType::Symlink), 4),
+        (
+            "an absolute member",
+            hostile(&key, "/etc/passwd", tar::EntryType::Regular),
+            4,
+        ),
+    ] {
+        let (got, stderr) = ssh_apply(&ssh_config, "host1", &bundle);
+        assert_eq!(got, code, "{what}: {stderr}");
+        assert_eq!(hosts[0].read("etc/passwd"), before1, "{what}: nothing written");
+    }
+    // A failing pre hook: refused, nothing written.
+    hosts[0].hook("passwd", "pre_10_fail", "echo 'maintenance' >&2; exit 1");
+    let (got, stderr) = ssh_apply(&ssh_config, "host1", &good);
+    assert_eq!(got, 7, "{stderr}");
+    assert_eq!(hosts[0].read("etc/passwd"), before1);
+    // A concurrent run: refused while the first holds the lock.
+    std::fs::remove_dir_all(hosts[0].dir.join("agent.d")).unwrap();
+    let started = tmp.path().join("slow-started");
+    hosts[0].hook(
+        "passwd",
+        "pre_10_slow",
+        &format!("touch {}; sleep 2", started.display()),
+    );
+    let first = {
+        let (cfg, good) = (ssh_config.clone(), good.clone());
+        std::thread::spawn(move || ssh_apply(&cfg, "host1", &good))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(Instant::now() < deadline, "the first run never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (got, stderr) = ssh_apply(&ssh_config, "host1", &signed(&key, v1, 5_000_001, ""));
+    assert_eq!(got, 3, "concurrent run: {stderr}");
+    assert_eq!(first.join().unwrap().0, 0, "the first run completes");
+    assert!(hosts[0].read("etc/passwd").contains("zed:x:10500"));
+    // Replaying it, or an older one, is refused; the host keeps the newer state.
+    let (got, _) = ssh_apply(
+        &ssh_config,
+        "host1",
+        &signed(&key, v1, 4_999_999, "old:x:10503:10000::/:/bin/sh\n"),
+    );
+    assert_eq!(got, 6, "an older serial");
+    assert!(!hosts[0].read("etc/passwd").contains("old:x:"));
+}
