@@ -83,6 +83,7 @@ struct Inner {
     running: Mutex<BTreeSet<TaskId>>,
     sends: Semaphore,
     wake: Notify,
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// A handle on the running engine (cheap to clone).
@@ -143,6 +144,7 @@ impl Engine {
             running: Mutex::new(BTreeSet::new()),
             sends: Semaphore::new(parallel),
             wake: Notify::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let engine = Self { inner };
         let rx = engine.inner.db.subscribe();
@@ -173,9 +175,20 @@ impl Engine {
         lock(&self.inner.queue).is_empty() && lock(&self.inner.running).is_empty()
     }
 
+    /// Stops planning and starting tasks (sends in flight finish). For tests and benchmarks.
+    pub fn shutdown(&self) {
+        self.inner.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.wake.notify_one();
+    }
+
     /// Plans `facility`'s tasks (one service, or all it runs) now, sending even unchanged files.
     /// Returns the tasks planned.
     pub fn force(&self, facility: &str, service: Option<&str>) -> Result<Vec<String>, EngineError> {
+        self.schedule(facility, service, true)
+    }
+
+    /// Plans `facility`'s tasks now; with `force`, unchanged files are sent too.
+    pub fn schedule(&self, facility: &str, service: Option<&str>, force: bool) -> Result<Vec<String>, EngineError> {
         let snap = self.inner.db.snapshot();
         let f = snap
             .facility(facility)
@@ -190,7 +203,7 @@ impl Engine {
             None => f.services.clone(),
         };
         for s in &services {
-            self.plan((facility.to_owned(), s.clone()), Duration::ZERO, true);
+            self.plan((facility.to_owned(), s.clone()), Duration::ZERO, force);
         }
         Ok(services)
     }
@@ -322,6 +335,9 @@ impl Engine {
                 _ = recheck.tick() => self.plan_failed(),
                 _ = refresh.tick() => self.plan_all(true, Duration::ZERO),
             }
+            if self.inner.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
             self.start_due();
         }
     }
@@ -345,26 +361,30 @@ impl Engine {
     fn start_due(&self) {
         let now = Instant::now();
         let due: Vec<(TaskId, bool)> = {
+            // Both locks at once: a task is always in the queue or running, so is_idle never
+            // sees a gap between the two.
             let mut q = lock(&self.inner.queue);
-            let running = lock(&self.inner.running);
+            let mut running = lock(&self.inner.running);
             let ids: Vec<TaskId> = q
                 .iter()
                 .filter(|(id, p)| p.due <= now && !running.contains(*id))
                 .map(|(id, _)| id.clone())
                 .collect();
-            ids.into_iter()
+            let due: Vec<(TaskId, bool)> = ids
+                .into_iter()
                 .filter_map(|id| q.remove(&id).map(|p| (id, p.force)))
-                .collect()
+                .collect();
+            running.extend(due.iter().map(|(id, _)| id.clone()));
+            due
         };
         for (id, force) in due {
-            lock(&self.inner.running).insert(id.clone());
             let engine = self.clone();
             tokio::spawn(async move {
                 let retry = engine.inner.clone().run_task(&id, force).await;
-                lock(&engine.inner.running).remove(&id);
                 if let Some(delay) = retry {
-                    engine.plan(id, delay, false);
+                    engine.plan(id.clone(), delay, false);
                 }
+                lock(&engine.inner.running).remove(&id);
                 engine.inner.wake.notify_one();
             });
         }

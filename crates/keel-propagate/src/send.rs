@@ -44,6 +44,10 @@ pub struct SshConfig {
     pub control_persist: String,
     /// Where the control sockets live (default: `<data dir>/ssh`).
     pub control_dir: Option<PathBuf>,
+    /// The socket's name in `control_dir` (ssh's tokens; default `%C`, one connection per
+    /// user, host and port). Destinations that are names of one sshd but must reach different
+    /// agent configs (tests, benchmarks) need `%n`.
+    pub control_name: String,
     /// More `-o` options, e.g. `StrictHostKeyChecking=accept-new`.
     pub options: Vec<String>,
 }
@@ -59,6 +63,7 @@ impl Default for SshConfig {
             remote_command: "keel-agent apply".into(),
             control_persist: "300".into(),
             control_dir: None,
+            control_name: "%C".into(),
             options: Vec::new(),
         }
     }
@@ -104,7 +109,8 @@ impl Senders {
         if !s.control_persist.is_empty() {
             if let Some(dir) = &s.control_dir {
                 c.args(["-o", "ControlMaster=auto"]);
-                c.arg("-o").arg(format!("ControlPath={}/%C", dir.display()));
+                c.arg("-o")
+                    .arg(format!("ControlPath={}/{}", dir.display(), s.control_name));
                 c.arg("-o").arg(format!("ControlPersist={}", s.control_persist));
             }
         }

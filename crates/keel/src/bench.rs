@@ -19,7 +19,9 @@ pub enum Suite {
     Mdb,
     /// The watch stream: fan-out latency to 1,000 subscribers, bulk fan-out, memory per subscriber.
     Watch,
-    /// Both.
+    /// Propagation: passwd for many users to many ssh destinations (starts its own sshd).
+    Propagation,
+    /// All of them.
     All,
 }
 
@@ -37,6 +39,12 @@ pub struct BenchArgs {
     /// Machines for the large full-query measurement.
     #[arg(long, default_value_t = 10_000)]
     machines: u32,
+    /// Users for the propagation measurements.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// ssh destinations for the propagation measurements.
+    #[arg(long, default_value_t = 200)]
+    destinations: usize,
     /// Seconds of query(mac=) load.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -108,6 +116,13 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             crate::bench_watch::print(&report, args.subscribers);
         }
         out.insert("watch".into(), serde_json::to_value(&report)?);
+    }
+    if matches!(args.suite, Suite::Propagation | Suite::All) {
+        let report = crate::bench_propagation::run(&dir.join("propagation"), args.users, args.destinations).await?;
+        if !json {
+            crate::bench_propagation::print(&report);
+        }
+        out.insert("propagation".into(), serde_json::to_value(&report)?);
     }
     if json {
         print_json(&out)?;

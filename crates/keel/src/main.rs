@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
+mod bench_propagation;
 mod bench_watch;
 mod cmd;
 mod config;
@@ -16,6 +17,7 @@ mod output;
 mod propagation;
 mod serve;
 mod sheet;
+mod sshd;
 
 use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
 

@@ -22,6 +22,7 @@ mod durability;
 mod foundation;
 mod propagation;
 mod regression;
+#[path = "../../src/sshd.rs"]
 mod sshd;
 mod support;
 mod users;

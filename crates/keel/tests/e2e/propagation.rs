@@ -372,12 +372,12 @@ fn hostile(key: &keel_bundle::SecretKey, name: &str, kind: tar::EntryType) -> Ve
 #[tokio::test]
 async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users() {
     let tmp = tempfile::tempdir().unwrap();
-    let sshd = crate::sshd::Sshd::start(&tmp.path().join("sshd"));
+    let sshd = crate::sshd::Sshd::start(&tmp.path().join("sshd")).unwrap();
     let agent_cfg = |n: &str| tmp.path().join(n).join("agent.toml");
     let names = ["host1", "host2", "host3", "host4"];
     let cfgs: Vec<PathBuf> = names.iter().map(|n| agent_cfg(n)).collect();
     let pairs: Vec<(&str, &Path)> = names.iter().copied().zip(cfgs.iter().map(PathBuf::as_path)).collect();
-    let ssh_config = sshd.client_config(&pairs);
+    let ssh_config = sshd.client_config(&pairs).unwrap();
     let config = format!(
         "[propagation]\ndebounce_ms = 100\nretry_min_secs = 1\nsend_timeout_secs = 30\n\
          [propagation.ssh]\nconfig_file = \"{}\"\nremote_command = \"{} apply\"\ncontrol_persist = \"\"\nconnect_timeout_secs = 3\n",

@@ -1,0 +1,401 @@
+//! `keel bench propagation`: `passwd` for many users to many ssh destinations on loopback, beside
+//! the cost of as many bare `ssh host true`; GEN and agent apply on their own.
+//!
+//! Everything runs here: a real sshd (on 127.0.0.1, killed at the end), one keel-agent config and
+//! root per destination, the engine in this process on its own SQLite database.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use keel_bundle::SecretKey;
+use keel_model::{Channel, Destination, Facility, Group, Login, Pools, Principal, UidRange, User};
+use keel_propagate::{DestStatus, Engine, EngineConfig, Senders, SshConfig};
+use keel_store::{Db, SqliteStore, Write};
+
+use crate::bench::percentile;
+use crate::output::table;
+use crate::sshd::Sshd;
+
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct PropReport {
+    pub users: usize,
+    pub destinations: usize,
+    pub gen_ms: f64,
+    pub agent_apply_ms: f64,
+    pub agent_unchanged_ms: f64,
+    pub bare_ssh_secs: f64,
+    pub cold_secs: f64,
+    pub warm_secs: f64,
+    pub unchanged_ms: f64,
+    pub unchanged_sent: usize,
+    pub not_done: usize,
+    /// The first failure's status and stderr, when some destination is not DONE.
+    pub first_failure: Option<String>,
+}
+
+const HASH: &str = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
+
+fn users(n: usize) -> anyhow::Result<Vec<User>> {
+    (0..n)
+        .map(|i| {
+            Ok(User {
+                login: Login::parse("login", &format!("user{i:05}"))?,
+                firstname: "Bench".into(),
+                lastname: format!("User {i}"),
+                group: Group::User,
+                uid: 100_000 + u32::try_from(i)?,
+                shell: "/bin/bash".into(),
+                ssh_keys: Vec::new(),
+                password_hash: HASH.into(),
+                password_changed: false,
+                version: 0,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn run(dir: &Path, n_users: usize, n_dests: usize) -> anyhow::Result<PropReport> {
+    std::fs::create_dir_all(dir)?;
+    let dir = std::fs::canonicalize(dir)?;
+    let agent = agent_bin()?;
+    let mut r = PropReport {
+        users: n_users,
+        destinations: n_dests,
+        ..Default::default()
+    };
+    let all = users(n_users)?;
+    r.gen_ms = gen_ms(&all);
+    let key = SecretKey::generate()?;
+    eprintln!("bench: keel-agent apply of passwd for {n_users} users");
+    (r.agent_apply_ms, r.agent_unchanged_ms) = agent_apply(&dir.join("apply"), &agent, &key, &all)?;
+    eprintln!("bench: starting sshd and {n_dests} agents");
+    let sshd = Sshd::start(&dir.join("sshd"))?;
+    let names: Vec<String> = (0..n_dests).map(|i| format!("h{i:03}")).collect();
+    let configs: Vec<PathBuf> = names
+        .iter()
+        .map(|n| make_agent(&dir.join("agents"), n, &key))
+        .collect::<anyhow::Result<_>>()?;
+    let pairs: Vec<(&str, &Path)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(configs.iter().map(PathBuf::as_path))
+        .collect();
+    let ssh_config = sshd.client_config(&pairs)?;
+    eprintln!("bench: {n_dests} bare `ssh host true`, 64 at a time");
+    r.bare_ssh_secs = bare_ssh(&ssh_config, &names).await?;
+    let db = setup_db(&dir.join("db"), &all, &names).await?;
+    let ssh = |persist: &str| SshConfig {
+        config_file: Some(ssh_config.clone()),
+        remote_command: format!("{} apply", agent.display()),
+        control_persist: persist.into(),
+        control_dir: Some(dir.join("ctl")),
+        // Every destination is the same sshd: one master each, or they would share h000's.
+        control_name: "%n".into(),
+        ..SshConfig::default()
+    };
+    std::fs::create_dir_all(dir.join("ctl"))?;
+    eprintln!("bench: cold propagation (a new ssh connection per destination)");
+    let (engine, secs) = start_engine(&db, ssh(""), SecretKey::from_base64(&key.to_base64())?).await?;
+    r.cold_secs = secs;
+    r.not_done = not_done(&engine, n_dests);
+    r.first_failure = first_failure(&engine);
+    eprintln!("bench: unchanged re-run");
+    let before = sent_at(&engine);
+    r.unchanged_ms = timed(&engine, false).await? * 1000.0;
+    let after = sent_at(&engine);
+    r.unchanged_sent = after.iter().filter(|(d, at)| before.get(*d) != Some(at)).count();
+    engine.shutdown();
+    eprintln!("bench: warm propagation (connections kept open)");
+    let (engine, _) = start_engine(&db, ssh("120"), key).await?;
+    timed(&engine, true).await?; // opens the master connections
+    r.warm_secs = timed(&engine, true).await?;
+    r.not_done += not_done(&engine, n_dests);
+    r.first_failure = r.first_failure.or_else(|| first_failure(&engine));
+    engine.shutdown();
+    drop(sshd);
+    Ok(r)
+}
+
+fn agent_bin() -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?.with_file_name("keel-agent");
+    ensure!(
+        p.exists(),
+        "{} is missing: cargo build --release -p keel-agent",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// GEN of passwd for every user: the median of 20 runs.
+fn gen_ms(all: &[User]) -> f64 {
+    let input = keel_gen::Input {
+        facility: "bench",
+        users: all.iter().collect(),
+        machines: Vec::new(),
+    };
+    let opts = keel_gen::Options::default();
+    let times: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(keel_gen::passwd(&input, &opts));
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    percentile(&times, 0.5)
+}
+
+fn make_agent(parent: &Path, name: &str, key: &SecretKey) -> anyhow::Result<PathBuf> {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(dir.join("root/etc"))?;
+    std::fs::write(dir.join("root/etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n")?;
+    std::fs::write(dir.join("root/etc/group"), "root:x:0:\n")?;
+    std::fs::write(dir.join("root/etc/shadow"), "root:*:19000:0:99999:7:::\n")?;
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "fqdn = \"{name}\"\ntrusted_keys = [\"{}\"]\nroot_dir = \"{}\"\n",
+            key.public(),
+            dir.join("root").display()
+        ),
+    )?;
+    Ok(cfg)
+}
+
+/// keel-agent on a fresh root, then the same files again under a new serial: medians of 5.
+fn agent_apply(dir: &Path, agent: &Path, key: &SecretKey, all: &[User]) -> anyhow::Result<(f64, f64)> {
+    let input = keel_gen::Input {
+        facility: "bench",
+        users: all.iter().collect(),
+        machines: Vec::new(),
+    };
+    let files = keel_gen::passwd(&input, &keel_gen::Options::default());
+    let bundle = |serial| {
+        let h = keel_bundle::Header {
+            service: "passwd",
+            version: keel_bundle::Version::new(1, 0),
+            facility: "bench",
+            destination: "h000",
+            run_id: "bench",
+            created: "",
+            serial,
+        };
+        keel_bundle::build(key, &h, &files)
+    };
+    let (first, second) = (bundle(1)?, bundle(2)?);
+    let (mut fresh, mut same) = (Vec::new(), Vec::new());
+    for i in 0..5 {
+        let cfg = make_agent(&dir.join(format!("run{i}")), "h000", key)?;
+        fresh.push(apply_once(agent, &cfg, &first)?);
+        same.push(apply_once(agent, &cfg, &second)?);
+    }
+    Ok((percentile(&fresh, 0.5), percentile(&same, 0.5)))
+}
+
+fn apply_once(agent: &Path, cfg: &Path, bundle: &[u8]) -> anyhow::Result<f64> {
+    use std::io::Write as _;
+    let t = Instant::now();
+    let mut child = std::process::Command::new(agent)
+        .arg("--config")
+        .arg(cfg)
+        .arg("apply")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(bundle)?;
+    let out = child.wait_with_output()?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    ensure!(
+        out.status.success(),
+        "keel-agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(ms)
+}
+
+/// `ssh host true` to every destination, 64 at a time (the engine's default): wall time.
+async fn bare_ssh(cfg: &Path, names: &[String]) -> anyhow::Result<f64> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let t = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for n in names {
+        let (limit, cfg, n) = (limit.clone(), cfg.to_owned(), n.clone());
+        set.spawn(async move {
+            let _p = limit.acquire().await;
+            tokio::process::Command::new("ssh")
+                .args(["-o", "BatchMode=yes", "-F"])
+                .arg(&cfg)
+                .args([n.as_str(), "true"])
+                .stdin(std::process::Stdio::null())
+                .status()
+                .await
+        });
+    }
+    while let Some(s) = set.join_next().await {
+        ensure!(s??.success(), "a bare ssh failed: is sshd reachable?");
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+async fn setup_db(dir: &Path, all: &[User], names: &[String]) -> anyhow::Result<Arc<Db>> {
+    std::fs::create_dir_all(dir)?;
+    let mut pools = Pools::default();
+    pools.uids.user = UidRange {
+        first: 100_000,
+        last: 999_999,
+    };
+    let store = SqliteStore::open(&dir.join("keel.db")).await?;
+    let db = Arc::new(Db::open(Arc::new(store), pools).await?);
+    let who = Principal::system();
+    db.write(&who, |_, _| all.iter().map(|u| Write::put(u, Some(0), false)).collect())
+        .await?;
+    let services: BTreeSet<String> = ["passwd".to_owned()].into();
+    let facility = Facility {
+        name: "bench".into(),
+        managers: Vec::new(),
+        groups: vec![Group::User],
+        members: Vec::new(),
+        services: vec!["passwd".into()],
+        blocked: Vec::new(),
+        version: 0,
+    };
+    db.put_facility(&who, facility, 0, &services).await?;
+    for n in names {
+        let d = Destination {
+            facility: "bench".into(),
+            service: "passwd".into(),
+            destination: n.clone(),
+            channel: Channel::Ssh,
+            blocked: false,
+            version: 0,
+        };
+        db.put_destination(&who, d, 0, &services).await?;
+    }
+    Ok(db)
+}
+
+/// Starts an engine (it plans every task at start) and waits for it to settle: seconds taken.
+async fn start_engine(db: &Arc<Db>, ssh: SshConfig, key: SecretKey) -> anyhow::Result<(Engine, f64)> {
+    let cfg = EngineConfig {
+        debounce: Duration::ZERO,
+        retry_min: Duration::from_secs(3600),
+        ..EngineConfig::default()
+    };
+    let senders = Senders { ssh, local: Vec::new() };
+    let t = Instant::now();
+    let engine = Engine::start(
+        db.clone(),
+        cfg,
+        key,
+        Arc::new(senders),
+        keel_propagate::registry(&Default::default()).map_err(anyhow::Error::msg)?,
+    )
+    .await?;
+    settle(&engine).await?;
+    Ok((engine, t.elapsed().as_secs_f64()))
+}
+
+async fn timed(engine: &Engine, force: bool) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    engine.schedule("bench", Some("passwd"), force)?;
+    settle(engine).await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+async fn settle(engine: &Engine) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !engine.is_idle() {
+        if Instant::now() > deadline {
+            bail!("propagation did not settle within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// When each destination was last sent to.
+fn sent_at(engine: &Engine) -> std::collections::BTreeMap<String, String> {
+    engine
+        .status(Some("bench"))
+        .into_iter()
+        .flat_map(|t| t.results.into_iter().map(|(d, r)| (d, r.at)))
+        .collect()
+}
+
+fn first_failure(engine: &Engine) -> Option<String> {
+    engine.status(Some("bench")).into_iter().find_map(|t| {
+        let all: Vec<String> = t
+            .results
+            .into_iter()
+            .filter(|(_, r)| r.status != DestStatus::Done)
+            .map(|(d, r)| {
+                format!(
+                    "{d}: {:?} exit {:?} serial {}: {}",
+                    r.status,
+                    r.exit_code,
+                    r.serial,
+                    r.stderr.trim()
+                )
+            })
+            .collect();
+        (!all.is_empty()).then(|| all.join(" | "))
+    })
+}
+
+fn not_done(engine: &Engine, n: usize) -> usize {
+    let tasks = engine.status(Some("bench"));
+    let done = tasks
+        .iter()
+        .flat_map(|t| t.results.values())
+        .filter(|r| r.status == DestStatus::Done)
+        .count();
+    n.saturating_sub(done)
+}
+
+pub(crate) fn print(r: &PropReport) {
+    let rows = vec![
+        vec![
+            format!("GEN passwd, {} users", r.users),
+            format!("{:.2} ms (median of 20)", r.gen_ms),
+            "< 10 ms".into(),
+        ],
+        vec![
+            format!("keel-agent apply, {} users", r.users),
+            format!(
+                "{:.1} ms; unchanged {:.1} ms (process included)",
+                r.agent_apply_ms, r.agent_unchanged_ms
+            ),
+            "< 50 ms".into(),
+        ],
+        vec![
+            format!("cold: passwd to {} ssh destinations", r.destinations),
+            format!(
+                "{:.2} s = {:.2}× {} bare `ssh host true` ({:.2} s)",
+                r.cold_secs,
+                r.cold_secs / r.bare_ssh_secs.max(1e-9),
+                r.destinations,
+                r.bare_ssh_secs
+            ),
+            "≤ 1.3×".into(),
+        ],
+        vec![
+            "warm (ControlMaster kept open)".into(),
+            format!("{:.2} s", r.warm_secs),
+            "< 5 s".into(),
+        ],
+        vec![
+            "unchanged re-run".into(),
+            format!("{:.1} ms, {} sent", r.unchanged_ms, r.unchanged_sent),
+            "< 200 ms".into(),
+        ],
+        vec!["destinations not DONE".into(), r.not_done.to_string(), "0".into()],
+    ];
+    println!("{}", table(&["measure", "result", "target"], rows));
+    if let Some(f) = &r.first_failure {
+        println!("first failure: {f}");
+    }
+}
