@@ -248,6 +248,12 @@ impl Engine {
     }
 
     fn plan(&self, id: TaskId, delay: Duration, force: bool) {
+        self.plan_marked(id, delay, force, true);
+    }
+
+    /// Plans a task; `mark` shows it as PLANNED (a retry does not: its failure stays visible
+    /// until it runs again).
+    fn plan_marked(&self, id: TaskId, delay: Duration, force: bool, mark: bool) {
         let due = Instant::now() + delay;
         {
             let mut q = lock(&self.inner.queue);
@@ -258,7 +264,7 @@ impl Engine {
         {
             let mut tasks = lock(&self.inner.tasks);
             let t = tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1));
-            if !t.state.in_flight() || t.state == TaskState::Planned {
+            if mark && !t.state.in_flight() {
                 t.state = TaskState::Planned;
             }
         }
@@ -382,7 +388,7 @@ impl Engine {
             tokio::spawn(async move {
                 let retry = engine.inner.clone().run_task(&id, force).await;
                 if let Some(delay) = retry {
-                    engine.plan(id.clone(), delay, false);
+                    engine.plan_marked(id.clone(), delay, false, false);
                 }
                 lock(&engine.inner.running).remove(&id);
                 engine.inner.wake.notify_one();
@@ -555,7 +561,10 @@ impl Inner {
         }
         while let Some(done) = sends.join_next().await {
             let Ok((dest, last, out)) = done else { continue };
-            let r = result(last, &out, task);
+            let mut r = result(last, &out, task);
+            if r.retry_at.is_some() {
+                r.retry_at = Some(unix_now() + self.backoff(r.failures).as_secs());
+            }
             tracing::debug!(task = %task.key(), %dest, status = ?r.status, "sent");
             self.update(id, |t| {
                 t.results.insert(dest, r);
@@ -620,7 +629,7 @@ fn result(mut r: DestResult, out: &Outcome, task: &Task) -> DestResult {
             r.digest.clear();
             r.last_error = Some(at.clone());
             r.failures += 1;
-            r.retry_at = Some(unix_now() + 5u64.saturating_mul(1 << r.failures.min(10)));
+            r.retry_at = Some(0); // set from the engine's backoff by the caller
         }
     }
     r.at = at;
