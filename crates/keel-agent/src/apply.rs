@@ -81,13 +81,13 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
     let new_state = State {
         serial: m.serial,
         digest,
-        managed: plan.managed.clone(),
+        managed: plan.managed,
     };
-    let mut changes = plan.changes.clone();
+    let mut changes = plan.changes;
     let changed = changes.len();
     changes.push(Change {
         target: state_path,
-        data: Some(serde_json::to_vec_pretty(&new_state).map_err(|e| Fail::new(Code::Io, e.to_string()))?),
+        data: Some(serde_json::to_vec(&new_state).map_err(|e| Fail::new(Code::Io, e.to_string()))?),
         mode: 0o600,
     });
     if let Err(e) = journal.apply(&changes) {

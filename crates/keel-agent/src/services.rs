@@ -2,7 +2,7 @@
 //! list of file changes. Built-ins merge with what the host already has; any other service's files
 //! go to its directory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use keel_bundle::Bundle;
@@ -70,15 +70,12 @@ fn lines(s: &str) -> Vec<(&str, &str)> {
 }
 
 fn check_account_line(file: &str, line: &str, fields: usize) -> Result<(), Fail> {
-    let parts: Vec<&str> = line.split(':').collect();
-    let name_ok = parts[0]
-        .bytes()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
-        && parts[0]
+    let name = line.split(':').next().unwrap_or("");
+    let name_ok = name.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
+        && name
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
-    if parts.len() != fields || !name_ok {
+    if line.bytes().filter(|&c| c == b':').count() + 1 != fields || !name_ok {
         return Err(data_err(format!("{file}: malformed line {line:?}")));
     }
     Ok(())
@@ -87,20 +84,21 @@ fn check_account_line(file: &str, line: &str, fields: usize) -> Result<(), Fail>
 /// Merges keel's entries into one of the host's account files. Lines keel did not write are
 /// kept in place; keel's follow, in the bundle's order. A name the host already has for itself is
 /// refused unless the line is identical (then keel adopts it).
-fn merge_accounts(current: &str, before: &BTreeSet<String>, new: &[(&str, &str)], file: &str) -> Result<String, Fail> {
-    let new_names: BTreeSet<&str> = new.iter().map(|(n, _)| *n).collect();
+fn merge_accounts(current: &str, before: &HashSet<&str>, new: &[(&str, &str)], file: &str) -> Result<String, Fail> {
+    let new_lines: HashMap<&str, &str> = new.iter().copied().collect();
     let mut out = String::with_capacity(current.len() + new.iter().map(|(_, l)| l.len() + 1).sum::<usize>());
     for (name, line) in lines(current) {
         if before.contains(name) {
             continue; // keel's from last time: replaced below or removed
         }
-        if new_names.contains(name) {
-            if new.iter().any(|(n, l)| n == &name && *l == line) {
-                continue; // identical: adopted
+        match new_lines.get(name) {
+            Some(l) if *l == line => continue, // identical: adopted
+            Some(_) => {
+                return Err(data_err(format!(
+                    "{file}: {name:?} exists on this host and is not keel's; refusing to replace it"
+                )))
             }
-            return Err(data_err(format!(
-                "{file}: {name:?} exists on this host and is not keel's; refusing to replace it"
-            )));
+            None => {}
         }
         out.push_str(line);
         out.push('\n');
@@ -114,25 +112,20 @@ fn merge_accounts(current: &str, before: &BTreeSet<String>, new: &[(&str, &str)]
 
 /// Numeric ids (field 2 of passwd and group) of kept host lines and of keel's: uid 0 and
 /// duplicates are refused unless the host's policy allows them.
-fn check_ids(
-    cfg: &Config,
-    file: &str,
-    host: &str,
-    before: &BTreeSet<String>,
-    new: &[(&str, &str)],
-) -> Result<(), Fail> {
+fn check_ids(cfg: &Config, file: &str, host: &str, before: &HashSet<&str>, new: &[(&str, &str)]) -> Result<(), Fail> {
     let id = |line: &str| -> Result<u32, Fail> {
         line.split(':')
             .nth(2)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| data_err(format!("{file}: malformed id in {line:?}")))
     };
-    let new_names: BTreeSet<&str> = new.iter().map(|(n, _)| *n).collect();
-    let mut seen: BTreeMap<u32, String> = BTreeMap::new();
+    let new_names: HashSet<&str> = new.iter().map(|(n, _)| *n).collect();
+    // id → (name, whether it is the host's own); formatted only for an error.
+    let mut seen: HashMap<u32, (&str, bool)> = HashMap::with_capacity(new.len() + 64);
     for (name, line) in lines(host) {
         if !before.contains(name) && !new_names.contains(name) {
             if let Ok(i) = id(line) {
-                seen.insert(i, format!("the host's {name:?}"));
+                seen.insert(i, (name, true));
             }
         }
     }
@@ -143,10 +136,11 @@ fn check_ids(
                 "{file}: {name:?} has id 0; refused (passwd.allow_uid0 = true allows it)"
             )));
         }
-        if let Some(other) = seen.insert(i, format!("{name:?}")) {
+        if let Some((other, host_own)) = seen.insert(i, (name, false)) {
             if !cfg.passwd.allow_duplicate_uids {
+                let whose = if host_own { "the host's " } else { "" };
                 return Err(data_err(format!(
-                    "{file}: {name:?} has id {i}, already used by {other}; refused (passwd.allow_duplicate_uids = true allows it)"
+                    "{file}: {name:?} has id {i}, already used by {whose}{other:?}; refused (passwd.allow_duplicate_uids = true allows it)"
                 )));
             }
         }
@@ -168,7 +162,13 @@ fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
         let path = cfg.target(target);
         let current = read_target(&path)?.unwrap_or_default();
         let current = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;
-        let before: BTreeSet<String> = state.managed.get(file).into_iter().flatten().cloned().collect();
+        let before: HashSet<&str> = state
+            .managed
+            .get(file)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
         if file != "shadow" {
             check_ids(cfg, file, &current, &before, &new)?;
         }

@@ -474,3 +474,22 @@ fn homes_are_created_and_custom_services_land_in_their_directory() {
         "a file gone from the bundle is removed"
     );
 }
+
+#[test]
+fn the_example_config_loads_once_given_a_key() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/agent.toml")).unwrap();
+    let key = SecretKey::generate().unwrap().public().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(
+        &path,
+        text.replace("REPLACE-WITH-THE-OUTPUT-OF-keel-propagation-key", &key),
+    )
+    .unwrap();
+    let cfg = keel_agent::Config::load(&path).unwrap();
+    assert_eq!(cfg.dns_alias_whitelist, ["host1.example.org"]);
+    // As shipped (placeholder key), it refuses to load and says why.
+    std::fs::write(&path, text).unwrap();
+    let e = keel_agent::Config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("trusted_keys"), "{e}");
+}

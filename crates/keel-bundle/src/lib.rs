@@ -20,7 +20,7 @@ pub use keel_model::propagation::destination_host;
 pub use key::{KeyError, PublicKey, SecretKey};
 pub use manifest::{check_rel_path, FileEntry, Manifest, Version, FORMAT};
 pub use read::{Bundle, BundleError, Limits};
-pub use write::{build, manifest as manifest_for, BuildError, File, Header};
+pub use write::{build, manifest as manifest_for, BuildError, File, Header, Prepared};
 
 /// The lower-cased sha256 of `data`, in hex.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -134,7 +134,7 @@ fn members(raw: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, Bund
     let mut total = 0u64;
     let entries = archive.entries().map_err(|e| BundleError::Tar(e.to_string()))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| BundleError::Tar(e.to_string()))?;
+        let entry = entry.map_err(|e| BundleError::Tar(e.to_string()))?;
         let name = String::from_utf8(entry.path_bytes().into_owned()).map_err(|_| BundleError::Member {
             name: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
             reason: "name is not UTF-8".into(),
@@ -158,8 +158,14 @@ fn members(raw: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, Bund
                 files: limits.max_files,
             });
         }
-        let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        entry.read_to_end(&mut data).map_err(|e| refuse(&e.to_string()))?;
+        // The member's bytes, sliced out of the archive in memory (reading the entry would zero
+        // a buffer first, then copy).
+        let start = usize::try_from(entry.raw_file_position()).map_err(|e| refuse(&e.to_string()))?;
+        let end = usize::try_from(size).ok().and_then(|n| start.checked_add(n));
+        let data = end
+            .and_then(|end| raw.get(start..end))
+            .ok_or_else(|| refuse("truncated"))?
+            .to_vec();
         if out.insert(name.clone(), data).is_some() {
             return Err(refuse("appears twice"));
         }

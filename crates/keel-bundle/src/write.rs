@@ -31,47 +31,77 @@ pub struct Header<'a> {
     pub serial: u64,
 }
 
-/// The manifest for `files` (sorted by path) under `h`.
-pub fn manifest(h: &Header<'_>, files: &[File]) -> Manifest {
-    let mut entries: Vec<FileEntry> = files
-        .iter()
-        .map(|f| FileEntry {
-            path: f.path.clone(),
-            mode: f.mode,
-            size: f.data.len() as u64,
-            sha256: crate::sha256_hex(&f.data),
-        })
-        .collect();
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    Manifest {
-        format: FORMAT,
-        service: h.service.to_owned(),
-        version: h.version,
-        facility: h.facility.to_owned(),
-        destination: h.destination.to_owned(),
-        run_id: h.run_id.to_owned(),
-        created: h.created.to_owned(),
-        serial: h.serial,
-        files: entries,
+/// Files with their digests computed once, ready to be signed for any number of destinations.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    files: Vec<File>,
+    entries: Vec<FileEntry>,
+}
+
+impl Prepared {
+    /// Sorts the files by path and hashes each.
+    pub fn new(files: &[File]) -> Self {
+        let mut files = files.to_vec();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let entries = files
+            .iter()
+            .map(|f| FileEntry {
+                path: f.path.clone(),
+                mode: f.mode,
+                size: f.data.len() as u64,
+                sha256: crate::sha256_hex(&f.data),
+            })
+            .collect();
+        Self { files, entries }
+    }
+
+    /// The skip digest these files have under `version` (see [`Manifest::digest`]).
+    pub fn digest(&self, version: Version) -> String {
+        crate::manifest::digest(version, &self.entries)
+    }
+
+    /// The manifest for these files under `h`.
+    pub fn manifest(&self, h: &Header<'_>) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            service: h.service.to_owned(),
+            version: h.version,
+            facility: h.facility.to_owned(),
+            destination: h.destination.to_owned(),
+            run_id: h.run_id.to_owned(),
+            created: h.created.to_owned(),
+            serial: h.serial,
+            files: self.entries.clone(),
+        }
+    }
+
+    /// Builds and signs a bundle. Refuses what an agent would refuse, so a bad generator fails
+    /// on the server, not on a thousand hosts.
+    pub fn build(&self, key: &SecretKey, h: &Header<'_>) -> Result<Vec<u8>, BuildError> {
+        let m = self.manifest(h);
+        m.check().map_err(BuildError::Invalid)?;
+        let json = serde_json::to_vec_pretty(&m).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let sig = key.sign(&json);
+        let mut tar = tar::Builder::new(Vec::with_capacity(
+            self.files.iter().map(|f| f.data.len() + 1024).sum::<usize>() + json.len() + 2048,
+        ));
+        append(&mut tar, "MANIFEST.json", 0o644, &json)?;
+        append(&mut tar, "MANIFEST.sig", 0o644, &sig)?;
+        for f in &self.files {
+            append(&mut tar, &f.path, f.mode, &f.data)?;
+        }
+        Ok(tar.into_inner()?)
     }
 }
 
-/// Builds and signs a bundle. Refuses what an agent would refuse, so a bad generator fails on the
-/// server, not on a thousand hosts.
+/// The manifest for `files` under `h`.
+pub fn manifest(h: &Header<'_>, files: &[File]) -> Manifest {
+    Prepared::new(files).manifest(h)
+}
+
+/// Builds and signs a bundle of `files` (see [`Prepared::build`]).
 pub fn build(key: &SecretKey, h: &Header<'_>, files: &[File]) -> Result<Vec<u8>, BuildError> {
-    let m = manifest(h, files);
-    m.check().map_err(BuildError::Invalid)?;
-    let json = serde_json::to_vec_pretty(&m).map_err(|e| BuildError::Invalid(e.to_string()))?;
-    let sig = key.sign(&json);
-    let mut sorted: Vec<&File> = files.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut tar = tar::Builder::new(Vec::with_capacity(files.iter().map(|f| f.data.len() + 1024).sum()));
-    append(&mut tar, "MANIFEST.json", 0o644, &json)?;
-    append(&mut tar, "MANIFEST.sig", 0o644, &sig)?;
-    for f in sorted {
-        append(&mut tar, &f.path, f.mode, &f.data)?;
-    }
-    Ok(tar.into_inner()?)
+    Prepared::new(files).build(key, h)
 }
 
 fn append(tar: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {

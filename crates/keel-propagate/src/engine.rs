@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use keel_bundle::{File, SecretKey};
+use keel_bundle::{Prepared, SecretKey};
 use keel_model::{Change, Destination, Facility, Kind, Snapshot};
 use keel_store::Db;
 use tokio::sync::{broadcast, Notify, Semaphore};
@@ -224,14 +224,9 @@ impl Engine {
             .await
             .map_err(EngineError::Gen)?;
         let serial = self.next_serial(facility, service).await?;
-        self.inner.bundle(
-            svc,
-            facility,
-            destination,
-            serial,
-            &uuid::Uuid::new_v4().simple().to_string(),
-            &files,
-        )
+        let run_id = uuid::Uuid::new_v4().simple().to_string();
+        self.inner
+            .bundle(svc, facility, destination, serial, &run_id, &Prepared::new(&files))
     }
 
     async fn next_serial(&self, facility: &str, service: &str) -> Result<u64, EngineError> {
@@ -405,7 +400,7 @@ impl Inner {
         destination: &str,
         serial: u64,
         run_id: &str,
-        files: &[File],
+        files: &Prepared,
     ) -> Result<Vec<u8>, EngineError> {
         let created = now();
         let h = keel_bundle::Header {
@@ -417,7 +412,7 @@ impl Inner {
             created: &created,
             serial,
         };
-        keel_bundle::build(&self.key, &h, files).map_err(|e| EngineError::Gen(e.to_string()))
+        files.build(&self.key, &h).map_err(|e| EngineError::Gen(e.to_string()))
     }
 
     async fn save(&self, t: &Task) -> Result<(), EngineError> {
@@ -468,19 +463,9 @@ impl Inner {
                 return Some(self.cfg.retry_min);
             }
         };
-        let digest = keel_bundle::manifest_for(
-            &keel_bundle::Header {
-                service: svc.name(),
-                version: svc.version(),
-                facility: &id.0,
-                destination: "local",
-                run_id: "x",
-                created: "",
-                serial: 0,
-            },
-            &files,
-        )
-        .digest();
+        // Hashed once here, not once per destination.
+        let files = Prepared::new(&files);
+        let digest = files.digest(svc.version());
         let task = self.update(id, |t| {
             t.state = TaskState::Generated;
             t.serial += 1;
@@ -502,7 +487,7 @@ impl Inner {
         svc: &Service,
         facility: &Facility,
         snap: &Snapshot,
-        files: &[File],
+        files: &Prepared,
         task: &Task,
         force: bool,
     ) -> Option<Duration> {

@@ -186,6 +186,9 @@ fn agent_apply(dir: &Path, agent: &Path, key: &SecretKey, all: &[User]) -> anyho
         keel_bundle::build(key, &h, &files)
     };
     let (first, second) = (bundle(1)?, bundle(2)?);
+    // Kept beside the runs (with --dir) to try the agent by hand.
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("bundle.tar"), &first)?;
     let (mut fresh, mut same) = (Vec::new(), Vec::new());
     for i in 0..5 {
         let cfg = make_agent(&dir.join(format!("run{i}")), "h000", key)?;

@@ -212,4 +212,12 @@ mod tests {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
     }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/keel.toml");
+        let cfg = crate::config::FileConfig::read(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(cfg.propagation.parallel, Some(64));
+        keel_propagate::registry(&cfg.propagation.services).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
