@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// ssh destinations for the propagation measurements.
     #[arg(long, default_value_t = 200)]
     destinations: usize,
+    /// Run this on the destinations instead of `keel-agent apply` (e.g. `cat >/dev/null`: what
+    /// the transfer alone costs).
+    #[arg(long)]
+    remote_command: Option<String>,
     /// Seconds of query(mac=) load.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -118,7 +122,13 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
         out.insert("watch".into(), serde_json::to_value(&report)?);
     }
     if matches!(args.suite, Suite::Propagation | Suite::All) {
-        let report = crate::bench_propagation::run(&dir.join("propagation"), args.users, args.destinations).await?;
+        let report = crate::bench_propagation::run(
+            &dir.join("propagation"),
+            args.users,
+            args.destinations,
+            args.remote_command.as_deref(),
+        )
+        .await?;
         if !json {
             crate::bench_propagation::print(&report);
         }

@@ -57,7 +57,14 @@ fn users(n: usize) -> anyhow::Result<Vec<User>> {
         .collect()
 }
 
-pub(crate) async fn run(dir: &Path, n_users: usize, n_dests: usize) -> anyhow::Result<PropReport> {
+/// `remote` replaces `keel-agent apply` on the destinations (e.g. `cat >/dev/null`, to see what
+/// the transfer alone costs).
+pub(crate) async fn run(
+    dir: &Path,
+    n_users: usize,
+    n_dests: usize,
+    remote: Option<&str>,
+) -> anyhow::Result<PropReport> {
     std::fs::create_dir_all(dir)?;
     let dir = std::fs::canonicalize(dir)?;
     let agent = agent_bin()?;
@@ -89,7 +96,7 @@ pub(crate) async fn run(dir: &Path, n_users: usize, n_dests: usize) -> anyhow::R
     let db = setup_db(&dir.join("db"), &all, &names).await?;
     let ssh = |persist: &str| SshConfig {
         config_file: Some(ssh_config.clone()),
-        remote_command: format!("{} apply", agent.display()),
+        remote_command: remote.map_or_else(|| format!("{} apply", agent.display()), str::to_owned),
         control_persist: persist.into(),
         control_dir: Some(dir.join("ctl")),
         // Every destination is the same sshd: one master each, or they would share h000's.
