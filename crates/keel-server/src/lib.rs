@@ -12,6 +12,7 @@ use keel_store::Db;
 use serde_json::json;
 
 mod auth;
+pub mod dns;
 mod error;
 mod metrics;
 mod propagation;

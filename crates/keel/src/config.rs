@@ -24,6 +24,48 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub propagation: PropagationFile,
+    #[serde(default)]
+    pub dns: DnsFile,
+}
+
+/// `[dns]`: the built-in authoritative DNS.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// Serve DNS (default true).
+    pub enabled: Option<bool>,
+    /// UDP and TCP address (default 127.0.0.1:5353; production: 0.0.0.0:53).
+    pub listen: Option<SocketAddr>,
+    /// The forward zone (default `prolo`).
+    pub zone: Option<String>,
+    /// TTL of answers (default 60).
+    pub ttl: Option<u32>,
+    /// The machine named in NS records (default `gw`).
+    pub ns: Option<String>,
+    /// Resolvers for names outside keel's zones (`ip:port`); none: REFUSED.
+    #[serde(default)]
+    pub upstream: Vec<SocketAddr>,
+}
+
+impl DnsFile {
+    pub fn config(&self) -> anyhow::Result<keel_server::dns::DnsConfig> {
+        let d = keel_server::dns::DnsConfig::default();
+        let zone = self
+            .zone
+            .clone()
+            .unwrap_or(d.zone)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        keel_model::propagation::check_fqdn("dns.zone", &zone)?;
+        let ns = self.ns.clone().unwrap_or(d.ns);
+        keel_model::Hostname::parse("dns.ns", &ns)?;
+        Ok(keel_server::dns::DnsConfig {
+            zone,
+            ttl: self.ttl.unwrap_or(d.ttl),
+            ns,
+            upstream: self.upstream.clone(),
+        })
+    }
 }
 
 /// `[propagation]`: the engine that pushes services to destinations.
@@ -123,7 +165,12 @@ pub struct ServeConfig {
     pub keep_changes: u64,
     pub keep_days: Option<u64>,
     pub propagation: PropagationFile,
+    pub dns: DnsFile,
+    pub dns_listen: SocketAddr,
+    /// The DNS address was asked for (a failure to bind it is then an error, not a warning).
+    pub dns_explicit: bool,
 }
 
+pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "keel-data";

@@ -19,7 +19,7 @@ mod serve;
 mod sheet;
 mod sshd;
 
-use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN};
 
 /// keel: one source of truth for a site's machines, users and sessions, pushed live to everything
 /// that depends on it.
@@ -103,6 +103,10 @@ struct ServeArgs {
     /// Address to listen on for HTTP (port 0 picks a free port, written to DATA_DIR/listen.addr).
     #[arg(long, env = "KEEL_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the built-in DNS, UDP and TCP (port 0: a free port, written to
+    /// DATA_DIR/dns.addr). Default 127.0.0.1:5353.
+    #[arg(long, env = "KEEL_DNS_LISTEN")]
+    dns_listen: Option<std::net::SocketAddr>,
     /// Load a small example site into an empty database.
     #[arg(long)]
     example_site: bool,
@@ -134,6 +138,12 @@ impl Cli {
             keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
             keep_days: file.log.keep_days,
             propagation: file.propagation.clone(),
+            dns_explicit: args.dns_listen.is_some() || file.dns.listen.is_some(),
+            dns_listen: args
+                .dns_listen
+                .or(file.dns.listen)
+                .unwrap_or_else(|| DEFAULT_DNS_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
+            dns: file.dns.clone(),
         })
     }
 

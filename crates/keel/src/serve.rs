@@ -19,6 +19,8 @@ pub const LOCK_FILE: &str = "keel.lock";
 pub const TOKEN_FILE: &str = "admin.token";
 /// Written once listening: the address actually bound (useful with port 0).
 pub const ADDR_FILE: &str = "listen.addr";
+/// Written once the DNS listens: its address (UDP and TCP).
+pub const DNS_ADDR_FILE: &str = "dns.addr";
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -50,6 +52,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             .context("cannot start propagation")?;
         state = state.with_engine(engine);
     }
+    if cfg.dns.enabled.unwrap_or(true) {
+        start_dns(&db, &cfg).await?;
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -65,6 +70,27 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     serve_http(listener, keel_server::app(state), stopping).await;
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// Starts the built-in DNS. The default address being taken (another resolver on 5353) is a
+/// warning, so `keel serve` still works on first start; an address asked for is an error.
+async fn start_dns(db: &Arc<Db>, cfg: &ServeConfig) -> anyhow::Result<()> {
+    let dns_cfg = cfg.dns.config().context("invalid [dns] configuration")?;
+    let zones = Arc::new(keel_server::dns::Zones::new(dns_cfg, db.pools()));
+    match keel_server::dns::bind(cfg.dns_listen).await {
+        Ok((udp, tcp)) => {
+            let addr = udp.local_addr()?;
+            std::fs::write(cfg.data_dir.join(DNS_ADDR_FILE), addr.to_string())?;
+            tracing::info!(%addr, zone = %zones.config().zone, "DNS is serving (UDP and TCP)");
+            tokio::spawn(keel_server::dns::serve(db.clone(), zones, udp, tcp));
+            Ok(())
+        }
+        Err(e) if !cfg.dns_explicit => {
+            tracing::warn!(addr = %cfg.dns_listen, %e, "DNS not started: its default address is taken; set [dns] listen or --dns-listen");
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen for DNS on {}", cfg.dns_listen)),
+    }
 }
 
 /// Serves HTTP/1.1 until `stop` resolves, then lets open requests finish for up to 10 s.

@@ -4,6 +4,7 @@
 //! Modules:
 //! - `support`: the `Keel` harness (start, restart, kill -9, CLI) and helpers.
 //! - `foundation`: the README's commands, validation, versions (412/428), tokens and roles.
+//! - `dns`: the built-in DNS with the real `dig` (A, PTR, NXDOMAIN, TCP, read-your-writes, upstream).
 //! - `durability`: kill -9 inside a transaction, backup under load and restore.
 //! - `cli`: the admin CLI (tables, --json, import naming every bad line, errors).
 //! - `users`: users in the database (uids, validation, hashes never shown).
@@ -18,6 +19,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod dns;
 mod durability;
 mod foundation;
 mod propagation;

@@ -16,6 +16,8 @@ pub struct Keel {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub token: String,
+    /// The built-in DNS's address (UDP and TCP), `127.0.0.1:PORT`.
+    pub dns: String,
     args: Vec<String>,
     listen: String,
 }
@@ -36,6 +38,7 @@ impl Keel {
             dir,
             url: String::new(),
             token: String::new(),
+            dns: String::new(),
             args: args.iter().map(|s| s.to_string()).collect(),
             listen: "127.0.0.1:0".to_owned(),
         };
@@ -76,6 +79,7 @@ impl Keel {
     fn spawn(&mut self, env: &[(&str, &str)]) {
         let data = self.data();
         let _ = std::fs::remove_file(data.join("listen.addr"));
+        let _ = std::fs::remove_file(data.join("dns.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -85,6 +89,10 @@ impl Keel {
         cmd.args(["serve", "--listen", &self.listen, "--data-dir"])
             .arg(&data)
             .args(&self.args);
+        if !self.args.iter().any(|a| a == "--dns-listen") {
+            // Tests run in parallel: each server's DNS on a free port, not the default 5353.
+            cmd.args(["--dns-listen", "127.0.0.1:0"]);
+        }
         cmd.env_remove("KEEL_TOKEN")
             .env_remove("KEEL_URL")
             .env("RUST_LOG", "info");
@@ -101,6 +109,10 @@ impl Keel {
         let addr = wait_for_file(&data.join("listen.addr"), Duration::from_secs(30), || self.exited())
             .unwrap_or_else(|| panic!("keel did not start; log:\n{}", self.log()));
         self.url = format!("http://{}", addr.trim());
+        self.dns = std::fs::read_to_string(data.join("dns.addr"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         self.token = std::fs::read_to_string(data.join("admin.token"))
             .expect("admin token")
             .trim()

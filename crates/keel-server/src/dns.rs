@@ -1,0 +1,372 @@
+//! The built-in authoritative DNS: answers from the live Snapshot, over UDP and TCP.
+//!
+//! Zones: the forward zone (`prolo` by default: A records for every hostname and alias) and the
+//! reverse zone of every pool (PTR to the hostname). Inside them keel is authoritative (AA, SOA,
+//! NS, NXDOMAIN); names outside are forwarded to the configured upstream resolvers, or REFUSED.
+//! Each query reads the Snapshot current at that moment, so a write acknowledged over HTTP is
+//! answered by the next query (read-your-writes). [`answer`] is a pure function of the Snapshot.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, NS, PTR, SOA};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use keel_model::{Pools, Snapshot};
+use keel_store::Db;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+
+/// How the DNS answers (the `[dns]` table of keel.toml).
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// The forward zone, without a trailing dot.
+    pub zone: String,
+    /// TTL of every answer, and the SOA's negative-caching minimum.
+    pub ttl: u32,
+    /// The hostname (a machine) named in NS records, with its address as glue.
+    pub ns: String,
+    /// Resolvers for names outside keel's zones; none: such queries are REFUSED.
+    pub upstream: Vec<SocketAddr>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            zone: "prolo".into(),
+            ttl: 60,
+            ns: "gw".into(),
+            upstream: Vec::new(),
+        }
+    }
+}
+
+/// The zones keel serves: the forward zone and one reverse zone per pool network.
+#[derive(Debug, Clone)]
+pub struct Zones {
+    cfg: DnsConfig,
+    /// Reverse zone names (`0.168.192.in-addr.arpa`), from the pools.
+    reverse: Vec<String>,
+}
+
+impl Zones {
+    pub fn new(cfg: DnsConfig, pools: &Pools) -> Self {
+        let mut reverse: Vec<String> = [&pools.user, &pools.orga, &pools.service, &pools.cluster]
+            .iter()
+            .map(|p| reverse_zone(p.network))
+            .collect();
+        reverse.sort();
+        reverse.dedup();
+        Self { cfg, reverse }
+    }
+
+    pub fn config(&self) -> &DnsConfig {
+        &self.cfg
+    }
+}
+
+/// The octet-aligned reverse zone that holds a network (a /20 is served as its /16).
+fn reverse_zone(net: ipnet::Ipv4Net) -> String {
+    let o = net.network().octets();
+    let keep = usize::from(net.prefix_len() / 8).clamp(1, 3);
+    let mut labels: Vec<String> = o[..keep].iter().rev().map(ToString::to_string).collect();
+    labels.push("in-addr.arpa".into());
+    labels.join(".")
+}
+
+/// What a query name is, relative to keel's zones.
+enum Place<'a> {
+    /// The forward zone's apex.
+    ForwardApex,
+    /// A name in the forward zone (the part before the zone).
+    Forward(&'a str),
+    /// A reverse zone's apex.
+    ReverseApex(&'a str),
+    /// An address inside a reverse zone (a full `d.c.b.a.in-addr.arpa`, or a partial one).
+    Reverse(&'a str, Option<Ipv4Addr>),
+    Outside,
+}
+
+fn place<'a>(zones: &'a Zones, name: &'a str) -> Place<'a> {
+    let zone = zones.cfg.zone.as_str();
+    if name == zone {
+        return Place::ForwardApex;
+    }
+    if let Some(host) = name.strip_suffix(zone).and_then(|h| h.strip_suffix('.')) {
+        return Place::Forward(host);
+    }
+    for rz in &zones.reverse {
+        if name == rz {
+            return Place::ReverseApex(rz);
+        }
+        if name.ends_with(&format!(".{rz}")) {
+            return Place::Reverse(rz, ptr_address(name));
+        }
+    }
+    Place::Outside
+}
+
+/// `d.c.b.a.in-addr.arpa` → a.b.c.d.
+fn ptr_address(name: &str) -> Option<Ipv4Addr> {
+    let rest = name.strip_suffix(".in-addr.arpa")?;
+    let octets: Vec<u8> = rest.split('.').map(str::parse).collect::<Result<_, _>>().ok()?;
+    let [d, c, b, a] = octets[..] else {
+        return None;
+    };
+    Some(Ipv4Addr::new(a, b, c, d))
+}
+
+fn fqdn(s: &str) -> Name {
+    Name::from_ascii(format!("{s}.")).unwrap_or_else(|_| Name::root())
+}
+
+fn soa(zones: &Zones, apex: &str, snap: &Snapshot) -> Record {
+    let cfg = &zones.cfg;
+    let rdata = SOA::new(
+        fqdn(&format!("{}.{}", cfg.ns, cfg.zone)),
+        fqdn(&format!("hostmaster.{}", cfg.zone)),
+        // The Snapshot's seq: it grows with every change, so secondaries see new data.
+        u32::try_from(snap.seq() % u64::from(u32::MAX)).unwrap_or(0),
+        3600,
+        600,
+        86_400,
+        cfg.ttl,
+    );
+    Record::from_rdata(fqdn(apex), cfg.ttl, RData::SOA(rdata))
+}
+
+fn ns(zones: &Zones, apex: &str) -> Record {
+    let target = fqdn(&format!("{}.{}", zones.cfg.ns, zones.cfg.zone));
+    Record::from_rdata(fqdn(apex), zones.cfg.ttl, RData::NS(NS(target)))
+}
+
+/// The answer to one query message, from `snap`. `None`: forward it upstream.
+pub fn answer(zones: &Zones, snap: &Snapshot, req: &Message) -> Option<Message> {
+    let mut resp = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = !zones.cfg.upstream.is_empty();
+    if req.edns.is_some() {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        resp.set_edns(e);
+    }
+    if req.metadata.op_code != OpCode::Query {
+        resp.metadata.response_code = ResponseCode::NotImp;
+        return Some(resp);
+    }
+    let [q] = &req.queries[..] else {
+        resp.metadata.response_code = ResponseCode::FormErr;
+        return Some(resp);
+    };
+    resp.add_query(q.clone());
+    let name = q.name().to_ascii().to_ascii_lowercase();
+    let name = name.trim_end_matches('.');
+    let qtype = q.query_type();
+    let ttl = zones.cfg.ttl;
+    let wants = |t: RecordType| qtype == t || qtype == RecordType::ANY;
+    match place(zones, name) {
+        Place::Outside if !zones.cfg.upstream.is_empty() => return None,
+        Place::Outside => {
+            resp.metadata.response_code = ResponseCode::Refused;
+            return Some(resp);
+        }
+        Place::ForwardApex | Place::ReverseApex(_) => {
+            let apex = if let Place::ReverseApex(rz) = place(zones, name) {
+                rz
+            } else {
+                zones.cfg.zone.as_str()
+            };
+            resp.metadata.authoritative = true;
+            if wants(RecordType::SOA) {
+                resp.add_answer(soa(zones, apex, snap));
+            }
+            if wants(RecordType::NS) {
+                resp.add_answer(ns(zones, apex));
+                if let Some(m) = snap.machine_by_name(&zones.cfg.ns) {
+                    let glue = fqdn(&format!("{}.{}", zones.cfg.ns, zones.cfg.zone));
+                    resp.add_additional(Record::from_rdata(glue, ttl, RData::A(A(m.ip))));
+                }
+            }
+            if resp.answers.is_empty() {
+                resp.add_authority(soa(zones, apex, snap));
+            }
+        }
+        Place::Forward(host) => {
+            resp.metadata.authoritative = true;
+            match snap.machine_by_name(host) {
+                Some(m) if wants(RecordType::A) => {
+                    resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(m.ip))));
+                }
+                Some(_) => {
+                    resp.add_authority(soa(zones, &zones.cfg.zone, snap)); // NODATA
+                }
+                None => {
+                    resp.metadata.response_code = ResponseCode::NXDomain;
+                    resp.add_authority(soa(zones, &zones.cfg.zone, snap));
+                }
+            }
+        }
+        Place::Reverse(rz, ip) => {
+            resp.metadata.authoritative = true;
+            match ip.and_then(|ip| snap.machine_by_ip(ip)) {
+                Some(m) if wants(RecordType::PTR) => {
+                    let target = fqdn(&format!("{}.{}", m.hostname, zones.cfg.zone));
+                    resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::PTR(PTR(target))));
+                }
+                Some(_) => {
+                    resp.add_authority(soa(zones, rz, snap));
+                }
+                None => {
+                    resp.metadata.response_code = ResponseCode::NXDomain;
+                    resp.add_authority(soa(zones, rz, snap));
+                }
+            }
+        }
+    }
+    Some(resp)
+}
+
+/// The reply bytes for one request (`None`: nothing sensible to send, e.g. not a DNS query).
+async fn reply(zones: &Zones, db: &Db, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+    let req = match Message::from_vec(packet) {
+        Ok(m) if m.metadata.message_type == MessageType::Query => m,
+        Ok(_) => return None,
+        Err(_) => {
+            // Answer FORMERR when at least the id is readable.
+            let id = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
+            let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+            m.metadata.response_code = ResponseCode::FormErr;
+            return m.to_vec().ok();
+        }
+    };
+    let snap = db.snapshot();
+    let resp = match answer(zones, &snap, &req) {
+        Some(r) => r,
+        None => return forward(&zones.cfg.upstream, packet, &req).await,
+    };
+    let bytes = resp.to_vec().ok()?;
+    let limit = if req.edns.is_some() { 1232 } else { 512 };
+    if udp && bytes.len() > limit {
+        return resp.truncate().to_vec().ok();
+    }
+    Some(bytes)
+}
+
+/// Relays a query to the first upstream that answers within 2 s; SERVFAIL if none does.
+async fn forward(upstream: &[SocketAddr], packet: &[u8], req: &Message) -> Option<Vec<u8>> {
+    for up in upstream {
+        let bind: SocketAddr = if up.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let Ok(sock) = UdpSocket::bind(bind).await else {
+            continue;
+        };
+        if sock.send_to(packet, up).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok((n, from))) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await {
+            if from == *up && n >= 2 && buf[..2] == packet[..2] {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+    }
+    let mut m = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    m.metadata.response_code = ResponseCode::ServFail;
+    m.add_queries(req.queries.clone());
+    m.to_vec().ok()
+}
+
+/// Binds UDP and TCP on the same address (port 0: a free port both can use).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(addr).await?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() != 0 => return Err(e),
+            Err(_) => continue, // the TCP side of that free UDP port is taken: another one
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no port free for both UDP and TCP",
+    ))
+}
+
+/// Serves DNS on `udp` and `tcp` until the process ends.
+pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListener) {
+    let udp = Arc::new(udp);
+    for _ in 0..2 {
+        let (db, zones, udp) = (db.clone(), zones.clone(), udp.clone());
+        tokio::spawn(async move { serve_udp(&db, &zones, &udp).await });
+    }
+    loop {
+        let Ok((stream, _)) = tcp.accept().await else { continue };
+        let (db, zones) = (db.clone(), zones.clone());
+        tokio::spawn(async move { serve_tcp(&db, &zones, stream).await });
+    }
+}
+
+async fn serve_udp(db: &Db, zones: &Zones, udp: &UdpSocket) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+            continue;
+        };
+        if let Some(out) = reply(zones, db, &buf[..n], true).await {
+            let _ = udp.send_to(&out, from).await;
+        }
+    }
+}
+
+/// RFC 7766: length-prefixed messages, several per connection, closed after 10 s idle.
+async fn serve_tcp(db: &Db, zones: &Zones, mut stream: tokio::net::TcpStream) {
+    let idle = Duration::from_secs(10);
+    loop {
+        let mut len = [0u8; 2];
+        if !matches!(tokio::time::timeout(idle, stream.read_exact(&mut len)).await, Ok(Ok(_))) {
+            return;
+        }
+        let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        if !matches!(
+            tokio::time::timeout(idle, stream.read_exact(&mut packet)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let Some(out) = reply(zones, db, &packet, false).await else {
+            return;
+        };
+        let Ok(n) = u16::try_from(out.len()) else { return };
+        if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_zones_and_ptr_names() {
+        assert_eq!(
+            reverse_zone("192.168.1.0/24".parse().unwrap()),
+            "1.168.192.in-addr.arpa"
+        );
+        assert_eq!(reverse_zone("10.0.0.0/16".parse().unwrap()), "0.10.in-addr.arpa");
+        assert_eq!(reverse_zone("10.0.0.0/20".parse().unwrap()), "0.10.in-addr.arpa");
+        assert_eq!(reverse_zone("10.0.0.0/8".parse().unwrap()), "10.in-addr.arpa");
+        assert_eq!(
+            ptr_address("254.1.168.192.in-addr.arpa"),
+            Some(Ipv4Addr::new(192, 168, 1, 254))
+        );
+        assert_eq!(ptr_address("1.168.192.in-addr.arpa"), None);
+        assert_eq!(ptr_address("x.1.168.192.in-addr.arpa"), None);
+    }
+}
