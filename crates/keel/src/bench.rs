@@ -21,6 +21,8 @@ pub enum Suite {
     Watch,
     /// Propagation: passwd for many users to many ssh destinations (starts its own sshd).
     Propagation,
+    /// The built-in DNS under dnsperf, at `--machines` machines.
+    Dns,
     /// All of them.
     All,
 }
@@ -66,6 +68,7 @@ pub(crate) struct Server {
     pub(crate) child: Child,
     pub(crate) url: String,
     pub(crate) token: String,
+    pub(crate) data: PathBuf,
 }
 
 impl Drop for Server {
@@ -120,6 +123,13 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             crate::bench_watch::print(&report, args.subscribers);
         }
         out.insert("watch".into(), serde_json::to_value(&report)?);
+    }
+    if matches!(args.suite, Suite::Dns | Suite::All) {
+        let report = crate::bench_dns::run(&dir.join("dns"), args.machines, args.duration).await?;
+        if !json {
+            crate::bench_dns::print(&report);
+        }
+        out.insert("dns".into(), serde_json::to_value(&report)?);
     }
     if matches!(args.suite, Suite::Propagation | Suite::All) {
         let report = crate::bench_propagation::run(
@@ -240,7 +250,7 @@ pub(crate) fn start_server(dir: &Path) -> anyhow::Result<Server> {
     let cfg = dir.join("bench.toml");
     std::fs::write(
         &cfg,
-        "listen = \"127.0.0.1:0\"\n\
+        "listen = \"127.0.0.1:0\"\n[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"bench\"\n\
          [pools.user]\nnetwork = \"10.0.0.0/16\"\n[pools.orga]\nnetwork = \"10.1.0.0/16\"\n\
          [pools.cluster]\nnetwork = \"10.2.0.0/16\"\n[pools.service]\nnetwork = \"10.3.0.0/16\"\n",
     )?;
@@ -259,6 +269,7 @@ pub(crate) fn start_server(dir: &Path) -> anyhow::Result<Server> {
         child,
         url: String::new(),
         token: String::new(),
+        data: data.clone(),
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
+mod bench_dns;
 mod bench_propagation;
 mod bench_watch;
 mod cmd;
