@@ -75,8 +75,15 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         None
     };
     let plan = services::plan(cfg, &bundle, &state)?;
-    let env = hook_env(cfg, &bundle);
+    let mut env = hook_env(cfg, &bundle);
     let hook_dir = cfg.hooks_dir.join(format!("{}.d", m.service));
+    let _staging = if hooks::any(&hook_dir) {
+        let s = Staging::write(&cfg.state_dir, &bundle)?;
+        env.push(("KEEL_STAGING_DIR", s.0.display().to_string()));
+        Some(s)
+    } else {
+        None
+    };
     hooks::run(&hook_dir, Phase::Pre, &env, out)?;
     let new_state = State {
         serial: m.serial,
@@ -115,6 +122,39 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
             out.error(f.code, &f.message);
             Ok(Code::PostHookFailed)
         }
+    }
+}
+
+/// The bundle's files, unpacked for the hooks to check before they replace anything (e.g.
+/// `named-checkzone` on new zones); removed when the run ends.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn write(state_dir: &Path, b: &Bundle) -> Result<Self, Fail> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = state_dir.join(format!("{}.staging", b.manifest.service));
+        let io = |e: std::io::Error| Fail::new(Code::Io, format!("staging {}: {e}", dir.display()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let staging = Self(dir.clone());
+        for f in &b.manifest.files {
+            // Paths were checked by Bundle::open: relative, no `..`, no links.
+            let path = dir.join(&f.path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            std::fs::write(&path, &b.files[&f.path]).map_err(io)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(io)?;
+        }
+        Ok(staging)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

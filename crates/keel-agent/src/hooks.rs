@@ -27,6 +27,19 @@ impl Phase {
     }
 }
 
+/// Whether a service has any hook at all.
+pub(crate) fn any(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| {
+        d.any(|e| {
+            e.is_ok_and(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("pre_") || n.starts_with("mid_") || n.starts_with("post_")
+            })
+        })
+    })
+}
+
 /// Runs a phase's hooks; the first failure stops the phase.
 pub(crate) fn run(dir: &Path, phase: Phase, env: &[(&str, String)], out: &mut Out<'_>) -> Result<(), Fail> {
     let Ok(read) = std::fs::read_dir(dir) else {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+pub mod cli;
 pub mod config;
 mod fsops;
 mod hooks;

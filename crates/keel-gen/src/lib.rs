@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod dns;
 mod hosts;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use keel_model::{Group, Kind, Machine, User};
 use serde::{Deserialize, Serialize};
 
 pub use accounts::{homes, passwd, root_ssh};
+pub use dns::dns;
 pub use hosts::hosts;
 
 /// What a facility receives: its users and the site's machines.
@@ -24,6 +26,10 @@ pub struct Input<'a> {
     pub facility: &'a str,
     pub users: Vec<&'a User>,
     pub machines: Vec<&'a Machine>,
+    /// The reverse zones of the site's pools (`dns`).
+    pub reverse_zones: Vec<String>,
+    /// The zones' serial: the seq of the last machine change (`dns`).
+    pub serial: u64,
 }
 
 /// A group as it appears on hosts.
@@ -47,6 +53,30 @@ pub struct Options {
     pub groups: BTreeMap<Group, HostGroup>,
     /// The DNS zone machines live in (`hosts` writes `name.zone name aliases…`).
     pub zone: String,
+    /// The `dns` service's zone files.
+    pub dns: DnsOptions,
+}
+
+/// How the `dns` service writes its zones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsOptions {
+    /// The machine named in NS and SOA records.
+    pub ns: String,
+    pub ttl: u32,
+    /// Where the zone files are on the BIND host (named.conf.keel names them there); the agent's
+    /// `[services.dns] dir` must be the same directory.
+    pub bind_dir: String,
+}
+
+impl Default for DnsOptions {
+    fn default() -> Self {
+        Self {
+            ns: "gw".into(),
+            ttl: 60,
+            bind_dir: "/etc/bind/keel".into(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -61,6 +91,7 @@ impl Default for Options {
                 (Group::Root, g("roots", 12000)),
             ]),
             zone: "prolo".into(),
+            dns: DnsOptions::default(),
         }
     }
 }
@@ -82,10 +113,11 @@ pub enum BuiltIn {
     RootSsh,
     Homes,
     Hosts,
+    Dns,
 }
 
 impl BuiltIn {
-    pub const ALL: [Self; 4] = [Self::Passwd, Self::RootSsh, Self::Homes, Self::Hosts];
+    pub const ALL: [Self; 5] = [Self::Passwd, Self::RootSsh, Self::Homes, Self::Hosts, Self::Dns];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -93,6 +125,7 @@ impl BuiltIn {
             Self::RootSsh => "root_ssh",
             Self::Homes => "homes",
             Self::Hosts => "hosts",
+            Self::Dns => "dns",
         }
     }
 
@@ -109,7 +142,7 @@ impl BuiltIn {
     pub fn affected_by(self, kind: Kind) -> bool {
         match self {
             Self::Passwd | Self::RootSsh | Self::Homes => kind == Kind::User,
-            Self::Hosts => kind == Kind::Machine,
+            Self::Hosts | Self::Dns => kind == Kind::Machine,
         }
     }
 
@@ -119,6 +152,7 @@ impl BuiltIn {
             Self::RootSsh => root_ssh(input),
             Self::Homes => homes(input, opts),
             Self::Hosts => hosts(input, opts),
+            Self::Dns => dns(input, opts),
         }
     }
 }

@@ -23,6 +23,8 @@ fn generators_match_golden_files() {
         facility: "lan",
         users: users.iter().collect(),
         machines: machines.iter().collect(),
+        reverse_zones: keel_model::Pools::default().reverse_zones(),
+        serial: 3,
     };
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for service in BuiltIn::ALL {

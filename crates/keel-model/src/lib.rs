@@ -20,7 +20,7 @@ pub use change::{Change, Kind, Op};
 pub use error::{ValidationError, ValidationErrors};
 pub use machine::{Machine, MachinePatch, MachineType, Switch};
 pub use names::{Hostname, Mac};
-pub use pool::{Pool, Pools};
+pub use pool::{reverse_zone, Pool, Pools};
 pub use principal::{Principal, Role};
 pub use propagation::{Channel, Destination, Facility, Host};
 pub use record::Record;

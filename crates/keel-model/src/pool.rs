@@ -129,6 +129,29 @@ impl Pools {
     }
 }
 
+/// The octet-aligned reverse zone that holds a network: a /24 is `C.B.A.in-addr.arpa`, a /16 (or a
+/// /20, served as its /16) `B.A.in-addr.arpa`, a /8 `A.in-addr.arpa`.
+pub fn reverse_zone(net: ipnet::Ipv4Net) -> String {
+    let o = net.network().octets();
+    let keep = usize::from(net.prefix_len() / 8).clamp(1, 3);
+    let mut labels: Vec<String> = o[..keep].iter().rev().map(ToString::to_string).collect();
+    labels.push("in-addr.arpa".into());
+    labels.join(".")
+}
+
+impl Pools {
+    /// The reverse zones of every pool, sorted, each once.
+    pub fn reverse_zones(&self) -> Vec<String> {
+        let mut zones: Vec<String> = [&self.user, &self.orga, &self.service, &self.cluster]
+            .iter()
+            .map(|p| reverse_zone(p.network))
+            .collect();
+        zones.sort();
+        zones.dedup();
+        zones
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -34,6 +34,8 @@ pub struct AllocHints(std::collections::HashMap<ipnet::Ipv4Net, Ipv4Addr>);
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     seq: u64,
+    /// The seq of the last machine change: what the DNS zone serial follows.
+    machines_seq: u64,
     machines: OrdMap<u64, Machine>,
     by_hostname: OrdMap<Hostname, u64>,
     by_name: HashMap<Hostname, u64>,
@@ -59,6 +61,15 @@ impl Snapshot {
         self.seq = seq;
     }
 
+    /// The seq of the last change to a machine: grows exactly when machine data changes.
+    pub fn machines_seq(&self) -> u64 {
+        self.machines_seq
+    }
+
+    pub fn set_machines_seq(&mut self, seq: u64) {
+        self.machines_seq = seq;
+    }
+
     /// Applies a committed change (in seq order).
     pub fn apply(&mut self, c: &Change) -> Result<(), ApplyError> {
         if c.seq <= self.seq && self.seq != 0 {
@@ -77,6 +88,9 @@ impl Snapshot {
             _ => self.remove_record(c.kind, &c.key),
         }
         self.seq = c.seq;
+        if c.kind == Kind::Machine {
+            self.machines_seq = c.seq;
+        }
         Ok(())
     }
 

@@ -220,7 +220,7 @@ impl Engine {
             .services
             .get(service)
             .ok_or_else(|| EngineError::NotFound(format!("service {service}")))?;
-        let files = services::generate(svc, &snap, f, &self.inner.cfg.gen)
+        let files = services::generate(svc, &snap, self.inner.db.pools(), f, &self.inner.cfg.gen)
             .await
             .map_err(EngineError::Gen)?;
         let serial = self.next_serial(facility, service).await?;
@@ -450,7 +450,7 @@ impl Inner {
             t.state = TaskState::Generating;
             t.started = Some(now());
         });
-        let files = match services::generate(svc, &snap, facility, &self.cfg.gen).await {
+        let files = match services::generate(svc, &snap, self.db.pools(), facility, &self.cfg.gen).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(task = %task_key(&id.0, &id.1), error = %e, "GEN failed");

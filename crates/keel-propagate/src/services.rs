@@ -110,6 +110,7 @@ pub fn registry(custom: &BTreeMap<String, CustomService>) -> Result<BTreeMap<Str
 pub async fn generate(
     service: &Service,
     snap: &Snapshot,
+    pools: &keel_model::Pools,
     facility: &Facility,
     opts: &keel_gen::Options,
 ) -> Result<Vec<File>, String> {
@@ -120,6 +121,8 @@ pub async fn generate(
                 facility: &facility.name,
                 users,
                 machines: snap.machines().collect(),
+                reverse_zones: pools.reverse_zones(),
+                serial: snap.machines_seq(),
             };
             Ok(b.generate(&input, opts))
         }

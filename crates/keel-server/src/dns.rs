@@ -52,27 +52,15 @@ pub struct Zones {
 
 impl Zones {
     pub fn new(cfg: DnsConfig, pools: &Pools) -> Self {
-        let mut reverse: Vec<String> = [&pools.user, &pools.orga, &pools.service, &pools.cluster]
-            .iter()
-            .map(|p| reverse_zone(p.network))
-            .collect();
-        reverse.sort();
-        reverse.dedup();
-        Self { cfg, reverse }
+        Self {
+            cfg,
+            reverse: pools.reverse_zones(),
+        }
     }
 
     pub fn config(&self) -> &DnsConfig {
         &self.cfg
     }
-}
-
-/// The octet-aligned reverse zone that holds a network (a /20 is served as its /16).
-fn reverse_zone(net: ipnet::Ipv4Net) -> String {
-    let o = net.network().octets();
-    let keep = usize::from(net.prefix_len() / 8).clamp(1, 3);
-    let mut labels: Vec<String> = o[..keep].iter().rev().map(ToString::to_string).collect();
-    labels.push("in-addr.arpa".into());
-    labels.join(".")
 }
 
 /// What a query name is, relative to keel's zones.
@@ -126,8 +114,8 @@ fn soa(zones: &Zones, apex: &str, snap: &Snapshot) -> Record {
     let rdata = SOA::new(
         fqdn(&format!("{}.{}", cfg.ns, cfg.zone)),
         fqdn(&format!("hostmaster.{}", cfg.zone)),
-        // The Snapshot's seq: it grows with every change, so secondaries see new data.
-        u32::try_from(snap.seq() % u64::from(u32::MAX)).unwrap_or(0),
+        // The seq of the last machine change: it grows exactly when the zones' data does.
+        u32::try_from(snap.machines_seq() % u64::from(u32::MAX)).unwrap_or(0),
         3600,
         600,
         86_400,
@@ -352,6 +340,7 @@ async fn serve_tcp(db: &Db, zones: &Zones, mut stream: tokio::net::TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_model::reverse_zone;
 
     #[test]
     fn reverse_zones_and_ptr_names() {

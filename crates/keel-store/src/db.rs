@@ -217,6 +217,11 @@ pub async fn build_snapshot(store: &dyn Store) -> Result<(Snapshot, String), Sto
             .map_err(|e| StoreError::Corrupt(format!("a stored {kind} does not decode: {e}")))?;
     }
     s.set_seq(loaded.seq);
+    s.set_machines_seq(
+        loaded
+            .machines_seq
+            .max(s.machines().map(|m| m.version).max().unwrap_or(0)),
+    );
     Ok((s, loaded.db_id))
 }
 

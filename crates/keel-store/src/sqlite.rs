@@ -103,10 +103,23 @@ impl Store for SqliteStore {
             .iter()
             .map(|r| Ok((parse_kind(r.try_get("kind")?)?, parse_json(r.try_get("data")?)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let last_machine: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM changes WHERE kind = 'machine'")
+            .fetch_one(&self.pool)
+            .await?;
+        let first: i64 = sqlx::query_scalar("SELECT COALESCE(MIN(seq), 0) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        // A trimmed log may have dropped the last machine change: it was before the first kept one.
+        let machines_seq = if last_machine == 0 && first > 1 {
+            first - 1
+        } else {
+            last_machine
+        };
         Ok(Loaded {
             db_id,
             seq: to_u64(seq),
             records,
+            machines_seq: to_u64(machines_seq),
         })
     }
 

@@ -53,6 +53,9 @@ pub struct Loaded {
     pub db_id: String,
     pub seq: u64,
     pub records: Vec<(Kind, Value)>,
+    /// The seq of the last machine change (or, when the log no longer holds one, a seq at least
+    /// as high): the DNS zone serial.
+    pub machines_seq: u64,
 }
 
 /// A storage backend. Every commit is one transaction that takes its seqs from the counter row

@@ -141,7 +141,7 @@ fn gen_ms(all: &[User]) -> f64 {
     let input = keel_gen::Input {
         facility: "bench",
         users: all.iter().collect(),
-        machines: Vec::new(),
+        ..Default::default()
     };
     let opts = keel_gen::Options::default();
     let times: Vec<f64> = (0..20)
@@ -177,7 +177,7 @@ fn agent_apply(dir: &Path, agent: &Path, key: &SecretKey, all: &[User]) -> anyho
     let input = keel_gen::Input {
         facility: "bench",
         users: all.iter().collect(),
-        machines: Vec::new(),
+        ..Default::default()
     };
     let files = keel_gen::passwd(&input, &keel_gen::Options::default());
     let bundle = |serial| {

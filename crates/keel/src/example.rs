@@ -44,6 +44,30 @@ pub async fn load(db: &Db) -> anyhow::Result<()> {
     for s in switches() {
         db.create_switch(&who, Fields::new(s, Strictness::Strict)?).await?;
     }
+    // keel's own host, as a `local` destination, receives the zones and /etc/hosts.
+    let services: std::collections::BTreeSet<String> =
+        keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
+    let gw = keel_model::Facility {
+        name: "gw".into(),
+        managers: Vec::new(),
+        groups: Vec::new(),
+        members: Vec::new(),
+        services: vec!["dns".into(), "hosts".into()],
+        blocked: Vec::new(),
+        version: 0,
+    };
+    db.put_facility(&who, gw, 0, &services).await?;
+    for s in ["dns", "hosts"] {
+        let d = keel_model::Destination {
+            facility: "gw".into(),
+            service: s.into(),
+            destination: "local".into(),
+            channel: keel_model::Channel::Local,
+            blocked: false,
+            version: 0,
+        };
+        db.put_destination(&who, d, 0, &services).await?;
+    }
     println!(
         "keel: loaded the example site ({} machines)",
         db.snapshot().machine_count()

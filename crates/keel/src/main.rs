@@ -76,6 +76,8 @@ enum Command {
     /// Propagation status, force, block, inspect a bundle, the signing key.
     #[command(subcommand)]
     Propagation(cmd::propagation::PropagationCmd),
+    /// The destination side, built in: apply a propagation bundle read on stdin (as keel-agent).
+    Agent(keel_agent::cli::AgentArgs),
     /// Show the change log: who changed what, when.
     Log(cmd::log::LogArgs),
     /// Print the current state, then every change as it happens (resumes across disconnects).
@@ -162,6 +164,10 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Agent(a) = &cli.command {
+        // The agent's exit codes mean something to keel (DENIED, replay…): keep them.
+        return keel_agent::cli::run(a);
+    }
     init_tracing(matches!(cli.command, Command::Serve(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -185,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(cli.serve_config(args)?).await,
         Command::Machine(c) => cmd::machine::run(&cli.client()?, c, json).await,
         Command::Switch(c) => cmd::switch::run(&cli.client()?, c, json).await,
+        Command::Agent(_) => Ok(()), // run by main(), outside the runtime, with its own exit codes
         Command::Host(c) => cmd::propagation::host(&cli.client()?, c, json).await,
         Command::Facility(c) => cmd::propagation::facility(&cli.client()?, c, json).await,
         Command::Destination(c) => cmd::propagation::destination(&cli.client()?, c, json).await,

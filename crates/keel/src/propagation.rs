@@ -43,18 +43,57 @@ pub fn key_path(p: &PropagationFile, data_dir: &Path) -> PathBuf {
     p.key_file.clone().unwrap_or_else(|| data_dir.join(KEY_FILE))
 }
 
-/// `keel-agent apply`, preferring the keel-agent installed beside this binary.
+/// `keel-agent apply`: the keel-agent installed beside this binary, else this binary's own
+/// `keel agent apply` (the same agent, built in).
 fn default_local_command() -> Vec<String> {
-    let beside = std::env::current_exe()
-        .ok()
+    let exe = std::env::current_exe().ok();
+    let beside = exe
+        .as_ref()
         .and_then(|p| p.parent().map(|d| d.join("keel-agent")))
         .filter(|p| p.exists());
-    let agent = beside.map_or_else(|| "keel-agent".to_owned(), |p| p.display().to_string());
-    vec![agent, "apply".into()]
+    match (beside, exe) {
+        (Some(agent), _) => vec![agent.display().to_string(), "apply".into()],
+        (None, Some(keel)) => vec![keel.display().to_string(), "agent".into(), "apply".into()],
+        (None, None) => vec!["keel-agent".into(), "apply".into()],
+    }
 }
 
-pub async fn start(db: Arc<Db>, p: &PropagationFile, data_dir: &Path) -> anyhow::Result<Engine> {
+/// The example site's agent: keel's own host, writing under the data directory, so that a new
+/// user sees real files appear (`<data>/example-agent/root/etc/bind/keel`, `…/etc/hosts`).
+fn example_agent(data_dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<String>> {
+    let dir = std::fs::canonicalize(data_dir)?.join("example-agent");
+    std::fs::create_dir_all(dir.join("root/etc"))?;
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "# Written by keel serve --example-site.\nfqdn = \"gw.prolo\"\ndns_alias_whitelist = [\"local\"]\n\
+             trusted_keys = [\"{}\"]\nroot_dir = \"{}\"\n[services.dns]\ndir = \"/etc/bind/keel\"\n",
+            key.public(),
+            dir.join("root").display()
+        ),
+    )?;
+    println!(
+        "keel: the example site's facility gw propagates dns and hosts to {}",
+        dir.join("root").display()
+    );
+    let exe = std::env::current_exe()?;
+    Ok(vec![
+        exe.display().to_string(),
+        "agent".into(),
+        "--config".into(),
+        cfg.display().to_string(),
+        "apply".into(),
+    ])
+}
+
+pub async fn start(db: Arc<Db>, p: &PropagationFile, data_dir: &Path, example: bool) -> anyhow::Result<Engine> {
     let key = load_or_create_key(&key_path(p, data_dir))?;
+    let local = match &p.local_command {
+        Some(c) => c.clone(),
+        None if example => example_agent(data_dir, &key)?,
+        None => default_local_command(),
+    };
     let services = keel_propagate::registry(&p.services).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     let d = EngineConfig::default();
     let secs = |v: Option<u64>, dflt: Duration| v.map_or(dflt, Duration::from_secs);
@@ -78,9 +117,6 @@ pub async fn start(db: Arc<Db>, p: &PropagationFile, data_dir: &Path) -> anyhow:
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         ssh.control_dir = Some(dir);
     }
-    let senders = Senders {
-        ssh,
-        local: p.local_command.clone().unwrap_or_else(default_local_command),
-    };
+    let senders = Senders { ssh, local };
     Ok(Engine::start(db, cfg, key, Arc::new(senders), services).await?)
 }

@@ -47,7 +47,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
     if cfg.propagation.enabled.unwrap_or(true) {
-        let engine = crate::propagation::start(db.clone(), &cfg.propagation, &cfg.data_dir)
+        let engine = crate::propagation::start(db.clone(), &cfg.propagation, &cfg.data_dir, cfg.example_site)
             .await
             .context("cannot start propagation")?;
         state = state.with_engine(engine);

@@ -105,3 +105,125 @@ async fn names_outside_the_zones_go_to_the_upstream_resolver() {
     let (_, a) = dig(&k, &["mdb.prolo", "A"]);
     assert_eq!(a.len(), 1, "its own zone is still answered by keel");
 }
+
+/// The SOA serial of a zone file.
+fn serial(zone: &str) -> u64 {
+    zone.lines()
+        .find(|l| l.contains(" SOA "))
+        .and_then(|l| l.split('(').nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no serial in {zone}"))
+}
+
+#[tokio::test]
+async fn the_dns_service_ships_checked_zones_and_reloads_a_few_times_for_a_big_import() {
+    use crate::propagation::{eventually, task_state};
+    let tmp = tempfile::tempdir().unwrap();
+    let reloads = tmp.path().join("reloads");
+    let rndc = tmp.path().join("fake-rndc");
+    std::fs::write(&rndc, format!("#!/bin/sh\necho \"$@\" >> {}\n", reloads.display())).unwrap();
+    std::fs::set_permissions(&rndc, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cfg = tmp.path().join("keel.toml");
+    std::fs::write(
+        &cfg,
+        "[pools.user]\nnetwork = \"10.0.0.0/16\"\n[pools.orga]\nnetwork = \"192.168.0.0/24\"\n\
+         [pools.service]\nnetwork = \"192.168.1.0/24\"\n[pools.cluster]\nnetwork = \"192.168.2.0/24\"\n\
+         [propagation]\ndebounce_ms = 300\nretry_min_secs = 3600\n\
+         [propagation.services.dnsbad]\ncommand = [\"sh\", \"-c\", \"printf 'this is not a zone\\\\n' > \\\"$1/db.prolo\\\"\", \"gen\"]\nkinds = [\"machine\"]\n",
+    )
+    .unwrap();
+    let k = Keel::start_with_env(
+        &["--config", cfg.to_str().unwrap(), "--example-site"],
+        &[("KEEL_RNDC", rndc.to_str().unwrap())],
+    );
+    let agent = k.data().join("example-agent");
+    let zone_file = agent.join("root/etc/bind/keel/db.prolo");
+    eventually(20, "the example site's zone file", async || zone_file.exists()).await;
+    // Install the shipped hooks, as a site would.
+    let hooks = agent.join("agent.d/dns.d");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/agent.d/dns.d");
+    for h in ["pre_10_named_check", "post_10_rndc_reload"] {
+        std::fs::copy(shipped.join(h), hooks.join(h)).unwrap();
+    }
+    let before = serial(&std::fs::read_to_string(&zone_file).unwrap());
+    let c = k.admin();
+    let body = json!({"hostname": "pc-new", "mac": "52:54:00:12:34:56", "mtype": "user"});
+    c.call::<serde_json::Value>(Method::POST, "/api/v1/machines", Some(&body), None)
+        .await
+        .unwrap();
+    eventually(20, "pc-new in the zone, reloaded", async || {
+        std::fs::read_to_string(&zone_file)
+            .unwrap_or_default()
+            .contains("pc-new IN A")
+            && reloads.exists()
+    })
+    .await;
+    let zone = std::fs::read_to_string(&zone_file).unwrap();
+    assert!(serial(&zone) > before, "the serial grows with the data");
+    let check = Command::new("named-checkzone")
+        .args(["prolo"])
+        .arg(&zone_file)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    eventually(20, "dns DONE", async || task_state(&k, "gw", "dns").await.0 == "DONE").await;
+
+    // 10,000 machines in one import: a few reloads, not 10,000.
+    let n_before = std::fs::read_to_string(&reloads).unwrap().lines().count();
+    let rows: Vec<serde_json::Value> = (0..10_000u32)
+        .map(|i| {
+            let b = i.to_be_bytes();
+            json!({"line": i + 1, "hostname": format!("bulk{i}"), "mac": format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]), "mtype": "user"})
+        })
+        .collect();
+    c.call::<serde_json::Value>(
+        Method::POST,
+        "/api/v1/machines/import",
+        Some(&json!({"machines": rows})),
+        None,
+    )
+    .await
+    .unwrap();
+    eventually(30, "the import in the zone", async || {
+        std::fs::read_to_string(&zone_file)
+            .unwrap_or_default()
+            .contains("bulk9999 IN A")
+    })
+    .await;
+    eventually(20, "dns DONE after the import", async || {
+        task_state(&k, "gw", "dns").await.0 == "DONE"
+    })
+    .await;
+    let n_after = std::fs::read_to_string(&reloads).unwrap().lines().count();
+    assert!(n_after - n_before <= 2, "{} reloads for one import", n_after - n_before);
+
+    // A broken zone is caught by the shipped check hook and never swapped in.
+    std::fs::create_dir_all(agent.join("agent.d/dnsbad.d")).unwrap();
+    std::fs::copy(
+        shipped.join("pre_10_named_check"),
+        agent.join("agent.d/dnsbad.d/pre_10_named_check"),
+    )
+    .unwrap();
+    let out = k.cli(&["facility", "edit", "gw", "--services", "dns,hosts,dnsbad"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.cli(&["destination", "add", "--facility", "gw", "--service", "dnsbad", "local"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(20, "dnsbad refused by its pre hook", async || {
+        task_state(&k, "gw", "dnsbad").await.1["local"]["exit_code"] == 7
+    })
+    .await;
+    assert!(
+        !agent.join("root/var/lib/keel/services/dnsbad/db.prolo").exists(),
+        "never swapped in"
+    );
+    let out = k.cli(&["propagation", "status", "--facility", "gw"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("dnsbad") && text.contains("ERROR"), "{text}");
+    let (_, r) = task_state(&k, "gw", "dnsbad").await;
+    assert!(
+        r["local"]["stderr"].as_str().unwrap().contains("db.prolo"),
+        "named-checkzone's words: {r}"
+    );
+}
