@@ -208,16 +208,21 @@ fn check_version(cfg: &Config, service: &str, got: Version, out: &mut Out<'_>) -
     Ok(())
 }
 
+/// A lock file, created if missing, never truncated.
+fn lock_file(path: &Path) -> Result<std::fs::File, Fail> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Fail::new(Code::Io, format!("{}: {e}", path.display())))
+}
+
 /// One run per service at a time: an exclusive `flock`, released when the process ends however
 /// it ends.
 fn lock(state_dir: &Path, service: &str) -> Result<std::fs::File, Fail> {
     let path = state_dir.join(format!("{service}.lock"));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Fail::new(Code::Io, format!("{}: {e}", path.display())))?;
+    let f = lock_file(&path)?;
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(Fail::new(
@@ -235,12 +240,7 @@ fn pwd_lock(cfg: &Config) -> Result<std::fs::File, Fail> {
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Fail::new(Code::Io, format!("{}: {e}", path.display())))?;
+    let f = lock_file(&path)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         match rustix::fs::fcntl_lock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {

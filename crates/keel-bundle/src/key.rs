@@ -16,6 +16,14 @@ pub enum KeyError {
     Random(String),
 }
 
+/// 32 bytes from base64 (surrounding whitespace ignored).
+fn decode32(s: &str) -> Result<[u8; 32], KeyError> {
+    B64.decode(s.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(KeyError::Malformed)
+}
+
 /// The server's ed25519 signing key.
 pub struct SecretKey(ed25519_dalek::SigningKey);
 
@@ -34,12 +42,7 @@ impl SecretKey {
 
     /// Reads the base64 seed (surrounding whitespace ignored).
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        let bytes: [u8; 32] = B64
-            .decode(s.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(KeyError::Malformed)?;
-        Ok(Self(ed25519_dalek::SigningKey::from_bytes(&bytes)))
+        Ok(Self(ed25519_dalek::SigningKey::from_bytes(&decode32(s)?)))
     }
 
     /// The seed as base64, for the key file. Never log this.
@@ -62,12 +65,7 @@ pub struct PublicKey(ed25519_dalek::VerifyingKey);
 
 impl PublicKey {
     pub fn from_base64(s: &str) -> Result<Self, KeyError> {
-        let bytes: [u8; 32] = B64
-            .decode(s.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or(KeyError::Malformed)?;
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        ed25519_dalek::VerifyingKey::from_bytes(&decode32(s)?)
             .map(Self)
             .map_err(|_| KeyError::Malformed)
     }

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use keel_model::{Destination, Facility, Host, Principal, Role};
+use keel_model::{Destination, Facility, Host, Principal, Record, Role};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -50,6 +50,17 @@ fn services(st: &AppState) -> BTreeSet<String> {
     )
 }
 
+/// A record with its version as ETag, or a 404 naming it.
+fn one<R: Record>(r: Option<&R>, what: impl FnOnce() -> String) -> ApiResult {
+    let r = r.ok_or_else(|| ApiError::NotFound(what()))?;
+    written(StatusCode::OK, r)
+}
+
+/// A record just written (or read), with its version as ETag.
+fn written<R: Record>(status: StatusCode, r: &R) -> ApiResult {
+    Ok(with_etag(status, r.version(), to_json(r)?))
+}
+
 fn same_name(path: &str, body: &str) -> Result<(), ApiError> {
     if path == body {
         Ok(())
@@ -70,17 +81,13 @@ pub(crate) async fn list_hosts(State(st): State<AppState>, caller: Caller) -> Ap
 
 pub(crate) async fn get_host(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
-    let snap = st.db.snapshot();
-    let h = snap
-        .host(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("host {name}")))?;
-    Ok(with_etag(StatusCode::OK, h.version, to_json(h)?))
+    one(st.db.snapshot().host(&name), || format!("host {name}"))
 }
 
 pub(crate) async fn create_host(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let h: Host = body(&b)?;
     let h = st.db.put_host(writer(&caller)?, h, 0).await?;
-    Ok(with_etag(StatusCode::CREATED, h.version, to_json(&h)?))
+    written(StatusCode::CREATED, &h)
 }
 
 pub(crate) async fn put_host(
@@ -93,7 +100,7 @@ pub(crate) async fn put_host(
     let h: Host = body(&b)?;
     same_name(&name, &h.name)?;
     let h = st.db.put_host(writer(&caller)?, h, if_match(&headers)?).await?;
-    Ok(with_etag(StatusCode::OK, h.version, to_json(&h)?))
+    written(StatusCode::OK, &h)
 }
 
 pub(crate) async fn delete_host(
@@ -115,17 +122,13 @@ pub(crate) async fn list_facilities(State(st): State<AppState>, caller: Caller) 
 
 pub(crate) async fn get_facility(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
-    let snap = st.db.snapshot();
-    let f = snap
-        .facility(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("facility {name}")))?;
-    Ok(with_etag(StatusCode::OK, f.version, to_json(f)?))
+    one(st.db.snapshot().facility(&name), || format!("facility {name}"))
 }
 
 pub(crate) async fn create_facility(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let f: Facility = body(&b)?;
     let f = st.db.put_facility(writer(&caller)?, f, 0, &services(&st)).await?;
-    Ok(with_etag(StatusCode::CREATED, f.version, to_json(&f)?))
+    written(StatusCode::CREATED, &f)
 }
 
 pub(crate) async fn put_facility(
@@ -141,7 +144,7 @@ pub(crate) async fn put_facility(
         .db
         .put_facility(writer(&caller)?, f, if_match(&headers)?, &services(&st))
         .await?;
-    Ok(with_etag(StatusCode::OK, f.version, to_json(&f)?))
+    written(StatusCode::OK, &f)
 }
 
 pub(crate) async fn delete_facility(
@@ -187,17 +190,13 @@ pub(crate) async fn get_destination(
 ) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let key = format!("{facility}/{service}/{destination}");
-    let snap = st.db.snapshot();
-    let d = snap
-        .destination(&key)
-        .ok_or_else(|| ApiError::NotFound(format!("destination {key}")))?;
-    Ok(with_etag(StatusCode::OK, d.version, to_json(d)?))
+    one(st.db.snapshot().destination(&key), || format!("destination {key}"))
 }
 
 pub(crate) async fn create_destination(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let d: Destination = body(&b)?;
     let d = st.db.put_destination(writer(&caller)?, d, 0, &services(&st)).await?;
-    Ok(with_etag(StatusCode::CREATED, d.version, to_json(&d)?))
+    written(StatusCode::CREATED, &d)
 }
 
 pub(crate) async fn delete_destination(

@@ -167,6 +167,12 @@ pub enum PropagationCmd {
     Key,
 }
 
+/// Deletes the record at `path` at its current version.
+async fn remove(c: &Client, json: bool, path: &str, what: &str) -> anyhow::Result<()> {
+    let _: Value = c.edit(Method::DELETE, path, None).await?;
+    print_or_json(json, &json!({"removed": what}), || format!("removed {what}"))
+}
+
 fn print_or_json<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     if json {
         print_json(v)
@@ -190,10 +196,13 @@ pub async fn host(c: &Client, cmd: &HostCmd, json: bool) -> anyhow::Result<()> {
             vec![c.call(Method::POST, "/api/v1/hosts", Some(&body), None).await?.value]
         }
         HostCmd::Rm { name } => {
-            let _: Value = c
-                .edit(Method::DELETE, &format!("/api/v1/hosts/{}", seg(name)), None)
-                .await?;
-            return print_or_json(json, &json!({"removed": name}), || format!("removed host {name}"));
+            return remove(
+                c,
+                json,
+                &format!("/api/v1/hosts/{}", seg(name)),
+                &format!("host {name}"),
+            )
+            .await;
         }
     };
     let rows = list
@@ -247,10 +256,8 @@ pub async fn facility(c: &Client, cmd: &FacilityCmd, json: bool) -> anyhow::Resu
             ]
         }
         FacilityCmd::Rm { name } => {
-            let _: Value = c
-                .edit(Method::DELETE, &format!("/api/v1/facilities/{}", seg(name)), None)
-                .await?;
-            return print_or_json(json, &json!({"removed": name}), || format!("removed facility {name}"));
+            let path = format!("/api/v1/facilities/{}", seg(name));
+            return remove(c, json, &path, &format!("facility {name}")).await;
         }
     };
     let rows = list
@@ -348,10 +355,8 @@ pub async fn destination(c: &Client, cmd: &DestinationCmd, json: bool) -> anyhow
                 seg(service),
                 seg(destination)
             );
-            let _: Value = c.edit(Method::DELETE, &path, None).await?;
-            return print_or_json(json, &json!({"removed": destination}), || {
-                format!("removed destination {destination} of {facility}/{service}")
-            });
+            let what = format!("destination {destination} of {facility}/{service}");
+            return remove(c, json, &path, &what).await;
         }
     };
     let rows = list
