@@ -568,3 +568,154 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
     assert_eq!(got, 6, "an older serial");
     assert!(!hosts[0].read("etc/passwd").contains("old:x:"));
 }
+
+#[tokio::test]
+async fn the_propagation_api_refuses_hostile_input_and_foreign_managers() {
+    use crate::support::req;
+    let k = Keel::start(&[]);
+    let admin = Some(k.token.as_str());
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "a", "managers": ["mgr-a"], "services": ["passwd"]})),
+    )
+    .await;
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "b", "managers": ["mgr-b"], "services": ["passwd"]})),
+    )
+    .await;
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/hosts",
+        Some(json!({"name": "b1.example.org", "facility": "b", "aliases": ["www.example.org"]})),
+    )
+    .await;
+    let dest = |d: &str| json!({"facility": "a", "service": "passwd", "destination": d, "channel": "ssh"});
+    // Destinations that would be ssh options or shell words, unknown fields and types.
+    for (body, field) in [
+        (dest("-oProxyCommand=sh"), "destination"),
+        (dest("root@h;reboot"), "destination"),
+        (dest("h:0"), "destination"),
+        (dest("$(id)"), "destination"),
+        (
+            json!({"facility": "a", "service": "../../etc", "destination": "h", "channel": "ssh"}),
+            "service",
+        ),
+        (
+            json!({"facility": "a", "service": "passwd", "destination": "h", "channel": "telnet"}),
+            "body",
+        ),
+        (
+            json!({"facility": "a", "service": "passwd", "destination": "h", "channel": "ssh", "evil": 1}),
+            "body",
+        ),
+    ] {
+        let (status, v) = req(&k, admin, Method::POST, "/api/v1/destinations", Some(body.clone()), &[]).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["field"], field, "{body}: {v}");
+    }
+    for name in ["../x", "A", "", "x y", "é"] {
+        let (status, v) = req(
+            &k,
+            admin,
+            Method::POST,
+            "/api/v1/facilities",
+            Some(json!({"name": name})),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 400, "{name:?}: {v}");
+    }
+    let (status, _) = req(
+        &k,
+        admin,
+        Method::GET,
+        "/api/v1/propagation/bundle?service=../../x&facility=a&destination=h",
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = req(
+        &k,
+        admin,
+        Method::DELETE,
+        "/api/v1/destinations/a/passwd/..%2F..%2Fetc",
+        None,
+        &[("If-Match", "\"1\"")],
+    )
+    .await;
+    assert_eq!(status, 404);
+    // A manager: only their facility, never a name of another facility's host, never `local`.
+    let out = k.cli(&["token", "create", "--name", "mgr-a", "--role", "manager", "--json"]);
+    let mgr = crate::support::stdout_json(&out)["token"]
+        .as_str()
+        .map(str::to_owned)
+        .expect("token");
+    let m = Some(mgr.as_str());
+    let (status, v) = req(
+        &k,
+        m,
+        Method::POST,
+        "/api/v1/destinations",
+        Some(dest("root@www.example.org")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403, "an alias of a host of facility b: {v}");
+    let (status, _) = req(
+        &k,
+        m,
+        Method::POST,
+        "/api/v1/destinations",
+        Some(json!({"facility": "b", "service": "passwd", "destination": "new.example.org", "channel": "ssh"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403, "facility b is not theirs");
+    let (status, _) = req(
+        &k,
+        m,
+        Method::POST,
+        "/api/v1/destinations",
+        Some(json!({"facility": "a", "service": "passwd", "destination": "local", "channel": "local"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403, "local runs on keel's host: admins only");
+    let (status, v) = req(
+        &k,
+        m,
+        Method::POST,
+        "/api/v1/destinations",
+        Some(dest("root@a1.example.org")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _) = req(
+        &k,
+        m,
+        Method::POST,
+        "/api/v1/propagation/force",
+        Some(json!({"facility": "b"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = req(
+        &k,
+        None,
+        Method::POST,
+        "/api/v1/propagation/force",
+        Some(json!({"facility": "a"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401);
+}
