@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod dhcp;
 mod dns;
 mod hosts;
 
@@ -17,6 +18,7 @@ use keel_model::{Group, Kind, Machine, User};
 use serde::{Deserialize, Serialize};
 
 pub use accounts::{homes, passwd, root_ssh};
+pub use dhcp::{dhcp, DhcpFormat, DhcpOptions};
 pub use dns::dns;
 pub use hosts::hosts;
 
@@ -30,6 +32,8 @@ pub struct Input<'a> {
     pub reverse_zones: Vec<String>,
     /// The zones' serial: the seq of the last machine change (`dns`).
     pub serial: u64,
+    /// The pools' networks (`dhcp` subnets).
+    pub networks: Vec<ipnet::Ipv4Net>,
 }
 
 /// A group as it appears on hosts.
@@ -55,6 +59,8 @@ pub struct Options {
     pub zone: String,
     /// The `dns` service's zone files.
     pub dns: DnsOptions,
+    /// The `dhcp` service's configuration.
+    pub dhcp: DhcpOptions,
 }
 
 /// How the `dns` service writes its zones.
@@ -92,6 +98,7 @@ impl Default for Options {
             ]),
             zone: "prolo".into(),
             dns: DnsOptions::default(),
+            dhcp: DhcpOptions::default(),
         }
     }
 }
@@ -114,10 +121,18 @@ pub enum BuiltIn {
     Homes,
     Hosts,
     Dns,
+    Dhcp,
 }
 
 impl BuiltIn {
-    pub const ALL: [Self; 5] = [Self::Passwd, Self::RootSsh, Self::Homes, Self::Hosts, Self::Dns];
+    pub const ALL: [Self; 6] = [
+        Self::Passwd,
+        Self::RootSsh,
+        Self::Homes,
+        Self::Hosts,
+        Self::Dns,
+        Self::Dhcp,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -126,6 +141,7 @@ impl BuiltIn {
             Self::Homes => "homes",
             Self::Hosts => "hosts",
             Self::Dns => "dns",
+            Self::Dhcp => "dhcp",
         }
     }
 
@@ -142,7 +158,7 @@ impl BuiltIn {
     pub fn affected_by(self, kind: Kind) -> bool {
         match self {
             Self::Passwd | Self::RootSsh | Self::Homes => kind == Kind::User,
-            Self::Hosts | Self::Dns => kind == Kind::Machine,
+            Self::Hosts | Self::Dns | Self::Dhcp => kind == Kind::Machine,
         }
     }
 
@@ -153,6 +169,7 @@ impl BuiltIn {
             Self::Homes => homes(input, opts),
             Self::Hosts => hosts(input, opts),
             Self::Dns => dns(input, opts),
+            Self::Dhcp => dhcp(input, opts),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keel_gen::{BuiltIn, Input, Options};
+use keel_gen::{BuiltIn, DhcpFormat, Input, Options};
 use keel_model::{Machine, User};
 
 fn site() -> (Vec<User>, Vec<Machine>) {
@@ -16,17 +16,44 @@ fn site() -> (Vec<User>, Vec<Machine>) {
     )
 }
 
-#[test]
-fn generators_match_golden_files() {
-    let (users, machines) = site();
-    let mut input = Input {
+fn input<'a>(users: &'a [User], machines: &'a [Machine]) -> Input<'a> {
+    Input {
         facility: "lan",
         users: users.iter().collect(),
         machines: machines.iter().collect(),
         reverse_zones: keel_model::Pools::default().reverse_zones(),
         serial: 3,
-    };
+        networks: keel_model::Pools::default().networks(),
+    }
+}
+
+/// Compares generated files with `tests/data/<dir>/`, or rewrites them under UPDATE_GOLDEN.
+fn check_golden(dir: &str, files: &[keel_bundle::File]) {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for f in files {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(dir)
+            .join(&f.path);
+        if update {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &f.data).unwrap();
+        }
+        let want =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert_eq!(
+            String::from_utf8_lossy(&f.data),
+            String::from_utf8_lossy(&want),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn generators_match_golden_files() {
+    let (users, machines) = site();
+    let mut input = input(&users, &machines);
     for service in BuiltIn::ALL {
         let files = service.generate(&input, &Options::default());
         // Input order must not matter.
@@ -37,23 +64,18 @@ fn generators_match_golden_files() {
             service.generate(&input, &Options::default()),
             "{service:?} depends on input order"
         );
-        for f in files {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data")
-                .join(service.name())
-                .join(&f.path);
-            if update {
-                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, &f.data).unwrap();
-            }
-            let want =
-                std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
-            assert_eq!(
-                String::from_utf8_lossy(&f.data),
-                String::from_utf8_lossy(&want),
-                "{}",
-                path.display()
-            );
-        }
+        check_golden(service.name(), &files);
     }
+}
+
+/// Kea, and ISC with a range for unknown machines (the plain ISC file is in `dhcp/`).
+#[test]
+fn dhcp_variants_match_their_golden_files() {
+    let (users, machines) = site();
+    let input = input(&users, &machines);
+    let mut opts = Options::default();
+    opts.dhcp.unknown_range = Some(("192.168.2.100".parse().unwrap(), "192.168.2.199".parse().unwrap()));
+    check_golden("dhcp-isc-unknown", &keel_gen::dhcp(&input, &opts));
+    opts.dhcp.format = DhcpFormat::Kea;
+    check_golden("dhcp-kea", &keel_gen::dhcp(&input, &opts));
 }

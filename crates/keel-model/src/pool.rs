@@ -140,6 +140,17 @@ pub fn reverse_zone(net: ipnet::Ipv4Net) -> String {
 }
 
 impl Pools {
+    /// The pools' networks, sorted, each once (user and orga may share one).
+    pub fn networks(&self) -> Vec<ipnet::Ipv4Net> {
+        let mut nets: Vec<ipnet::Ipv4Net> = [&self.user, &self.orga, &self.service, &self.cluster]
+            .iter()
+            .map(|p| p.network)
+            .collect();
+        nets.sort();
+        nets.dedup();
+        nets
+    }
+
     /// The reverse zones of every pool, sorted, each once.
     pub fn reverse_zones(&self) -> Vec<String> {
         let mut zones: Vec<String> = [&self.user, &self.orga, &self.service, &self.cluster]

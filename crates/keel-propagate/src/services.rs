@@ -123,6 +123,7 @@ pub async fn generate(
                 machines: snap.machines().collect(),
                 reverse_zones: pools.reverse_zones(),
                 serial: snap.machines_seq(),
+                networks: pools.networks(),
             };
             Ok(b.generate(&input, opts))
         }

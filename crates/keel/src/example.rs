@@ -44,7 +44,7 @@ pub async fn load(db: &Db) -> anyhow::Result<()> {
     for s in switches() {
         db.create_switch(&who, Fields::new(s, Strictness::Strict)?).await?;
     }
-    // keel's own host, as a `local` destination, receives the zones and /etc/hosts.
+    // keel's own host, as a `local` destination, receives the zones, the DHCP config, /etc/hosts.
     let services: std::collections::BTreeSet<String> =
         keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
     let gw = keel_model::Facility {
@@ -52,12 +52,12 @@ pub async fn load(db: &Db) -> anyhow::Result<()> {
         managers: Vec::new(),
         groups: Vec::new(),
         members: Vec::new(),
-        services: vec!["dns".into(), "hosts".into()],
+        services: vec!["dns".into(), "dhcp".into(), "hosts".into()],
         blocked: Vec::new(),
         version: 0,
     };
     db.put_facility(&who, gw, 0, &services).await?;
-    for s in ["dns", "hosts"] {
+    for s in ["dns", "dhcp", "hosts"] {
         let d = keel_model::Destination {
             facility: "gw".into(),
             service: s.into(),

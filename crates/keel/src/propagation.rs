@@ -68,13 +68,13 @@ fn example_agent(data_dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<String>
         &cfg,
         format!(
             "# Written by keel serve --example-site.\nfqdn = \"gw.prolo\"\ndns_alias_whitelist = [\"local\"]\n\
-             trusted_keys = [\"{}\"]\nroot_dir = \"{}\"\n[services.dns]\ndir = \"/etc/bind/keel\"\n",
+             trusted_keys = [\"{}\"]\nroot_dir = \"{}\"\n[services.dns]\ndir = \"/etc/bind/keel\"\n[services.dhcp]\ndir = \"/etc/dhcp/keel\"\n",
             key.public(),
             dir.join("root").display()
         ),
     )?;
     println!(
-        "keel: the example site's facility gw propagates dns and hosts to {}",
+        "keel: the example site's facility gw propagates dns, dhcp and hosts to {}",
         dir.join("root").display()
     );
     let exe = std::env::current_exe()?;
