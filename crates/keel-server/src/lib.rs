@@ -18,6 +18,7 @@ mod metrics;
 mod propagation;
 mod rest;
 mod rpc;
+pub mod tftp;
 mod watch;
 
 pub use auth::Caller;

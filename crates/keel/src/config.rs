@@ -26,6 +26,22 @@ pub struct FileConfig {
     pub propagation: PropagationFile,
     #[serde(default)]
     pub dns: DnsFile,
+    #[serde(default)]
+    pub tftp: TftpFile,
+}
+
+/// `[tftp]`: the read-only TFTP server for network boot.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TftpFile {
+    /// Serve TFTP (default true).
+    pub enabled: Option<bool>,
+    /// Default 127.0.0.1:6969; production 0.0.0.0:69.
+    pub listen: Option<SocketAddr>,
+    /// The directory served (default `<data_dir>/tftp`, created if missing).
+    pub root: Option<PathBuf>,
+    /// Milliseconds before a block is resent, unless the client asks otherwise (default 1000).
+    pub retransmit_ms: Option<u64>,
 }
 
 /// `[dns]`: the built-in authoritative DNS.
@@ -169,8 +185,12 @@ pub struct ServeConfig {
     pub dns_listen: SocketAddr,
     /// The DNS address was asked for (a failure to bind it is then an error, not a warning).
     pub dns_explicit: bool,
+    pub tftp: TftpFile,
+    pub tftp_listen: SocketAddr,
+    pub tftp_explicit: bool,
 }
 
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";
+pub const DEFAULT_TFTP_LISTEN: &str = "127.0.0.1:6969";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "keel-data";

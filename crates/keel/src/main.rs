@@ -20,7 +20,7 @@ mod serve;
 mod sheet;
 mod sshd;
 
-use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN};
+use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN};
 
 /// keel: one source of truth for a site's machines, users and sessions, pushed live to everything
 /// that depends on it.
@@ -110,6 +110,10 @@ struct ServeArgs {
     /// DATA_DIR/dns.addr). Default 127.0.0.1:5353.
     #[arg(long, env = "KEEL_DNS_LISTEN")]
     dns_listen: Option<std::net::SocketAddr>,
+    /// Address of the read-only TFTP server (port 0: a free port, written to DATA_DIR/tftp.addr).
+    /// Default 127.0.0.1:6969.
+    #[arg(long, env = "KEEL_TFTP_LISTEN")]
+    tftp_listen: Option<std::net::SocketAddr>,
     /// Load a small example site into an empty database.
     #[arg(long)]
     example_site: bool,
@@ -147,6 +151,12 @@ impl Cli {
                 .or(file.dns.listen)
                 .unwrap_or_else(|| DEFAULT_DNS_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
             dns: file.dns.clone(),
+            tftp_explicit: args.tftp_listen.is_some() || file.tftp.listen.is_some(),
+            tftp_listen: args
+                .tftp_listen
+                .or(file.tftp.listen)
+                .unwrap_or_else(|| DEFAULT_TFTP_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
+            tftp: file.tftp.clone(),
         })
     }
 

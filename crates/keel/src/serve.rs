@@ -21,6 +21,8 @@ pub const TOKEN_FILE: &str = "admin.token";
 pub const ADDR_FILE: &str = "listen.addr";
 /// Written once the DNS listens: its address (UDP and TCP).
 pub const DNS_ADDR_FILE: &str = "dns.addr";
+/// Written once TFTP listens: its address.
+pub const TFTP_ADDR_FILE: &str = "tftp.addr";
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -54,6 +56,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     if cfg.dns.enabled.unwrap_or(true) {
         start_dns(&db, &cfg).await?;
+    }
+    if cfg.tftp.enabled.unwrap_or(true) {
+        start_tftp(&cfg).await?;
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -90,6 +95,30 @@ async fn start_dns(db: &Arc<Db>, cfg: &ServeConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => Err(e).with_context(|| format!("cannot listen for DNS on {}", cfg.dns_listen)),
+    }
+}
+
+/// Starts the read-only TFTP server, on the same terms as the DNS.
+async fn start_tftp(cfg: &ServeConfig) -> anyhow::Result<()> {
+    let root = cfg.tftp.root.clone().unwrap_or_else(|| cfg.data_dir.join("tftp"));
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create the TFTP root {}", root.display()))?;
+    let tftp = Arc::new(keel_server::tftp::TftpConfig {
+        root: root.clone(),
+        timeout: std::time::Duration::from_millis(cfg.tftp.retransmit_ms.unwrap_or(1000).max(10)),
+    });
+    match tokio::net::UdpSocket::bind(cfg.tftp_listen).await {
+        Ok(sock) => {
+            let addr = sock.local_addr()?;
+            std::fs::write(cfg.data_dir.join(TFTP_ADDR_FILE), addr.to_string())?;
+            tracing::info!(%addr, root = %root.display(), "TFTP is serving (read-only)");
+            tokio::spawn(keel_server::tftp::serve(tftp, sock));
+            Ok(())
+        }
+        Err(e) if !cfg.tftp_explicit => {
+            tracing::warn!(addr = %cfg.tftp_listen, %e, "TFTP not started: its default address is taken; set [tftp] listen or --tftp-listen");
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen for TFTP on {}", cfg.tftp_listen)),
     }
 }
 

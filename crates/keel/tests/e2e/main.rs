@@ -10,6 +10,7 @@
 //! - `users`: users in the database (uids, validation, hashes never shown).
 //! - `users_import`: `keel users import` (login rule, sheets, all or nothing).
 //! - `propagation`: the engine and the real keel-agent (local child process; ssh to a real sshd).
+//! - `tftp`: the TFTP server with `curl`, directly and through a lossy, duplicating proxy.
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
 //! - `regression`: one test per fixed bug, named after its issue.
 
@@ -27,6 +28,7 @@ mod regression;
 #[path = "../../src/sshd.rs"]
 mod sshd;
 mod support;
+mod tftp;
 mod users;
 mod users_import;
 mod watch;

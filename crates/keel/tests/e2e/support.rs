@@ -18,6 +18,8 @@ pub struct Keel {
     pub token: String,
     /// The built-in DNS's address (UDP and TCP), `127.0.0.1:PORT`.
     pub dns: String,
+    /// The TFTP server's address.
+    pub tftp: String,
     args: Vec<String>,
     listen: String,
 }
@@ -39,6 +41,7 @@ impl Keel {
             url: String::new(),
             token: String::new(),
             dns: String::new(),
+            tftp: String::new(),
             args: args.iter().map(|s| s.to_string()).collect(),
             listen: "127.0.0.1:0".to_owned(),
         };
@@ -80,6 +83,7 @@ impl Keel {
         let data = self.data();
         let _ = std::fs::remove_file(data.join("listen.addr"));
         let _ = std::fs::remove_file(data.join("dns.addr"));
+        let _ = std::fs::remove_file(data.join("tftp.addr"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -92,6 +96,9 @@ impl Keel {
         if !self.args.iter().any(|a| a == "--dns-listen") {
             // Tests run in parallel: each server's DNS on a free port, not the default 5353.
             cmd.args(["--dns-listen", "127.0.0.1:0"]);
+        }
+        if !self.args.iter().any(|a| a == "--tftp-listen") {
+            cmd.args(["--tftp-listen", "127.0.0.1:0"]);
         }
         cmd.env_remove("KEEL_TOKEN")
             .env_remove("KEEL_URL")
@@ -110,6 +117,10 @@ impl Keel {
             .unwrap_or_else(|| panic!("keel did not start; log:\n{}", self.log()));
         self.url = format!("http://{}", addr.trim());
         self.dns = std::fs::read_to_string(data.join("dns.addr"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        self.tftp = std::fs::read_to_string(data.join("tftp.addr"))
             .unwrap_or_default()
             .trim()
             .to_owned();
