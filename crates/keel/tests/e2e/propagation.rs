@@ -658,64 +658,53 @@ async fn the_propagation_api_refuses_hostile_input_and_foreign_managers() {
         .map(str::to_owned)
         .expect("token");
     let m = Some(mgr.as_str());
-    let (status, v) = req(
-        &k,
-        m,
-        Method::POST,
-        "/api/v1/destinations",
-        Some(dest("root@www.example.org")),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 403, "an alias of a host of facility b: {v}");
-    let (status, _) = req(
-        &k,
-        m,
-        Method::POST,
-        "/api/v1/destinations",
-        Some(json!({"facility": "b", "service": "passwd", "destination": "new.example.org", "channel": "ssh"})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 403, "facility b is not theirs");
-    let (status, _) = req(
-        &k,
-        m,
-        Method::POST,
-        "/api/v1/destinations",
-        Some(json!({"facility": "a", "service": "passwd", "destination": "local", "channel": "local"})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 403, "local runs on keel's host: admins only");
-    let (status, v) = req(
-        &k,
-        m,
-        Method::POST,
-        "/api/v1/destinations",
-        Some(dest("root@a1.example.org")),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 201, "{v}");
-    let (status, _) = req(
-        &k,
-        m,
-        Method::POST,
-        "/api/v1/propagation/force",
-        Some(json!({"facility": "b"})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 403);
-    let (status, _) = req(
-        &k,
-        None,
-        Method::POST,
-        "/api/v1/propagation/force",
-        Some(json!({"facility": "a"})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 401);
+    let other =
+        |f: &str, d: &str, ch: &str| json!({"facility": f, "service": "passwd", "destination": d, "channel": ch});
+    for (token, path, body, want, why) in [
+        (
+            m,
+            "/api/v1/destinations",
+            dest("root@www.example.org"),
+            403,
+            "an alias of a host of facility b",
+        ),
+        (
+            m,
+            "/api/v1/destinations",
+            other("b", "new.example.org", "ssh"),
+            403,
+            "facility b is not theirs",
+        ),
+        (
+            m,
+            "/api/v1/destinations",
+            other("a", "local", "local"),
+            403,
+            "local runs on keel's host: admins only",
+        ),
+        (
+            m,
+            "/api/v1/destinations",
+            dest("root@a1.example.org"),
+            201,
+            "a free name in their facility",
+        ),
+        (
+            m,
+            "/api/v1/propagation/force",
+            json!({"facility": "b"}),
+            403,
+            "forcing another facility",
+        ),
+        (
+            None,
+            "/api/v1/propagation/force",
+            json!({"facility": "a"}),
+            401,
+            "no token",
+        ),
+    ] {
+        let (status, v) = req(&k, token, Method::POST, path, Some(body), &[]).await;
+        assert_eq!(status, want, "{why}: {v}");
+    }
 }
