@@ -51,12 +51,17 @@ pub(crate) fn read_target(path: &Path) -> Result<Option<Vec<u8>>, Fail> {
 /// Replaces `path` by `data` through a temp file in the same directory. The owner of the file it
 /// replaces is kept (e.g. /etc/shadow's group); the mode is the one asked for.
 pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Fail> {
+    let tmp = stage(path, data, mode)?;
+    publish(&tmp, path)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    sync_dir(dir).map_err(|e| io("syncing", dir, &e))
+}
+
+/// Writes `data` to a durable temp file beside `path` (same owner as `path`, mode `mode`).
+fn stage(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, Fail> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(|e| io("creating", dir, &e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.keel-tmp"));
     let _ = fs::remove_file(&tmp); // a leftover of a crash (remove_file never follows a link)
     let owner = fs::symlink_metadata(path).ok().map(|m| (m.uid(), m.gid()));
@@ -74,15 +79,21 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Fa
             }
         }
         f.write_all(data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        f.sync_all()
     })();
     if let Err(e) = done {
         let _ = fs::remove_file(&tmp);
         return Err(io("writing", path, &e));
     }
-    Ok(())
+    Ok(tmp)
+}
+
+/// Moves a staged temp file over its target (atomic; the directory still needs a sync).
+fn publish(tmp: &Path, path: &Path) -> Result<(), Fail> {
+    fs::rename(tmp, path).map_err(|e| {
+        let _ = fs::remove_file(tmp);
+        io("writing", path, &e)
+    })
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -99,16 +110,19 @@ fn remove(path: &Path) -> Result<(), Fail> {
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     target: PathBuf,
-    /// The saved previous contents (a file of the journal), or none: the target did not exist.
-    saved: Option<String>,
     mode: u32,
+    /// Length of the saved previous contents in the journal, or none: the target did not exist.
+    len: Option<u64>,
 }
 
-/// The journal directories of a service.
+/// A service's journal: one file, `<service>.journal` — a JSON line listing the targets, then the
+/// previous contents of each, back to back. Written whole and durable before any target is
+/// touched; renamed to `<service>.prev` when the run is final.
 pub(crate) struct Journal {
     tmp: PathBuf,
     live: PathBuf,
     prev: PathBuf,
+    dir: PathBuf,
 }
 
 impl Journal {
@@ -117,92 +131,92 @@ impl Journal {
             tmp: state_dir.join(format!("{service}.journal.tmp")),
             live: state_dir.join(format!("{service}.journal")),
             prev: state_dir.join(format!("{service}.prev")),
+            dir: state_dir.to_owned(),
         }
     }
 
     /// Undoes an interrupted run, if there was one; returns whether there was.
     pub(crate) fn recover(&self) -> Result<bool, Fail> {
-        if self.tmp.exists() {
-            fs::remove_dir_all(&self.tmp).map_err(|e| io("removing", &self.tmp, &e))?;
-        }
-        let index = self.live.join("journal.json");
-        if !self.live.exists() {
-            return Ok(false);
-        }
-        let entries: Vec<Entry> = match fs::read(&index) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| Fail::new(Code::Io, format!("{}: {e}", index.display())))?
-            }
-            Err(e) => return Err(io("reading", &index, &e)),
+        let _ = fs::remove_file(&self.tmp); // never renamed: nothing was touched
+        let raw = match fs::read(&self.live) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io("reading", &self.live, &e)),
         };
-        for e in entries.iter().rev() {
-            match &e.saved {
-                Some(name) => {
-                    let old = self.live.join(name);
-                    let data = fs::read(&old).map_err(|err| io("reading", &old, &err))?;
-                    write_atomic(&e.target, &data, e.mode)?;
+        let corrupt = |why: &str| Fail::new(Code::Io, format!("{}: {why}", self.live.display()));
+        let nl = raw.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no index"))?;
+        let entries: Vec<Entry> = serde_json::from_slice(&raw[..nl]).map_err(|e| corrupt(&e.to_string()))?;
+        let mut at = nl + 1;
+        let mut saved = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let data = match e.len {
+                Some(n) => {
+                    let end = usize::try_from(n).ok().and_then(|n| at.checked_add(n)).ok_or_else(|| corrupt("bad length"))?;
+                    let d = raw.get(at..end).ok_or_else(|| corrupt("truncated"))?;
+                    at = end;
+                    Some(d)
                 }
+                None => None,
+            };
+            saved.push(data);
+        }
+        for (e, data) in entries.iter().zip(saved).rev() {
+            match data {
+                Some(d) => write_atomic(&e.target, d, e.mode)?,
                 None => remove(&e.target)?,
             }
         }
-        fs::remove_dir_all(&self.live).map_err(|e| io("removing", &self.live, &e))?;
+        fs::remove_file(&self.live).map_err(|e| io("removing", &self.live, &e))?;
+        sync_dir(&self.dir).map_err(|e| io("syncing", &self.dir, &e))?;
         Ok(true)
     }
 
     /// Saves what `changes` will replace, then applies them. Nothing is touched if saving fails.
+    /// Every new file is written and synced before the first rename, and each directory is
+    /// synced once at the end.
     pub(crate) fn apply(&self, changes: &[Change]) -> Result<(), Fail> {
         let mut entries = Vec::with_capacity(changes.len());
-        fs::create_dir_all(&self.tmp).map_err(|e| io("creating", &self.tmp, &e))?;
-        for (i, c) in changes.iter().enumerate() {
-            let saved = match read_target(&c.target)? {
-                Some(old) => {
-                    let name = format!("{i}");
-                    let p = self.tmp.join(&name);
-                    let mut f = fs::File::create(&p).map_err(|e| io("creating", &p, &e))?;
-                    f.write_all(&old)
-                        .and_then(|()| f.sync_all())
-                        .map_err(|e| io("writing", &p, &e))?;
-                    let mode = fs::symlink_metadata(&c.target).map_or(0o600, |m| m.mode() & 0o7777);
-                    entries.push(Entry {
-                        target: c.target.clone(),
-                        saved: Some(name),
-                        mode,
-                    });
-                    continue;
-                }
-                None => None,
-            };
+        let mut olds = Vec::new();
+        for c in changes {
+            let old = read_target(&c.target)?;
+            let mode = fs::symlink_metadata(&c.target).map_or(c.mode, |m| m.mode() & 0o7777);
             entries.push(Entry {
                 target: c.target.clone(),
-                saved,
-                mode: c.mode,
+                mode,
+                len: old.as_ref().map(|o| o.len() as u64),
             });
+            olds.extend(old.unwrap_or_default());
         }
-        let index = self.tmp.join("journal.json");
-        let json = serde_json::to_vec(&entries).map_err(|e| Fail::new(Code::Io, e.to_string()))?;
-        write_atomic(&index, &json, 0o600)?;
-        fs::rename(&self.tmp, &self.live).map_err(|e| io("renaming", &self.tmp, &e))?;
-        if let Some(dir) = self.live.parent() {
-            sync_dir(dir).map_err(|e| io("syncing", dir, &e))?;
-        }
+        let mut journal = serde_json::to_vec(&entries).map_err(|e| Fail::new(Code::Io, e.to_string()))?;
+        journal.push(b'\n');
+        journal.extend(olds);
+        let tmp = stage(&self.tmp, &journal, 0o600)?;
+        publish(&tmp, &self.live)?;
+        sync_dir(&self.dir).map_err(|e| io("syncing", &self.dir, &e))?;
+        let mut staged = Vec::with_capacity(changes.len());
         for c in changes {
-            match &c.data {
-                Some(data) => write_atomic(&c.target, data, c.mode)?,
-                None => remove(&c.target)?,
+            if let Some(data) = &c.data {
+                staged.push((stage(&c.target, data, c.mode)?, &c.target));
             }
+        }
+        for (tmp, target) in &staged {
+            publish(tmp, target)?;
+        }
+        for c in changes.iter().filter(|c| c.data.is_none()) {
+            remove(&c.target)?;
+        }
+        let mut dirs: Vec<&Path> = changes.iter().filter_map(|c| c.target.parent()).collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            sync_dir(d).map_err(|e| io("syncing", d, &e))?;
         }
         Ok(())
     }
 
     /// Makes the applied run final; its journal becomes the kept previous version.
     pub(crate) fn commit(&self) -> Result<(), Fail> {
-        if self.prev.exists() {
-            fs::remove_dir_all(&self.prev).map_err(|e| io("removing", &self.prev, &e))?;
-        }
         fs::rename(&self.live, &self.prev).map_err(|e| io("renaming", &self.live, &e))?;
-        if let Some(dir) = self.live.parent() {
-            sync_dir(dir).map_err(|e| io("syncing", dir, &e))?;
-        }
-        Ok(())
+        sync_dir(&self.dir).map_err(|e| io("syncing", &self.dir, &e))
     }
 }
