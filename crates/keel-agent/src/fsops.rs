@@ -61,7 +61,10 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Fa
 fn stage(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, Fail> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir).map_err(|e| io("creating", dir, &e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.keel-tmp"));
     let _ = fs::remove_file(&tmp); // a leftover of a crash (remove_file never follows a link)
     let owner = fs::symlink_metadata(path).ok().map(|m| (m.uid(), m.gid()));
@@ -144,14 +147,20 @@ impl Journal {
             Err(e) => return Err(io("reading", &self.live, &e)),
         };
         let corrupt = |why: &str| Fail::new(Code::Io, format!("{}: {why}", self.live.display()));
-        let nl = raw.iter().position(|&b| b == b'\n').ok_or_else(|| corrupt("no index"))?;
+        let nl = raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| corrupt("no index"))?;
         let entries: Vec<Entry> = serde_json::from_slice(&raw[..nl]).map_err(|e| corrupt(&e.to_string()))?;
         let mut at = nl + 1;
         let mut saved = Vec::with_capacity(entries.len());
         for e in &entries {
             let data = match e.len {
                 Some(n) => {
-                    let end = usize::try_from(n).ok().and_then(|n| at.checked_add(n)).ok_or_else(|| corrupt("bad length"))?;
+                    let end = usize::try_from(n)
+                        .ok()
+                        .and_then(|n| at.checked_add(n))
+                        .ok_or_else(|| corrupt("bad length"))?;
                     let d = raw.get(at..end).ok_or_else(|| corrupt("truncated"))?;
                     at = end;
                     Some(d)

@@ -34,15 +34,27 @@ pub struct Header<'a> {
 /// Files with their digests computed once, ready to be signed for any number of destinations.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    files: Vec<File>,
     entries: Vec<FileEntry>,
+    /// The files' tar members and the end-of-archive blocks: the same for every destination, so
+    /// built once and shared (a bundle is its own MANIFEST members, then this).
+    tail: std::sync::Arc<Vec<u8>>,
 }
 
+/// The two zero blocks that end a tar archive.
+const END: usize = 1024;
+
 impl Prepared {
-    /// Sorts the files by path and hashes each.
-    pub fn new(files: &[File]) -> Self {
-        let mut files = files.to_vec();
+    /// Sorts the files by path, hashes each and lays out their tar members.
+    pub fn new(files: &[File]) -> Result<Self, BuildError> {
+        let mut files: Vec<&File> = files.iter().collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut tar = tar::Builder::new(Vec::with_capacity(
+            files.iter().map(|f| f.data.len() + 1024).sum::<usize>() + END,
+        ));
+        for f in &files {
+            append(&mut tar, &f.path, f.mode, &f.data)?;
+        }
+        let tail = std::sync::Arc::new(tar.into_inner()?);
         let entries = files
             .iter()
             .map(|f| FileEntry {
@@ -52,7 +64,7 @@ impl Prepared {
                 sha256: crate::sha256_hex(&f.data),
             })
             .collect();
-        Self { files, entries }
+        Ok(Self { entries, tail })
     }
 
     /// The skip digest these files have under `version` (see [`Manifest::digest`]).
@@ -78,30 +90,39 @@ impl Prepared {
     /// Builds and signs a bundle. Refuses what an agent would refuse, so a bad generator fails
     /// on the server, not on a thousand hosts.
     pub fn build(&self, key: &SecretKey, h: &Header<'_>) -> Result<Vec<u8>, BuildError> {
+        let (mut head, tail) = self.build_parts(key, h)?;
+        head.extend_from_slice(&tail);
+        Ok(head)
+    }
+
+    /// The bundle as two parts to send one after the other: this destination's MANIFEST members,
+    /// then the shared file members — no copy of the files per destination.
+    pub fn build_parts(
+        &self,
+        key: &SecretKey,
+        h: &Header<'_>,
+    ) -> Result<(Vec<u8>, std::sync::Arc<Vec<u8>>), BuildError> {
         let m = self.manifest(h);
         m.check().map_err(BuildError::Invalid)?;
         let json = serde_json::to_vec_pretty(&m).map_err(|e| BuildError::Invalid(e.to_string()))?;
         let sig = key.sign(&json);
-        let mut tar = tar::Builder::new(Vec::with_capacity(
-            self.files.iter().map(|f| f.data.len() + 1024).sum::<usize>() + json.len() + 2048,
-        ));
+        let mut tar = tar::Builder::new(Vec::with_capacity(json.len() + 3 * 512 + END));
         append(&mut tar, "MANIFEST.json", 0o644, &json)?;
         append(&mut tar, "MANIFEST.sig", 0o644, &sig)?;
-        for f in &self.files {
-            append(&mut tar, &f.path, f.mode, &f.data)?;
-        }
-        Ok(tar.into_inner()?)
+        let mut head = tar.into_inner()?;
+        head.truncate(head.len() - END); // the archive goes on with the tail
+        Ok((head, self.tail.clone()))
     }
 }
 
 /// The manifest for `files` under `h`.
-pub fn manifest(h: &Header<'_>, files: &[File]) -> Manifest {
-    Prepared::new(files).manifest(h)
+pub fn manifest(h: &Header<'_>, files: &[File]) -> Result<Manifest, BuildError> {
+    Ok(Prepared::new(files)?.manifest(h))
 }
 
 /// Builds and signs a bundle of `files` (see [`Prepared::build`]).
 pub fn build(key: &SecretKey, h: &Header<'_>, files: &[File]) -> Result<Vec<u8>, BuildError> {
-    Prepared::new(files).build(key, h)
+    Prepared::new(files)?.build(key, h)
 }
 
 fn append(tar: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {

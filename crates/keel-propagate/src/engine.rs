@@ -226,7 +226,11 @@ impl Engine {
         let serial = self.next_serial(facility, service).await?;
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         self.inner
-            .bundle(svc, facility, destination, serial, &run_id, &Prepared::new(&files))
+            .bundle(svc, facility, destination, serial, &run_id, &prepare(&files)?)
+            .map(|(mut head, tail)| {
+                head.extend_from_slice(&tail);
+                head
+            })
     }
 
     async fn next_serial(&self, facility: &str, service: &str) -> Result<u64, EngineError> {
@@ -401,7 +405,7 @@ impl Inner {
         serial: u64,
         run_id: &str,
         files: &Prepared,
-    ) -> Result<Vec<u8>, EngineError> {
+    ) -> Result<(Vec<u8>, Arc<Vec<u8>>), EngineError> {
         let created = now();
         let h = keel_bundle::Header {
             service: svc.name(),
@@ -412,7 +416,9 @@ impl Inner {
             created: &created,
             serial,
         };
-        files.build(&self.key, &h).map_err(|e| EngineError::Gen(e.to_string()))
+        files
+            .build_parts(&self.key, &h)
+            .map_err(|e| EngineError::Gen(e.to_string()))
     }
 
     async fn save(&self, t: &Task) -> Result<(), EngineError> {
@@ -463,8 +469,18 @@ impl Inner {
                 return Some(self.cfg.retry_min);
             }
         };
-        // Hashed once here, not once per destination.
-        let files = Prepared::new(&files);
+        // Hashed and laid out once here, not once per destination.
+        let files = match prepare(&files) {
+            Ok(f) => f,
+            Err(e) => {
+                let t = self.update(id, |t| {
+                    t.state = TaskState::Generror;
+                    t.error = Some(e.to_string());
+                });
+                self.save_logged(&t).await;
+                return Some(self.cfg.retry_min);
+            }
+        };
         let digest = files.digest(svc.version());
         let task = self.update(id, |t| {
             t.state = TaskState::Generated;
@@ -526,7 +542,7 @@ impl Inner {
             if !force && last.holds(&task.digest) {
                 continue; // unchanged: nothing to send
             }
-            let bundle = match self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, files) {
+            let (head, tail) = match self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, files) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(%e, "cannot build a bundle");
@@ -540,7 +556,7 @@ impl Inner {
             let timeout = self.cfg.send_timeout;
             sends.spawn(async move {
                 let _permit = inner.sends.acquire().await;
-                let out = send::run(cmd, bundle, timeout).await;
+                let out = send::run(cmd, head, tail, timeout).await;
                 (d.destination, last, out)
             });
         }
@@ -576,6 +592,10 @@ impl Inner {
             .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
         exp.min(self.cfg.retry_max)
     }
+}
+
+fn prepare(files: &[keel_bundle::File]) -> Result<Prepared, EngineError> {
+    Prepared::new(files).map_err(|e| EngineError::Gen(e.to_string()))
 }
 
 fn denied(mut r: DestResult, why: &str) -> DestResult {

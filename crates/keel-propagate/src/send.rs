@@ -157,8 +157,9 @@ fn text(b: &[u8]) -> String {
     format!("…{}", &s[cut..])
 }
 
-/// Runs `cmd` with `bundle` on stdin, within `timeout`; the child is killed if it overruns.
-pub async fn run(mut cmd: Command, bundle: Vec<u8>, timeout: Duration) -> Outcome {
+/// Runs `cmd` with `head` then `tail` on stdin (a bundle's own members, then the members shared
+/// by all destinations), within `timeout`; the child is killed if it overruns.
+pub async fn run(mut cmd: Command, head: Vec<u8>, tail: std::sync::Arc<Vec<u8>>, timeout: Duration) -> Outcome {
     let start = Instant::now();
     let fail = |msg: String| Outcome {
         exit_code: None,
@@ -178,7 +179,9 @@ pub async fn run(mut cmd: Command, bundle: Vec<u8>, timeout: Duration) -> Outcom
     let feed = async move {
         if let Some(mut w) = stdin {
             // A refused bundle may close stdin early: the exit code tells why.
-            let _ = w.write_all(&bundle).await;
+            if w.write_all(&head).await.is_ok() {
+                let _ = w.write_all(&tail).await;
+            }
             let _ = w.shutdown().await;
         }
     };

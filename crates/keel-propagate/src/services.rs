@@ -146,7 +146,13 @@ async fn custom(c: &CustomService, input: Vec<u8>) -> Result<Vec<File>, String> 
     let (prog, args) = c.command.split_first().ok_or("no command")?;
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args).arg(dir.path()).env("KEEL_OUT_DIR", dir.path());
-    let out = crate::send::run(cmd, input, Duration::from_secs(c.timeout_secs)).await;
+    let out = crate::send::run(
+        cmd,
+        input,
+        std::sync::Arc::default(),
+        Duration::from_secs(c.timeout_secs),
+    )
+    .await;
     if out.exit_code != Some(0) {
         let code = out
             .exit_code
