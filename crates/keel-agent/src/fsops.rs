@@ -2,12 +2,13 @@
 //! undo an interrupted one.
 //!
 //! A run's changes form one transaction. Before the first target is touched, the previous contents
-//! of every target are saved in `<state>/<service>.journal/` (prepared in `.journal.tmp`, then
-//! renamed: the journal exists whole or not at all). Each target is then replaced by temp file →
-//! fsync → rename → fsync of the directory. The rename of the journal to `<service>.prev` is the
-//! commit; a journal found at the start of a run means the last one was interrupted, and it is
-//! rolled back before anything else. The agent's own state file (serial, managed names) is one of
-//! the targets, so it moves with the files.
+//! of every target are saved in one file, `<state>/<service>.journal` (written to a temp file,
+//! synced, renamed: the journal exists whole or not at all). Then every new file is written to a
+//! temp file beside its target and synced, all are renamed into place, and each directory is
+//! synced once. The rename of the journal to `<service>.prev` is the commit; a journal found at the
+//! start of a run means the last one was interrupted, and it is rolled back before anything else.
+//! The agent's own state file (serial, managed names) is one of the targets, so it moves with the
+//! files.
 
 use std::fs;
 use std::io::Write;
