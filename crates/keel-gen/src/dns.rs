@@ -29,6 +29,29 @@ fn ptr_name(m: &Machine) -> String {
     format!("{d}.{c}.{b}.{a}.in-addr.arpa")
 }
 
+/// At most this many names for the unknown machines' range (a /16 of them).
+const MAX_DYNAMIC: u32 = 65_536;
+
+/// The addresses of the DHCP range for unknown machines that no machine holds, when the site asks
+/// for names for them (`dns.unknown_names`).
+fn unknown_addresses(input: &Input<'_>, opts: &Options) -> Vec<std::net::Ipv4Addr> {
+    let Some((first, last)) = opts.dhcp.unknown_range.filter(|_| opts.dns.unknown_names) else {
+        return Vec::new();
+    };
+    let used: std::collections::HashSet<std::net::Ipv4Addr> = input.machines.iter().map(|m| m.ip).collect();
+    let (first, last) = (u32::from(first), u32::from(last));
+    (first..=last.min(first.saturating_add(MAX_DYNAMIC - 1)))
+        .map(std::net::Ipv4Addr::from)
+        .filter(|ip| !used.contains(ip))
+        .collect()
+}
+
+/// `dhcp-192-168-250-7`: the name of an address of the unknown machines' range.
+fn dynamic_name(opts: &Options, ip: std::net::Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
+    format!("{}-{a}-{b}-{c}-{d}", opts.dns.unknown_prefix)
+}
+
 /// The zone files and the named.conf fragment.
 pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
     let mut machines = input.machines.clone();
@@ -40,6 +63,10 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
         for name in m.names() {
             let _ = writeln!(forward, "{name} IN A {}", m.ip);
         }
+    }
+    let dynamic = unknown_addresses(input, opts);
+    for ip in &dynamic {
+        let _ = writeln!(forward, "{} IN A {ip}", dynamic_name(opts, *ip));
     }
     let mut files = vec![file(&format!("db.{zone}"), 0o644, forward)];
     let mut conf = String::from("// Managed by keel (service dns): include this file from named.conf.\n");
@@ -58,6 +85,12 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
             let full = ptr_name(m);
             if let Some(rel) = full.strip_suffix(&suffix) {
                 let _ = writeln!(text, "{rel} IN PTR {}.{zone}.", m.hostname);
+            }
+        }
+        for ip in &dynamic {
+            let [a, b, c, d] = ip.octets();
+            if let Some(rel) = format!("{d}.{c}.{b}.{a}.in-addr.arpa").strip_suffix(&suffix) {
+                let _ = writeln!(text, "{rel} IN PTR {}.{zone}.", dynamic_name(opts, *ip));
             }
         }
         files.push(file(&format!("db.{rz}"), 0o644, text));

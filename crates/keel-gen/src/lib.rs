@@ -73,6 +73,10 @@ pub struct DnsOptions {
     /// Where the zone files are on the BIND host (named.conf.keel names them there); the agent's
     /// `[services.dns] dir` must be the same directory.
     pub bind_dir: String,
+    /// A and PTR records for every free address of the DHCP range for unknown machines
+    /// (`dhcp.unknown_range`), named `<unknown_prefix>-A-B-C-D`.
+    pub unknown_names: bool,
+    pub unknown_prefix: String,
 }
 
 impl Default for DnsOptions {
@@ -81,6 +85,8 @@ impl Default for DnsOptions {
             ns: "gw".into(),
             ttl: 60,
             bind_dir: "/etc/bind/keel".into(),
+            unknown_names: true,
+            unknown_prefix: "dhcp".into(),
         }
     }
 }

@@ -76,6 +76,8 @@ fn dhcp_variants_match_their_golden_files() {
     let mut opts = Options::default();
     opts.dhcp.unknown_range = Some(("192.168.2.100".parse().unwrap(), "192.168.2.199".parse().unwrap()));
     check_golden("dhcp-isc-unknown", &keel_gen::dhcp(&input, &opts));
+    // The same range gets names in the zones.
+    check_golden("dns-unknown", &keel_gen::dns(&input, &opts));
     opts.dhcp.format = DhcpFormat::Kea;
     check_golden("dhcp-kea", &keel_gen::dhcp(&input, &opts));
 }
