@@ -18,7 +18,7 @@ pub mod wire;
 
 pub use change::{Change, Kind, Op};
 pub use error::{ValidationError, ValidationErrors};
-pub use machine::{Machine, MachinePatch, MachineType, Switch};
+pub use machine::{BootMode, Machine, MachinePatch, MachineType, Switch};
 pub use names::{Hostname, Mac};
 pub use pool::{reverse_zone, Pool, Pools};
 pub use principal::{Principal, Role};

@@ -64,10 +64,54 @@ pub struct Machine {
     pub hfs: u32,
     pub is_faulty: bool,
     pub faulty_reason: String,
+    /// How it boots from the network; unset: by its type (see [`Machine::boot_mode`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootMode>,
     pub version: u64,
 }
 
+/// What `GET /boot/{mac}` gives a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    /// Kernel and initrd of its RFS, root over NFS (user machines by default).
+    Nfsroot,
+    /// Boot the local disk (every other type by default).
+    Local,
+    /// The site's installer.
+    Install,
+}
+
+impl BootMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nfsroot => "nfsroot",
+            Self::Local => "local",
+            Self::Install => "install",
+        }
+    }
+}
+
+impl FromStr for BootMode {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::Nfsroot, Self::Local, Self::Install]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| ValidationError::new("boot", format!("must be nfsroot, local or install (got {s:?})")))
+    }
+}
+
 impl Machine {
+    /// Its boot mode: the one set, else `nfsroot` for user machines and `local` for the others.
+    pub fn boot_mode(&self) -> BootMode {
+        self.boot.unwrap_or(if self.mtype == MachineType::User {
+            BootMode::Nfsroot
+        } else {
+            BootMode::Local
+        })
+    }
+
     /// Every name the machine answers to: its hostname, then its aliases.
     pub fn names(&self) -> impl Iterator<Item = &Hostname> {
         std::iter::once(&self.hostname).chain(self.aliases.iter())
@@ -87,6 +131,8 @@ pub struct MachinePatch {
     pub hfs: Option<u32>,
     pub is_faulty: Option<bool>,
     pub faulty_reason: Option<String>,
+    /// `Some(None)`: back to the type's default.
+    pub boot: Option<Option<BootMode>>,
 }
 
 impl MachinePatch {
@@ -116,6 +162,16 @@ impl MachinePatch {
                 .opt_str("faulty_reason")?
                 .map(|s| check_text("faulty_reason", &s, 256))
                 .transpose()?,
+            boot: f
+                .opt_str("boot")?
+                .map(|s| {
+                    if s.is_empty() || s == "auto" {
+                        Ok(None)
+                    } else {
+                        s.parse().map(Some)
+                    }
+                })
+                .transpose()?,
         };
         f.finish()?;
         Ok(patch)
@@ -136,6 +192,7 @@ impl MachinePatch {
             hfs: self.hfs.unwrap_or(0),
             is_faulty: self.is_faulty.unwrap_or(false),
             faulty_reason: self.faulty_reason.unwrap_or_default(),
+            boot: self.boot.flatten(),
             version: 0,
         };
         check_aliases(&m)?;
@@ -166,6 +223,9 @@ impl MachinePatch {
         m.is_faulty = self.is_faulty.unwrap_or(m.is_faulty);
         if let Some(v) = self.faulty_reason {
             m.faulty_reason = v;
+        }
+        if let Some(v) = self.boot {
+            m.boot = v;
         }
         check_aliases(&m)?;
         Ok(m)

@@ -133,6 +133,7 @@ mod tests {
             hfs: 0,
             is_faulty: false,
             faulty_reason: String::new(),
+            boot: None,
             version: 1,
         }
     }

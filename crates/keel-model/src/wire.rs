@@ -266,6 +266,7 @@ mod tests {
             hfs: 2,
             is_faulty: true,
             faulty_reason: "fan".into(),
+            boot: None,
             version: 9,
         };
         let a = serde_json::to_value(MachineWire(&m)).unwrap();

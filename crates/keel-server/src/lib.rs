@@ -15,6 +15,7 @@ mod auth;
 pub mod dns;
 mod error;
 mod metrics;
+pub mod netboot;
 mod propagation;
 mod rest;
 mod rpc;
@@ -39,6 +40,7 @@ pub struct ServerConfig {
     /// Where temporary files (backups in transit) go.
     pub data_dir: PathBuf,
     pub watch: WatchConfig,
+    pub netboot: netboot::NetbootConfig,
 }
 
 #[derive(Clone)]
@@ -167,6 +169,13 @@ pub fn app(state: AppState) -> Router {
         .route("/poll", get(watch::poll))
         .route("/mdb/poll", get(watch::poll))
         .route("/udb/poll", get(watch::poll))
+        .route("/boot/{mac}", get(netboot::boot))
+        .route("/register", get(netboot::register))
+        .route("/bootstrap", get(netboot::bootstrap))
+        .nest_service(
+            "/boot/files",
+            tower_http::services::ServeDir::new(&state.config.netboot.files_dir),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

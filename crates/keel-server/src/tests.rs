@@ -29,6 +29,7 @@ async fn state(dir: &tempfile::TempDir) -> AppState {
             open_reads: false,
             data_dir: dir.path().to_owned(),
             watch: Default::default(),
+            netboot: Default::default(),
         },
     )
 }

@@ -88,6 +88,7 @@ fn gen_ms(n: u32) -> anyhow::Result<f64> {
                 hfs: 1,
                 is_faulty: false,
                 faulty_reason: String::new(),
+                boot: None,
                 version: u64::from(i) + 1,
             })
         })

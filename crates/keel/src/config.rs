@@ -28,6 +28,46 @@ pub struct FileConfig {
     pub dns: DnsFile,
     #[serde(default)]
     pub tftp: TftpFile,
+    #[serde(default)]
+    pub netboot: NetbootFile,
+}
+
+/// `[netboot]`: the iPXE scripts of `GET /boot/{mac}` and the files they load.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetbootFile {
+    /// Kernels and initrds, served at /boot/files/ (default `<data_dir>/boot`).
+    pub files_dir: Option<PathBuf>,
+    /// Site templates (`nfsroot.ipxe`, `local.ipxe`, …) replacing the shipped ones.
+    pub templates: Option<PathBuf>,
+    /// The URL machines reach keel at (default: the request's Host).
+    pub base_url: Option<String>,
+    /// Kernel and initrd of RFS N under files_dir (`{rfs}` replaced; defaults rfs{rfs}/vmlinuz,
+    /// rfs{rfs}/initrd.img).
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    /// The NFS export of an RFS (default /export/nfsroot).
+    pub nfs_path: Option<String>,
+    /// More kernel arguments.
+    pub cmdline: Option<String>,
+    /// iPXE lines for machines in `install` mode.
+    pub install: Option<String>,
+}
+
+impl NetbootFile {
+    pub fn config(&self, data_dir: &Path) -> keel_server::netboot::NetbootConfig {
+        let d = keel_server::netboot::NetbootConfig::default();
+        keel_server::netboot::NetbootConfig {
+            files_dir: self.files_dir.clone().unwrap_or_else(|| data_dir.join("boot")),
+            templates_dir: self.templates.clone(),
+            base_url: self.base_url.clone().map(|u| u.trim_end_matches('/').to_owned()),
+            kernel: self.kernel.clone().unwrap_or(d.kernel),
+            initrd: self.initrd.clone().unwrap_or(d.initrd),
+            nfs_path: self.nfs_path.clone().unwrap_or(d.nfs_path),
+            cmdline: self.cmdline.clone().unwrap_or(d.cmdline),
+            install: self.install.clone().unwrap_or(d.install),
+        }
+    }
 }
 
 /// `[tftp]`: the read-only TFTP server for network boot.
@@ -186,6 +226,7 @@ pub struct ServeConfig {
     /// The DNS address was asked for (a failure to bind it is then an error, not a warning).
     pub dns_explicit: bool,
     pub tftp: TftpFile,
+    pub netboot: NetbootFile,
     pub tftp_listen: SocketAddr,
     pub tftp_explicit: bool,
 }

@@ -157,6 +157,7 @@ impl Cli {
                 .or(file.tftp.listen)
                 .unwrap_or_else(|| DEFAULT_TFTP_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
             tftp: file.tftp.clone(),
+            netboot: file.netboot.clone(),
         })
     }
 

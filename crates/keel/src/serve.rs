@@ -45,7 +45,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         open_reads: cfg.open_reads,
         data_dir: cfg.data_dir.clone(),
         watch: cfg.watch.clone(),
+        netboot: cfg.netboot.config(&cfg.data_dir),
     };
+    // Where kernels and initrds go (served at /boot/files/).
+    let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
     if cfg.propagation.enabled.unwrap_or(true) {

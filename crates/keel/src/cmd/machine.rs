@@ -58,6 +58,9 @@ pub struct MachineFields {
     /// Why it is faulty.
     #[arg(long)]
     pub reason: Option<String>,
+    /// Network boot: nfsroot, local, install, or auto (by type: nfsroot for user machines).
+    #[arg(long)]
+    pub boot: Option<String>,
 }
 
 impl MachineFields {
@@ -83,6 +86,7 @@ impl MachineFields {
         put("hfs", self.hfs.map(Value::from));
         put("is_faulty", self.faulty.map(Value::from));
         put("faulty_reason", self.reason.clone().map(Value::from));
+        put("boot", self.boot.clone().map(Value::from));
         Value::Object(m)
     }
 }

@@ -9,6 +9,7 @@
 //! - `cli`: the admin CLI (tables, --json, import naming every bad line, errors).
 //! - `users`: users in the database (uids, validation, hashes never shown).
 //! - `users_import`: `keel users import` (login rule, sheets, all or nothing).
+//! - `netboot`: iPXE scripts by state and boot mode, registration, switch table, Range requests.
 //! - `propagation`: the engine and the real keel-agent (local child process; ssh to a real sshd).
 //! - `tftp`: the TFTP server with `curl`, directly and through a lossy, duplicating proxy.
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
@@ -23,6 +24,7 @@ mod cli;
 mod dns;
 mod durability;
 mod foundation;
+mod netboot;
 mod propagation;
 mod regression;
 #[path = "../../src/sshd.rs"]

@@ -1,0 +1,207 @@
+//! Network boot: `GET /boot/{mac}` (the iPXE script of a machine), `GET /register` (self-
+//! registration from the iPXE prompt), `GET /bootstrap` (the switch table), and the kernels and
+//! initrds under `GET /boot/files/…` (with Range requests).
+//!
+//! Scripts are templates with `{{name}}` placeholders: shipped in `templates/netboot/`, each
+//! overridable by a file of the same name in the site's `[netboot] templates` directory. Every value
+//! put into a script is reduced to one line without `$`, so a faulty reason cannot inject iPXE
+//! commands or settings.
+
+use std::path::PathBuf;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_model::input::{Fields, Strictness};
+use keel_model::{BootMode, Mac, Machine, MachinePatch, Principal};
+
+use crate::{ApiError, AppState};
+
+/// How scripts are made (the `[netboot]` table of keel.toml).
+#[derive(Debug, Clone)]
+pub struct NetbootConfig {
+    /// Served under `/boot/files/` (kernels, initrds).
+    pub files_dir: PathBuf,
+    /// Site templates overriding the shipped ones.
+    pub templates_dir: Option<PathBuf>,
+    /// The URL machines reach keel at; default: from the request's Host header.
+    pub base_url: Option<String>,
+    /// Kernel and initrd of RFS N, relative to `files_dir` (`{rfs}` is replaced).
+    pub kernel: String,
+    pub initrd: String,
+    /// The NFS export of an RFS (`{rfs}` is replaced).
+    pub nfs_path: String,
+    /// More kernel arguments.
+    pub cmdline: String,
+    /// iPXE lines for `install` machines.
+    pub install: String,
+}
+
+impl Default for NetbootConfig {
+    fn default() -> Self {
+        Self {
+            files_dir: PathBuf::from("boot"),
+            templates_dir: None,
+            base_url: None,
+            kernel: "rfs{rfs}/vmlinuz".into(),
+            initrd: "rfs{rfs}/initrd.img".into(),
+            nfs_path: "/export/nfsroot".into(),
+            cmdline: String::new(),
+            install: "echo No installer is configured ([netboot] install).\nshell".into(),
+        }
+    }
+}
+
+fn shipped(name: &str) -> &'static str {
+    match name {
+        "nfsroot" => include_str!("../templates/netboot/nfsroot.ipxe"),
+        "local" => include_str!("../templates/netboot/local.ipxe"),
+        "install" => include_str!("../templates/netboot/install.ipxe"),
+        "faulty" => include_str!("../templates/netboot/faulty.ipxe"),
+        "no-rfs" => include_str!("../templates/netboot/no-rfs.ipxe"),
+        "unknown" => include_str!("../templates/netboot/unknown.ipxe"),
+        "register" => include_str!("../templates/netboot/register.ipxe"),
+        _ => include_str!("../templates/netboot/register-error.ipxe"),
+    }
+}
+
+/// One line, no iPXE expansion: what a value may become inside a script.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() || c == '$' { ' ' } else { c })
+        .collect()
+}
+
+/// Fills a template; `raw` values (lines of script the site configured) are not cleaned.
+fn render(cfg: &NetbootConfig, name: &str, vars: &[(&str, String)], raw: &[(&str, &str)]) -> String {
+    let site = cfg
+        .templates_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join(format!("{name}.ipxe"))).ok());
+    let mut out = site.unwrap_or_else(|| shipped(name).to_owned());
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{{{k}}}}}"), &clean(v));
+    }
+    for (k, v) in raw {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    out
+}
+
+fn script(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn base(cfg: &NetbootConfig, headers: &HeaderMap) -> String {
+    cfg.base_url.clone().unwrap_or_else(|| {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b)))
+            .unwrap_or("127.0.0.1");
+        format!("http://{host}")
+    })
+}
+
+fn machine_vars(m: &Machine, base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("base", base.to_owned()),
+        ("mac", m.mac.to_string()),
+        ("hostname", m.hostname.to_string()),
+        ("ip", m.ip.to_string()),
+        ("room", m.room.clone()),
+        ("rfs", m.rfs.to_string()),
+        ("hfs", m.hfs.to_string()),
+        ("reason", m.faulty_reason.clone()),
+    ]
+}
+
+/// `GET /boot/{mac}`: the machine's script, by its state and boot mode.
+pub(crate) async fn boot(State(st): State<AppState>, Path(mac): Path<String>, headers: HeaderMap) -> Response {
+    let cfg = &st.config.netboot;
+    let base = base(cfg, &headers);
+    let Ok(mac) = Mac::parse("mac", &mac) else {
+        return ApiError::invalid("mac", "is not a MAC address").into_response();
+    };
+    let snap = st.db.snapshot();
+    let Some(m) = snap.machine_by_mac(&mac) else {
+        let vars = [("base", base), ("mac", mac.to_string())];
+        let name = if snap.flag("allow_self_registration") {
+            "register"
+        } else {
+            "unknown"
+        };
+        return script(render(cfg, name, &vars, &[]));
+    };
+    let mut vars = machine_vars(m, &base);
+    if m.is_faulty {
+        return script(render(cfg, "faulty", &vars, &[]));
+    }
+    match m.boot_mode() {
+        BootMode::Local => script(render(cfg, "local", &vars, &[])),
+        BootMode::Install => script(render(cfg, "install", &vars, &[("install", &cfg.install)])),
+        BootMode::Nfsroot => {
+            // Its RFS is the machine named exactly `rfsN` (rfs1 is not rfs10).
+            let Some(rfs) = snap.machine_by_name(&format!("rfs{}", m.rfs)) else {
+                return script(render(cfg, "no-rfs", &vars, &[]));
+            };
+            let n = m.rfs.to_string();
+            vars.push(("rfs_ip", rfs.ip.to_string()));
+            vars.push(("kernel", cfg.kernel.replace("{rfs}", &n)));
+            vars.push(("initrd", cfg.initrd.replace("{rfs}", &n)));
+            vars.push(("nfs_path", cfg.nfs_path.replace("{rfs}", &n)));
+            vars.push(("cmdline", cfg.cmdline.clone()));
+            script(render(cfg, "nfsroot", &vars, &[]))
+        }
+    }
+}
+
+/// `GET /register?hostname&mac&rfs&hfs&room&mtype`, from the registration script. Answers a
+/// script: the machine's boot on success, the refusal's reasons in words otherwise.
+pub(crate) async fn register(State(st): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+    let cfg = &st.config.netboot;
+    let base = base(cfg, &headers);
+    let mut map = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        if k != "ip" {
+            map.insert(k.into_owned(), serde_json::Value::String(v.into_owned()));
+        }
+    }
+    let mac = map.get("mac").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let refuse = |lines: Vec<String>| {
+        let errors: Vec<String> = lines.iter().map(|l| format!("echo   - {}", clean(l))).collect();
+        script(render(
+            cfg,
+            "register-error",
+            &[("base", base.clone()), ("mac", mac.clone())],
+            &[("errors", &errors.join("\n"))],
+        ))
+    };
+    if !st.db.snapshot().flag("allow_self_registration") {
+        return refuse(vec!["registration is closed: an organiser must add this machine".into()]);
+    }
+    let patch = match MachinePatch::from_fields(Fields::from_map(map, Strictness::Lenient)) {
+        Ok(p) => p,
+        Err(e) => return refuse(vec![format!("{}: {}", e.field, e.message)]),
+    };
+    match st.db.create_machine(&Principal::anonymous(), patch).await {
+        Ok(m) => script(format!(
+            "#!ipxe\necho keel: registered {} ({}).\nchain {base}/boot/{}\n",
+            m.hostname, m.ip, m.mac
+        )),
+        Err(e) => {
+            let lines = match ApiError::from(e) {
+                ApiError::Invalid(errs) => errs.iter().map(|e| format!("{}: {}", e.field, e.message)).collect(),
+                other => vec![other.to_string()],
+            };
+            refuse(lines)
+        }
+    }
+}
+
+/// `GET /bootstrap`: the switch table, for a machine that learned its switch by LLDP.
+pub(crate) async fn bootstrap(State(st): State<AppState>) -> Response {
+    let snap = st.db.snapshot();
+    Json(snap.switches().collect::<Vec<_>>()).into_response()
+}

