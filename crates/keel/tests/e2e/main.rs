@@ -13,6 +13,7 @@
 //! - `propagation`: the engine and the real keel-agent (local child process; ssh to a real sshd).
 //! - `tftp`: the TFTP server with `curl`, directly and through a lossy, duplicating proxy.
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
+//! - `qemu`: a QEMU guest network-boots through keel (TFTP, /boot/{mac}, kernel + initrd over HTTP).
 //! - `regression`: one test per fixed bug, named after its issue.
 
 // A test binary exports nothing.
@@ -26,6 +27,7 @@ mod durability;
 mod foundation;
 mod netboot;
 mod propagation;
+mod qemu;
 mod regression;
 #[path = "../../src/sshd.rs"]
 mod sshd;
