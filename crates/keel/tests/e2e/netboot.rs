@@ -126,6 +126,27 @@ async fn an_unknown_machine_registers_from_the_ipxe_prompt() {
     assert!(boot(&k, mac).contains("hostname=r05p05"), "now it boots");
     let m: Value = k.admin().get("/api/v1/machines/r05p05").await.unwrap();
     assert_eq!(m["room"], "alt");
+    // The same machine is in keel's DNS at once…
+    let ip = m["ip"].as_str().unwrap().to_owned();
+    let (host, port) = k.dns.rsplit_once(':').unwrap();
+    let dig = Command::new("dig")
+        .args([&format!("@{host}"), "-p", port, "+short", "r05p05.prolo", "A"])
+        .output()
+        .expect("dig");
+    assert_eq!(String::from_utf8_lossy(&dig.stdout).trim(), ip);
+    // …and, after the debounce, in the DHCP configuration the example site propagates.
+    let dhcpd = k.data().join("example-agent/root/etc/dhcp/keel/dhcpd.conf");
+    let want = format!("host r05p05 {{ hardware ethernet {mac}; fixed-address {ip};");
+    crate::propagation::eventually(30, "r05p05 in the propagated dhcpd.conf", async || {
+        std::fs::read_to_string(&dhcpd).unwrap_or_default().contains(&want)
+    })
+    .await;
+    let check = Command::new("dhcpd")
+        .args(["-q", "-t", "-cf"])
+        .arg(&dhcpd)
+        .output()
+        .expect("dhcpd");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
 }
 
 #[tokio::test]
