@@ -62,8 +62,8 @@ fn debian_kernel() -> PathBuf {
         .expect("no /boot/vmlinuz-*: install the Debian package linux-image-amd64 (see .ci/run)")
 }
 
-/// Runs a guest with `mac` until its serial output contains `until` (or the timeout); returns the
-/// output. The guest is killed when done.
+/// Runs a guest with `mac` until its serial output has a whole line containing `until` (or the
+/// timeout); returns the output. The guest is killed when done.
 fn run_guest(k: &Keel, mac: &str, until: &str, timeout: Duration) -> String {
     let tftp_port = k.tftp.rsplit(':').next().unwrap();
     let qemu = "qemu-system-x86_64";
@@ -94,7 +94,9 @@ fn run_guest(k: &Keel, mac: &str, until: &str, timeout: Duration) -> String {
     while Instant::now() < deadline {
         if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
             out.extend(chunk);
-            if String::from_utf8_lossy(&out).contains(until) {
+            // The whole line, not just its start: the serial console is slow.
+            let text = String::from_utf8_lossy(&out);
+            if text.find(until).is_some_and(|i| text[i..].contains('\n')) {
                 break;
             }
         }
