@@ -4,8 +4,8 @@
 //!
 //! Scripts are templates with `{{name}}` placeholders: shipped in `templates/netboot/`, each
 //! overridable by a file of the same name in the site's `[netboot] templates` directory. Every value
-//! put into a script is reduced to one line without `$`, so a faulty reason cannot inject iPXE
-//! commands or settings.
+//! put into a script is reduced to one line without `$`, `&` or `|`, so a faulty reason cannot
+//! inject iPXE commands (`&& chain …`) or expand settings.
 
 use std::path::PathBuf;
 
@@ -66,10 +66,17 @@ fn shipped(name: &str) -> &'static str {
     }
 }
 
-/// One line, no iPXE expansion: what a value may become inside a script.
+/// One line, no iPXE expansion and no command chaining (`$`, `&&`, `||`): what a value may become
+/// inside a script.
 fn clean(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() || c == '$' { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() || matches!(c, '$' | '&' | '|') {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 

