@@ -324,11 +324,7 @@ impl Engine {
         let mut refresh = tokio::time::interval(refresh_every);
         refresh.tick().await;
         loop {
-            let next = lock(&self.inner.queue)
-                .values()
-                .map(|p| p.due)
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let next = self.next_due();
             tokio::select! {
                 r = rx.recv() => match r {
                     Ok(c) => self.on_change(&c),
@@ -345,6 +341,19 @@ impl Engine {
             }
             self.start_due();
         }
+    }
+
+    /// When the loop must next look at the queue: the earliest due task that is not running (a
+    /// running one wakes the loop when it ends, so a change during a long send costs no spin).
+    fn next_due(&self) -> Instant {
+        let queue = lock(&self.inner.queue);
+        let running = lock(&self.inner.running);
+        queue
+            .iter()
+            .filter(|(id, _)| !running.contains(*id))
+            .map(|(_, p)| p.due)
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
 
     /// Plans the tasks with a destination not holding the current state.
