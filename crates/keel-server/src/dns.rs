@@ -294,7 +294,11 @@ pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListe
         tokio::spawn(async move { serve_udp(&db, &zones, &udp).await });
     }
     loop {
-        let Ok((stream, _)) = tcp.accept().await else { continue };
+        let Ok((stream, _)) = tcp.accept().await else {
+            // Out of descriptors, most likely: let connections close rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
         let (db, zones) = (db.clone(), zones.clone());
         tokio::spawn(async move { serve_tcp(&db, &zones, stream).await });
     }
