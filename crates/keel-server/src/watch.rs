@@ -116,6 +116,7 @@ pub(crate) async fn watch(
         reason: reason.clone(),
         last: 0,
         out: Vec::new(),
+        one: None,
     };
     tokio::spawn(producer.run(start, snap, rx));
     Ok(ndjson(body(lines, reason), st.db.db_id()))
@@ -178,6 +179,9 @@ struct Producer {
     last: u64,
     /// Lines not yet handed to the HTTP body: sent as one chunk, so a burst costs few writes.
     out: Vec<u8>,
+    /// A single pending line, shared with the other subscribers (no copy); `out` takes over when
+    /// a second line comes.
+    one: Option<Bytes>,
 }
 
 /// Lines are handed to the HTTP body in chunks of about this size.
@@ -207,17 +211,36 @@ impl Producer {
         }
     }
 
+    /// Bytes waiting to be handed to the body.
+    fn pending(&self) -> usize {
+        self.out.len() + self.one.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Queues a line that other subscribers share: alone, it is sent as is.
+    fn push_shared(&mut self, line: Bytes) {
+        if self.out.is_empty() && self.one.is_none() {
+            self.one = Some(line);
+            self.st.metrics.watch_events.inc();
+        } else {
+            self.push(&line);
+        }
+    }
+
     fn push(&mut self, line: &[u8]) {
+        if let Some(first) = self.one.take() {
+            self.out.extend_from_slice(&first);
+        }
         self.out.extend_from_slice(line);
         self.st.metrics.watch_events.inc();
     }
 
     /// Hands the pending lines to the body, waiting at most the stall timeout for room.
     async fn flush(&mut self) -> Result<(), Stop> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::take(&mut self.out));
+        let chunk = match self.one.take() {
+            Some(line) => line,
+            None if self.out.is_empty() => return Ok(()),
+            None => Bytes::from(std::mem::take(&mut self.out)),
+        };
         let chunk = match self.tx.try_send(chunk) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Gone),
@@ -236,7 +259,7 @@ impl Producer {
 
     async fn push_flushing(&mut self, line: &[u8]) -> Result<(), Stop> {
         self.push(line);
-        if self.out.len() >= CHUNK {
+        if self.pending() >= CHUNK {
             self.flush().await?;
         }
         Ok(())
@@ -275,7 +298,7 @@ impl Producer {
             }
             for c in batch.iter().filter(|c| c.seq <= until) {
                 self.change(c)?;
-                if self.out.len() >= CHUNK {
+                if self.pending() >= CHUNK {
                     self.flush().await?;
                 }
             }
@@ -297,7 +320,7 @@ impl Producer {
         }
         if self.params.wants(c.kind) {
             let line = self.st.watch_lines.line(c);
-            self.push(&line);
+            self.push_shared(line);
         }
         self.last = c.seq;
         Ok(())
@@ -318,7 +341,7 @@ impl Producer {
                 r = rx.recv() => {
                     self.received(r.map_err(Into::into))?;
                     // Take what else is already there, then write it all at once.
-                    while self.out.len() < CHUNK {
+                    while self.pending() < CHUNK {
                         match rx.try_recv() {
                             Err(broadcast::error::TryRecvError::Empty) => break,
                             r => self.received(r.map_err(|e| match e {
@@ -327,7 +350,7 @@ impl Producer {
                             }))?,
                         }
                     }
-                    quiet &= self.out.is_empty();
+                    quiet &= self.pending() == 0;
                     self.flush().await?;
                 }
                 _ = ticks.tick() => {
