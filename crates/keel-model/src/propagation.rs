@@ -55,6 +55,11 @@ impl Facility {
     pub fn is_managed_by(&self, principal: &str) -> bool {
         self.managers.iter().any(|m| m == principal)
     }
+
+    /// Whether `p` may act on this facility: an admin, or a manager it lists.
+    pub fn is_run_by(&self, p: &crate::Principal) -> bool {
+        p.is_admin() || (p.role == crate::Role::Manager && self.is_managed_by(&p.name))
+    }
 }
 
 /// How a destination is reached.

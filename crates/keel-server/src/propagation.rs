@@ -232,7 +232,7 @@ fn may_run(st: &AppState, who: &Principal, facility: &str) -> Result<(), ApiErro
     let f = snap
         .facility(facility)
         .ok_or_else(|| ApiError::NotFound(format!("facility {facility}")))?;
-    if who.is_admin() || f.is_managed_by(&who.name) {
+    if f.is_run_by(who) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(

@@ -11,7 +11,7 @@ use crate::store::Write;
 use crate::{Db, StoreError};
 
 /// `If-Match` semantics: the caller's version must be the record's current one.
-fn check_version(current: u64, expected: u64) -> Result<(), StoreError> {
+pub(crate) fn check_version(current: u64, expected: u64) -> Result<(), StoreError> {
     if current == expected {
         Ok(())
     } else {
@@ -20,11 +20,15 @@ fn check_version(current: u64, expected: u64) -> Result<(), StoreError> {
 }
 
 fn decode<R: Record>(changes: &[Change]) -> Result<R, StoreError> {
-    let after = changes
-        .last()
-        .and_then(|c| c.after.clone())
-        .ok_or_else(|| StoreError::Corrupt("no record".into()))?;
-    serde_json::from_value(after).map_err(|e| StoreError::Corrupt(e.to_string()))
+    record(changes, false)
+}
+
+/// The record of the last change, as written (`before` false) or as it was (`before` true).
+pub(crate) fn record<R: Record>(changes: &[Change], before: bool) -> Result<R, StoreError> {
+    let c = changes.last().ok_or_else(|| StoreError::Corrupt("no change".into()))?;
+    let v = if before { c.before.clone() } else { c.after.clone() };
+    serde_json::from_value(v.ok_or_else(|| StoreError::Corrupt("no record".into()))?)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn find_switch<'s>(s: &'s Snapshot, name: &str) -> Result<&'s Switch, StoreError> {
@@ -39,7 +43,7 @@ fn find_machine<'s>(s: &'s Snapshot, name: &str) -> Result<&'s Machine, StoreErr
 
 impl Db {
     /// Deletes the record `find` picks, which must be at version `if_version`; returns it as it was.
-    async fn delete_one<R: Record>(
+    pub(crate) async fn delete_one<R: Record>(
         &self,
         who: &Principal,
         if_version: u64,
@@ -52,11 +56,7 @@ impl Db {
                 Ok(vec![Write::delete(old, Some(if_version))])
             })
             .await?;
-        let before = changes
-            .last()
-            .and_then(|c| c.before.clone())
-            .ok_or_else(|| StoreError::Corrupt("no record".into()))?;
-        serde_json::from_value(before).map_err(|e| StoreError::Corrupt(e.to_string()))
+        record(&changes, true)
     }
 
     /// Adds a machine; its address is allocated from its type's pool unless given.

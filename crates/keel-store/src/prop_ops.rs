@@ -7,8 +7,9 @@
 use std::collections::BTreeSet;
 
 use keel_model::propagation::{check_destination, check_fqdn, check_name, destination_host, host_names};
-use keel_model::{Destination, Facility, Host, Principal, Record, Role, Snapshot, ValidationError};
+use keel_model::{Destination, Facility, Host, Principal, Role, Snapshot, ValidationError};
 
+use crate::ops::{check_version, record};
 use crate::store::Write;
 use crate::{Db, StoreError};
 
@@ -21,13 +22,13 @@ fn may_manage(s: &Snapshot, who: &Principal, facility: &str) -> Result<(), Store
     let f = s
         .facility(facility)
         .ok_or_else(|| ValidationError::new("facility", format!("no facility {facility:?}")))?;
-    match who.role {
-        Role::Admin => Ok(()),
-        Role::Manager if f.is_managed_by(&who.name) => Ok(()),
-        _ => Err(forbidden(
+    if f.is_run_by(who) {
+        Ok(())
+    } else {
+        Err(forbidden(
             who,
             &format!("change facility {facility}, which they do not manage"),
-        )),
+        ))
     }
 }
 
@@ -115,21 +116,6 @@ fn found<R>(r: Option<&R>, what: impl FnOnce() -> String) -> Result<&R, StoreErr
     r.ok_or_else(|| StoreError::NotFound(what()))
 }
 
-fn version_is(current: u64, expected: u64) -> Result<(), StoreError> {
-    if current == expected {
-        Ok(())
-    } else {
-        Err(StoreError::VersionMismatch { expected, current })
-    }
-}
-
-fn record<R: Record>(changes: &[keel_model::Change], before: bool) -> Result<R, StoreError> {
-    let c = changes.last().ok_or_else(|| StoreError::Corrupt("no change".into()))?;
-    let v = if before { c.before.clone() } else { c.after.clone() };
-    serde_json::from_value(v.ok_or_else(|| StoreError::Corrupt("no record".into()))?)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 impl Db {
     /// Creates (`if_version` 0) or replaces (at `if_version`) a host.
     pub async fn put_host(&self, who: &Principal, h: Host, if_version: u64) -> Result<Host, StoreError> {
@@ -138,7 +124,7 @@ impl Db {
                 may_manage(s, who, &h.facility)?;
                 match (s.host(&h.name), if_version) {
                     (Some(old), v) => {
-                        version_is(old.version, v)?;
+                        check_version(old.version, v)?;
                         may_manage(s, who, &old.facility)?;
                     }
                     (None, 0) => {}
@@ -155,15 +141,12 @@ impl Db {
     }
 
     pub async fn delete_host(&self, who: &Principal, name: &str, if_version: u64) -> Result<Host, StoreError> {
-        let changes = self
-            .write(who, |s, _| {
-                let h = found(s.host(name), || format!("host {name}"))?;
-                may_manage(s, who, &h.facility)?;
-                version_is(h.version, if_version)?;
-                Ok(vec![Write::delete(h, Some(if_version))])
-            })
-            .await?;
-        record(&changes, true)
+        self.delete_one(who, if_version, |s| {
+            let h = found(s.host(name), || format!("host {name}"))?;
+            may_manage(s, who, &h.facility)?;
+            Ok(h)
+        })
+        .await
     }
 
     /// Creates (admins only) or edits a facility. Managers may change what their facility
@@ -180,7 +163,7 @@ impl Db {
                 check_facility(&f, services)?;
                 match (s.facility(&f.name), if_version) {
                     (Some(old), v) => {
-                        version_is(old.version, v)?;
+                        check_version(old.version, v)?;
                         may_manage(s, who, &f.name)?;
                         if !who.is_admin() && old.managers != f.managers {
                             return Err(forbidden(who, "change a facility's managers"));
@@ -204,7 +187,7 @@ impl Db {
                     return Err(forbidden(who, "delete facilities"));
                 }
                 let f = found(s.facility(name), || format!("facility {name}"))?;
-                version_is(f.version, if_version)?;
+                check_version(f.version, if_version)?;
                 let hosts = s.hosts().filter(|h| h.facility == name).count();
                 let dests = s.destinations().filter(|d| d.facility == name).count();
                 if hosts + dests > 0 {
@@ -234,7 +217,7 @@ impl Db {
                 }
                 check_destination(d.channel, &d.destination)?;
                 match (s.destination(&d.key()), if_version) {
-                    (Some(old), v) => version_is(old.version, v)?,
+                    (Some(old), v) => check_version(old.version, v)?,
                     (None, 0) => {
                         if d.channel == keel_model::Channel::Ssh {
                             may_claim(s, who, "destination", &d.destination)?;
@@ -256,14 +239,11 @@ impl Db {
         key: &str,
         if_version: u64,
     ) -> Result<Destination, StoreError> {
-        let changes = self
-            .write(who, |s, _| {
-                let d = found(s.destination(key), || format!("destination {key}"))?;
-                may_manage(s, who, &d.facility)?;
-                version_is(d.version, if_version)?;
-                Ok(vec![Write::delete(d, Some(if_version))])
-            })
-            .await?;
-        record(&changes, true)
+        self.delete_one(who, if_version, |s| {
+            let d = found(s.destination(key), || format!("destination {key}"))?;
+            may_manage(s, who, &d.facility)?;
+            Ok(d)
+        })
+        .await
     }
 }
