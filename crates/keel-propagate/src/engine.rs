@@ -225,11 +225,10 @@ impl Engine {
             .map_err(EngineError::Gen)?;
         let serial = self.next_serial(facility, service).await?;
         let run_id = uuid::Uuid::new_v4().simple().to_string();
+        let files = prepare(&files)?;
         self.inner
-            .bundle(svc, facility, destination, serial, &run_id, &prepare(&files)?)
-            .map(|(mut head, tail)| {
-                head.extend_from_slice(&tail);
-                head
+            .bundle(svc, facility, destination, serial, &run_id, |key, h| {
+                files.build(key, h)
             })
     }
 
@@ -406,15 +405,16 @@ impl Engine {
 }
 
 impl Inner {
-    fn bundle(
+    /// Signs a bundle of `svc` for `destination`; `build` lays it out (whole, or in parts).
+    fn bundle<T>(
         &self,
         svc: &Service,
         facility: &str,
         destination: &str,
         serial: u64,
         run_id: &str,
-        files: &Prepared,
-    ) -> Result<(Vec<u8>, Arc<Vec<u8>>), EngineError> {
+        build: impl FnOnce(&SecretKey, &keel_bundle::Header<'_>) -> Result<T, keel_bundle::BuildError>,
+    ) -> Result<T, EngineError> {
         let created = now();
         let h = keel_bundle::Header {
             service: svc.name(),
@@ -425,9 +425,7 @@ impl Inner {
             created: &created,
             serial,
         };
-        files
-            .build_parts(&self.key, &h)
-            .map_err(|e| EngineError::Gen(e.to_string()))
+        build(&self.key, &h).map_err(|e| EngineError::Gen(e.to_string()))
     }
 
     async fn save(&self, t: &Task) -> Result<(), EngineError> {
@@ -551,7 +549,10 @@ impl Inner {
             if !force && last.holds(&task.digest) {
                 continue; // unchanged: nothing to send
             }
-            let (head, tail) = match self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, files) {
+            let parts = self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, |key, h| {
+                files.build_parts(key, h)
+            });
+            let (head, tail) = match parts {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(%e, "cannot build a bundle");
@@ -571,10 +572,7 @@ impl Inner {
         }
         while let Some(done) = sends.join_next().await {
             let Ok((dest, last, out)) = done else { continue };
-            let mut r = result(last, &out, task);
-            if r.retry_at.is_some() {
-                r.retry_at = Some(unix_now() + self.backoff(r.failures).as_secs());
-            }
+            let r = result(last, &out, task, |failures| self.backoff(failures));
             tracing::debug!(task = %task.key(), %dest, status = ?r.status, "sent");
             self.update(id, |t| {
                 t.results.insert(dest, r);
@@ -618,7 +616,8 @@ fn denied(mut r: DestResult, why: &str) -> DestResult {
 }
 
 /// The result of one send, from the agent's exit code (Perun's families) and output.
-fn result(mut r: DestResult, out: &Outcome, task: &Task) -> DestResult {
+/// `backoff` gives the wait before the next try after that many failures in a row.
+fn result(mut r: DestResult, out: &Outcome, task: &Task, backoff: impl Fn(u32) -> Duration) -> DestResult {
     let status = match out.exit_code {
         Some(0) if out.stderr.trim().is_empty() => DestStatus::Done,
         Some(0 | 100..=199) => DestStatus::Warning,
@@ -643,7 +642,7 @@ fn result(mut r: DestResult, out: &Outcome, task: &Task) -> DestResult {
             r.digest.clear();
             r.last_error = Some(at.clone());
             r.failures += 1;
-            r.retry_at = Some(0); // set from the engine's backoff by the caller
+            r.retry_at = Some(unix_now() + backoff(r.failures).as_secs());
         }
     }
     r.at = at;
