@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 
 use keel_bundle::File;
-use keel_model::Machine;
 
 use crate::{file, Input, Options};
 
@@ -23,9 +22,9 @@ fn soa(out: &mut String, opts: &Options, serial: u64) {
     let _ = writeln!(out, "@ IN NS {}.{}.", d.ns, opts.zone);
 }
 
-/// `d.c.b.a.in-addr.arpa` of a machine.
-fn ptr_name(m: &Machine) -> String {
-    let [a, b, c, d] = m.ip.octets();
+/// `d.c.b.a.in-addr.arpa` of an address.
+fn ptr_name(ip: std::net::Ipv4Addr) -> String {
+    let [a, b, c, d] = ip.octets();
     format!("{d}.{c}.{b}.{a}.in-addr.arpa")
 }
 
@@ -82,14 +81,13 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
         soa(&mut text, opts, input.serial);
         let suffix = format!(".{rz}");
         for m in &by_ip {
-            let full = ptr_name(m);
+            let full = ptr_name(m.ip);
             if let Some(rel) = full.strip_suffix(&suffix) {
                 let _ = writeln!(text, "{rel} IN PTR {}.{zone}.", m.hostname);
             }
         }
         for ip in &dynamic {
-            let [a, b, c, d] = ip.octets();
-            if let Some(rel) = format!("{d}.{c}.{b}.{a}.in-addr.arpa").strip_suffix(&suffix) {
+            if let Some(rel) = ptr_name(*ip).strip_suffix(&suffix) {
                 let _ = writeln!(text, "{rel} IN PTR {}.{zone}.", dynamic_name(opts, *ip));
             }
         }

@@ -65,12 +65,10 @@ impl Zones {
 
 /// What a query name is, relative to keel's zones.
 enum Place<'a> {
-    /// The forward zone's apex.
-    ForwardApex,
+    /// The apex of one of keel's zones (forward or reverse).
+    Apex(&'a str),
     /// A name in the forward zone (the part before the zone).
     Forward(&'a str),
-    /// A reverse zone's apex.
-    ReverseApex(&'a str),
     /// An address inside a reverse zone (a full `d.c.b.a.in-addr.arpa`, or a partial one).
     Reverse(&'a str, Option<Ipv4Addr>),
     Outside,
@@ -79,14 +77,14 @@ enum Place<'a> {
 fn place<'a>(zones: &'a Zones, name: &'a str) -> Place<'a> {
     let zone = zones.cfg.zone.as_str();
     if name == zone {
-        return Place::ForwardApex;
+        return Place::Apex(zone);
     }
     if let Some(host) = name.strip_suffix(zone).and_then(|h| h.strip_suffix('.')) {
         return Place::Forward(host);
     }
     for rz in &zones.reverse {
         if name == rz {
-            return Place::ReverseApex(rz);
+            return Place::Apex(rz);
         }
         if name.ends_with(&format!(".{rz}")) {
             return Place::Reverse(rz, ptr_address(name));
@@ -159,12 +157,7 @@ pub fn answer(zones: &Zones, snap: &Snapshot, req: &Message) -> Option<Message> 
             resp.metadata.response_code = ResponseCode::Refused;
             return Some(resp);
         }
-        Place::ForwardApex | Place::ReverseApex(_) => {
-            let apex = if let Place::ReverseApex(rz) = place(zones, name) {
-                rz
-            } else {
-                zones.cfg.zone.as_str()
-            };
+        Place::Apex(apex) => {
             resp.metadata.authoritative = true;
             if wants(RecordType::SOA) {
                 resp.add_answer(soa(zones, apex, snap));
