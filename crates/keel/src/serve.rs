@@ -85,20 +85,22 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 async fn start_dns(db: &Arc<Db>, cfg: &ServeConfig) -> anyhow::Result<()> {
     let dns_cfg = cfg.dns.config().context("invalid [dns] configuration")?;
     let zones = Arc::new(keel_server::dns::Zones::new(dns_cfg, db.pools()));
-    match keel_server::dns::bind(cfg.dns_listen).await {
-        Ok((udp, tcp)) => {
-            let addr = udp.local_addr()?;
-            std::fs::write(cfg.data_dir.join(DNS_ADDR_FILE), addr.to_string())?;
-            tracing::info!(%addr, zone = %zones.config().zone, "DNS is serving (UDP and TCP)");
-            tokio::spawn(keel_server::dns::serve(db.clone(), zones, udp, tcp));
-            Ok(())
-        }
-        Err(e) if !cfg.dns_explicit => {
-            tracing::warn!(addr = %cfg.dns_listen, %e, "DNS not started: its default address is taken; set [dns] listen or --dns-listen");
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot listen for DNS on {}", cfg.dns_listen)),
-    }
+    let bound = keel_server::dns::bind(cfg.dns_listen).await;
+    let Some((udp, tcp)) = optional(
+        bound,
+        "DNS",
+        cfg.dns_listen,
+        cfg.dns_explicit,
+        "[dns] listen or --dns-listen",
+    )?
+    else {
+        return Ok(());
+    };
+    let addr = udp.local_addr()?;
+    std::fs::write(cfg.data_dir.join(DNS_ADDR_FILE), addr.to_string())?;
+    tracing::info!(%addr, zone = %zones.config().zone, "DNS is serving (UDP and TCP)");
+    tokio::spawn(keel_server::dns::serve(db.clone(), zones, udp, tcp));
+    Ok(())
 }
 
 /// Starts the read-only TFTP server, on the same terms as the DNS.
@@ -109,19 +111,40 @@ async fn start_tftp(cfg: &ServeConfig) -> anyhow::Result<()> {
         root: root.clone(),
         timeout: std::time::Duration::from_millis(cfg.tftp.retransmit_ms.unwrap_or(1000).max(10)),
     });
-    match tokio::net::UdpSocket::bind(cfg.tftp_listen).await {
-        Ok(sock) => {
-            let addr = sock.local_addr()?;
-            std::fs::write(cfg.data_dir.join(TFTP_ADDR_FILE), addr.to_string())?;
-            tracing::info!(%addr, root = %root.display(), "TFTP is serving (read-only)");
-            tokio::spawn(keel_server::tftp::serve(tftp, sock));
-            Ok(())
+    let bound = tokio::net::UdpSocket::bind(cfg.tftp_listen).await;
+    let Some(sock) = optional(
+        bound,
+        "TFTP",
+        cfg.tftp_listen,
+        cfg.tftp_explicit,
+        "[tftp] listen or --tftp-listen",
+    )?
+    else {
+        return Ok(());
+    };
+    let addr = sock.local_addr()?;
+    std::fs::write(cfg.data_dir.join(TFTP_ADDR_FILE), addr.to_string())?;
+    tracing::info!(%addr, root = %root.display(), "TFTP is serving (read-only)");
+    tokio::spawn(keel_server::tftp::serve(tftp, sock));
+    Ok(())
+}
+
+/// A listener of an optional service: its default address being taken is a warning (`None`), so
+/// `keel serve` still works on first start; an address asked for explicitly is an error.
+fn optional<T>(
+    bound: std::io::Result<T>,
+    what: &str,
+    addr: std::net::SocketAddr,
+    explicit: bool,
+    setting: &str,
+) -> anyhow::Result<Option<T>> {
+    match bound {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if !explicit => {
+            tracing::warn!(%addr, %e, "{what} not started: its default address is taken; set {setting}");
+            Ok(None)
         }
-        Err(e) if !cfg.tftp_explicit => {
-            tracing::warn!(addr = %cfg.tftp_listen, %e, "TFTP not started: its default address is taken; set [tftp] listen or --tftp-listen");
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot listen for TFTP on {}", cfg.tftp_listen)),
+        Err(e) => Err(e).with_context(|| format!("cannot listen for {what} on {addr}")),
     }
 }
 
