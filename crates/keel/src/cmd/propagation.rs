@@ -114,6 +114,18 @@ pub enum DestinationCmd {
     },
 }
 
+/// What a block or unblock is about.
+#[derive(Debug, clap::Args)]
+pub struct BlockArgs {
+    #[arg(long)]
+    facility: String,
+    #[arg(long)]
+    service: String,
+    /// One destination only (default: the service on the whole facility).
+    #[arg(long)]
+    destination: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PropagationCmd {
     /// Each facility's services and destinations: state, last success, last error.
@@ -135,23 +147,9 @@ pub enum PropagationCmd {
         timeout: u64,
     },
     /// Block a service on a facility, or on one destination (results show DENIED).
-    Block {
-        #[arg(long)]
-        facility: String,
-        #[arg(long)]
-        service: String,
-        #[arg(long)]
-        destination: Option<String>,
-    },
+    Block(BlockArgs),
     /// Lift a block.
-    Unblock {
-        #[arg(long)]
-        facility: String,
-        #[arg(long)]
-        service: String,
-        #[arg(long)]
-        destination: Option<String>,
-    },
+    Unblock(BlockArgs),
     /// Write the signed bundle GEN would send (to inspect it or try an agent by hand).
     Gen {
         service: String,
@@ -402,16 +400,8 @@ pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow
             )
             .await
         }
-        PropagationCmd::Block {
-            facility,
-            service,
-            destination,
-        } => block(c, facility, service, destination.as_deref(), true, json).await,
-        PropagationCmd::Unblock {
-            facility,
-            service,
-            destination,
-        } => block(c, facility, service, destination.as_deref(), false, json).await,
+        PropagationCmd::Block(a) => block(c, a, true, json).await,
+        PropagationCmd::Unblock(a) => block(c, a, false, json).await,
         PropagationCmd::Gen {
             service,
             facility,
@@ -582,20 +572,14 @@ async fn force(
     }
 }
 
-async fn block(
-    c: &Client,
-    facility: &str,
-    service: &str,
-    destination: Option<&str>,
-    blocked: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let body = json!({"facility": facility, "service": service, "destination": destination, "blocked": blocked});
+async fn block(c: &Client, a: &BlockArgs, blocked: bool, json: bool) -> anyhow::Result<()> {
+    let (facility, service) = (&a.facility, &a.service);
+    let body = json!({"facility": facility, "service": service, "destination": a.destination, "blocked": blocked});
     let r: Value = c
         .call(Method::POST, "/api/v1/propagation/block", Some(&body), None)
         .await?
         .value;
-    let what = destination.map_or_else(
+    let what = a.destination.as_deref().map_or_else(
         || format!("{service} on facility {facility}"),
         |d| format!("{service} to {d}"),
     );
