@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::support::Keel;
 
 /// `dig` against keel; returns (status, answer lines of `+noall +answer`).
-fn dig(k: &Keel, args: &[&str]) -> (String, Vec<String>) {
+pub fn dig(k: &Keel, args: &[&str]) -> (String, Vec<String>) {
     let (host, port) = k.dns.rsplit_once(':').expect("dns address");
     let out = Command::new("dig")
         .args([
