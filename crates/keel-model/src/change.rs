@@ -16,12 +16,14 @@ pub enum Kind {
     Host,
     Facility,
     Destination,
+    /// Who is logged in where (presence).
+    Session,
     /// Internal high-water marks (uids); never sent on watch streams.
     Counter,
 }
 
 impl Kind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Machine,
         Self::Switch,
         Self::Setting,
@@ -29,6 +31,7 @@ impl Kind {
         Self::Host,
         Self::Facility,
         Self::Destination,
+        Self::Session,
         Self::Counter,
     ];
 
@@ -41,6 +44,7 @@ impl Kind {
             Self::Host => "host",
             Self::Facility => "facility",
             Self::Destination => "destination",
+            Self::Session => "session",
             Self::Counter => "counter",
         }
     }

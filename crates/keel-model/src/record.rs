@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{Counter, Destination, Facility, Host, Kind, Machine, Setting, Switch, User};
+use crate::{Counter, Destination, Facility, Host, Kind, Machine, Session, Setting, Switch, User};
 
 /// A record kind the store can write: its key, its version and the unique values it claims.
 pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -57,3 +57,6 @@ record!(Counter, Kind::Counter, |c| key: c.key.clone(), uniques: Vec::new());
 record!(Host, Kind::Host, |h| key: h.name.clone(), uniques: vec![("host", h.name.clone())]);
 record!(Facility, Kind::Facility, |f| key: f.name.clone(), uniques: Vec::new());
 record!(Destination, Kind::Destination, |d| key: d.key(), uniques: Vec::new());
+record!(Session, Kind::Session, |s| key: s.login.to_string(), uniques: {
+    vec![("session_login", s.login.to_string()), ("session_host", s.hostname.to_string())]
+});

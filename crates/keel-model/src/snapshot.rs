@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 use imbl::{HashMap, OrdMap};
 
 use crate::{
-    Change, Counter, Destination, Facility, Host, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Setting,
-    Switch, User, UserPatch, ValidationError, SETTINGS,
+    Change, Counter, Destination, Facility, Host, Hostname, Kind, Mac, Machine, MachinePatch, Op, Pools, Session,
+    Setting, Switch, User, UserPatch, ValidationError, SETTINGS,
 };
 
 /// Why a Change could not be applied (a corrupt log entry: never expected).
@@ -49,6 +49,9 @@ pub struct Snapshot {
     hosts: OrdMap<String, Host>,
     facilities: OrdMap<String, Facility>,
     destinations: OrdMap<String, Destination>,
+    /// Sessions by login, and the login on each machine (by hostname).
+    sessions: OrdMap<String, Session>,
+    session_by_host: HashMap<String, String>,
 }
 
 impl Snapshot {
@@ -117,6 +120,7 @@ impl Snapshot {
                 let d: Destination = serde_json::from_value(v)?;
                 self.destinations.insert(d.key(), d);
             }
+            Kind::Session => self.put_session(serde_json::from_value(v)?),
         }
         Ok(())
     }
@@ -151,7 +155,36 @@ impl Snapshot {
             Kind::Destination => {
                 self.destinations.remove(key);
             }
+            Kind::Session => {
+                self.remove_session(key);
+            }
         }
+    }
+
+    pub fn put_session(&mut self, s: Session) {
+        self.remove_session(s.login.as_str());
+        self.session_by_host.insert(s.hostname.to_string(), s.login.to_string());
+        self.sessions.insert(s.login.to_string(), s);
+    }
+
+    pub fn remove_session(&mut self, login: &str) -> Option<Session> {
+        let old = self.sessions.remove(login)?;
+        self.session_by_host.remove(old.hostname.as_str());
+        Some(old)
+    }
+
+    /// Every session, by login.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    pub fn session(&self, login: &str) -> Option<&Session> {
+        self.sessions.get(login)
+    }
+
+    /// The session on the machine named `hostname` (its hostname, not an alias).
+    pub fn session_on(&self, hostname: &str) -> Option<&Session> {
+        self.session_by_host.get(hostname).and_then(|l| self.sessions.get(l))
     }
 
     /// Inserts or replaces a machine (by id), keeping every index in step.

@@ -22,6 +22,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("the record is at version {current}; re-read it and retry (If-Match said {expected})")]
     PreconditionFailed { expected: u64, current: u64 },
+    /// A presence rule refuses the login (423, with a code and the reason to show at the machine).
+    #[error("{0}")]
+    Refused(keel_model::Refusal),
     #[error("too many wrong passwords: try again in {0} s")]
     TooManyAttempts(u64),
     #[error("If-Match is required: send the version (ETag) you read; * is not accepted")]
@@ -49,6 +52,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Refused(_) => StatusCode::LOCKED,
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -73,7 +77,9 @@ impl ApiError {
             Self::Invalid(_) => "ValueError",
             Self::Unauthorized(_) | Self::Forbidden(_) | Self::TooManyAttempts(_) => "PermissionError",
             Self::NotFound(_) => "KeyError",
-            Self::Conflict(_) | Self::PreconditionFailed { .. } | Self::PreconditionRequired => "ValueError",
+            Self::Conflict(_) | Self::PreconditionFailed { .. } | Self::PreconditionRequired | Self::Refused(_) => {
+                "ValueError"
+            }
             Self::Internal(_) | Self::Unavailable(_) | Self::Failed(_) => "RuntimeError",
         };
         let reply = RpcReply::Exception {
@@ -92,6 +98,9 @@ impl IntoResponse for ApiError {
         if let Self::Invalid(errors) = &self {
             body["field"] = json!(errors.first().map(|e| e.field.clone()));
             body["errors"] = json!(errors);
+        }
+        if let Self::Refused(r) = &self {
+            body["reason"] = json!(r.code());
         }
         let mut resp = (status, Json(body)).into_response();
         if let Self::TooManyAttempts(secs) = &self {
@@ -128,6 +137,7 @@ impl From<StoreError> for ApiError {
             StoreError::Forbidden(why) => Self::Forbidden(why),
             StoreError::VersionMismatch { expected, current } => Self::PreconditionFailed { expected, current },
             StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::Refused(r) => Self::Refused(r),
             other => Self::Internal(other.to_string()),
         }
     }

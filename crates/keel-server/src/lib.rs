@@ -14,11 +14,14 @@ use serde_json::json;
 mod auth;
 pub mod dns;
 mod error;
+mod map;
 mod metrics;
 pub mod netboot;
+pub mod presence;
 mod propagation;
 mod rest;
 mod rpc;
+pub mod sso;
 pub mod tftp;
 mod watch;
 
@@ -33,7 +36,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub const IMPORT_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// What the server needs besides the database.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     /// Serve REST reads without a token (the RPC `query` is always open, as in the original).
     pub open_reads: bool,
@@ -41,6 +44,12 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub watch: WatchConfig,
     pub netboot: netboot::NetbootConfig,
+    pub presence: presence::PresenceConfig,
+    /// Where a request's client address is read from when it comes through a proxy (SSO, presence).
+    pub client_addr: presence::ClientAddrConfig,
+    pub sso: sso::SsoConfig,
+    /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
+    pub map_public: bool,
 }
 
 #[derive(Clone)]
@@ -55,6 +64,7 @@ pub struct AppState {
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// The propagation engine, unless switched off.
     pub engine: Option<keel_propagate::Engine>,
+    pub presence: Arc<presence::Presence>,
 }
 
 impl AppState {
@@ -74,6 +84,7 @@ impl AppState {
         Self {
             db,
             metrics: Arc::new(Metrics::default()),
+            presence: Arc::new(presence::Presence::new(config.presence.clone())),
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
             login_throttle: Arc::new(auth::Throttle::default()),
@@ -155,6 +166,9 @@ pub fn app(state: AppState) -> Router {
             "/destinations/{facility}/{service}/{destination}",
             get(propagation::get_destination).delete(propagation::delete_destination),
         )
+        .route("/sessions", get(presence::list).post(presence::login))
+        .route("/sessions/heartbeat", post(presence::heartbeat))
+        .route("/sessions/{login}", axum::routing::delete(presence::logout))
         .route("/propagation", get(propagation::status))
         .route("/propagation/force", post(propagation::force))
         .route("/propagation/block", post(propagation::block))
@@ -176,11 +190,19 @@ pub fn app(state: AppState) -> Router {
             "/boot/files",
             tower_http::services::ServeDir::new(&state.config.netboot.files_dir),
         )
+        .route("/sso", get(sso::sso))
+        .route("/map", get(map::page))
+        .route("/map.json", get(map::data))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
+}
+
+/// A JSON body as `T` (strict: unknown fields are refused where `T` says so).
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(b).map_err(|e| ApiError::invalid("body", e.to_string()))
 }
 
 async fn healthz(axum::extract::State(st): axum::extract::State<AppState>) -> Json<serde_json::Value> {
@@ -190,3 +212,6 @@ async fn healthz(axum::extract::State(st): axum::extract::State<AppState>) -> Js
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_presence;

@@ -38,6 +38,15 @@ pub struct Metrics {
     pub(crate) watch_subscribers: Gauge,
     pub(crate) watch_events: Counter,
     pub(crate) watch_cut: Counter,
+    presence_logins: Counter,
+    presence_refusals: Counter,
+    presence_expired: Counter,
+    sso: Family<SsoLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SsoLabels {
+    status: &'static str,
 }
 
 impl Default for Metrics {
@@ -75,8 +84,23 @@ impl Default for Metrics {
             "Watch streams cut (too slow, or changes no longer available)",
             watch_cut.clone(),
         );
+        let (presence_logins, presence_refusals, presence_expired) =
+            (Counter::default(), Counter::default(), Counter::default());
+        registry.register("presence_logins", "Sessions opened", presence_logins.clone());
+        registry.register("presence_refusals", "Logins refused (423)", presence_refusals.clone());
+        registry.register(
+            "presence_expired",
+            "Sessions closed for lack of heartbeat",
+            presence_expired.clone(),
+        );
+        let sso = Family::<SsoLabels, Counter>::default();
+        registry.register("sso_answers", "SSO answers by X-SSO-Status", sso.clone());
         Self {
             registry,
+            presence_logins,
+            presence_refusals,
+            presence_expired,
+            sso,
             requests,
             latency,
             machines,
@@ -89,6 +113,22 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub(crate) fn presence_login(&self) {
+        self.presence_logins.inc();
+    }
+
+    pub(crate) fn presence_refused(&self) {
+        self.presence_refusals.inc();
+    }
+
+    pub(crate) fn presence_expired(&self, n: usize) {
+        self.presence_expired.inc_by(n as u64);
+    }
+
+    pub(crate) fn sso(&self, status: &'static str) {
+        self.sso.get_or_create(&SsoLabels { status }).inc();
+    }
+
     fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {
         self.requests
             .get_or_create(&RequestLabels {

@@ -10,19 +10,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keel_model::{Destination, Facility, Host, Principal, Record, Role};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
 use crate::rest::{if_match, to_json, with_etag};
-use crate::{ApiError, AppState};
+use crate::{json_body as body, ApiError, AppState};
 
 type ApiResult = Result<Response, ApiError>;
-
-fn body<T: DeserializeOwned>(b: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(b).map_err(|e| ApiError::invalid("body", e.to_string()))
-}
 
 /// Admins and managers may ask; the store decides what a manager may change.
 fn writer(caller: &Caller) -> Result<&Principal, ApiError> {

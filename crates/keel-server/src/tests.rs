@@ -28,8 +28,7 @@ async fn state(dir: &tempfile::TempDir) -> AppState {
         ServerConfig {
             open_reads: false,
             data_dir: dir.path().to_owned(),
-            watch: Default::default(),
-            netboot: Default::default(),
+            ..ServerConfig::default()
         },
     )
 }

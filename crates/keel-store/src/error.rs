@@ -10,6 +10,9 @@ pub enum StoreError {
     /// The principal may not do this (a manager outside their facilities).
     #[error("{0}")]
     Forbidden(String),
+    /// A login the presence rules refuse (423 on the API, the reason shown at the machine).
+    #[error("{0}")]
+    Refused(keel_model::Refusal),
     #[error("{0} not found")]
     NotFound(String),
     /// The record changed since the caller read it (`If-Match` failed).

@@ -30,6 +30,51 @@ pub struct FileConfig {
     pub tftp: TftpFile,
     #[serde(default)]
     pub netboot: NetbootFile,
+    #[serde(default)]
+    pub presence: PresenceFile,
+    #[serde(default)]
+    pub sso: SsoFile,
+}
+
+/// `[presence]`: sessions, their expiry, and how machines prove who they are.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceFile {
+    /// A session without a heartbeat for this long is closed (default 30).
+    pub timeout_secs: Option<u64>,
+    /// After a start, heartbeats rebuild sessions and logins wait this long (default: timeout).
+    pub recovery_secs: Option<u64>,
+    /// The site secret machines send with presence calls (default `<data_dir>/presence.secret`,
+    /// made on first start, mode 0600).
+    pub secret_file: Option<PathBuf>,
+    /// `/map` without a token (default true: the site's network sees who sits where).
+    pub map_public: Option<bool>,
+}
+
+/// `[sso]`: nginx `auth_request` answers.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsoFile {
+    /// The header nginx puts the client's address in (default `X-Real-IP`); presence reads it too.
+    pub client_header: Option<String>,
+    /// Peers whose client header is believed (default 127.0.0.1 and ::1).
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Machines that always map to a login: `hostname = "login"`.
+    #[serde(default)]
+    pub overrides: std::collections::HashMap<String, String>,
+}
+
+impl SsoFile {
+    pub fn client_addr(&self) -> keel_server::presence::ClientAddrConfig {
+        let d = keel_server::presence::ClientAddrConfig::default();
+        keel_server::presence::ClientAddrConfig {
+            header: self
+                .client_header
+                .as_deref()
+                .map_or(d.header, |h| h.trim().to_ascii_lowercase()),
+            trusted_proxies: self.trusted_proxies.clone().unwrap_or(d.trusted_proxies),
+        }
+    }
 }
 
 /// `[netboot]`: the iPXE scripts of `GET /boot/{mac}` and the files they load.
@@ -229,6 +274,8 @@ pub struct ServeConfig {
     pub netboot: NetbootFile,
     pub tftp_listen: SocketAddr,
     pub tftp_explicit: bool,
+    pub presence: PresenceFile,
+    pub sso: SsoFile,
 }
 
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";

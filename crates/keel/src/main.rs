@@ -158,6 +158,8 @@ impl Cli {
                 .unwrap_or_else(|| DEFAULT_TFTP_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
             tftp: file.tftp.clone(),
             netboot: file.netboot.clone(),
+            presence: file.presence.clone(),
+            sso: file.sso.clone(),
         })
     }
 

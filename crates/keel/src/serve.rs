@@ -23,6 +23,8 @@ pub const ADDR_FILE: &str = "listen.addr";
 pub const DNS_ADDR_FILE: &str = "dns.addr";
 /// Written once TFTP listens: its address.
 pub const TFTP_ADDR_FILE: &str = "tftp.addr";
+/// The presence site secret, made on first start.
+pub const PRESENCE_SECRET_FILE: &str = "presence.secret";
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -46,6 +48,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         data_dir: cfg.data_dir.clone(),
         watch: cfg.watch.clone(),
         netboot: cfg.netboot.config(&cfg.data_dir),
+        presence: presence_config(&cfg)?,
+        client_addr: cfg.sso.client_addr(),
+        sso: keel_server::sso::SsoConfig {
+            overrides: cfg.sso.overrides.clone(),
+        },
+        map_public: cfg.presence.map_public.unwrap_or(true),
     };
     // Where kernels and initrds go (served at /boot/files/).
     let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);
@@ -63,6 +71,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     if cfg.tftp.enabled.unwrap_or(true) {
         start_tftp(&cfg).await?;
     }
+    tokio::spawn(keel_server::presence::run_expiry(state.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -78,6 +87,55 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     serve_http(listener, keel_server::app(state), stopping).await;
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// The presence settings; the site secret is read from its file, made on first start.
+fn presence_config(cfg: &ServeConfig) -> anyhow::Result<keel_server::presence::PresenceConfig> {
+    let timeout = std::time::Duration::from_secs(cfg.presence.timeout_secs.unwrap_or(30).max(1));
+    let path = cfg
+        .presence
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join(PRESENCE_SECRET_FILE));
+    Ok(keel_server::presence::PresenceConfig {
+        timeout,
+        recovery: cfg
+            .presence
+            .recovery_secs
+            .map_or(timeout, std::time::Duration::from_secs),
+        secret: Some(read_or_create_secret(&path)?),
+    })
+}
+
+/// A secret file's first line; a new random secret (mode 0600) when the file does not exist.
+fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let s = text.lines().next().unwrap_or("").trim().to_owned();
+            anyhow::ensure!(
+                s.len() >= 16,
+                "{}: the secret must be at least 16 characters",
+                path.display()
+            );
+            Ok(s)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 24];
+            getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let secret = hex::encode(raw);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(f, "{secret}")?;
+            f.sync_all()?;
+            tracing::info!(file = %path.display(), "made the presence secret; machines send it with presence calls");
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// Starts the built-in DNS. The default address being taken (another resolver on 5353) is a
@@ -163,9 +221,9 @@ async fn serve_http(listener: tokio::net::TcpListener, app: axum::Router, stop: 
         .header_read_timeout(std::time::Duration::from_secs(30));
     let mut stop = std::pin::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, usually: wait instead of spinning.
                     tracing::error!(%e, "cannot accept a connection");
@@ -176,7 +234,12 @@ async fn serve_http(listener: tokio::net::TcpListener, app: axum::Router, stop: 
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer's address, for presence (a machine speaks only for itself) and SSO's proxy check.
+        let app = tower::ServiceExt::map_request(app.clone(), move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        });
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -24,7 +24,7 @@ fn key(kind: Kind, data: &Value) -> String {
         Kind::Machine => data["id"].to_string(),
         Kind::Switch => data["name"].to_string(),
         Kind::Setting | Kind::Counter => data["key"].to_string(),
-        Kind::User => data["login"].to_string(),
+        Kind::User | Kind::Session => data["login"].to_string(),
         Kind::Host | Kind::Facility => data["name"].to_string(),
         Kind::Destination => format!("{}/{}/{}", data["facility"], data["service"], data["destination"]),
     }

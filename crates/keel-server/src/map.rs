@@ -1,0 +1,90 @@
+//! `GET /map`: rooms → machines → who is logged in, updating live. `GET /map.json?since=SEQ`
+//! answers at once when the state is newer than `SEQ`, else waits (up to 25 s) for the next
+//! machine or session change: the page long-polls it, so it follows logins within a round trip.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_model::{Kind, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, AppState, Caller};
+
+const PAGE: &str = include_str!("../templates/map/map.html");
+const WAIT: Duration = Duration::from_secs(25);
+
+#[derive(Debug, Serialize)]
+struct Seat {
+    hostname: String,
+    mtype: &'static str,
+    faulty: bool,
+    login: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct MapData {
+    seq: u64,
+    rooms: BTreeMap<String, Vec<Seat>>,
+}
+
+fn map_of(snap: &Snapshot) -> MapData {
+    let mut rooms: BTreeMap<String, Vec<Seat>> = BTreeMap::new();
+    for m in snap.machines() {
+        rooms.entry(m.room.clone()).or_default().push(Seat {
+            hostname: m.hostname.to_string(),
+            mtype: m.mtype.as_str(),
+            faulty: m.is_faulty,
+            login: snap.session_on(m.hostname.as_str()).map(|s| s.login.to_string()),
+        });
+    }
+    MapData { seq: snap.seq(), rooms }
+}
+
+fn check(st: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    caller.reader(st.config.map_public || st.config.open_reads)
+}
+
+pub(crate) async fn page(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    check(&st, &caller)?;
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Since {
+    since: Option<u64>,
+}
+
+pub(crate) async fn data(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<Since>,
+) -> Result<Response, ApiError> {
+    check(&st, &caller)?;
+    let mut rx = st.db.subscribe();
+    if let Some(since) = q.since {
+        if st.db.snapshot().seq() <= since {
+            let wait = async {
+                loop {
+                    match rx.recv().await {
+                        Ok(c) if matches!(c.kind, Kind::Machine | Kind::Session) => return,
+                        Ok(_) => {}
+                        // Lagged: something changed, answer now. Closed: the server stops.
+                        Err(_) => return,
+                    }
+                }
+            };
+            tokio::select! {
+                () = wait => {}
+                () = tokio::time::sleep(WAIT) => {}
+                () = st.stopping() => {}
+            }
+        }
+    }
+    let body = map_of(&st.db.snapshot());
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}

@@ -1,0 +1,373 @@
+//! Presence: `POST /api/v1/sessions`, `DELETE /api/v1/sessions/{login}`,
+//! `POST /api/v1/sessions/heartbeat`, and the expiry keel runs itself.
+//!
+//! Machines booted from one shared NFS root cannot hold a token each, so a machine proves itself
+//! by its address (the request must come from the IP of the machine it names) plus the site's
+//! presence secret; admins use their token. Heartbeats are not Changes: the time of each
+//! session's last one is kept in memory here. After a start, every stored session counts as seen
+//! at that start, so an outage never logs everyone out; during the first timeout, heartbeats
+//! rebuild sessions (the original presencesync's recovery) and logins are refused.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use keel_model::{Principal, Refusal, Role, Session};
+use keel_store::Opened;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{ApiError, AppState, Caller};
+
+/// The header a machine sends its site secret in.
+pub const SECRET_HEADER: &str = "x-keel-presence-secret";
+
+/// Presence settings (`[presence]` in keel.toml).
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    /// A session without a heartbeat for this long is closed.
+    pub timeout: Duration,
+    /// How long after a start heartbeats rebuild sessions and logins wait (default: `timeout`).
+    pub recovery: Duration,
+    /// The secret machines present with their address; `None`: only admins' tokens are accepted.
+    pub secret: Option<String>,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            recovery: Duration::from_secs(30),
+            secret: None,
+        }
+    }
+}
+
+/// Proxies (nginx) whose client-address header is believed; any other peer is the client itself.
+#[derive(Debug, Clone)]
+pub struct ClientAddrConfig {
+    pub header: String,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for ClientAddrConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-real-ip".into(),
+            trusted_proxies: vec![
+                "127.0.0.1/32".parse().unwrap_or_default(),
+                "::1/128".parse().unwrap_or_default(),
+            ],
+        }
+    }
+}
+
+impl ClientAddrConfig {
+    pub(crate) fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = canonical(peer);
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+
+    /// The address a trusted proxy says the client has: `Err(())` when the peer is not trusted
+    /// or sent no usable header.
+    pub(crate) fn forwarded(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Result<IpAddr, ()> {
+        if !peer.is_some_and(|p| self.trusts(p)) {
+            return Err(());
+        }
+        let v = headers.get(self.header.as_str()).ok_or(())?;
+        v.to_str()
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .map(canonical)
+            .ok_or(())
+    }
+
+    /// The client: what a trusted proxy says, else the peer.
+    pub(crate) fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        self.forwarded(peer, headers).ok().or(peer.map(canonical))
+    }
+}
+
+/// An IPv4 address in an IPv6 socket (`::ffff:a.b.c.d`) is that IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The connection's peer address, when the server recorded it (every real connection; `oneshot`
+/// tests add a `ConnectInfo` themselves).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()),
+        ))
+    }
+}
+
+/// Presence's live state: when each session last showed a heartbeat.
+pub struct Presence {
+    pub config: PresenceConfig,
+    started: Instant,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Presence {
+    pub fn new(config: PresenceConfig) -> Self {
+        Self {
+            config,
+            started: Instant::now(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn touch(&self, login: &str) {
+        self.seen().insert(login.to_owned(), Instant::now());
+    }
+
+    /// Seconds of recovery left after the start, if any.
+    fn recovering(&self) -> Option<u64> {
+        let left = self.config.recovery.checked_sub(self.started.elapsed())?;
+        (!left.is_zero()).then(|| left.as_secs().max(1))
+    }
+
+    /// Sessions whose last heartbeat (or, for those never seen by this server, its start) is
+    /// older than the timeout.
+    fn overdue(&self, sessions: impl Iterator<Item = Session>) -> Vec<Session> {
+        let now = Instant::now();
+        let seen = self.seen();
+        sessions
+            .filter(|s| {
+                let last = seen.get(s.login.as_str()).copied().unwrap_or(self.started);
+                now.duration_since(last) > self.config.timeout
+            })
+            .collect()
+    }
+}
+
+/// Expires overdue sessions every second until the server stops.
+pub async fn run_expiry(st: AppState) {
+    let who = Principal {
+        name: "keel (presence expiry)".into(),
+        ..Principal::system()
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = st.stopping() => return,
+        }
+        let overdue = st.presence.overdue(st.db.snapshot().sessions().cloned());
+        if overdue.is_empty() {
+            continue;
+        }
+        match st.db.expire_sessions(&who, &overdue).await {
+            Ok(gone) => {
+                let mut seen = st.presence.seen();
+                for s in &gone {
+                    seen.remove(s.login.as_str());
+                    tracing::info!(login = %s.login, hostname = %s.hostname, "session expired (no heartbeat)");
+                }
+                st.metrics.presence_expired(gone.len());
+            }
+            Err(e) => tracing::error!(%e, "cannot expire sessions"),
+        }
+    }
+}
+
+/// Who is calling a presence endpoint about `hostname`.
+fn authorize(
+    st: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    peer: Peer,
+    hostname: &str,
+) -> Result<Principal, ApiError> {
+    if caller.0.is_some() {
+        return caller.admin().cloned();
+    }
+    let Some(secret) = &st.presence.config.secret else {
+        return Err(ApiError::Unauthorized(
+            "presence needs an admin token (no presence secret is configured)",
+        ));
+    };
+    let sent = headers.get(SECRET_HEADER).ok_or(ApiError::Unauthorized(
+        "send the site's presence secret in X-Keel-Presence-Secret",
+    ))?;
+    if !same_secret(sent.as_bytes(), secret.as_bytes()) {
+        return Err(ApiError::Unauthorized("wrong presence secret"));
+    }
+    let client = st.config.client_addr.client(peer.0, headers);
+    let snap = st.db.snapshot();
+    let machine = snap
+        .machine_by_name(hostname)
+        .ok_or_else(|| ApiError::Refused(Refusal::UnknownMachine(hostname.to_owned())))?;
+    if client != Some(IpAddr::V4(machine.ip)) {
+        return Err(ApiError::Forbidden(format!(
+            "this request comes from {}, not from {} ({}): a machine speaks only for itself",
+            client.map_or("an unknown address".into(), |c| c.to_string()),
+            machine.hostname,
+            machine.ip
+        )));
+    }
+    Ok(Principal {
+        name: format!("machine {}", machine.hostname),
+        role: Role::Agent,
+        facilities: Vec::new(),
+        host: Some(machine.hostname.to_string()),
+    })
+}
+
+/// Compares digests, so the time taken says nothing about how much of the secret matched.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    use sha2::Digest;
+    sha2::Sha256::digest(a) == sha2::Sha256::digest(b)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    login: String,
+    hostname: String,
+}
+
+/// `POST /api/v1/sessions`: 201 with the session, 200 if already logged in there, 423 with why not.
+pub async fn login(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    peer: Peer,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: LoginBody = crate::json_body(&body)?;
+    let who = authorize(&st, &caller, &headers, peer, &body.hostname)?;
+    if let Some(seconds) = st.presence.recovering() {
+        st.metrics.presence_refused();
+        return Err(ApiError::Refused(Refusal::Recovering { seconds }));
+    }
+    let opened = st.db.open_session(&who, &body.login, &body.hostname).await;
+    let (status, s) = match opened {
+        Ok(Opened::New(s)) => (StatusCode::CREATED, s),
+        Ok(Opened::Existing(s)) => (StatusCode::OK, s),
+        Err(e) => {
+            if matches!(e, keel_store::StoreError::Refused(_)) {
+                st.metrics.presence_refused();
+            }
+            return Err(e.into());
+        }
+    };
+    st.presence.touch(s.login.as_str());
+    tracing::info!(login = %s.login, hostname = %s.hostname, by = %who.name, "session opened");
+    st.metrics.presence_login();
+    Ok((status, Json(s)).into_response())
+}
+
+/// `DELETE /api/v1/sessions/{login}`: 204 (also when there was no session: logging out twice is
+/// not an error).
+pub async fn logout(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    peer: Peer,
+    Path(login): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let snap = st.db.snapshot();
+    let on_host = match (&caller.0, snap.session(&login)) {
+        (Some(_), _) => {
+            caller.admin()?;
+            None
+        }
+        (None, Some(s)) => Some(s.hostname.to_string()),
+        (None, None) => return Ok(StatusCode::NO_CONTENT),
+    };
+    let host = on_host.clone().unwrap_or_default();
+    let who = authorize(&st, &caller, &headers, peer, &host)?;
+    if let Some(s) = st.db.close_session(&who, &login, on_host.as_deref()).await? {
+        st.presence.seen().remove(s.login.as_str());
+        tracing::info!(login = %s.login, hostname = %s.hostname, by = %who.name, "session closed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBody {
+    hostname: String,
+    logins: Vec<String>,
+}
+
+/// `POST /api/v1/sessions/heartbeat`: refreshes the machine's sessions it lists; during recovery,
+/// also rebuilds the ones keel does not know (obeying the login rules).
+pub async fn heartbeat(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    peer: Peer,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: HeartbeatBody = crate::json_body(&body)?;
+    if body.logins.len() > 1024 {
+        return Err(ApiError::invalid("logins", "at most 1024 logins per heartbeat"));
+    }
+    let who = authorize(&st, &caller, &headers, peer, &body.hostname)?;
+    let snap = st.db.snapshot();
+    let host = snap
+        .machine_by_name(&body.hostname)
+        .map(|m| m.hostname.to_string())
+        .unwrap_or_default();
+    let (mut refreshed, mut unknown) = (Vec::new(), Vec::new());
+    for login in &body.logins {
+        match snap.session(login) {
+            Some(s) if s.hostname.as_str() == host => {
+                st.presence.touch(login);
+                refreshed.push(login.clone());
+            }
+            _ => unknown.push(login.clone()),
+        }
+    }
+    let mut rebuilt = Vec::new();
+    let mut refused = Vec::new();
+    if st.presence.recovering().is_some() && !unknown.is_empty() {
+        let (opened, no) = st.db.rebuild_sessions(&who, &host, &unknown).await?;
+        for s in opened {
+            st.presence.touch(s.login.as_str());
+            tracing::info!(login = %s.login, hostname = %s.hostname, "session rebuilt from a heartbeat");
+            rebuilt.push(s.login.to_string());
+        }
+        refused = no
+            .into_iter()
+            .map(|(login, r)| json!({"login": login, "reason": r.code(), "error": r.to_string()}))
+            .collect();
+        unknown.clear();
+    }
+    Ok(Json(json!({
+        "refreshed": refreshed,
+        "rebuilt": rebuilt,
+        "refused": refused,
+        "ignored": unknown,
+        "contest_mode": snap.flag("contest_mode"),
+        "timeout_secs": st.presence.config.timeout.as_secs(),
+    })))
+}
+
+/// `GET /api/v1/sessions`: who is logged in where.
+pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<Vec<Session>>, ApiError> {
+    caller.reader(st.config.open_reads)?;
+    Ok(Json(st.db.snapshot().sessions().cloned().collect()))
+}

@@ -1,0 +1,61 @@
+//! `GET /sso`: nginx's `auth_request` target. Always 200; the answer is in two headers:
+//! `X-SSO-Status` (`authenticated`, `missing header`, `unknown IP`, `logged-out machine`) and,
+//! when authenticated, `X-SSO-User`. Read from the Snapshot only: no database, no allocation
+//! beyond the response.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use crate::presence::Peer;
+use crate::AppState;
+
+/// `[sso]` in keel.toml.
+#[derive(Debug, Clone, Default)]
+pub struct SsoConfig {
+    /// Machines that always map to a login (a display screen, a judge's machine), by hostname.
+    pub overrides: HashMap<String, String>,
+}
+
+/// The statuses, exactly as the operators' debugging guide names them.
+pub const AUTHENTICATED: &str = "authenticated";
+pub const MISSING_HEADER: &str = "missing header";
+pub const UNKNOWN_IP: &str = "unknown IP";
+pub const LOGGED_OUT: &str = "logged-out machine";
+
+/// Who is at the client's address: (status, login).
+pub fn decide(st: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> (&'static str, Option<String>) {
+    let Ok(client) = st.config.client_addr.forwarded(peer, headers) else {
+        return (MISSING_HEADER, None);
+    };
+    let IpAddr::V4(v4) = client else {
+        return (UNKNOWN_IP, None);
+    };
+    let snap = st.db.snapshot();
+    let Some((machine, session)) = snap.login_at(v4) else {
+        return (UNKNOWN_IP, None);
+    };
+    if let Some(login) = st.config.sso.overrides.get(machine.hostname.as_str()) {
+        return (AUTHENTICATED, Some(login.clone()));
+    }
+    match session {
+        Some(s) => (AUTHENTICATED, Some(s.login.to_string())),
+        None => (LOGGED_OUT, None),
+    }
+}
+
+pub async fn sso(State(st): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
+    let (status, login) = decide(&st, peer, &headers);
+    st.metrics.sso(status);
+    let mut resp = ().into_response();
+    let h = resp.headers_mut();
+    h.insert("x-sso-status", HeaderValue::from_static(status));
+    if let Some(v) = login.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert("x-sso-user", v);
+    }
+    h.insert("cache-control", HeaderValue::from_static("no-store"));
+    resp
+}
