@@ -9,6 +9,7 @@
 mod accounts;
 mod dhcp;
 mod dns;
+mod firewall;
 mod hosts;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use accounts::{homes, passwd, root_ssh};
 pub use dhcp::{dhcp, DhcpFormat, DhcpOptions};
 pub use dns::dns;
+pub use firewall::{allowed, firewall, FirewallOptions};
 pub use hosts::hosts;
 
 /// What a facility receives: its users and the site's machines.
@@ -32,8 +34,12 @@ pub struct Input<'a> {
     pub reverse_zones: Vec<String>,
     /// The zones' serial: the seq of the last machine change (`dns`).
     pub serial: u64,
-    /// The pools' networks (`dhcp` subnets).
+    /// The pools' networks (`dhcp` subnets; the `firewall`'s site).
     pub networks: Vec<ipnet::Ipv4Net>,
+    /// Who is logged in where: each session's machine and user (`firewall`).
+    pub sessions: Vec<(&'a Machine, &'a User)>,
+    /// The `contest_mode` setting (`firewall`).
+    pub contest_mode: bool,
 }
 
 /// A group as it appears on hosts.
@@ -61,6 +67,8 @@ pub struct Options {
     pub dns: DnsOptions,
     /// The `dhcp` service's configuration.
     pub dhcp: DhcpOptions,
+    /// The `firewall` service's ruleset.
+    pub firewall: FirewallOptions,
 }
 
 /// How the `dns` service writes its zones.
@@ -105,6 +113,7 @@ impl Default for Options {
             zone: "prolo".into(),
             dns: DnsOptions::default(),
             dhcp: DhcpOptions::default(),
+            firewall: FirewallOptions::default(),
         }
     }
 }
@@ -128,16 +137,18 @@ pub enum BuiltIn {
     Hosts,
     Dns,
     Dhcp,
+    Firewall,
 }
 
 impl BuiltIn {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Passwd,
         Self::RootSsh,
         Self::Homes,
         Self::Hosts,
         Self::Dns,
         Self::Dhcp,
+        Self::Firewall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -148,6 +159,7 @@ impl BuiltIn {
             Self::Hosts => "hosts",
             Self::Dns => "dns",
             Self::Dhcp => "dhcp",
+            Self::Firewall => "firewall",
         }
     }
 
@@ -165,6 +177,15 @@ impl BuiltIn {
         match self {
             Self::Passwd | Self::RootSsh | Self::Homes => kind == Kind::User,
             Self::Hosts | Self::Dns | Self::Dhcp => kind == Kind::Machine,
+            Self::Firewall => matches!(kind, Kind::Machine | Kind::User | Kind::Session | Kind::Setting),
+        }
+    }
+
+    /// A debounce of its own, shorter than the engine's: a login must open the internet at once.
+    pub fn debounce(self) -> Option<std::time::Duration> {
+        match self {
+            Self::Firewall => Some(std::time::Duration::from_millis(50)),
+            _ => None,
         }
     }
 
@@ -176,6 +197,7 @@ impl BuiltIn {
             Self::Hosts => hosts(input, opts),
             Self::Dns => dns(input, opts),
             Self::Dhcp => dhcp(input, opts),
+            Self::Firewall => firewall(input, opts),
         }
     }
 }

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! The golden files pass the real checkers: `named-checkzone`, `named-checkconf` (Debian
 //! bind9-utils), `dhcpd -t` (isc-dhcp-server), `kea-dhcp4 -t` (kea-dhcp4-server). `.ci/run`
-//! installs them; a missing one fails the test, it never skips.
+//! installs them, and `nft` (nftables); a missing one fails the test, it never skips.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,9 +11,12 @@ fn data(p: &str) -> PathBuf {
 }
 
 fn run(cmd: &str, args: &[&str], file: &Path) {
-    let out = Command::new(cmd)
-        .args(args)
-        .arg(file)
+    let mut c = Command::new(cmd);
+    c.args(args);
+    if !file.as_os_str().is_empty() {
+        c.arg(file);
+    }
+    let out = c
         .output()
         .unwrap_or_else(|e| panic!("{cmd}: {e} (install it: see .ci/run)"));
     assert!(
@@ -45,4 +48,25 @@ fn dhcp_configs_pass_dhcpd_and_kea() {
     run("dhcpd", &["-q", "-t", "-cf"], &data("dhcp/dhcpd.conf"));
     run("dhcpd", &["-q", "-t", "-cf"], &data("dhcp-isc-unknown/dhcpd.conf"));
     run("kea-dhcp4", &["-t"], &data("dhcp-kea/kea-dhcp4.conf"));
+}
+
+/// `nft -c` (nftables) accepts the rulesets, inside a network namespace of its own so nothing
+/// touches this machine's firewall even by mistake; applying them twice in a row works too (the
+/// table is replaced, not added to).
+#[test]
+fn firewall_rulesets_pass_nft_check_and_apply_twice() {
+    for dir in ["firewall", "firewall-open", "firewall-contest"] {
+        let f = data(dir).join("keel.nft");
+        let f = f.display();
+        run(
+            "unshare",
+            &[
+                "-n",
+                "sh",
+                "-ec",
+                &format!("nft -c -f {f}; nft -f {f}; nft -f {f}; nft list table inet keel"),
+            ],
+            Path::new(""),
+        );
+    }
 }

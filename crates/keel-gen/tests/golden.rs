@@ -24,6 +24,8 @@ fn input<'a>(users: &'a [User], machines: &'a [Machine]) -> Input<'a> {
         reverse_zones: keel_model::Pools::default().reverse_zones(),
         serial: 3,
         networks: keel_model::Pools::default().networks(),
+        sessions: Vec::new(),
+        contest_mode: false,
     }
 }
 
@@ -80,4 +82,27 @@ fn dhcp_variants_match_their_golden_files() {
     check_golden("dns-unknown", &keel_gen::dns(&input, &opts));
     opts.dhcp.format = DhcpFormat::Kea;
     check_golden("dhcp-kea", &keel_gen::dhcp(&input, &opts));
+}
+
+/// The firewall with people logged in: a contestant is allowed outside the contest only; staff
+/// always; per-user exceptions either way.
+#[test]
+fn firewall_follows_sessions_and_contest_mode() {
+    let (users, machines) = site();
+    let mut input = input(&users, &machines);
+    let m = |h: &str| machines.iter().find(|m| m.hostname.as_str() == h).unwrap();
+    let u = |l: &str| users.iter().find(|u| u.login.as_str() == l).unwrap();
+    input.sessions = vec![(m("pc-01"), u("zoe")), (m("rfs0"), u("bob"))];
+    let opts = Options::default();
+    check_golden("firewall-open", &keel_gen::firewall(&input, &opts));
+    input.contest_mode = true;
+    let files = keel_gen::firewall(&input, &opts);
+    check_golden("firewall-contest", &files);
+    let allowed = keel_gen::allowed(&input, &opts.firewall);
+    assert!(!allowed.contains_key(&m("pc-01").ip) && allowed.contains_key(&m("rfs0").ip));
+    let mut opts = Options::default();
+    opts.firewall.allow_users = vec!["zoe".into()];
+    opts.firewall.deny_users = vec!["bob".into()];
+    let allowed = keel_gen::allowed(&input, &opts.firewall);
+    assert!(allowed.contains_key(&m("pc-01").ip) && !allowed.contains_key(&m("rfs0").ip));
 }

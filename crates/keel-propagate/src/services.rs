@@ -79,7 +79,8 @@ impl Service {
                     debounce_ms: Some(ms), ..
                 },
             ) => Duration::from_millis(*ms),
-            _ => default,
+            Self::BuiltIn(b) => b.debounce().unwrap_or(default),
+            Self::Custom(..) => default,
         }
     }
 }
@@ -124,6 +125,11 @@ pub async fn generate(
                 reverse_zones: pools.reverse_zones(),
                 serial: snap.machines_seq(),
                 networks: pools.networks(),
+                sessions: snap
+                    .sessions()
+                    .filter_map(|s| Some((snap.machine_by_name(s.hostname.as_str())?, snap.user(s.login.as_str())?)))
+                    .collect(),
+                contest_mode: snap.flag("contest_mode"),
             };
             Ok(b.generate(&input, opts))
         }

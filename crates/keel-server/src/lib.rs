@@ -191,6 +191,7 @@ pub fn app(state: AppState) -> Router {
             tower_http::services::ServeDir::new(&state.config.netboot.files_dir),
         )
         .route("/sso", get(sso::sso))
+        .route("/sso/protect", get(sso::protect))
         .route("/map", get(map::page))
         .route("/map.json", get(map::data))
         .route("/healthz", get(healthz))

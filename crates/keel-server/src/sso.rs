@@ -47,10 +47,24 @@ pub fn decide(st: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> (&'st
     }
 }
 
+/// `GET /sso`: always 200.
 pub async fn sso(State(st): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
-    let (status, login) = decide(&st, peer, &headers);
+    answer(&st, peer, &headers, false)
+}
+
+/// `GET /sso/protect`: the same answer, but 403 unless authenticated (nginx's `protect` snippet).
+pub async fn protect(State(st): State<AppState>, Peer(peer): Peer, headers: HeaderMap) -> Response {
+    answer(&st, peer, &headers, true)
+}
+
+fn answer(st: &AppState, peer: Option<IpAddr>, headers: &HeaderMap, protect: bool) -> Response {
+    let (status, login) = decide(st, peer, headers);
     st.metrics.sso(status);
-    let mut resp = ().into_response();
+    let mut resp = if protect && status != AUTHENTICATED {
+        axum::http::StatusCode::FORBIDDEN.into_response()
+    } else {
+        ().into_response()
+    };
     let h = resp.headers_mut();
     h.insert("x-sso-status", HeaderValue::from_static(status));
     if let Some(v) = login.and_then(|l| HeaderValue::from_str(&l).ok()) {

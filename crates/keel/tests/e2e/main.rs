@@ -10,6 +10,7 @@
 //! - `users`: users in the database (uids, validation, hashes never shown).
 //! - `users_import`: `keel users import` (login rule, sheets, all or nothing).
 //! - `netboot`: iPXE scripts by state and boot mode, registration, switch table, Range requests.
+//! - `presence`: sessions, SSO through a real nginx, the firewall with the real nft in a netns.
 //! - `propagation`: the engine and the real keel-agent (local child process; ssh to a real sshd).
 //! - `tftp`: the TFTP server with `curl`, directly and through a lossy, duplicating proxy.
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
@@ -26,6 +27,7 @@ mod dns;
 mod durability;
 mod foundation;
 mod netboot;
+mod presence;
 mod propagation;
 mod qemu;
 mod regression;

@@ -1,0 +1,343 @@
+//! Presence, SSO and the firewall end to end: a real nginx in front of a small upstream asks
+//! keel who sits at each address; the firewall service goes through the engine to the real
+//! keel-agent, which loads the ruleset with the real `nft` inside a network namespace this test
+//! creates (never the machine's own).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::propagation::{agent_bin, api, eventually, public_key, AgentHost};
+use crate::support::{req, require_tool, Keel};
+
+/// Pools on loopback, so that curl's `--interface 127.0.5.x` is a machine's address.
+pub const LOOPBACK_POOLS: &str = "[pools.user]\nnetwork = \"127.0.5.0/24\"\n[pools.orga]\nnetwork = \"127.0.6.0/24\"\n\
+[pools.cluster]\nnetwork = \"127.0.7.0/24\"\n[pools.service]\nnetwork = \"127.0.8.0/24\"\n";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A process killed when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn add_machine(k: &Keel, hostname: &str, mtype: &str, ip: &str) {
+    let n = ip.rsplit('.').next().unwrap().parse::<u8>().unwrap();
+    let t = match mtype {
+        "user" => 1,
+        "orga" => 2,
+        _ => 3,
+    };
+    let mac = format!("02:00:00:00:{t:02x}:{n:02x}");
+    let body = json!({"hostname": hostname, "mac": mac, "mtype": mtype, "ip": ip, "room": "hall"});
+    api(k, Method::POST, "/api/v1/machines", Some(body)).await;
+}
+
+pub async fn add_user(k: &Keel, login: &str, group: &str) {
+    api(
+        k,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"login": login, "group": group})),
+    )
+    .await;
+}
+
+pub async fn login(k: &Keel, login: &str, hostname: &str) -> (u16, Value) {
+    let body = json!({"login": login, "hostname": hostname});
+    req(k, Some(&k.token), Method::POST, "/api/v1/sessions", Some(body), &[]).await
+}
+
+/// curl from `source` (a loopback address) to `url`, with extra headers: (status, body).
+fn curl(source: &str, url: &str, headers: &[&str]) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-m", "5", "--interface", source, "-w", "\n%{http_code}", url]);
+    for h in headers {
+        c.args(["-H", h]);
+    }
+    let out = c.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_owned(), body.trim().to_owned())
+}
+
+/// nginx with the shipped snippets, in front of an upstream that echoes what it received.
+fn nginx(dir: &Path, keel_port: u16, port: u16) -> Guard {
+    require_tool("nginx");
+    let echo = free_port();
+    let conf = format!(
+        "daemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         upstream keel_sso {{ server 127.0.0.1:{keel_port}; keepalive 4; }}\n\
+         server {{\n  listen 127.0.0.1:{port};\n  include sso/handler;\n\
+           location / {{ proxy_pass http://127.0.0.1:{echo}; }}\n\
+           location /private/ {{ include sso/protect; proxy_pass http://127.0.0.1:{echo}; }}\n }}\n\
+         server {{\n  listen 127.0.0.1:{echo};\n  location / {{ return 200 \"user=[$http_x_sso_user] \
+         status=[$http_x_sso_status] remote=[$http_remote_user] backend=[$http_x_sso_backend_status]\"; }}\n }}\n}}\n",
+        d = dir.display()
+    );
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("contrib/nginx/sso"))
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx");
+    let g = Guard(child);
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return g;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "nginx did not listen: {}",
+        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn sso_through_a_real_nginx_answers_each_status_and_never_passes_a_forged_login() {
+    let toml = format!("{LOOPBACK_POOLS}[presence]\nrecovery_secs = 0\n");
+    let mut k = Keel::start_with_config(&toml, &[]);
+    add_machine(&k, "pc1", "user", "127.0.5.7").await;
+    add_user(&k, "alice", "user").await;
+    let keel_port: u16 = k.url.rsplit(':').next().unwrap().parse().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _nginx = nginx(tmp.path(), keel_port, port);
+    let site = format!("http://127.0.0.1:{port}/");
+    let private = format!("http://127.0.0.1:{port}/private/");
+    let forged = ["X-SSO-User: root", "Remote-User: root", "X-SSO-Status: authenticated"];
+    let echo = |user: &str, status: &str, backend: &str| {
+        format!("user=[{user}] status=[{status}] remote=[{user}] backend=[{backend}]")
+    };
+    // Directly, without nginx's header: `missing header`.
+    let direct = reqwest::get(format!("{}/sso", k.url)).await.unwrap();
+    assert_eq!(direct.headers()["x-sso-status"], "missing header");
+    assert_eq!(
+        curl("127.0.0.1", &site, &forged),
+        ("200".into(), echo("", "unknown IP", "working"))
+    );
+    assert_eq!(
+        curl("127.0.5.7", &site, &forged),
+        ("200".into(), echo("", "logged-out machine", "working"))
+    );
+    assert_eq!(curl("127.0.5.7", &private, &forged).0, "403");
+    assert_eq!(login(&k, "alice", "pc1").await.0, 201);
+    assert_eq!(
+        curl("127.0.5.7", &site, &forged),
+        ("200".into(), echo("alice", "authenticated", "working"))
+    );
+    assert_eq!(
+        curl("127.0.5.7", &private, &forged),
+        ("200".into(), echo("alice", "authenticated", "working"))
+    );
+    // keel down: the site still answers, saying so; protected pages are refused.
+    k.kill9();
+    assert_eq!(
+        curl("127.0.5.7", &site, &forged),
+        ("200".into(), echo("", "", "keel unreachable"))
+    );
+    assert_eq!(curl("127.0.5.7", &private, &forged).0, "403");
+}
+
+/// A network namespace held by a sleeping process; `run` enters it.
+pub struct Netns(Guard);
+
+impl Netns {
+    pub fn new() -> Self {
+        require_tool("unshare");
+        require_tool("nsenter");
+        let child = Command::new("unshare")
+            .args(["-n", "sleep", "600"])
+            .spawn()
+            .expect("unshare -n (needs root or user namespaces)");
+        let ns = Self(Guard(child));
+        // The namespace exists once unshare has exec'd sleep.
+        for _ in 0..100 {
+            if std::fs::read_link(format!("/proc/{}/exe", ns.pid())).is_ok_and(|p| p.ends_with("sleep")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ns
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0 .0.id()
+    }
+
+    /// The command prefix that runs a program inside the namespace.
+    pub fn prefix(&self) -> Vec<String> {
+        vec!["nsenter".into(), "-t".into(), self.pid().to_string(), "-n".into()]
+    }
+
+    /// Runs a command inside; (success, stdout + stderr).
+    pub fn run(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-n"])
+            .args(args)
+            .output()
+            .expect("nsenter");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// The addresses in keel's `internet` set, as nft lists them.
+    pub fn internet_set(&self) -> String {
+        self.run(&["nft", "list", "set", "inet", "keel", "internet"]).1
+    }
+}
+
+/// keel with a `gw` facility shipping `firewall` to a local agent that applies inside `ns` with
+/// the shipped hooks (real nft, real conntrack).
+pub async fn firewall_site(ns: &Netns, tmp: &Path, extra: &str) -> (Keel, AgentHost) {
+    require_tool("nft");
+    require_tool("conntrack");
+    let cfg = tmp.join("gw/agent.toml");
+    let mut cmd = ns.prefix();
+    cmd.extend([
+        agent_bin().display().to_string(),
+        "--config".into(),
+        cfg.display().to_string(),
+        "apply".into(),
+    ]);
+    let cmd: Vec<String> = cmd.iter().map(|c| format!("{c:?}")).collect();
+    let toml = format!(
+        "{LOOPBACK_POOLS}[presence]\nrecovery_secs = 0\n[propagation]\nretry_min_secs = 1\nlocal_command = [{}]\n{extra}",
+        cmd.join(", ")
+    );
+    let k = Keel::start_with_config(&toml, &[]);
+    let hooks = format!(
+        "dns_alias_whitelist = [\"local\"]\nhooks_dir = \"{}\"\n",
+        repo().join("contrib/agent.d").display()
+    );
+    let host = AgentHost::new(tmp, "gw", "gw.example.org", &public_key(&k).await, &hooks);
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "gw", "services": ["firewall"]})),
+    )
+    .await;
+    let d = json!({"facility": "gw", "service": "firewall", "destination": "local", "channel": "local"});
+    api(&k, Method::POST, "/api/v1/destinations", Some(d)).await;
+    (k, host)
+}
+
+#[tokio::test]
+async fn firewall_follows_logins_and_contest_mode_inside_a_network_namespace() {
+    let ns = Netns::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let (k, host) = firewall_site(&ns, tmp.path(), "").await;
+    // Someone else's table in the namespace: keel must never touch it.
+    let (ok, out) = ns.run(&["nft", "add table inet theirs; add chain inet theirs c"]);
+    assert!(ok, "{out}");
+    add_machine(&k, "pc1", "user", "127.0.5.7").await;
+    add_machine(&k, "pc2", "user", "127.0.5.8").await;
+    add_machine(&k, "staff1", "orga", "127.0.6.9").await;
+    add_user(&k, "alice", "user").await;
+    add_user(&k, "bob", "user").await;
+    eventually(20, "the orga machine in keel's set", async || {
+        ns.internet_set().contains("127.0.6.9")
+    })
+    .await;
+    assert!(!ns.internet_set().contains("127.0.5.7"), "{}", ns.internet_set());
+    assert_eq!(login(&k, "alice", "pc1").await.0, 201);
+    assert_eq!(login(&k, "bob", "pc2").await.0, 201);
+    eventually(20, "logged-in contestants' machines in the set", async || {
+        let set = ns.internet_set();
+        set.contains("127.0.5.7") && set.contains("127.0.5.8")
+    })
+    .await;
+    assert!(host
+        .read("var/lib/keel/services/firewall/allowed")
+        .contains("127.0.5.7 pc1 user alice"));
+    // A flow alice has open to the internet.
+    let (ok, out) = ns.run(&[
+        "conntrack",
+        "-I",
+        "-s",
+        "127.0.5.7",
+        "-d",
+        "192.0.2.80",
+        "-p",
+        "tcp",
+        "--sport",
+        "40000",
+        "--dport",
+        "443",
+        "--state",
+        "ESTABLISHED",
+        "-t",
+        "300",
+        "-u",
+        "SEEN_REPLY",
+    ]);
+    assert!(ok, "{out}");
+    assert!(ns.run(&["conntrack", "-L", "-s", "127.0.5.7"]).1.contains("192.0.2.80"));
+    // bob logs out: his address leaves the set.
+    let (status, _) = req(&k, Some(&k.token), Method::DELETE, "/api/v1/sessions/bob", None, &[]).await;
+    assert_eq!(status, 204);
+    eventually(20, "bob's machine out of the set", async || {
+        !ns.internet_set().contains("127.0.5.8")
+    })
+    .await;
+    assert!(
+        ns.run(&["conntrack", "-L", "-s", "127.0.5.7"]).1.contains("192.0.2.80"),
+        "alice's flow stays"
+    );
+    // The contest starts: contestants lose the internet, and their open connections.
+    let out = k.cli(&["setting", "set", "contest_mode", "true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(20, "alice's machine out of the set", async || {
+        !ns.internet_set().contains("127.0.5.7")
+    })
+    .await;
+    assert!(ns.internet_set().contains("127.0.6.9"), "staff keep it");
+    eventually(10, "alice's open connection cut", async || {
+        !ns.run(&["conntrack", "-L", "-s", "127.0.5.7"]).1.contains("192.0.2.80")
+    })
+    .await;
+    let (_, theirs) = ns.run(&["nft", "list", "tables"]);
+    assert!(
+        theirs.contains("inet theirs"),
+        "someone else's table is untouched: {theirs}"
+    );
+    let (_, rules) = ns.run(&["nft", "list", "chain", "inet", "keel", "forward"]);
+    assert!(rules.contains("keel-drop: ") && rules.contains("@internet"), "{rules}");
+}
