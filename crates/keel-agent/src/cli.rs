@@ -27,16 +27,59 @@ pub struct AgentArgs {
     pub command: AgentCommand,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum AgentCommand {
     /// Apply the bundle read on stdin.
     Apply,
     /// Check the configuration and print what it resolves to.
     CheckConfig,
+    /// Presence on a machine: the PAM hook and the heartbeat (reads /etc/keel/presence.toml,
+    /// not agent.toml).
+    Presence(PresenceArgs),
+}
+
+/// Tells keel who is logged in on this machine.
+///
+/// `pam` is for pam_exec at session open and close:
+///     session required pam_exec.so stdout quiet /usr/sbin/keel-agent presence pam
+/// At open, keel may refuse the login (the user is logged in elsewhere, the machine is taken, a
+/// contestant on a staff machine…): the reason is printed and the session fails. When keel cannot
+/// be reached, the `[unreachable]` policy of the user's group decides (default: open for roots
+/// and orga, closed for contestants while the contest runs). Accounts below `min_uid` are the
+/// machine's own and pass without asking. `heartbeat` runs as a service and reports utmp's
+/// logins every `interval_secs` so keel keeps the sessions alive.
+#[derive(Debug, Clone, Args)]
+pub struct PresenceArgs {
+    #[arg(
+        long = "presence-config",
+        env = "KEEL_PRESENCE_CONFIG",
+        default_value = "/etc/keel/presence.toml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub action: PresenceAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum PresenceAction {
+    /// pam_exec hook: PAM_TYPE open_session logs PAM_USER in, close_session logs them out.
+    Pam,
+    /// Log a user in on this machine (what `pam` does at session open).
+    Open { login: String },
+    /// Log a user out (what `pam` does at session close).
+    Close { login: String },
+    /// Report utmp's logins to keel every interval (or once, with --once).
+    Heartbeat {
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// Runs the agent as the command line asked; the process's exit code.
 pub fn run(args: &AgentArgs) -> ExitCode {
+    if let AgentCommand::Presence(p) = &args.command {
+        return presence(p);
+    }
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
     let mut out = Out {
         info: &mut stdout,
@@ -65,6 +108,85 @@ pub fn run(args: &AgentArgs) -> ExitCode {
             ));
             Code::Ok
         }
+        AgentCommand::Presence(_) => Code::Ok,
     };
     ExitCode::from(code as u8)
+}
+
+/// `keel-agent presence …`: 0 when the session may go on, 1 when refused or on error.
+fn presence(args: &PresenceArgs) -> ExitCode {
+    use crate::presence::{self as p, Verdict};
+    let cfg = match p::PresenceConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keel-agent presence: {e}");
+            // A broken config must not lock root out: refuse only keel's own users.
+            return pam_fallback();
+        }
+    };
+    let open = |login: &str| -> ExitCode {
+        if p::uid_of(login).is_some_and(|u| u < cfg.min_uid) {
+            return ExitCode::SUCCESS;
+        }
+        match p::open(&cfg, login, &p::groups_of(login)) {
+            Verdict::Allow(why) => {
+                eprintln!("keel-agent presence: {why}");
+                ExitCode::SUCCESS
+            }
+            Verdict::Refuse(why) => {
+                println!("Login refused: {why}");
+                ExitCode::FAILURE
+            }
+        }
+    };
+    let close = |login: &str| -> ExitCode {
+        if let Err(e) = p::close(&cfg, login) {
+            eprintln!("keel-agent presence: logout of {login}: {e}");
+        }
+        ExitCode::SUCCESS // a logout is never blocked
+    };
+    match &args.action {
+        PresenceAction::Open { login } => open(login),
+        PresenceAction::Close { login } => close(login),
+        PresenceAction::Pam => {
+            let user = std::env::var("PAM_USER").unwrap_or_default();
+            match std::env::var("PAM_TYPE").as_deref() {
+                Ok("open_session") => open(&user),
+                Ok("close_session") => close(&user),
+                _ => ExitCode::SUCCESS, // other PAM phases are not presence's business
+            }
+        }
+        PresenceAction::Heartbeat { once } => heartbeat(&cfg, *once),
+    }
+}
+
+fn pam_fallback() -> ExitCode {
+    let user = std::env::var("PAM_USER").unwrap_or_default();
+    let local = crate::presence::uid_of(&user).is_some_and(|u| u < 1000);
+    if local || std::env::var("PAM_TYPE").as_deref() == Ok("close_session") {
+        ExitCode::SUCCESS
+    } else {
+        println!("Login refused: this machine's presence configuration is broken; ask an organiser");
+        ExitCode::FAILURE
+    }
+}
+
+fn heartbeat(cfg: &crate::presence::PresenceConfig, once: bool) -> ExitCode {
+    loop {
+        match crate::presence::heartbeat(cfg) {
+            Ok(answer) => {
+                if once {
+                    println!("{answer}");
+                    return ExitCode::SUCCESS;
+                }
+            }
+            Err(e) => {
+                eprintln!("keel-agent presence heartbeat: {e}");
+                if once {
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(cfg.interval_secs.max(1)));
+    }
 }

@@ -9,7 +9,9 @@ pub mod config;
 mod fsops;
 mod hooks;
 pub mod out;
+pub mod presence;
 mod services;
+pub mod utmp;
 
 pub use apply::apply;
 pub use config::Config;

@@ -341,3 +341,92 @@ async fn firewall_follows_logins_and_contest_mode_inside_a_network_namespace() {
     let (_, rules) = ns.run(&["nft", "list", "chain", "inet", "keel", "forward"]);
     assert!(rules.contains("keel-drop: ") && rules.contains("@internet"), "{rules}");
 }
+
+/// `keel-agent presence` as pam_exec runs it; the machine is 127.0.0.1 so its calls come from
+/// its own address.
+fn pam(cfg: &Path, kind: &str, user: &str) -> (bool, String) {
+    let out = Command::new(agent_bin())
+        .args(["presence", "--presence-config"])
+        .arg(cfg)
+        .arg("pam")
+        .env("PAM_TYPE", kind)
+        .env("PAM_USER", user)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn heartbeat(cfg: &Path) -> (bool, Value) {
+    let out = Command::new(agent_bin())
+        .args(["presence", "--presence-config"])
+        .arg(cfg)
+        .args(["heartbeat", "--once"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_alive() {
+    let pools = LOOPBACK_POOLS.replace("127.0.5.0/24", "127.0.0.0/24");
+    let mut k = Keel::start_with_config(
+        &format!("{pools}[presence]\ntimeout_secs = 2\nrecovery_secs = 0\n"),
+        &[],
+    );
+    add_machine(&k, "pc1", "user", "127.0.0.1").await;
+    add_machine(&k, "pc2", "user", "127.0.0.2").await;
+    add_user(&k, "alice", "user").await;
+    add_user(&k, "bob", "user").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("presence.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"pc1\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\n",
+            k.url,
+            k.data().join("presence.secret").display(),
+            t = tmp.path().display()
+        ),
+    )
+    .unwrap();
+    assert!(pam(&cfg, "open_session", "alice").0);
+    assert_eq!(
+        k.admin()
+            .call::<Value>(Method::GET, "/api/v1/sessions", None, None)
+            .await
+            .unwrap()
+            .value[0]["hostname"],
+        "pc1"
+    );
+    let (ok, said) = pam(&cfg, "open_session", "bob");
+    assert!(!ok && said.contains("pc1 is in use by alice"), "{said}");
+    // utmp says alice is here: heartbeats keep her session past the 2 s timeout.
+    let me = std::process::id() as i32;
+    std::fs::write(
+        tmp.path().join("utmp"),
+        keel_agent::utmp::record(keel_agent::utmp::USER_PROCESS_TYPE, me, "tty1", "alice"),
+    )
+    .unwrap();
+    for _ in 0..8 {
+        let (ok, answer) = heartbeat(&cfg);
+        assert!(ok && answer["refreshed"] == json!(["alice"]), "{answer}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(login(&k, "alice", "pc2").await.0 == 423, "still logged in on pc1");
+    // Without heartbeats the session expires, as a Change.
+    eventually(10, "alice's session expired", async || {
+        login(&k, "bob", "pc1").await.0 == 201
+    })
+    .await;
+    // Logout through PAM.
+    assert!(pam(&cfg, "close_session", "bob").0);
+    assert!(login(&k, "alice", "pc1").await.0 == 201);
+    // keel unreachable: the default policy lets users of unknown groups in, and says why.
+    k.kill9();
+    let (ok, _) = pam(&cfg, "open_session", "bob");
+    assert!(ok);
+    assert!(pam(&cfg, "close_session", "bob").0, "a logout is never blocked");
+}

@@ -1,0 +1,354 @@
+//! `keel-agent presence`: the machine side of presence (the original's *presenced*).
+//!
+//! - `pam`: run by `pam_exec` at session open and close. At open it asks keel to log the user in
+//!   on this machine; a refusal prints keel's reason (pam_exec's `stdout` shows it) and fails the
+//!   session. When keel cannot be reached, a per-group policy decides.
+//! - `heartbeat`: every `interval_secs`, tells keel who utmp says is logged in here.
+//!
+//! Configuration: `/etc/keel/presence.toml` (see `contrib/presence.toml`). Machines booted from
+//! one NFS root share it: the hostname comes from the system, the site secret from a file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// What to do with a login when keel cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unreachable {
+    /// Let the user in.
+    Open,
+    /// Refuse the login.
+    Closed,
+    /// Refuse while the last known `contest_mode` is on; let in otherwise.
+    Contest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// keel's base URL, e.g. `http://gw` (machines reach keel by IP or `hosts`, never its DNS).
+    pub url: String,
+    /// The site's presence secret (keel's `<data_dir>/presence.secret`), first line.
+    #[serde(default = "default_secret_file")]
+    pub secret_file: PathBuf,
+    /// This machine's name in keel (default: the system's short hostname).
+    pub hostname: Option<String>,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Who is logged in (heartbeat).
+    #[serde(default = "default_utmp")]
+    pub utmp_file: PathBuf,
+    /// The last `contest_mode` keel told the heartbeat (for the `contest` policy while unreachable).
+    #[serde(default = "default_state")]
+    pub state_file: PathBuf,
+    /// Accounts below this uid are the machine's own: never asked about, never reported.
+    #[serde(default = "default_min_uid")]
+    pub min_uid: u32,
+    /// The policy when keel is unreachable, by the host's group name; `default` for the rest.
+    #[serde(default = "default_policy")]
+    pub unreachable: BTreeMap<String, Unreachable>,
+}
+
+fn default_secret_file() -> PathBuf {
+    "/etc/keel/presence.secret".into()
+}
+fn default_timeout() -> u64 {
+    5
+}
+fn default_interval() -> u64 {
+    15
+}
+fn default_utmp() -> PathBuf {
+    "/var/run/utmp".into()
+}
+fn default_state() -> PathBuf {
+    "/var/lib/keel-agent/presence.json".into()
+}
+fn default_min_uid() -> u32 {
+    1000
+}
+fn default_policy() -> BTreeMap<String, Unreachable> {
+    BTreeMap::from([
+        ("roots".into(), Unreachable::Open),
+        ("orga".into(), Unreachable::Open),
+        ("user".into(), Unreachable::Contest),
+        ("default".into(), Unreachable::Open),
+    ])
+}
+
+/// Why presence could not do its work.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceError {
+    #[error("{path}: {message}")]
+    Config { path: String, message: String },
+    #[error("keel is unreachable: {0}")]
+    Unreachable(String),
+    /// keel answered with an error (not a refusal).
+    #[error("keel answered {status}: {message}")]
+    Server { status: u16, message: String },
+}
+
+impl PresenceConfig {
+    pub fn load(path: &Path) -> Result<Self, PresenceError> {
+        let err = |message: String| PresenceError::Config {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let mut cfg: Self = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        cfg.url = cfg.url.trim_end_matches('/').to_owned();
+        if !cfg.url.starts_with("http://") {
+            return Err(err(format!("url must be http://… (got {:?})", cfg.url)));
+        }
+        for (k, v) in default_policy() {
+            cfg.unreachable.entry(k).or_insert(v);
+        }
+        Ok(cfg)
+    }
+
+    fn secret(&self) -> Result<String, PresenceError> {
+        let text = std::fs::read_to_string(&self.secret_file).map_err(|e| PresenceError::Config {
+            path: self.secret_file.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(text.lines().next().unwrap_or("").trim().to_owned())
+    }
+
+    /// This machine's name: configured, else the kernel's hostname up to the first dot.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+                .split('.')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+    }
+}
+
+/// keel's answer: status and JSON body.
+struct Reply {
+    status: u16,
+    body: serde_json::Value,
+}
+
+fn call(
+    cfg: &PresenceConfig,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Reply, PresenceError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(cfg.timeout_secs.max(1))))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}{path}", cfg.url);
+    let secret = cfg.secret()?;
+    let unreachable = |e: ureq::Error| PresenceError::Unreachable(e.to_string());
+    let mut resp = match (method, body) {
+        ("POST", Some(b)) => agent
+            .post(&url)
+            .header("x-keel-presence-secret", &secret)
+            .header("content-type", "application/json")
+            .send(b.to_string())
+            .map_err(unreachable)?,
+        _ => agent
+            .delete(&url)
+            .header("x-keel-presence-secret", &secret)
+            .call()
+            .map_err(unreachable)?,
+    };
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    Ok(Reply {
+        status,
+        body: serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+/// What the PAM hook decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow(String),
+    Refuse(String),
+}
+
+/// Session open: ask keel; apply the policy if keel cannot be reached.
+pub fn open(cfg: &PresenceConfig, login: &str, groups: &[String]) -> Verdict {
+    let host = cfg.hostname();
+    let body = json!({"login": login, "hostname": host});
+    match call(cfg, "POST", "/api/v1/sessions", Some(body)) {
+        Ok(r) if r.status == 201 || r.status == 200 => Verdict::Allow(format!("{login} logged in on {host}")),
+        Ok(r) if r.status == 423 => Verdict::Refuse(message(&r.body, "refused")),
+        Ok(r) => policy(
+            cfg,
+            groups,
+            &format!("keel answered {}: {}", r.status, message(&r.body, "error")),
+        ),
+        Err(e) => policy(cfg, groups, &e.to_string()),
+    }
+}
+
+/// Session close: best effort, never blocks a logout.
+pub fn close(cfg: &PresenceConfig, login: &str) -> Result<(), PresenceError> {
+    let r = call(cfg, "DELETE", &format!("/api/v1/sessions/{login}"), None)?;
+    if r.status == 204 {
+        Ok(())
+    } else {
+        Err(PresenceError::Server {
+            status: r.status,
+            message: message(&r.body, "error"),
+        })
+    }
+}
+
+fn message(body: &serde_json::Value, fallback: &str) -> String {
+    body["error"].as_str().unwrap_or(fallback).to_owned()
+}
+
+/// The unreachable-keel policy for a user of `groups` (their first group with a policy wins).
+pub fn policy(cfg: &PresenceConfig, groups: &[String], why: &str) -> Verdict {
+    let rule = groups
+        .iter()
+        .find_map(|g| cfg.unreachable.get(g))
+        .or_else(|| cfg.unreachable.get("default"))
+        .copied()
+        .unwrap_or(Unreachable::Open);
+    let contest = last_contest_mode(cfg);
+    let closed = match rule {
+        Unreachable::Open => false,
+        Unreachable::Closed => true,
+        Unreachable::Contest => contest,
+    };
+    if closed {
+        Verdict::Refuse(format!(
+            "{why}; logins of your group are refused while keel cannot be reached"
+        ))
+    } else {
+        Verdict::Allow(format!("{why}; login allowed by the unreachable policy"))
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    contest_mode: bool,
+}
+
+/// The last `contest_mode` a heartbeat learnt; on when unknown (the safe side for contestants).
+fn last_contest_mode(cfg: &PresenceConfig) -> bool {
+    std::fs::read(&cfg.state_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<State>(&b).ok())
+        .is_none_or(|s| s.contest_mode)
+}
+
+/// One heartbeat: the logins utmp shows (but the machine's own accounts, below `min_uid`), sent
+/// to keel; keel's `contest_mode` remembered. Returns keel's answer.
+pub fn heartbeat(cfg: &PresenceConfig) -> Result<serde_json::Value, PresenceError> {
+    let mut logins: Vec<String> = crate::utmp::logged_in(&cfg.utmp_file)
+        .into_iter()
+        .filter(|l| uid_of(l).is_none_or(|u| u >= cfg.min_uid))
+        .collect();
+    logins.sort();
+    logins.dedup();
+    let body = json!({"hostname": cfg.hostname(), "logins": logins});
+    let r = call(cfg, "POST", "/api/v1/sessions/heartbeat", Some(body))?;
+    if r.status != 200 {
+        return Err(PresenceError::Server {
+            status: r.status,
+            message: message(&r.body, "error"),
+        });
+    }
+    if let Some(c) = r.body["contest_mode"].as_bool() {
+        remember(cfg, c);
+    }
+    Ok(r.body)
+}
+
+fn remember(cfg: &PresenceConfig, contest_mode: bool) {
+    let tmp = cfg.state_file.with_extension("tmp");
+    if let Some(dir) = cfg.state_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let data = serde_json::to_vec(&State { contest_mode }).unwrap_or_default();
+    if std::fs::write(&tmp, data).is_ok() {
+        let _ = std::fs::rename(&tmp, &cfg.state_file);
+    }
+}
+
+/// A user's uid and groups as the system resolves them (NSS: files, or whatever the host uses).
+pub fn uid_of(login: &str) -> Option<u32> {
+    let out = std::process::Command::new("id")
+        .args(["-u", "--", login])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+pub fn groups_of(login: &str) -> Vec<String> {
+    std::process::Command::new("id")
+        .args(["-Gn", "--", login])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &Path) -> PresenceConfig {
+        let p = dir.join("presence.toml");
+        std::fs::write(
+            &p,
+            format!(
+                "url = \"http://127.0.0.1:1/\"\nsecret_file = \"{0}/s\"\nstate_file = \"{0}/state.json\"\ntimeout_secs = 1\n\
+                 [unreachable]\nuser = \"contest\"\nguests = \"closed\"\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("s"), "secret-secret-secret\n").unwrap();
+        PresenceConfig::load(&p).unwrap()
+    }
+
+    #[test]
+    fn unreachable_policy_by_group_and_last_contest_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cfg(dir.path());
+        let refused = |g: &[&str]| {
+            let g: Vec<String> = g.iter().map(|s| s.to_string()).collect();
+            matches!(open(&c, "alice", &g), Verdict::Refuse(_))
+        };
+        // Nothing known yet: contest assumed on.
+        assert!(refused(&["user"]));
+        assert!(!refused(&["orga"]) && !refused(&["roots"]) && !refused(&["other"]));
+        assert!(refused(&["guests"]));
+        remember(&c, false);
+        assert!(!refused(&["user"]));
+        remember(&c, true);
+        assert!(refused(&["user"]));
+    }
+
+    #[test]
+    fn config_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.toml");
+        std::fs::write(&p, "url = \"https://x\"\n").unwrap();
+        let e = PresenceConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("p.toml") && e.contains("http://"), "{e}");
+        std::fs::write(&p, "url = \"http://x\"\nbogus = 1\n").unwrap();
+        assert!(PresenceConfig::load(&p).unwrap_err().to_string().contains("bogus"));
+    }
+}
