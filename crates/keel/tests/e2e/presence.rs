@@ -430,3 +430,77 @@ async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_ali
     assert!(ok);
     assert!(pam(&cfg, "close_session", "bob").0, "a logout is never blocked");
 }
+
+/// keel restarts: sessions are kept; during the first timeout logins wait and heartbeats rebuild
+/// what keel lost; a session nobody vouches for expires only after that.
+#[tokio::test]
+async fn a_restart_never_logs_everyone_out_and_heartbeats_rebuild_sessions() {
+    let pools = LOOPBACK_POOLS.replace("127.0.5.0/24", "127.0.0.0/24");
+    let toml = format!("{pools}[presence]\ntimeout_secs = 3\nrecovery_secs = 3\n");
+    let mut k = Keel::start_with_config(&toml, &[]);
+    add_machine(&k, "pc1", "user", "127.0.0.1").await;
+    add_machine(&k, "pc2", "user", "127.0.0.2").await;
+    add_user(&k, "alice", "user").await;
+    add_user(&k, "bob", "user").await;
+    let (status, body) = login(&k, "alice", "pc2").await;
+    assert_eq!((status, body["reason"].as_str()), (423, Some("recovering")), "{body}");
+    eventually(10, "recovery over", async || login(&k, "alice", "pc2").await.0 == 201).await;
+    k.kill9();
+    k.restart_same_port();
+    let sessions = api(&k, Method::GET, "/api/v1/sessions", None).await;
+    assert_eq!(sessions[0]["login"], "alice", "kept across the restart: {sessions}");
+    // bob was logged in on pc1 when keel was down: pc1's heartbeat brings him back.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("presence.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"pc1\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/s.json\"\n",
+            k.url,
+            k.data().join("presence.secret").display(),
+            t = tmp.path().display()
+        ),
+    )
+    .unwrap();
+    let rec = keel_agent::utmp::record(
+        keel_agent::utmp::USER_PROCESS_TYPE,
+        std::process::id() as i32,
+        "tty1",
+        "bob",
+    );
+    std::fs::write(tmp.path().join("utmp"), rec).unwrap();
+    let (ok, answer) = heartbeat(&cfg);
+    assert!(ok && answer["rebuilt"] == json!(["bob"]), "{answer}");
+    // alice's machine sends nothing: her session ends one timeout after the start, not before.
+    let sessions = api(&k, Method::GET, "/api/v1/sessions", None).await;
+    assert_eq!(sessions.as_array().unwrap().len(), 2, "{sessions}");
+    eventually(15, "alice's session expired", async || {
+        heartbeat(&cfg);
+        let s = api(&k, Method::GET, "/api/v1/sessions", None).await;
+        s.as_array().unwrap().len() == 1 && s[0]["login"] == "bob"
+    })
+    .await;
+    // Login, rebuild and expiry are Changes (heartbeats are not).
+    let changes = api(&k, Method::GET, "/api/v1/changes?limit=1000", None).await;
+    let sessions: Vec<(String, String)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "session")
+        .map(|c| {
+            (
+                c["op"].as_str().unwrap().to_owned(),
+                c["principal"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sessions,
+        [
+            ("put".to_owned(), "admin".to_owned()),
+            ("put".to_owned(), "machine pc1".to_owned()),
+            ("delete".to_owned(), "keel (presence expiry)".to_owned())
+        ],
+        "{changes}"
+    );
+}
