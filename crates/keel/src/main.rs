@@ -13,6 +13,7 @@ mod bench_propagation;
 mod bench_watch;
 mod cmd;
 mod config;
+mod conntrack;
 mod example;
 mod output;
 mod propagation;
@@ -82,6 +83,9 @@ enum Command {
     Log(cmd::log::LogArgs),
     /// Print the current state, then every change as it happens (resumes across disconnects).
     Watch(cmd::watch::WatchArgs),
+    /// Log every new flow through the gateway with the machine and login behind its source
+    /// (conntrack events → daily JSON-lines files).
+    ConntrackLog(cmd::conntrack::ConntrackArgs),
     /// API tokens: create, list, revoke.
     #[command(subcommand, alias = "tokens")]
     Token(cmd::token::TokenCmd),
@@ -215,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(a) => cmd::log::run(&cli.client()?, a, json).await,
         Command::Token(c) => cmd::token::run(&cli.client()?, c, json).await,
         Command::Watch(a) => cmd::watch::run(&cli.client()?, a, json).await,
+        Command::ConntrackLog(a) => cmd::conntrack::run(&cli.client()?, a).await,
         Command::Backup(a) => cmd::backup::backup(&cli.client()?, a, json).await,
         Command::Restore(a) => cmd::backup::restore(&cli.data_dir(None), a, json).await,
         Command::Bench(a) => bench::run(a, json).await,

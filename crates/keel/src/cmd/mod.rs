@@ -1,6 +1,7 @@
 //! Admin commands: glue over keel-client, printing tables or JSON.
 
 pub mod backup;
+pub mod conntrack;
 pub mod import;
 pub mod log;
 pub mod machine;

@@ -504,3 +504,65 @@ async fn a_restart_never_logs_everyone_out_and_heartbeats_rebuild_sessions() {
         "{changes}"
     );
 }
+
+/// `keel conntrack-log` on recorded `conntrack -E` output: each flow with the NAT'd source port,
+/// and the hostname and login that held its source address.
+#[tokio::test]
+async fn conntrack_log_attributes_recorded_flows() {
+    let k = Keel::start_with_config(
+        &format!("{}[presence]\nrecovery_secs = 0\n", crate::support::BIG_POOLS),
+        &[],
+    );
+    add_machine(&k, "pc1", "user", "10.0.0.1").await;
+    add_machine(&k, "pc2", "user", "10.0.0.2").await;
+    add_user(&k, "alice", "user").await;
+    assert_eq!(login(&k, "alice", "pc1").await.0, 201);
+    let tmp = tempfile::tempdir().unwrap();
+    let events = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/conntrack-events.txt");
+    let out = k.cli(&[
+        "conntrack-log",
+        "--input",
+        events.to_str().unwrap(),
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 flow(s) logged, 2 line(s) skipped"), "{stderr}");
+    let file = std::fs::read_dir(tmp.path()).unwrap().next().unwrap().unwrap().path();
+    assert!(
+        file.file_name().unwrap().to_str().unwrap().starts_with("conntrack-20"),
+        "{}",
+        file.display()
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let pick = |v: &Value| {
+        (
+            v["proto"].as_str().unwrap().to_owned(),
+            v["src"].as_str().unwrap().to_owned(),
+            v["nat_sport"].as_u64(),
+            v["hostname"].as_str().map(str::to_owned),
+            v["login"].as_str().map(str::to_owned),
+        )
+    };
+    let s = |x: &str| Some(x.to_owned());
+    assert_eq!(
+        pick(&lines[0]),
+        ("tcp".into(), "10.0.0.1".into(), Some(61001), s("pc1"), s("alice"))
+    );
+    assert_eq!(
+        pick(&lines[1]),
+        ("udp".into(), "10.0.0.2".into(), Some(61002), s("pc2"), None)
+    );
+    assert_eq!(
+        pick(&lines[2]),
+        ("tcp".into(), "10.0.0.99".into(), Some(61003), None, None)
+    );
+    assert_eq!(lines[0]["time"], "2026-11-27T05:04:58.441001Z");
+    assert_eq!(lines[0]["nat_src"], "192.0.2.1");
+}
