@@ -2,6 +2,7 @@
 //! directory, driven over HTTP, by its CLI, and by real tools (curl).
 //!
 //! Modules:
+//! - `browser`: a headless Chromium over WebDriver (chromium-driver), screenshots as artifacts.
 //! - `support`: the `Keel` harness (start, restart, kill -9, CLI) and helpers.
 //! - `foundation`: the README's commands, validation, versions (412/428), tokens and roles.
 //! - `dns`: the built-in DNS with the real `dig` (A, PTR, NXDOMAIN, TCP, read-your-writes, upstream).
@@ -22,6 +23,7 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod cli;
 mod dns;
 mod durability;

@@ -566,3 +566,35 @@ async fn conntrack_log_attributes_recorded_flows() {
     assert_eq!(lines[0]["time"], "2026-11-27T05:04:58.441001Z");
     assert_eq!(lines[0]["nat_src"], "192.0.2.1");
 }
+
+/// `/map` in a real headless Chromium: rooms, machines, who sits where, following logins live.
+#[tokio::test]
+async fn the_map_shows_who_sits_where_and_follows_logins_live() {
+    let k = Keel::start_with_config(&format!("{}[presence]\nrecovery_secs = 0\n", crate::support::BIG_POOLS), &[]);
+    for (i, room) in ["hall-a", "hall-a", "hall-a", "hall-b", "hall-b"].iter().enumerate() {
+        let body = json!({"hostname": format!("pc{}", i + 1), "mac": format!("02:00:00:00:07:{i:02x}"),
+                          "mtype": "user", "room": room});
+        api(&k, Method::POST, "/api/v1/machines", Some(body)).await;
+    }
+    let body = json!({"hostname": "pc6", "mac": "02:00:00:00:07:09", "mtype": "user", "room": "hall-b",
+                      "is_faulty": true, "faulty_reason": "screen"});
+    api(&k, Method::POST, "/api/v1/machines", Some(body)).await;
+    add_user(&k, "alice", "user").await;
+    add_user(&k, "bob", "user").await;
+    assert_eq!(login(&k, "alice", "pc1").await.0, 201);
+    let b = crate::browser::Browser::start().await;
+    b.goto(&format!("{}/map", k.url)).await;
+    let seat = |host: &str, who: &str| {
+        format!("const e = document.querySelector('li[data-host={host}] .who'); return !!e && e.textContent === '{who}';")
+    };
+    b.wait_for(20, "alice on pc1", &seat("pc1", "alice")).await;
+    assert_eq!(b.eval("return document.querySelectorAll('section').length;").await, json!(2));
+    assert_eq!(b.eval(&seat("pc6", "faulty")).await, json!(true));
+    // A login elsewhere shows up without reloading the page.
+    assert_eq!(login(&k, "bob", "pc4").await.0, 201);
+    b.wait_for(20, "bob on pc4, live", &seat("pc4", "bob")).await;
+    let heading = b.eval("return document.querySelectorAll('h2')[1].textContent;").await;
+    assert_eq!(heading, json!("hall-b — 1/3 in use"));
+    let shot = b.screenshot("map").await;
+    assert!(std::fs::metadata(shot).unwrap().len() > 5_000);
+}
