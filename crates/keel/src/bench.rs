@@ -23,6 +23,8 @@ pub enum Suite {
     Propagation,
     /// The built-in DNS under dnsperf, at `--machines` machines.
     Dns,
+    /// Presence and SSO: /sso under wrk, logins/s, login → address in the applied nft set.
+    Presence,
     /// All of them.
     All,
 }
@@ -51,7 +53,10 @@ pub struct BenchArgs {
     /// the transfer alone costs).
     #[arg(long)]
     remote_command: Option<String>,
-    /// Seconds of query(mac=) load.
+    /// Logins for the presence measurement (a LAN event's size; the contestants' uid pool holds 999).
+    #[arg(long, default_value_t = 500)]
+    logins: usize,
+    /// Seconds of query(mac=) load (and of /sso load).
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Keep-alive connections for the query(mac=) load (all from one client thread).
@@ -143,6 +148,13 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             crate::bench_propagation::print(&report);
         }
         out.insert("propagation".into(), serde_json::to_value(&report)?);
+    }
+    if matches!(args.suite, Suite::Presence | Suite::All) {
+        let report = crate::bench_presence::run(&dir.join("presence"), args.logins, args.duration).await?;
+        if !json {
+            crate::bench_presence::print(&report);
+        }
+        out.insert("presence".into(), serde_json::to_value(&report)?);
     }
     if json {
         print_json(&out)?;
@@ -247,12 +259,20 @@ fn fsync_latency(dir: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
 }
 
 pub(crate) fn start_server(dir: &Path) -> anyhow::Result<Server> {
+    start_server_with(dir, "")
+}
+
+/// A bench server whose config also holds `extra` (TOML tables).
+pub(crate) fn start_server_with(dir: &Path, extra: &str) -> anyhow::Result<Server> {
     let cfg = dir.join("bench.toml");
     std::fs::write(
         &cfg,
-        "listen = \"127.0.0.1:0\"\n[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"bench\"\n\
-         [pools.user]\nnetwork = \"10.0.0.0/16\"\n[pools.orga]\nnetwork = \"10.1.0.0/16\"\n\
-         [pools.cluster]\nnetwork = \"10.2.0.0/16\"\n[pools.service]\nnetwork = \"10.3.0.0/16\"\n",
+        format!(
+            "listen = \"127.0.0.1:0\"\n[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"bench\"\n\
+             [pools.user]\nnetwork = \"10.0.0.0/16\"\n[pools.orga]\nnetwork = \"10.1.0.0/16\"\n\
+             [pools.cluster]\nnetwork = \"10.2.0.0/16\"\n[pools.service]\nnetwork = \"10.3.0.0/16\"\n\
+             [presence]\nrecovery_secs = 0\n[tftp]\nlisten = \"127.0.0.1:0\"\n{extra}"
+        ),
     )?;
     let data = dir.join("data");
     let log = std::fs::File::create(dir.join("server.log"))?;

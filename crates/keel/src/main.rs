@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod bench_dns;
+mod bench_presence;
 mod bench_propagation;
 mod bench_watch;
 mod cmd;

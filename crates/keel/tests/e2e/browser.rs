@@ -11,8 +11,10 @@ use crate::support::require_tool;
 
 /// Where screenshots go: `$KEEL_ARTIFACTS_DIR`, else `<target>/tmp/artifacts`.
 pub fn artifacts_dir() -> PathBuf {
-    let dir = std::env::var_os("KEEL_ARTIFACTS_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts"), PathBuf::from);
+    let dir = std::env::var_os("KEEL_ARTIFACTS_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("artifacts"),
+        PathBuf::from,
+    );
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -45,7 +47,11 @@ impl Browser {
     pub async fn start() -> Self {
         require_tool("chromedriver");
         require_tool("chromium");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -94,13 +100,18 @@ impl Browser {
     }
 
     pub async fn goto(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
     }
 
     /// Runs `script` (a function body; `return` its result) in the page.
     pub async fn eval(&self, script: &str) -> Value {
-        self.call(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []})))
-            .await
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
     }
 
     /// Waits until `script` returns true.

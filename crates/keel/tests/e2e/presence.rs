@@ -570,7 +570,10 @@ async fn conntrack_log_attributes_recorded_flows() {
 /// `/map` in a real headless Chromium: rooms, machines, who sits where, following logins live.
 #[tokio::test]
 async fn the_map_shows_who_sits_where_and_follows_logins_live() {
-    let k = Keel::start_with_config(&format!("{}[presence]\nrecovery_secs = 0\n", crate::support::BIG_POOLS), &[]);
+    let k = Keel::start_with_config(
+        &format!("{}[presence]\nrecovery_secs = 0\n", crate::support::BIG_POOLS),
+        &[],
+    );
     for (i, room) in ["hall-a", "hall-a", "hall-a", "hall-b", "hall-b"].iter().enumerate() {
         let body = json!({"hostname": format!("pc{}", i + 1), "mac": format!("02:00:00:00:07:{i:02x}"),
                           "mtype": "user", "room": room});
@@ -585,10 +588,15 @@ async fn the_map_shows_who_sits_where_and_follows_logins_live() {
     let b = crate::browser::Browser::start().await;
     b.goto(&format!("{}/map", k.url)).await;
     let seat = |host: &str, who: &str| {
-        format!("const e = document.querySelector('li[data-host={host}] .who'); return !!e && e.textContent === '{who}';")
+        format!(
+            "const e = document.querySelector('li[data-host={host}] .who'); return !!e && e.textContent === '{who}';"
+        )
     };
     b.wait_for(20, "alice on pc1", &seat("pc1", "alice")).await;
-    assert_eq!(b.eval("return document.querySelectorAll('section').length;").await, json!(2));
+    assert_eq!(
+        b.eval("return document.querySelectorAll('section').length;").await,
+        json!(2)
+    );
     assert_eq!(b.eval(&seat("pc6", "faulty")).await, json!(true));
     // A login elsewhere shows up without reloading the page.
     assert_eq!(login(&k, "bob", "pc4").await.0, 201);
