@@ -9,7 +9,8 @@ pub struct WatchArgs {
     /// Resume after this sequence number instead of starting with a snapshot.
     #[arg(long)]
     since: Option<u64>,
-    /// Only these kinds (comma-separated: machine, switch, setting).
+    /// Only these kinds (comma-separated: machine, switch, setting, user, host, facility,
+    /// destination, session).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
     /// Stop at the first interruption instead of reconnecting.
@@ -21,7 +22,12 @@ pub async fn run(c: &Client, args: &WatchArgs, json: bool) -> anyhow::Result<()>
     let kinds = args
         .kinds
         .iter()
-        .map(|k| Kind::parse(k).ok_or_else(|| anyhow::anyhow!("unknown kind {k:?}: machine, switch or setting")))
+        .map(|k| {
+            Kind::parse(k).filter(|k| k.is_public()).ok_or_else(|| {
+                let known: Vec<&str> = Kind::ALL.iter().filter(|k| k.is_public()).map(|k| k.as_str()).collect();
+                anyhow::anyhow!("unknown kind {k:?}: one of {}", known.join(", "))
+            })
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = WatchOptions {
         since: args.since,
