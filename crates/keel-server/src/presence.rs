@@ -288,13 +288,19 @@ pub async fn logout(
     Path(login): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let snap = st.db.snapshot();
+    // A machine speaks for the machine the session is on; with no session, for the machine at
+    // its own address (still checked: an unauthenticated caller learns nothing, changes nothing).
     let on_host = match (&caller.0, snap.session(&login)) {
-        (Some(_), _) => {
-            caller.admin()?;
-            None
-        }
+        (Some(_), _) => None,
         (None, Some(s)) => Some(s.hostname.to_string()),
-        (None, None) => return Ok(StatusCode::NO_CONTENT),
+        (None, None) => {
+            let client = st.config.client_addr.client(peer.0, &headers);
+            let own = match client {
+                Some(IpAddr::V4(ip)) => snap.machine_by_ip(ip).map(|m| m.hostname.to_string()),
+                _ => None,
+            };
+            Some(own.ok_or_else(|| ApiError::Forbidden("this address is not a machine's".into()))?)
+        }
     };
     let host = on_host.clone().unwrap_or_default();
     let who = authorize(&st, &caller, &headers, peer, &host)?;

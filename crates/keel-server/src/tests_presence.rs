@@ -149,6 +149,33 @@ async fn a_machine_speaks_only_for_itself_and_with_the_secret() {
     assert_eq!(send(&st, del(&pc1)).await.0, StatusCode::NO_CONTENT);
     assert!(st.db.snapshot().session("alice").is_none());
     assert_eq!(send(&st, del(&pc1)).await.0, StatusCode::NO_CONTENT, "twice is fine");
+    assert_eq!(
+        send(&st, del("10.9.9.9")).await.0,
+        StatusCode::FORBIDDEN,
+        "not a machine"
+    );
+    let anonymous = from(
+        &pc1,
+        Request::delete("/api/v1/sessions/alice").body(Body::empty()).unwrap(),
+    );
+    assert_eq!(send(&st, anonymous).await.0, StatusCode::UNAUTHORIZED, "no secret");
+    // Hostile logins in the path: refused or harmless, never a 5xx.
+    for login in ["..%2F..%2Fetc", "%C3%A9l%C3%A8ve", "a%00b"] {
+        let req = from(
+            &pc1,
+            Request::delete(format!("/api/v1/sessions/{login}"))
+                .header("x-keel-presence-secret", SECRET)
+                .body(Body::empty())
+                .unwrap(),
+        );
+        assert_eq!(send(&st, req).await.0, StatusCode::NO_CONTENT, "{login}");
+    }
+    // A body over the limit is refused before it is read.
+    let huge = json!({"login": "alice", "hostname": "x".repeat(2 << 20)});
+    assert_eq!(
+        send(&st, post(&pc1, "/api/v1/sessions", huge, SECRET)).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     // Hostile bodies: unknown fields, wrong types, garbage.
     for bad in [
         json!({"login": "alice", "hostname": "pc1", "admin": true}),
