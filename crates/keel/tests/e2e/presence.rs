@@ -342,6 +342,19 @@ async fn firewall_follows_logins_and_contest_mode_inside_a_network_namespace() {
     assert!(rules.contains("keel-drop: ") && rules.contains("@internet"), "{rules}");
 }
 
+/// A machine's presence.toml (in `dir`, with its utmp and state file there) for keel `k`.
+fn presence_toml(k: &Keel, dir: &Path, hostname: &str) -> PathBuf {
+    let cfg = dir.join("presence.toml");
+    let text = format!(
+        "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"{hostname}\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\n",
+        k.url,
+        k.data().join("presence.secret").display(),
+        t = dir.display()
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 /// `keel-agent presence` as pam_exec runs it; the machine is 127.0.0.1 so its calls come from
 /// its own address.
 fn pam(cfg: &Path, kind: &str, user: &str) -> (bool, String) {
@@ -381,17 +394,7 @@ async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_ali
     add_user(&k, "alice", "user").await;
     add_user(&k, "bob", "user").await;
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("presence.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"pc1\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\n",
-            k.url,
-            k.data().join("presence.secret").display(),
-            t = tmp.path().display()
-        ),
-    )
-    .unwrap();
+    let cfg = presence_toml(&k, tmp.path(), "pc1");
     assert!(pam(&cfg, "open_session", "alice").0);
     assert_eq!(
         k.admin()
@@ -451,17 +454,7 @@ async fn a_restart_never_logs_everyone_out_and_heartbeats_rebuild_sessions() {
     assert_eq!(sessions[0]["login"], "alice", "kept across the restart: {sessions}");
     // bob was logged in on pc1 when keel was down: pc1's heartbeat brings him back.
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = tmp.path().join("presence.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"pc1\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/s.json\"\n",
-            k.url,
-            k.data().join("presence.secret").display(),
-            t = tmp.path().display()
-        ),
-    )
-    .unwrap();
+    let cfg = presence_toml(&k, tmp.path(), "pc1");
     let rec = keel_agent::utmp::record(
         keel_agent::utmp::USER_PROCESS_TYPE,
         std::process::id() as i32,
