@@ -44,7 +44,9 @@ pub async fn load(db: &Db) -> anyhow::Result<()> {
     for s in switches() {
         db.create_switch(&who, Fields::new(s, Strictness::Strict)?).await?;
     }
-    // keel's own host, as a `local` destination, receives the zones, the DHCP config, /etc/hosts.
+    // keel's own host, as a `local` destination, receives the zones, the DHCP config, /etc/hosts
+    // and the firewall's ruleset (files only: the example agent has no hooks, so nothing is loaded).
+    const SHIPPED: [&str; 4] = ["dns", "dhcp", "hosts", "firewall"];
     let services: std::collections::BTreeSet<String> =
         keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
     let gw = keel_model::Facility {
@@ -52,12 +54,12 @@ pub async fn load(db: &Db) -> anyhow::Result<()> {
         managers: Vec::new(),
         groups: Vec::new(),
         members: Vec::new(),
-        services: vec!["dns".into(), "dhcp".into(), "hosts".into()],
+        services: SHIPPED.iter().map(|s| (*s).to_owned()).collect(),
         blocked: Vec::new(),
         version: 0,
     };
     db.put_facility(&who, gw, 0, &services).await?;
-    for s in ["dns", "dhcp", "hosts"] {
+    for s in SHIPPED {
         let d = keel_model::Destination {
             facility: "gw".into(),
             service: s.into(),
