@@ -259,11 +259,11 @@ fn fsync_latency(dir: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
 }
 
 pub(crate) fn start_server(dir: &Path) -> anyhow::Result<Server> {
-    start_server_with(dir, "")
+    start_server_with(dir, "", &[])
 }
 
-/// A bench server whose config also holds `extra` (TOML tables).
-pub(crate) fn start_server_with(dir: &Path, extra: &str) -> anyhow::Result<Server> {
+/// A bench server whose config also holds `extra` (TOML tables), with `args` to `keel serve`.
+pub(crate) fn start_server_with(dir: &Path, extra: &str, args: &[&str]) -> anyhow::Result<Server> {
     let cfg = dir.join("bench.toml");
     std::fs::write(
         &cfg,
@@ -281,6 +281,7 @@ pub(crate) fn start_server_with(dir: &Path, extra: &str) -> anyhow::Result<Serve
         .arg(&cfg)
         .arg("--data-dir")
         .arg(&data)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

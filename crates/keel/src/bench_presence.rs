@@ -36,6 +36,10 @@ pub(crate) struct PresenceReport {
     pub sso_per_s: f64,
     pub sso_p50_ms: f64,
     pub sso_p99_ms: f64,
+    /// The same with `keel serve --workers 1` (wrk then has a core of its own).
+    pub sso_1_worker_per_s: f64,
+    pub sso_1_worker_p50_ms: f64,
+    pub sso_1_worker_p99_ms: f64,
     pub logins: usize,
     pub logins_per_s: f64,
     pub login_p50_ms: f64,
@@ -54,7 +58,7 @@ pub(crate) async fn run(dir: &Path, logins: usize, seconds: u64) -> anyhow::Resu
         logins,
         ..PresenceReport::default()
     };
-    let server = start_server_with(dir, "")?;
+    let server = start_server_with(dir, "", &[])?;
     let client = Client::new(&server.url, Some(server.token.clone()))?;
     eprintln!("bench: {logins} machines and users");
     seat_people(&client, logins).await?;
@@ -62,6 +66,15 @@ pub(crate) async fn run(dir: &Path, logins: usize, seconds: u64) -> anyhow::Resu
     (r.logins_per_s, r.login_p50_ms, r.login_p99_ms) = login_all(&client, 0..logins).await?;
     eprintln!("bench: /sso with wrk -t1 -c16 for {seconds} s");
     (r.sso_per_s, r.sso_p50_ms, r.sso_p99_ms) = wrk_sso(&server, seconds)?;
+    drop(server);
+    eprintln!("bench: the same with `keel serve --workers 1`");
+    let one = dir.join("one-worker");
+    std::fs::create_dir_all(&one)?;
+    let server = start_server_with(&one, "", &["--workers", "1"])?;
+    seat_people(&Client::new(&server.url, Some(server.token.clone()))?, 1).await?;
+    let c = Client::new(&server.url, Some(server.token.clone()))?;
+    login_all(&c, 0..1).await?;
+    (r.sso_1_worker_per_s, r.sso_1_worker_p50_ms, r.sso_1_worker_p99_ms) = wrk_sso(&server, seconds)?;
     drop(server);
     match firewall(&dir.join("firewall"), 30).await {
         Ok(samples) => {
@@ -248,6 +261,7 @@ async fn firewall(dir: &Path, samples: usize) -> anyhow::Result<Vec<f64>> {
     let server = start_server_with(
         dir,
         &format!("[propagation]\nlocal_command = [{}]\n", quoted.join(", ")),
+        &[],
     )?;
     let client = Client::new(&server.url, Some(server.token.clone()))?;
     let key: Value = client
@@ -329,6 +343,16 @@ pub(crate) fn print(r: &PresenceReport) {
                 r.sso_per_s,
                 f(r.sso_p50_ms),
                 f(r.sso_p99_ms)
+            ),
+            "≥ 40,000 req/s, p99 < 2 ms".into(),
+        ],
+        vec![
+            "/sso, the same, keel serve --workers 1".into(),
+            format!(
+                "{:.0} req/s (p50 {} ms, p99 {} ms)",
+                r.sso_1_worker_per_s,
+                f(r.sso_1_worker_p50_ms),
+                f(r.sso_1_worker_p99_ms)
             ),
             "≥ 40,000 req/s, p99 < 2 ms".into(),
         ],

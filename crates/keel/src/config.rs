@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub open_reads: Option<bool>,
+    /// Worker threads of the runtime (default: one per core).
+    pub workers: Option<usize>,
     pub pools: Option<Pools>,
     #[serde(default)]
     pub watch: WatchFile,
@@ -276,6 +278,7 @@ pub struct ServeConfig {
     pub tftp_explicit: bool,
     pub presence: PresenceFile,
     pub sso: SsoFile,
+    pub workers: Option<usize>,
 }
 
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";

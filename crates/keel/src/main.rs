@@ -125,6 +125,10 @@ struct ServeArgs {
     /// Serve REST reads without a token (the RPC query is always open).
     #[arg(long, env = "KEEL_OPEN_READS")]
     open_reads: bool,
+    /// Worker threads of keel's runtime (default: one per core). On a 2-core gateway that also
+    /// runs nginx, 1 leaves it a core (see the README's SSO figures).
+    #[arg(long, env = "KEEL_WORKERS")]
+    workers: Option<usize>,
 }
 
 impl Cli {
@@ -165,6 +169,7 @@ impl Cli {
             netboot: file.netboot.clone(),
             presence: file.presence.clone(),
             sso: file.sso.clone(),
+            workers: args.workers.or(file.workers),
         })
     }
 
@@ -187,14 +192,28 @@ fn main() -> ExitCode {
         return keel_agent::cli::run(a);
     }
     init_tracing(matches!(cli.command, Command::Serve(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let serve = match &cli.command {
+        Command::Serve(args) => match cli.serve_config(args) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => {
+                output::print_error(&e);
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = serve.as_ref().and_then(|c| c.workers) {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keel: error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, serve)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             output::print_error(&e);
@@ -203,10 +222,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, serve: Option<config::ServeConfig>) -> anyhow::Result<()> {
     let json = cli.json;
     match &cli.command {
-        Command::Serve(args) => serve::run(cli.serve_config(args)?).await,
+        Command::Serve(_) => serve::run(anyhow::Context::context(serve, "no serve configuration")?).await,
         Command::Machine(c) => cmd::machine::run(&cli.client()?, c, json).await,
         Command::Switch(c) => cmd::switch::run(&cli.client()?, c, json).await,
         Command::Agent(_) => Ok(()), // run by main(), outside the runtime, with its own exit codes
