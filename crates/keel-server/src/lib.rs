@@ -24,6 +24,7 @@ mod rpc;
 pub mod sso;
 pub mod tftp;
 mod watch;
+pub mod web;
 
 pub use auth::Caller;
 pub use error::ApiError;
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     /// Where a request's client address is read from when it comes through a proxy (SSO, presence).
     pub client_addr: presence::ClientAddrConfig,
     pub sso: sso::SsoConfig,
+    /// The web administration pages.
+    pub web: web::WebConfig,
     /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
     pub map_public: bool,
 }
@@ -65,6 +68,8 @@ pub struct AppState {
     /// The propagation engine, unless switched off.
     pub engine: Option<keel_propagate::Engine>,
     pub presence: Arc<presence::Presence>,
+    pub(crate) web_sessions: Arc<web::Sessions>,
+    pub(crate) web: Arc<web::WebConfig>,
 }
 
 impl AppState {
@@ -85,6 +90,8 @@ impl AppState {
             db,
             metrics: Arc::new(Metrics::default()),
             presence: Arc::new(presence::Presence::new(config.presence.clone())),
+            web_sessions: Arc::new(web::Sessions::default()),
+            web: Arc::new(config.web.clone()),
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
             login_throttle: Arc::new(auth::Throttle::default()),
@@ -192,6 +199,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/map", get(map::page))
         .route("/map.json", get(map::data))
+        .merge(web::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -218,3 +226,6 @@ mod tests;
 
 #[cfg(test)]
 mod tests_presence;
+
+#[cfg(test)]
+mod tests_web;

@@ -392,7 +392,7 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
 }
 
 /// A valid hash of a password nobody has, to verify against when the login is unknown.
-const DUMMY_HASH: &str =
+pub(crate) const DUMMY_HASH: &str =
     "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
 
 // ---- change log ----

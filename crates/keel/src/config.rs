@@ -36,6 +36,34 @@ pub struct FileConfig {
     pub presence: PresenceFile,
     #[serde(default)]
     pub sso: SsoFile,
+    #[serde(default)]
+    pub web: WebFile,
+}
+
+/// `[web]`: the administration pages.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebFile {
+    /// Mark the session cookie Secure (default true: HTTPS only, localhost exempt). A site serving
+    /// the pages over plain HTTP on its LAN sets false.
+    pub secure_cookies: Option<bool>,
+    /// Take nginx's SSO login (`X-SSO-User` from a trusted proxy) as the web login (default false).
+    pub trust_sso: Option<bool>,
+    /// A session unused for this long ends (default 8).
+    pub idle_hours: Option<u64>,
+}
+
+impl WebFile {
+    pub fn config(&self) -> keel_server::web::WebConfig {
+        let d = keel_server::web::WebConfig::default();
+        keel_server::web::WebConfig {
+            secure_cookies: self.secure_cookies.unwrap_or(d.secure_cookies),
+            trust_sso: self.trust_sso.unwrap_or(d.trust_sso),
+            idle: self
+                .idle_hours
+                .map_or(d.idle, |h| std::time::Duration::from_secs(h.max(1) * 3600)),
+        }
+    }
 }
 
 /// `[presence]`: sessions, their expiry, and how machines prove who they are.
@@ -278,6 +306,7 @@ pub struct ServeConfig {
     pub tftp_explicit: bool,
     pub presence: PresenceFile,
     pub sso: SsoFile,
+    pub web: WebFile,
     pub workers: Option<usize>,
 }
 

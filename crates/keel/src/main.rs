@@ -169,6 +169,7 @@ impl Cli {
             netboot: file.netboot.clone(),
             presence: file.presence.clone(),
             sso: file.sso.clone(),
+            web: file.web.clone(),
             workers: args.workers.or(file.workers),
         })
     }

@@ -54,6 +54,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             overrides: cfg.sso.overrides.clone(),
         },
         map_public: cfg.presence.map_public.unwrap_or(true),
+        web: cfg.web.config(),
     };
     // Where kernels and initrds go (served at /boot/files/).
     let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);

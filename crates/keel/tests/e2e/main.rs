@@ -16,6 +16,7 @@
 //! - `tftp`: the TFTP server with `curl`, directly and through a lossy, duplicating proxy.
 //! - `watch`: the change feed (resume, snapshots, slow consumers, /poll, `keel watch`).
 //! - `qemu`: a QEMU guest network-boots through keel (TFTP, /boot/{mac}, kernel + initrd over HTTP).
+//! - `web`: the administration pages in a headless Chromium (login, machines, CSRF, screenshots).
 //! - `regression`: one test per fixed bug, named after its issue.
 
 // A test binary exports nothing.
@@ -40,3 +41,4 @@ mod tftp;
 mod users;
 mod users_import;
 mod watch;
+mod web;

@@ -1,0 +1,263 @@
+//! The web pages through `oneshot`: the login dance (double-submit token, session cookie), roles,
+//! CSRF, nginx's SSO when trusted, redirects that stay on keel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, Request, StatusCode};
+use keel_model::input::{Fields, Strictness};
+use keel_model::{Facility, Pools, Principal, UserPatch};
+use keel_store::{Db, SqliteStore};
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::web::WebConfig;
+use crate::{app, AppState, ServerConfig};
+
+async fn site(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
+    let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
+    let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
+    let who = Principal::system();
+    let hash = keel_password::hash("Pass-word-1").unwrap();
+    for (login, group) in [("root1", "root"), ("mgr", "orga"), ("zoe", "user")] {
+        let v = json!({"login": login, "group": group, "password_hash": hash});
+        let patch = UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+        db.create_user(&who, patch).await.unwrap();
+    }
+    let services = keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
+    for (name, managers) in [("fa", vec!["mgr".to_owned()]), ("fb", vec![])] {
+        let f = Facility {
+            name: name.into(),
+            managers,
+            groups: Vec::new(),
+            members: Vec::new(),
+            services: vec!["hosts".into()],
+            blocked: Vec::new(),
+            version: 0,
+        };
+        db.put_facility(&who, f, 0, &services).await.unwrap();
+    }
+    let config = ServerConfig {
+        data_dir: dir.path().to_owned(),
+        web: WebConfig {
+            trust_sso,
+            ..WebConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    AppState::new(db, config)
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: StatusCode,
+    location: String,
+    cookies: Vec<String>,
+    body: String,
+}
+
+async fn send(st: &AppState, req: Request<Body>) -> Resp {
+    let resp = app(st.clone()).oneshot(req).await.unwrap();
+    let h = |n| {
+        resp.headers()
+            .get(n)
+            .map(|v: &header::HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let location = h(header::LOCATION).unwrap_or_default();
+    let cookies = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    Resp {
+        status,
+        location,
+        cookies,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn get(uri: &str, cookie: &str) -> Request<Body> {
+    let mut r = Request::get(uri)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap();
+    r.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
+    r
+}
+
+fn post(uri: &str, cookie: &str, form: &str) -> Request<Body> {
+    Request::post(uri)
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(form.to_owned()))
+        .unwrap()
+}
+
+fn cookie_value(cookies: &[String], name: &str) -> String {
+    cookies
+        .iter()
+        .find_map(|c| c.strip_prefix(&format!("{name}=")))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Logs in; the session cookie, or the login page's answer when refused.
+async fn login(st: &AppState, who: &str, next: &str) -> Result<(String, String), Resp> {
+    let page = send(st, get("/login", "")).await;
+    let token = cookie_value(&page.cookies, "keel_login");
+    assert!(page.body.contains(&token));
+    let form = format!("csrf={token}&login={who}&password=Pass-word-1&next={next}");
+    let r = send(st, post("/login", &format!("keel_login={token}"), &form)).await;
+    if r.status != StatusCode::SEE_OTHER {
+        return Err(r);
+    }
+    let session = cookie_value(&r.cookies, "keel_session");
+    assert!(r
+        .cookies
+        .iter()
+        .any(|c| c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Secure")));
+    Ok((format!("keel_session={session}"), r.location))
+}
+
+fn csrf_of(body: &str) -> String {
+    body.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn managers_see_and_act_on_their_facilities_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    let (cookie, to) = login(&st, "mgr", "%2Fmachines").await.unwrap();
+    assert_eq!(to, "/machines");
+    assert_eq!(send(&st, get("/machines", &cookie)).await.status, StatusCode::FORBIDDEN);
+    let page = send(&st, get("/propagation", &cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Force all of fa") && !page.body.contains("Force all of fb"));
+    let csrf = csrf_of(&page.body);
+    let r = send(
+        &st,
+        post("/propagation/force", &cookie, &format!("csrf={csrf}&facility=fb")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = send(
+        &st,
+        post(
+            "/propagation/block",
+            &cookie,
+            &format!("csrf={csrf}&facility=fa&service=hosts&blocked=on"),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(st
+        .db
+        .snapshot()
+        .facility("fa")
+        .unwrap()
+        .blocked
+        .contains(&"hosts".to_owned()));
+    // Without the token, nothing happens.
+    let r = send(&st, post("/propagation/block", &cookie, "facility=fa&service=hosts")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(st
+        .db
+        .snapshot()
+        .facility("fa")
+        .unwrap()
+        .blocked
+        .contains(&"hosts".to_owned()));
+}
+
+#[tokio::test]
+async fn contestants_and_strangers_are_refused_and_redirects_stay_on_keel() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    let refused = login(&st, "zoe", "%2F").await.unwrap_err();
+    assert_eq!(refused.status, StatusCode::OK);
+    assert!(refused.body.contains("for admins and facility managers"));
+    let (_, to) = login(&st, "root1", "%2F%2Fevil.example").await.unwrap();
+    assert_eq!(to, "/", "an open redirect would send root elsewhere");
+    // No session: the login page, remembering where to go.
+    let r = send(&st, get("/users?q=a", "")).await;
+    assert_eq!(
+        (r.status, r.location.as_str()),
+        (StatusCode::SEE_OTHER, "/login?next=%2Fusers%3Fq%3Da")
+    );
+    // A forged or stale session cookie is no session.
+    let r = send(&st, get("/users", "keel_session=0123456789")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    // The login form itself needs its token.
+    let r = send(&st, post("/login", "", "login=root1&password=Pass-word-1")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn nginx_sso_login_is_taken_only_when_trusted_and_from_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, true).await;
+    let sso = |login: &str, peer: [u8; 4]| {
+        let mut r = Request::get("/users")
+            .header("x-sso-user", login)
+            .body(Body::empty())
+            .unwrap();
+        r.extensions_mut().insert(ConnectInfo(SocketAddr::from((peer, 5000))));
+        r
+    };
+    let page = send(&st, sso("root1", [127, 0, 0, 1])).await;
+    assert_eq!(page.status, StatusCode::OK);
+    // Its forms work with the derived token, and only with it.
+    let csrf = csrf_of(&page.body);
+    let mut ok = post("/users/new", "", &format!("csrf={csrf}&login=newbie&group=user"));
+    ok.headers_mut().insert("x-sso-user", "root1".parse().unwrap());
+    ok.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
+    assert_eq!(send(&st, ok).await.status, StatusCode::SEE_OTHER);
+    assert!(st.db.snapshot().user("newbie").is_some());
+    assert_eq!(
+        send(&st, sso("root1", [10, 0, 0, 9])).await.status,
+        StatusCode::SEE_OTHER,
+        "not from the proxy"
+    );
+    assert_eq!(
+        send(&st, sso("zoe", [127, 0, 0, 1])).await.status,
+        StatusCode::SEE_OTHER,
+        "not an admin"
+    );
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_throttled_on_the_login_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    let page = send(&st, get("/login", "")).await;
+    let token = cookie_value(&page.cookies, "keel_login");
+    for _ in 0..5 {
+        let r = send(
+            &st,
+            post(
+                "/login",
+                &format!("keel_login={token}"),
+                &format!("csrf={token}&login=root1&password=x"),
+            ),
+        )
+        .await;
+        assert!(r.body.contains("Wrong login or password."));
+    }
+    let form = format!("csrf={token}&login=root1&password=Pass-word-1");
+    let r = send(&st, post("/login", &format!("keel_login={token}"), &form)).await;
+    assert!(r.body.contains("Too many wrong passwords"), "{}", r.body);
+}

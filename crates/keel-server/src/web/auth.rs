@@ -1,0 +1,372 @@
+//! Logging in and out of the pages, sessions, and the one page everyone may use: `/password`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
+use keel_model::Group;
+use serde::Deserialize;
+
+use super::{expired, html, Errors, Form, Me, Nav, WebError, WebRole};
+use crate::AppState;
+
+const COOKIE: &str = "keel_session";
+const LOGIN_COOKIE: &str = "keel_login";
+
+/// Sessions of logged-in people, by their random id. In memory, bounded.
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+    /// Derives the CSRF token of people logged in through nginx's SSO (they hold no session).
+    sso_key: String,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            sso_key: random(),
+        }
+    }
+}
+
+struct Session {
+    login: String,
+    role: WebRole,
+    csrf: String,
+    last: Instant,
+}
+
+fn random() -> String {
+    let mut b = [0u8; 24];
+    // The OS RNG failing is not survivable for a login anyway; an empty token then never matches.
+    if getrandom::fill(&mut b).is_err() {
+        return String::new();
+    }
+    hex_of(&b)
+}
+
+/// Compares digests: the time taken says nothing about how much of a secret matched.
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    use sha2::Digest;
+    !a.is_empty() && sha2::Sha256::digest(a.as_bytes()) == sha2::Sha256::digest(b.as_bytes())
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open(&self, login: &str, role: WebRole, idle: Duration) -> (String, Me) {
+        let id = random();
+        let csrf = random();
+        let mut map = self.lock();
+        if map.len() > 10_000 {
+            map.retain(|_, s| !expired(s.last, idle));
+        }
+        map.insert(
+            id.clone(),
+            Session {
+                login: login.to_owned(),
+                role: role.clone(),
+                csrf: csrf.clone(),
+                last: Instant::now(),
+            },
+        );
+        (
+            id,
+            Me {
+                login: login.to_owned(),
+                role,
+                csrf,
+            },
+        )
+    }
+
+    pub(crate) fn session_of(&self, headers: &HeaderMap, idle: Duration) -> Option<Me> {
+        let id = cookie(headers, COOKIE)?;
+        let mut map = self.lock();
+        let s = map.get_mut(&id)?;
+        if expired(s.last, idle) {
+            map.remove(&id);
+            return None;
+        }
+        s.last = Instant::now();
+        Some(Me {
+            login: s.login.clone(),
+            role: s.role.clone(),
+            csrf: s.csrf.clone(),
+        })
+    }
+
+    fn close(&self, headers: &HeaderMap) {
+        if let Some(id) = cookie(headers, COOKIE) {
+            self.lock().remove(&id);
+        }
+    }
+}
+
+/// Who may use the pages: admins (group root) and facility managers.
+fn role_of(st: &AppState, login: &str) -> Option<WebRole> {
+    let snap = st.db.snapshot();
+    let user = snap.user(login)?;
+    if user.group == Group::Root {
+        return Some(WebRole::Admin);
+    }
+    let managed: Vec<String> = snap
+        .facilities()
+        .filter(|f| f.managers.iter().any(|m| m == login))
+        .map(|f| f.name.clone())
+        .collect();
+    (!managed.is_empty()).then_some(WebRole::Manager(managed))
+}
+
+/// nginx's SSO, when trusted: the login it puts in `X-SSO-User` (only from a trusted proxy).
+pub(crate) fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())?;
+    if !st.config.client_addr.trusts(peer) {
+        return None;
+    }
+    let login = parts.headers.get("x-sso-user")?.to_str().ok()?.trim();
+    let role = role_of(st, login)?;
+    // No session is stored (nginx vouches for every request); the CSRF token is derived from
+    // the login and a key of this server, so it is stable between a page and its form.
+    use sha2::Digest;
+    let csrf = hex_of(&sha2::Sha256::digest(
+        format!("{}:{login}", st.web_sessions.sso_key).as_bytes(),
+    ));
+    Some(Me {
+        login: login.to_owned(),
+        role,
+        csrf,
+    })
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn session_cookie(st: &AppState, id: &str, max_age: u64) -> HeaderValue {
+    let secure = if st.web.secure_cookies { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    ))
+    .unwrap_or(HeaderValue::from_static(""))
+}
+
+#[derive(Template)]
+#[template(path = "web/login.html")]
+struct LoginPage {
+    nav: Nav,
+    next: String,
+    login: String,
+    csrf: String,
+    error: String,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Next {
+    next: Option<String>,
+}
+
+/// Only a local path: never an open redirect to another site.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+pub(crate) async fn login_page(State(st): State<AppState>, Query(q): Query<Next>) -> Response {
+    render_login(&st, safe_next(q.next.as_deref()), String::new(), String::new())
+}
+
+/// The login form, with a fresh double-submit token in its own cookie (there is no session yet).
+fn render_login(st: &AppState, next: String, login: String, error: String) -> Response {
+    let csrf = random();
+    let mut r = html(&LoginPage {
+        nav: Nav::default(),
+        next,
+        login,
+        csrf: csrf.clone(),
+        error,
+    });
+    let secure = if st.web.secure_cookies { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{LOGIN_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = Form::parse(&body);
+    let next = safe_next(f.get("next"));
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if !f.get("csrf").is_some_and(|t| same(t, &expected)) {
+        return WebError::Csrf.into_response();
+    }
+    let login = f.get("login").unwrap_or("").to_owned();
+    let password = f.get("password").unwrap_or("").to_owned();
+    if let Some(wait) = st.login_throttle.wait(&login) {
+        let msg = format!("Too many wrong passwords: try again in {} s.", wait.as_secs() + 1);
+        return render_login(&st, next, login, msg);
+    }
+    if !check_password(&st, &login, password).await {
+        tracing::warn!(%login, "web login refused: wrong login or password");
+        st.login_throttle.failed(&login);
+        return render_login(&st, next, login, "Wrong login or password.".into());
+    }
+    st.login_throttle.succeeded(&login);
+    let Some(role) = role_of(&st, &login) else {
+        tracing::warn!(%login, "web login refused: neither an admin nor a facility manager");
+        return render_login(
+            &st,
+            next,
+            login,
+            "These pages are for admins and facility managers. To change your password, use the \
+             password page."
+                .into(),
+        );
+    };
+    let (id, _) = st.web_sessions.open(&login, role, st.web.idle);
+    tracing::info!(%login, "web login");
+    let mut r = Redirect::to(&next).into_response();
+    r.headers_mut()
+        .append(header::SET_COOKIE, session_cookie(&st, &id, st.web.idle.as_secs()));
+    r
+}
+
+/// The same answer, and the same work, for an unknown login and a wrong password.
+async fn check_password(st: &AppState, login: &str, password: String) -> bool {
+    let stored = st
+        .db
+        .snapshot()
+        .user(login)
+        .map(|u| u.password_hash.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| crate::rest::DUMMY_HASH.to_owned());
+    tokio::task::spawn_blocking(move || keel_password::verify(&password, &stored))
+        .await
+        .unwrap_or(false)
+}
+
+pub(crate) async fn logout(State(st): State<AppState>, me: Me, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = Form::checked(&body, &me) {
+        return e.into_response();
+    }
+    st.web_sessions.close(&headers);
+    tracing::info!(login = %me.login, "web logout");
+    let mut r = Redirect::to("/login").into_response();
+    r.headers_mut().append(header::SET_COOKIE, session_cookie(&st, "", 0));
+    r
+}
+
+#[derive(Template)]
+#[template(path = "web/password.html")]
+struct PasswordPage {
+    nav: Nav,
+    login: String,
+    csrf: String,
+    errors: Errors,
+    done: bool,
+}
+
+pub(crate) async fn password_page(State(st): State<AppState>) -> Response {
+    render_password(&st, String::new(), Errors::default(), false)
+}
+
+fn render_password(st: &AppState, login: String, errors: Errors, done: bool) -> Response {
+    let csrf = random();
+    let mut r = html(&PasswordPage {
+        nav: Nav::default(),
+        login,
+        csrf: csrf.clone(),
+        errors,
+        done,
+    });
+    let secure = if st.web.secure_cookies { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{LOGIN_COOKIE}={csrf}; Path=/password; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
+    )) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `/password`: anyone changes their own password with the current one. The new one is hashed
+/// here and dropped; only the hash is stored (and neither is logged).
+pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = Form::parse(&body);
+    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if !f.get("csrf").is_some_and(|t| same(t, &expected)) {
+        return WebError::Csrf.into_response();
+    }
+    let login = f.get("login").unwrap_or("").to_owned();
+    let (new, again) = (f.get("new").unwrap_or(""), f.get("again").unwrap_or(""));
+    if new.chars().count() < 8 {
+        return render_password(&st, login, Errors::one("new", "at least 8 characters"), false);
+    }
+    if new != again {
+        return render_password(&st, login, Errors::one("again", "the two new passwords differ"), false);
+    }
+    if let Some(wait) = st.login_throttle.wait(&login) {
+        let e = Errors::one(
+            "old",
+            format!("too many wrong passwords: try again in {} s", wait.as_secs() + 1),
+        );
+        return render_password(&st, login, e, false);
+    }
+    if !check_password(&st, &login, f.get("old").unwrap_or("").to_owned()).await {
+        tracing::warn!(%login, "web password change refused: wrong login or password");
+        st.login_throttle.failed(&login);
+        return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
+    }
+    st.login_throttle.succeeded(&login);
+    let new = new.to_owned();
+    let hash = match tokio::task::spawn_blocking(move || keel_password::hash(&new)).await {
+        Ok(Ok(h)) => h,
+        _ => return WebError::Internal("hashing failed".into()).into_response(),
+    };
+    let Some(user) = st.db.snapshot().user(&login).cloned() else {
+        return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
+    };
+    let patch = keel_model::UserPatch {
+        password_hash: Some(hash),
+        password_changed: Some(true),
+        ..Default::default()
+    };
+    let who = keel_model::Principal {
+        name: login.clone(),
+        role: keel_model::Role::Readonly,
+        facilities: Vec::new(),
+        host: None,
+    };
+    match st.db.edit_user(&who, &login, user.version, patch).await {
+        Ok(_) => {
+            tracing::info!(%login, "password changed on the web page");
+            render_password(&st, String::new(), Errors::default(), true)
+        }
+        Err(e) => WebError::from(e).into_response(),
+    }
+}

@@ -1,0 +1,390 @@
+//! The web administration pages, server-rendered (askama templates in `templates/web/`, checked
+//! at compile time) with no JavaScript needed.
+//!
+//! Who may log in: users of group `root` (admins) and users named as a facility's manager
+//! (they see the propagation of their facilities only). Everyone else — contestants included — may
+//! use one page, `/password`. Sessions live in memory (a restart logs admins out, nothing else) and
+//! ride an HTTP-only, SameSite=Strict cookie; every form carries the session's CSRF token, checked
+//! before anything else. Pages go through the same `Db` mutations as the API, so the same
+//! validation rules and the same change log apply.
+
+mod auth;
+mod log;
+mod machines;
+mod other;
+mod users;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use keel_model::{Principal, Role};
+
+use crate::AppState;
+
+pub(crate) use auth::Sessions;
+
+/// `[web]` settings.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Mark the session cookie `Secure` (browsers then send it over HTTPS only; localhost is
+    /// exempt). Turn off for a site that serves the pages over plain HTTP on its LAN.
+    pub secure_cookies: bool,
+    /// Take the login nginx's SSO vouches for (`X-SSO-User` from a trusted proxy) as a web login.
+    pub trust_sso: bool,
+    /// A session unused for this long ends.
+    pub idle: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            secure_cookies: true,
+            trust_sso: false,
+            idle: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+const CSS: &str = include_str!("../../templates/web/keel.css");
+
+/// The web routes (merged into the app at `/`).
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/static/keel.css", get(css))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .route("/password", get(auth::password_page).post(auth::password))
+        .route("/machines", get(machines::list))
+        .route("/machines/new", get(machines::new_page).post(machines::create))
+        .route("/machines/bulk", post(machines::bulk))
+        .route("/machines/{name}", get(machines::edit_page).post(machines::save))
+        .route(
+            "/machines/{name}/delete",
+            get(machines::delete_page).post(machines::delete),
+        )
+        .route("/users", get(users::list))
+        .route("/users/new", get(users::new_page).post(users::create))
+        .route("/users/{login}", get(users::edit_page).post(users::save))
+        .route("/users/{login}/reset", post(users::reset))
+        .route("/switches", get(other::switches))
+        .route("/settings", get(other::settings).post(other::save_setting))
+        .route("/log", get(log::page))
+        .route("/propagation", get(other::propagation))
+        .route("/propagation/force", post(other::force))
+        .route("/propagation/block", post(other::block))
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+async fn home(me: Me) -> Redirect {
+    if me.is_admin() {
+        Redirect::to("/machines")
+    } else {
+        Redirect::to("/propagation")
+    }
+}
+
+/// What a logged-in person may do on these pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WebRole {
+    Admin,
+    /// Manages these facilities.
+    Manager(Vec<String>),
+}
+
+/// The logged-in person, from the session cookie (or nginx's SSO when trusted). A request
+/// without one is sent to the login page.
+#[derive(Debug, Clone)]
+pub(crate) struct Me {
+    pub login: String,
+    pub role: WebRole,
+    pub csrf: String,
+}
+
+impl Me {
+    pub(crate) fn is_admin(&self) -> bool {
+        self.role == WebRole::Admin
+    }
+
+    /// The principal the change log records for this person's writes.
+    pub(crate) fn principal(&self) -> Principal {
+        match &self.role {
+            WebRole::Admin => Principal {
+                name: self.login.clone(),
+                role: Role::Admin,
+                facilities: Vec::new(),
+                host: None,
+            },
+            WebRole::Manager(f) => Principal {
+                name: self.login.clone(),
+                role: Role::Manager,
+                facilities: f.clone(),
+                host: None,
+            },
+        }
+    }
+
+    /// Admins only; anyone else gets a 403 page, and the refusal is logged.
+    pub(crate) fn admin(&self, what: &str) -> Result<(), WebError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            tracing::warn!(login = %self.login, %what, "web: refused (not an admin)");
+            Err(WebError::Forbidden(format!("{what} is for admins (group root)")))
+        }
+    }
+
+    pub(crate) fn nav(&self) -> Nav {
+        Nav {
+            login: self.login.clone(),
+            admin: self.is_admin(),
+            csrf: self.csrf.clone(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Me {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Response> {
+        if let Some(me) = st.web_sessions.session_of(&parts.headers, st.web.idle) {
+            return Ok(me);
+        }
+        if st.web.trust_sso {
+            if let Some(me) = auth::from_sso(parts, st) {
+                return Ok(me);
+            }
+        }
+        let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let target = if parts.method == axum::http::Method::GET && next.starts_with('/') {
+            format!(
+                "/login?next={}",
+                form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+            )
+        } else {
+            "/login".to_owned()
+        };
+        Err(Redirect::to(&target).into_response())
+    }
+}
+
+/// What the layout needs: who is logged in, their CSRF token (for the logout form).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Nav {
+    pub login: String,
+    pub admin: bool,
+    pub csrf: String,
+}
+
+/// A page's failure, as an HTML page.
+#[derive(Debug)]
+pub(crate) enum WebError {
+    Forbidden(String),
+    NotFound(String),
+    /// A form without (or with a wrong) CSRF token.
+    Csrf,
+    Internal(String),
+}
+
+#[derive(Template)]
+#[template(path = "web/error.html")]
+struct ErrorPage {
+    nav: Nav,
+    title: String,
+    message: String,
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, title, message) = match self {
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
+            Self::Csrf => {
+                tracing::warn!("web: form refused: missing or wrong CSRF token");
+                (
+                    StatusCode::FORBIDDEN,
+                    "Form refused",
+                    "This form is out of date or did not come from keel's pages (CSRF token missing or wrong). \
+                     Go back, reload the page and try again."
+                        .to_owned(),
+                )
+            }
+            Self::Internal(detail) => {
+                tracing::error!(%detail, "web: internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Error",
+                    "Something went wrong; it is logged.".to_owned(),
+                )
+            }
+        };
+        let page = ErrorPage {
+            nav: Nav::default(),
+            title: title.to_owned(),
+            message,
+        };
+        (status, html(&page)).into_response()
+    }
+}
+
+impl From<keel_store::StoreError> for WebError {
+    fn from(e: keel_store::StoreError) -> Self {
+        match e {
+            keel_store::StoreError::NotFound(w) => Self::NotFound(w),
+            keel_store::StoreError::Forbidden(w) => Self::Forbidden(w),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+/// A rendered page (never cached: pages show live state and CSRF tokens).
+pub(crate) fn html(t: &impl Template) -> Response {
+    match t.render() {
+        Ok(body) => {
+            let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut()
+                .insert("x-frame-options", HeaderValue::from_static("DENY"));
+            r.headers_mut().insert(
+                "content-security-policy",
+                HeaderValue::from_static("default-src 'self'; style-src 'self'; frame-ancestors 'none'"),
+            );
+            r
+        }
+        Err(e) => {
+            tracing::error!(%e, "web: a template failed to render");
+            (StatusCode::INTERNAL_SERVER_ERROR, "template error").into_response()
+        }
+    }
+}
+
+/// A submitted form: its fields in order (a field may repeat: checkboxes).
+pub(crate) struct Form(Vec<(String, String)>);
+
+impl Form {
+    pub(crate) fn parse(body: &[u8]) -> Self {
+        Self(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The last value of `name` (a checkbox after its hidden default wins), trimmed.
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.trim())
+    }
+
+    pub(crate) fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Checks the CSRF token first: a form without the session's token changes nothing.
+    pub(crate) fn checked(body: &[u8], me: &Me) -> Result<Self, WebError> {
+        let f = Self::parse(body);
+        match f.get("csrf") {
+            Some(t) if auth::same(t, &me.csrf) => Ok(f),
+            _ => Err(WebError::Csrf),
+        }
+    }
+
+    /// The named fields that are not empty, as a JSON object for the model's `Fields`.
+    pub(crate) fn json(&self, names: &[&str]) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for n in names {
+            if let Some(v) = self.get(n).filter(|v| !v.is_empty()) {
+                m.insert((*n).to_owned(), serde_json::Value::String(v.to_owned()));
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// One text input of a record form.
+pub(crate) struct TextField {
+    pub id: &'static str,
+    pub label: &'static str,
+    pub value: String,
+    pub hint: &'static str,
+}
+
+impl TextField {
+    pub(crate) fn new(id: &'static str, label: &'static str, value: &str, hint: &'static str) -> Self {
+        Self {
+            id,
+            label,
+            value: value.to_owned(),
+            hint,
+        }
+    }
+}
+
+/// Field errors to show next to their fields.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Errors(pub HashMap<String, String>);
+
+impl Errors {
+    pub(crate) fn of(e: &keel_store::StoreError) -> Option<Self> {
+        use keel_store::StoreError as E;
+        let mut m = HashMap::new();
+        match e {
+            E::Invalid(v) => {
+                m.insert(v.field.clone(), v.message.clone());
+            }
+            E::InvalidMany(vs) => {
+                for v in &vs.0 {
+                    m.entry(v.field.clone()).or_insert_with(|| v.message.clone());
+                }
+            }
+            E::VersionMismatch { .. } => {
+                m.insert(
+                    "form".into(),
+                    "Someone else saved this record since you opened it: your changes were not saved. \
+                     Reload it to see theirs, then edit again."
+                        .into(),
+                );
+            }
+            E::Conflict(w) => {
+                m.insert("form".into(), format!("Conflict: {w}"));
+            }
+            _ => return None,
+        }
+        Some(Self(m))
+    }
+
+    pub(crate) fn one(field: &str, message: impl Into<String>) -> Self {
+        Self(HashMap::from([(field.to_owned(), message.into())]))
+    }
+
+    /// The message for `field`, or "" (templates test `!is_empty()`).
+    pub(crate) fn get(&self, field: &str) -> &str {
+        self.0.get(field).map_or("", String::as_str)
+    }
+
+    pub(crate) fn any(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+/// Time since an instant, for session expiry (kept here so tests can reason about it).
+pub(crate) fn expired(last: Instant, idle: Duration) -> bool {
+    last.elapsed() > idle
+}

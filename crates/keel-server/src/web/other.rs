@@ -1,0 +1,269 @@
+//! Switches, settings, propagation status with force and block.
+
+use std::collections::BTreeSet;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Redirect, Response};
+use keel_model::{Setting, SETTINGS};
+
+use super::{html, Form, Me, Nav, WebError, WebRole};
+use crate::AppState;
+
+pub(crate) struct SwitchRow {
+    pub name: String,
+    pub chassis: String,
+    pub room: String,
+    pub rfs: u32,
+    pub hfs: u32,
+}
+
+#[derive(Template)]
+#[template(path = "web/switches.html")]
+struct SwitchesPage {
+    nav: Nav,
+    rows: Vec<SwitchRow>,
+}
+
+pub(crate) async fn switches(State(st): State<AppState>, me: Me) -> Result<Response, WebError> {
+    me.admin("the switches page")?;
+    let snap = st.db.snapshot();
+    let rows = snap
+        .switches()
+        .map(|s| SwitchRow {
+            name: s.name.to_string(),
+            chassis: s.chassis.clone(),
+            room: s.room.clone(),
+            rfs: s.rfs,
+            hfs: s.hfs,
+        })
+        .collect();
+    Ok(html(&SwitchesPage { nav: me.nav(), rows }))
+}
+
+pub(crate) struct SettingRow {
+    pub key: &'static str,
+    pub on: bool,
+    pub help: &'static str,
+    pub version: u64,
+    /// Shown in red beside the switch.
+    pub warning: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "web/settings.html")]
+struct SettingsPage {
+    nav: Nav,
+    rows: Vec<SettingRow>,
+    error: String,
+}
+
+fn settings_page(st: &AppState, me: &Me, error: String) -> Response {
+    let snap = st.db.snapshot();
+    let rows = SETTINGS
+        .iter()
+        .map(|spec| {
+            let s = snap.setting(spec.key).unwrap_or_else(|_| Setting::default_for(spec));
+            SettingRow {
+                key: spec.key,
+                on: s.as_bool(),
+                help: spec.help,
+                version: s.version,
+                warning: match spec.key {
+                    "allow_self_registration" => {
+                        "While on, any machine on the network can register itself without a token: \
+                         turn it on only while installing the site, and off right after."
+                    }
+                    "contest_mode" => "Turning it on cuts contestants' internet, including open connections.",
+                    _ => "",
+                },
+            }
+        })
+        .collect();
+    html(&SettingsPage {
+        nav: me.nav(),
+        rows,
+        error,
+    })
+}
+
+pub(crate) async fn settings(State(st): State<AppState>, me: Me) -> Result<Response, WebError> {
+    me.admin("the settings page")?;
+    Ok(settings_page(&st, &me, String::new()))
+}
+
+pub(crate) async fn save_setting(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+    let f = Form::checked(&body, &me)?;
+    me.admin("changing settings")?;
+    let key = f.get("key").unwrap_or("");
+    let value = serde_json::Value::Bool(f.get("value") == Some("on"));
+    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    match st.db.set_setting(&me.principal(), key, value, Some(version)).await {
+        Ok(s) => {
+            tracing::info!(by = %me.login, key = %s.key, value = %s.value, "setting changed on the web page");
+            Ok(Redirect::to("/settings").into_response())
+        }
+        Err(keel_store::StoreError::VersionMismatch { .. }) => Ok(settings_page(
+            &st,
+            &me,
+            format!("{key} was changed by someone else meanwhile: look at its value now and choose again."),
+        )),
+        Err(keel_store::StoreError::Invalid(e)) => Ok(settings_page(&st, &me, e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) struct DestRow {
+    pub facility: String,
+    pub service: String,
+    pub state: String,
+    pub destination: String,
+    pub status: String,
+    pub at: String,
+    pub last_error: String,
+    pub blocked: bool,
+}
+
+#[derive(Template)]
+#[template(path = "web/propagation.html")]
+struct PropagationPage {
+    nav: Nav,
+    rows: Vec<DestRow>,
+    facilities: Vec<String>,
+    engine: bool,
+}
+
+/// A serde enum's name (`DONE`, `SENDERROR`, …).
+fn name<T: serde::Serialize>(t: &T) -> String {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn visible(me: &Me, facility: &str) -> bool {
+    match &me.role {
+        WebRole::Admin => true,
+        WebRole::Manager(f) => f.iter().any(|x| x == facility),
+    }
+}
+
+pub(crate) async fn propagation(State(st): State<AppState>, me: Me) -> Result<Response, WebError> {
+    let snap = st.db.snapshot();
+    let facilities: Vec<String> = snap
+        .facilities()
+        .filter(|f| visible(&me, &f.name))
+        .map(|f| f.name.clone())
+        .collect();
+    let mut rows = Vec::new();
+    if let Some(engine) = &st.engine {
+        for t in engine.status(None).into_iter().filter(|t| visible(&me, &t.facility)) {
+            let blocked_service = snap
+                .facility(&t.facility)
+                .is_some_and(|f| f.blocked.contains(&t.service));
+            if t.results.is_empty() {
+                rows.push(DestRow {
+                    facility: t.facility.clone(),
+                    service: t.service.clone(),
+                    state: name(&t.state),
+                    destination: String::new(),
+                    status: String::new(),
+                    at: t.finished.clone().unwrap_or_default(),
+                    last_error: t.error.clone().unwrap_or_default(),
+                    blocked: blocked_service,
+                });
+            }
+            for (dest, r) in &t.results {
+                let key = format!("{}/{}/{dest}", t.facility, t.service);
+                rows.push(DestRow {
+                    facility: t.facility.clone(),
+                    service: t.service.clone(),
+                    state: name(&t.state),
+                    destination: dest.clone(),
+                    status: name(&r.status),
+                    at: r.at.clone(),
+                    last_error: r.last_error.clone().unwrap_or_default(),
+                    blocked: blocked_service || snap.destination(&key).is_some_and(|d| d.blocked),
+                });
+            }
+        }
+    }
+    Ok(html(&PropagationPage {
+        nav: me.nav(),
+        rows,
+        facilities,
+        engine: st.engine.is_some(),
+    }))
+}
+
+/// The facility a form names, if this person runs it (refused and logged otherwise).
+fn runs(st: &AppState, me: &Me, f: &Form) -> Result<String, WebError> {
+    let facility = f.get("facility").unwrap_or("").to_owned();
+    if st.db.snapshot().facility(&facility).is_none() {
+        return Err(WebError::NotFound(format!("facility {facility}")));
+    }
+    if !visible(me, &facility) {
+        tracing::warn!(login = %me.login, %facility, "web: refused (not a manager of this facility)");
+        return Err(WebError::Forbidden(format!(
+            "{} does not manage facility {facility}",
+            me.login
+        )));
+    }
+    Ok(facility)
+}
+
+pub(crate) async fn force(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+    let f = Form::checked(&body, &me)?;
+    let facility = runs(&st, &me, &f)?;
+    let engine = st
+        .engine
+        .as_ref()
+        .ok_or_else(|| WebError::Forbidden("propagation is switched off on this server".into()))?;
+    let service = f.get("service").filter(|s| !s.is_empty());
+    engine
+        .force(&facility, service)
+        .map_err(|e| WebError::NotFound(format!("{e:?}")))?;
+    tracing::info!(by = %me.login, %facility, ?service, "propagation forced on the web page");
+    Ok(Redirect::to("/propagation").into_response())
+}
+
+/// Blocks or unblocks a service on a facility, or one destination.
+pub(crate) async fn block(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+    let f = Form::checked(&body, &me)?;
+    let facility = runs(&st, &me, &f)?;
+    let service = f.get("service").unwrap_or("").to_owned();
+    let blocked = f.get("blocked") == Some("on");
+    let who = me.principal();
+    let snap = st.db.snapshot();
+    let services: BTreeSet<String> = st.engine.as_ref().map_or_else(
+        || keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect(),
+        keel_propagate::Engine::service_names,
+    );
+    match f.get("destination").filter(|d| !d.is_empty()) {
+        Some(d) => {
+            let key = format!("{facility}/{service}/{d}");
+            let mut dest = snap
+                .destination(&key)
+                .cloned()
+                .ok_or_else(|| WebError::NotFound(format!("destination {key}")))?;
+            let version = dest.version;
+            dest.blocked = blocked;
+            st.db.put_destination(&who, dest, version, &services).await?;
+        }
+        None => {
+            let mut fac = snap
+                .facility(&facility)
+                .cloned()
+                .ok_or_else(|| WebError::NotFound(format!("facility {facility}")))?;
+            let version = fac.version;
+            fac.blocked.retain(|s| s != &service);
+            if blocked {
+                fac.blocked.push(service.clone());
+            }
+            st.db.put_facility(&who, fac, version, &services).await?;
+        }
+    }
+    tracing::info!(by = %me.login, %facility, %service, blocked, "propagation block changed on the web page");
+    Ok(Redirect::to("/propagation").into_response())
+}
