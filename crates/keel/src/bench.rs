@@ -25,6 +25,8 @@ pub enum Suite {
     Dns,
     /// Presence and SSO: /sso under wrk, logins/s, login → address in the applied nft set.
     Presence,
+    /// The administration pages: search, filter and paging at `--machines` machines.
+    Web,
     /// All of them.
     All,
 }
@@ -148,6 +150,13 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             crate::bench_propagation::print(&report);
         }
         out.insert("propagation".into(), serde_json::to_value(&report)?);
+    }
+    if matches!(args.suite, Suite::Web | Suite::All) {
+        let report = crate::bench_web::run(&dir.join("web"), args.machines).await?;
+        if !json {
+            crate::bench_web::print(&report);
+        }
+        out.insert("web".into(), serde_json::to_value(&report)?);
     }
     if matches!(args.suite, Suite::Presence | Suite::All) {
         let report = crate::bench_presence::run(&dir.join("presence"), args.logins, args.duration).await?;

@@ -12,6 +12,7 @@ mod bench_dns;
 mod bench_presence;
 mod bench_propagation;
 mod bench_watch;
+mod bench_web;
 mod cmd;
 mod config;
 mod conntrack;

@@ -126,6 +126,16 @@ impl Browser {
         panic!("timed out in the browser: {what}");
     }
 
+    /// Resizes the window (a phone: 390×844).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
     /// Saves a PNG of the page as `<artifacts>/<name>.png`; returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         use base64::Engine as _;

@@ -168,6 +168,26 @@ async fn root_adds_and_edits_a_machine_in_a_real_browser() {
     let log = b.eval("return document.querySelector('main').textContent;").await;
     assert!(log.as_str().unwrap_or("").len() > 10);
 
+    // A new user, a password reset → a printable sheet, then that user changes it on /password.
+    b.goto(&format!("{}/users/new", k.url)).await;
+    fill_and_submit(&b, &[("login", "newbie"), ("firstname", "New"), ("lastname", "Bie")]).await;
+    wait_path(&b, "/users/newbie").await;
+    b.eval("document.querySelector('form.reset').submit(); return true;")
+        .await;
+    b.wait_for(10, "the sheet", "return !!document.querySelector('.password');")
+        .await;
+    b.screenshot("web-password-sheet").await;
+    let password = b.eval("return document.querySelector('.password').textContent;").await;
+    let password = password.as_str().unwrap().to_owned();
+    assert!(password.len() >= 8, "{password}");
+
+    // On a phone-sized screen.
+    b.resize(390, 844).await;
+    b.goto(&format!("{}/machines", k.url)).await;
+    wait_path(&b, "/machines").await;
+    b.screenshot("web-machines-phone").await;
+    b.resize(1280, 900).await;
+
     // Log out: back to the login page, and the pages need a login again.
     b.goto(&format!("{}/machines", k.url)).await;
     b.eval("document.querySelector('form.logout').submit(); return true;")
@@ -175,4 +195,25 @@ async fn root_adds_and_edits_a_machine_in_a_real_browser() {
     wait_path(&b, "/login").await;
     b.goto(&format!("{}/machines", k.url)).await;
     wait_path(&b, "/login").await;
+
+    // Anyone changes their own password on /password (no login needed, the current one is).
+    b.goto(&format!("{}/password", k.url)).await;
+    fill_and_submit(
+        &b,
+        &[
+            ("login", "newbie"),
+            ("old", &password),
+            ("new", "Brand-new-pw1"),
+            ("again", "Brand-new-pw1"),
+        ],
+    )
+    .await;
+    b.wait_for(
+        10,
+        "password changed",
+        "return document.querySelector('main').textContent.includes('Your password is changed');",
+    )
+    .await;
+    let u = api(&k, Method::GET, "/api/v1/users/newbie", None).await;
+    assert_eq!(u["password_changed"], true, "{u}");
 }
