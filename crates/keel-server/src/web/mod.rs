@@ -75,6 +75,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/users/{login}", get(users::edit_page).post(users::save))
         .route("/users/{login}/reset", post(users::reset))
         .route("/switches", get(other::switches))
+        .route("/switches/new", get(other::new_switch).post(other::create_switch))
+        .route("/switches/{name}", get(other::edit_switch).post(other::save_switch))
         .route("/settings", get(other::settings).post(other::save_setting))
         .route("/log", get(log::page))
         .route("/propagation", get(other::propagation))

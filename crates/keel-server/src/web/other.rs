@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use keel_model::{Setting, SETTINGS};
 
-use super::{html, Form, Me, Nav, WebError, WebRole};
+use super::{html, Errors, Form, Me, Nav, TextField, WebError, WebRole};
 use crate::AppState;
 
 pub(crate) struct SwitchRow {
@@ -40,6 +40,129 @@ pub(crate) async fn switches(State(st): State<AppState>, me: Me) -> Result<Respo
         })
         .collect();
     Ok(html(&SwitchesPage { nav: me.nav(), rows }))
+}
+
+#[derive(Template)]
+#[template(path = "web/switch.html")]
+struct SwitchPage {
+    nav: Nav,
+    /// `None` for a new switch.
+    name: Option<String>,
+    fields: Vec<TextField>,
+    version: u64,
+    errors: Errors,
+}
+
+fn switch_page(me: &Me, name: Option<String>, f: &[(&str, String)], version: u64, errors: Errors) -> Response {
+    let v = |k: &str| f.iter().find(|(n, _)| *n == k).map_or("", |(_, v)| v.as_str());
+    let mut fields = Vec::new();
+    if name.is_none() {
+        fields.push(TextField::new("name", "Name", v("name"), "letters, digits and -"));
+    }
+    fields.extend([
+        TextField::new(
+            "chassis",
+            "Chassis id (LLDP)",
+            v("chassis"),
+            "as the switch announces it",
+        ),
+        TextField::new("room", "Room", v("room"), ""),
+        TextField::new("rfs", "RFS", v("rfs"), "a number"),
+        TextField::new("hfs", "HFS", v("hfs"), "a number"),
+    ]);
+    html(&SwitchPage {
+        nav: me.nav(),
+        name,
+        fields,
+        version,
+        errors,
+    })
+}
+
+const SWITCH_FIELDS: [&str; 5] = ["name", "chassis", "room", "rfs", "hfs"];
+
+fn typed(f: &Form) -> Vec<(&'static str, String)> {
+    SWITCH_FIELDS
+        .iter()
+        .map(|k| (*k, f.get(k).unwrap_or("").to_owned()))
+        .collect()
+}
+
+pub(crate) async fn new_switch(me: Me) -> Result<Response, WebError> {
+    me.admin("adding switches")?;
+    Ok(switch_page(&me, None, &[], 0, Errors::default()))
+}
+
+pub(crate) async fn create_switch(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+    let f = Form::checked(&body, &me)?;
+    me.admin("adding switches")?;
+    let fields = keel_model::input::Fields::new(f.json(&SWITCH_FIELDS), keel_model::input::Strictness::Lenient)
+        .map_err(keel_store::StoreError::from);
+    let r = match fields {
+        Ok(fields) => st.db.create_switch(&me.principal(), fields).await,
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(_) => Ok(Redirect::to("/switches").into_response()),
+        Err(e) => match Errors::of(&e) {
+            Some(errors) => Ok(switch_page(&me, None, &typed(&f), 0, errors)),
+            None => Err(e.into()),
+        },
+    }
+}
+
+pub(crate) async fn edit_switch(
+    State(st): State<AppState>,
+    me: Me,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, WebError> {
+    me.admin("editing switches")?;
+    let s = st
+        .db
+        .snapshot()
+        .switch(&name)
+        .cloned()
+        .ok_or_else(|| WebError::NotFound(format!("switch {name}")))?;
+    let values = [
+        ("chassis", s.chassis.clone()),
+        ("room", s.room.clone()),
+        ("rfs", s.rfs.to_string()),
+        ("hfs", s.hfs.to_string()),
+    ];
+    Ok(switch_page(&me, Some(name), &values, s.version, Errors::default()))
+}
+
+pub(crate) async fn save_switch(
+    State(st): State<AppState>,
+    me: Me,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Bytes,
+) -> Result<Response, WebError> {
+    let f = Form::checked(&body, &me)?;
+    me.admin("editing switches")?;
+    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let r = if f.get("delete") == Some("on") {
+        st.db.delete_switch(&me.principal(), &name, version).await
+    } else {
+        let mut v = f.json(&SWITCH_FIELDS[1..]);
+        v["name"] = name.clone().into();
+        for k in ["chassis", "room"] {
+            if v.get(k).is_none() {
+                v[k] = "".into();
+            }
+        }
+        match keel_model::input::Fields::new(v, keel_model::input::Strictness::Lenient) {
+            Ok(fields) => st.db.edit_switch(&me.principal(), &name, version, fields).await,
+            Err(e) => Err(e.into()),
+        }
+    };
+    match r {
+        Ok(_) => Ok(Redirect::to("/switches").into_response()),
+        Err(e) => match Errors::of(&e) {
+            Some(errors) => Ok(switch_page(&me, Some(name), &typed(&f), version, errors)),
+            None => Err(e.into()),
+        },
+    }
 }
 
 pub(crate) struct SettingRow {

@@ -153,6 +153,29 @@ async fn root_adds_and_edits_a_machine_in_a_real_browser() {
         404
     );
 
+    // A switch, added and then refused a bad RFS.
+    b.goto(&format!("{}/switches/new", k.url)).await;
+    fill_and_submit(
+        &b,
+        &[
+            ("name", "sw-alt"),
+            ("chassis", "00:11:22:33:44:55"),
+            ("room", "alt"),
+            ("rfs", "1"),
+        ],
+    )
+    .await;
+    wait_path(&b, "/switches").await;
+    assert_eq!(
+        b.eval("return document.querySelector('main').textContent.includes('sw-alt');")
+            .await,
+        json!(true)
+    );
+    b.goto(&format!("{}/switches/sw-alt", k.url)).await;
+    fill_and_submit(&b, &[("rfs", "minus one")]).await;
+    b.wait_for(10, "the RFS error", "return !!document.getElementById('rfs-error');")
+        .await;
+
     // The other pages render; screenshots for the README and the artifacts.
     for (page, shot) in [
         ("/users", "web-users"),
