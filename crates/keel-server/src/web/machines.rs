@@ -9,7 +9,7 @@ use keel_model::input::{Fields, Strictness};
 use keel_model::{Machine, MachinePatch, MachineType, Snapshot};
 use serde::Deserialize;
 
-use super::{html, Errors, Form, Me, Nav, TextField, WebError};
+use super::{html, saved, Errors, Form, Me, Nav, TextField, WebError};
 use crate::AppState;
 
 /// Rows per page: a 10,000-machine site is 200 pages, each rendered from the Snapshot in
@@ -182,7 +182,7 @@ impl MachineForm {
             faulty: f.get("is_faulty") == Some("on"),
             reason: s("faulty_reason"),
             boot: s("boot"),
-            version: f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0),
+            version: f.version(),
         }
     }
 }
@@ -273,13 +273,11 @@ pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> R
         Ok(p) => st.db.create_machine(&me.principal(), p).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(m) => Ok(Redirect::to(&format!("/machines?done=added+{}", m.hostname)).into_response()),
-        Err(e) => match Errors::of(&e) {
-            Some(errors) => Ok(form_page(&me, None, MachineForm::from(&f), errors)),
-            None => Err(e.into()),
-        },
-    }
+    saved(
+        result,
+        |m| format!("/machines?done=added+{}", m.hostname),
+        |errors| form_page(&me, None, MachineForm::from(&f), errors),
+    )
 }
 
 fn find(st: &AppState, name: &str) -> Result<Machine, WebError> {
@@ -313,18 +311,16 @@ pub(crate) async fn save(
 ) -> Result<Response, WebError> {
     let f = Form::checked(&body, &me)?;
     me.admin("editing machines")?;
-    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let version = f.version();
     let result = match patch(&f, true) {
         Ok(p) => st.db.edit_machine(&me.principal(), &name, version, p).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(m) => Ok(Redirect::to(&format!("/machines?done=saved+{}", m.hostname)).into_response()),
-        Err(e) => match Errors::of(&e) {
-            Some(errors) => Ok(form_page(&me, Some(name), MachineForm::from(&f), errors)),
-            None => Err(e.into()),
-        },
-    }
+    saved(
+        result,
+        |m| format!("/machines?done=saved+{}", m.hostname),
+        |errors| form_page(&me, Some(name), MachineForm::from(&f), errors),
+    )
 }
 
 #[derive(Template)]
@@ -366,7 +362,7 @@ pub(crate) async fn delete(
 ) -> Result<Response, WebError> {
     let f = Form::checked(&body, &me)?;
     me.admin("deleting machines")?;
-    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let version = f.version();
     match st.db.delete_machine(&me.principal(), &name, version).await {
         Ok(m) => Ok(Redirect::to(&format!("/machines?done=deleted+{}", m.hostname)).into_response()),
         Err(keel_store::StoreError::VersionMismatch { .. }) => Err(WebError::Forbidden(format!(

@@ -291,6 +291,11 @@ impl Form {
         self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.trim())
     }
 
+    /// The record version the form was read at (the lost-update guard).
+    pub(crate) fn version(&self) -> u64 {
+        self.get("version").and_then(|v| v.parse().ok()).unwrap_or(0)
+    }
+
     pub(crate) fn all(&self, name: &str) -> Vec<&str> {
         self.0
             .iter()
@@ -383,6 +388,22 @@ impl Errors {
 
     pub(crate) fn any(&self) -> bool {
         !self.0.is_empty()
+    }
+}
+
+/// After a save: on success, a redirect to where `ok` says; on field errors, the form again
+/// (`again`) with them beside their fields; anything else is an error page.
+pub(crate) fn saved<T>(
+    result: Result<T, keel_store::StoreError>,
+    ok: impl FnOnce(T) -> String,
+    again: impl FnOnce(Errors) -> Response,
+) -> Result<Response, WebError> {
+    match result {
+        Ok(t) => Ok(Redirect::to(&ok(t)).into_response()),
+        Err(e) => match Errors::of(&e) {
+            Some(errors) => Ok(again(errors)),
+            None => Err(e.into()),
+        },
     }
 }
 

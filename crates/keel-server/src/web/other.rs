@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use keel_model::{Setting, SETTINGS};
 
-use super::{html, Errors, Form, Me, Nav, TextField, WebError, WebRole};
+use super::{html, saved, Errors, Form, Me, Nav, TextField, WebError, WebRole};
 use crate::AppState;
 
 pub(crate) struct SwitchRow {
@@ -102,13 +102,11 @@ pub(crate) async fn create_switch(State(st): State<AppState>, me: Me, body: Byte
         Ok(fields) => st.db.create_switch(&me.principal(), fields).await,
         Err(e) => Err(e),
     };
-    match r {
-        Ok(_) => Ok(Redirect::to("/switches").into_response()),
-        Err(e) => match Errors::of(&e) {
-            Some(errors) => Ok(switch_page(&me, None, &typed(&f), 0, errors)),
-            None => Err(e.into()),
-        },
-    }
+    saved(
+        r,
+        |_| "/switches".into(),
+        |errors| switch_page(&me, None, &typed(&f), 0, errors),
+    )
 }
 
 pub(crate) async fn edit_switch(
@@ -140,7 +138,7 @@ pub(crate) async fn save_switch(
 ) -> Result<Response, WebError> {
     let f = Form::checked(&body, &me)?;
     me.admin("editing switches")?;
-    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let version = f.version();
     let r = if f.get("delete") == Some("on") {
         st.db.delete_switch(&me.principal(), &name, version).await
     } else {
@@ -156,13 +154,11 @@ pub(crate) async fn save_switch(
             Err(e) => Err(e.into()),
         }
     };
-    match r {
-        Ok(_) => Ok(Redirect::to("/switches").into_response()),
-        Err(e) => match Errors::of(&e) {
-            Some(errors) => Ok(switch_page(&me, Some(name), &typed(&f), version, errors)),
-            None => Err(e.into()),
-        },
-    }
+    saved(
+        r,
+        |_| "/switches".into(),
+        |errors| switch_page(&me, Some(name), &typed(&f), version, errors),
+    )
 }
 
 pub(crate) struct SettingRow {
@@ -221,7 +217,7 @@ pub(crate) async fn save_setting(State(st): State<AppState>, me: Me, body: Bytes
     me.admin("changing settings")?;
     let key = f.get("key").unwrap_or("");
     let value = serde_json::Value::Bool(f.get("value") == Some("on"));
-    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let version = f.version();
     match st.db.set_setting(&me.principal(), key, value, Some(version)).await {
         Ok(s) => {
             tracing::info!(by = %me.login, key = %s.key, value = %s.value, "setting changed on the web page");

@@ -4,13 +4,13 @@
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use keel_model::input::{Fields, Strictness};
 use keel_model::{User, UserPatch};
 use serde::Deserialize;
 
 use super::machines::PAGE;
-use super::{html, Errors, Form, Me, Nav, TextField, WebError};
+use super::{html, saved, Errors, Form, Me, Nav, TextField, WebError};
 use crate::AppState;
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,7 +126,7 @@ impl UserForm {
             shell: s("shell"),
             keys: s("ssh_keys"),
             uid: String::new(),
-            version: f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0),
+            version: f.version(),
         }
     }
 }
@@ -185,13 +185,11 @@ pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> R
         Ok(p) => st.db.create_user(&me.principal(), p).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(u) => Ok(Redirect::to(&format!("/users/{}", u.login)).into_response()),
-        Err(e) => match Errors::of(&e) {
-            Some(errors) => Ok(form_page(&me, None, UserForm::from(&f), errors)),
-            None => Err(e.into()),
-        },
-    }
+    saved(
+        result,
+        |u| format!("/users/{}", u.login),
+        |errors| form_page(&me, None, UserForm::from(&f), errors),
+    )
 }
 
 fn find(st: &AppState, login: &str) -> Result<User, WebError> {
@@ -220,22 +218,20 @@ pub(crate) async fn save(
 ) -> Result<Response, WebError> {
     let f = Form::checked(&body, &me)?;
     me.admin("editing users")?;
-    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let version = f.version();
     let result = match patch(&f, true) {
         Ok(p) => st.db.edit_user(&me.principal(), &login, version, p).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(u) => Ok(Redirect::to(&format!("/users?done=saved+{}", u.login)).into_response()),
-        Err(e) => match Errors::of(&e) {
-            Some(errors) => {
-                let mut u = UserForm::from(&f);
-                u.login = login.clone();
-                Ok(form_page(&me, Some(login), u, errors))
-            }
-            None => Err(e.into()),
+    saved(
+        result,
+        |u| format!("/users?done=saved+{}", u.login),
+        |errors| {
+            let mut u = UserForm::from(&f);
+            u.login = login.clone();
+            form_page(&me, Some(login), u, errors)
         },
-    }
+    )
 }
 
 #[derive(Template)]
@@ -258,7 +254,7 @@ pub(crate) async fn reset(
 ) -> Result<Response, WebError> {
     let f = Form::checked(&body, &me)?;
     me.admin("resetting passwords")?;
-    let version = f.get("version").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let version = f.version();
     let user = find(&st, &login)?;
     let (password, hash) = tokio::task::spawn_blocking(|| {
         let p = keel_password::generate(10)?;
