@@ -74,6 +74,10 @@ impl Db {
         F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
     {
         let _writer = self.writer.lock().await;
+        if self.store.shared() {
+            // Other servers write too: plan against everything committed so far.
+            self.catch_up_locked().await?;
+        }
         let current = self.snapshot();
         let writes = plan(&current, &self.pools)?;
         if writes.is_empty() {
@@ -88,6 +92,12 @@ impl Db {
             }
             Err(e) => return Err(e),
         };
+        if self.store.shared() {
+            // Another server may have committed between our catch-up and our commit: apply the
+            // log in seq order (ours included), never our changes alone over a gap.
+            self.catch_up_locked().await?;
+            return Ok(changes);
+        }
         let mut next = (*current).clone();
         for c in &changes {
             if let Err(e) = next.apply(c) {
@@ -106,6 +116,50 @@ impl Db {
             let _ = self.changes.send(Arc::new(c.clone()));
         }
         Ok(changes)
+    }
+
+    /// Brings the Snapshot up to the log's end (changes committed by other servers on a shared
+    /// database), broadcasting each change in seq order. A follower calls it when woken.
+    pub async fn catch_up(&self) -> Result<usize, StoreError> {
+        let _writer = self.writer.lock().await;
+        self.catch_up_locked().await
+    }
+
+    async fn catch_up_locked(&self) -> Result<usize, StoreError> {
+        let mut applied = 0;
+        loop {
+            let current = self.snapshot();
+            let batch = self.store.changes_since(current.seq(), 5_000).await?;
+            if batch.is_empty() {
+                return Ok(applied);
+            }
+            if batch[0].seq != current.seq() + 1 {
+                // The log was trimmed past us (a server down for long): start from the records.
+                tracing::warn!(
+                    at = current.seq(),
+                    first = batch[0].seq,
+                    "the log moved past this server: reloading"
+                );
+                self.reload().await;
+                continue;
+            }
+            let mut next = (*current).clone();
+            for c in &batch {
+                if let Err(e) = next.apply(c) {
+                    tracing::error!(%e, "a logged change does not apply to the snapshot; reloading");
+                    self.reload().await;
+                    return Ok(applied);
+                }
+            }
+            self.snapshot.store(Arc::new(next));
+            if batch.iter().any(frees_an_address) {
+                *self.alloc_hints() = keel_model::AllocHints::default();
+            }
+            for c in batch {
+                applied += 1;
+                let _ = self.changes.send(Arc::new(c));
+            }
+        }
     }
 
     /// The allocation hints, for a write in progress (only writers use them, under the writer lock).

@@ -3,10 +3,13 @@
 //!
 //! Only this crate names sqlx.
 
+mod commit_plan;
+pub mod copy;
 mod db;
 mod error;
 mod fault;
 mod ops;
+pub mod pg;
 mod presence_ops;
 mod prop_ops;
 mod sqlite;
@@ -17,6 +20,7 @@ pub mod token;
 pub use db::{build_snapshot, records_of, replay_log, Db};
 pub use error::StoreError;
 pub use ops::{ImportReport, OnExisting};
+pub use pg::PgStore;
 pub use presence_ops::Opened;
 pub use sqlite::SqliteStore;
 pub use store::{Loaded, Store, Write};
@@ -35,5 +39,8 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".to_owned())
 }
 
+#[cfg(test)]
+#[allow(unreachable_pub)] // also included by the e2e tests (#[path])
+mod testpg;
 #[cfg(test)]
 mod tests;

@@ -230,6 +230,18 @@ impl Store for SqliteStore {
         sqlx::query("VACUUM INTO ?").bind(dest).execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn export(&self) -> Result<crate::copy::Dump, StoreError> {
+        // A read transaction sees one snapshot of the WAL.
+        let mut tx = self.pool.begin().await?;
+        let d = crate::copy::export_sqlite(&mut tx).await;
+        tx.commit().await?;
+        d
+    }
+
+    async fn import(&self, dump: &crate::copy::Dump) -> Result<(), StoreError> {
+        crate::copy::import_sqlite(&self.pool, dump).await
+    }
 }
 
 fn change_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Change, StoreError> {

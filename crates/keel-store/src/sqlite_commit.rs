@@ -24,6 +24,7 @@ use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 
+use crate::commit_plan::{plan, stamp, Planned};
 use crate::sqlite::{parse_json, to_i64, to_u64};
 use crate::store::Write;
 use crate::{fault, now_rfc3339, StoreError};
@@ -39,15 +40,6 @@ impl Drop for OpenTx {
             self.conn.close_on_drop();
         }
     }
-}
-
-/// A write decided in full: its Change, and what the tables need.
-struct Planned {
-    change: Change,
-    fresh: bool,
-    uniques: Vec<(&'static str, String)>,
-    before: Option<String>,
-    after: Option<String>,
 }
 
 pub(crate) async fn commit(pool: &SqlitePool, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
@@ -262,63 +254,6 @@ async fn begin(tx: &mut OpenTx, writes: &[Write]) -> Result<(u64, HashMap<usize,
         current.insert(idx, (to_u64(r.try_get("version")?), parse_json(r.try_get("data")?)?));
     }
     Ok((to_u64(last), current))
-}
-
-/// Decides one write: checks its expected version, stamps its version (and new id), builds its Change.
-fn plan(
-    w: Write,
-    seq: u64,
-    principal: &str,
-    time: &str,
-    current: Option<&(u64, Value)>,
-) -> Result<Planned, StoreError> {
-    let fresh = w.key.is_none();
-    let key = w.key.clone().unwrap_or_else(|| seq.to_string());
-    let (cur_version, before) = current.map_or((0, None), |(v, d)| (*v, Some(d.clone())));
-    check_version(&w, &key, cur_version, before.is_some())?;
-    let after = match (w.op, w.after) {
-        (Op::Put, Some(mut after)) => {
-            stamp(&mut after, seq, fresh);
-            Some(after)
-        }
-        _ => None,
-    };
-    Ok(Planned {
-        before: before.as_ref().map(Value::to_string),
-        after: after.as_ref().map(Value::to_string),
-        uniques: if w.op == Op::Put { w.uniques } else { Vec::new() },
-        fresh,
-        change: Change {
-            seq,
-            time: time.to_owned(),
-            principal: principal.to_owned(),
-            kind: w.kind,
-            op: w.op,
-            key,
-            before,
-            after,
-        },
-    })
-}
-
-fn check_version(w: &Write, key: &str, current: u64, exists: bool) -> Result<(), StoreError> {
-    match w.expected_version {
-        Some(0) if exists => Err(StoreError::Conflict(format!("{} {key} already exists", w.kind))),
-        Some(v) if v != 0 && !exists => Err(StoreError::NotFound(format!("{} {key}", w.kind))),
-        Some(v) if v != 0 && v != current => Err(StoreError::VersionMismatch { expected: v, current }),
-        None if w.op == Op::Delete && !exists => Err(StoreError::NotFound(format!("{} {key}", w.kind))),
-        _ => Ok(()),
-    }
-}
-
-/// Sets the record's `version` (and, for a new record, its `id`) to the change's seq.
-fn stamp(after: &mut Value, seq: u64, assign_id: bool) {
-    if let Value::Object(map) = after {
-        map.insert("version".into(), Value::from(seq));
-        if assign_id {
-            map.insert("id".into(), Value::from(seq));
-        }
-    }
 }
 
 /// Splits the writes into batches of one round trip each: a key at most once per batch (inside a

@@ -81,6 +81,14 @@ pub trait Store: Send + Sync + 'static {
     async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Inserts or replaces propagation state rows, in one transaction.
     async fn put_prop_state(&self, rows: &[(String, String)]) -> Result<(), StoreError>;
-    /// Writes a consistent copy of the whole database to `dest` while serving.
+    /// Writes a consistent copy of the whole database to `dest` (an SQLite file) while serving.
     async fn backup(&self, dest: &Path) -> Result<(), StoreError>;
+    /// Every row, read in one consistent view (`keel migrate-db`).
+    async fn export(&self) -> Result<crate::copy::Dump, StoreError>;
+    /// Writes every row of `dump` into this database, which must be empty; all or nothing.
+    async fn import(&self, dump: &crate::copy::Dump) -> Result<(), StoreError>;
+    /// Whether other servers may write to this database too (then the Snapshot follows the log).
+    fn shared(&self) -> bool {
+        false
+    }
 }

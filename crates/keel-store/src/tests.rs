@@ -6,12 +6,65 @@ use keel_model::input::{Fields, Strictness};
 use keel_model::{Kind, MachinePatch, Pools, Principal};
 use serde_json::{json, Value};
 
-use crate::{build_snapshot, records_of, replay_log, Db, SqliteStore, StoreError, Write};
+use crate::{build_snapshot, records_of, replay_log, Db, PgStore, SqliteStore, Store, StoreError, Write};
 
-async fn open(dir: &tempfile::TempDir) -> Db {
-    let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
-    Db::open(Arc::new(store), Pools::default()).await.unwrap()
+/// Where a test's database lives: every store test runs on both backends.
+pub(crate) enum Backend {
+    Sqlite(tempfile::TempDir),
+    /// The server (kept alive for the test, stopped when dropped) and the database's URL.
+    Pg(#[allow(dead_code)] crate::testpg::TestPg, String),
 }
+
+impl Backend {
+    fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// A PostgreSQL server of its own (Debian's postgresql; a missing one fails the test).
+    fn postgres() -> Self {
+        let pg = crate::testpg::TestPg::start().unwrap_or_else(|e| panic!("{e}"));
+        let url = pg.database("keel").unwrap_or_else(|e| panic!("{e}"));
+        Self::Pg(pg, url)
+    }
+
+    /// A new store on this database (as a server starting, or a second server).
+    async fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(dir) => Arc::new(SqliteStore::open(&dir.path().join("keel.db")).await.unwrap()),
+            Self::Pg(_, url) => Arc::new(PgStore::open(url).await.unwrap()),
+        }
+    }
+}
+
+async fn open(b: &Backend) -> Db {
+    Db::open(b.store().await, Pools::default()).await.unwrap()
+}
+
+/// Runs each named test (an `async fn(Backend)`) once on SQLite and once on PostgreSQL.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(super::Backend::sqlite()).await
+            }
+            #[tokio::test]
+            async fn postgres() {
+                super::$name(super::Backend::postgres()).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    seqs_versions_and_ids_come_from_the_counter,
+    the_database_refuses_a_duplicate_the_snapshot_did_not_see,
+    import_is_all_or_nothing_and_names_every_line,
+    reopening_rebuilds_the_same_snapshot_as_the_log_replayed,
+    trimming_keeps_the_newest_changes,
+    freed_addresses_are_reused_lowest_first,
+    live_snapshot_equals_stored_rows,
+);
 
 fn patch(v: Value) -> MachinePatch {
     MachinePatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap()
@@ -21,9 +74,7 @@ fn machine(i: u8) -> MachinePatch {
     patch(json!({"hostname": format!("h{i}"), "mac": format!("02:00:00:00:00:{i:02x}"), "mtype": "user"}))
 }
 
-#[tokio::test]
-async fn seqs_versions_and_ids_come_from_the_counter() {
-    let dir = tempfile::tempdir().unwrap();
+async fn seqs_versions_and_ids_come_from_the_counter(dir: Backend) {
     let db = open(&dir).await;
     let who = Principal::system();
     let a = db.create_machine(&who, machine(1)).await.unwrap();
@@ -52,9 +103,7 @@ async fn seqs_versions_and_ids_come_from_the_counter() {
     assert_eq!(db.snapshot().seq(), 3);
 }
 
-#[tokio::test]
-async fn the_database_refuses_a_duplicate_the_snapshot_did_not_see() {
-    let dir = tempfile::tempdir().unwrap();
+async fn the_database_refuses_a_duplicate_the_snapshot_did_not_see(dir: Backend) {
     let db = open(&dir).await;
     let who = Principal::system();
     let a = db.create_machine(&who, machine(1)).await.unwrap();
@@ -71,9 +120,7 @@ async fn the_database_refuses_a_duplicate_the_snapshot_did_not_see() {
     assert_eq!(b.version, 2);
 }
 
-#[tokio::test]
-async fn import_is_all_or_nothing_and_names_every_line() {
-    let dir = tempfile::tempdir().unwrap();
+async fn import_is_all_or_nothing_and_names_every_line(dir: Backend) {
     let db = open(&dir).await;
     let who = Principal::system();
     let rows = vec![
@@ -99,9 +146,7 @@ async fn import_is_all_or_nothing_and_names_every_line() {
     assert_eq!(db.snapshot().machine_count(), 2);
 }
 
-#[tokio::test]
-async fn reopening_rebuilds_the_same_snapshot_as_the_log_replayed() {
-    let dir = tempfile::tempdir().unwrap();
+async fn reopening_rebuilds_the_same_snapshot_as_the_log_replayed(dir: Backend) {
     let who = Principal::system();
     {
         let db = open(&dir).await;
@@ -113,9 +158,9 @@ async fn reopening_rebuilds_the_same_snapshot_as_the_log_replayed() {
             .await
             .unwrap();
     }
-    let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
-    let (built, _) = build_snapshot(&store).await.unwrap();
-    let replayed = replay_log(&store).await.unwrap().unwrap();
+    let store = dir.store().await;
+    let (built, _) = build_snapshot(store.as_ref()).await.unwrap();
+    let replayed = replay_log(store.as_ref()).await.unwrap().unwrap();
     assert_eq!(built.seq(), 22);
     assert_eq!(built.machine_count(), 19);
     for kind in Kind::ALL {
@@ -124,9 +169,7 @@ async fn reopening_rebuilds_the_same_snapshot_as_the_log_replayed() {
     assert!(built.flag("contest_mode"));
 }
 
-#[tokio::test]
-async fn trimming_keeps_the_newest_changes() {
-    let dir = tempfile::tempdir().unwrap();
+async fn trimming_keeps_the_newest_changes(dir: Backend) {
     let db = open(&dir).await;
     let who = Principal::system();
     for i in 1..=10 {
@@ -150,9 +193,7 @@ async fn trimming_keeps_the_newest_changes() {
 }
 
 /// Allocation takes the lowest free address, including one freed by a delete or an edit.
-#[tokio::test]
-async fn freed_addresses_are_reused_lowest_first() {
-    let dir = tempfile::tempdir().unwrap();
+async fn freed_addresses_are_reused_lowest_first(dir: Backend) {
     let db = open(&dir).await;
     let who = Principal::system();
     for i in 1..=5 {
@@ -178,9 +219,7 @@ async fn freed_addresses_are_reused_lowest_first() {
 
 /// The live Snapshot (built from the Changes a commit returns) equals the one the stored rows give:
 /// the SQL that stamps versions and ids agrees with the Rust that reports them.
-#[tokio::test]
-async fn live_snapshot_equals_stored_rows() {
-    let dir = tempfile::tempdir().unwrap();
+async fn live_snapshot_equals_stored_rows(dir: Backend) {
     let db = open(&dir).await;
     let who = Principal::system();
     db.create_machine(
@@ -219,7 +258,7 @@ mod propagation_rights {
 
     use keel_model::{Channel, Destination, Facility, Host, Principal, Role};
 
-    use super::open;
+    use super::{open, Backend};
     use crate::StoreError;
 
     fn manager(name: &str) -> Principal {
@@ -264,9 +303,9 @@ mod propagation_rights {
         }
     }
 
-    #[tokio::test]
-    async fn a_manager_cannot_claim_a_name_of_another_facility() {
-        let dir = tempfile::tempdir().unwrap();
+    on_both_backends!(a_manager_cannot_claim_a_name_of_another_facility);
+
+    async fn a_manager_cannot_claim_a_name_of_another_facility(dir: Backend) {
         let db = open(&dir).await;
         let admin = Principal::system();
         let services: BTreeSet<String> = ["passwd".to_string()].into();

@@ -1,0 +1,402 @@
+//! The PostgreSQL backend, for sites with several keel servers on one database.
+//!
+//! The same tables as SQLite (migrations in `migrations/postgres`). A commit takes its seqs by
+//! updating the counter row, whose row lock makes writers on every server commit one after the
+//! other in seq order (DESIGN.md invariant 8); records being replaced are read `FOR UPDATE` in the
+//! same transaction, so version checks hold across servers; the unique values table refuses what
+//! a stale Snapshot let through. Each commit ends with `NOTIFY keel_changes`, which other servers
+//! LISTEN to — as a wake-up only: they read the log itself, so a lost notification loses nothing.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use keel_model::{Change, Op};
+use serde_json::Value;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
+
+use crate::commit_plan::{plan, Planned};
+use crate::sqlite::{parse_json, parse_kind, to_i64, to_u64};
+use crate::store::{Loaded, Store, Write};
+use crate::{fault, now_rfc3339, StoreError, TokenRow};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel commits notify on.
+pub const CHANNEL: &str = "keel_changes";
+
+pub struct PgStore {
+    pool: PgPool,
+    url: String,
+}
+
+impl PgStore {
+    /// Connects and brings the schema up to date. Migrations take PostgreSQL's advisory lock
+    /// (sqlx), so servers starting together migrate once.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        sqlx::query("INSERT INTO meta (key, value) VALUES ('db_id', $1) ON CONFLICT (key) DO NOTHING")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .execute(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            url: url.to_owned(),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A listener on the commit channel (its own connection).
+    pub async fn listener(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
+        let mut l = sqlx::postgres::PgListener::connect(&self.url).await?;
+        l.listen(CHANNEL).await?;
+        Ok(l)
+    }
+
+    /// The database's URL (for the propagation lock's own connection).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Splits the planned writes so that no key appears twice in one multi-row statement
+/// (PostgreSQL refuses to upsert one row twice in a statement).
+fn chunks(planned: &[Planned]) -> Vec<&[Planned]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut keys = std::collections::HashSet::new();
+    for (i, p) in planned.iter().enumerate() {
+        if !keys.insert((p.change.kind, p.change.key.as_str())) {
+            out.push(&planned[start..i]);
+            start = i;
+            keys.clear();
+            keys.insert((p.change.kind, p.change.key.as_str()));
+        }
+    }
+    out.push(&planned[start..]);
+    out
+}
+
+async fn write_chunk(tx: &mut sqlx::PgConnection, chunk: &[Planned]) -> Result<(), sqlx::Error> {
+    let col = |f: &dyn Fn(&Planned) -> String| chunk.iter().map(f).collect::<Vec<String>>();
+    let replaced: Vec<&Planned> = chunk.iter().filter(|p| !p.fresh).collect();
+    if !replaced.is_empty() {
+        sqlx::query("DELETE FROM uniques u USING UNNEST($1::text[], $2::text[]) AS r(kind, key) WHERE u.kind = r.kind AND u.key = r.key")
+            .bind(replaced.iter().map(|p| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
+            .bind(replaced.iter().map(|p| p.change.key.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let uniques: Vec<(&Planned, &(&'static str, String))> = chunk
+        .iter()
+        .flat_map(|p| p.uniques.iter().map(move |u| (p, u)))
+        .collect();
+    if !uniques.is_empty() {
+        sqlx::query("INSERT INTO uniques (space, value, kind, key) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])")
+            .bind(uniques.iter().map(|(_, (s, _))| (*s).to_owned()).collect::<Vec<_>>())
+            .bind(uniques.iter().map(|(_, (_, v))| v.clone()).collect::<Vec<_>>())
+            .bind(uniques.iter().map(|(p, _)| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
+            .bind(uniques.iter().map(|(p, _)| p.change.key.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let puts: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Put).collect();
+    if !puts.is_empty() {
+        sqlx::query(
+            "INSERT INTO objects (kind, key, version, data) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
+             ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, data = excluded.data",
+        )
+        .bind(puts.iter().map(|p| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
+        .bind(puts.iter().map(|p| p.change.key.clone()).collect::<Vec<_>>())
+        .bind(puts.iter().map(|p| to_i64(p.change.seq)).collect::<Vec<_>>())
+        .bind(puts.iter().map(|p| p.after.clone().unwrap_or_default()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    let deletes: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Delete).collect();
+    if !deletes.is_empty() {
+        sqlx::query("DELETE FROM objects o USING UNNEST($1::text[], $2::text[]) AS d(kind, key) WHERE o.kind = d.kind AND o.key = d.key")
+            .bind(deletes.iter().map(|p| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
+            .bind(deletes.iter().map(|p| p.change.key.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO changes (seq, time, principal, kind, op, key, before, after) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
+    )
+    .bind(chunk.iter().map(|p| to_i64(p.change.seq)).collect::<Vec<_>>())
+    .bind(col(&|p| p.change.time.clone()))
+    .bind(col(&|p| p.change.principal.clone()))
+    .bind(col(&|p| p.change.kind.as_str().to_owned()))
+    .bind(col(&|p| p.change.op.as_str().to_owned()))
+    .bind(col(&|p| p.change.key.clone()))
+    .bind(chunk.iter().map(|p| p.before.clone()).collect::<Vec<Option<String>>>())
+    .bind(chunk.iter().map(|p| p.after.clone()).collect::<Vec<Option<String>>>())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A unique value already held, named from PostgreSQL's detail.
+fn conflict(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &e {
+        if db.is_unique_violation() {
+            let detail = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .and_then(|p| p.detail().map(str::to_owned))
+                .unwrap_or_else(|| "a unique value is already used".into());
+            return StoreError::Conflict(detail);
+        }
+    }
+    e.into()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn load(&self) -> Result<Loaded, StoreError> {
+        // One consistent view of the records and the counter.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        let db_id: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'db_id'")
+            .fetch_one(&mut *tx)
+            .await?;
+        let seq: i64 = sqlx::query_scalar("SELECT seq FROM counter WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows = sqlx::query("SELECT kind, data FROM objects")
+            .fetch_all(&mut *tx)
+            .await?;
+        let records = rows
+            .iter()
+            .map(|r| Ok((parse_kind(r.try_get("kind")?)?, parse_json(r.try_get("data")?)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let last_machine: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM changes WHERE kind = 'machine'")
+                .fetch_one(&mut *tx)
+                .await?;
+        let first: i64 = sqlx::query_scalar("SELECT COALESCE(MIN(seq), 0)::bigint FROM changes")
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let machines_seq = if last_machine == 0 && first > 1 {
+            first - 1
+        } else {
+            last_machine
+        };
+        Ok(Loaded {
+            db_id,
+            seq: to_u64(seq),
+            records,
+            machines_seq: to_u64(machines_seq),
+        })
+    }
+
+    async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let time = now_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        let last: i64 = sqlx::query_scalar("UPDATE counter SET seq = seq + $1 WHERE id = 1 RETURNING seq")
+            .bind(writes.len() as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        let keyed: Vec<(usize, &Write)> = writes.iter().enumerate().filter(|(_, w)| w.key.is_some()).collect();
+        let mut current = std::collections::HashMap::new();
+        if !keyed.is_empty() {
+            let rows = sqlx::query(
+                "SELECT w.idx, o.version, o.data FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS w(idx, kind, key) \
+                 JOIN objects o ON o.kind = w.kind AND o.key = w.key FOR UPDATE OF o",
+            )
+            .bind(keyed.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>())
+            .bind(keyed.iter().map(|(_, w)| w.kind.as_str().to_owned()).collect::<Vec<_>>())
+            .bind(keyed.iter().map(|(_, w)| w.key.clone().unwrap_or_default()).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?;
+            for r in rows {
+                let idx = usize::try_from(r.try_get::<i64, _>("idx")?).unwrap_or(usize::MAX);
+                current.insert(idx, (to_u64(r.try_get("version")?), parse_json(r.try_get("data")?)?));
+            }
+        }
+        let first = to_u64(last) + 1 - writes.len() as u64;
+        let planned = writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| plan(w, first + i as u64, principal, &time, current.get(&i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        fault::in_commit().await;
+        for chunk in chunks(&planned) {
+            write_chunk(&mut tx, chunk).await.map_err(conflict)?;
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(last.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(planned.into_iter().map(|p| p.change).collect())
+    }
+
+    async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, time, principal, kind, op, key, before, after FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(to_i64(since))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(change_from_row).collect()
+    }
+
+    async fn first_seq(&self) -> Result<u64, StoreError> {
+        let s: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(s.map_or(0, to_u64))
+    }
+
+    async fn trim_log(&self, keep: u64, older_than: Option<&str>) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "DELETE FROM changes WHERE seq < (SELECT MAX(seq) FROM changes) \
+             AND (seq <= (SELECT MAX(seq) FROM changes) - $1 OR time < $2)",
+        )
+        .bind(to_i64(keep.max(1)))
+        .bind(older_than.unwrap_or(""))
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&t.id)
+        .bind(&t.hash)
+        .bind(&t.name)
+        .bind(t.role.as_str())
+        .bind(serde_json::to_string(&t.facilities).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(&t.host)
+        .bind(&t.created)
+        .bind(&t.expires)
+        .bind(&t.revoked)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE tokens SET revoked = COALESCE(revoked, $1) WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT key, data FROM prop_state ORDER BY key")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn put_prop_state(&self, rows: &[(String, String)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO prop_state (key, data) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+             ON CONFLICT (key) DO UPDATE SET data = excluded.data",
+        )
+        .bind(rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn backup(&self, dest: &Path) -> Result<(), StoreError> {
+        // A consistent copy as an SQLite file: what `keel restore` and `keel migrate-db` read.
+        let to = crate::SqliteStore::open_single(dest).await?;
+        crate::copy::copy(self, &to).await?;
+        to.close().await;
+        Ok(())
+    }
+
+    async fn export(&self) -> Result<crate::copy::Dump, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *tx)
+            .await?;
+        let d = crate::copy::export_pg(&mut tx).await;
+        tx.commit().await?;
+        d
+    }
+
+    async fn import(&self, dump: &crate::copy::Dump) -> Result<(), StoreError> {
+        crate::copy::import_pg(&self.pool, dump).await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+fn change_from_row(r: &sqlx::postgres::PgRow) -> Result<Change, StoreError> {
+    let op = match r.try_get::<&str, _>("op")? {
+        "put" => Op::Put,
+        "delete" => Op::Delete,
+        other => return Err(StoreError::Corrupt(format!("unknown op {other:?}"))),
+    };
+    let json = |col: &str| -> Result<Option<Value>, StoreError> {
+        r.try_get::<Option<&str>, _>(col)?.map(parse_json).transpose()
+    };
+    Ok(Change {
+        seq: to_u64(r.try_get("seq")?),
+        time: r.try_get("time")?,
+        principal: r.try_get("principal")?,
+        kind: parse_kind(r.try_get("kind")?)?,
+        op,
+        key: r.try_get("key")?,
+        before: json("before")?,
+        after: json("after")?,
+    })
+}
+
+fn token_from_row(r: &sqlx::postgres::PgRow) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        hash: r.try_get("hash")?,
+        name: r.try_get("name")?,
+        role: keel_model::Role::from_str(r.try_get("role")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        facilities: serde_json::from_str(r.try_get("facilities")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        host: r.try_get("host")?,
+        created: r.try_get("created")?,
+        expires: r.try_get("expires")?,
+        revoked: r.try_get("revoked")?,
+    })
+}

@@ -1,0 +1,150 @@
+//! A throwaway PostgreSQL server for tests and benchmarks: `initdb` in a temporary directory, then
+//! `postgres` on a free loopback port, stopped (and its files removed) when dropped. Uses Debian's
+//! `postgresql` package (`/usr/lib/postgresql/<version>/bin`). PostgreSQL refuses to run as root:
+//! as root it runs as the `postgres` user. Std only, so the e2e tests can include this file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestPg {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+fn bin_dir() -> Result<PathBuf, String> {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| {
+            format!(
+                "{}: {e} (install the Debian package postgresql; .ci/run does)",
+                root.display()
+            )
+        })?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .ok_or_else(|| "no initdb under /usr/lib/postgresql (install postgresql)".into())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command run as the `postgres` user when this process is root.
+fn as_pg(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl TestPg {
+    pub fn start() -> Result<Self, String> {
+        let bin = bin_dir()?;
+        let dir = std::env::temp_dir().join(format!(
+            "keel-pg-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ u128::from(rand_port())
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        if is_root() {
+            let ok = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status();
+            if !ok.is_ok_and(|s| s.success()) {
+                return Err("cannot chown the test cluster's directory to postgres".into());
+            }
+        }
+        let data = dir.join("data");
+        let out = as_pg(&bin.join("initdb"))
+            .args(["-A", "trust", "-U", "keel", "-E", "UTF8", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let port = rand_port();
+        let child = as_pg(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+            .arg(&dir)
+            .args(["-c", "fsync=on", "-c", "max_connections=100"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("postgres.log")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("postgres: {e}"))?;
+        let pg = Self { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Accepting TCP is not yet accepting logins: give it a moment.
+                std::thread::sleep(Duration::from_millis(200));
+                return Ok(pg);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "postgres did not start: {}",
+            std::fs::read_to_string(pg.dir.join("postgres.log")).unwrap_or_default()
+        ))
+    }
+
+    /// A new, empty database on this server; its URL.
+    pub fn database(&self, name: &str) -> Result<String, String> {
+        let bin = bin_dir()?;
+        let out = Command::new(bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "keel", name])
+            .output()
+            .map_err(|e| format!("createdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("createdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(self.url(name))
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://keel@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for TestPg {
+    fn drop(&mut self) {
+        if let Ok(bin) = bin_dir() {
+            let _ = as_pg(&bin.join("pg_ctl"))
+                .args(["-m", "immediate", "-D"])
+                .arg(self.dir.join("data"))
+                .arg("stop")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(54_329, |a| a.port())
+}
