@@ -65,8 +65,9 @@ pub struct AppState {
     /// Becomes true when the server stops: open streams end (with a reason line) so that the
     /// graceful shutdown does not wait on them forever.
     shutdown: tokio::sync::watch::Receiver<bool>,
-    /// The propagation engine, unless switched off.
-    pub engine: Option<keel_propagate::Engine>,
+    /// The propagation engine, once this server runs it (never, if switched off; on a shared
+    /// database, when this server holds the propagation lock).
+    engine_slot: Arc<std::sync::OnceLock<keel_propagate::Engine>>,
     pub presence: Arc<presence::Presence>,
     pub(crate) web_sessions: Arc<web::Sessions>,
     pub(crate) web: Arc<web::WebConfig>,
@@ -79,9 +80,19 @@ impl AppState {
 
     /// The same state with a propagation engine.
     #[must_use]
-    pub fn with_engine(mut self, engine: keel_propagate::Engine) -> Self {
-        self.engine = Some(engine);
+    pub fn with_engine(self, engine: keel_propagate::Engine) -> Self {
+        self.set_engine(engine);
         self
+    }
+
+    /// Installs the engine later (a server that takes over propagation); only the first counts.
+    pub fn set_engine(&self, engine: keel_propagate::Engine) {
+        let _ = self.engine_slot.set(engine);
+    }
+
+    /// The engine, if this server runs one.
+    pub fn engine(&self) -> Option<&keel_propagate::Engine> {
+        self.engine_slot.get()
     }
 
     /// A state whose streams end when `shutdown` turns true.
@@ -96,7 +107,7 @@ impl AppState {
             watch_lines: Arc::new(watch::LineCache::default()),
             login_throttle: Arc::new(auth::Throttle::default()),
             shutdown,
-            engine: None,
+            engine_slot: Arc::new(std::sync::OnceLock::new()),
         }
     }
 

@@ -32,14 +32,14 @@ fn writer(caller: &Caller) -> Result<&Principal, ApiError> {
 }
 
 fn engine(st: &AppState) -> Result<&keel_propagate::Engine, ApiError> {
-    st.engine.as_ref().ok_or_else(|| {
+    st.engine().ok_or_else(|| {
         ApiError::Unavailable("propagation is disabled on this server ([propagation] enabled = false)".into())
     })
 }
 
 /// Service names the records may use: the engine's, or the built-ins when it is off.
 fn services(st: &AppState) -> BTreeSet<String> {
-    st.engine.as_ref().map_or_else(
+    st.engine().map_or_else(
         || keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect(),
         keel_propagate::Engine::service_names,
     )

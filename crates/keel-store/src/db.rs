@@ -74,6 +74,19 @@ impl Db {
         F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
     {
         let _writer = self.writer.lock().await;
+        let lock = self.store.lock_writers().await?;
+        let result = self.write_locked(who, plan).await;
+        if let Some(l) = lock {
+            l.release().await;
+        }
+        result
+    }
+
+    /// A write under the writer lock(s): this server's, and on a shared database every server's.
+    async fn write_locked<F>(&self, who: &Principal, plan: F) -> Result<Vec<Change>, StoreError>
+    where
+        F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
+    {
         if self.store.shared() {
             // Other servers write too: plan against everything committed so far.
             self.catch_up_locked().await?;

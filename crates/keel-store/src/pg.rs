@@ -364,6 +364,31 @@ impl Store for PgStore {
     fn shared(&self) -> bool {
         true
     }
+
+    async fn lock_writers(&self) -> Result<Option<Box<dyn crate::store::WriterLock>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // A transaction-level advisory lock: released by the COMMIT in `release`, or by
+        // PostgreSQL itself if this server dies holding it.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITER_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        Ok(Some(Box::new(PgWriterLock(tx))))
+    }
+}
+
+/// The advisory lock writers on every server take in turn ("keelwrit").
+const WRITER_LOCK: i64 = 0x6b65_656c_7772_6974;
+
+struct PgWriterLock(sqlx::Transaction<'static, sqlx::Postgres>);
+
+#[async_trait]
+impl crate::store::WriterLock for PgWriterLock {
+    async fn release(self: Box<Self>) {
+        if let Err(e) = self.0.commit().await {
+            tracing::warn!(%e, "releasing the writer lock failed (its connection ends, which releases it)");
+        }
+    }
 }
 
 fn change_from_row(r: &sqlx::postgres::PgRow) -> Result<Change, StoreError> {
@@ -399,4 +424,75 @@ fn token_from_row(r: &sqlx::postgres::PgRow) -> Result<TokenRow, StoreError> {
         expires: r.try_get("expires")?,
         revoked: r.try_get("revoked")?,
     })
+}
+
+/// Keeps `db`'s Snapshot current with what other servers commit: woken by `NOTIFY keel_changes`,
+/// and every second anyway (the log is the truth; a notification lost while reconnecting costs at
+/// most a second). Runs until the process ends.
+pub async fn follow(db: std::sync::Arc<crate::Db>, url: String) {
+    let mut listener: Option<sqlx::postgres::PgListener> = None;
+    loop {
+        if listener.is_none() {
+            listener = match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(mut l) => l.listen(CHANNEL).await.ok().map(|()| l),
+                Err(e) => {
+                    tracing::warn!(%e, "cannot listen for other servers' commits; polling");
+                    None
+                }
+            };
+        }
+        match &mut listener {
+            Some(l) => {
+                if let Ok(Err(e)) = tokio::time::timeout(std::time::Duration::from_secs(1), l.recv()).await {
+                    tracing::warn!(%e, "lost the notification connection; reconnecting");
+                    listener = None;
+                }
+            }
+            None => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+        }
+        if let Err(e) = db.catch_up().await {
+            tracing::warn!(%e, "cannot read other servers' changes");
+        }
+    }
+}
+
+/// The advisory lock that makes one server of many run propagation.
+const PROPAGATION_LOCK: i64 = 0x6b65_656c_7072_6f70; // "keelprop"
+
+/// Holding the propagation lock: a connection of its own, whose session owns the lock. If the
+/// holder dies, PostgreSQL ends the session and releases the lock; another server takes it.
+pub struct Leadership {
+    conn: sqlx::postgres::PgConnection,
+}
+
+impl Leadership {
+    /// Waits (trying every `every`) until this process holds the lock.
+    pub async fn acquire(url: &str, every: std::time::Duration) -> Self {
+        use sqlx::Connection;
+        loop {
+            match sqlx::postgres::PgConnection::connect(url).await {
+                Ok(mut conn) => {
+                    let got: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(PROPAGATION_LOCK)
+                        .fetch_one(&mut conn)
+                        .await;
+                    if matches!(got, Ok(true)) {
+                        return Self { conn };
+                    }
+                }
+                Err(e) => tracing::warn!(%e, "cannot reach the database for the propagation lock"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// Resolves when the lock's connection is lost (the lock may then be someone else's).
+    pub async fn lost(mut self) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            if sqlx::query("SELECT 1").execute(&mut self.conn).await.is_err() {
+                return;
+            }
+        }
+    }
 }

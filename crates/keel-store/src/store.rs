@@ -91,4 +91,16 @@ pub trait Store: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// On a shared database: waits until no other server's writer is between its plan and its
+    /// commit, and keeps them waiting until released — so a write is planned against the latest
+    /// state, as a single server's are. `None` where there is no other server.
+    async fn lock_writers(&self) -> Result<Option<Box<dyn WriterLock>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// Held while one server plans and commits a write on a shared database.
+#[async_trait]
+pub trait WriterLock: Send {
+    async fn release(self: Box<Self>);
 }

@@ -19,6 +19,8 @@ pub struct FileConfig {
     pub open_reads: Option<bool>,
     /// Worker threads of the runtime (default: one per core).
     pub workers: Option<usize>,
+    /// A PostgreSQL URL (several servers on one database); default: SQLite in the data directory.
+    pub database: Option<String>,
     pub pools: Option<Pools>,
     #[serde(default)]
     pub watch: WatchFile,
@@ -308,6 +310,7 @@ pub struct ServeConfig {
     pub sso: SsoFile,
     pub web: WebFile,
     pub workers: Option<usize>,
+    pub database: Option<String>,
 }
 
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";

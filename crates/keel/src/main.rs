@@ -20,6 +20,7 @@ mod example;
 mod output;
 mod propagation;
 mod serve;
+mod shared;
 mod sheet;
 mod sshd;
 
@@ -95,6 +96,8 @@ enum Command {
     Backup(cmd::backup::BackupArgs),
     /// Replace the database with a backup (the server must be stopped).
     Restore(cmd::backup::RestoreArgs),
+    /// Move the site to another database (SQLite ↔ PostgreSQL), verified row for row.
+    MigrateDb(cmd::migrate::MigrateArgs),
     /// Measure keel on this machine (starts its own server on loopback; bounded in time).
     Bench(bench::BenchArgs),
     /// Print shell completions.
@@ -126,6 +129,10 @@ struct ServeArgs {
     /// Serve REST reads without a token (the RPC query is always open).
     #[arg(long, env = "KEEL_OPEN_READS")]
     open_reads: bool,
+    /// The database: a PostgreSQL URL (`postgres://user@host/db`) for several servers on one
+    /// database; default: SQLite in the data directory.
+    #[arg(long, env = "KEEL_DATABASE_URL")]
+    database: Option<String>,
     /// Worker threads of keel's runtime (default: one per core). On a 2-core gateway that also
     /// runs nginx, 1 leaves it a core (see the README's SSO figures).
     #[arg(long, env = "KEEL_WORKERS")]
@@ -172,6 +179,7 @@ impl Cli {
             sso: file.sso.clone(),
             web: file.web.clone(),
             workers: args.workers.or(file.workers),
+            database: args.database.clone().or(file.database.clone()),
         })
     }
 
@@ -245,6 +253,7 @@ async fn run(cli: Cli, serve: Option<config::ServeConfig>) -> anyhow::Result<()>
         Command::Backup(a) => cmd::backup::backup(&cli.client()?, a, json).await,
         Command::Restore(a) => cmd::backup::restore(&cli.data_dir(None), a, json).await,
         Command::Bench(a) => bench::run(a, json).await,
+        Command::MigrateDb(a) => cmd::migrate::run(a, json).await,
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             Ok(())

@@ -30,14 +30,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
-    let store = SqliteStore::open(&cfg.data_dir.join(DB_FILE))
-        .await
-        .context("cannot open the database")?;
+    let (store, pg) = open_store(&cfg).await?;
     let db = Arc::new(
-        Db::open(Arc::new(store), cfg.pools.clone())
+        Db::open(store, cfg.pools.clone())
             .await
             .context("cannot load the database")?,
     );
+    if let Some(pg) = &pg {
+        tokio::spawn(crate::shared::follow(db.clone(), pg.clone()));
+    }
     ensure_admin_token(&db, &cfg.data_dir).await?;
     if cfg.example_site {
         example::load(&db).await.context("cannot load the example site")?;
@@ -61,10 +62,23 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
     if cfg.propagation.enabled.unwrap_or(true) {
-        let engine = crate::propagation::start(db.clone(), &cfg.propagation, &cfg.data_dir, cfg.example_site)
-            .await
-            .context("cannot start propagation")?;
-        state = state.with_engine(engine);
+        match &pg {
+            // Several servers: the one holding the propagation lock runs the engine.
+            Some(pg) => {
+                tokio::spawn(crate::shared::propagate_when_leader(
+                    state.clone(),
+                    db.clone(),
+                    pg.clone(),
+                    cfg.clone(),
+                ));
+            }
+            None => {
+                let engine = crate::propagation::start(db.clone(), &cfg.propagation, &cfg.data_dir, cfg.example_site)
+                    .await
+                    .context("cannot start propagation")?;
+                state = state.with_engine(engine);
+            }
+        }
     }
     if cfg.dns.enabled.unwrap_or(true) {
         start_dns(&db, &cfg).await?;
@@ -88,6 +102,47 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     serve_http(listener, keel_server::app(state), stopping).await;
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// SQLite in the data directory, or PostgreSQL when a URL is given (then also its URL, for the
+/// follower and the propagation lock).
+async fn open_store(cfg: &ServeConfig) -> anyhow::Result<(Arc<dyn keel_store::Store>, Option<String>)> {
+    match cfg.database.as_deref() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = keel_store::PgStore::open(url)
+                .await
+                .with_context(|| format!("cannot open the PostgreSQL database {}", redact(url)))?;
+            tracing::info!(database = %redact(url), "using PostgreSQL");
+            Ok((Arc::new(store), Some(url.to_owned())))
+        }
+        Some(other) => anyhow::bail!(
+            "--database must be a postgres:// URL (got {:?}); SQLite is the default",
+            redact(other)
+        ),
+        None => {
+            let store = SqliteStore::open(&cfg.data_dir.join(DB_FILE))
+                .await
+                .context("cannot open the database")?;
+            Ok((Arc::new(store), None))
+        }
+    }
+}
+
+/// A database URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}{}@{}",
+                &url[..s + 3],
+                if creds.contains(':') { ":***" } else { "" },
+                &url[at + 1..]
+            )
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The presence settings; the site secret is read from its file, made on first start.

@@ -276,7 +276,7 @@ pub(crate) async fn propagation(State(st): State<AppState>, me: Me) -> Result<Re
         .map(|f| f.name.clone())
         .collect();
     let mut rows = Vec::new();
-    if let Some(engine) = &st.engine {
+    if let Some(engine) = st.engine() {
         for t in engine.status(None).into_iter().filter(|t| visible(&me, &t.facility)) {
             let blocked_service = snap
                 .facility(&t.facility)
@@ -312,7 +312,7 @@ pub(crate) async fn propagation(State(st): State<AppState>, me: Me) -> Result<Re
         nav: me.nav(),
         rows,
         facilities,
-        engine: st.engine.is_some(),
+        engine: st.engine().is_some(),
     }))
 }
 
@@ -336,8 +336,7 @@ pub(crate) async fn force(State(st): State<AppState>, me: Me, body: Bytes) -> Re
     let f = Form::checked(&body, &me)?;
     let facility = runs(&st, &me, &f)?;
     let engine = st
-        .engine
-        .as_ref()
+        .engine()
         .ok_or_else(|| WebError::Forbidden("propagation is switched off on this server".into()))?;
     let service = f.get("service").filter(|s| !s.is_empty());
     engine
@@ -355,7 +354,7 @@ pub(crate) async fn block(State(st): State<AppState>, me: Me, body: Bytes) -> Re
     let blocked = f.get("blocked") == Some("on");
     let who = me.principal();
     let snap = st.db.snapshot();
-    let services: BTreeSet<String> = st.engine.as_ref().map_or_else(
+    let services: BTreeSet<String> = st.engine().map_or_else(
         || keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect(),
         keel_propagate::Engine::service_names,
     );

@@ -5,6 +5,7 @@ pub mod conntrack;
 pub mod import;
 pub mod log;
 pub mod machine;
+pub mod migrate;
 pub mod passwd;
 pub mod propagation;
 pub mod setting;

@@ -11,6 +11,7 @@
 //! - `users`: users in the database (uids, validation, hashes never shown).
 //! - `users_import`: `keel users import` (login rule, sheets, all or nothing).
 //! - `netboot`: iPXE scripts by state and boot mode, registration, switch table, Range requests.
+//! - `postgres`: two servers on one real PostgreSQL (shared log, one engine, takeover), migrate-db.
 //! - `presence`: sessions, SSO through a real nginx, the firewall with the real nft in a netns.
 //! - `propagation`: the engine and the real keel-agent (local child process; ssh to a real sshd).
 //! - `tftp`: the TFTP server with `curl`, directly and through a lossy, duplicating proxy.
@@ -30,6 +31,7 @@ mod dns;
 mod durability;
 mod foundation;
 mod netboot;
+mod postgres;
 mod presence;
 mod propagation;
 mod qemu;
@@ -37,6 +39,8 @@ mod regression;
 #[path = "../../src/sshd.rs"]
 mod sshd;
 mod support;
+#[path = "../../../keel-store/src/testpg.rs"]
+mod testpg;
 mod tftp;
 mod users;
 mod users_import;

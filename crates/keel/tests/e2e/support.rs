@@ -49,6 +49,38 @@ impl Keel {
         k
     }
 
+    /// A second server on a shared database: the first one made the admin token (it is in the
+    /// database), so this one is given it.
+    pub fn start_sharing(args: &[&str], token: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("keel-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+        std::fs::write(dir.path().join("data/admin.token"), token).expect("token");
+        let mut k = Self {
+            child: None,
+            dir,
+            url: String::new(),
+            token: String::new(),
+            dns: String::new(),
+            tftp: String::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            listen: "127.0.0.1:0".to_owned(),
+        };
+        k.spawn(&[]);
+        k
+    }
+
+    /// The `--config` file this server was started with ("" if none).
+    pub fn config_arg(&self) -> &str {
+        self.args
+            .iter()
+            .position(|a| a == "--config")
+            .and_then(|i| self.args.get(i + 1))
+            .map_or("", String::as_str)
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
