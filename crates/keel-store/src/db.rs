@@ -105,9 +105,10 @@ impl Db {
             }
             Err(e) => return Err(e),
         };
-        if self.store.shared() {
-            // Another server may have committed between our catch-up and our commit: apply the
-            // log in seq order (ours included), never our changes alone over a gap.
+        if self.store.shared() && changes.first().is_some_and(|c| c.seq != current.seq() + 1) {
+            // Another server committed between our catch-up and our commit (it cannot while we
+            // hold the writer lock, but a backend without one could): apply the log in seq
+            // order, ours included, never our changes alone over a gap.
             self.catch_up_locked().await?;
             return Ok(changes);
         }

@@ -29,6 +29,9 @@ pub const CHANNEL: &str = "keel_changes";
 pub struct PgStore {
     pool: PgPool,
     url: String,
+    /// The connection whose session takes the cross-server writer lock (one round trip to take,
+    /// one to release; PostgreSQL releases it if this server dies).
+    writer: std::sync::Arc<tokio::sync::Mutex<Option<sqlx::postgres::PgConnection>>>,
 }
 
 impl PgStore {
@@ -36,7 +39,17 @@ impl PgStore {
     /// (sqlx), so servers starting together migrate once.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
-        MIGRATOR.run(&pool).await?;
+        match MIGRATOR.run(&pool).await {
+            Ok(()) => {}
+            // Migrations only add (tables, columns with defaults, indexes): an older server keeps
+            // working beside a newer one's schema, but never runs a schema it does not know.
+            Err(sqlx::migrate::MigrateError::VersionMissing(v)) => {
+                return Err(StoreError::Corrupt(format!(
+                    "the database's schema is at version {v}, newer than this keel knows: upgrade this server                      (servers on one database must run the same or a newer keel)"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
         sqlx::query("INSERT INTO meta (key, value) VALUES ('db_id', $1) ON CONFLICT (key) DO NOTHING")
             .bind(uuid::Uuid::new_v4().to_string())
             .execute(&pool)
@@ -44,6 +57,7 @@ impl PgStore {
         Ok(Self {
             pool,
             url: url.to_owned(),
+            writer: std::sync::Arc::new(tokio::sync::Mutex::new(None)),
         })
     }
 
@@ -126,9 +140,11 @@ async fn write_chunk(tx: &mut sqlx::PgConnection, chunk: &[Planned]) -> Result<(
             .execute(&mut *tx)
             .await?;
     }
+    // The Change rows, and the wake-up for other servers (sent at COMMIT), in one round trip.
     sqlx::query(
-        "INSERT INTO changes (seq, time, principal, kind, op, key, before, after) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])",
+        "WITH ins AS (INSERT INTO changes (seq, time, principal, kind, op, key, before, after) \
+         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
+         RETURNING seq) SELECT pg_notify('keel_changes', (SELECT MAX(seq) FROM ins)::text)",
     )
     .bind(chunk.iter().map(|p| to_i64(p.change.seq)).collect::<Vec<_>>())
     .bind(col(&|p| p.change.time.clone()))
@@ -236,11 +252,6 @@ impl Store for PgStore {
         for chunk in chunks(&planned) {
             write_chunk(&mut tx, chunk).await.map_err(conflict)?;
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(planned.into_iter().map(|p| p.change).collect())
     }
@@ -366,27 +377,43 @@ impl Store for PgStore {
     }
 
     async fn lock_writers(&self) -> Result<Option<Box<dyn crate::store::WriterLock>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // A transaction-level advisory lock: released by the COMMIT in `release`, or by
-        // PostgreSQL itself if this server dies holding it.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        use sqlx::Connection;
+        let mut slot = self.writer.clone().lock_owned().await;
+        if slot.is_none() {
+            *slot = Some(sqlx::postgres::PgConnection::connect(&self.url).await?);
+        }
+        let conn = slot
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("no writer connection".into()))?;
+        if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(WRITER_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        Ok(Some(Box::new(PgWriterLock(tx))))
+            .execute(conn)
+            .await
+        {
+            *slot = None; // a broken connection: the next write opens a new one
+            return Err(e.into());
+        }
+        Ok(Some(Box::new(PgWriterLock(slot))))
     }
 }
 
 /// The advisory lock writers on every server take in turn ("keelwrit").
 const WRITER_LOCK: i64 = 0x6b65_656c_7772_6974;
 
-struct PgWriterLock(sqlx::Transaction<'static, sqlx::Postgres>);
+struct PgWriterLock(tokio::sync::OwnedMutexGuard<Option<sqlx::postgres::PgConnection>>);
 
 #[async_trait]
 impl crate::store::WriterLock for PgWriterLock {
-    async fn release(self: Box<Self>) {
-        if let Err(e) = self.0.commit().await {
-            tracing::warn!(%e, "releasing the writer lock failed (its connection ends, which releases it)");
+    async fn release(mut self: Box<Self>) {
+        let Some(conn) = self.0.as_mut() else { return };
+        if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(WRITER_LOCK)
+            .execute(conn)
+            .await
+        {
+            // Dropping the connection ends its session, which releases the lock.
+            tracing::warn!(%e, "releasing the writer lock failed; closing its connection");
+            *self.0 = None;
         }
     }
 }

@@ -369,3 +369,20 @@ mod propagation_rights {
         );
     }
 }
+
+/// A database migrated by a newer keel is refused clearly, not half-used.
+#[tokio::test]
+async fn a_server_older_than_the_schema_refuses_to_start() {
+    let b = Backend::postgres();
+    let Backend::Pg(_, url) = &b else { unreachable!() };
+    let store = PgStore::open(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let e = PgStore::open(url).await.err().expect("refused");
+    assert!(e.to_string().contains("newer than this keel knows"), "{e}");
+}

@@ -27,6 +27,9 @@ pub enum Suite {
     Presence,
     /// The administration pages: search, filter and paging at `--machines` machines.
     Web,
+    /// Two servers on one PostgreSQL (started by the bench): writes/s, commit → other server's
+    /// watch; SQLite beside it.
+    Postgres,
     /// All of them.
     All,
 }
@@ -150,6 +153,13 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             crate::bench_propagation::print(&report);
         }
         out.insert("propagation".into(), serde_json::to_value(&report)?);
+    }
+    if matches!(args.suite, Suite::Postgres | Suite::All) {
+        let report = crate::bench_pg::run(&dir.join("postgres"), args.duration).await?;
+        if !json {
+            crate::bench_pg::print(&report);
+        }
+        out.insert("postgres".into(), serde_json::to_value(&report)?);
     }
     if matches!(args.suite, Suite::Web | Suite::All) {
         let report = crate::bench_web::run(&dir.join("web"), args.machines).await?;

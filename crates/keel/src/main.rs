@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod bench_dns;
+mod bench_pg;
 mod bench_presence;
 mod bench_propagation;
 mod bench_watch;
@@ -23,6 +24,9 @@ mod serve;
 mod shared;
 mod sheet;
 mod sshd;
+#[path = "../../keel-store/src/testpg.rs"]
+#[allow(unreachable_pub, dead_code)] // shared with keel-store's tests
+mod testpg;
 
 use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN};
 
