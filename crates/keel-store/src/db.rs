@@ -74,8 +74,8 @@ impl Db {
         F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
     {
         let _writer = self.writer.lock().await;
-        let lock = self.store.lock_writers().await?;
-        let result = self.write_locked(who, plan).await;
+        let mut lock = self.store.lock_writers(self.snapshot().seq()).await?;
+        let result = self.write_locked(who, plan, lock.as_mut()).await;
         if let Some(l) = lock {
             l.release().await;
         }
@@ -83,12 +83,21 @@ impl Db {
     }
 
     /// A write under the writer lock(s): this server's, and on a shared database every server's.
-    async fn write_locked<F>(&self, who: &Principal, plan: F) -> Result<Vec<Change>, StoreError>
+    async fn write_locked<F>(
+        &self,
+        who: &Principal,
+        plan: F,
+        mut lock: Option<&mut Box<dyn crate::store::WriterLock>>,
+    ) -> Result<Vec<Change>, StoreError>
     where
         F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
     {
         if self.store.shared() {
-            // Other servers write too: plan against everything committed so far.
+            // Other servers write too: plan against everything committed so far (the lock
+            // brought the log's tail back with it).
+            if let Some(l) = lock.as_mut() {
+                self.apply_logged(l.caught_up()).await;
+            }
             self.catch_up_locked().await?;
         }
         let current = self.snapshot();
@@ -96,7 +105,11 @@ impl Db {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let changes = match self.store.commit(&who.name, writes).await {
+        let committed = match lock {
+            Some(l) => l.commit(&who.name, writes).await,
+            None => self.store.commit(&who.name, writes).await,
+        };
+        let changes = match committed {
             Ok(c) => c,
             Err(e @ (StoreError::Db(_) | StoreError::Io(_))) => {
                 // Whether a failed COMMIT took effect is the store's to say: reload from it.
@@ -137,6 +150,32 @@ impl Db {
     pub async fn catch_up(&self) -> Result<usize, StoreError> {
         let _writer = self.writer.lock().await;
         self.catch_up_locked().await
+    }
+
+    /// Applies changes read from the log (in seq order, from the Snapshot's next) and broadcasts
+    /// them; anything else (a gap, a change that does not apply) reloads.
+    async fn apply_logged(&self, batch: Vec<Change>) {
+        let current = self.snapshot();
+        let batch: Vec<Change> = batch.into_iter().filter(|c| c.seq > current.seq()).collect();
+        let Some(first) = batch.first() else { return };
+        if first.seq != current.seq() + 1 {
+            self.reload().await;
+            return;
+        }
+        let mut next = (*current).clone();
+        for c in &batch {
+            if next.apply(c).is_err() {
+                self.reload().await;
+                return;
+            }
+        }
+        self.snapshot.store(Arc::new(next));
+        if batch.iter().any(frees_an_address) {
+            *self.alloc_hints() = keel_model::AllocHints::default();
+        }
+        for c in batch {
+            let _ = self.changes.send(Arc::new(c));
+        }
     }
 
     async fn catch_up_locked(&self) -> Result<usize, StoreError> {

@@ -97,12 +97,17 @@ fn chunks(planned: &[Planned]) -> Vec<&[Planned]> {
 }
 
 async fn write_chunk(tx: &mut sqlx::PgConnection, chunk: &[Planned]) -> Result<(), sqlx::Error> {
-    let col = |f: &dyn Fn(&Planned) -> String| chunk.iter().map(f).collect::<Vec<String>>();
+    let strings = |f: &dyn Fn(&Planned) -> String, of: &[&Planned]| of.iter().map(|p| f(p)).collect::<Vec<String>>();
+    let kind = |p: &Planned| p.change.kind.as_str().to_owned();
+    let key = |p: &Planned| p.change.key.clone();
+    let all: Vec<&Planned> = chunk.iter().collect();
     let replaced: Vec<&Planned> = chunk.iter().filter(|p| !p.fresh).collect();
     if !replaced.is_empty() {
+        // Before the new unique values go in (a separate statement: one statement's parts all
+        // see the same snapshot, so its INSERT would still find the values its DELETE removes).
         sqlx::query("DELETE FROM uniques u USING UNNEST($1::text[], $2::text[]) AS r(kind, key) WHERE u.kind = r.kind AND u.key = r.key")
-            .bind(replaced.iter().map(|p| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
-            .bind(replaced.iter().map(|p| p.change.key.clone()).collect::<Vec<_>>())
+            .bind(strings(&kind, &replaced))
+            .bind(strings(&key, &replaced))
             .execute(&mut *tx)
             .await?;
     }
@@ -110,50 +115,41 @@ async fn write_chunk(tx: &mut sqlx::PgConnection, chunk: &[Planned]) -> Result<(
         .iter()
         .flat_map(|p| p.uniques.iter().map(move |u| (p, u)))
         .collect();
-    if !uniques.is_empty() {
-        sqlx::query("INSERT INTO uniques (space, value, kind, key) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])")
-            .bind(uniques.iter().map(|(_, (s, _))| (*s).to_owned()).collect::<Vec<_>>())
-            .bind(uniques.iter().map(|(_, (_, v))| v.clone()).collect::<Vec<_>>())
-            .bind(uniques.iter().map(|(p, _)| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
-            .bind(uniques.iter().map(|(p, _)| p.change.key.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-    }
     let puts: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Put).collect();
-    if !puts.is_empty() {
-        sqlx::query(
-            "INSERT INTO objects (kind, key, version, data) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[]) \
-             ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, data = excluded.data",
-        )
-        .bind(puts.iter().map(|p| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
-        .bind(puts.iter().map(|p| p.change.key.clone()).collect::<Vec<_>>())
-        .bind(puts.iter().map(|p| to_i64(p.change.seq)).collect::<Vec<_>>())
-        .bind(puts.iter().map(|p| p.after.clone().unwrap_or_default()).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-    }
     let deletes: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Delete).collect();
-    if !deletes.is_empty() {
-        sqlx::query("DELETE FROM objects o USING UNNEST($1::text[], $2::text[]) AS d(kind, key) WHERE o.kind = d.kind AND o.key = d.key")
-            .bind(deletes.iter().map(|p| p.change.kind.as_str().to_owned()).collect::<Vec<_>>())
-            .bind(deletes.iter().map(|p| p.change.key.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-    }
-    // The Change rows, and the wake-up for other servers (sent at COMMIT), in one round trip.
+    // Unique values, records, deletions, Change rows and the wake-up for other servers (sent at
+    // COMMIT) in one statement: one round trip.
     sqlx::query(
-        "WITH ins AS (INSERT INTO changes (seq, time, principal, kind, op, key, before, after) \
-         SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) \
-         RETURNING seq) SELECT pg_notify('keel_changes', (SELECT MAX(seq) FROM ins)::text)",
+        "WITH u AS (INSERT INTO uniques (space, value, kind, key) \
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) RETURNING 1), \
+         o AS (INSERT INTO objects (kind, key, version, data) \
+           SELECT * FROM UNNEST($5::text[], $6::text[], $7::bigint[], $8::text[]) \
+           ON CONFLICT (kind, key) DO UPDATE SET version = excluded.version, data = excluded.data RETURNING 1), \
+         d AS (DELETE FROM objects ob USING UNNEST($9::text[], $10::text[]) AS x(kind, key) \
+           WHERE ob.kind = x.kind AND ob.key = x.key RETURNING 1), \
+         ch AS (INSERT INTO changes (seq, time, principal, kind, op, key, before, after) \
+           SELECT * FROM UNNEST($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
+           $17::text[], $18::text[]) RETURNING seq) \
+         SELECT pg_notify('keel_changes', (SELECT MAX(seq) FROM ch)::text)",
     )
-    .bind(chunk.iter().map(|p| to_i64(p.change.seq)).collect::<Vec<_>>())
-    .bind(col(&|p| p.change.time.clone()))
-    .bind(col(&|p| p.change.principal.clone()))
-    .bind(col(&|p| p.change.kind.as_str().to_owned()))
-    .bind(col(&|p| p.change.op.as_str().to_owned()))
-    .bind(col(&|p| p.change.key.clone()))
-    .bind(chunk.iter().map(|p| p.before.clone()).collect::<Vec<Option<String>>>())
-    .bind(chunk.iter().map(|p| p.after.clone()).collect::<Vec<Option<String>>>())
+    .bind(uniques.iter().map(|(_, (s, _))| (*s).to_owned()).collect::<Vec<_>>())
+    .bind(uniques.iter().map(|(_, (_, v))| v.clone()).collect::<Vec<_>>())
+    .bind(uniques.iter().map(|(p, _)| kind(p)).collect::<Vec<_>>())
+    .bind(uniques.iter().map(|(p, _)| key(p)).collect::<Vec<_>>())
+    .bind(strings(&kind, &puts))
+    .bind(strings(&key, &puts))
+    .bind(puts.iter().map(|p| to_i64(p.change.seq)).collect::<Vec<_>>())
+    .bind(strings(&|p| p.after.clone().unwrap_or_default(), &puts))
+    .bind(strings(&kind, &deletes))
+    .bind(strings(&key, &deletes))
+    .bind(all.iter().map(|p| to_i64(p.change.seq)).collect::<Vec<_>>())
+    .bind(strings(&|p| p.change.time.clone(), &all))
+    .bind(strings(&|p| p.change.principal.clone(), &all))
+    .bind(strings(&kind, &all))
+    .bind(strings(&|p| p.change.op.as_str().to_owned(), &all))
+    .bind(strings(&key, &all))
+    .bind(all.iter().map(|p| p.before.clone()).collect::<Vec<Option<String>>>())
+    .bind(all.iter().map(|p| p.after.clone()).collect::<Vec<Option<String>>>())
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -171,6 +167,76 @@ fn conflict(e: sqlx::Error) -> StoreError {
         }
     }
     e.into()
+}
+
+/// Plain SQL (no parameters: our own integers inlined) in one round trip; its rows. A concrete
+/// function: the generic executor call inside `async_trait` methods trips on lifetimes.
+async fn raw_rows(conn: &mut sqlx::PgConnection, sql: &str) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+    use sqlx::Executor;
+    conn.fetch_all(sqlx::raw_sql(sql)).await
+}
+
+/// A commit's work inside a transaction this opens on `conn` (the caller ends it with COMMIT or
+/// ROLLBACK): BEGIN and the seqs in one round trip, the records being replaced read FOR UPDATE,
+/// then every row and the wake-up in one statement per chunk.
+async fn write_tx(
+    conn: &mut sqlx::PgConnection,
+    principal: &str,
+    writes: Vec<Write>,
+) -> Result<Vec<Change>, StoreError> {
+    if writes.is_empty() {
+        raw_rows(conn, "BEGIN").await?;
+        return Ok(Vec::new());
+    }
+    let time = now_rfc3339();
+    // The count is our own integer: inlined, so BEGIN and the counter update are one round trip.
+    let sql = format!(
+        "BEGIN; UPDATE counter SET seq = seq + {} WHERE id = 1 RETURNING seq",
+        writes.len()
+    );
+    let rows = raw_rows(conn, &sql).await?;
+    let last: i64 = rows
+        .last()
+        .ok_or_else(|| StoreError::Corrupt("no counter row".into()))?
+        .try_get("seq")?;
+    let keyed: Vec<(usize, &Write)> = writes.iter().enumerate().filter(|(_, w)| w.key.is_some()).collect();
+    let mut current = std::collections::HashMap::new();
+    if !keyed.is_empty() {
+        let rows = sqlx::query(
+            "SELECT w.idx, o.version, o.data FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS w(idx, kind, key) \
+             JOIN objects o ON o.kind = w.kind AND o.key = w.key FOR UPDATE OF o",
+        )
+        .bind(keyed.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>())
+        .bind(
+            keyed
+                .iter()
+                .map(|(_, w)| w.kind.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keyed
+                .iter()
+                .map(|(_, w)| w.key.clone().unwrap_or_default())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in rows {
+            let idx = usize::try_from(r.try_get::<i64, _>("idx")?).unwrap_or(usize::MAX);
+            current.insert(idx, (to_u64(r.try_get("version")?), parse_json(r.try_get("data")?)?));
+        }
+    }
+    let first = to_u64(last) + 1 - writes.len() as u64;
+    let planned = writes
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| plan(w, first + i as u64, principal, &time, current.get(&i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    fault::in_commit().await;
+    for chunk in chunks(&planned) {
+        write_chunk(&mut *conn, chunk).await.map_err(conflict)?;
+    }
+    Ok(planned.into_iter().map(|p| p.change).collect())
 }
 
 #[async_trait]
@@ -216,44 +282,14 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
+        let mut conn = self.pool.acquire().await?;
+        let result = write_tx(&mut conn, principal, writes).await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        if let Err(e) = raw_rows(&mut conn, end).await {
+            conn.close_on_drop(); // never back to the pool mid-transaction
+            return Err(e.into());
         }
-        let time = now_rfc3339();
-        let mut tx = self.pool.begin().await?;
-        let last: i64 = sqlx::query_scalar("UPDATE counter SET seq = seq + $1 WHERE id = 1 RETURNING seq")
-            .bind(writes.len() as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-        let keyed: Vec<(usize, &Write)> = writes.iter().enumerate().filter(|(_, w)| w.key.is_some()).collect();
-        let mut current = std::collections::HashMap::new();
-        if !keyed.is_empty() {
-            let rows = sqlx::query(
-                "SELECT w.idx, o.version, o.data FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS w(idx, kind, key) \
-                 JOIN objects o ON o.kind = w.kind AND o.key = w.key FOR UPDATE OF o",
-            )
-            .bind(keyed.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>())
-            .bind(keyed.iter().map(|(_, w)| w.kind.as_str().to_owned()).collect::<Vec<_>>())
-            .bind(keyed.iter().map(|(_, w)| w.key.clone().unwrap_or_default()).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in rows {
-                let idx = usize::try_from(r.try_get::<i64, _>("idx")?).unwrap_or(usize::MAX);
-                current.insert(idx, (to_u64(r.try_get("version")?), parse_json(r.try_get("data")?)?));
-            }
-        }
-        let first = to_u64(last) + 1 - writes.len() as u64;
-        let planned = writes
-            .into_iter()
-            .enumerate()
-            .map(|(i, w)| plan(w, first + i as u64, principal, &time, current.get(&i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        fault::in_commit().await;
-        for chunk in chunks(&planned) {
-            write_chunk(&mut tx, chunk).await.map_err(conflict)?;
-        }
-        tx.commit().await?;
-        Ok(planned.into_iter().map(|p| p.change).collect())
+        result
     }
 
     async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
@@ -376,7 +412,7 @@ impl Store for PgStore {
         true
     }
 
-    async fn lock_writers(&self) -> Result<Option<Box<dyn crate::store::WriterLock>>, StoreError> {
+    async fn lock_writers(&self, since: u64) -> Result<Option<Box<dyn crate::store::WriterLock>>, StoreError> {
         use sqlx::Connection;
         let mut slot = self.writer.clone().lock_owned().await;
         if slot.is_none() {
@@ -385,35 +421,75 @@ impl Store for PgStore {
         let conn = slot
             .as_mut()
             .ok_or_else(|| StoreError::Corrupt("no writer connection".into()))?;
-        if let Err(e) = sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(WRITER_LOCK)
-            .execute(conn)
-            .await
-        {
-            *slot = None; // a broken connection: the next write opens a new one
-            return Err(e.into());
-        }
-        Ok(Some(Box::new(PgWriterLock(slot))))
+        // The lock, then the log's tail after `since` (integers of our own, inlined): one round trip.
+        let sql = format!(
+            "SELECT pg_advisory_lock({WRITER_LOCK}); SELECT seq, time, principal, kind, op, key, before, after \
+             FROM changes WHERE seq > {} ORDER BY seq LIMIT 5000",
+            to_i64(since)
+        );
+        let rows = match raw_rows(conn, &sql).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                *slot = None; // a broken connection: the next write opens a new one
+                return Err(e.into());
+            }
+        };
+        let caught_up = rows
+            .iter()
+            .filter(|r| r.try_get::<i64, _>("seq").is_ok())
+            .map(change_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Box::new(PgWriterLock {
+            slot,
+            caught_up,
+            locked: true,
+        })))
     }
 }
 
 /// The advisory lock writers on every server take in turn ("keelwrit").
 const WRITER_LOCK: i64 = 0x6b65_656c_7772_6974;
 
-struct PgWriterLock(tokio::sync::OwnedMutexGuard<Option<sqlx::postgres::PgConnection>>);
+struct PgWriterLock {
+    slot: tokio::sync::OwnedMutexGuard<Option<sqlx::postgres::PgConnection>>,
+    caught_up: Vec<Change>,
+    locked: bool,
+}
 
 #[async_trait]
 impl crate::store::WriterLock for PgWriterLock {
+    fn caught_up(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.caught_up)
+    }
+
+    /// The commit on the lock's own connection; COMMIT and the unlock in one round trip.
+    async fn commit(&mut self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
+        let conn = self
+            .slot
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("no writer connection".into()))?;
+        let result = write_tx(conn, principal, writes).await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let sql = format!("{end}; SELECT pg_advisory_unlock({WRITER_LOCK})");
+        if let Err(e) = raw_rows(conn, &sql).await {
+            // Whether the COMMIT took effect is the log's to say (the caller reloads); ending the
+            // session releases the lock.
+            *self.slot = None;
+            return Err(e.into());
+        }
+        self.locked = false;
+        result
+    }
+
     async fn release(mut self: Box<Self>) {
-        let Some(conn) = self.0.as_mut() else { return };
-        if let Err(e) = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(WRITER_LOCK)
-            .execute(conn)
-            .await
-        {
-            // Dropping the connection ends its session, which releases the lock.
+        if !self.locked {
+            return;
+        }
+        let Some(conn) = self.slot.as_mut() else { return };
+        let sql = format!("SELECT pg_advisory_unlock({WRITER_LOCK})");
+        if let Err(e) = raw_rows(conn, &sql).await {
             tracing::warn!(%e, "releasing the writer lock failed; closing its connection");
-            *self.0 = None;
+            *self.slot = None;
         }
     }
 }

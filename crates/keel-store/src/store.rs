@@ -94,7 +94,8 @@ pub trait Store: Send + Sync + 'static {
     /// On a shared database: waits until no other server's writer is between its plan and its
     /// commit, and keeps them waiting until released — so a write is planned against the latest
     /// state, as a single server's are. `None` where there is no other server.
-    async fn lock_writers(&self) -> Result<Option<Box<dyn WriterLock>>, StoreError> {
+    /// `since`: this server's last seq; the lock brings back the log's tail after it.
+    async fn lock_writers(&self, _since: u64) -> Result<Option<Box<dyn WriterLock>>, StoreError> {
         Ok(None)
     }
 }
@@ -102,5 +103,10 @@ pub trait Store: Send + Sync + 'static {
 /// Held while one server plans and commits a write on a shared database.
 #[async_trait]
 pub trait WriterLock: Send {
+    /// The changes after the `since` given when locking (at most a batch; more are read after).
+    fn caught_up(&mut self) -> Vec<Change>;
+    /// Commits under the lock (and releases it).
+    async fn commit(&mut self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError>;
+    /// Releases the lock if `commit` did not.
     async fn release(self: Box<Self>);
 }
