@@ -3,8 +3,6 @@
 //! propagation state, the counter and the database id — read in one consistent view and written
 //! into an empty database in one transaction.
 
-use sqlx::Row;
-
 use crate::sqlite::to_u64;
 use crate::{Store, StoreError, TokenRow};
 
@@ -46,7 +44,7 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> Result<Dump, StoreError> 
 
 /// The same reads on either backend (the SQL is the same; the connection types are not).
 macro_rules! export_body {
-    ($conn:expr) => {{
+    ($conn:expr, $tok:path) => {{
         let db_id: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'db_id'")
             .fetch_one(&mut *$conn)
             .await?;
@@ -71,26 +69,7 @@ macro_rules! export_body {
         )
         .fetch_all(&mut *$conn)
         .await?;
-        let tokens = rows
-            .iter()
-            .map(|r| {
-                Ok(TokenRow {
-                    id: r.try_get("id")?,
-                    hash: r.try_get("hash")?,
-                    name: r.try_get("name")?,
-                    role: r
-                        .try_get::<String, _>("role")?
-                        .parse()
-                        .map_err(|e: keel_model::ValidationError| StoreError::Corrupt(e.to_string()))?,
-                    facilities: serde_json::from_str(&r.try_get::<String, _>("facilities")?)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    host: r.try_get("host")?,
-                    created: r.try_get("created")?,
-                    expires: r.try_get("expires")?,
-                    revoked: r.try_get("revoked")?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let tokens = rows.iter().map($tok).collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Dump {
             db_id,
             seq: to_u64(seq),
@@ -104,11 +83,11 @@ macro_rules! export_body {
 }
 
 pub(crate) async fn export_pg(tx: &mut sqlx::PgConnection) -> Result<Dump, StoreError> {
-    export_body!(tx)
+    export_body!(tx, crate::pg::token_from_row)
 }
 
 pub(crate) async fn export_sqlite(tx: &mut sqlx::SqliteConnection) -> Result<Dump, StoreError> {
-    export_body!(tx)
+    export_body!(tx, crate::sqlite::token_from_row)
 }
 
 fn not_empty() -> StoreError {

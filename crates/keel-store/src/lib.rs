@@ -12,6 +12,7 @@ mod ops;
 pub mod pg;
 mod presence_ops;
 mod prop_ops;
+mod rows;
 mod sqlite;
 mod sqlite_commit;
 mod store;

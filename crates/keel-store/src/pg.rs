@@ -8,11 +8,9 @@
 //! LISTEN to — as a wake-up only: they read the log itself, so a lost notification loses nothing.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use async_trait::async_trait;
 use keel_model::{Change, Op};
-use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
@@ -494,41 +492,6 @@ impl crate::store::WriterLock for PgWriterLock {
     }
 }
 
-fn change_from_row(r: &sqlx::postgres::PgRow) -> Result<Change, StoreError> {
-    let op = match r.try_get::<&str, _>("op")? {
-        "put" => Op::Put,
-        "delete" => Op::Delete,
-        other => return Err(StoreError::Corrupt(format!("unknown op {other:?}"))),
-    };
-    let json = |col: &str| -> Result<Option<Value>, StoreError> {
-        r.try_get::<Option<&str>, _>(col)?.map(parse_json).transpose()
-    };
-    Ok(Change {
-        seq: to_u64(r.try_get("seq")?),
-        time: r.try_get("time")?,
-        principal: r.try_get("principal")?,
-        kind: parse_kind(r.try_get("kind")?)?,
-        op,
-        key: r.try_get("key")?,
-        before: json("before")?,
-        after: json("after")?,
-    })
-}
-
-fn token_from_row(r: &sqlx::postgres::PgRow) -> Result<TokenRow, StoreError> {
-    Ok(TokenRow {
-        id: r.try_get("id")?,
-        hash: r.try_get("hash")?,
-        name: r.try_get("name")?,
-        role: keel_model::Role::from_str(r.try_get("role")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        facilities: serde_json::from_str(r.try_get("facilities")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        host: r.try_get("host")?,
-        created: r.try_get("created")?,
-        expires: r.try_get("expires")?,
-        revoked: r.try_get("revoked")?,
-    })
-}
-
 /// Keeps `db`'s Snapshot current with what other servers commit: woken by `NOTIFY keel_changes`,
 /// and every second anyway (the log is the truth; a notification lost while reconnecting costs at
 /// most a second). Runs until the process ends.
@@ -599,3 +562,5 @@ impl Leadership {
         }
     }
 }
+
+crate::rows::decoders!(sqlx::postgres::PgRow);

@@ -1,11 +1,10 @@
 //! The SQLite backend: WAL, `synchronous=FULL` on every pooled connection, migrations embedded.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keel_model::{Change, Kind, Op};
+use keel_model::{Change, Kind};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -244,41 +243,6 @@ impl Store for SqliteStore {
     }
 }
 
-fn change_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Change, StoreError> {
-    let op = match r.try_get::<&str, _>("op")? {
-        "put" => Op::Put,
-        "delete" => Op::Delete,
-        other => return Err(StoreError::Corrupt(format!("unknown op {other:?}"))),
-    };
-    let json = |col: &str| -> Result<Option<Value>, StoreError> {
-        r.try_get::<Option<&str>, _>(col)?.map(parse_json).transpose()
-    };
-    Ok(Change {
-        seq: to_u64(r.try_get("seq")?),
-        time: r.try_get("time")?,
-        principal: r.try_get("principal")?,
-        kind: parse_kind(r.try_get("kind")?)?,
-        op,
-        key: r.try_get("key")?,
-        before: json("before")?,
-        after: json("after")?,
-    })
-}
-
-fn token_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<TokenRow, StoreError> {
-    Ok(TokenRow {
-        id: r.try_get("id")?,
-        hash: r.try_get("hash")?,
-        name: r.try_get("name")?,
-        role: keel_model::Role::from_str(r.try_get("role")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        facilities: serde_json::from_str(r.try_get("facilities")?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        host: r.try_get("host")?,
-        created: r.try_get("created")?,
-        expires: r.try_get("expires")?,
-        revoked: r.try_get("revoked")?,
-    })
-}
-
 pub(crate) fn parse_kind(s: &str) -> Result<Kind, StoreError> {
     Kind::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {s:?}")))
 }
@@ -294,3 +258,5 @@ pub(crate) fn to_u64(v: i64) -> u64 {
 pub(crate) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+crate::rows::decoders!(sqlx::sqlite::SqliteRow);

@@ -31,20 +31,7 @@ impl Keel {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("keel-e2e-")
-            .tempdir()
-            .expect("temp dir");
-        let mut k = Self {
-            child: None,
-            dir,
-            url: String::new(),
-            token: String::new(),
-            dns: String::new(),
-            tftp: String::new(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            listen: "127.0.0.1:0".to_owned(),
-        };
+        let mut k = Self::unstarted(args);
         k.spawn(env);
         k
     }
@@ -52,13 +39,21 @@ impl Keel {
     /// A second server on a shared database: the first one made the admin token (it is in the
     /// database), so this one is given it.
     pub fn start_sharing(args: &[&str], token: &str) -> Self {
+        let mut k = Self::unstarted(args);
+        let data = k.data();
+        std::fs::create_dir_all(&data).expect("data dir");
+        std::fs::write(data.join("admin.token"), token).expect("token");
+        k.spawn(&[]);
+        k
+    }
+
+    /// A fresh data directory, not yet served.
+    fn unstarted(args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("keel-e2e-")
             .tempdir()
             .expect("temp dir");
-        std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
-        std::fs::write(dir.path().join("data/admin.token"), token).expect("token");
-        let mut k = Self {
+        Self {
             child: None,
             dir,
             url: String::new(),
@@ -67,9 +62,7 @@ impl Keel {
             tftp: String::new(),
             args: args.iter().map(|s| s.to_string()).collect(),
             listen: "127.0.0.1:0".to_owned(),
-        };
-        k.spawn(&[]);
-        k
+        }
     }
 
     /// The `--config` file this server was started with ("" if none).
