@@ -153,20 +153,27 @@ impl Db {
     }
 
     /// Applies changes read from the log (in seq order, from the Snapshot's next) and broadcasts
-    /// them; anything else (a gap, a change that does not apply) reloads.
-    async fn apply_logged(&self, batch: Vec<Change>) {
+    /// them. A gap (the log trimmed past this server) or a change that does not apply reloads the
+    /// Snapshot from the records instead; then false.
+    async fn apply_logged(&self, batch: Vec<Change>) -> bool {
         let current = self.snapshot();
         let batch: Vec<Change> = batch.into_iter().filter(|c| c.seq > current.seq()).collect();
-        let Some(first) = batch.first() else { return };
+        let Some(first) = batch.first() else { return true };
         if first.seq != current.seq() + 1 {
+            tracing::warn!(
+                at = current.seq(),
+                first = first.seq,
+                "the log moved past this server: reloading"
+            );
             self.reload().await;
-            return;
+            return false;
         }
         let mut next = (*current).clone();
         for c in &batch {
-            if next.apply(c).is_err() {
+            if let Err(e) = next.apply(c) {
+                tracing::error!(%e, "a logged change does not apply to the snapshot; reloading");
                 self.reload().await;
-                return;
+                return false;
             }
         }
         self.snapshot.store(Arc::new(next));
@@ -176,42 +183,21 @@ impl Db {
         for c in batch {
             let _ = self.changes.send(Arc::new(c));
         }
+        true
     }
 
     async fn catch_up_locked(&self) -> Result<usize, StoreError> {
         let mut applied = 0;
         loop {
-            let current = self.snapshot();
-            let batch = self.store.changes_since(current.seq(), 5_000).await?;
+            let batch = self.store.changes_since(self.snapshot().seq(), 5_000).await?;
             if batch.is_empty() {
                 return Ok(applied);
             }
-            if batch[0].seq != current.seq() + 1 {
-                // The log was trimmed past us (a server down for long): start from the records.
-                tracing::warn!(
-                    at = current.seq(),
-                    first = batch[0].seq,
-                    "the log moved past this server: reloading"
-                );
-                self.reload().await;
-                continue;
+            let n = batch.len();
+            if !self.apply_logged(batch).await {
+                return Ok(applied); // reloaded: the Snapshot is the records' state
             }
-            let mut next = (*current).clone();
-            for c in &batch {
-                if let Err(e) = next.apply(c) {
-                    tracing::error!(%e, "a logged change does not apply to the snapshot; reloading");
-                    self.reload().await;
-                    return Ok(applied);
-                }
-            }
-            self.snapshot.store(Arc::new(next));
-            if batch.iter().any(frees_an_address) {
-                *self.alloc_hints() = keel_model::AllocHints::default();
-            }
-            for c in batch {
-                applied += 1;
-                let _ = self.changes.send(Arc::new(c));
-            }
+            applied += n;
         }
     }
 
