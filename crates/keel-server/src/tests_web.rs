@@ -189,8 +189,15 @@ async fn contestants_and_strangers_are_refused_and_redirects_stay_on_keel() {
     let refused = login(&st, "zoe", "%2F").await.unwrap_err();
     assert_eq!(refused.status, StatusCode::OK);
     assert!(refused.body.contains("for admins and facility managers"));
-    let (_, to) = login(&st, "root1", "%2F%2Fevil.example").await.unwrap();
-    assert_eq!(to, "/", "an open redirect would send root elsewhere");
+    for evil in [
+        "%2F%2Fevil.example",
+        "%2F%09%2Fevil.example",
+        "%2F%5Cevil.example",
+        "https%3A%2F%2Fevil.example",
+    ] {
+        let (_, to) = login(&st, "root1", evil).await.unwrap();
+        assert_eq!(to, "/", "{evil}: an open redirect would send root elsewhere");
+    }
     // No session: the login page, remembering where to go.
     let r = send(&st, get("/users?q=a", "")).await;
     assert_eq!(

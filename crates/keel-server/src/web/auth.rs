@@ -188,10 +188,18 @@ pub(crate) struct Next {
     next: Option<String>,
 }
 
-/// Only a local path: never an open redirect to another site.
+/// Only a local path: never an open redirect to another site (browsers drop tabs and newlines
+/// and read `\\` as `/`, so `/\t/evil` or `/\\evil` would be `//evil`: only visible ASCII passes).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && n.chars().all(|c| c.is_ascii_graphic()) =>
+        {
+            n.to_owned()
+        }
         _ => "/".to_owned(),
     }
 }
