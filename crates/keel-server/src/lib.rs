@@ -20,7 +20,7 @@ pub mod netboot;
 pub mod presence;
 mod propagation;
 mod rest;
-mod rpc;
+pub mod rpc;
 pub mod sso;
 pub mod tftp;
 mod watch;
@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub sso: sso::SsoConfig,
     /// The web administration pages.
     pub web: web::WebConfig,
+    /// prologin's RPC shared secret (`hmac` field), if configured.
+    pub rpc_secret: Option<rpc::RpcSecret>,
     /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
     pub map_public: bool,
 }

@@ -41,6 +41,11 @@ pub(crate) async fn call(
     let query = uri.query();
     let result = async {
         let args = Args::parse(&headers, &verb, query, &body)?;
+        let who = match (&who, &state.config.rpc_secret, args.hmac.as_deref()) {
+            // prologin's scheme: a valid hmac acts as the principal configured for the secret.
+            (None, Some(s), Some(token)) if !token.is_empty() => Some(s.check(token, &method)?),
+            _ => who,
+        };
         match (service, method.as_str()) {
             (Service::Mdb, "query") => query_machines(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
@@ -97,6 +102,45 @@ pub(crate) fn service_of(path: &str, headers: &HeaderMap) -> Service {
 struct Args {
     positional: Vec<Value>,
     named: Map<String, Value>,
+    /// prologin's `hmac` field (older clients call it `token`).
+    hmac: Option<String>,
+}
+
+/// The shared secret of prologin's RPC clients, and who a call signed with it acts as.
+#[derive(Debug, Clone)]
+pub struct RpcSecret {
+    pub secret: String,
+    pub principal: Principal,
+}
+
+/// How far a signed timestamp may be from this server's clock.
+const HMAC_WINDOW_SECS: i64 = 30;
+
+impl RpcSecret {
+    /// Checks `timestamp:hex(HMAC-SHA256(secret, message))` where the message is the timestamp,
+    /// or the timestamp followed by the method (both versions of prologin's timeauth).
+    fn check(&self, token: &str, method: &str) -> Result<Principal, ApiError> {
+        use hmac::Mac as _;
+        let refused = || {
+            tracing::warn!(%method, "RPC call with a bad or expired hmac refused");
+            ApiError::Forbidden("BadToken: the hmac is wrong or has expired".into())
+        };
+        let (ts, mac) = token.split_once(':').ok_or_else(refused)?;
+        let at: i64 = ts.parse().map_err(|_| refused())?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if (now - at).abs() > HMAC_WINDOW_SECS {
+            return Err(refused());
+        }
+        let given = hex::decode(mac).map_err(|_| refused())?;
+        for message in [ts.to_owned(), format!("{ts}{method}")] {
+            let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes()).map_err(|_| refused())?;
+            h.update(message.as_bytes());
+            if h.verify_slice(&given).is_ok() {
+                return Ok(self.principal.clone());
+            }
+        }
+        Err(refused())
+    }
 }
 
 impl Args {
@@ -106,6 +150,7 @@ impl Args {
             named.insert(k, Value::String(v));
         }
         let mut positional = Vec::new();
+        let mut hmac = None;
         let ctype = headers
             .get(header::CONTENT_TYPE)
             .and_then(|c| c.to_str().ok())
@@ -126,8 +171,12 @@ impl Args {
                 let Value::Object(mut obj) = v else {
                     return Err(ApiError::invalid("body", "must be a JSON object"));
                 };
-                // `hmac` is accepted (prologin clients send it) and not otherwise used here.
-                obj.remove("hmac");
+                // prologin clients sign calls in `hmac` (older ones in `token`).
+                for field in ["hmac", "token"] {
+                    if let Some(Value::String(h)) = obj.remove(field) {
+                        hmac = Some(h);
+                    }
+                }
                 match (obj.remove("args"), obj.remove("kwargs")) {
                     (None, None) => named.extend(obj),
                     (args, kwargs) => {
@@ -145,7 +194,15 @@ impl Args {
                 }
             }
         }
-        Ok(Self { positional, named })
+        // Also when it came as a query or form field.
+        if let Some(Value::String(h)) = named.remove("hmac") {
+            hmac = Some(h);
+        }
+        Ok(Self {
+            positional,
+            named,
+            hmac,
+        })
     }
 
     /// All arguments by name, positional ones named after `params`.

@@ -154,3 +154,57 @@ async fn password_guessing_is_throttled() {
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(resp.headers().contains_key(header::RETRY_AFTER));
 }
+
+/// prologin's signed calls: a valid `hmac` (timestamp:HMAC-SHA256) acts as the configured principal;
+/// a wrong, malformed or stale one is refused; none is an anonymous call as before.
+#[tokio::test]
+async fn rpc_hmac_signed_calls_act_as_the_configured_principal() {
+    use hmac::Mac as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = state(&dir).await;
+    let mut config = (*st.config).clone();
+    config.rpc_secret = Some(crate::rpc::RpcSecret {
+        secret: "s3cret".into(),
+        principal: Principal {
+            name: "netboot".into(),
+            ..Principal::system()
+        },
+    });
+    st.config = Arc::new(config);
+    let sign = |ts: i64, msg: &str| {
+        let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+        h.update(format!("{ts}{msg}").as_bytes());
+        format!("{ts}:{}", hex::encode(h.finalize().into_bytes()))
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let call = |hmac: String, host: &str| {
+        let body = json!({"args": [host, "02:00:00:00:00:77", 1, 1, "alt", "user"], "kwargs": {}, "hmac": hmac});
+        Request::post("/call/register")
+            .header(header::HOST, "mdb.prolo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    // Self-registration is off: unsigned is refused, wrongly signed too.
+    assert_eq!(send(&st, call(String::new(), "r1")).await.0, StatusCode::UNAUTHORIZED);
+    for bad in [
+        sign(now, "") + "00",
+        format!("{now}:zz"),
+        sign(now - 120, ""),
+        "nonsense".into(),
+    ] {
+        let (status, body) = send(&st, call(bad.clone(), "r1")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{bad}: {body}");
+    }
+    // Both of prologin's message forms verify.
+    let (status, body) = send(&st, call(sign(now, ""), "r1")).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (StatusCode::OK, Some("result")),
+        "{body}"
+    );
+    let (status, _) = send(&st, call(sign(now, "register"), "r1")).await;
+    assert_eq!(status, StatusCode::OK, "the same machine again answers it");
+    let logged = st.db.store().changes_since(0, 100).await.unwrap();
+    assert_eq!(logged.last().unwrap().principal, "netboot");
+}

@@ -40,6 +40,19 @@ pub struct FileConfig {
     pub sso: SsoFile,
     #[serde(default)]
     pub web: WebFile,
+    #[serde(default)]
+    pub rpc: RpcFile,
+}
+
+/// `[rpc]`: prologin's RPC clients' shared secret.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcFile {
+    /// A file whose first line is the shared secret; calls whose `hmac` it signs act as `principal`
+    /// (an admin). Without it, `hmac` is accepted and ignored, as before.
+    pub secret_file: Option<std::path::PathBuf>,
+    /// The name the change log records for signed calls (default `prologin-rpc`).
+    pub principal: Option<String>,
 }
 
 /// `[web]`: the administration pages.
@@ -309,6 +322,7 @@ pub struct ServeConfig {
     pub presence: PresenceFile,
     pub sso: SsoFile,
     pub web: WebFile,
+    pub rpc: RpcFile,
     pub workers: Option<usize>,
     pub database: Option<String>,
 }

@@ -182,6 +182,7 @@ impl Cli {
             presence: file.presence.clone(),
             sso: file.sso.clone(),
             web: file.web.clone(),
+            rpc: file.rpc.clone(),
             workers: args.workers.or(file.workers),
             database: args.database.clone().or(file.database.clone()),
         })

@@ -56,6 +56,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         },
         map_public: cfg.presence.map_public.unwrap_or(true),
         web: cfg.web.config(),
+        rpc_secret: rpc_secret(&cfg)?,
     };
     // Where kernels and initrds go (served at /boot/files/).
     let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);
@@ -161,6 +162,23 @@ fn presence_config(cfg: &ServeConfig) -> anyhow::Result<keel_server::presence::P
             .map_or(timeout, std::time::Duration::from_secs),
         secret: Some(read_or_create_secret(&path)?),
     })
+}
+
+/// prologin's RPC shared secret, when `[rpc] secret_file` names one.
+fn rpc_secret(cfg: &ServeConfig) -> anyhow::Result<Option<keel_server::rpc::RpcSecret>> {
+    let Some(path) = &cfg.rpc.secret_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim().to_owned();
+    anyhow::ensure!(!secret.is_empty(), "{}: the RPC secret is empty", path.display());
+    Ok(Some(keel_server::rpc::RpcSecret {
+        secret,
+        principal: keel_model::Principal {
+            name: cfg.rpc.principal.clone().unwrap_or_else(|| "prologin-rpc".into()),
+            ..keel_model::Principal::system()
+        },
+    }))
 }
 
 /// A secret file's first line; a new random secret (mode 0600) when the file does not exist.
