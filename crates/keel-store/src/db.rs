@@ -95,10 +95,17 @@ impl Db {
         if self.store.shared() {
             // Other servers write too: plan against everything committed so far (the lock
             // brought the log's tail back with it).
-            if let Some(l) = lock.as_mut() {
-                self.apply_logged(l.caught_up()).await;
+            let complete = match lock.as_mut() {
+                Some(l) => {
+                    let tail = l.caught_up();
+                    let whole = tail.len() < crate::store::CAUGHT_UP_MAX;
+                    self.apply_logged(tail).await && whole
+                }
+                None => false,
+            };
+            if !complete {
+                self.catch_up_locked().await?;
             }
-            self.catch_up_locked().await?;
         }
         let current = self.snapshot();
         let writes = plan(&current, &self.pools)?;

@@ -100,6 +100,9 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The most changes a writer lock brings back; fewer means it brought the whole tail.
+pub(crate) const CAUGHT_UP_MAX: usize = 5_000;
+
 /// Held while one server plans and commits a write on a shared database.
 #[async_trait]
 pub trait WriterLock: Send {
