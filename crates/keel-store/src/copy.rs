@@ -94,15 +94,71 @@ fn not_empty() -> StoreError {
     StoreError::Conflict("the target database is not empty: keel copies only into a new database".into())
 }
 
+/// Refuses a target that holds anything: a copy goes into a new database only.
+macro_rules! refuse_unless_empty {
+    ($tx:expr) => {{
+        let (seq, objects): (i64, i64) =
+            sqlx::query_as("SELECT (SELECT seq FROM counter WHERE id = 1), (SELECT COUNT(*) FROM objects)")
+                .fetch_one(&mut *$tx)
+                .await?;
+        if seq != 0 || objects != 0 {
+            return Err(not_empty());
+        }
+    }};
+}
+
+/// The few rows both backends write one by one (tokens, propagation state), the counter and the
+/// database id, then COMMIT; the SQL differs only in its placeholders (`sql`: one of the `*_TAIL`).
+macro_rules! import_tail {
+    ($tx:expr, $d:expr, $sql:expr) => {{
+        let [tokens, prop_state, counter, meta] = $sql;
+        for t in &$d.tokens {
+            let facilities = serde_json::to_string(&t.facilities).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(tokens)
+                .bind(&t.id)
+                .bind(&t.hash)
+                .bind(&t.name)
+                .bind(t.role.as_str())
+                .bind(facilities)
+                .bind(&t.host)
+                .bind(&t.created)
+                .bind(&t.expires)
+                .bind(&t.revoked)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        for (k, v) in &$d.prop_state {
+            sqlx::query(prop_state).bind(k).bind(v).execute(&mut *$tx).await?;
+        }
+        sqlx::query(counter)
+            .bind(crate::sqlite::to_i64($d.seq))
+            .execute(&mut *$tx)
+            .await?;
+        sqlx::query(meta).bind(&$d.db_id).execute(&mut *$tx).await?;
+        $tx.commit().await?;
+        Ok(())
+    }};
+}
+
+const PG_TAIL: [&str; 4] = [
+    "INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    "INSERT INTO prop_state (key, data) VALUES ($1, $2)",
+    "UPDATE counter SET seq = $1 WHERE id = 1",
+    "UPDATE meta SET value = $1 WHERE key = 'db_id'",
+];
+
+const SQLITE_TAIL: [&str; 4] = [
+    "INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "INSERT INTO prop_state (key, data) VALUES (?, ?)",
+    "UPDATE counter SET seq = ? WHERE id = 1",
+    "UPDATE meta SET value = ? WHERE key = 'db_id'",
+];
+
 pub(crate) async fn import_pg(pool: &sqlx::PgPool, d: &Dump) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let (seq, objects): (i64, i64) =
-        sqlx::query_as("SELECT (SELECT seq FROM counter WHERE id = 1), (SELECT COUNT(*) FROM objects)")
-            .fetch_one(&mut *tx)
-            .await?;
-    if seq != 0 || objects != 0 {
-        return Err(not_empty());
-    }
+    refuse_unless_empty!(tx);
     let col = |f: &dyn Fn(&ObjectRow) -> String| d.objects.iter().map(f).collect::<Vec<_>>();
     sqlx::query("INSERT INTO objects SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[])")
         .bind(col(&|o| o.0.clone()))
@@ -133,42 +189,12 @@ pub(crate) async fn import_pg(pool: &sqlx::PgPool, d: &Dump) -> Result<(), Store
     .bind(c.iter().map(|r| r.7.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    for t in &d.tokens {
-        sqlx::query("INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(&t.id).bind(&t.hash).bind(&t.name).bind(t.role.as_str())
-            .bind(serde_json::to_string(&t.facilities).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            .bind(&t.host).bind(&t.created).bind(&t.expires).bind(&t.revoked)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for (k, v) in &d.prop_state {
-        sqlx::query("INSERT INTO prop_state (key, data) VALUES ($1, $2)")
-            .bind(k)
-            .bind(v)
-            .execute(&mut *tx)
-            .await?;
-    }
-    sqlx::query("UPDATE counter SET seq = $1 WHERE id = 1")
-        .bind(crate::sqlite::to_i64(d.seq))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE meta SET value = $1 WHERE key = 'db_id'")
-        .bind(&d.db_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
+    import_tail!(tx, d, PG_TAIL)
 }
 
 pub(crate) async fn import_sqlite(pool: &sqlx::SqlitePool, d: &Dump) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    let (seq, objects): (i64, i64) =
-        sqlx::query_as("SELECT (SELECT seq FROM counter WHERE id = 1), (SELECT COUNT(*) FROM objects)")
-            .fetch_one(&mut *tx)
-            .await?;
-    if seq != 0 || objects != 0 {
-        return Err(not_empty());
-    }
+    refuse_unless_empty!(tx);
     for o in &d.objects {
         sqlx::query("INSERT INTO objects (kind, key, version, data) VALUES (?, ?, ?, ?)")
             .bind(&o.0)
@@ -202,29 +228,5 @@ pub(crate) async fn import_sqlite(pool: &sqlx::SqlitePool, d: &Dump) -> Result<(
         .execute(&mut *tx)
         .await?;
     }
-    for t in &d.tokens {
-        sqlx::query("INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&t.id).bind(&t.hash).bind(&t.name).bind(t.role.as_str())
-            .bind(serde_json::to_string(&t.facilities).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            .bind(&t.host).bind(&t.created).bind(&t.expires).bind(&t.revoked)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for (k, v) in &d.prop_state {
-        sqlx::query("INSERT INTO prop_state (key, data) VALUES (?, ?)")
-            .bind(k)
-            .bind(v)
-            .execute(&mut *tx)
-            .await?;
-    }
-    sqlx::query("UPDATE counter SET seq = ? WHERE id = 1")
-        .bind(crate::sqlite::to_i64(d.seq))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE meta SET value = ? WHERE key = 'db_id'")
-        .bind(&d.db_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(())
+    import_tail!(tx, d, SQLITE_TAIL)
 }
