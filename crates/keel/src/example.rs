@@ -30,8 +30,13 @@ fn switches() -> Vec<Value> {
     ]
 }
 
-/// Loads the example site into an empty database; leaves a non-empty one alone.
-pub async fn load(db: &Db) -> anyhow::Result<()> {
+/// The example site's web admin password file (in the data directory, mode 0600).
+pub const ADMIN_PASSWORD_FILE: &str = "example-admin.password";
+
+/// Loads the example site into an empty database; leaves a non-empty one alone. Its web admin
+/// (`admin`, group root) gets a generated password, written to `ADMIN_PASSWORD_FILE` in `dir`
+/// (never printed or logged), so the pages can be tried at once.
+pub async fn load(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
     if db.snapshot().seq() != 0 {
         println!("keel: --example-site: the database is not empty, nothing loaded");
         return Ok(());
@@ -70,9 +75,30 @@ pub async fn load(db: &Db) -> anyhow::Result<()> {
         };
         db.put_destination(&who, d, 0, &services).await?;
     }
+    let password = keel_password::generate(12)?;
+    let admin = json!({"login": "admin", "group": "root", "firstname": "Example", "lastname": "Admin",
+                       "password_hash": keel_password::hash(&password)?});
+    db.create_user(
+        &who,
+        keel_model::UserPatch::from_fields(Fields::new(admin, Strictness::Strict)?)?,
+    )
+    .await?;
+    let path = dir.join(ADMIN_PASSWORD_FILE);
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        writeln!(f, "{password}")?;
+    }
     println!(
-        "keel: loaded the example site ({} machines)",
-        db.snapshot().machine_count()
+        "keel: loaded the example site ({} machines); web pages: log in as admin with the password in {}",
+        db.snapshot().machine_count(),
+        path.display()
     );
     Ok(())
 }

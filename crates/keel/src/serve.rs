@@ -41,7 +41,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     ensure_admin_token(&db, &cfg.data_dir).await?;
     if cfg.example_site {
-        example::load(&db).await.context("cannot load the example site")?;
+        example::load(&db, &cfg.data_dir)
+            .await
+            .context("cannot load the example site")?;
     }
     tokio::spawn(trim_log_forever(db.clone(), cfg.keep_changes, cfg.keep_days));
     let server_config = ServerConfig {

@@ -240,3 +240,49 @@ async fn root_adds_and_edits_a_machine_in_a_real_browser() {
     let u = api(&k, Method::GET, "/api/v1/users/newbie", None).await;
     assert_eq!(u["password_changed"], true, "{u}");
 }
+
+/// `serve --example-site` works on first start for the pages too: its admin's password is in a
+/// 0600 file of the data directory, and logs in.
+#[tokio::test]
+async fn the_example_sites_admin_logs_in() {
+    use std::os::unix::fs::PermissionsExt;
+    let k = Keel::start(&["--example-site"]);
+    let file = k.data().join("example-admin.password");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert!(!k.log().contains(&password), "the password is never logged");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = http.get(format!("{}/login", k.url)).send().await.unwrap();
+    let token = page
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .find_map(|c| {
+            c.to_str()
+                .unwrap()
+                .strip_prefix("keel_login=")
+                .map(|c| c.split(';').next().unwrap().to_owned())
+        })
+        .unwrap();
+    let resp = http
+        .post(format!("{}/login", k.url))
+        .header("cookie", format!("keel_login={token}"))
+        .form(&[
+            ("csrf", token.as_str()),
+            ("login", "admin"),
+            ("password", password.as_str()),
+            ("next", "/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .any(|c| c.to_str().unwrap().starts_with("keel_session=")));
+}
