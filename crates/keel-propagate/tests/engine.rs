@@ -56,7 +56,9 @@ async fn setup(db: &Db, services: &[&str], custom: &BTreeMap<String, CustomServi
 
 async fn engine(db: &Arc<Db>, local: &[&str], custom: &BTreeMap<String, CustomService>) -> Engine {
     let cfg = EngineConfig {
-        debounce: Duration::from_millis(20),
+        // Long enough that a burst of 20 commits fits in one window even on a loaded machine
+        // (20 ms did not, once, under a parallel CI run: two runs instead of one).
+        debounce: Duration::from_millis(300),
         ..EngineConfig::default()
     };
     let senders = Senders {

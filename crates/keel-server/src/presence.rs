@@ -147,16 +147,33 @@ impl Presence {
     }
 
     /// Sessions whose last heartbeat (or, for those never seen by this server, its start) is
-    /// older than the timeout.
-    fn overdue(&self, sessions: impl Iterator<Item = Session>) -> Vec<Session> {
+    /// older than the timeout — and, with several servers, whose last heartbeat any server
+    /// recorded (`shared`: login → Unix ms) is too.
+    fn overdue(&self, sessions: impl Iterator<Item = Session>, shared: &HashMap<String, i64>) -> Vec<Session> {
         let now = Instant::now();
+        let now_ms = unix_ms();
+        let timeout_ms = i64::try_from(self.config.timeout.as_millis()).unwrap_or(i64::MAX);
         let seen = self.seen();
         sessions
             .filter(|s| {
                 let last = seen.get(s.login.as_str()).copied().unwrap_or(self.started);
-                now.duration_since(last) > self.config.timeout
+                let heard_elsewhere = shared.get(s.login.as_str()).is_some_and(|at| now_ms - at <= timeout_ms);
+                now.duration_since(last) > self.config.timeout && !heard_elsewhere
             })
             .collect()
+    }
+}
+
+fn unix_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// With several servers, tells the others that these logins' machines are alive.
+async fn share_heartbeats(st: &AppState, logins: &[String]) {
+    if st.db.store().shared() {
+        if let Err(e) = st.db.store().record_heartbeats(logins, unix_ms()).await {
+            tracing::warn!(%e, "cannot share heartbeats with the other servers");
+        }
     }
 }
 
@@ -173,7 +190,19 @@ pub async fn run_expiry(st: AppState) {
             _ = tick.tick() => {}
             () = st.stopping() => return,
         }
-        let overdue = st.presence.overdue(st.db.snapshot().sessions().cloned());
+        let shared: HashMap<String, i64> = if st.db.store().shared() {
+            match st.db.store().heartbeats().await {
+                Ok(rows) => rows.into_iter().collect(),
+                Err(e) => {
+                    // Without the others' heartbeats, expiring could close live sessions: wait.
+                    tracing::warn!(%e, "cannot read the shared heartbeats; not expiring this round");
+                    continue;
+                }
+            }
+        } else {
+            HashMap::new()
+        };
+        let overdue = st.presence.overdue(st.db.snapshot().sessions().cloned(), &shared);
         if overdue.is_empty() {
             continue;
         }
@@ -273,6 +302,7 @@ pub async fn login(
         }
     };
     st.presence.touch(s.login.as_str());
+    share_heartbeats(&st, &[s.login.to_string()]).await;
     tracing::info!(login = %s.login, hostname = %s.hostname, by = %who.name, "session opened");
     st.metrics.presence_login();
     Ok((status, Json(s)).into_response())
@@ -362,6 +392,9 @@ pub async fn heartbeat(
             .collect();
         unknown.clear();
     }
+    let mut alive = refreshed.clone();
+    alive.extend(rebuilt.iter().cloned());
+    share_heartbeats(&st, &alive).await;
     Ok(Json(json!({
         "refreshed": refreshed,
         "rebuilt": rebuilt,

@@ -410,6 +410,27 @@ impl Store for PgStore {
         true
     }
 
+    async fn record_heartbeats(&self, logins: &[String], at_ms: i64) -> Result<(), StoreError> {
+        if logins.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO heartbeats (login, at_ms) SELECT l, $2 FROM UNNEST($1::text[]) AS l \
+             ON CONFLICT (login) DO UPDATE SET at_ms = GREATEST(heartbeats.at_ms, excluded.at_ms)",
+        )
+        .bind(logins)
+        .bind(at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn heartbeats(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as("SELECT login, at_ms FROM heartbeats")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn lock_writers(&self, since: u64) -> Result<Option<Box<dyn crate::store::WriterLock>>, StoreError> {
         use sqlx::Connection;
         let mut slot = self.writer.clone().lock_owned().await;

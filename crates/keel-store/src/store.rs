@@ -94,6 +94,15 @@ pub trait Store: Send + Sync + 'static {
     /// On a shared database: waits until no other server's writer is between its plan and its
     /// commit, and keeps them waiting until released — so a write is planned against the latest
     /// state, as a single server's are. `None` where there is no other server.
+    /// On a shared database: records that these logins' machines sent a heartbeat at `at_ms`
+    /// (Unix ms), for the other servers' expiry. Nothing to do for one server.
+    async fn record_heartbeats(&self, _logins: &[String], _at_ms: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The heartbeats other servers recorded: (login, Unix ms).
+    async fn heartbeats(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(Vec::new())
+    }
     /// `since`: this server's last seq; the lock brings back the log's tail after it.
     async fn lock_writers(&self, _since: u64) -> Result<Option<Box<dyn WriterLock>>, StoreError> {
         Ok(None)

@@ -152,3 +152,60 @@ async fn migrate_db_round_trips_a_large_site_exactly() {
         before_machines
     );
 }
+
+/// A machine's heartbeats may reach either server: neither closes a session the other hears from.
+#[tokio::test]
+async fn heartbeats_to_one_server_keep_sessions_alive_on_both() {
+    use crate::presence::{add_machine, add_user, heartbeat, login, presence_toml, LOOPBACK_POOLS};
+    let (_pg, url) = pg();
+    let pools = LOOPBACK_POOLS.replace("127.0.5.0/24", "127.0.0.0/24");
+    // The site's one presence secret, shared by both servers (docs/postgres.md).
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("presence.secret");
+    std::fs::write(&secret, "one-secret-for-the-whole-site\n").unwrap();
+    let toml = format!(
+        "{pools}[presence]\ntimeout_secs = 2\nrecovery_secs = 0\nsecret_file = \"{}\"\n",
+        secret.display()
+    );
+    let a = Keel::start_with_config(&toml, &["--database", &url]);
+    let b = Keel::start_sharing(&["--config", a.config_arg(), "--database", &url], &a.token);
+    add_machine(&a, "pc1", "user", "127.0.0.1").await;
+    add_user(&a, "alice", "user").await;
+    assert_eq!(login(&a, "alice", "pc1").await.0, 201);
+    // pc1 reports to B only.
+    let cfg = presence_toml(&b, tmp.path(), "pc1");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            &b.data().join("presence.secret").display().to_string(),
+            &secret.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let me = std::process::id() as i32;
+    std::fs::write(
+        tmp.path().join("utmp"),
+        keel_agent::utmp::record(keel_agent::utmp::USER_PROCESS_TYPE, me, "tty1", "alice"),
+    )
+    .unwrap();
+    for _ in 0..10 {
+        let (ok, answer) = heartbeat(&cfg);
+        assert!(ok, "{answer}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let on_a = api(&a, Method::GET, "/api/v1/sessions", None).await;
+    assert_eq!(
+        on_a.as_array().unwrap().len(),
+        1,
+        "A kept the session B hears from: {on_a}"
+    );
+    // Silence: it expires (on whichever server notices first), once.
+    eventually(10, "alice's session expired", async || {
+        api(&a, Method::GET, "/api/v1/sessions", None)
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+}

@@ -343,7 +343,7 @@ async fn firewall_follows_logins_and_contest_mode_inside_a_network_namespace() {
 }
 
 /// A machine's presence.toml (in `dir`, with its utmp and state file there) for keel `k`.
-fn presence_toml(k: &Keel, dir: &Path, hostname: &str) -> PathBuf {
+pub fn presence_toml(k: &Keel, dir: &Path, hostname: &str) -> PathBuf {
     let cfg = dir.join("presence.toml");
     let text = format!(
         "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"{hostname}\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\n",
@@ -369,7 +369,7 @@ fn pam(cfg: &Path, kind: &str, user: &str) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn heartbeat(cfg: &Path) -> (bool, Value) {
+pub fn heartbeat(cfg: &Path) -> (bool, Value) {
     let out = Command::new(agent_bin())
         .args(["presence", "--presence-config"])
         .arg(cfg)
