@@ -84,14 +84,41 @@ impl Db {
                 let old = find_machine(s, name)?;
                 check_version(old.version, if_version)?;
                 let m = s.edit_machine(old, patch, pools)?;
-                Ok(vec![Write::put(&m, Some(if_version), false)?])
+                // Someone logged in on a renamed machine stays logged in on it (SSO finds them).
+                // The machine's own Change comes last: it is what this call answers.
+                let mut writes = Vec::new();
+                if let Some(session) = s
+                    .session_on(old.hostname.as_str())
+                    .filter(|_| m.hostname != old.hostname)
+                {
+                    let moved = keel_model::Session {
+                        hostname: m.hostname.clone(),
+                        ..session.clone()
+                    };
+                    writes.push(Write::put(&moved, Some(session.version), false)?);
+                }
+                writes.push(Write::put(&m, Some(if_version), false)?);
+                Ok(writes)
             })
             .await?;
         decode(&changes)
     }
 
+    /// Deletes a machine; a session on it ends in the same commit.
     pub async fn delete_machine(&self, who: &Principal, name: &str, if_version: u64) -> Result<Machine, StoreError> {
-        self.delete_one(who, if_version, |s| find_machine(s, name)).await
+        let changes = self
+            .write(who, |s, _| {
+                let old = find_machine(s, name)?;
+                check_version(old.version, if_version)?;
+                let mut writes = Vec::new();
+                if let Some(session) = s.session_on(old.hostname.as_str()) {
+                    writes.push(Write::delete(session, Some(session.version)));
+                }
+                writes.push(Write::delete(old, Some(if_version)));
+                Ok(writes)
+            })
+            .await?;
+        record(&changes, true)
     }
 
     /// Adds many machines at once, all or nothing. Every bad row is reported with its line.

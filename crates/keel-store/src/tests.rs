@@ -386,3 +386,29 @@ async fn a_server_older_than_the_schema_refuses_to_start() {
     let e = PgStore::open(url).await.err().expect("refused");
     assert!(e.to_string().contains("newer than this keel knows"), "{e}");
 }
+
+/// A session follows its machine: renamed, it moves with it; deleted, it ends with it.
+#[tokio::test]
+async fn sessions_follow_their_machine_through_rename_and_delete() {
+    let db = open(&Backend::sqlite()).await;
+    let who = Principal::system();
+    db.create_machine(&who, machine(1)).await.unwrap();
+    let alice = keel_model::UserPatch::from_fields(
+        Fields::new(json!({"login": "alice", "group": "user"}), Strictness::Strict).unwrap(),
+    )
+    .unwrap();
+    db.create_user(&who, alice).await.unwrap();
+    db.open_session(&who, "alice", "h1").await.unwrap();
+    let m = db.snapshot().machine_by_name("h1").unwrap().clone();
+    let renamed = db
+        .edit_machine(&who, "h1", m.version, patch(json!({"hostname": "h1b"})))
+        .await
+        .unwrap();
+    assert_eq!(renamed.hostname.as_str(), "h1b");
+    let snap = db.snapshot();
+    assert_eq!(snap.session("alice").unwrap().hostname.as_str(), "h1b");
+    assert_eq!(snap.login_at(renamed.ip).unwrap().1.unwrap().login.as_str(), "alice");
+    let gone = db.delete_machine(&who, "h1b", renamed.version).await.unwrap();
+    assert_eq!(gone.hostname.as_str(), "h1b");
+    assert!(db.snapshot().session("alice").is_none());
+}
