@@ -32,7 +32,12 @@ pub struct TftpConfig {
     pub root: PathBuf,
     /// Resend timeout unless the client asks for another (`timeout` option).
     pub timeout: Duration,
+    /// Transfers at once, at most (each holds a socket and a file); more requests are told "busy".
+    pub max_transfers: usize,
 }
+
+/// The default bound on transfers at once: a room of machines booting together is a few hundred.
+pub const MAX_TRANSFERS: usize = 512;
 
 /// A parsed read request.
 #[derive(Debug, PartialEq, Eq)]
@@ -124,8 +129,16 @@ fn resolve(root: &Path, name: &str) -> Option<PathBuf> {
 /// Serves read requests on `socket` until the process ends.
 pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket) {
     let mut buf = vec![0u8; 2048];
+    // A bound on transfers at once (each holds a socket and a file): a flood of requests gets
+    // "busy" answers, not a descriptor shortage for the rest of keel.
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_transfers.max(1)));
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = cfg.max_transfers, "tftp: too many transfers running; request refused");
+            let _ = socket.send_to(&error(0, "server busy: try again"), peer).await;
             continue;
         };
         let packet = buf[..n].to_vec();
@@ -136,6 +149,7 @@ pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket) {
                 Ok(()) => tracing::debug!(%peer, "tftp transfer done"),
                 Err(e) => tracing::debug!(%peer, %e, "tftp transfer ended"),
             }
+            drop(slot);
         });
     }
 }
@@ -263,6 +277,36 @@ mod tests {
             p.push(0);
         }
         p
+    }
+
+    /// With every slot taken (a client that never acknowledges), the next request is told "busy"
+    /// at once; the first transfer is not disturbed.
+    #[tokio::test]
+    async fn a_request_beyond_the_limit_is_refused_as_busy() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), vec![7u8; 4096]).unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let cfg = Arc::new(TftpConfig {
+            root: root.path().to_owned(),
+            timeout: Duration::from_secs(5),
+            max_transfers: 1,
+        });
+        tokio::spawn(serve(cfg, server));
+        let slow = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        slow.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
+        let mut buf = [0u8; 600];
+        let (n, _) = slow.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..2], &DATA.to_be_bytes(), "{n}");
+        // It never ACKs: its transfer holds the only slot.
+        let second = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        second.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), second.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..2], &ERROR.to_be_bytes());
+        assert!(String::from_utf8_lossy(&buf[4..n]).contains("busy"));
     }
 
     #[test]

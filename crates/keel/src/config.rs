@@ -172,6 +172,8 @@ pub struct TftpFile {
     pub root: Option<PathBuf>,
     /// Milliseconds before a block is resent, unless the client asks otherwise (default 1000).
     pub retransmit_ms: Option<u64>,
+    /// Transfers at once, at most (default 512); more requests are answered "busy".
+    pub max_transfers: Option<usize>,
 }
 
 /// `[dns]`: the built-in authoritative DNS.

@@ -242,6 +242,7 @@ async fn start_tftp(cfg: &ServeConfig) -> anyhow::Result<()> {
     let root = cfg.tftp.root.clone().unwrap_or_else(|| cfg.data_dir.join("tftp"));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create the TFTP root {}", root.display()))?;
     let tftp = Arc::new(keel_server::tftp::TftpConfig {
+        max_transfers: cfg.tftp.max_transfers.unwrap_or(keel_server::tftp::MAX_TRANSFERS),
         root: root.clone(),
         timeout: std::time::Duration::from_millis(cfg.tftp.retransmit_ms.unwrap_or(1000).max(10)),
     });
