@@ -104,3 +104,46 @@ impl Throttle {
             .remove(login);
     }
 }
+
+/// At most `limit` events per minute per address (self-registration while it is open): a
+/// misbehaving or hostile machine cannot fill the pools. In memory; bounded.
+pub(crate) struct RateLimit {
+    limit: u32,
+    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl RateLimit {
+    pub(crate) fn per_minute(limit: u32) -> Self {
+        Self {
+            limit,
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Counts one event from `ip`; false once it is over the limit for the current minute.
+    pub(crate) fn allow(&self, ip: std::net::IpAddr) -> bool {
+        let minute = std::time::Duration::from_secs(60);
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() > 100_000 {
+            seen.retain(|_, (start, _)| start.elapsed() < minute);
+        }
+        let e = seen.entry(ip).or_insert((std::time::Instant::now(), 0));
+        if e.0.elapsed() >= minute {
+            *e = (std::time::Instant::now(), 0);
+        }
+        e.1 += 1;
+        e.1 <= self.limit
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    #[test]
+    fn each_address_has_its_own_budget() {
+        let r = super::RateLimit::per_minute(3);
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!((0..3).all(|_| r.allow(a)));
+        assert!(!r.allow(a));
+        assert!(r.allow(b));
+    }
+}

@@ -27,6 +27,8 @@ pub enum ApiError {
     Refused(keel_model::Refusal),
     #[error("too many wrong passwords: try again in {0} s")]
     TooManyAttempts(u64),
+    #[error("too many requests from this address: try again in {0} s")]
+    RateLimited(u64),
     #[error("If-Match is required: send the version (ETag) you read; * is not accepted")]
     PreconditionRequired,
     /// A feature switched off in this server's configuration.
@@ -55,7 +57,7 @@ impl ApiError {
             Self::Refused(_) => StatusCode::LOCKED,
             Self::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
-            Self::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAttempts(_) | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Failed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -75,7 +77,9 @@ impl ApiError {
         self.log();
         let exn_type = match &self {
             Self::Invalid(_) => "ValueError",
-            Self::Unauthorized(_) | Self::Forbidden(_) | Self::TooManyAttempts(_) => "PermissionError",
+            Self::Unauthorized(_) | Self::Forbidden(_) | Self::TooManyAttempts(_) | Self::RateLimited(_) => {
+                "PermissionError"
+            }
             Self::NotFound(_) => "KeyError",
             Self::Conflict(_) | Self::PreconditionFailed { .. } | Self::PreconditionRequired | Self::Refused(_) => {
                 "ValueError"
@@ -103,7 +107,7 @@ impl IntoResponse for ApiError {
             body["reason"] = json!(r.code());
         }
         let mut resp = (status, Json(body)).into_response();
-        if let Self::TooManyAttempts(secs) = &self {
+        if let Self::TooManyAttempts(secs) | Self::RateLimited(secs) = &self {
             if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }

@@ -31,6 +31,9 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 pub use watch::WatchConfig;
 
+/// Self-registrations accepted per source address and minute (a machine registers once).
+pub const REGISTRATIONS_PER_MINUTE: u32 = 10;
+
 /// Largest request body accepted, except imports.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 /// Largest import body (a 10,000-machine file is about 2 MB as JSON).
@@ -64,6 +67,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     watch_lines: Arc<watch::LineCache>,
     login_throttle: Arc<auth::Throttle>,
+    /// Self-registrations per source address and minute.
+    register_limit: Arc<auth::RateLimit>,
     /// Becomes true when the server stops: open streams end (with a reason line) so that the
     /// graceful shutdown does not wait on them forever.
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -108,6 +113,7 @@ impl AppState {
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
             login_throttle: Arc::new(auth::Throttle::default()),
+            register_limit: Arc::new(auth::RateLimit::per_minute(REGISTRATIONS_PER_MINUTE)),
             shutdown,
             engine_slot: Arc::new(std::sync::OnceLock::new()),
         }

@@ -166,7 +166,12 @@ pub(crate) async fn boot(State(st): State<AppState>, Path(mac): Path<String>, he
 
 /// `GET /register?hostname&mac&rfs&hfs&room&mtype`, from the registration script. Answers a
 /// script: the machine's boot on success, the refusal's reasons in words otherwise.
-pub(crate) async fn register(State(st): State<AppState>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+pub(crate) async fn register(
+    State(st): State<AppState>,
+    crate::presence::Peer(peer): crate::presence::Peer,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let cfg = &st.config.netboot;
     let base = base(cfg, &headers);
     let mut map = serde_json::Map::new();
@@ -187,6 +192,10 @@ pub(crate) async fn register(State(st): State<AppState>, RawQuery(q): RawQuery, 
     };
     if !st.db.snapshot().flag("allow_self_registration") {
         return refuse(vec!["registration is closed: an organiser must add this machine".into()]);
+    }
+    if peer.is_some_and(|ip| !st.register_limit.allow(ip)) {
+        tracing::warn!(?peer, "self-registration refused: too many from this address");
+        return refuse(vec!["too many registrations from this address: wait a minute".into()]);
     }
     let patch = match MachinePatch::from_fields(Fields::from_map(map, Strictness::Lenient)) {
         Ok(p) => p,

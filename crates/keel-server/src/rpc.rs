@@ -31,16 +31,15 @@ const REGISTER_PARAMS: &[&str] = &["hostname", "mac", "rfs", "hfs", "room", "mty
 pub(crate) async fn call(
     State(state): State<AppState>,
     Caller(who): Caller,
+    crate::presence::Peer(peer): crate::presence::Peer,
     Path(method): Path<String>,
-    uri: axum::extract::OriginalUri,
-    headers: HeaderMap,
-    verb: Method,
+    request: axum::http::request::Parts,
     body: Bytes,
 ) -> Response {
-    let service = service_of(uri.path(), &headers);
-    let query = uri.query();
+    let service = service_of(request.uri.path(), &request.headers);
+    let query = request.uri.query();
     let result = async {
-        let args = Args::parse(&headers, &verb, query, &body)?;
+        let args = Args::parse(&request.headers, &request.method, query, &body)?;
         let who = match (&who, &state.config.rpc_secret, args.hmac.as_deref()) {
             // prologin's scheme: a valid hmac acts as the principal configured for the secret.
             (None, Some(s), Some(token)) if !token.is_empty() => Some(s.check(token, &method)?),
@@ -49,7 +48,13 @@ pub(crate) async fn call(
         match (service, method.as_str()) {
             (Service::Mdb, "query") => query_machines(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
-            (Service::Mdb, "register") => register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await,
+            (Service::Mdb, "register") => {
+                let anonymous = who.as_ref().is_none_or(|p| !p.is_admin());
+                if anonymous && peer.is_some_and(|ip| !state.register_limit.allow(ip)) {
+                    return Err(ApiError::RateLimited(60));
+                }
+                register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await
+            }
             (Service::Udb, "query") => query_users(&state.db.snapshot(), args.named(&[])?),
             (Service::Udb, _) => Err(ApiError::NotFound(format!("udb method {method:?}"))),
             (Service::Mdb, _) => Err(ApiError::NotFound(format!("mdb method {method:?}"))),

@@ -208,3 +208,36 @@ async fn rpc_hmac_signed_calls_act_as_the_configured_principal() {
     let logged = st.db.store().changes_since(0, 100).await.unwrap();
     assert_eq!(logged.last().unwrap().principal, "netboot");
 }
+
+/// Self-registration, while open, is limited per source address: a hostile machine cannot fill
+/// the pools; other addresses are not affected.
+#[tokio::test]
+async fn self_registration_is_limited_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    st.db
+        .set_setting(&Principal::system(), "allow_self_registration", json!(true), Some(0))
+        .await
+        .unwrap();
+    let call = |i: u32, peer: [u8; 4]| {
+        let body = json!({"args": [format!("self{i}"), format!("02:00:00:00:09:{i:02x}"), 1, 1, "alt", "user"]});
+        let mut r = Request::post("/call/register")
+            .header(header::HOST, "mdb.prolo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        r.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((peer, 4000))));
+        r
+    };
+    for i in 0..crate::REGISTRATIONS_PER_MINUTE {
+        assert_eq!(send(&st, call(i, [10, 0, 0, 66])).await.0, StatusCode::OK);
+    }
+    let (status, body) = send(&st, call(99, [10, 0, 0, 66])).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        send(&st, call(98, [10, 0, 0, 67])).await.0,
+        StatusCode::OK,
+        "another address"
+    );
+}
