@@ -72,3 +72,49 @@ pub(crate) fn stamp(after: &mut Value, seq: u64, assign_id: bool) {
         }
     }
 }
+
+/// Splits planned writes into batches written one multi-row statement per table: a key at most
+/// once per batch (inside a batch, statements go table by table rather than write by write, and
+/// an upsert may not touch one row twice) and at most about `max_params` bound values.
+pub(crate) fn batches(planned: &[Planned], max_params: usize) -> Vec<&[Planned]> {
+    let mut out = Vec::new();
+    let (mut start, mut params) = (0, 0usize);
+    let mut keys = std::collections::HashSet::new();
+    for (i, p) in planned.iter().enumerate() {
+        let cost = 14 + 4 * p.uniques.len();
+        if i > start
+            && (params.saturating_add(cost) > max_params || keys.contains(&(p.change.kind, p.change.key.as_str())))
+        {
+            out.push(&planned[start..i]);
+            (start, params) = (i, 0);
+            keys.clear();
+        }
+        keys.insert((p.change.kind, p.change.key.as_str()));
+        params = params.saturating_add(cost);
+    }
+    out.push(&planned[start..]);
+    out
+}
+
+/// What a batch writes to each table: records replaced (their old unique values go), unique
+/// values claimed, records put, records deleted.
+pub(crate) struct ChunkRows<'a> {
+    pub(crate) replaced: Vec<&'a Planned>,
+    pub(crate) uniques: Vec<(&'a Planned, &'a (&'static str, String))>,
+    pub(crate) puts: Vec<&'a Planned>,
+    pub(crate) deletes: Vec<&'a Planned>,
+}
+
+impl<'a> ChunkRows<'a> {
+    pub(crate) fn of(chunk: &'a [Planned]) -> Self {
+        Self {
+            replaced: chunk.iter().filter(|p| !p.fresh).collect(),
+            uniques: chunk
+                .iter()
+                .flat_map(|p| p.uniques.iter().map(move |u| (p, u)))
+                .collect(),
+            puts: chunk.iter().filter(|p| p.change.op == Op::Put).collect(),
+            deletes: chunk.iter().filter(|p| p.change.op == Op::Delete).collect(),
+        }
+    }
+}

@@ -10,11 +10,11 @@
 use std::path::Path;
 
 use async_trait::async_trait;
-use keel_model::{Change, Op};
+use keel_model::Change;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use crate::commit_plan::{plan, Planned};
+use crate::commit_plan::{batches, plan, ChunkRows, Planned};
 use crate::sqlite::{parse_json, parse_kind, to_i64, to_u64};
 use crate::store::{Loaded, Store, Write};
 use crate::{fault, now_rfc3339, StoreError, TokenRow};
@@ -76,30 +76,17 @@ impl PgStore {
     }
 }
 
-/// Splits the planned writes so that no key appears twice in one multi-row statement
-/// (PostgreSQL refuses to upsert one row twice in a statement).
-fn chunks(planned: &[Planned]) -> Vec<&[Planned]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut keys = std::collections::HashSet::new();
-    for (i, p) in planned.iter().enumerate() {
-        if !keys.insert((p.change.kind, p.change.key.as_str())) {
-            out.push(&planned[start..i]);
-            start = i;
-            keys.clear();
-            keys.insert((p.change.kind, p.change.key.as_str()));
-        }
-    }
-    out.push(&planned[start..]);
-    out
-}
-
 async fn write_chunk(tx: &mut sqlx::PgConnection, chunk: &[Planned]) -> Result<(), sqlx::Error> {
     let strings = |f: &dyn Fn(&Planned) -> String, of: &[&Planned]| of.iter().map(|p| f(p)).collect::<Vec<String>>();
     let kind = |p: &Planned| p.change.kind.as_str().to_owned();
     let key = |p: &Planned| p.change.key.clone();
     let all: Vec<&Planned> = chunk.iter().collect();
-    let replaced: Vec<&Planned> = chunk.iter().filter(|p| !p.fresh).collect();
+    let ChunkRows {
+        replaced,
+        uniques,
+        puts,
+        deletes,
+    } = ChunkRows::of(chunk);
     if !replaced.is_empty() {
         // Before the new unique values go in (a separate statement: one statement's parts all
         // see the same snapshot, so its INSERT would still find the values its DELETE removes).
@@ -109,12 +96,6 @@ async fn write_chunk(tx: &mut sqlx::PgConnection, chunk: &[Planned]) -> Result<(
             .execute(&mut *tx)
             .await?;
     }
-    let uniques: Vec<(&Planned, &(&'static str, String))> = chunk
-        .iter()
-        .flat_map(|p| p.uniques.iter().map(move |u| (p, u)))
-        .collect();
-    let puts: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Put).collect();
-    let deletes: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Delete).collect();
     // Unique values, records, deletions, Change rows and the wake-up for other servers (sent at
     // COMMIT) in one statement: one round trip.
     sqlx::query(
@@ -231,7 +212,8 @@ async fn write_tx(
         .map(|(i, w)| plan(w, first + i as u64, principal, &time, current.get(&i)))
         .collect::<Result<Vec<_>, _>>()?;
     fault::in_commit().await;
-    for chunk in chunks(&planned) {
+    // UNNEST takes whole arrays: no bound on values, only on a key appearing twice.
+    for chunk in batches(&planned, usize::MAX) {
         write_chunk(&mut *conn, chunk).await.map_err(conflict)?;
     }
     Ok(planned.into_iter().map(|p| p.change).collect())

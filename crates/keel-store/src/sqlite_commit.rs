@@ -24,7 +24,7 @@ use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 
-use crate::commit_plan::{plan, stamp, Planned};
+use crate::commit_plan::{batches, plan, stamp, ChunkRows, Planned};
 use crate::sqlite::{parse_json, to_i64, to_u64};
 use crate::store::Write;
 use crate::{fault, now_rfc3339, StoreError};
@@ -78,7 +78,8 @@ async fn run(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec
         .map(|(i, w)| plan(w, first + i as u64, principal, &time, current.get(&i)))
         .collect::<Result<Vec<_>, _>>()?;
     fault::in_commit().await;
-    let chunks = batches(&planned);
+    // SQLite allows 32,766 bound values per statement.
+    let chunks = batches(&planned, 30_000);
     for (i, chunk) in chunks.iter().enumerate() {
         write_chunk(tx, chunk, i + 1 == chunks.len()).await?;
     }
@@ -256,27 +257,6 @@ async fn begin(tx: &mut OpenTx, writes: &[Write]) -> Result<(u64, HashMap<usize,
     Ok((to_u64(last), current))
 }
 
-/// Splits the writes into batches of one round trip each: a key at most once per batch (inside a
-/// batch, statements go table by table rather than write by write) and at most ~30,000 bound
-/// values (SQLite allows 32,766 per statement).
-fn batches(planned: &[Planned]) -> Vec<&[Planned]> {
-    let mut out = Vec::new();
-    let (mut start, mut params) = (0, 0);
-    let mut keys = std::collections::HashSet::new();
-    for (i, p) in planned.iter().enumerate() {
-        let cost = 14 + 4 * p.uniques.len();
-        if i > start && (params + cost > 30_000 || keys.contains(&(p.change.kind, p.change.key.as_str()))) {
-            out.push(&planned[start..i]);
-            (start, params) = (i, 0);
-            keys.clear();
-        }
-        keys.insert((p.change.kind, p.change.key.as_str()));
-        params += cost;
-    }
-    out.push(&planned[start..]);
-    out
-}
-
 /// `n` groups of `arity` placeholders: `(?, ?), (?, ?)`.
 fn rows(n: usize, arity: usize) -> String {
     let one = format!("({})", vec!["?"; arity].join(", "));
@@ -287,13 +267,12 @@ fn rows(n: usize, arity: usize) -> String {
 /// statements), then commits if `last`. SQLite stops at the first failing statement, so an error
 /// never reaches the COMMIT.
 async fn write_chunk(tx: &mut OpenTx, chunk: &[Planned], last: bool) -> Result<(), StoreError> {
-    let replaced: Vec<&Planned> = chunk.iter().filter(|p| !p.fresh).collect();
-    let uniques: Vec<(&Planned, &(&'static str, String))> = chunk
-        .iter()
-        .flat_map(|p| p.uniques.iter().map(move |u| (p, u)))
-        .collect();
-    let puts: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Put).collect();
-    let deletes: Vec<&Planned> = chunk.iter().filter(|p| p.change.op == Op::Delete).collect();
+    let ChunkRows {
+        replaced,
+        uniques,
+        puts,
+        deletes,
+    } = ChunkRows::of(chunk);
     let mut sql = "DELETE FROM uniques WHERE kind = ? AND key = ?;".repeat(replaced.len());
     if !uniques.is_empty() {
         sql += &format!(
