@@ -99,7 +99,7 @@ impl Db {
                 Some(l) => {
                     let tail = l.caught_up();
                     let whole = tail.len() < crate::store::CAUGHT_UP_MAX;
-                    self.apply_logged(tail).await && whole
+                    self.apply_committed(&tail).await && whole
                 }
                 None => false,
             };
@@ -132,23 +132,7 @@ impl Db {
             self.catch_up_locked().await?;
             return Ok(changes);
         }
-        let mut next = (*current).clone();
-        for c in &changes {
-            if let Err(e) = next.apply(c) {
-                tracing::error!(%e, "a committed change does not apply to the snapshot; reloading");
-                drop(next);
-                self.reload().await;
-                return Ok(changes);
-            }
-        }
-        self.snapshot.store(Arc::new(next));
-        if changes.iter().any(frees_an_address) {
-            *self.alloc_hints() = keel_model::AllocHints::default();
-        }
-        for c in &changes {
-            // No subscriber is not an error.
-            let _ = self.changes.send(Arc::new(c.clone()));
-        }
+        self.apply_committed(&changes).await;
         Ok(changes)
     }
 
@@ -159,12 +143,12 @@ impl Db {
         self.catch_up_locked().await
     }
 
-    /// Applies changes read from the log (in seq order, from the Snapshot's next) and broadcasts
-    /// them. A gap (the log trimmed past this server) or a change that does not apply reloads the
-    /// Snapshot from the records instead; then false.
-    async fn apply_logged(&self, batch: Vec<Change>) -> bool {
+    /// Applies committed changes — this server's own, or read from the log — in seq order from
+    /// the Snapshot's next, and broadcasts them. A gap (the log trimmed past this server) or a
+    /// change that does not apply reloads the Snapshot from the records instead; then false.
+    async fn apply_committed(&self, batch: &[Change]) -> bool {
         let current = self.snapshot();
-        let batch: Vec<Change> = batch.into_iter().filter(|c| c.seq > current.seq()).collect();
+        let batch: Vec<&Change> = batch.iter().filter(|c| c.seq > current.seq()).collect();
         let Some(first) = batch.first() else { return true };
         if first.seq != current.seq() + 1 {
             tracing::warn!(
@@ -178,17 +162,18 @@ impl Db {
         let mut next = (*current).clone();
         for c in &batch {
             if let Err(e) = next.apply(c) {
-                tracing::error!(%e, "a logged change does not apply to the snapshot; reloading");
+                tracing::error!(%e, "a committed change does not apply to the snapshot; reloading");
                 self.reload().await;
                 return false;
             }
         }
         self.snapshot.store(Arc::new(next));
-        if batch.iter().any(frees_an_address) {
+        if batch.iter().any(|c| frees_an_address(c)) {
             *self.alloc_hints() = keel_model::AllocHints::default();
         }
         for c in batch {
-            let _ = self.changes.send(Arc::new(c));
+            // No subscriber is not an error.
+            let _ = self.changes.send(Arc::new(c.clone()));
         }
         true
     }
@@ -201,7 +186,7 @@ impl Db {
                 return Ok(applied);
             }
             let n = batch.len();
-            if !self.apply_logged(batch).await {
+            if !self.apply_committed(&batch).await {
                 return Ok(applied); // reloaded: the Snapshot is the records' state
             }
             applied += n;
