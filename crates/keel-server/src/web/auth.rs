@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keel_model::Group;
 use serde::Deserialize;
 
-use super::{expired, html, Errors, Form, Me, Nav, WebError, WebRole};
+use super::{html, Errors, Form, Me, Nav, WebError, WebRole};
 use crate::AppState;
 
 const COOKIE: &str = "keel_session";
@@ -48,13 +48,12 @@ fn random() -> String {
     if getrandom::fill(&mut b).is_err() {
         return String::new();
     }
-    hex_of(&b)
+    hex::encode(b)
 }
 
-/// Compares digests: the time taken says nothing about how much of a secret matched.
+/// A presented token equals the expected one (an empty one never does).
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    use sha2::Digest;
-    !a.is_empty() && sha2::Sha256::digest(a.as_bytes()) == sha2::Sha256::digest(b.as_bytes())
+    !a.is_empty() && crate::auth::same_secret(a.as_bytes(), b.as_bytes())
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -122,6 +121,11 @@ impl Sessions {
     }
 }
 
+/// A session unused for longer than `idle` is over.
+fn expired(last: Instant, idle: Duration) -> bool {
+    last.elapsed() > idle
+}
+
 /// Who may use the pages: admins (group root) and facility managers.
 fn role_of(st: &AppState, login: &str) -> Option<WebRole> {
     let snap = st.db.snapshot();
@@ -151,7 +155,7 @@ pub(crate) fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
     // No session is stored (nginx vouches for every request); the CSRF token is derived from
     // the login and a key of this server, so it is stable between a page and its form.
     use sha2::Digest;
-    let csrf = hex_of(&sha2::Sha256::digest(
+    let csrf = hex::encode(sha2::Sha256::digest(
         format!("{}:{login}", st.web_sessions.sso_key).as_bytes(),
     ));
     Some(Me {
@@ -159,10 +163,6 @@ pub(crate) fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
         role,
         csrf,
     })
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn session_cookie(st: &AppState, id: &str, max_age: u64) -> HeaderValue {

@@ -15,7 +15,7 @@ mod other;
 mod users;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::FromRequestParts;
@@ -405,9 +405,4 @@ pub(crate) fn saved<T>(
             None => Err(e.into()),
         },
     }
-}
-
-/// Time since an instant, for session expiry (kept here so tests can reason about it).
-pub(crate) fn expired(last: Instant, idle: Duration) -> bool {
-    last.elapsed() > idle
 }
