@@ -1,7 +1,5 @@
 //! Starting the propagation engine for `keel serve`: its key, its services, its senders.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,14 +22,7 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<SecretKey> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey::generate()?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(f, "{}", key.to_base64())?;
-            f.sync_all()?;
+            crate::serve::create_private_file(path, &key.to_base64())?;
             tracing::info!(public_key = %key.public(), "made the bundle signing key; agents must trust this public key");
             Ok(key)
         }

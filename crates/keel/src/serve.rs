@@ -183,6 +183,20 @@ fn rpc_secret(cfg: &ServeConfig) -> anyhow::Result<Option<keel_server::rpc::RpcS
     }))
 }
 
+/// Makes a new file readable by keel only (0600) holding `line`, flushed to disk; an existing
+/// file is an error (a secret is never overwritten).
+pub fn create_private_file(path: &Path, line: &str) -> anyhow::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{line}")?;
+    f.sync_all()?;
+    Ok(())
+}
+
 /// A secret file's first line; a new random secret (mode 0600) when the file does not exist.
 fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
@@ -199,14 +213,7 @@ fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
             let mut raw = [0u8; 24];
             getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let secret = hex::encode(raw);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(f, "{secret}")?;
-            f.sync_all()?;
+            create_private_file(path, &secret)?;
             tracing::info!(file = %path.display(), "made the presence secret; machines send it with presence calls");
             Ok(secret)
         }
