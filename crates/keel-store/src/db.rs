@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use keel_model::{Change, Kind, Pools, Principal, Snapshot};
 use tokio::sync::{broadcast, Mutex};
 
+use crate::batch::{self, Batch};
 use crate::store::{Store, Write};
 use crate::token::{self, AuthError, NewToken, TokenRow};
 use crate::{now_rfc3339, StoreError};
@@ -20,7 +21,10 @@ const BROADCAST_CAPACITY: usize = 16_384;
 pub struct Db {
     store: Arc<dyn Store>,
     snapshot: ArcSwap<Snapshot>,
-    writer: Mutex<()>,
+    /// The writer lock; on a shared database it holds the open group of writes, if any.
+    writer: Mutex<Option<Batch>>,
+    /// Writers waiting for the writer lock (a group stays open while there are).
+    queued: std::sync::atomic::AtomicUsize,
     changes: broadcast::Sender<Arc<Change>>,
     pools: Pools,
     db_id: String,
@@ -37,7 +41,8 @@ impl Db {
         Ok(Self {
             store,
             snapshot: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(()),
+            writer: Mutex::new(None),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             changes,
             pools,
             db_id,
@@ -73,50 +78,16 @@ impl Db {
     where
         F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
     {
-        let _writer = self.writer.lock().await;
-        let mut lock = self.store.lock_writers(self.snapshot().seq()).await?;
-        let result = self.write_locked(who, plan, lock.as_mut()).await;
-        if let Some(l) = lock {
-            l.release().await;
-        }
-        result
-    }
-
-    /// A write under the writer lock(s): this server's, and on a shared database every server's.
-    async fn write_locked<F>(
-        &self,
-        who: &Principal,
-        plan: F,
-        mut lock: Option<&mut Box<dyn crate::store::WriterLock>>,
-    ) -> Result<Vec<Change>, StoreError>
-    where
-        F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
-    {
         if self.store.shared() {
-            // Other servers write too: plan against everything committed so far (the lock
-            // brought the log's tail back with it).
-            let complete = match lock.as_mut() {
-                Some(l) => {
-                    let tail = l.caught_up();
-                    let whole = tail.len() < crate::store::CAUGHT_UP_MAX;
-                    self.apply_committed(&tail).await && whole
-                }
-                None => false,
-            };
-            if !complete {
-                self.catch_up_locked().await?;
-            }
+            return self.write_shared(who, plan).await;
         }
+        let _writer = self.writer.lock().await;
         let current = self.snapshot();
         let writes = plan(&current, &self.pools)?;
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let committed = match lock {
-            Some(l) => l.commit(&who.name, writes).await,
-            None => self.store.commit(&who.name, writes).await,
-        };
-        let changes = match committed {
+        let changes = match self.store.commit(&who.name, writes).await {
             Ok(c) => c,
             Err(e @ (StoreError::Db(_) | StoreError::Io(_))) => {
                 // Whether a failed COMMIT took effect is the store's to say: reload from it.
@@ -125,28 +96,82 @@ impl Db {
             }
             Err(e) => return Err(e),
         };
-        if self.store.shared() && changes.first().is_some_and(|c| c.seq != current.seq() + 1) {
-            // Another server committed between our catch-up and our commit (it cannot while we
-            // hold the writer lock, but a backend without one could): apply the log in seq
-            // order, ours included, never our changes alone over a gap.
-            self.catch_up_locked().await?;
-            return Ok(changes);
-        }
         self.apply_committed(&changes).await;
         Ok(changes)
+    }
+
+    /// A write on a shared database, committed in a group with the writes queued behind it
+    /// (see `batch.rs`): the cross-server lock and the commit's WAL flush are paid once a group.
+    async fn write_shared<F>(&self, who: &Principal, plan: F) -> Result<Vec<Change>, StoreError>
+    where
+        F: FnOnce(&Snapshot, &Pools) -> Result<Vec<Write>, StoreError>,
+    {
+        let mut slot = {
+            let _queued = batch::Queued::enter(&self.queued);
+            self.writer.lock().await
+        };
+        self.drop_lost_batch(&mut slot);
+        if slot.is_none() {
+            *slot = Some(self.open_batch().await?);
+        }
+        let group = slot
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("no open batch".into()))?;
+        let mine = self.join_batch(group, who, plan).await;
+        if group.lost {
+            self.drop_lost_batch(&mut slot);
+            return mine.and(Err(StoreError::Unavailable("the database connection was lost".into())));
+        }
+        let close_now = self.queued.load(std::sync::atomic::Ordering::Acquire) == 0 || group.members >= batch::MAX;
+        let mine = match mine {
+            Ok(c) if !c.is_empty() => c,
+            other => {
+                if close_now {
+                    // Our write is not in it; the group's outcome is its members' to hear.
+                    let _ = self.close_batch(&mut slot).await;
+                }
+                return other;
+            }
+        };
+        if close_now {
+            return self.close_batch(&mut slot).await.map(|()| mine);
+        }
+        // Those queued behind us join the group; the last of them commits it. Should none do so
+        // (cancelled), we do when the writer lock comes back to us: it is FIFO, so by then every
+        // writer queued before us has joined.
+        let (id, outcome) = (group.id, group.outcome.clone());
+        drop(slot);
+        let mut slot = self.writer.lock().await;
+        if slot.as_ref().is_some_and(|b| b.id == id && !b.lost) {
+            return self.close_batch(&mut slot).await.map(|()| mine);
+        }
+        match outcome.get() {
+            Some(Ok(())) => Ok(mine),
+            Some(Err(e)) => Err(StoreError::Unavailable(e.clone())),
+            None => Err(StoreError::Unavailable("the write's transaction was lost".into())),
+        }
     }
 
     /// Brings the Snapshot up to the log's end (changes committed by other servers on a shared
     /// database), broadcasting each change in seq order. A follower calls it when woken.
     pub async fn catch_up(&self) -> Result<usize, StoreError> {
-        let _writer = self.writer.lock().await;
+        let mut slot = self.writer.lock().await;
+        self.drop_lost_batch(&mut slot);
+        if let Some(open) = slot.as_ref() {
+            if open.opened.elapsed() < batch::STALE {
+                // This server holds the writer lock: nobody else can have committed.
+                return Ok(0);
+            }
+            // Its members were all cancelled before one committed it.
+            let _ = self.close_batch(&mut slot).await;
+        }
         self.catch_up_locked().await
     }
 
     /// Applies committed changes — this server's own, or read from the log — in seq order from
     /// the Snapshot's next, and broadcasts them. A gap (the log trimmed past this server) or a
     /// change that does not apply reloads the Snapshot from the records instead; then false.
-    async fn apply_committed(&self, batch: &[Change]) -> bool {
+    pub(crate) async fn apply_committed(&self, batch: &[Change]) -> bool {
         let current = self.snapshot();
         let batch: Vec<&Change> = batch.iter().filter(|c| c.seq > current.seq()).collect();
         let Some(first) = batch.first() else { return true };
@@ -178,7 +203,7 @@ impl Db {
         true
     }
 
-    async fn catch_up_locked(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn catch_up_locked(&self) -> Result<usize, StoreError> {
         let mut applied = 0;
         loop {
             let batch = self.store.changes_since(self.snapshot().seq(), 5_000).await?;
@@ -200,7 +225,7 @@ impl Db {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn reload(&self) {
+    pub(crate) async fn reload(&self) {
         *self.alloc_hints() = keel_model::AllocHints::default();
         match build_snapshot(self.store.as_ref()).await {
             Ok((s, _)) => self.snapshot.store(Arc::new(s)),
@@ -284,7 +309,7 @@ impl TokenCache {
 
 /// True if a change may free an IP address (a machine deleted, or moved to another address or type):
 /// then an allocation hint no longer holds.
-fn frees_an_address(c: &Change) -> bool {
+pub(crate) fn frees_an_address(c: &Change) -> bool {
     let field = |v: &Option<serde_json::Value>, f: &str| v.as_ref().map(|v| v[f].clone());
     c.kind == Kind::Machine
         && (c.op == keel_model::Op::Delete

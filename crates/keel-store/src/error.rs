@@ -25,6 +25,9 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database did not confirm a commit (its connection was lost, or the COMMIT failed).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("I/O error: {0}")]

@@ -3,6 +3,7 @@
 //!
 //! Only this crate names sqlx.
 
+mod batch;
 mod commit_plan;
 pub mod copy;
 mod db;

@@ -155,22 +155,23 @@ async fn raw_rows(conn: &mut sqlx::PgConnection, sql: &str) -> Result<Vec<sqlx::
     conn.fetch_all(sqlx::raw_sql(sql)).await
 }
 
-/// A commit's work inside a transaction this opens on `conn` (the caller ends it with COMMIT or
-/// ROLLBACK): BEGIN and the seqs in one round trip, the records being replaced read FOR UPDATE,
-/// then every row and the wake-up in one statement per chunk.
+/// A commit's work inside a transaction (the caller ends it with COMMIT or ROLLBACK): `start`
+/// (BEGIN, a savepoint) and the seqs in one round trip, the records being replaced read FOR
+/// UPDATE, then every row and the wake-up in one statement per chunk.
 async fn write_tx(
     conn: &mut sqlx::PgConnection,
+    start: &str,
     principal: &str,
     writes: Vec<Write>,
 ) -> Result<Vec<Change>, StoreError> {
     if writes.is_empty() {
-        raw_rows(conn, "BEGIN").await?;
+        raw_rows(conn, start).await?;
         return Ok(Vec::new());
     }
     let time = now_rfc3339();
-    // The count is our own integer: inlined, so BEGIN and the counter update are one round trip.
+    // The count is our own integer: inlined, so the start and the counter update are one round trip.
     let sql = format!(
-        "BEGIN; UPDATE counter SET seq = seq + {} WHERE id = 1 RETURNING seq",
+        "{start}; UPDATE counter SET seq = seq + {} WHERE id = 1 RETURNING seq",
         writes.len()
     );
     let rows = raw_rows(conn, &sql).await?;
@@ -263,7 +264,7 @@ impl Store for PgStore {
 
     async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let result = write_tx(&mut conn, principal, writes).await;
+        let result = write_tx(&mut conn, "BEGIN", principal, writes).await;
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
         if let Err(e) = raw_rows(&mut conn, end).await {
             conn.close_on_drop(); // never back to the pool mid-transaction
@@ -445,6 +446,8 @@ impl Store for PgStore {
             slot,
             caught_up,
             locked: true,
+            tx: Tx::None,
+            broken: false,
         })))
     }
 }
@@ -455,7 +458,56 @@ const WRITER_LOCK: i64 = 0x6b65_656c_7772_6974;
 struct PgWriterLock {
     slot: tokio::sync::OwnedMutexGuard<Option<sqlx::postgres::PgConnection>>,
     caught_up: Vec<Change>,
+    /// Still holding the advisory lock.
     locked: bool,
+    tx: Tx,
+    /// The connection failed: the transaction and the lock are gone with it.
+    broken: bool,
+}
+
+/// Where the lock's transaction stands.
+#[derive(Clone, Copy, PartialEq)]
+enum Tx {
+    None,
+    /// Open; the last write's savepoint is still to be released.
+    Open {
+        savepoint: bool,
+    },
+}
+
+impl PgWriterLock {
+    fn conn(&mut self) -> Result<&mut sqlx::postgres::PgConnection, StoreError> {
+        self.slot
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("no writer connection".into()))
+    }
+
+    /// Ends the session: PostgreSQL rolls back whatever is open and releases the lock.
+    fn lose(&mut self) {
+        *self.slot = None;
+        self.locked = false;
+        self.tx = Tx::None;
+        self.broken = true;
+    }
+
+    /// Runs `sql` (the transaction's end, the unlock); on failure the connection is given up.
+    async fn finish(&mut self, sql: &str) -> Result<(), StoreError> {
+        let result = match self.conn() {
+            Ok(conn) => raw_rows(conn, sql).await.map_err(StoreError::from),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => {
+                self.locked = false;
+                self.tx = Tx::None;
+                Ok(())
+            }
+            Err(e) => {
+                self.lose();
+                Err(e)
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -464,34 +516,66 @@ impl crate::store::WriterLock for PgWriterLock {
         std::mem::take(&mut self.caught_up)
     }
 
-    /// The commit on the lock's own connection; COMMIT and the unlock in one round trip.
-    async fn commit(&mut self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
-        let conn = self
-            .slot
-            .as_mut()
-            .ok_or_else(|| StoreError::Corrupt("no writer connection".into()))?;
-        let result = write_tx(conn, principal, writes).await;
-        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let sql = format!("{end}; SELECT pg_advisory_unlock({WRITER_LOCK})");
-        if let Err(e) = raw_rows(conn, &sql).await {
-            // Whether the COMMIT took effect is the log's to say (the caller reloads); ending the
-            // session releases the lock.
-            *self.slot = None;
-            return Err(e.into());
+    /// Each write runs under its own savepoint, so one that fails is undone alone and the
+    /// transaction goes on; releasing the previous write's savepoint rides on the same round trip.
+    async fn write(&mut self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
+        let start = match self.tx {
+            Tx::None => "BEGIN; SAVEPOINT w",
+            Tx::Open { savepoint: false } => "SAVEPOINT w",
+            Tx::Open { savepoint: true } => "RELEASE SAVEPOINT w; SAVEPOINT w",
+        };
+        let result = write_tx(self.conn()?, start, principal, writes).await;
+        self.tx = Tx::Open {
+            savepoint: result.is_ok(),
+        };
+        if result.is_err() {
+            let undo = "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w";
+            let undone = match self.conn() {
+                Ok(conn) => raw_rows(conn, undo).await.map(drop).map_err(StoreError::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = undone {
+                tracing::warn!(%e, "undoing a failed write lost the writer connection");
+                self.lose();
+            }
         }
-        self.locked = false;
         result
+    }
+
+    fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// COMMIT and the unlock in one round trip.
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        let sql = match self.tx {
+            Tx::None => format!("SELECT pg_advisory_unlock({WRITER_LOCK})"),
+            Tx::Open { .. } => format!("COMMIT; SELECT pg_advisory_unlock({WRITER_LOCK})"),
+        };
+        // On failure whether the COMMIT took effect is the log's to say (the caller reads it).
+        self.finish(&sql).await
     }
 
     async fn release(mut self: Box<Self>) {
         if !self.locked {
             return;
         }
-        let Some(conn) = self.slot.as_mut() else { return };
-        let sql = format!("SELECT pg_advisory_unlock({WRITER_LOCK})");
-        if let Err(e) = raw_rows(conn, &sql).await {
-            tracing::warn!(%e, "releasing the writer lock failed; closing its connection");
-            *self.slot = None;
+        let sql = match self.tx {
+            Tx::None => format!("SELECT pg_advisory_unlock({WRITER_LOCK})"),
+            Tx::Open { .. } => format!("ROLLBACK; SELECT pg_advisory_unlock({WRITER_LOCK})"),
+        };
+        if let Err(e) = self.finish(&sql).await {
+            tracing::warn!(%e, "releasing the writer lock failed; closed its connection");
+        }
+    }
+}
+
+impl Drop for PgWriterLock {
+    /// Dropped while holding the lock (a cancelled write): the connection's state is unknown,
+    /// so it is closed rather than reused.
+    fn drop(&mut self) {
+        if self.locked {
+            self.lose();
         }
     }
 }
@@ -501,6 +585,7 @@ impl crate::store::WriterLock for PgWriterLock {
 /// to a cancelled wait — costs at most 100 ms, one indexed query). Runs until the process ends.
 pub async fn follow(db: std::sync::Arc<crate::Db>, url: String) {
     let mut listener: Option<sqlx::postgres::PgListener> = None;
+    let mut last_look = std::time::Instant::now();
     loop {
         if listener.is_none() {
             listener = match sqlx::postgres::PgListener::connect(&url).await {
@@ -512,14 +597,24 @@ pub async fn follow(db: std::sync::Arc<crate::Db>, url: String) {
             };
         }
         match &mut listener {
-            Some(l) => {
-                if let Ok(Err(e)) = tokio::time::timeout(POLL, l.recv()).await {
+            Some(l) => match tokio::time::timeout(POLL, l.recv()).await {
+                // Most notifications are this server's own commits, already applied: then there
+                // is nothing to read (and the writer lock is left to the writers).
+                Ok(Ok(n))
+                    if last_look.elapsed() < POLL
+                        && n.payload().parse::<u64>().is_ok_and(|seq| seq <= db.snapshot().seq()) =>
+                {
+                    continue
+                }
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => {
                     tracing::warn!(%e, "lost the notification connection; reconnecting");
                     listener = None;
                 }
-            }
+            },
             None => tokio::time::sleep(POLL).await,
         }
+        last_look = std::time::Instant::now();
         if let Err(e) = db.catch_up().await {
             tracing::warn!(%e, "cannot read other servers' changes");
         }

@@ -91,9 +91,6 @@ pub trait Store: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
-    /// On a shared database: waits until no other server's writer is between its plan and its
-    /// commit, and keeps them waiting until released — so a write is planned against the latest
-    /// state, as a single server's are. `None` where there is no other server.
     /// On a shared database: records that these logins' machines sent a heartbeat at `at_ms`
     /// (Unix ms), for the other servers' expiry. Nothing to do for one server.
     async fn record_heartbeats(&self, _logins: &[String], _at_ms: i64) -> Result<(), StoreError> {
@@ -103,6 +100,9 @@ pub trait Store: Send + Sync + 'static {
     async fn heartbeats(&self) -> Result<Vec<(String, i64)>, StoreError> {
         Ok(Vec::new())
     }
+    /// On a shared database: waits until no other server's writer is between its plan and its
+    /// commit, and keeps them waiting until released — so a write is planned against the latest
+    /// state, as a single server's are. `None` where there is no other server.
     /// `since`: this server's last seq; the lock brings back the log's tail after it.
     async fn lock_writers(&self, _since: u64) -> Result<Option<Box<dyn WriterLock>>, StoreError> {
         Ok(None)
@@ -112,13 +112,19 @@ pub trait Store: Send + Sync + 'static {
 /// The most changes a writer lock brings back; fewer means it brought the whole tail.
 pub(crate) const CAUGHT_UP_MAX: usize = 5_000;
 
-/// Held while one server plans and commits a write on a shared database.
+/// Held while one server plans and commits writes on a shared database: one transaction that
+/// several writes join (group commit), committed together.
 #[async_trait]
 pub trait WriterLock: Send {
     /// The changes after the `since` given when locking (at most a batch; more are read after).
     fn caught_up(&mut self) -> Vec<Change>;
-    /// Commits under the lock (and releases it).
-    async fn commit(&mut self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError>;
-    /// Releases the lock if `commit` did not.
+    /// Writes inside the lock's transaction. A write that fails is undone alone and the
+    /// transaction goes on — unless the connection was lost with it (`broken`).
+    async fn write(&mut self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError>;
+    /// The transaction and the lock were lost: nothing written under it will commit.
+    fn broken(&self) -> bool;
+    /// Commits everything written and releases the lock.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// Rolls back whatever is uncommitted and releases the lock.
     async fn release(self: Box<Self>);
 }

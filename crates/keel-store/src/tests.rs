@@ -64,6 +64,8 @@ on_both_backends!(
     trimming_keeps_the_newest_changes,
     freed_addresses_are_reused_lowest_first,
     live_snapshot_equals_stored_rows,
+    concurrent_writes_commit_gap_free_and_a_failing_one_is_undone_alone,
+    a_cancelled_write_leaves_nothing_and_blocks_nobody,
 );
 
 fn patch(v: Value) -> MachinePatch {
@@ -251,6 +253,103 @@ async fn live_snapshot_equals_stored_rows(dir: Backend) {
         logged.iter().map(|c| c.seq).collect::<Vec<_>>(),
         (1..=40).collect::<Vec<_>>()
     );
+}
+
+/// The live Snapshot is the stored rows' and the log's, and the log is 1..=`last` without a gap.
+async fn assert_consistent(db: &Db, last: u64) {
+    let (stored, _) = build_snapshot(db.store()).await.unwrap();
+    let live = db.snapshot();
+    assert_eq!((stored.seq(), live.seq()), (last, last));
+    for kind in Kind::ALL {
+        assert_eq!(records_of(&stored, kind), records_of(&live, kind), "{kind}");
+    }
+    let replayed = replay_log(db.store()).await.unwrap().unwrap();
+    for kind in Kind::ALL {
+        assert_eq!(records_of(&replayed, kind), records_of(&live, kind), "{kind}");
+    }
+    let seqs: Vec<u64> = db
+        .store()
+        .changes_since(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+}
+
+/// On PostgreSQL, writers queued together share one transaction (group commit): each plans
+/// against the ones before it, and one the database refuses is undone alone.
+async fn concurrent_writes_commit_gap_free_and_a_failing_one_is_undone_alone(dir: Backend) {
+    let db = Arc::new(open(&dir).await);
+    let who = Principal::system();
+    let first = db.create_machine(&who, machine(1)).await.unwrap();
+    let writers = (2..=60u8).map(|i| {
+        let (db, who, first) = (db.clone(), who.clone(), first.clone());
+        tokio::spawn(async move {
+            if i % 10 == 0 {
+                // A duplicate MAC the Snapshot check does not see: the database refuses it.
+                let mut twin = first.clone();
+                twin.id = 0;
+                twin.hostname = format!("twin{i}").try_into().unwrap();
+                twin.ip = format!("192.168.1.{i}").parse().unwrap();
+                return db
+                    .write(&who, |_, _| Ok(vec![Write::put(&twin, Some(0), true)?]))
+                    .await
+                    .map(|_| ());
+            }
+            db.create_machine(&who, machine(i)).await.map(|_| ())
+        })
+    });
+    let mut results = Vec::new();
+    for w in writers.collect::<Vec<_>>() {
+        results.push(w.await.unwrap());
+    }
+    let refused = results
+        .into_iter()
+        .filter(|r| match r {
+            Err(StoreError::Conflict(m)) => m.contains("mac"),
+            Err(e) => panic!("{e}"),
+            Ok(()) => false,
+        })
+        .count();
+    assert_eq!(refused, 6);
+    assert_eq!(db.snapshot().machine_count(), 54);
+    // Every address allocated is distinct, and the lowest ones are used: none leaked to a refusal.
+    let mut ips: Vec<_> = db.snapshot().machines().map(|m| m.ip).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 54);
+    assert_eq!(ips.last().unwrap().to_string(), "192.168.0.54");
+    assert_consistent(&db, 54).await;
+}
+
+/// A request dropped mid-write (its client went away) takes its write with it and leaves the
+/// writer lock free for the next.
+async fn a_cancelled_write_leaves_nothing_and_blocks_nobody(dir: Backend) {
+    let pools = Pools {
+        user: keel_model::Pool::new("10.0.0.0/16".parse().unwrap()),
+        ..Pools::default()
+    };
+    let db = Db::open(dir.store().await, pools).await.unwrap();
+    let who = Principal::system();
+    db.create_machine(&who, machine(1)).await.unwrap();
+    let big = |from: u16| {
+        (from..from + 3000)
+            .map(|i| {
+                let p = patch(json!({"hostname": format!("big{i}"), "mac": format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff), "mtype": "user"}));
+                (usize::from(i), Ok(p))
+            })
+            .collect::<Vec<_>>()
+    };
+    let cancelled = tokio::time::timeout(std::time::Duration::from_millis(5), db.import_machines(&who, big(256))).await;
+    assert!(cancelled.is_err(), "the import finished before it could be cancelled");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), db.create_machine(&who, machine(2)))
+        .await
+        .expect("the writer lock is free again")
+        .unwrap();
+    assert_eq!(next.hostname.as_str(), "h2");
+    assert_consistent(&db, 2).await;
 }
 
 mod propagation_rights {
