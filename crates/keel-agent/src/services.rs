@@ -270,7 +270,7 @@ fn custom(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
         if !same {
             plan.changes.push(Change {
                 target: path,
-                data: Some(data.clone()),
+                data: Some(data.to_vec()),
                 mode: f.mode,
             });
         }

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use bytes::Bytes;
+
 use crate::manifest::{check_rel_path, Manifest};
 use crate::PublicKey;
 
@@ -21,6 +23,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// What `read_from` sets aside before reading: more than a 10,000-user `passwd` bundle (2 MB).
+const INITIAL_READ: usize = 4 << 20;
 
 /// Why a bundle was refused. Each maps to its own agent exit code.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,15 +52,17 @@ pub enum BundleError {
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub manifest: Manifest,
-    /// Path → contents, for exactly the files the manifest lists.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// Path → contents, for exactly the files the manifest lists (slices of the bundle read).
+    pub files: BTreeMap<String, Bytes>,
 }
 
 impl Bundle {
     /// Reads and checks a bundle from `r`, reading at most the limit (plus a little tar framing).
     pub fn read_from(r: impl Read, trusted: &[PublicKey], limits: Limits) -> Result<Self, BundleError> {
         let cap = limits.max_total_bytes + 1024 * (limits.max_files as u64 + 4);
-        let mut raw = Vec::new();
+        // Room for a typical bundle at once: growing by doubling copies and faults in every page
+        // again (untouched capacity costs nothing).
+        let mut raw = Vec::with_capacity(INITIAL_READ.min(usize::try_from(cap).unwrap_or(usize::MAX)));
         r.take(cap + 1)
             .read_to_end(&mut raw)
             .map_err(|e| BundleError::Tar(e.to_string()))?;
@@ -65,12 +72,17 @@ impl Bundle {
                 files: limits.max_files,
             });
         }
-        Self::open(&raw, trusted, limits)
+        Self::open_bytes(Bytes::from(raw), trusted, limits)
     }
 
     /// Checks a bundle held in memory.
     pub fn open(raw: &[u8], trusted: &[PublicKey], limits: Limits) -> Result<Self, BundleError> {
-        let mut members = members(raw, limits)?;
+        Self::open_bytes(Bytes::copy_from_slice(raw), trusted, limits)
+    }
+
+    /// Checks a bundle held in memory; its files are slices of `raw`, not copies.
+    pub fn open_bytes(raw: Bytes, trusted: &[PublicKey], limits: Limits) -> Result<Self, BundleError> {
+        let mut members = members(&raw, limits)?;
         let json = members
             .remove("MANIFEST.json")
             .ok_or(BundleError::Missing("MANIFEST.json"))?;
@@ -128,8 +140,8 @@ fn parse_manifest(json: &[u8]) -> Result<Manifest, BundleError> {
 }
 
 /// Every member of the tar, checked: regular files with safe names, each once, within the limits.
-fn members(raw: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, BundleError> {
-    let mut archive = tar::Archive::new(raw);
+fn members(raw: &Bytes, limits: Limits) -> Result<BTreeMap<String, Bytes>, BundleError> {
+    let mut archive = tar::Archive::new(&raw[..]);
     let mut out = BTreeMap::new();
     let mut total = 0u64;
     let entries = archive.entries().map_err(|e| BundleError::Tar(e.to_string()))?;
@@ -158,14 +170,15 @@ fn members(raw: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, Bund
                 files: limits.max_files,
             });
         }
-        // The member's bytes, sliced out of the archive in memory (reading the entry would zero
-        // a buffer first, then copy).
+        // The member's bytes, sliced out of the archive in memory, not copied (reading the entry
+        // would zero a buffer first, then copy).
         let start = usize::try_from(entry.raw_file_position()).map_err(|e| refuse(&e.to_string()))?;
-        let end = usize::try_from(size).ok().and_then(|n| start.checked_add(n));
-        let data = end
-            .and_then(|end| raw.get(start..end))
-            .ok_or_else(|| refuse("truncated"))?
-            .to_vec();
+        let end = usize::try_from(size)
+            .ok()
+            .and_then(|n| start.checked_add(n))
+            .filter(|end| *end <= raw.len())
+            .ok_or_else(|| refuse("truncated"))?;
+        let data = raw.slice(start..end);
         if out.insert(name.clone(), data).is_some() {
             return Err(refuse("appears twice"));
         }

@@ -145,7 +145,7 @@ async fn a_custom_generator_gets_the_facility_as_json_and_its_files_are_shipped(
     // The bundle verifies with the engine's key and holds the generator's files.
     let b = keel_bundle::Bundle::open(&tar, &[e.public_key()], keel_bundle::Limits::default()).unwrap();
     assert_eq!(b.manifest.version.to_string(), "2.1");
-    assert_eq!(b.files["motd"], b"welcome\n");
+    assert_eq!(&b.files["motd"][..], b"welcome\n");
     let json: serde_json::Value = serde_json::from_slice(&b.files["facility.json"]).unwrap();
     assert_eq!(json["users"][0]["login"], "alice");
     assert!(
