@@ -81,18 +81,35 @@ fn check_account_line(file: &str, line: &str, fields: usize) -> Result<(), Fail>
     Ok(())
 }
 
+/// The host's own lines of an account file (those keel did not write last time), and which of
+/// their names keel's new lines also have. Both are built from the host's lines, a handful, never
+/// from keel's thousands: the merge and the id check look keel's names up in them.
+struct HostLines<'a> {
+    own: Vec<(&'a str, &'a str)>,
+    /// Keel's new line for each of the host's names it also has.
+    shared: HashMap<&'a str, &'a str>,
+}
+
+impl<'a> HostLines<'a> {
+    fn of(current: &'a str, before: &HashSet<&str>, new: &[(&'a str, &'a str)]) -> Self {
+        let own: Vec<_> = lines(current)
+            .into_iter()
+            .filter(|(n, _)| !before.contains(n))
+            .collect();
+        let names: HashSet<&str> = own.iter().map(|(n, _)| *n).collect();
+        let shared = new.iter().copied().filter(|(n, _)| names.contains(n)).collect();
+        Self { own, shared }
+    }
+}
+
 /// Merges keel's entries into one of the host's account files. Lines keel did not write are
 /// kept in place; keel's follow, in the bundle's order. A name the host already has for itself is
 /// refused unless the line is identical (then keel adopts it).
-fn merge_accounts(current: &str, before: &HashSet<&str>, new: &[(&str, &str)], file: &str) -> Result<String, Fail> {
-    let new_lines: HashMap<&str, &str> = new.iter().copied().collect();
+fn merge_accounts(current: &str, host: &HostLines, new: &[(&str, &str)], file: &str) -> Result<String, Fail> {
     let mut out = String::with_capacity(current.len() + new.iter().map(|(_, l)| l.len() + 1).sum::<usize>());
-    for (name, line) in lines(current) {
-        if before.contains(name) {
-            continue; // keel's from last time: replaced below or removed
-        }
-        match new_lines.get(name) {
-            Some(l) if *l == line => continue, // identical: adopted
+    for (name, line) in &host.own {
+        match host.shared.get(name) {
+            Some(l) if l == line => continue, // identical: adopted
             Some(_) => {
                 return Err(data_err(format!(
                     "{file}: {name:?} exists on this host and is not keel's; refusing to replace it"
@@ -112,18 +129,17 @@ fn merge_accounts(current: &str, before: &HashSet<&str>, new: &[(&str, &str)], f
 
 /// Numeric ids (field 2 of passwd and group) of kept host lines and of keel's: uid 0 and
 /// duplicates are refused unless the host's policy allows them.
-fn check_ids(cfg: &Config, file: &str, host: &str, before: &HashSet<&str>, new: &[(&str, &str)]) -> Result<(), Fail> {
+fn check_ids(cfg: &Config, file: &str, host: &HostLines, new: &[(&str, &str)]) -> Result<(), Fail> {
     let id = |line: &str| -> Result<u32, Fail> {
         line.split(':')
             .nth(2)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| data_err(format!("{file}: malformed id in {line:?}")))
     };
-    let new_names: HashSet<&str> = new.iter().map(|(n, _)| *n).collect();
     // id → (name, whether it is the host's own); formatted only for an error.
-    let mut seen: HashMap<u32, (&str, bool)> = HashMap::with_capacity(new.len() + 64);
-    for (name, line) in lines(host) {
-        if !before.contains(name) && !new_names.contains(name) {
+    let mut seen: HashMap<u32, (&str, bool)> = HashMap::with_capacity(new.len() + host.own.len());
+    for (name, line) in &host.own {
+        if !host.shared.contains_key(name) {
             if let Ok(i) = id(line) {
                 seen.insert(i, (name, true));
             }
@@ -169,10 +185,11 @@ fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
             .flatten()
             .map(String::as_str)
             .collect();
+        let host = HostLines::of(&current, &before, &new);
         if file != "shadow" {
-            check_ids(cfg, file, &current, &before, &new)?;
+            check_ids(cfg, file, &host, &new)?;
         }
-        let merged = merge_accounts(&current, &before, &new, file)?;
+        let merged = merge_accounts(&current, &host, &new, file)?;
         plan.managed
             .insert(file.into(), new.iter().map(|(n, _)| (*n).to_owned()).collect());
         if merged.as_bytes() != current.as_bytes() {
