@@ -39,6 +39,17 @@ async fn site(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
         };
         db.put_facility(&who, f, 0, &services).await.unwrap();
     }
+    state_on(dir, db, trust_sso)
+}
+
+/// Another server (or the same one restarted) on the site's database.
+async fn reopened(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
+    let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
+    let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
+    state_on(dir, db, trust_sso)
+}
+
+fn state_on(dir: &tempfile::TempDir, db: Arc<Db>, trust_sso: bool) -> AppState {
     let config = ServerConfig {
         data_dir: dir.path().to_owned(),
         web: WebConfig {
@@ -267,4 +278,49 @@ async fn wrong_passwords_are_throttled_on_the_login_page() {
     let form = format!("csrf={token}&login=root1&password=Pass-word-1");
     let r = send(&st, post("/login", &format!("keel_login={token}"), &form)).await;
     assert!(r.body.contains("Too many wrong passwords"), "{}", r.body);
+}
+
+/// Sessions live in the database: a restart (or another server on it) knows them, logging out on
+/// one ends them on all, and SSO forms check out whichever server serves the page and the form.
+#[tokio::test]
+async fn sessions_outlive_a_restart_and_end_everywhere_at_logout() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = site(&dir, true).await;
+    let (cookie, _) = login(&a, "root1", "/users").await.unwrap();
+    let b = reopened(&dir, true).await;
+    let page = send(&b, get("/users", &cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    // The database holds only the secret's digest: presenting that is no session.
+    let secret = cookie.trim_start_matches("keel_session=");
+    let stored = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    };
+    assert!(a.db.store().web_session(&stored).await.unwrap().is_some());
+    let forged = send(&a, get("/users", &format!("keel_session={stored}"))).await;
+    assert_eq!(forged.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        send(&a, get("/users", "keel_session=")).await.status,
+        StatusCode::SEE_OTHER
+    );
+    // Log out on b: a forgets the session too.
+    let csrf = csrf_of(&page.body);
+    let out = send(&b, post("/logout", &cookie, &format!("csrf={csrf}"))).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(send(&a, get("/users", &cookie)).await.status, StatusCode::SEE_OTHER);
+    // nginx's SSO: the page from a, its form posted to b.
+    let mut page = Request::get("/users")
+        .header("x-sso-user", "root1")
+        .body(Body::empty())
+        .unwrap();
+    page.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
+    let page = send(&a, page).await;
+    let csrf = csrf_of(&page.body);
+    let mut form = post("/users/new", "", &format!("csrf={csrf}&login=viab&group=user"));
+    form.headers_mut().insert("x-sso-user", "root1".parse().unwrap());
+    form.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
+    assert_eq!(send(&b, form).await.status, StatusCode::SEE_OTHER);
+    assert!(b.db.snapshot().user("viab").is_some());
 }

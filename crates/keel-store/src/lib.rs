@@ -18,6 +18,7 @@ mod sqlite;
 mod sqlite_commit;
 mod store;
 pub mod token;
+mod web_session;
 
 pub use db::{build_snapshot, records_of, replay_log, Db};
 pub use error::StoreError;
@@ -27,6 +28,7 @@ pub use presence_ops::Opened;
 pub use sqlite::SqliteStore;
 pub use store::{Loaded, Store, Write};
 pub use token::{AuthError, NewToken, TokenRow};
+pub use web_session::{WebSession, WEB_SSO_KEY};
 
 /// The current time as RFC 3339 UTC (what the change log records).
 pub fn now_rfc3339() -> String {

@@ -77,6 +77,16 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
     /// Marks a token revoked; false if it does not exist.
     async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError>;
+    /// Stores a new web session.
+    async fn put_web_session(&self, s: &crate::WebSession) -> Result<(), StoreError>;
+    async fn web_session(&self, id: &str) -> Result<Option<crate::WebSession>, StoreError>;
+    /// Records a use of the session (a later time only).
+    async fn touch_web_session(&self, id: &str, last_ms: i64) -> Result<(), StoreError>;
+    /// Deletes the session `id` (log out), and every session unused since before `unused_before_ms`.
+    async fn end_web_sessions(&self, id: Option<&str>, unused_before_ms: i64) -> Result<u64, StoreError>;
+    /// A random secret kept in `meta` under `key` (one of `web_session::SECRETS`), made on first
+    /// use: the same for every server on the database.
+    async fn meta_secret(&self, key: &str) -> Result<String, StoreError>;
     /// Propagation's state rows (key, JSON), all of them.
     async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Inserts or replaces propagation state rows, in one transaction.

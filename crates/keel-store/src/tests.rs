@@ -66,6 +66,7 @@ on_both_backends!(
     live_snapshot_equals_stored_rows,
     concurrent_writes_commit_gap_free_and_a_failing_one_is_undone_alone,
     a_cancelled_write_leaves_nothing_and_blocks_nobody,
+    web_sessions_and_secrets_are_shared_by_every_server,
 );
 
 fn patch(v: Value) -> MachinePatch {
@@ -350,6 +351,38 @@ async fn a_cancelled_write_leaves_nothing_and_blocks_nobody(dir: Backend) {
         .unwrap();
     assert_eq!(next.hostname.as_str(), "h2");
     assert_consistent(&db, 2).await;
+}
+
+async fn web_sessions_and_secrets_are_shared_by_every_server(dir: Backend) {
+    let (a, b) = (dir.store().await, dir.store().await);
+    let s = crate::WebSession {
+        id: "ab".repeat(32),
+        login: "alice".into(),
+        role: "admin".into(),
+        last_ms: 1_000,
+    };
+    a.put_web_session(&s).await.unwrap();
+    assert_eq!(b.web_session(&s.id).await.unwrap(), Some(s.clone()));
+    // A use is recorded; an older one never moves it back.
+    b.touch_web_session(&s.id, 5_000).await.unwrap();
+    a.touch_web_session(&s.id, 2_000).await.unwrap();
+    assert_eq!(a.web_session(&s.id).await.unwrap().unwrap().last_ms, 5_000);
+    let other = crate::WebSession {
+        id: "cd".repeat(32),
+        last_ms: 100,
+        ..s.clone()
+    };
+    a.put_web_session(&other).await.unwrap();
+    // Pruning ends the unused one only; logging out ends its own.
+    assert_eq!(b.end_web_sessions(None, 1_000).await.unwrap(), 1);
+    assert_eq!(a.web_session(&other.id).await.unwrap(), None);
+    assert_eq!(b.end_web_sessions(Some(&s.id), 0).await.unwrap(), 1);
+    assert_eq!(a.web_session(&s.id).await.unwrap(), None);
+    // One secret for every server; no other key of meta is handed out.
+    let key = a.meta_secret(crate::WEB_SSO_KEY).await.unwrap();
+    assert_eq!(key.len(), 48);
+    assert_eq!(b.meta_secret(crate::WEB_SSO_KEY).await.unwrap(), key);
+    assert!(a.meta_secret("db_id").await.is_err());
 }
 
 mod propagation_rights {

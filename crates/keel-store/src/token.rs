@@ -126,6 +126,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// 24 random bytes as hex: a secret of keel's own (the OS RNG failing is an I/O error).
+pub(crate) fn random_hex() -> Result<String, StoreError> {
+    let mut b = [0u8; 24];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(hex::encode(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,6 @@
 //! Logging in and out of the pages, sessions, and the one page everyone may use: `/password`.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use askama::Template;
 use axum::body::Bytes;
@@ -19,27 +17,40 @@ use crate::AppState;
 const COOKIE: &str = "keel_session";
 const LOGIN_COOKIE: &str = "keel_login";
 
-/// Sessions of logged-in people, by their random id. In memory, bounded.
+/// Sessions of logged-in people: in the database, so a restart logs nobody out and every server on
+/// a shared database knows them. A session is found by the sha256 of the random secret in its
+/// cookie (the database never holds the secret); its CSRF token is derived from the secret.
+#[derive(Default)]
 pub(crate) struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
-    /// Derives the CSRF token of people logged in through nginx's SSO (they hold no session).
-    sso_key: String,
+    /// Derives the CSRF token of people logged in through nginx's SSO (they hold no session); the
+    /// same on every server (`keel_store::WEB_SSO_KEY`), read from the database once.
+    sso_key: tokio::sync::OnceCell<String>,
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Self {
-            map: Mutex::new(HashMap::new()),
-            sso_key: random(),
-        }
-    }
+/// A session's use is written back at most this often: a page view stays a read. (A session may
+/// so end up to this much before `idle_hours`.)
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-struct Session {
-    login: String,
-    role: WebRole,
-    csrf: String,
-    last: Instant,
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn digest(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// The stored id of the session whose cookie holds `secret`.
+fn session_id(secret: &str) -> String {
+    digest(secret)
+}
+
+fn csrf_of(secret: &str) -> String {
+    digest(&format!("csrf:{secret}"))
 }
 
 fn random() -> String {
@@ -68,62 +79,83 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn open(&self, login: &str, role: WebRole, idle: Duration) -> (String, Me) {
-        let id = random();
-        let csrf = random();
-        let mut map = self.lock();
-        if map.len() > 10_000 {
-            map.retain(|_, s| !expired(s.last, idle));
+    /// A new session; returns the cookie's secret. Sessions unused for longer than `idle` go.
+    async fn open(&self, st: &AppState, login: &str, role: &WebRole, idle: Duration) -> Result<String, WebError> {
+        let secret = random();
+        if secret.is_empty() {
+            return Err(WebError::Internal("the system's random generator failed".into()));
         }
-        map.insert(
-            id.clone(),
-            Session {
-                login: login.to_owned(),
-                role: role.clone(),
-                csrf: csrf.clone(),
-                last: Instant::now(),
-            },
-        );
-        (
-            id,
-            Me {
-                login: login.to_owned(),
-                role,
-                csrf,
-            },
-        )
+        let role = serde_json::to_string(role).map_err(|e| WebError::Internal(e.to_string()))?;
+        let now = now_ms();
+        let store = st.db.store();
+        store
+            .end_web_sessions(None, now.saturating_sub(ms(idle)))
+            .await
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        let row = keel_store::WebSession {
+            id: session_id(&secret),
+            login: login.to_owned(),
+            role,
+            last_ms: now,
+        };
+        store
+            .put_web_session(&row)
+            .await
+            .map_err(|e| WebError::Internal(e.to_string()))?;
+        Ok(secret)
     }
 
-    pub(crate) fn session_of(&self, headers: &HeaderMap, idle: Duration) -> Option<Me> {
-        let id = cookie(headers, COOKIE)?;
-        let mut map = self.lock();
-        let s = map.get_mut(&id)?;
-        if expired(s.last, idle) {
-            map.remove(&id);
+    pub(crate) async fn session_of(&self, st: &AppState, headers: &HeaderMap, idle: Duration) -> Option<Me> {
+        let secret = cookie(headers, COOKIE).filter(|s| !s.is_empty())?;
+        let id = session_id(&secret);
+        let store = st.db.store();
+        let row = match store.web_session(&id).await {
+            Ok(row) => row?,
+            Err(e) => {
+                tracing::error!(%e, "cannot read web sessions");
+                return None;
+            }
+        };
+        let now = now_ms();
+        let unused = now.saturating_sub(row.last_ms);
+        if unused > ms(idle) {
+            let _ = store.end_web_sessions(Some(&id), 0).await;
             return None;
         }
-        s.last = Instant::now();
+        if unused > TOUCH_EVERY_MS {
+            if let Err(e) = store.touch_web_session(&id, now).await {
+                tracing::warn!(%e, "cannot record a web session's use");
+            }
+        }
+        let role = serde_json::from_str(&row.role).ok()?;
         Some(Me {
-            login: s.login.clone(),
-            role: s.role.clone(),
-            csrf: s.csrf.clone(),
+            login: row.login,
+            role,
+            csrf: csrf_of(&secret),
         })
     }
 
-    fn close(&self, headers: &HeaderMap) {
-        if let Some(id) = cookie(headers, COOKIE) {
-            self.lock().remove(&id);
+    async fn close(&self, st: &AppState, headers: &HeaderMap) {
+        if let Some(secret) = cookie(headers, COOKIE).filter(|s| !s.is_empty()) {
+            if let Err(e) = st.db.store().end_web_sessions(Some(&session_id(&secret)), 0).await {
+                tracing::error!(%e, "cannot end a web session");
+            }
         }
     }
-}
 
-/// A session unused for longer than `idle` is over.
-fn expired(last: Instant, idle: Duration) -> bool {
-    last.elapsed() > idle
+    async fn sso_key(&self, st: &AppState) -> Option<String> {
+        let key = self
+            .sso_key
+            .get_or_try_init(|| st.db.store().meta_secret(keel_store::WEB_SSO_KEY))
+            .await;
+        match key {
+            Ok(k) => Some(k.clone()),
+            Err(e) => {
+                tracing::error!(%e, "cannot read the SSO form key");
+                None
+            }
+        }
+    }
 }
 
 /// Who may use the pages: admins (group root) and facility managers.
@@ -142,7 +174,7 @@ fn role_of(st: &AppState, login: &str) -> Option<WebRole> {
 }
 
 /// nginx's SSO, when trusted: the login it puts in `X-SSO-User` (only from a trusted proxy).
-pub(crate) fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
+pub(crate) async fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
     let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -153,11 +185,9 @@ pub(crate) fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
     let login = parts.headers.get("x-sso-user")?.to_str().ok()?.trim();
     let role = role_of(st, login)?;
     // No session is stored (nginx vouches for every request); the CSRF token is derived from
-    // the login and a key of this server, so it is stable between a page and its form.
-    use sha2::Digest;
-    let csrf = hex::encode(sha2::Sha256::digest(
-        format!("{}:{login}", st.web_sessions.sso_key).as_bytes(),
-    ));
+    // the login and the site's key, so it is stable between a page and its form, whichever
+    // server serves each.
+    let csrf = digest(&format!("{}:{login}", st.web_sessions.sso_key(st).await?));
     Some(Me {
         login: login.to_owned(),
         role,
@@ -257,7 +287,10 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
                 .into(),
         );
     };
-    let (id, _) = st.web_sessions.open(&login, role, st.web.idle);
+    let id = match st.web_sessions.open(&st, &login, &role, st.web.idle).await {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
     tracing::info!(%login, "web login");
     let mut r = Redirect::to(&next).into_response();
     r.headers_mut()
@@ -283,7 +316,7 @@ pub(crate) async fn logout(State(st): State<AppState>, me: Me, headers: HeaderMa
     if let Err(e) = Form::checked(&body, &me) {
         return e.into_response();
     }
-    st.web_sessions.close(&headers);
+    st.web_sessions.close(&st, &headers).await;
     tracing::info!(login = %me.login, "web logout");
     let mut r = Redirect::to("/login").into_response();
     r.headers_mut().append(header::SET_COOKIE, session_cookie(&st, "", 0));

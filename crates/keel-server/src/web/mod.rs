@@ -103,8 +103,8 @@ async fn home(me: Me) -> Redirect {
     }
 }
 
-/// What a logged-in person may do on these pages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a logged-in person may do on these pages (stored with their session).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum WebRole {
     Admin,
     /// Manages these facilities.
@@ -166,11 +166,11 @@ impl FromRequestParts<AppState> for Me {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Response> {
-        if let Some(me) = st.web_sessions.session_of(&parts.headers, st.web.idle) {
+        if let Some(me) = st.web_sessions.session_of(st, &parts.headers, st.web.idle).await {
             return Ok(me);
         }
         if st.web.trust_sso {
-            if let Some(me) = auth::from_sso(parts, st) {
+            if let Some(me) = auth::from_sso(parts, st).await {
                 return Ok(me);
             }
         }
