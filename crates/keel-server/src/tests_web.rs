@@ -111,6 +111,13 @@ fn post(uri: &str, cookie: &str, form: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// `r` as nginx's SSO passes it on: the login in `X-SSO-User`, from `peer`.
+fn via_sso(mut r: Request<Body>, login: &str, peer: [u8; 4]) -> Request<Body> {
+    r.headers_mut().insert("x-sso-user", login.parse().unwrap());
+    r.extensions_mut().insert(ConnectInfo(SocketAddr::from((peer, 5000))));
+    r
+}
+
 fn cookie_value(cookies: &[String], name: &str) -> String {
     cookies
         .iter()
@@ -227,23 +234,16 @@ async fn contestants_and_strangers_are_refused_and_redirects_stay_on_keel() {
 async fn nginx_sso_login_is_taken_only_when_trusted_and_from_the_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let st = site(&dir, true).await;
-    let sso = |login: &str, peer: [u8; 4]| {
-        let mut r = Request::get("/users")
-            .header("x-sso-user", login)
-            .body(Body::empty())
-            .unwrap();
-        r.extensions_mut().insert(ConnectInfo(SocketAddr::from((peer, 5000))));
-        r
-    };
+    let sso = |login: &str, peer: [u8; 4]| via_sso(get("/users", ""), login, peer);
     let page = send(&st, sso("root1", [127, 0, 0, 1])).await;
     assert_eq!(page.status, StatusCode::OK);
     // Its forms work with the derived token, and only with it.
     let csrf = csrf_of(&page.body);
-    let mut ok = post("/users/new", "", &format!("csrf={csrf}&login=newbie&group=user"));
-    ok.headers_mut().insert("x-sso-user", "root1".parse().unwrap());
-    ok.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
-    assert_eq!(send(&st, ok).await.status, StatusCode::SEE_OTHER);
+    let ok = post("/users/new", "", &format!("csrf={csrf}&login=newbie&group=user"));
+    assert_eq!(
+        send(&st, via_sso(ok, "root1", [127, 0, 0, 1])).await.status,
+        StatusCode::SEE_OTHER
+    );
     assert!(st.db.snapshot().user("newbie").is_some());
     assert_eq!(
         send(&st, sso("root1", [10, 0, 0, 9])).await.status,
@@ -309,18 +309,12 @@ async fn sessions_outlive_a_restart_and_end_everywhere_at_logout() {
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     assert_eq!(send(&a, get("/users", &cookie)).await.status, StatusCode::SEE_OTHER);
     // nginx's SSO: the page from a, its form posted to b.
-    let mut page = Request::get("/users")
-        .header("x-sso-user", "root1")
-        .body(Body::empty())
-        .unwrap();
-    page.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
-    let page = send(&a, page).await;
+    let page = send(&a, via_sso(get("/users", ""), "root1", [127, 0, 0, 1])).await;
     let csrf = csrf_of(&page.body);
-    let mut form = post("/users/new", "", &format!("csrf={csrf}&login=viab&group=user"));
-    form.headers_mut().insert("x-sso-user", "root1".parse().unwrap());
-    form.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 5000))));
-    assert_eq!(send(&b, form).await.status, StatusCode::SEE_OTHER);
+    let form = post("/users/new", "", &format!("csrf={csrf}&login=viab&group=user"));
+    assert_eq!(
+        send(&b, via_sso(form, "root1", [127, 0, 0, 1])).await.status,
+        StatusCode::SEE_OTHER
+    );
     assert!(b.db.snapshot().user("viab").is_some());
 }

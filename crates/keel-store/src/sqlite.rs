@@ -200,57 +200,23 @@ impl Store for SqliteStore {
     }
 
     async fn put_web_session(&self, s: &crate::WebSession) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO web_sessions (id, login, role, last_ms) VALUES (?1, ?2, ?3, ?4)")
-            .bind(&s.id)
-            .bind(&s.login)
-            .bind(&s.role)
-            .bind(s.last_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        crate::web_session::sqlite::put(&self.pool, s).await
     }
 
     async fn web_session(&self, id: &str) -> Result<Option<crate::WebSession>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT id, login, role, last_ms FROM web_sessions WHERE id = ?1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        crate::web_session::sqlite::get(&self.pool, id).await
     }
 
     async fn touch_web_session(&self, id: &str, last_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE web_sessions SET last_ms = ?1 WHERE id = ?2 AND last_ms < ?1")
-            .bind(last_ms)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        crate::web_session::sqlite::touch(&self.pool, id, last_ms).await
     }
 
     async fn end_web_sessions(&self, id: Option<&str>, unused_before_ms: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query("DELETE FROM web_sessions WHERE id = ?1 OR last_ms < ?2")
-            .bind(id.unwrap_or(""))
-            .bind(unused_before_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected())
+        crate::web_session::sqlite::end(&self.pool, id, unused_before_ms).await
     }
 
     async fn meta_secret(&self, key: &str) -> Result<String, StoreError> {
-        if !crate::web_session::SECRETS.contains(&key) {
-            return Err(StoreError::Corrupt(format!("{key} is not a secret keel keeps")));
-        }
-        let fresh = crate::token::random_hex()?;
-        sqlx::query("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING")
-            .bind(key)
-            .bind(&fresh)
-            .execute(&self.pool)
-            .await?;
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?1")
-            .bind(key)
-            .fetch_one(&self.pool)
-            .await?)
+        crate::web_session::sqlite::meta_secret(&self.pool, key).await
     }
 
     async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError> {
