@@ -522,7 +522,10 @@ async fn a_server_older_than_the_schema_refuses_to_start() {
 /// A session follows its machine: renamed, it moves with it; deleted, it ends with it.
 #[tokio::test]
 async fn sessions_follow_their_machine_through_rename_and_delete() {
-    let db = open(&Backend::sqlite()).await;
+    // Kept for the whole test: dropping it deletes the database directory, and a connection the
+    // pool opens later then fails ("unable to open database file").
+    let dir = Backend::sqlite();
+    let db = open(&dir).await;
     let who = Principal::system();
     db.create_machine(&who, machine(1)).await.unwrap();
     let alice = keel_model::UserPatch::from_fields(
