@@ -142,7 +142,8 @@ impl Db {
         let (id, outcome) = (group.id, group.outcome.clone());
         drop(slot);
         let mut slot = self.writer.lock().await;
-        if slot.as_ref().is_some_and(|b| b.id == id && !b.lost) {
+        self.drop_lost_batch(&mut slot);
+        if slot.as_ref().is_some_and(|b| b.id == id) {
             return self.close_batch(&mut slot).await.map(|()| mine);
         }
         match outcome.get() {
