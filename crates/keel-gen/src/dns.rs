@@ -46,9 +46,21 @@ fn unknown_addresses(input: &Input<'_>, opts: &Options) -> Vec<std::net::Ipv4Add
 }
 
 /// `dhcp-192-168-250-7`: the name of an address of the unknown machines' range.
-fn dynamic_name(opts: &Options, ip: std::net::Ipv4Addr) -> String {
+pub fn dynamic_name(prefix: &str, ip: std::net::Ipv4Addr) -> String {
     let [a, b, c, d] = ip.octets();
-    format!("{}-{a}-{b}-{c}-{d}", opts.dns.unknown_prefix)
+    format!("{prefix}-{a}-{b}-{c}-{d}")
+}
+
+/// The address a `dynamic_name` stands for (`None`: not one of them). Only the canonical
+/// spelling (no leading zeros, no sign) counts, so one address has exactly one name.
+pub fn dynamic_address(prefix: &str, name: &str) -> Option<std::net::Ipv4Addr> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let octets: Vec<u8> = rest.split('-').map(str::parse).collect::<Result<_, _>>().ok()?;
+    let [a, b, c, d] = octets[..] else {
+        return None;
+    };
+    let ip = std::net::Ipv4Addr::new(a, b, c, d);
+    (dynamic_name(prefix, ip) == name).then_some(ip)
 }
 
 /// The zone files and the named.conf fragment.
@@ -65,7 +77,7 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
     }
     let dynamic = unknown_addresses(input, opts);
     for ip in &dynamic {
-        let _ = writeln!(forward, "{} IN A {ip}", dynamic_name(opts, *ip));
+        let _ = writeln!(forward, "{} IN A {ip}", dynamic_name(&opts.dns.unknown_prefix, *ip));
     }
     let mut files = vec![file(&format!("db.{zone}"), 0o644, forward)];
     let mut conf = String::from("// Managed by keel (service dns): include this file from named.conf.\n");
@@ -88,7 +100,11 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
         }
         for ip in &dynamic {
             if let Some(rel) = ptr_name(*ip).strip_suffix(&suffix) {
-                let _ = writeln!(text, "{rel} IN PTR {}.{zone}.", dynamic_name(opts, *ip));
+                let _ = writeln!(
+                    text,
+                    "{rel} IN PTR {}.{zone}.",
+                    dynamic_name(&opts.dns.unknown_prefix, *ip)
+                );
             }
         }
         files.push(file(&format!("db.{rz}"), 0o644, text));

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accounts::{homes, passwd, root_ssh};
 pub use dhcp::{dhcp, DhcpFormat, DhcpOptions};
-pub use dns::dns;
+pub use dns::{dns, dynamic_address, dynamic_name};
 pub use firewall::{allowed, firewall, FirewallOptions};
 pub use hosts::hosts;
 

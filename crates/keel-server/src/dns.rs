@@ -29,6 +29,33 @@ pub struct DnsConfig {
     pub ns: String,
     /// Resolvers for names outside keel's zones; none: such queries are REFUSED.
     pub upstream: Vec<SocketAddr>,
+    /// Names for the free addresses of the unknown machines' DHCP range, as the `dns` service
+    /// writes them for BIND (`<prefix>-A-B-C-D`).
+    pub dynamic: Option<DynamicNames>,
+}
+
+/// The DHCP range for unknown machines, and the prefix of its addresses' names.
+#[derive(Debug, Clone)]
+pub struct DynamicNames {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    pub prefix: String,
+}
+
+impl DynamicNames {
+    /// The address of a forward-zone name of the range, if no machine holds it.
+    fn address(&self, snap: &Snapshot, host: &str) -> Option<Ipv4Addr> {
+        keel_gen::dynamic_address(&self.prefix, host).filter(|ip| self.free(snap, *ip))
+    }
+
+    /// The name of an address of the range, if no machine holds it.
+    fn name(&self, snap: &Snapshot, ip: Ipv4Addr) -> Option<String> {
+        self.free(snap, ip).then(|| keel_gen::dynamic_name(&self.prefix, ip))
+    }
+
+    fn free(&self, snap: &Snapshot, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&ip) && snap.machine_by_ip(ip).is_none()
+    }
 }
 
 impl Default for DnsConfig {
@@ -38,6 +65,7 @@ impl Default for DnsConfig {
             ttl: 60,
             ns: "gw".into(),
             upstream: Vec::new(),
+            dynamic: None,
         }
     }
 }
@@ -175,9 +203,10 @@ pub fn answer(zones: &Zones, snap: &Snapshot, req: &Message) -> Option<Message> 
         }
         Place::Forward(host) => {
             resp.metadata.authoritative = true;
-            match snap.machine_by_name(host) {
-                Some(m) if wants(RecordType::A) => {
-                    resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(m.ip))));
+            let dynamic = || zones.cfg.dynamic.as_ref().and_then(|d| d.address(snap, host));
+            match snap.machine_by_name(host).map(|m| m.ip).or_else(dynamic) {
+                Some(ip) if wants(RecordType::A) => {
+                    resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(ip))));
                 }
                 Some(_) => {
                     resp.add_authority(soa(zones, &zones.cfg.zone, snap)); // NODATA
@@ -190,9 +219,15 @@ pub fn answer(zones: &Zones, snap: &Snapshot, req: &Message) -> Option<Message> 
         }
         Place::Reverse(rz, ip) => {
             resp.metadata.authoritative = true;
-            match ip.and_then(|ip| snap.machine_by_ip(ip)) {
-                Some(m) if wants(RecordType::PTR) => {
-                    let target = fqdn(&format!("{}.{}", m.hostname, zones.cfg.zone));
+            let dynamic = |ip| zones.cfg.dynamic.as_ref().and_then(|d| d.name(snap, ip));
+            let host = ip.and_then(|ip| {
+                snap.machine_by_ip(ip)
+                    .map(|m| m.hostname.to_string())
+                    .or_else(|| dynamic(ip))
+            });
+            match host {
+                Some(host) if wants(RecordType::PTR) => {
+                    let target = fqdn(&format!("{host}.{}", zones.cfg.zone));
                     resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::PTR(PTR(target))));
                 }
                 Some(_) => {

@@ -196,7 +196,9 @@ pub struct DnsFile {
 }
 
 impl DnsFile {
-    pub fn config(&self) -> anyhow::Result<keel_server::dns::DnsConfig> {
+    /// With the generators' options: the built-in DNS names the unknown machines' DHCP range as
+    /// the `dns` service does for BIND.
+    pub fn config(&self, generators: &keel_gen::Options) -> anyhow::Result<keel_server::dns::DnsConfig> {
         let d = keel_server::dns::DnsConfig::default();
         let zone = self
             .zone
@@ -212,6 +214,15 @@ impl DnsFile {
             ttl: self.ttl.unwrap_or(d.ttl),
             ns,
             upstream: self.upstream.clone(),
+            dynamic: generators
+                .dhcp
+                .unknown_range
+                .filter(|_| generators.dns.unknown_names)
+                .map(|(first, last)| keel_server::dns::DynamicNames {
+                    first,
+                    last,
+                    prefix: generators.dns.unknown_prefix.clone(),
+                }),
         })
     }
 }

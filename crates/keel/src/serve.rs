@@ -224,7 +224,10 @@ fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
 /// Starts the built-in DNS. The default address being taken (another resolver on 5353) is a
 /// warning, so `keel serve` still works on first start; an address asked for is an error.
 async fn start_dns(db: &Arc<Db>, cfg: &ServeConfig) -> anyhow::Result<()> {
-    let dns_cfg = cfg.dns.config().context("invalid [dns] configuration")?;
+    let dns_cfg = cfg
+        .dns
+        .config(&cfg.propagation.generators)
+        .context("invalid [dns] configuration")?;
     let zones = Arc::new(keel_server::dns::Zones::new(dns_cfg, db.pools()));
     let bound = keel_server::dns::bind(cfg.dns_listen).await;
     let Some((udp, tcp)) = optional(

@@ -106,6 +106,36 @@ async fn names_outside_the_zones_go_to_the_upstream_resolver() {
     assert_eq!(a.len(), 1, "its own zone is still answered by keel");
 }
 
+/// The unknown machines' DHCP range has names, as the `dns` service writes them for BIND:
+/// `dhcp-A-B-C-D` for each free address, both ways; a registered machine's address is its own.
+#[tokio::test]
+async fn the_unknown_range_has_names_like_the_bind_zone() {
+    let cfg = "[propagation.generators.dhcp]\nunknown_range = [\"192.168.0.200\", \"192.168.0.210\"]\n";
+    let k = Keel::start_with_config(cfg, &["--example-site"]);
+    let (status, a) = dig(&k, &["dhcp-192-168-0-201.prolo", "A"]);
+    assert_eq!(status, "NOERROR");
+    assert_eq!(a, ["dhcp-192-168-0-201.prolo. 60 IN A 192.168.0.201"]);
+    let (_, ptr) = dig(&k, &["-x", "192.168.0.210"]);
+    assert_eq!(ptr, ["210.0.168.192.in-addr.arpa. 60 IN PTR dhcp-192-168-0-210.prolo."]);
+    // Outside the range, or not the one spelling of an address: no such name.
+    for name in [
+        "dhcp-192-168-0-211.prolo",
+        "dhcp-192-168-0-0201.prolo",
+        "dhcp-192-168-0.prolo",
+    ] {
+        assert_eq!(dig(&k, &[name, "A"]).0, "NXDOMAIN", "{name}");
+    }
+    // A machine registered at an address of the range takes it over.
+    let body = json!({"hostname": "late", "mac": "52:54:00:12:34:99", "mtype": "user", "ip": "192.168.0.205"});
+    k.admin()
+        .call::<serde_json::Value>(Method::POST, "/api/v1/machines", Some(&body), None)
+        .await
+        .unwrap();
+    assert_eq!(dig(&k, &["dhcp-192-168-0-205.prolo", "A"]).0, "NXDOMAIN");
+    let (_, ptr) = dig(&k, &["-x", "192.168.0.205"]);
+    assert_eq!(ptr, ["205.0.168.192.in-addr.arpa. 60 IN PTR late.prolo."]);
+}
+
 /// The SOA serial of a zone file.
 fn serial(zone: &str) -> u64 {
     zone.lines()
