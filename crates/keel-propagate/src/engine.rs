@@ -161,11 +161,15 @@ impl Engine {
         self.inner.services.keys().cloned().collect()
     }
 
-    /// Every task, by facility then service; `facility` narrows it.
+    /// Every task of an existing facility, by facility then service; `facility` narrows it.
+    /// A deleted facility's tasks are kept, not shown: their serials must go on should a facility
+    /// of that name come back, or its destinations' agents would refuse its bundles as replays.
     pub fn status(&self, facility: Option<&str>) -> Vec<Task> {
+        let snap = self.inner.db.snapshot();
         lock(&self.inner.tasks)
             .values()
             .filter(|t| facility.is_none_or(|f| t.facility == f))
+            .filter(|t| snap.facility(&t.facility).is_some())
             .cloned()
             .collect()
     }

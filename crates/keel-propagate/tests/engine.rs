@@ -105,6 +105,30 @@ async fn a_new_user_schedules_the_user_services_only() {
     assert!(e.status(None).iter().all(|t| t.state == TaskState::Done));
 }
 
+/// A deleted facility's tasks leave the status; made again under its name, its serials go on
+/// (its destinations' agents refuse a serial they have seen).
+#[tokio::test]
+async fn a_facility_deleted_and_made_again_keeps_counting_serials() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(&dir).await;
+    setup(&db, &["hosts"], &BTreeMap::new()).await;
+    let e = engine(&db, &["true"], &BTreeMap::new()).await;
+    settle(&e).await;
+    assert_eq!(serials(&e)["hosts"], 1);
+    let who = Principal::system();
+    let dest = db.snapshot().destination("lan/hosts/local").unwrap().version;
+    db.delete_destination(&who, "lan/hosts/local", dest).await.unwrap();
+    let version = db.snapshot().facility("lan").unwrap().version;
+    db.delete_facility(&who, "lan", version).await.unwrap();
+    settle(&e).await;
+    assert!(e.status(None).is_empty(), "{:?}", e.status(None));
+    setup(&db, &["hosts"], &BTreeMap::new()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    settle(&e).await;
+    assert_eq!(serials(&e)["hosts"], 2);
+    assert!(e.status(None).iter().all(|t| t.state == TaskState::Done));
+}
+
 #[tokio::test]
 async fn a_custom_generator_gets_the_facility_as_json_and_its_files_are_shipped() {
     let dir = tempfile::tempdir().unwrap();
