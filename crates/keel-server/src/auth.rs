@@ -5,6 +5,8 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use keel_model::{Principal, Role};
 
+use keel_store::Db;
+
 use crate::{ApiError, AppState};
 
 /// The authenticated caller, if a token was sent. A bad token is refused at once (401), even on
@@ -68,40 +70,50 @@ impl Caller {
     }
 }
 
-/// Slows down password guessing: after a few wrong passwords for a login, that login is refused
-/// for a while, doubling up to a minute. In memory: a restart forgets, which is acceptable for a
-/// throttle (the hash's cost still bounds the rate).
-#[derive(Default)]
-pub(crate) struct Throttle {
-    failures: std::sync::Mutex<std::collections::HashMap<String, (u32, std::time::Instant)>>,
-}
+/// Wrong passwords per login (the password pages and the password API): after `FREE_FAILURES`,
+/// a wait of 1 s doubling to a minute since the last one. Counted in the database, so a restart does
+/// not reset it and every server on a shared database counts the same tries; unknown logins are
+/// counted like known ones (the same work: nothing tells them apart). Counts untouched for an hour
+/// are forgotten. A database error lets the try through (logged): the hash's cost still bounds
+/// the rate.
+pub(crate) struct Throttle;
 
 /// Wrong passwords allowed before waiting is imposed.
 const FREE_FAILURES: u32 = 5;
 
+/// A count not raised for this long is forgotten.
+const FORGET_AFTER_MS: i64 = 3_600_000;
+
+pub(crate) fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 impl Throttle {
     /// How long `login` must still wait before another try, if at all.
-    pub(crate) fn wait(&self, login: &str) -> Option<std::time::Duration> {
-        let map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (n, last) = *map.get(login)?;
-        let penalty = std::time::Duration::from_secs(1u64 << (n.checked_sub(FREE_FAILURES)?).min(6));
-        penalty.checked_sub(last.elapsed())
+    pub(crate) async fn wait(db: &Db, login: &str) -> Option<std::time::Duration> {
+        let n = match db.store().login_failures(login).await {
+            Ok(n) => n?,
+            Err(e) => {
+                tracing::error!(%e, "cannot read the login throttle");
+                return None;
+            }
+        };
+        let penalty_ms = 1000i64 << (n.count.checked_sub(FREE_FAILURES)?).min(6);
+        let left = penalty_ms - now_ms().saturating_sub(n.last_ms);
+        (left > 0).then(|| std::time::Duration::from_millis(left.unsigned_abs()))
     }
 
-    pub(crate) fn failed(&self, login: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() > 100_000 {
-            map.clear(); // bounded: a flood of made-up logins cannot grow it without end
+    pub(crate) async fn failed(db: &Db, login: &str) {
+        let now = now_ms();
+        if let Err(e) = db.store().login_failed(login, now, now - FORGET_AFTER_MS).await {
+            tracing::error!(%e, "cannot count a wrong password");
         }
-        let e = map.entry(login.to_owned()).or_insert((0, std::time::Instant::now()));
-        *e = (e.0 + 1, std::time::Instant::now());
     }
 
-    pub(crate) fn succeeded(&self, login: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(login);
+    pub(crate) async fn succeeded(db: &Db, login: &str) {
+        if let Err(e) = db.store().login_succeeded(login).await {
+            tracing::error!(%e, "cannot reset the login throttle");
+        }
     }
 }
 

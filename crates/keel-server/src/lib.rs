@@ -66,7 +66,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     watch_lines: Arc<watch::LineCache>,
-    login_throttle: Arc<auth::Throttle>,
     /// Self-registrations per source address and minute.
     register_limit: Arc<auth::RateLimit>,
     /// Becomes true when the server stops: open streams end (with a reason line) so that the
@@ -112,7 +111,6 @@ impl AppState {
             web: Arc::new(config.web.clone()),
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
-            login_throttle: Arc::new(auth::Throttle::default()),
             register_limit: Arc::new(auth::RateLimit::per_minute(REGISTRATIONS_PER_MINUTE)),
             shutdown,
             engine_slot: Arc::new(std::sync::OnceLock::new()),

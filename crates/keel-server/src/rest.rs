@@ -359,7 +359,7 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
             "must be a SHA-512-crypt hash ($6$salt$…)",
         ));
     }
-    if let Some(wait) = st.login_throttle.wait(&login) {
+    if let Some(wait) = crate::auth::Throttle::wait(&st.db, &login).await {
         return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
     }
     let user = st.db.snapshot().user(&login).cloned();
@@ -373,7 +373,7 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
         .unwrap_or(false);
     let Some(user) = user.filter(|_| ok) else {
         tracing::warn!(%login, "password change refused: wrong login or password");
-        st.login_throttle.failed(&login);
+        crate::auth::Throttle::failed(&st.db, &login).await;
         return Err(ApiError::Unauthorized("wrong login or password"));
     };
     let patch = keel_model::UserPatch {
@@ -385,7 +385,7 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
         name: format!("user:{login}"),
         ..keel_model::Principal::anonymous()
     };
-    st.login_throttle.succeeded(&login);
+    crate::auth::Throttle::succeeded(&st.db, &login).await;
     st.db.edit_user(&who, &login, user.version, patch).await?;
     tracing::info!(%login, "password changed by its user");
     Ok(StatusCode::NO_CONTENT.into_response())

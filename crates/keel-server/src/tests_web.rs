@@ -278,6 +278,10 @@ async fn wrong_passwords_are_throttled_on_the_login_page() {
     let form = format!("csrf={token}&login=root1&password=Pass-word-1");
     let r = send(&st, post("/login", &format!("keel_login={token}"), &form)).await;
     assert!(r.body.contains("Too many wrong passwords"), "{}", r.body);
+    // The count is the database's: a restarted server (or another one on it) keeps it.
+    let other = reopened(&dir, false).await;
+    let r = send(&other, post("/login", &format!("keel_login={token}"), &form)).await;
+    assert!(r.body.contains("Too many wrong passwords"), "{}", r.body);
 }
 
 /// Sessions live in the database: a restart (or another server on it) knows them, logging out on

@@ -28,7 +28,7 @@ pub use presence_ops::Opened;
 pub use sqlite::SqliteStore;
 pub use store::{Loaded, Store, Write};
 pub use token::{AuthError, NewToken, TokenRow};
-pub use web_session::{WebSession, WEB_SSO_KEY};
+pub use web_session::{LoginFailures, WebSession, WEB_SSO_KEY};
 
 /// The current time as RFC 3339 UTC (what the change log records).
 pub fn now_rfc3339() -> String {

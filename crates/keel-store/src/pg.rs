@@ -362,6 +362,18 @@ impl Store for PgStore {
         crate::web_session::pg::end(&self.pool, id, unused_before_ms).await
     }
 
+    async fn login_failures(&self, login: &str) -> Result<Option<crate::LoginFailures>, StoreError> {
+        crate::web_session::pg::login_failures(&self.pool, login).await
+    }
+
+    async fn login_failed(&self, login: &str, at_ms: i64, forget_before_ms: i64) -> Result<(), StoreError> {
+        crate::web_session::pg::login_failed(&self.pool, login, at_ms, forget_before_ms).await
+    }
+
+    async fn login_succeeded(&self, login: &str) -> Result<(), StoreError> {
+        crate::web_session::pg::login_succeeded(&self.pool, login).await
+    }
+
     async fn meta_secret(&self, key: &str) -> Result<String, StoreError> {
         crate::web_session::pg::meta_secret(&self.pool, key).await
     }

@@ -84,6 +84,13 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_web_session(&self, id: &str, last_ms: i64) -> Result<(), StoreError>;
     /// Deletes the session `id` (log out), and every session unused since before `unused_before_ms`.
     async fn end_web_sessions(&self, id: Option<&str>, unused_before_ms: i64) -> Result<u64, StoreError>;
+    /// Wrong passwords given for `login` since its last right one (the login throttle).
+    async fn login_failures(&self, login: &str) -> Result<Option<crate::LoginFailures>, StoreError>;
+    /// Counts a wrong password for `login` at `at_ms`; forgets every count last raised before
+    /// `forget_before_ms`.
+    async fn login_failed(&self, login: &str, at_ms: i64, forget_before_ms: i64) -> Result<(), StoreError>;
+    /// A right password: `login`'s count starts again.
+    async fn login_succeeded(&self, login: &str) -> Result<(), StoreError>;
     /// A random secret kept in `meta` under `key` (one of `web_session::SECRETS`), made on first
     /// use: the same for every server on the database.
     async fn meta_secret(&self, key: &str) -> Result<String, StoreError>;

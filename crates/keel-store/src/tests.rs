@@ -67,6 +67,7 @@ on_both_backends!(
     concurrent_writes_commit_gap_free_and_a_failing_one_is_undone_alone,
     a_cancelled_write_leaves_nothing_and_blocks_nobody,
     web_sessions_and_secrets_are_shared_by_every_server,
+    login_failures_are_counted_by_every_server,
 );
 
 fn patch(v: Value) -> MachinePatch {
@@ -383,6 +384,22 @@ async fn web_sessions_and_secrets_are_shared_by_every_server(dir: Backend) {
     assert_eq!(key.len(), 48);
     assert_eq!(b.meta_secret(crate::WEB_SSO_KEY).await.unwrap(), key);
     assert!(a.meta_secret("db_id").await.is_err());
+}
+
+async fn login_failures_are_counted_by_every_server(dir: Backend) {
+    let (a, b) = (dir.store().await, dir.store().await);
+    assert_eq!(a.login_failures("alice").await.unwrap(), None);
+    a.login_failed("alice", 1_000, 0).await.unwrap();
+    b.login_failed("alice", 2_000, 0).await.unwrap();
+    b.login_failed("mallory", 2_500, 0).await.unwrap();
+    let n = a.login_failures("alice").await.unwrap().unwrap();
+    assert_eq!((n.count, n.last_ms), (2, 2_000));
+    // A right password starts alice's count again; mallory's is forgotten once old.
+    a.login_succeeded("alice").await.unwrap();
+    assert_eq!(b.login_failures("alice").await.unwrap(), None);
+    a.login_failed("alice", 9_000, 3_000).await.unwrap();
+    assert_eq!(a.login_failures("mallory").await.unwrap(), None);
+    assert_eq!(a.login_failures("alice").await.unwrap().unwrap().count, 1);
 }
 
 mod propagation_rights {

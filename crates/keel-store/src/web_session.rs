@@ -18,6 +18,14 @@ pub const WEB_SSO_KEY: &str = "web_sso_key";
 /// The secrets `Store::meta_secret` makes on demand; no other key of `meta` is ever handed out.
 pub(crate) const SECRETS: [&str; 1] = [WEB_SSO_KEY];
 
+/// Wrong passwords given for one login since its last right one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailures {
+    pub count: u32,
+    /// When the last one was (Unix ms).
+    pub last_ms: i64,
+}
+
 /// The same SQL for both backends (`$n` placeholders: SQLite reads them as named parameters,
 /// numbered by first appearance, which is their number here).
 macro_rules! web_session_sql {
@@ -61,6 +69,42 @@ macro_rules! web_session_sql {
                 .execute(pool)
                 .await?;
             Ok(r.rows_affected())
+        }
+
+        pub(crate) async fn login_failures(pool: &$pool, login: &str) -> Result<Option<super::LoginFailures>, StoreError> {
+            let row: Option<(i64, i64)> =
+                sqlx::query_as("SELECT failures, last_ms FROM login_failures WHERE login = $1")
+                    .bind(login)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(row.map(|(n, last_ms)| super::LoginFailures {
+                count: u32::try_from(n).unwrap_or(u32::MAX),
+                last_ms,
+            }))
+        }
+
+        pub(crate) async fn login_failed(pool: &$pool, login: &str, at_ms: i64, forget_before_ms: i64) -> Result<(), StoreError> {
+            sqlx::query("DELETE FROM login_failures WHERE last_ms < $1")
+                .bind(forget_before_ms)
+                .execute(pool)
+                .await?;
+            sqlx::query(
+                "INSERT INTO login_failures (login, failures, last_ms) VALUES ($1, 1, $2) \
+                 ON CONFLICT (login) DO UPDATE SET failures = login_failures.failures + 1, last_ms = excluded.last_ms",
+            )
+            .bind(login)
+            .bind(at_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn login_succeeded(pool: &$pool, login: &str) -> Result<(), StoreError> {
+            sqlx::query("DELETE FROM login_failures WHERE login = $1")
+                .bind(login)
+                .execute(pool)
+                .await?;
+            Ok(())
         }
 
         /// Made on first use; when two servers race, both read back the one that was stored.

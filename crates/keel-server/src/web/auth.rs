@@ -31,10 +31,6 @@ pub(crate) struct Sessions {
 /// so end up to this much before `idle_hours`.)
 const TOUCH_EVERY_MS: i64 = 60_000;
 
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -86,7 +82,7 @@ impl Sessions {
             return Err(WebError::Internal("the system's random generator failed".into()));
         }
         let role = serde_json::to_string(role).map_err(|e| WebError::Internal(e.to_string()))?;
-        let now = now_ms();
+        let now = crate::auth::now_ms();
         let store = st.db.store();
         store
             .end_web_sessions(None, now.saturating_sub(ms(idle)))
@@ -116,7 +112,7 @@ impl Sessions {
                 return None;
             }
         };
-        let now = now_ms();
+        let now = crate::auth::now_ms();
         let unused = now.saturating_sub(row.last_ms);
         if unused > ms(idle) {
             let _ = store.end_web_sessions(Some(&id), 0).await;
@@ -266,16 +262,16 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
     }
     let login = f.get("login").unwrap_or("").to_owned();
     let password = f.get("password").unwrap_or("").to_owned();
-    if let Some(wait) = st.login_throttle.wait(&login) {
+    if let Some(wait) = crate::auth::Throttle::wait(&st.db, &login).await {
         let msg = format!("Too many wrong passwords: try again in {} s.", wait.as_secs() + 1);
         return render_login(&st, next, login, msg);
     }
     if !check_password(&st, &login, password).await {
         tracing::warn!(%login, "web login refused: wrong login or password");
-        st.login_throttle.failed(&login);
+        crate::auth::Throttle::failed(&st.db, &login).await;
         return render_login(&st, next, login, "Wrong login or password.".into());
     }
-    st.login_throttle.succeeded(&login);
+    crate::auth::Throttle::succeeded(&st.db, &login).await;
     let Some(role) = role_of(&st, &login) else {
         tracing::warn!(%login, "web login refused: neither an admin nor a facility manager");
         return render_login(
@@ -371,7 +367,7 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
     if new != again {
         return render_password(&st, login, Errors::one("again", "the two new passwords differ"), false);
     }
-    if let Some(wait) = st.login_throttle.wait(&login) {
+    if let Some(wait) = crate::auth::Throttle::wait(&st.db, &login).await {
         let e = Errors::one(
             "old",
             format!("too many wrong passwords: try again in {} s", wait.as_secs() + 1),
@@ -380,10 +376,10 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
     }
     if !check_password(&st, &login, f.get("old").unwrap_or("").to_owned()).await {
         tracing::warn!(%login, "web password change refused: wrong login or password");
-        st.login_throttle.failed(&login);
+        crate::auth::Throttle::failed(&st.db, &login).await;
         return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
     }
-    st.login_throttle.succeeded(&login);
+    crate::auth::Throttle::succeeded(&st.db, &login).await;
     let new = new.to_owned();
     let hash = match tokio::task::spawn_blocking(move || keel_password::hash(&new)).await {
         Ok(Ok(h)) => h,
