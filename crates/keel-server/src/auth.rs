@@ -99,7 +99,8 @@ impl Throttle {
             }
         };
         let penalty_ms = 1000i64 << (n.count.checked_sub(FREE_FAILURES)?).min(6);
-        let left = penalty_ms - now_ms().saturating_sub(n.last_ms);
+        // A count raised by a server whose clock is ahead never makes the wait longer.
+        let left = penalty_ms - now_ms().saturating_sub(n.last_ms).max(0);
         (left > 0).then(|| std::time::Duration::from_millis(left.unsigned_abs()))
     }
 
