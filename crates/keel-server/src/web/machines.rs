@@ -267,8 +267,7 @@ fn patch(f: &Form, edit: bool) -> Result<MachinePatch, keel_store::StoreError> {
 }
 
 pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("adding machines")?;
+    let f = me.admin_form(&body, "adding machines")?;
     let result = match patch(&f, false) {
         Ok(p) => st.db.create_machine(&me.principal(), p).await,
         Err(e) => Err(e),
@@ -309,8 +308,7 @@ pub(crate) async fn save(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("editing machines")?;
+    let f = me.admin_form(&body, "editing machines")?;
     let version = f.version();
     let result = match patch(&f, true) {
         Ok(p) => st.db.edit_machine(&me.principal(), &name, version, p).await,
@@ -360,8 +358,7 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("deleting machines")?;
+    let f = me.admin_form(&body, "deleting machines")?;
     let version = f.version();
     match st.db.delete_machine(&me.principal(), &name, version).await {
         Ok(m) => Ok(Redirect::to(&format!("/machines?done=deleted+{}", m.hostname)).into_response()),
@@ -374,8 +371,7 @@ pub(crate) async fn delete(
 
 /// Bulk actions on the checked rows: mark faulty (with a reason), clear faulty, delete.
 pub(crate) async fn bulk(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("bulk actions on machines")?;
+    let f = me.admin_form(&body, "bulk actions on machines")?;
     let names = f.all("pick");
     let action = f.get("action").unwrap_or("");
     let reason = f.get("reason").unwrap_or("").to_owned();

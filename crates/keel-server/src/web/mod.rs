@@ -144,6 +144,13 @@ impl Me {
     }
 
     /// Admins only; anyone else gets a 403 page, and the refusal is logged.
+    /// A posted form of an admins-only action: its CSRF token checked first, then the role.
+    pub(crate) fn admin_form(&self, body: &[u8], what: &str) -> Result<Form, WebError> {
+        let f = Form::checked(body, self)?;
+        self.admin(what)?;
+        Ok(f)
+    }
+
     pub(crate) fn admin(&self, what: &str) -> Result<(), WebError> {
         if self.is_admin() {
             Ok(())

@@ -94,8 +94,7 @@ pub(crate) async fn new_switch(me: Me) -> Result<Response, WebError> {
 }
 
 pub(crate) async fn create_switch(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("adding switches")?;
+    let f = me.admin_form(&body, "adding switches")?;
     let fields = keel_model::input::Fields::new(f.json(&SWITCH_FIELDS), keel_model::input::Strictness::Lenient)
         .map_err(keel_store::StoreError::from);
     let r = match fields {
@@ -136,8 +135,7 @@ pub(crate) async fn save_switch(
     axum::extract::Path(name): axum::extract::Path<String>,
     body: Bytes,
 ) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("editing switches")?;
+    let f = me.admin_form(&body, "editing switches")?;
     let version = f.version();
     let r = if f.get("delete") == Some("on") {
         st.db.delete_switch(&me.principal(), &name, version).await
@@ -213,8 +211,7 @@ pub(crate) async fn settings(State(st): State<AppState>, me: Me) -> Result<Respo
 }
 
 pub(crate) async fn save_setting(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("changing settings")?;
+    let f = me.admin_form(&body, "changing settings")?;
     let key = f.get("key").unwrap_or("");
     let value = serde_json::Value::Bool(f.get("value") == Some("on"));
     let version = f.version();

@@ -179,8 +179,7 @@ pub(crate) async fn new_page(me: Me) -> Result<Response, WebError> {
 }
 
 pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("adding users")?;
+    let f = me.admin_form(&body, "adding users")?;
     let result = match patch(&f, false) {
         Ok(p) => st.db.create_user(&me.principal(), p).await,
         Err(e) => Err(e),
@@ -216,8 +215,7 @@ pub(crate) async fn save(
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("editing users")?;
+    let f = me.admin_form(&body, "editing users")?;
     let version = f.version();
     let result = match patch(&f, true) {
         Ok(p) => st.db.edit_user(&me.principal(), &login, version, p).await,
@@ -252,8 +250,7 @@ pub(crate) async fn reset(
     Path(login): Path<String>,
     body: Bytes,
 ) -> Result<Response, WebError> {
-    let f = Form::checked(&body, &me)?;
-    me.admin("resetting passwords")?;
+    let f = me.admin_form(&body, "resetting passwords")?;
     let version = f.version();
     let user = find(&st, &login)?;
     let (password, hash) = tokio::task::spawn_blocking(|| {
