@@ -5,6 +5,7 @@
 
 mod batch;
 mod commit_plan;
+mod common_sql;
 pub mod copy;
 mod db;
 mod error;

@@ -274,108 +274,63 @@ impl Store for PgStore {
     }
 
     async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, time, principal, kind, op, key, before, after FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(to_i64(since))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(change_from_row).collect()
+        crate::common_sql::pg::changes_since(&self.pool, since, limit).await
     }
 
     async fn first_seq(&self) -> Result<u64, StoreError> {
-        let s: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(s.map_or(0, to_u64))
+        crate::common_sql::pg::first_seq(&self.pool).await
     }
 
     async fn trim_log(&self, keep: u64, older_than: Option<&str>) -> Result<u64, StoreError> {
-        let r = sqlx::query(
-            "DELETE FROM changes WHERE seq < (SELECT MAX(seq) FROM changes) \
-             AND (seq <= (SELECT MAX(seq) FROM changes) - $1 OR time < $2)",
-        )
-        .bind(to_i64(keep.max(1)))
-        .bind(older_than.unwrap_or(""))
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
+        crate::common_sql::pg::trim_log(&self.pool, keep, older_than).await
     }
 
     async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&t.id)
-        .bind(&t.hash)
-        .bind(&t.name)
-        .bind(t.role.as_str())
-        .bind(serde_json::to_string(&t.facilities).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-        .bind(&t.host)
-        .bind(&t.created)
-        .bind(&t.expires)
-        .bind(&t.revoked)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        crate::common_sql::pg::insert_token(&self.pool, t).await
     }
 
     async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(token_from_row).transpose()
+        crate::common_sql::pg::token(&self.pool, id).await
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM tokens ORDER BY created, id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(token_from_row).collect()
+        crate::common_sql::pg::tokens(&self.pool).await
     }
 
     async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE tokens SET revoked = COALESCE(revoked, $1) WHERE id = $2")
-            .bind(at)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        crate::common_sql::pg::revoke_token(&self.pool, id, at).await
     }
 
     async fn put_web_session(&self, s: &crate::WebSession) -> Result<(), StoreError> {
-        crate::web_session::pg::put(&self.pool, s).await
+        crate::common_sql::pg::put(&self.pool, s).await
     }
 
     async fn web_session(&self, id: &str) -> Result<Option<crate::WebSession>, StoreError> {
-        crate::web_session::pg::get(&self.pool, id).await
+        crate::common_sql::pg::get(&self.pool, id).await
     }
 
     async fn touch_web_session(&self, id: &str, last_ms: i64) -> Result<(), StoreError> {
-        crate::web_session::pg::touch(&self.pool, id, last_ms).await
+        crate::common_sql::pg::touch(&self.pool, id, last_ms).await
     }
 
     async fn end_web_sessions(&self, id: Option<&str>, unused_before_ms: i64) -> Result<u64, StoreError> {
-        crate::web_session::pg::end(&self.pool, id, unused_before_ms).await
+        crate::common_sql::pg::end(&self.pool, id, unused_before_ms).await
     }
 
     async fn login_failures(&self, login: &str) -> Result<Option<crate::LoginFailures>, StoreError> {
-        crate::web_session::pg::login_failures(&self.pool, login).await
+        crate::common_sql::pg::login_failures(&self.pool, login).await
     }
 
     async fn login_failed(&self, login: &str, at_ms: i64, forget_before_ms: i64) -> Result<(), StoreError> {
-        crate::web_session::pg::login_failed(&self.pool, login, at_ms, forget_before_ms).await
+        crate::common_sql::pg::login_failed(&self.pool, login, at_ms, forget_before_ms).await
     }
 
     async fn login_succeeded(&self, login: &str) -> Result<(), StoreError> {
-        crate::web_session::pg::login_succeeded(&self.pool, login).await
+        crate::common_sql::pg::login_succeeded(&self.pool, login).await
     }
 
     async fn meta_secret(&self, key: &str) -> Result<String, StoreError> {
-        crate::web_session::pg::meta_secret(&self.pool, key).await
+        crate::common_sql::pg::meta_secret(&self.pool, key).await
     }
 
     async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError> {

@@ -3,7 +3,7 @@
 /// Defines `change_from_row` and `token_from_row` for a backend's row type.
 macro_rules! decoders {
     ($row:ty) => {
-        fn change_from_row(r: &$row) -> Result<keel_model::Change, $crate::StoreError> {
+        pub(crate) fn change_from_row(r: &$row) -> Result<keel_model::Change, $crate::StoreError> {
             use sqlx::Row as _;
             let op = match r.try_get::<&str, _>("op")? {
                 "put" => keel_model::Op::Put,
