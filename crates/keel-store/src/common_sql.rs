@@ -166,7 +166,7 @@ macro_rules! common_sql {
             if !crate::web_session::SECRETS.contains(&key) {
                 return Err(StoreError::Corrupt(format!("{key} is not a secret keel keeps")));
             }
-            let fresh = crate::token::random_hex()?;
+            let fresh = crate::token::random_hex(24)?;
             sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                 .bind(key)
                 .bind(&fresh)

@@ -68,11 +68,7 @@ pub struct NewToken {
 
 /// Makes a fresh token: the secret string (to show once) and the row to store.
 pub fn generate(new: NewToken, now: &str) -> Result<(String, TokenRow), StoreError> {
-    let mut id = [0u8; 6];
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut id).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-    getrandom::fill(&mut secret).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
-    let (id, secret) = (hex::encode(id), hex::encode(secret));
+    let (id, secret) = (random_hex(6)?, random_hex(32)?);
     let expires = new
         .expires
         .map(|e| e.format(&time::format_description::well_known::Rfc3339))
@@ -126,9 +122,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// 24 random bytes as hex: a secret of keel's own (the OS RNG failing is an I/O error).
-pub(crate) fn random_hex() -> Result<String, StoreError> {
-    let mut b = [0u8; 24];
+/// `bytes` random bytes as hex, from the OS (its RNG failing is an I/O error).
+pub fn random_hex(bytes: usize) -> Result<String, StoreError> {
+    let mut b = vec![0u8; bytes];
     getrandom::fill(&mut b).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
     Ok(hex::encode(b))
 }

@@ -50,12 +50,8 @@ fn csrf_of(secret: &str) -> String {
 }
 
 fn random() -> String {
-    let mut b = [0u8; 24];
     // The OS RNG failing is not survivable for a login anyway; an empty token then never matches.
-    if getrandom::fill(&mut b).is_err() {
-        return String::new();
-    }
-    hex::encode(b)
+    keel_store::token::random_hex(24).unwrap_or_default()
 }
 
 /// A presented token equals the expected one (an empty one never does).
