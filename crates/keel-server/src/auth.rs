@@ -84,8 +84,13 @@ const FREE_FAILURES: u32 = 5;
 /// A count not raised for this long is forgotten.
 const FORGET_AFTER_MS: i64 = 3_600_000;
 
+/// Now, in Unix milliseconds: the times kept in the database and shared between servers.
 pub(crate) fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Throttle {

@@ -151,8 +151,8 @@ impl Presence {
     /// recorded (`shared`: login → Unix ms) is too.
     fn overdue(&self, sessions: impl Iterator<Item = Session>, shared: &HashMap<String, i64>) -> Vec<Session> {
         let now = Instant::now();
-        let now_ms = unix_ms();
-        let timeout_ms = i64::try_from(self.config.timeout.as_millis()).unwrap_or(i64::MAX);
+        let now_ms = crate::auth::now_ms();
+        let timeout_ms = crate::auth::millis(self.config.timeout);
         let seen = self.seen();
         sessions
             .filter(|s| {
@@ -164,14 +164,10 @@ impl Presence {
     }
 }
 
-fn unix_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
 /// With several servers, tells the others that these logins' machines are alive.
 async fn share_heartbeats(st: &AppState, logins: &[String]) {
     if st.db.store().shared() {
-        if let Err(e) = st.db.store().record_heartbeats(logins, unix_ms()).await {
+        if let Err(e) = st.db.store().record_heartbeats(logins, crate::auth::now_ms()).await {
             tracing::warn!(%e, "cannot share heartbeats with the other servers");
         }
     }

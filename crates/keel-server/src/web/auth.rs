@@ -31,10 +31,6 @@ pub(crate) struct Sessions {
 /// so end up to this much before `idle_hours`.)
 const TOUCH_EVERY_MS: i64 = 60_000;
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 fn digest(text: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
@@ -81,7 +77,7 @@ impl Sessions {
         let now = crate::auth::now_ms();
         let store = st.db.store();
         store
-            .end_web_sessions(None, now.saturating_sub(ms(idle)))
+            .end_web_sessions(None, now.saturating_sub(crate::auth::millis(idle)))
             .await
             .map_err(|e| WebError::Internal(e.to_string()))?;
         let row = keel_store::WebSession {
@@ -110,7 +106,7 @@ impl Sessions {
         };
         let now = crate::auth::now_ms();
         let unused = now.saturating_sub(row.last_ms);
-        if unused > ms(idle) {
+        if unused > crate::auth::millis(idle) {
             let _ = store.end_web_sessions(Some(&id), 0).await;
             return None;
         }
