@@ -33,7 +33,6 @@ pub(crate) const STALE: Duration = Duration::from_secs(1);
 
 /// An open group of writes.
 pub(crate) struct Batch {
-    pub(crate) id: u64,
     lock: Box<dyn WriterLock>,
     /// The committed Snapshot with this group's writes so far: what the next member plans against.
     working: Snapshot,
@@ -43,7 +42,7 @@ pub(crate) struct Batch {
     /// The transaction can no longer commit (its connection was lost, or a write was cancelled).
     pub(crate) lost: bool,
     pub(crate) opened: Instant,
-    /// How the COMMIT went, for members waiting on it.
+    /// How the COMMIT went, for members waiting on it (and, by its address, the group's identity).
     pub(crate) outcome: Arc<OnceLock<Result<(), String>>>,
 }
 
@@ -63,8 +62,6 @@ impl Drop for Queued<'_> {
     }
 }
 
-static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
-
 impl Db {
     /// Takes the cross-server lock, brings the Snapshot up to the log's end, opens a group.
     pub(crate) async fn open_batch(&self) -> Result<Batch, StoreError> {
@@ -82,7 +79,6 @@ impl Db {
             }
         }
         Ok(Batch {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed) as u64,
             lock,
             working: (*self.snapshot()).clone(),
             changes: Vec::new(),

@@ -139,11 +139,11 @@ impl Db {
         // Those queued behind us join the group; the last of them commits it. Should none do so
         // (cancelled), we do when the writer lock comes back to us: it is FIFO, so by then every
         // writer queued before us has joined.
-        let (id, outcome) = (group.id, group.outcome.clone());
+        let outcome = group.outcome.clone();
         drop(slot);
         let mut slot = self.writer.lock().await;
         self.drop_lost_batch(&mut slot);
-        if slot.as_ref().is_some_and(|b| b.id == id) {
+        if slot.as_ref().is_some_and(|b| Arc::ptr_eq(&b.outcome, &outcome)) {
             return self.close_batch(&mut slot).await.map(|()| mine);
         }
         match outcome.get() {
