@@ -1,7 +1,8 @@
 //! The propagation bundle: what the engine sends and `keel-agent` applies.
 //!
 //! A bundle is a tar of `MANIFEST.json`, `MANIFEST.sig` (the raw ed25519 signature of MANIFEST.json
-//! by the server's key) and the files the manifest lists, regular files only. Reading is the
+//! by the server's key) and the files the manifest lists, regular files only; it travels
+//! zstd-compressed ([`Encoding`]), and readers take either form. Reading is the
 //! security boundary of every destination, so [`Bundle::open`] checks, in this order: the tar's
 //! members (regular files, safe relative names, no duplicates, bounded sizes), the signature
 //! against the trusted keys — *before* anything in the manifest is believed — then the manifest
@@ -20,7 +21,7 @@ pub use keel_model::propagation::destination_host;
 pub use key::{KeyError, PublicKey, SecretKey};
 pub use manifest::{check_rel_path, FileEntry, Manifest, Version, FORMAT};
 pub use read::{Bundle, BundleError, Limits};
-pub use write::{build, manifest as manifest_for, BuildError, File, Header, Prepared};
+pub use write::{build, manifest as manifest_for, BuildError, Encoding, File, Header, Prepared};
 
 /// The lower-cased sha256 of `data`, in hex.
 pub fn sha256_hex(data: &[u8]) -> String {

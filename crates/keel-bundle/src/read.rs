@@ -24,14 +24,33 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The most bytes a tar within these limits can take (the files plus their tar framing).
+    fn tar_bytes(self) -> u64 {
+        self.max_total_bytes + 1024 * (self.max_files as u64 + 4)
+    }
+
+    fn too_large(self) -> BundleError {
+        BundleError::TooLarge {
+            limit: self.max_total_bytes,
+            files: self.max_files,
+        }
+    }
+}
+
 /// What `read_from` sets aside before reading: more than a 10,000-user `passwd` bundle (2 MB).
 const INITIAL_READ: usize = 4 << 20;
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 
 /// Why a bundle was refused. Each maps to its own agent exit code.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BundleError {
     #[error("not a readable tar: {0}")]
     Tar(String),
+    #[error("not a readable zstd stream: {0}")]
+    Zstd(String),
     #[error("member {name:?}: {reason}")]
     Member { name: String, reason: String },
     #[error("bundle larger than the limit ({limit} bytes or {files} files)")]
@@ -57,22 +76,11 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Reads and checks a bundle from `r`, reading at most the limit (plus a little tar framing).
+    /// Reads and checks a bundle (a tar, or a zstd-compressed one) from `r`, reading at most the
+    /// limit (plus a little tar framing).
     pub fn read_from(r: impl Read, trusted: &[PublicKey], limits: Limits) -> Result<Self, BundleError> {
-        let cap = limits.max_total_bytes + 1024 * (limits.max_files as u64 + 4);
-        // Room for a typical bundle at once: growing by doubling copies and faults in every page
-        // again (untouched capacity costs nothing).
-        let mut raw = Vec::with_capacity(INITIAL_READ.min(usize::try_from(cap).unwrap_or(usize::MAX)));
-        r.take(cap + 1)
-            .read_to_end(&mut raw)
-            .map_err(|e| BundleError::Tar(e.to_string()))?;
-        if raw.len() as u64 > cap {
-            return Err(BundleError::TooLarge {
-                limit: limits.max_total_bytes,
-                files: limits.max_files,
-            });
-        }
-        Self::open_bytes(Bytes::from(raw), trusted, limits)
+        let raw = read_bounded(r, limits.tar_bytes()).map_err(|e| BundleError::Tar(e.to_string()))?;
+        Self::open_bytes(Bytes::from(raw.ok_or_else(|| limits.too_large())?), trusted, limits)
     }
 
     /// Checks a bundle held in memory.
@@ -80,8 +88,9 @@ impl Bundle {
         Self::open_bytes(Bytes::copy_from_slice(raw), trusted, limits)
     }
 
-    /// Checks a bundle held in memory; its files are slices of `raw`, not copies.
+    /// Checks a bundle held in memory; its files are slices of the tar, not copies.
     pub fn open_bytes(raw: Bytes, trusted: &[PublicKey], limits: Limits) -> Result<Self, BundleError> {
+        let raw = decompressed(raw, limits)?;
         let mut members = members(&raw, limits)?;
         let json = members
             .remove("MANIFEST.json")
@@ -119,6 +128,41 @@ impl Bundle {
             files: members,
         })
     }
+}
+
+/// Everything `r` gives, or `None` if that is more than `cap` bytes.
+fn read_bounded(r: impl Read, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+    // Room for a typical bundle at once: growing by doubling copies and faults in every page again
+    // (untouched capacity costs nothing).
+    let mut out = Vec::with_capacity(INITIAL_READ.min(usize::try_from(cap).unwrap_or(usize::MAX)));
+    r.take(cap + 1).read_to_end(&mut out)?;
+    Ok((out.len() as u64 <= cap).then_some(out))
+}
+
+/// The tar in `raw`: `raw` itself, or what its zstd frames decompress to — never more than a tar
+/// within `limits` can be, whatever the frames claim (a small stream can expand enormously).
+fn decompressed(raw: Bytes, limits: Limits) -> Result<Bytes, BundleError> {
+    if !raw.starts_with(&ZSTD_MAGIC) {
+        return Ok(raw);
+    }
+    let cap = limits.tar_bytes();
+    let bad = |e: std::io::Error| BundleError::Zstd(e.to_string());
+    let tar = match zstd::zstd_safe::find_decompressed_size(&raw) {
+        // Every frame records its size (keel's do): one exact allocation; more output fails.
+        Ok(Some(n)) if n > cap => return Err(limits.too_large()),
+        Ok(Some(n)) => {
+            zstd::bulk::decompress(&raw, usize::try_from(n).map_err(|_| limits.too_large())?).map_err(bad)?
+        }
+        // A stream made by `zstd` from a pipe: decompressed in pieces, bounded.
+        Ok(None) => {
+            let decoder = zstd::stream::read::Decoder::with_buffer(&raw[..]).map_err(bad)?;
+            read_bounded(decoder, cap)
+                .map_err(bad)?
+                .ok_or_else(|| limits.too_large())?
+        }
+        Err(_) => return Err(BundleError::Zstd("a frame header is invalid".into())),
+    };
+    Ok(Bytes::from(tar))
 }
 
 fn parse_manifest(json: &[u8]) -> Result<Manifest, BundleError> {
@@ -337,6 +381,75 @@ mod tests {
             Bundle::open(&newer, &[k.public()], Limits::default()),
             Err(BundleError::Format(_))
         ));
+    }
+
+    #[test]
+    fn a_zstd_bundle_reads_like_its_tar() {
+        let k = SecretKey::generate().unwrap();
+        let plain = build(&k, &header(), &files()).unwrap();
+        let prepared = crate::Prepared::new(&files(), crate::Encoding::Zstd).unwrap();
+        let (head, tail) = prepared.build_parts(&k, &header()).unwrap();
+        let zst = prepared.build(&k, &header()).unwrap();
+        assert_eq!(
+            zst,
+            [head, tail.to_vec()].concat(),
+            "two frames, sent one after the other"
+        );
+        assert_eq!(zstd::decode_all(&zst[..]).unwrap(), plain);
+        let a = Bundle::read_from(&zst[..], &[k.public()], Limits::default()).unwrap();
+        assert_eq!(
+            a.files,
+            Bundle::open(&plain, &[k.public()], Limits::default()).unwrap().files
+        );
+        // A stream that does not record its size (as `zstd` writes from a pipe) reads too.
+        let mut streamed = Vec::new();
+        let mut enc = zstd::stream::write::Encoder::new(&mut streamed, 3).unwrap();
+        std::io::Write::write_all(&mut enc, &plain).unwrap();
+        enc.finish().unwrap();
+        assert_eq!(zstd::zstd_safe::find_decompressed_size(&streamed).unwrap(), None);
+        assert!(Bundle::open(&streamed, &[k.public()], Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn a_zstd_bomb_or_garbage_is_refused_before_it_is_inflated() {
+        let k = SecretKey::generate().unwrap();
+        let limits = Limits {
+            max_files: 10,
+            max_total_bytes: 1 << 20,
+        };
+        // 64 MiB of zeros in a few KiB, with and without its size in the header.
+        let zeros = vec![0u8; 64 << 20];
+        let sized = zstd::bulk::compress(&zeros, 19).unwrap();
+        assert!(sized.len() < 64 << 10);
+        assert!(matches!(
+            Bundle::open(&sized, &[k.public()], limits),
+            Err(BundleError::TooLarge { .. })
+        ));
+        let mut unsized_ = Vec::new();
+        let mut enc = zstd::stream::write::Encoder::new(&mut unsized_, 19).unwrap();
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        enc.finish().unwrap();
+        assert!(matches!(
+            Bundle::open(&unsized_, &[k.public()], limits),
+            Err(BundleError::TooLarge { .. })
+        ));
+        // A frame that lies about its size: decompressing fails, it is not believed.
+        let mut liar = zstd::bulk::compress(b"0123456789abcdef", 1).unwrap();
+        let frame_content_size = 5; // magic (4) + frame header descriptor (1), then the size
+        liar[frame_content_size] = 4;
+        assert!(Bundle::open(&liar, &[k.public()], limits).is_err());
+        let mut garbage = super::ZSTD_MAGIC.to_vec();
+        garbage.extend_from_slice(b"definitely not zstd");
+        assert!(matches!(
+            Bundle::open(&garbage, &[k.public()], limits),
+            Err(BundleError::Zstd(_))
+        ));
+        // Tampering inside the compressed stream is caught like tampering in a tar.
+        let prepared = crate::Prepared::new(&files(), crate::Encoding::Zstd).unwrap();
+        let mut zst = prepared.build(&k, &header()).unwrap();
+        let last = zst.len() - 20;
+        zst[last] ^= 0x55;
+        assert!(Bundle::open(&zst, &[k.public()], Limits::default()).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use keel_bundle::{Prepared, SecretKey};
+use keel_bundle::{Encoding, Prepared, SecretKey};
 use keel_model::{Change, Destination, Facility, Kind, Snapshot};
 use keel_store::Db;
 use tokio::sync::{broadcast, Notify, Semaphore};
@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub gen: keel_gen::Options,
+    /// How bundles travel (zstd unless the site's agents predate it).
+    pub encoding: Encoding,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +50,7 @@ impl Default for EngineConfig {
             retry_min: Duration::from_secs(5),
             retry_max: Duration::from_secs(3600),
             gen: keel_gen::Options::default(),
+            encoding: Encoding::Zstd,
         }
     }
 }
@@ -229,7 +232,8 @@ impl Engine {
             .map_err(EngineError::Gen)?;
         let serial = self.next_serial(facility, service).await?;
         let run_id = uuid::Uuid::new_v4().simple().to_string();
-        let files = prepare(&files)?;
+        // A plain tar: this one is for people to look into.
+        let files = prepare(files, Encoding::Tar).await?;
         self.inner
             .bundle(svc, facility, destination, serial, &run_id, |key, h| {
                 files.build(key, h)
@@ -481,7 +485,7 @@ impl Inner {
             }
         };
         // Hashed and laid out once here, not once per destination.
-        let files = match prepare(&files) {
+        let files = match prepare(files, self.cfg.encoding).await {
             Ok(f) => f,
             Err(e) => {
                 let t = self.update(id, |t| {
@@ -605,8 +609,13 @@ impl Inner {
     }
 }
 
-fn prepare(files: &[keel_bundle::File]) -> Result<Prepared, EngineError> {
-    Prepared::new(files).map_err(|e| EngineError::Gen(e.to_string()))
+/// Hashes, lays out and compresses the files: milliseconds of CPU for a big service, so on a
+/// blocking thread.
+async fn prepare(files: Vec<keel_bundle::File>, encoding: Encoding) -> Result<Prepared, EngineError> {
+    tokio::task::spawn_blocking(move || Prepared::new(&files, encoding))
+        .await
+        .map_err(|e| EngineError::Gen(e.to_string()))?
+        .map_err(|e| EngineError::Gen(e.to_string()))
 }
 
 fn denied(mut r: DestResult, why: &str) -> DestResult {

@@ -58,6 +58,9 @@ pub struct BenchArgs {
     /// the transfer alone costs).
     #[arg(long)]
     remote_command: Option<String>,
+    /// Send plain tars, as `[propagation] compress = false` does (to see what compression gains).
+    #[arg(long)]
+    plain_tar: bool,
     /// Logins for the presence measurement (a LAN event's size; the contestants' uid pool holds 999).
     #[arg(long, default_value_t = 500)]
     logins: usize,
@@ -147,6 +150,11 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             args.users,
             args.destinations,
             args.remote_command.as_deref(),
+            if args.plain_tar {
+                keel_bundle::Encoding::Tar
+            } else {
+                keel_bundle::Encoding::Zstd
+            },
         )
         .await?;
         if !json {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use keel_bundle::SecretKey;
+use keel_bundle::{Encoding, SecretKey};
 use keel_model::{Channel, Destination, Facility, Group, Login, Pools, Principal, UidRange, User};
 use keel_propagate::{DestStatus, Engine, EngineConfig, Senders, SshConfig};
 use keel_store::{Db, SqliteStore, Write};
@@ -39,7 +39,23 @@ pub(crate) struct PropReport {
     pub first_failure: Option<String>,
 }
 
-const HASH: &str = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/";
+/// A SHA-512-crypt hash of the real shape (16-character salt, 86-character digest) that differs per
+/// user, as real ones do: one hash shared by every user would let a compressed bundle shrink to
+/// nothing and flatter the transfer. (Hashing 10,000 real passwords would take a minute; the
+/// agent never checks them.)
+fn fake_hash(i: usize) -> String {
+    const CRYPT64: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1; // xorshift64*, seeded per user
+    let mut next = || {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        CRYPT64[(x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 58) as usize] as char
+    };
+    let salt: String = (0..16).map(|_| next()).collect();
+    let digest: String = (0..86).map(|_| next()).collect();
+    format!("$6${salt}${digest}")
+}
 
 fn users(n: usize) -> anyhow::Result<Vec<User>> {
     (0..n)
@@ -52,7 +68,7 @@ fn users(n: usize) -> anyhow::Result<Vec<User>> {
                 uid: 100_000 + u32::try_from(i)?,
                 shell: "/bin/bash".into(),
                 ssh_keys: Vec::new(),
-                password_hash: HASH.into(),
+                password_hash: fake_hash(i),
                 password_changed: false,
                 version: 0,
             })
@@ -67,6 +83,7 @@ pub(crate) async fn run(
     n_users: usize,
     n_dests: usize,
     remote: Option<&str>,
+    encoding: Encoding,
 ) -> anyhow::Result<PropReport> {
     std::fs::create_dir_all(dir)?;
     let dir = std::fs::canonicalize(dir)?;
@@ -80,7 +97,7 @@ pub(crate) async fn run(
     r.gen_ms = gen_ms(&all);
     let key = SecretKey::generate()?;
     eprintln!("bench: keel-agent apply of passwd for {n_users} users");
-    (r.agent_apply_ms, r.agent_unchanged_ms) = agent_apply(&dir.join("apply"), &agent, &key, &all)?;
+    (r.agent_apply_ms, r.agent_unchanged_ms) = agent_apply(&dir.join("apply"), &agent, &key, &all, encoding)?;
     eprintln!("bench: starting sshd and {n_dests} agents");
     let sshd = Sshd::start(&dir.join("sshd"))?;
     let names: Vec<String> = (0..n_dests).map(|i| format!("h{i:03}")).collect();
@@ -108,7 +125,7 @@ pub(crate) async fn run(
     };
     std::fs::create_dir_all(dir.join("ctl"))?;
     eprintln!("bench: cold propagation (a new ssh connection per destination)");
-    let (engine, secs) = start_engine(&db, ssh(""), SecretKey::from_base64(&key.to_base64())?).await?;
+    let (engine, secs) = start_engine(&db, ssh(""), SecretKey::from_base64(&key.to_base64())?, encoding).await?;
     r.cold_secs = secs;
     eprintln!("bench: {n_dests} bare `ssh host true` again");
     r.bare_ssh_runs[1] = bare_ssh(&ssh_config, &names).await?;
@@ -122,7 +139,7 @@ pub(crate) async fn run(
     r.unchanged_sent = after.iter().filter(|(d, at)| before.get(*d) != Some(at)).count();
     engine.shutdown();
     eprintln!("bench: warm propagation (connections kept open)");
-    let (engine, _) = start_engine(&db, ssh("120"), key).await?;
+    let (engine, _) = start_engine(&db, ssh("120"), key, encoding).await?;
     timed(&engine, true).await?; // opens the master connections
     r.warm_secs = timed(&engine, true).await?;
     r.not_done += not_done(&engine, n_dests);
@@ -179,7 +196,13 @@ fn make_agent(parent: &Path, name: &str, key: &SecretKey) -> anyhow::Result<Path
 }
 
 /// keel-agent on a fresh root, then the same files again under a new serial: medians of 5.
-fn agent_apply(dir: &Path, agent: &Path, key: &SecretKey, all: &[User]) -> anyhow::Result<(f64, f64)> {
+fn agent_apply(
+    dir: &Path,
+    agent: &Path,
+    key: &SecretKey,
+    all: &[User],
+    encoding: Encoding,
+) -> anyhow::Result<(f64, f64)> {
     let input = keel_gen::Input {
         facility: "bench",
         users: all.iter().collect(),
@@ -196,12 +219,17 @@ fn agent_apply(dir: &Path, agent: &Path, key: &SecretKey, all: &[User]) -> anyho
             created: "",
             serial,
         };
-        keel_bundle::build(key, &h, &files)
+        // As the engine sends it: with zstd, the agent's figure includes decompressing.
+        keel_bundle::Prepared::new(&files, encoding)?.build(key, &h)
     };
     let (first, second) = (bundle(1)?, bundle(2)?);
     // Kept beside the runs (with --dir) to try the agent by hand.
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("bundle.tar"), &first)?;
+    let name = match encoding {
+        Encoding::Tar => "bundle.tar",
+        Encoding::Zstd => "bundle.tar.zst",
+    };
+    std::fs::write(dir.join(name), &first)?;
     let (mut fresh, mut same) = (Vec::new(), Vec::new());
     for i in 0..5 {
         let cfg = make_agent(&dir.join(format!("run{i}")), "h000", key)?;
@@ -295,9 +323,15 @@ async fn setup_db(dir: &Path, all: &[User], names: &[String]) -> anyhow::Result<
 }
 
 /// Starts an engine (it plans every task at start) and waits for it to settle: seconds taken.
-async fn start_engine(db: &Arc<Db>, ssh: SshConfig, key: SecretKey) -> anyhow::Result<(Engine, f64)> {
+async fn start_engine(
+    db: &Arc<Db>,
+    ssh: SshConfig,
+    key: SecretKey,
+    encoding: Encoding,
+) -> anyhow::Result<(Engine, f64)> {
     let cfg = EngineConfig {
         debounce: Duration::ZERO,
+        encoding,
         retry_min: Duration::from_secs(3600),
         ..EngineConfig::default()
     };

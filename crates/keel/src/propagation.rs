@@ -101,6 +101,10 @@ pub async fn start(db: Arc<Db>, p: &PropagationFile, data_dir: &Path, example: b
         retry_min: secs(p.retry_min_secs, d.retry_min),
         retry_max: secs(p.retry_max_secs, d.retry_max),
         gen: p.generators.clone(),
+        encoding: match p.compress {
+            Some(false) => keel_bundle::Encoding::Tar,
+            _ => keel_bundle::Encoding::Zstd,
+        },
     };
     let mut ssh = p.ssh.clone();
     if ssh.control_dir.is_none() && !ssh.control_persist.is_empty() {
