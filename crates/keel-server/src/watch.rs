@@ -1,12 +1,17 @@
 //! `GET /api/v1/watch`: the live, resumable change feed; `GET /poll`: the prologin mdbsync feed.
 //!
-//! Each subscriber gets a producer task that writes lines into a bounded queue, which the HTTP body
-//! drains. The producer subscribes to the Change broadcast *before* it reads the Snapshot, so every
-//! change after the Snapshot's seq reaches it; it then sends either a snapshot or the log since the
-//! client's seq, then live changes. It never skips a seq: a gap, a lag beyond the broadcast ring,
-//! or a client that stops reading ends the stream with a reason line, and the client resumes from
-//! its last seq. Writers and other subscribers never wait for a subscriber.
+//! A stream subscribes to the Change broadcast *before* it reads the Snapshot, so every change
+//! after the Snapshot's seq reaches it. A producer task first sends either a snapshot or the log
+//! since the client's seq into a bounded queue, which the HTTP body drains; then it hands the live
+//! phase to the body itself ([`live`]): hyper's poll of the body takes changes straight from the
+//! broadcast, so fanning a change out costs one task wake-up per subscriber, not two and a queue.
+//! The producer stays on as the stream's watchdog. A stream never skips a seq: a gap, a lag beyond
+//! the broadcast ring, or a client that stops reading ends it with a reason line, and the client
+//! resumes from its last seq. Writers and other subscribers never wait for a subscriber.
 
+mod live;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,19 +112,18 @@ pub(crate) async fn watch(
     let rx = st.db.subscribe(); // before the Snapshot: no change can fall between the two
     let snap = st.db.snapshot();
     let start = decide_start(&st, &params, &snap).await?;
-    let (tx, lines) = mpsc::channel(st.config.watch.buffer.max(1));
-    let reason = Arc::new(Mutex::new(None));
+    let (tx, queue) = mpsc::channel(st.config.watch.buffer.max(1));
+    let shared = Arc::new(Shared::default());
     let producer = Producer {
+        guard: Subscribed::new(&st),
         st: st.clone(),
         params,
         tx,
-        reason: reason.clone(),
-        last: 0,
-        out: Vec::new(),
-        one: None,
+        shared: shared.clone(),
+        lines: Lines::default(),
     };
     tokio::spawn(producer.run(start, snap, rx));
-    Ok(ndjson(body(lines, reason), st.db.db_id()))
+    Ok(ndjson(body(queue, shared), st.db.db_id()))
 }
 
 async fn decide_start(st: &AppState, p: &Params, snap: &Snapshot) -> Result<Start, ApiError> {
@@ -145,21 +149,84 @@ fn ndjson(body: Body, db_id: &str) -> Response {
     resp
 }
 
-/// The HTTP body: every queued line, then the reason the stream ended, if any.
-fn body(lines: mpsc::Receiver<Bytes>, reason: Arc<Mutex<Option<Bytes>>>) -> Body {
-    let stream = futures_util::stream::unfold((lines, reason, false), |(mut lines, reason, done)| async move {
-        if done {
-            return None;
-        }
-        match lines.recv().await {
-            Some(line) => Some((Ok::<_, std::convert::Infallible>(line), (lines, reason, false))),
-            None => {
-                let last = reason.lock().ok().and_then(|mut r| r.take())?;
-                Some((Ok(last), (lines, reason, true)))
-            }
-        }
+/// What the producer hands the HTTP body.
+enum Msg {
+    /// Snapshot or replay lines.
+    Lines(Bytes),
+    /// The live phase: from here on the body takes changes from the broadcast itself.
+    Live(Box<live::Live>),
+}
+
+/// The HTTP body: every queued line, then the live changes (if the producer got that far), then
+/// the reason the stream ended, if any.
+fn body(queue: mpsc::Receiver<Msg>, shared: Arc<Shared>) -> Body {
+    enum Feed {
+        Queued(mpsc::Receiver<Msg>),
+        Live(Box<live::Live>),
+        Done,
+    }
+    let stream = futures_util::stream::unfold((Feed::Queued(queue), shared), |(feed, shared)| async move {
+        let (chunk, next) = match feed {
+            Feed::Done => return None,
+            Feed::Queued(mut queue) => match queue.recv().await {
+                Some(Msg::Lines(chunk)) => (chunk, Feed::Queued(queue)),
+                Some(Msg::Live(mut live)) => match live.next().await {
+                    Some(chunk) => (chunk, Feed::Live(live)),
+                    None => (live.end()?, Feed::Done),
+                },
+                None => (shared.take_end()?, Feed::Done),
+            },
+            Feed::Live(mut live) => match live.next().await {
+                Some(chunk) => (chunk, Feed::Live(live)),
+                None => (live.end()?, Feed::Done),
+            },
+        };
+        Some((Ok::<_, std::convert::Infallible>(chunk), (next, shared)))
     });
     Body::from_stream(stream)
+}
+
+/// What a stream's body and its producer (later its watchdog) share.
+#[derive(Default)]
+struct Shared {
+    /// The last seq the live body has handed out or skipped.
+    last: AtomicU64,
+    /// Set when the stream must end with `end`.
+    cut: AtomicBool,
+    /// The line the stream ends with.
+    end: Mutex<Option<Bytes>>,
+}
+
+impl Shared {
+    /// Ends the stream with a reason line saying where to resume.
+    fn cut(&self, st: &AppState, reason: &str, last: u64) {
+        st.metrics.watch_cut.inc();
+        tracing::info!(%reason, last, "watch stream cut");
+        if let Ok(mut end) = self.end.lock() {
+            *end = Some(line(&json!({"type": "error", "reason": reason, "seq": last})));
+        }
+        self.cut.store(true, Relaxed);
+    }
+
+    fn take_end(&self) -> Option<Bytes> {
+        self.end.lock().ok().and_then(|mut e| e.take())
+    }
+}
+
+/// Counts an open stream in the metrics for as long as it lives.
+struct Subscribed(Arc<crate::metrics::Metrics>);
+
+impl Subscribed {
+    fn new(st: &AppState) -> Self {
+        st.metrics.watch_subscribers.inc();
+        Self(st.metrics.clone())
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.watch_subscribers.dec();
+    }
 }
 
 /// Why a producer stopped.
@@ -170,47 +237,26 @@ enum Stop {
     Cut(String),
 }
 
-struct Producer {
-    st: AppState,
-    params: Params,
-    tx: mpsc::Sender<Bytes>,
-    reason: Arc<Mutex<Option<Bytes>>>,
-    /// The last seq the client has been given (or skipped, for kinds it did not ask for).
+/// Lines on their way to the body, and the last seq they cover.
+#[derive(Default)]
+struct Lines {
+    /// The last seq queued here (or skipped, for kinds the client did not ask for).
     last: u64,
+    /// The last seq handed to the body: where the client resumes if the stream is cut.
+    sent: u64,
     /// Lines not yet handed to the HTTP body: sent as one chunk, so a burst costs few writes.
     out: Vec<u8>,
     /// A single pending line, shared with the other subscribers (no copy); `out` takes over when
     /// a second line comes.
     one: Option<Bytes>,
+    /// Lines taken since the last `take`, for the metrics.
+    count: u64,
 }
 
 /// Lines are handed to the HTTP body in chunks of about this size.
 const CHUNK: usize = 64 * 1024;
 
-impl Producer {
-    async fn run(mut self, start: Start, snap: Arc<Snapshot>, mut rx: broadcast::Receiver<Arc<Change>>) {
-        let metrics = self.st.metrics.clone();
-        metrics.watch_subscribers.inc();
-        let result = async {
-            match start {
-                Start::Snapshot => self.snapshot(&snap).await?,
-                Start::Resume(since) => self.replay(since, snap.seq()).await?,
-            }
-            drop(snap); // an idle subscriber must not pin an old Snapshot in memory
-            self.live(&mut rx).await
-        }
-        .await;
-        metrics.watch_subscribers.dec();
-        if let Err(Stop::Cut(reason)) = result {
-            metrics.watch_cut.inc();
-            tracing::info!(%reason, last = self.last, "watch stream cut");
-            let line = line(&json!({"type": "error", "reason": reason, "seq": self.last}));
-            if let Ok(mut r) = self.reason.lock() {
-                *r = Some(line);
-            }
-        }
-    }
-
+impl Lines {
     /// Bytes waiting to be handed to the body.
     fn pending(&self) -> usize {
         self.out.len() + self.one.as_ref().map_or(0, Bytes::len)
@@ -220,7 +266,7 @@ impl Producer {
     fn push_shared(&mut self, line: Bytes) {
         if self.out.is_empty() && self.one.is_none() {
             self.one = Some(line);
-            self.st.metrics.watch_events.inc();
+            self.count += 1;
         } else {
             self.push(&line);
         }
@@ -231,35 +277,91 @@ impl Producer {
             self.out.extend_from_slice(&first);
         }
         self.out.extend_from_slice(line);
-        self.st.metrics.watch_events.inc();
+        self.count += 1;
+    }
+
+    /// The pending lines as one chunk, counted in the metrics.
+    fn take(&mut self, st: &AppState) -> Option<Bytes> {
+        st.metrics.watch_events.inc_by(std::mem::take(&mut self.count));
+        match self.one.take() {
+            Some(line) => Some(line),
+            None if self.out.is_empty() => None,
+            None => Some(Bytes::from(std::mem::take(&mut self.out))),
+        }
+    }
+
+    /// Queues one change, in order; a gap is never skipped silently.
+    fn change(&mut self, st: &AppState, params: &Params, c: &Change) -> Result<(), String> {
+        if c.seq <= self.last {
+            return Ok(()); // already in the snapshot or the replay
+        }
+        if c.seq != self.last + 1 {
+            return Err(format!(
+                "changes {} to {} are no longer available; resume",
+                self.last + 1,
+                c.seq - 1
+            ));
+        }
+        if params.wants(c.kind) {
+            self.push_shared(st.watch_lines.line(c));
+        }
+        self.last = c.seq;
+        Ok(())
+    }
+}
+
+/// Sends the snapshot or the replay into the body's queue, then hands the live phase over and
+/// watches that the client keeps reading.
+struct Producer {
+    st: AppState,
+    params: Params,
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    lines: Lines,
+    guard: Subscribed,
+}
+
+impl Producer {
+    async fn run(mut self, start: Start, snap: Arc<Snapshot>, rx: broadcast::Receiver<Arc<Change>>) {
+        let result = match start {
+            Start::Snapshot => self.snapshot(&snap).await,
+            Start::Resume(since) => self.replay(since, snap.seq()).await,
+        };
+        drop(snap); // an idle subscriber must not pin an old Snapshot in memory
+        match result {
+            Ok(()) => {}
+            Err(Stop::Gone) => return,
+            Err(Stop::Cut(reason)) => {
+                // Lines queued before the trouble still go out, if there is room; the reason
+                // line says where they end.
+                let _ = self.flush().await;
+                return self.shared.cut(&self.st, &reason, self.lines.sent);
+            }
+        }
+        let (st, shared) = (self.st.clone(), self.shared.clone());
+        self.shared.last.store(self.lines.last, Relaxed);
+        let live = live::Live::new(self.st, self.params, rx, self.lines, self.shared, self.guard);
+        // The queue is empty or has room by now, unless the client stalls: the usual stall rule.
+        match send(&self.tx, Msg::Live(Box::new(live)), st.config.watch.stall_timeout).await {
+            Ok(()) => live::watchdog(st, shared).await,
+            Err(Stop::Gone) => {}
+            Err(Stop::Cut(reason)) => shared.cut(&st, &reason, shared.last.load(Relaxed)),
+        }
     }
 
     /// Hands the pending lines to the body, waiting at most the stall timeout for room.
     async fn flush(&mut self) -> Result<(), Stop> {
-        let chunk = match self.one.take() {
-            Some(line) => line,
-            None if self.out.is_empty() => return Ok(()),
-            None => Bytes::from(std::mem::take(&mut self.out)),
-        };
-        let chunk = match self.tx.try_send(chunk) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Gone),
-            Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
-        };
-        let timeout = self.st.config.watch.stall_timeout;
-        match tokio::time::timeout(timeout, self.tx.send(chunk)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop::Gone),
-            Err(_) => Err(Stop::Cut(format!(
-                "too slow: accepted nothing for {} s",
-                timeout.as_secs()
-            ))),
+        let last = self.lines.last;
+        if let Some(chunk) = self.lines.take(&self.st) {
+            send(&self.tx, Msg::Lines(chunk), self.st.config.watch.stall_timeout).await?;
         }
+        self.lines.sent = last;
+        Ok(())
     }
 
     async fn push_flushing(&mut self, line: &[u8]) -> Result<(), Stop> {
-        self.push(line);
-        if self.pending() >= CHUNK {
+        self.lines.push(line);
+        if self.lines.pending() >= CHUNK {
             self.flush().await?;
         }
         Ok(())
@@ -267,7 +369,7 @@ impl Producer {
 
     async fn snapshot(&mut self, snap: &Snapshot) -> Result<(), Stop> {
         let seq = snap.seq();
-        self.push(&line(
+        self.lines.push(&line(
             &json!({"type": "snapshot_begin", "seq": seq, "db_id": self.st.db.db_id()}),
         ));
         let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| self.params.wants(*k)).collect();
@@ -277,118 +379,50 @@ impl Producer {
                     .await?;
             }
         }
-        self.last = seq;
-        self.push(&line(&json!({"type": "snapshot_end", "seq": seq})));
+        self.lines.last = seq;
+        self.lines.push(&line(&json!({"type": "snapshot_end", "seq": seq})));
         self.flush().await
     }
 
     /// Sends the logged changes after `since` up to `until` (the Snapshot's seq).
     async fn replay(&mut self, since: u64, until: u64) -> Result<(), Stop> {
-        self.last = since;
-        while self.last < until {
+        self.lines.last = since;
+        while self.lines.last < until {
             let batch = self
                 .st
                 .db
                 .store()
-                .changes_since(self.last, 1000)
+                .changes_since(self.lines.last, 1000)
                 .await
                 .map_err(|e| Stop::Cut(e.to_string()))?;
             if batch.is_empty() {
                 return Err(Stop::Cut("the change log ended early".into()));
             }
             for c in batch.iter().filter(|c| c.seq <= until) {
-                self.change(c)?;
-                if self.pending() >= CHUNK {
+                self.lines.change(&self.st, &self.params, c).map_err(Stop::Cut)?;
+                if self.lines.pending() >= CHUNK {
                     self.flush().await?;
                 }
             }
         }
         self.flush().await
     }
-
-    /// Queues one change, in order; a gap is never skipped silently.
-    fn change(&mut self, c: &Change) -> Result<(), Stop> {
-        if c.seq <= self.last {
-            return Ok(()); // already in the snapshot or the replay
-        }
-        if c.seq != self.last + 1 {
-            return Err(Stop::Cut(format!(
-                "changes {} to {} are no longer available; resume",
-                self.last + 1,
-                c.seq - 1
-            )));
-        }
-        if self.params.wants(c.kind) {
-            let line = self.st.watch_lines.line(c);
-            self.push_shared(line);
-        }
-        self.last = c.seq;
-        Ok(())
-    }
-
-    /// Live changes until the client goes, falls behind, or the server stops. The timers and
-    /// wakers live outside the loop: a change fanned out to a thousand subscribers must not cost a
-    /// thousand timer registrations.
-    async fn live(&mut self, rx: &mut broadcast::Receiver<Arc<Change>>) -> Result<(), Stop> {
-        let heartbeat = self.st.config.watch.heartbeat;
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let st = self.st.clone();
-        let mut stopping = std::pin::pin!(st.stopping());
-        let mut quiet = true; // nothing sent since the last tick
-        loop {
-            tokio::select! {
-                r = rx.recv() => {
-                    self.received(r.map_err(Into::into))?;
-                    // Take what else is already there, then write it all at once.
-                    while self.pending() < CHUNK {
-                        match rx.try_recv() {
-                            Err(broadcast::error::TryRecvError::Empty) => break,
-                            r => self.received(r.map_err(|e| match e {
-                                broadcast::error::TryRecvError::Lagged(n) => Lag::Behind(n),
-                                _ => Lag::Closed,
-                            }))?,
-                        }
-                    }
-                    quiet &= self.pending() == 0;
-                    self.flush().await?;
-                }
-                _ = ticks.tick() => {
-                    if self.tx.is_closed() {
-                        return Err(Stop::Gone);
-                    }
-                    if quiet {
-                        self.push(&line(&json!({"type": "heartbeat", "seq": self.last})));
-                        self.flush().await?;
-                    }
-                    quiet = true;
-                }
-                () = &mut stopping => return Err(Stop::Cut("server shutting down; resume elsewhere or later".into())),
-            }
-        }
-    }
-
-    fn received(&mut self, r: Result<Arc<Change>, Lag>) -> Result<(), Stop> {
-        match r {
-            Ok(c) => self.change(&c),
-            Err(Lag::Behind(n)) => Err(Stop::Cut(format!("too slow: fell {n} changes behind"))),
-            Err(Lag::Closed) => Err(Stop::Cut("server shutting down".into())),
-        }
-    }
 }
 
-/// Why the broadcast gave no change.
-enum Lag {
-    Behind(u64),
-    Closed,
-}
-
-impl From<broadcast::error::RecvError> for Lag {
-    fn from(e: broadcast::error::RecvError) -> Self {
-        match e {
-            broadcast::error::RecvError::Lagged(n) => Self::Behind(n),
-            broadcast::error::RecvError::Closed => Self::Closed,
-        }
+/// Queues `msg` for the body, waiting at most `timeout` for room.
+async fn send(tx: &mpsc::Sender<Msg>, msg: Msg, timeout: Duration) -> Result<(), Stop> {
+    let msg = match tx.try_send(msg) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Gone),
+        Err(mpsc::error::TrySendError::Full(msg)) => msg,
+    };
+    match tokio::time::timeout(timeout, tx.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Gone),
+        Err(_) => Err(Stop::Cut(format!(
+            "too slow: accepted nothing for {} s",
+            timeout.as_secs()
+        ))),
     }
 }
 
@@ -402,6 +436,9 @@ fn line(v: &Value) -> Bytes {
 /// thousand watchers serializes it once.
 #[derive(Default)]
 pub(crate) struct LineCache {
+    /// The newest change's line: what a thousand live subscribers all ask for at once, so behind
+    /// a lock they can hold together.
+    latest: std::sync::RwLock<Option<(u64, Bytes)>>,
     recent: Mutex<(std::collections::HashMap<u64, Bytes>, std::collections::VecDeque<u64>)>,
 }
 
@@ -409,6 +446,13 @@ const LINE_CACHE: usize = 16_384;
 
 impl LineCache {
     fn line(&self, c: &Change) -> Bytes {
+        let latest = self.latest.read().ok().and_then(|l| match &*l {
+            Some((seq, b)) if *seq == c.seq => Some(b.clone()),
+            _ => None,
+        });
+        if let Some(b) = latest {
+            return b;
+        }
         if let Some(b) = self.recent.lock().ok().and_then(|r| r.0.get(&c.seq).cloned()) {
             return b;
         }
@@ -430,6 +474,11 @@ impl LineCache {
         .unwrap_or_default();
         out.push(b'\n');
         let b = Bytes::from(out);
+        if let Ok(mut latest) = self.latest.write() {
+            if latest.as_ref().is_none_or(|(seq, _)| *seq < c.seq) {
+                *latest = Some((c.seq, b.clone()));
+            }
+        }
         if let Ok(mut guard) = self.recent.lock() {
             let (map, order) = &mut *guard;
             if map.insert(c.seq, b.clone()).is_none() {
@@ -468,7 +517,7 @@ pub(crate) async fn poll(
             .map(|m| json!({"type": "update", "data": MachineWire(m)}))
             .collect(),
     };
-    let (tx, lines) = mpsc::channel::<Bytes>(st.config.watch.buffer.max(1));
+    let (tx, lines) = mpsc::channel::<Msg>(st.config.watch.buffer.max(1));
     let stall = st.config.watch.stall_timeout;
     let task_st = st.clone();
     tokio::spawn(async move {
@@ -477,7 +526,10 @@ pub(crate) async fn poll(
         let mut batch = vec![json!(first)];
         loop {
             for events in batch.drain(..) {
-                if !matches!(tokio::time::timeout(stall, tx.send(line(&events))).await, Ok(Ok(()))) {
+                if !matches!(
+                    tokio::time::timeout(stall, tx.send(Msg::Lines(line(&events)))).await,
+                    Ok(Ok(()))
+                ) {
                     return;
                 }
             }
@@ -503,7 +555,7 @@ pub(crate) async fn poll(
             }
         }
     });
-    ndjson(body(lines, Arc::new(Mutex::new(None))), st.db.db_id())
+    ndjson(body(lines, Arc::new(Shared::default())), st.db.db_id())
 }
 
 /// One change as an mdbsync/udbsync event, if it is of the kind this feed carries.

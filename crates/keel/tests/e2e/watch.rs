@@ -178,6 +178,17 @@ async fn too_old_or_foreign_since_gets_a_snapshot() {
 /// A consumer that stops reading is cut off with a reason line; writers and other consumers go on.
 #[tokio::test]
 async fn stalled_consumer_is_cut_off_alone() {
+    stalled_consumer(false).await;
+}
+
+/// The same for a consumer that stalls in the live phase, where the HTTP body takes changes from
+/// the broadcast itself and only the stream's watchdog can see that nobody reads.
+#[tokio::test]
+async fn stalled_live_consumer_is_cut_off_by_the_watchdog() {
+    stalled_consumer(true).await;
+}
+
+async fn stalled_consumer(live: bool) {
     let cfg = format!("{BIG_POOLS}[watch]\nbuffer = 16\nstall_timeout_secs = 1\nheartbeat_secs = 1\n");
     let k = Keel::start_with_config(&cfg, &[]);
     let addr: std::net::SocketAddr = k.url.trim_start_matches("http://").parse().unwrap();
@@ -185,8 +196,13 @@ async fn stalled_consumer_is_cut_off_alone() {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut stalled = sock.connect(addr).await.unwrap();
+    let since = if live {
+        format!("?since={}", k.seq().await)
+    } else {
+        String::new()
+    };
     let req = format!(
-        "GET /api/v1/watch HTTP/1.1\r\nHost: keel\r\nAuthorization: Bearer {}\r\n\r\n",
+        "GET /api/v1/watch{since} HTTP/1.1\r\nHost: keel\r\nAuthorization: Bearer {}\r\n\r\n",
         k.token
     );
     tokio::io::AsyncWriteExt::write_all(&mut stalled, req.as_bytes())
@@ -238,13 +254,38 @@ async fn stalled_consumer_is_cut_off_alone() {
             let n = tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await.unwrap();
             assert!(n > 0, "stream closed without a reason line");
             seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen[seen.len().saturating_sub(4096)..]).contains("too slow") {
+            let tail = String::from_utf8_lossy(&seen[seen.len().saturating_sub(4096)..]).into_owned();
+            if tail.contains("too slow") {
+                // Live, the watchdog cuts it before the broadcast could tell it fell behind.
+                assert!(!live || tail.contains("accepted nothing"), "{tail}");
+                if live {
+                    resumes_where_it_ended(&seen);
+                }
                 return;
             }
         }
     })
     .await;
     assert!(found.is_ok(), "no reason line reached the stalled consumer");
+}
+
+/// A cut stream's changes run without a gap up to the seq its reason line gives: resuming from
+/// there loses nothing.
+fn resumes_where_it_ended(raw: &[u8]) {
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(raw)
+        .lines()
+        .filter(|l| l.starts_with('{')) // not the chunked encoding's size lines
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = lines
+        .iter()
+        .filter(|v| v.get("kind").is_some())
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "a gap in the changes sent");
+    let end = lines.last().unwrap();
+    assert_eq!(end["type"], "error");
+    assert_eq!(end["seq"].as_u64(), seqs.last().copied(), "{end}");
 }
 
 /// `/poll` speaks prologin's mdbsync: the whole set first, then one array line per batch.
