@@ -500,8 +500,18 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
     let at = tampered.windows(3).position(|w| w == b"zed").unwrap();
     tampered[at] = b'Z';
     let before1 = hosts[0].read("etc/passwd");
+    // zstd frames: one whose header claims a terabyte (refused before anything is inflated), and
+    // junk after the magic number.
+    let mut bomb = vec![0x28, 0xB5, 0x2F, 0xFD, 0xC0, 0x50];
+    bomb.extend((1u64 << 40).to_le_bytes());
+    bomb.extend([9, 0, 0, b'x']); // one raw, last block of one byte
+    let junk = [&[0x28, 0xB5, 0x2F, 0xFD][..], b"not zstd at all"].concat();
+    let (_, stderr) = ssh_apply(&ssh_config, "host1", &bomb);
+    assert!(stderr.contains("larger than the limit"), "{stderr}");
     for (what, bundle, code) in [
         ("tampered", tampered, 4),
+        ("a zstd frame claiming a terabyte", bomb, 4),
+        ("zstd junk", junk, 4),
         (
             "signed by another key",
             signed(&stranger, v1, 5_000_000, "x:x:10501:10000::/:/bin/sh\n"),
