@@ -332,18 +332,31 @@ impl Producer {
             Ok(()) => {}
             Err(Stop::Gone) => return,
             Err(Stop::Cut(reason)) => {
-                // Lines queued before the trouble still go out, if there is room; the reason
-                // line says where they end.
-                let _ = self.flush().await;
+                // Lines queued before the trouble (a gap in the log) still go out if there is
+                // room. After a stall there are none: the chunk that found no room is lost, and
+                // `sent` stays before it.
+                if self.lines.pending() > 0 {
+                    let _ = self.flush().await;
+                }
                 return self.shared.cut(&self.st, &reason, self.lines.sent);
             }
         }
-        let (st, shared) = (self.st.clone(), self.shared.clone());
-        self.shared.last.store(self.lines.last, Relaxed);
-        let live = live::Live::new(self.st, self.params, rx, self.lines, self.shared, self.guard);
+        let Self {
+            st,
+            params,
+            tx,
+            shared,
+            lines,
+            guard,
+        } = self;
+        shared.last.store(lines.last, Relaxed);
+        let live = live::Live::new(st.clone(), params, rx, lines, shared.clone(), guard);
         // The queue is empty or has room by now, unless the client stalls: the usual stall rule.
-        match send(&self.tx, Msg::Live(Box::new(live)), st.config.watch.stall_timeout).await {
-            Ok(()) => live::watchdog(st, shared).await,
+        match send(&tx, Msg::Live(Box::new(live)), st.config.watch.stall_timeout).await {
+            Ok(()) => {
+                drop(tx);
+                live::watchdog(st, shared).await;
+            }
             Err(Stop::Gone) => {}
             Err(Stop::Cut(reason)) => shared.cut(&st, &reason, shared.last.load(Relaxed)),
         }
