@@ -25,14 +25,20 @@ pub(crate) struct WatchReport {
     one_change_p50_ms: f64,
     one_change_p99_ms: f64,
     to_last_subscriber_max_ms: f64,
+    /// Per round, the first arrival: the write (HTTP, commit with its fsync, broadcast).
+    first_arrival_p50_ms: f64,
+    first_arrival_p99_ms: f64,
+    /// Each arrival after its round's first: the fan-out alone.
+    after_first_p50_ms: f64,
+    after_first_p99_ms: f64,
     fanout_subscribers: usize,
     fanout_changes: u64,
     fanout_secs: f64,
     fanout_drops: u64,
 }
 
-/// Latency rounds: the p99 of 50 × 1,000 deliveries is not at the mercy of one slow round.
-const ROUNDS: usize = 50;
+/// Latency rounds: the p99 of 200 × 1,000 deliveries is not at the mercy of one slow round.
+const ROUNDS: usize = 200;
 
 /// A delivery: which subscriber, which seq, when it reached the subscriber's socket (the kernel's
 /// receive timestamp, if it gave one, else when it was read).
@@ -66,9 +72,12 @@ pub(crate) async fn run(dir: &Path, n: usize) -> anyhow::Result<WatchReport> {
     r.rss_after_mb = rss_mb(server.child.id())?;
     r.per_subscriber_kib = (r.rss_after_mb - r.rss_before_mb) * 1024.0 / n as f64;
     eprintln!("bench: one change to {n} subscribers, {ROUNDS} times");
-    let (all, to_last) = one_change_rounds(&client, &rx, n, ROUNDS).await?;
-    (r.one_change_p50_ms, r.one_change_p99_ms) = (percentile(&all, 0.5), percentile(&all, 0.99));
-    r.to_last_subscriber_max_ms = to_last.iter().copied().fold(0.0, f64::max);
+    let rounds = one_change_rounds(&client, &rx, n, ROUNDS).await?;
+    let p50_p99 = |v: &[f64]| (percentile(v, 0.5), percentile(v, 0.99));
+    (r.one_change_p50_ms, r.one_change_p99_ms) = p50_p99(&rounds.all);
+    (r.first_arrival_p50_ms, r.first_arrival_p99_ms) = p50_p99(&rounds.first);
+    (r.after_first_p50_ms, r.after_first_p99_ms) = p50_p99(&rounds.after_first);
+    r.to_last_subscriber_max_ms = rounds.to_last.iter().copied().fold(0.0, f64::max);
     let keep = n.min(100);
     readers.keep_first(keep);
     wait_for_subscribers(&http, &server.url, keep).await?;
@@ -88,6 +97,19 @@ pub(crate) fn print(r: &WatchReport, n: usize) {
                 r.one_change_p50_ms, r.one_change_p99_ms, r.to_last_subscriber_max_ms
             ),
             "p99 < 10 ms".into(),
+        ],
+        vec![
+            "  … the write: to a round's first arrival".into(),
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms",
+                r.first_arrival_p50_ms, r.first_arrival_p99_ms
+            ),
+            String::new(),
+        ],
+        vec![
+            "  … the fan-out: each arrival after its round's first".into(),
+            format!("p50 {:.2} ms, p99 {:.2} ms", r.after_first_p50_ms, r.after_first_p99_ms),
+            String::new(),
         ],
         vec![
             format!("10,000-machine import → {} subscribers", r.fanout_subscribers),
@@ -358,16 +380,26 @@ async fn collect(rx: &mpsc::Receiver<Batch>, timeout: Duration) -> anyhow::Resul
     }
 }
 
-/// Writes one change per round; returns every delivery's latency (to its arrival in the
-/// subscriber's socket) and, per round, the latency to the last subscriber. Latency runs from just
-/// before the write is sent.
-async fn one_change_rounds(
-    c: &Client,
-    rx: &mpsc::Receiver<Batch>,
-    n: usize,
-    rounds: usize,
-) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let (mut all, mut to_last) = (Vec::new(), Vec::new());
+/// What the latency rounds measured, in ms.
+struct Rounds {
+    /// Every delivery, from just before its write was sent to its arrival in the socket.
+    all: Vec<f64>,
+    /// Per round, the arrival at the last subscriber.
+    to_last: Vec<f64>,
+    /// Per round, the arrival at the first subscriber.
+    first: Vec<f64>,
+    /// Every delivery, from its round's first arrival.
+    after_first: Vec<f64>,
+}
+
+/// Writes one change per round and waits until every subscriber has it.
+async fn one_change_rounds(c: &Client, rx: &mpsc::Receiver<Batch>, n: usize, rounds: usize) -> anyhow::Result<Rounds> {
+    let mut r = Rounds {
+        all: Vec::new(),
+        to_last: Vec::new(),
+        first: Vec::new(),
+        after_first: Vec::new(),
+    };
     for round in 0..rounds {
         while rx.try_recv().is_ok() {}
         let t0 = SystemTime::now(); // the kernel's timestamps are on this clock
@@ -381,23 +413,24 @@ async fn one_change_rounds(
             .await?
             .value;
         let seq = sw["version"].as_u64().context("no version")?;
-        let mut got = 0;
-        let mut last: f64 = 0.0;
-        while got < n {
+        let mut this = Vec::with_capacity(n);
+        while this.len() < n {
             let batch = collect(rx, Duration::from_secs(10)).await?;
-            for (_, s, at) in batch {
-                if s == seq {
-                    let ms = at.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0;
-                    all.push(ms);
-                    last = last.max(ms);
-                    got += 1;
-                }
-            }
+            this.extend(
+                batch
+                    .into_iter()
+                    .filter(|d| d.1 == seq)
+                    .map(|(_, _, at)| at.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0),
+            );
         }
-        to_last.push(last);
+        let first = this.iter().copied().fold(f64::MAX, f64::min);
+        r.first.push(first);
+        r.to_last.push(this.iter().copied().fold(0.0, f64::max));
+        r.after_first.extend(this.iter().map(|ms| ms - first));
+        r.all.extend(this);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok((all, to_last))
+    Ok(r)
 }
 
 /// Imports `count` machines in one commit; returns the time until every subscriber had every
