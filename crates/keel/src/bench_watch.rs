@@ -1,14 +1,15 @@
 //! `keel bench watch`: one change fanned out to many subscribers (latency), a bulk import fanned out
 //! to 100 subscribers (time until the last has everything, drops), memory per idle subscriber.
+//! Deliveries are timed by the kernel's receive timestamps (see [`Readers`]).
 
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use keel_client::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::sync::mpsc;
 
 use crate::bench::{percentile, rss_mb, start_server};
 use crate::output::table;
