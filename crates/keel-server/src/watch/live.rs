@@ -159,12 +159,37 @@ pub(super) async fn watchdog(st: AppState, shared: Arc<Shared>) {
             return;
         }
         let last = shared.last.load(Relaxed);
-        // Changes that were already waiting a period ago and are still not taken: a reader a
-        // change just reached is never mistaken for a stalled one.
-        if last == seen.0 && last < seen.1 {
+        if stalled(seen, last) {
             let reason = format!("too slow: accepted nothing for {} s", period.as_secs());
             return shared.cut(&st, &reason, last);
         }
         seen = (last, st.db.snapshot().seq());
+    }
+}
+
+/// Whether a stream is stalled, given (the last seq it had taken, the newest seq in the database)
+/// at the previous look and the last seq it has taken now: changes that were already waiting a
+/// period ago and are still not taken. A reader that a change just reached is never mistaken for
+/// a stalled one, however the looks fall.
+fn stalled(before: (u64, u64), last: u64) -> bool {
+    last == before.0 && last < before.1
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_reader_that_left_waiting_changes_untaken_for_a_whole_period_is_stalled() {
+        // (last taken, newest) at the previous look, last taken now, stalled?
+        for (before, now, want) in [
+            ((10, 10), 10, false), // idle, or a change came after the last look: not yet
+            ((10, 10), 12, false), // took what came since
+            ((10, 12), 12, false), // took what was waiting
+            ((10, 12), 11, false), // slow, but taking
+            ((10, 12), 10, true),  // two changes waited a whole period
+            ((10, 11), 10, true),
+            ((0, 0), 0, false), // a fresh, empty database
+        ] {
+            assert_eq!(super::stalled(before, now), want, "{before:?} then {now}");
+        }
     }
 }
