@@ -165,23 +165,26 @@ fn body(queue: mpsc::Receiver<Msg>, shared: Arc<Shared>) -> Body {
         Live(Box<live::Live>),
         Done,
     }
-    let stream = futures_util::stream::unfold((Feed::Queued(queue), shared), |(feed, shared)| async move {
-        let (chunk, next) = match feed {
-            Feed::Done => return None,
-            Feed::Queued(mut queue) => match queue.recv().await {
-                Some(Msg::Lines(chunk)) => (chunk, Feed::Queued(queue)),
-                Some(Msg::Live(mut live)) => match live.next().await {
-                    Some(chunk) => (chunk, Feed::Live(live)),
-                    None => (live.end()?, Feed::Done),
+    let stream = futures_util::stream::unfold((Feed::Queued(queue), shared), |(mut feed, shared)| async move {
+        loop {
+            let chunk = match &mut feed {
+                Feed::Queued(queue) => match queue.recv().await {
+                    Some(Msg::Lines(chunk)) => Some(chunk),
+                    Some(Msg::Live(live)) => {
+                        feed = Feed::Live(live);
+                        continue;
+                    }
+                    None => None,
                 },
+                Feed::Live(live) => live.next().await,
+                Feed::Done => return None,
+            };
+            let (chunk, next) = match chunk {
+                Some(chunk) => (chunk, feed),
                 None => (shared.take_end()?, Feed::Done),
-            },
-            Feed::Live(mut live) => match live.next().await {
-                Some(chunk) => (chunk, Feed::Live(live)),
-                None => (live.end()?, Feed::Done),
-            },
-        };
-        Some((Ok::<_, std::convert::Infallible>(chunk), (next, shared)))
+            };
+            return Some((Ok::<_, std::convert::Infallible>(chunk), (next, shared)));
+        }
     });
     Body::from_stream(stream)
 }

@@ -63,7 +63,7 @@ impl Live {
     }
 
     /// The next chunk of lines: changes as they come, or a heartbeat after a quiet interval.
-    /// `None` once the stream must end; [`Live::end`] is then its last line.
+    /// `None` once the stream must end; the reason line in [`Shared`] is then its last.
     pub(super) async fn next(&mut self) -> Option<Bytes> {
         loop {
             if self.shared.cut.load(Relaxed) {
@@ -134,11 +134,6 @@ impl Live {
             Err(Some(n)) => Err(format!("too slow: fell {n} changes behind")),
             Err(None) => Err("server shutting down".into()),
         }
-    }
-
-    /// The line the stream ends with.
-    pub(super) fn end(&self) -> Option<Bytes> {
-        self.shared.take_end()
     }
 }
 
