@@ -131,22 +131,36 @@ struct Staging(PathBuf);
 
 impl Staging {
     fn write(state_dir: &Path, b: &Bundle) -> Result<Self, Fail> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let dir = state_dir.join(format!("{}.staging", b.manifest.service));
         let io = |e: std::io::Error| Fail::new(Code::Io, format!("staging {}: {e}", dir.display()));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io)?;
         }
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        // The staged files include shadow: the directory is 0700 and each file is born at most
+        // 0600, taking the bundle's mode only once written (hooks see the modes the host will).
+        let private_dirs = || {
+            let mut d = std::fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(d.recursive(true), 0o700);
+            d
+        };
+        private_dirs().create(&dir).map_err(io)?;
         let staging = Self(dir.clone());
         for f in &b.manifest.files {
             // Paths were checked by Bundle::open: relative, no `..`, no links.
             let path = dir.join(&f.path);
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
+                private_dirs().create(parent).map_err(io)?;
             }
-            std::fs::write(&path, &b.files[&f.path]).map_err(io)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode)).map_err(io)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(f.mode & 0o600)
+                .open(&path)
+                .map_err(io)?;
+            std::io::Write::write_all(&mut file, &b.files[&f.path]).map_err(io)?;
+            file.set_permissions(std::fs::Permissions::from_mode(f.mode))
+                .map_err(io)?;
         }
         Ok(staging)
     }
@@ -210,7 +224,7 @@ fn check_version(cfg: &Config, service: &str, got: Version, out: &mut Out<'_>) -
 
 /// A lock file, created if missing, never truncated.
 fn lock_file(path: &Path) -> Result<std::fs::File, Fail> {
-    std::fs::OpenOptions::new()
+    std::os::unix::fs::OpenOptionsExt::mode(&mut std::fs::OpenOptions::new(), 0o600)
         .create(true)
         .truncate(false)
         .write(true)

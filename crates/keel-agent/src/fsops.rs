@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -69,13 +69,16 @@ fn stage(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, Fail> {
     let tmp = dir.join(format!(".{name}.keel-tmp"));
     let _ = fs::remove_file(&tmp); // a leftover of a crash (remove_file never follows a link)
     let owner = fs::symlink_metadata(path).ok().map(|m| (m.uid(), m.gid()));
+    // Born at most 0600 (narrower if the target is): a secret such as shadow is never readable
+    // by others, not even between open and chmod. The target's own mode (0644 for passwd, 0640
+    // for shadow) is set once the owner is right, before the rename makes it the live file.
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(mode & 0o600)
         .open(&tmp)
         .map_err(|e| io("creating", &tmp, &e))?;
     let done = (|| {
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = owner {
             let m = f.metadata()?;
             if (m.uid(), m.gid()) != (uid, gid) {
@@ -83,6 +86,7 @@ fn stage(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, Fail> {
             }
         }
         f.write_all(data)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.sync_all()
     })();
     if let Err(e) = done {

@@ -75,7 +75,8 @@ fn check_account_line(file: &str, line: &str, fields: usize) -> Result<(), Fail>
         && name
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
-    if line.bytes().filter(|&c| c == b':').count() + 1 != fields || !name_ok {
+    let one_line = !line.chars().any(char::is_control);
+    if line.bytes().filter(|&c| c == b':').count() + 1 != fields || !name_ok || !one_line {
         return Err(data_err(format!("{file}: malformed line {line:?}")));
     }
     Ok(())
@@ -164,17 +165,60 @@ fn check_ids(cfg: &Config, file: &str, host: &HostLines, new: &[(&str, &str)]) -
     Ok(())
 }
 
+/// The account files' own consistency, whatever the server sent (DESIGN invariant 10, third
+/// layer): a name once per file, and every name of shadow and every member of a group an account
+/// of passwd. A second `admin1` line slipped into shadow through some field would otherwise be
+/// the one `getspnam` finds first.
+fn check_accounts(passwd: &[(&str, &str)], group: &[(&str, &str)], shadow: &[(&str, &str)]) -> Result<(), Fail> {
+    let mut accounts = HashSet::with_capacity(passwd.len());
+    for (file, list) in [("passwd", passwd), ("group", group), ("shadow", shadow)] {
+        let mut seen = HashSet::with_capacity(list.len());
+        for (name, _) in list {
+            if !seen.insert(*name) {
+                return Err(data_err(format!("{file}: {name:?} appears twice; refused")));
+            }
+        }
+        if file == "passwd" {
+            accounts = seen;
+        }
+    }
+    for (name, _) in shadow {
+        if !accounts.contains(name) {
+            return Err(data_err(format!(
+                "shadow: {name:?} is not an account of passwd; refused"
+            )));
+        }
+    }
+    for (name, line) in group {
+        let members = line.rsplit(':').next().unwrap_or("");
+        for m in members.split(',').filter(|m| !m.is_empty()) {
+            if !accounts.contains(m) {
+                return Err(data_err(format!(
+                    "group: {name:?} lists {m:?}, which is not an account of passwd; refused"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
     let mut plan = Plan::default();
-    for (file, fields, target, mode) in [
+    let files = [
         ("passwd", 7, "/etc/passwd", 0o644),
         ("group", 4, "/etc/group", 0o644),
         ("shadow", 9, "/etc/shadow", 0o640),
-    ] {
+    ];
+    let mut parsed = Vec::with_capacity(files.len());
+    for (file, fields, _, _) in files {
         let new = lines(text(b, file)?);
         for (_, line) in &new {
             check_account_line(file, line, fields)?;
         }
+        parsed.push(new);
+    }
+    check_accounts(&parsed[0], &parsed[1], &parsed[2])?;
+    for ((file, _, target, mode), new) in files.into_iter().zip(parsed) {
         let path = cfg.target(target);
         let current = read_target(&path)?.unwrap_or_default();
         let current = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;
@@ -203,12 +247,46 @@ fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
     Ok(plan)
 }
 
+/// One line of a marker-block file, re-parsed: never a marker (it would end keel's block early
+/// and leave the rest as the host's own), never a control character, and of the file's grammar —
+/// hosts: an IPv4 address then host names; authorized_keys: a comment or a key of a known type.
+fn check_block_line(file: &str, line: &str) -> Result<(), Fail> {
+    let bad = |why: &str| {
+        data_err(format!(
+            "{file}: {why}: {:?}",
+            line.chars().take(80).collect::<String>()
+        ))
+    };
+    if line == BEGIN || line == END || line.chars().any(char::is_control) {
+        return Err(bad("a line is a marker or holds a control character"));
+    }
+    if line.trim().is_empty() || line.starts_with('#') {
+        return Ok(());
+    }
+    let mut words = line.split(' ');
+    let ok = match file {
+        "hosts" => {
+            words.next().is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+                && words.all(|n| keel_bundle::Hostname::parse("hosts", n).is_ok())
+        }
+        _ => keel_bundle::check_ssh_key(line).is_ok(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad("malformed line"))
+    }
+}
+
 const BEGIN: &str = "# BEGIN keel: lines up to END keel are rewritten by keel; edit outside them";
 const END: &str = "# END keel";
 
 /// Puts the bundle file between keel's markers in a host file, keeping every line outside them.
 fn block(cfg: &Config, b: &Bundle, file: &str, target: &str, mode: u32) -> Result<Plan, Fail> {
     let body = text(b, file)?;
+    for line in body.lines() {
+        check_block_line(file, line)?;
+    }
     let path = cfg.target(target);
     let current = read_target(&path)?.unwrap_or_default();
     let current = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;

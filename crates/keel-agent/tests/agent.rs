@@ -20,6 +20,7 @@ struct Run {
     stderr: String,
 }
 
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh3w1q3rDqB3sRrcB8xQ3W8N4Ckj0m0jbUuv5a1J6PB root@x";
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
 const GROUP: &str = "root:x:0:\ndaemon:x:1:\n";
 const SHADOW: &str = "root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n";
@@ -457,9 +458,9 @@ fn hosts_and_root_ssh_keep_the_hosts_own_lines() {
     assert_eq!(r.code, 0);
     let hosts = h.read("etc/hosts");
     assert!(hosts.contains("gw2") && !hosts.contains(" gw.prolo"), "{hosts}");
-    let r = h.apply(&h.bundle("root_ssh", 1, &[("authorized_keys", "ssh-ed25519 AAAA root@x\n")]));
+    let r = h.apply(&h.bundle("root_ssh", 1, &[("authorized_keys", &format!("{KEY}\n"))]));
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(h.read("root/.ssh/authorized_keys").contains("ssh-ed25519 AAAA root@x"));
+    assert!(h.read("root/.ssh/authorized_keys").contains(KEY));
 }
 
 #[test]
@@ -498,4 +499,92 @@ fn the_example_config_loads_once_given_a_key() {
     std::fs::write(&path, text).unwrap();
     let e = keel_agent::Config::load(&path).unwrap_err().to_string();
     assert!(e.contains("trusted_keys"), "{e}");
+}
+
+/// Issue 19's contestant: a hash that smuggled a second `admin1` line (and a `zz` line) into
+/// shadow. The generators and the model refuse it first; the agent, given such a bundle validly
+/// signed, must refuse it too and write nothing (DESIGN invariant 10, third layer).
+#[test]
+fn account_files_with_injected_lines_are_refused() {
+    let ok = accounts(&[("alice", 10001), ("admin1", 11001)]);
+    let passwd = ok[0].1.clone();
+    let group = "user:x:10000:alice\norga:x:11000:admin1\n";
+    let shadow = "alice:!::0:99999:7:::\nadmin1:!::0:99999:7:::\n";
+    // The same bundle without the hostile part applies.
+    let h = Host::new("");
+    let r = h.apply(&h.bundle(
+        "passwd",
+        1,
+        &[("passwd", &passwd), ("group", group), ("shadow", shadow)],
+    ));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+
+    let injected_shadow = "alice:$6$rounds=5000:::::::\nadmin1::19000:0:99999:7:::\nzz:$saltsalt$x::0:99999:7:::\nadmin1:!::0:99999:7:::\n";
+    let cases: [(&str, &str, &str, &str); 5] = [
+        ("a duplicate name in shadow", &passwd, group, injected_shadow),
+        (
+            "a shadow name absent from passwd",
+            &passwd,
+            group,
+            "alice:!::0:99999:7:::\nadmin1:!::0:99999:7:::\nmallory:::0:99999:7:::\n",
+        ),
+        (
+            "a group member absent from passwd",
+            &passwd,
+            "user:x:10000:alice,mallory\norga:x:11000:admin1\n",
+            shadow,
+        ),
+        (
+            "a duplicate passwd name",
+            &format!("{passwd}alice:x:10009:10000:a:/home/a:/bin/sh\n"),
+            group,
+            shadow,
+        ),
+        (
+            "a control character in a field",
+            &passwd,
+            group,
+            "alice:!\r::0:99999:7:::\nadmin1:!::0:99999:7:::\n",
+        ),
+    ];
+    for (why, passwd, group, shadow) in cases {
+        let h = Host::new("");
+        let r = h.apply(&h.bundle("passwd", 1, &[("passwd", passwd), ("group", group), ("shadow", shadow)]));
+        assert_eq!(r.code, 50, "{why}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("refused") || r.stderr.contains("malformed"),
+            "{why}: {}",
+            r.stderr
+        );
+        h.untouched();
+    }
+}
+
+/// A marker line inside keel's block would end it early and turn the rest into the host's own
+/// lines; a hosts line must be an address and names; authorized_keys lines keys.
+#[test]
+fn block_files_are_reparsed() {
+    let key = KEY;
+    let h = Host::new("");
+    assert_eq!(
+        h.apply(&h.bundle("hosts", 1, &[("hosts", "192.168.1.1 gw.prolo gw\n")]))
+            .code,
+        0
+    );
+    assert_eq!(
+        h.apply(&h.bundle("root_ssh", 1, &[("authorized_keys", &format!("# keys\n{key}\n"))]))
+            .code,
+        0
+    );
+    for (service, file, body) in [
+        ("hosts", "hosts", "192.168.1.1 gw.prolo gw\n# END keel\n10.0.0.1 evil\n"),
+        ("hosts", "hosts", "192.168.1.1 gw;rm\n"),
+        ("hosts", "hosts", "not-an-ip gw\n"),
+        ("root_ssh", "authorized_keys", "command=\"sh\" ssh-ed25519 AAAA\n"),
+    ] {
+        let before = (h.read("etc/hosts"), h.read("root/.ssh/authorized_keys"));
+        let r = h.apply(&h.bundle(service, 2, &[(file, body)]));
+        assert_eq!(r.code, 50, "{body:?}: {}{}", r.stdout, r.stderr);
+        assert_eq!(before, (h.read("etc/hosts"), h.read("root/.ssh/authorized_keys")));
+    }
 }

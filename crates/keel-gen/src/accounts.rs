@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use keel_bundle::File;
 use keel_model::{Group, User};
 
+use crate::check::{self, GenError};
 use crate::{file, Input, Options};
 
 /// Users in a fixed order: uid, then login.
@@ -16,28 +17,41 @@ fn sorted<'a>(input: &Input<'a>) -> Vec<&'a User> {
     users
 }
 
-/// A passwd field: no separator, no line break (validation keeps them out; this makes sure).
-fn field(s: &str) -> String {
-    s.chars()
-        .map(|c| if c == ':' || c == ',' || c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_owned()
+/// Checks what a user puts in passwd, group and shadow: each value one field (no `:`, no line
+/// break), GECOS without its own `,`, the hash exactly `$6$…` or empty.
+fn check_user(u: &User) -> Result<(), GenError> {
+    let who = u.login.as_str();
+    check::field("passwd", who, "firstname", &u.firstname, &[':', ','])?;
+    check::field("passwd", who, "lastname", &u.lastname, &[':', ','])?;
+    check::field("passwd", who, "shell", &u.shell, &[':', ' ', '\t'])?;
+    if !u.password_hash.is_empty() && !keel_model::is_sha512_crypt(&u.password_hash) {
+        return Err(GenError::new("shadow", who, "password_hash", "is not a $6$ hash"));
+    }
+    Ok(())
 }
 
 /// passwd, group and shadow for the facility's users.
-pub fn passwd(input: &Input<'_>, opts: &Options) -> Vec<File> {
+pub fn passwd(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
+    check::option("passwd", "home_root", &opts.home_root, &[':', ' ', '\t'])?;
+    for g in opts.groups.values() {
+        check::option("group", "groups", &g.name, &[':', ',', ' ', '\t'])?;
+    }
     let users = sorted(input);
     let mut passwd = String::with_capacity(users.len() * 80);
     let mut shadow = String::with_capacity(users.len() * 120);
     for u in &users {
-        let gecos = field(&format!("{} {}", u.firstname, u.lastname));
+        check_user(u)?;
         let gid = opts.group(u.group).gid;
-        let shell = field(&u.shell);
+        let gecos = format!("{} {}", u.firstname, u.lastname);
         let _ = writeln!(
             passwd,
-            "{}:x:{}:{gid}:{gecos}:{}/{}:{shell}",
-            u.login, u.uid, opts.home_root, u.login
+            "{}:x:{}:{gid}:{}:{}/{}:{}",
+            u.login,
+            u.uid,
+            gecos.trim(),
+            opts.home_root,
+            u.login,
+            u.shell
         );
         // No password yet: locked (`!`), so the account exists but cannot log in with one.
         let hash = if u.password_hash.is_empty() {
@@ -58,33 +72,37 @@ pub fn passwd(input: &Input<'_>, opts: &Options) -> Vec<File> {
             .collect();
         let _ = writeln!(group, "{}:x:{}:{}", hg.name, hg.gid, members.join(","));
     }
-    vec![
+    Ok(vec![
         file("group", 0o644, group),
         file("passwd", 0o644, passwd),
         file("shadow", 0o640, shadow),
-    ]
+    ])
 }
 
 /// root's authorized_keys: every key of every user of group `root`, by login, each key once.
-pub fn root_ssh(input: &Input<'_>) -> Vec<File> {
+/// A key that is not one OpenSSH public key line is refused, not skipped: root's access must not
+/// silently differ from what keel shows.
+pub fn root_ssh(input: &Input<'_>) -> Result<Vec<File>, GenError> {
     let mut roots: Vec<&User> = input.users.iter().copied().filter(|u| u.group == Group::Root).collect();
     roots.sort_by(|a, b| a.login.cmp(&b.login));
     let mut out = String::from("# Managed by keel (service root_ssh): the keys of the root group.\n");
     let mut seen = std::collections::HashSet::new();
     for u in roots {
         for key in &u.ssh_keys {
-            let key = key.trim();
-            if !key.is_empty() && !key.contains('\n') && seen.insert(key) {
+            let key = keel_model::check_ssh_key(key)
+                .map_err(|e| GenError::new("authorized_keys", u.login.as_str(), "ssh_keys", e.message))?;
+            if seen.insert(key.clone()) {
                 let _ = writeln!(out, "{key}");
             }
         }
     }
-    vec![file("authorized_keys", 0o600, out)]
+    Ok(vec![file("authorized_keys", 0o600, out)])
 }
 
 /// One line per home: `path uid gid mode` (octal). The agent creates the missing ones; it never
 /// deletes a home.
-pub fn homes(input: &Input<'_>, opts: &Options) -> Vec<File> {
+pub fn homes(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
+    check::option("homes", "home_root", &opts.home_root, &[' ', '\t'])?;
     let mut out = String::new();
     for u in sorted(input) {
         let gid = opts.group(u.group).gid;
@@ -94,5 +112,5 @@ pub fn homes(input: &Input<'_>, opts: &Options) -> Vec<File> {
             opts.home_root, u.login, u.uid, opts.home_mode
         );
     }
-    vec![file("homes", 0o644, out)]
+    Ok(vec![file("homes", 0o644, out)])
 }

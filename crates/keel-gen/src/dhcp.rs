@@ -13,6 +13,7 @@ use keel_model::Machine;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::check::{self, GenError};
 use crate::{file, Input, Options};
 
 /// Which DHCP server the files are for.
@@ -73,11 +74,26 @@ fn sorted<'a>(input: &Input<'a>) -> Vec<&'a Machine> {
 }
 
 /// The configuration file of the chosen server.
-pub fn dhcp(input: &Input<'_>, opts: &Options) -> Vec<File> {
-    match opts.dhcp.format {
-        DhcpFormat::Isc => vec![file("dhcpd.conf", 0o644, isc(input, opts))],
-        DhcpFormat::Kea => vec![file("kea-dhcp4.conf", 0o644, kea(input, opts))],
+pub fn dhcp(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
+    for m in &input.machines {
+        check::machine_names("dhcp", m)?;
     }
+    Ok(match opts.dhcp.format {
+        DhcpFormat::Isc => {
+            // Site options go between double quotes in dhcpd.conf (Kea's JSON holds anything).
+            let d = &opts.dhcp;
+            for (name, value) in [
+                ("zone", &opts.zone),
+                ("dhcp.boot_url", &d.boot_url),
+                ("dhcp.uefi_file", &d.uefi_file),
+                ("dhcp.bios_file", &d.bios_file),
+            ] {
+                check::option("dhcpd.conf", name, value, &['"', '\\'])?;
+            }
+            vec![file("dhcpd.conf", 0o644, isc(input, opts))]
+        }
+        DhcpFormat::Kea => vec![file("kea-dhcp4.conf", 0o644, kea(input, opts))],
+    })
 }
 
 fn isc(input: &Input<'_>, opts: &Options) -> String {

@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 
 use keel_bundle::File;
 
+use keel_model::Hostname;
+
+use crate::check::{self, GenError};
 use crate::{file, Input, Options};
 
 fn soa(out: &mut String, opts: &Options, serial: u64) {
@@ -64,13 +67,28 @@ pub fn dynamic_address(prefix: &str, name: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 /// The zone files and the named.conf fragment.
-pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
+pub fn dns(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
+    for (name, value) in [
+        ("zone", &opts.zone),
+        ("dns.ns", &opts.dns.ns),
+        ("dns.unknown_prefix", &opts.dns.unknown_prefix),
+    ] {
+        Hostname::parse(name, value)
+            .map_err(|e| GenError::new("named.conf.keel", "site options", "zone", e.message))?;
+    }
+    check::option(
+        "named.conf.keel",
+        "dns.bind_dir",
+        &opts.dns.bind_dir,
+        &['"', '\\', ';', ' '],
+    )?;
     let mut machines = input.machines.clone();
     machines.sort_by(|a, b| a.hostname.cmp(&b.hostname));
     let zone = &opts.zone;
     let mut forward = String::with_capacity(machines.len() * 40 + 256);
     soa(&mut forward, opts, input.serial);
     for m in &machines {
+        check::machine_names("zone", m)?;
         for name in m.names() {
             let _ = writeln!(forward, "{name} IN A {}", m.ip);
         }
@@ -115,5 +133,5 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Vec<File> {
         );
     }
     files.push(file("named.conf.keel", 0o644, conf));
-    files
+    Ok(files)
 }

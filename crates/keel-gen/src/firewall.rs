@@ -16,6 +16,7 @@ use keel_bundle::File;
 use keel_model::{Group, MachineType};
 use serde::{Deserialize, Serialize};
 
+use crate::check::{self, GenError};
 use crate::{file, Input, Options};
 
 /// `[propagation.generators.firewall]`.
@@ -82,8 +83,22 @@ pub fn allowed(input: &Input<'_>, opts: &FirewallOptions) -> BTreeMap<Ipv4Addr, 
     out
 }
 
-pub fn firewall(input: &Input<'_>, opts: &Options) -> Vec<File> {
+pub fn firewall(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
     let o = &opts.firewall;
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    if o.table.is_empty() || !o.table.chars().all(word) {
+        return Err(GenError::new(
+            "keel.nft",
+            "site options",
+            "firewall.table",
+            "must be a word of a-z, A-Z, 0-9 and _",
+        ));
+    }
+    check::option("keel.nft", "firewall.log_prefix", &o.log_prefix, &['"', '\\'])?;
+    check::field("keel.nft", input.facility, "facility", input.facility, &[])?;
+    for m in &input.machines {
+        check::machine_names("allowed", m)?;
+    }
     let allowed = allowed(input, o);
     let mut nets = input.networks.clone();
     nets.sort();
@@ -111,7 +126,7 @@ pub fn firewall(input: &Input<'_>, opts: &Options) -> Vec<File> {
         s,
         "\t\tip saddr != @site accept\n\t\tip daddr @site accept\n\t\tip saddr @internet accept\n\
          \t\tlimit rate 20/second burst 50 packets log prefix \"{}\" level info\n\t\tdrop\n\t}}",
-        o.log_prefix.replace(['"', '\\', '\n'], "")
+        o.log_prefix
     );
     let _ = writeln!(
         s,
@@ -122,7 +137,7 @@ pub fn firewall(input: &Input<'_>, opts: &Options) -> Vec<File> {
     for (ip, why) in &allowed {
         let _ = writeln!(list, "{ip} {why}");
     }
-    vec![file("keel.nft", 0o644, s), file("allowed", 0o644, list)]
+    Ok(vec![file("keel.nft", 0o644, s), file("allowed", 0o644, list)])
 }
 
 /// A named set; nft refuses `elements = { }`, so an empty one has no elements line.

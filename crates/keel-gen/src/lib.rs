@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod accounts;
+mod check;
 mod dhcp;
 mod dns;
 mod firewall;
@@ -19,6 +20,7 @@ use keel_model::{Group, Kind, Machine, User};
 use serde::{Deserialize, Serialize};
 
 pub use accounts::{homes, passwd, root_ssh};
+pub use check::GenError;
 pub use dhcp::{dhcp, DhcpFormat, DhcpOptions};
 pub use dns::{dns, dynamic_address, dynamic_name};
 pub use firewall::{allowed, firewall, FirewallOptions};
@@ -189,7 +191,8 @@ impl BuiltIn {
         }
     }
 
-    pub fn generate(self, input: &Input<'_>, opts: &Options) -> Vec<File> {
+    /// The service's files, or the first value its format cannot hold (nothing is sent then).
+    pub fn generate(self, input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
         match self {
             Self::Passwd => passwd(input, opts),
             Self::RootSsh => root_ssh(input),

@@ -19,7 +19,7 @@ pub mod wire;
 
 pub use change::{Change, Kind, Op};
 pub use error::{ValidationError, ValidationErrors};
-pub use machine::{BootMode, Machine, MachinePatch, MachineType, Switch};
+pub use machine::{check_chassis, check_room, BootMode, Machine, MachinePatch, MachineType, Switch};
 pub use names::{Hostname, Mac};
 pub use pool::{reverse_zone, Pool, Pools};
 pub use principal::{Principal, Role};
@@ -28,4 +28,6 @@ pub use record::Record;
 pub use session::{Decision, Refusal, Session};
 pub use setting::{Setting, SettingSpec, SETTINGS};
 pub use snapshot::{AllocHints, ApplyError, Snapshot};
-pub use user::{check_ssh_key, is_sha512_crypt, Counter, Group, Login, UidPools, UidRange, User, UserPatch};
+pub use user::{
+    check_ssh_key, is_sha512_crypt, Counter, Group, Login, UidPools, UidRange, User, UserPatch, SHA512_ROUNDS,
+};

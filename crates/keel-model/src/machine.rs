@@ -136,6 +136,47 @@ pub struct MachinePatch {
 }
 
 impl MachinePatch {
+    /// What an anonymous machine may ask for when it registers itself: a one-label hostname, its
+    /// MAC, room, rfs and hfs. Its type is the site's (`self_registration_type`), never its own
+    /// choice (an `orga` machine goes through the contest firewall); aliases would put names such
+    /// as `gw` or `wpad` in every host's files; an address, a boot mode or a fault flag are the
+    /// organisers' to set.
+    pub fn self_registered(mut self, mtype: MachineType) -> Result<Self, ValidationError> {
+        let refuse = |field: &str| {
+            Err(ValidationError::new(
+                field,
+                "cannot be chosen by a machine registering itself; an organiser sets it",
+            ))
+        };
+        if self.aliases.as_ref().is_some_and(|a| !a.is_empty()) {
+            return refuse("aliases");
+        }
+        if self.ip.is_some() {
+            return refuse("ip");
+        }
+        if self.is_faulty.is_some() || self.faulty_reason.is_some() {
+            return refuse("is_faulty");
+        }
+        if self.boot.is_some() {
+            return refuse("boot");
+        }
+        if self.mtype.is_some_and(|t| t != mtype) {
+            return Err(ValidationError::new(
+                "mtype",
+                format!("a machine registering itself is of type {mtype}"),
+            ));
+        }
+        if self.hostname.as_ref().is_some_and(|h| h.as_str().contains('.')) {
+            return Err(ValidationError::new(
+                "hostname",
+                "a machine registering itself has a one-label name (no dots)",
+            ));
+        }
+        self.mtype = Some(mtype);
+        self.aliases = None;
+        Ok(self)
+    }
+
     /// Reads and validates each given field; every error names its field.
     pub fn from_fields(mut f: Fields) -> Result<Self, ValidationError> {
         let patch = Self {
@@ -154,7 +195,7 @@ impl MachinePatch {
             ip: f.opt_str("ip")?.map(|s| parse_ip(&s)).transpose()?,
             mac: f.opt_str("mac")?.map(|s| Mac::parse("mac", &s)).transpose()?,
             mtype: f.opt_str("mtype")?.map(|s| s.parse()).transpose()?,
-            room: f.opt_str("room")?.map(|s| check_text("room", &s, 64)).transpose()?,
+            room: f.opt_str("room")?.map(|s| check_room(&s)).transpose()?,
             rfs: f.opt_u32("rfs")?,
             hfs: f.opt_u32("hfs")?,
             is_faulty: f.opt_bool("is_faulty")?,
@@ -238,6 +279,37 @@ fn parse_ip(s: &str) -> Result<Ipv4Addr, ValidationError> {
         .map_err(|_| ValidationError::new("ip", format!("is not an IPv4 address (got {s:?})")))
 }
 
+/// A token that reaches generated files and iPXE scripts as one word: 1–64 of `a-z A-Z 0-9 . _ -`
+/// (plus `:` for chassis ids, which LLDP often gives as a MAC address). No space, quote, `$`, `#`
+/// or `;` can end up in a file that way.
+fn check_token(field: &str, s: &str, extra: &[char]) -> Result<String, ValidationError> {
+    let ok = (1..=64).contains(&s.len())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || extra.contains(&c));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        let also = extra.iter().map(|c| format!(" {c}")).collect::<String>();
+        Err(ValidationError::new(
+            field,
+            format!("must be 1 to 64 of a-z, A-Z, 0-9, '.', '_', '-'{also} (got {s:?})"),
+        ))
+    }
+}
+
+/// A room: one word (see [`check_token`]).
+pub fn check_room(s: &str) -> Result<String, ValidationError> {
+    check_token("room", s, &[])
+}
+
+/// A switch's LLDP chassis id: one word, `:` allowed; empty when unknown.
+pub fn check_chassis(s: &str) -> Result<String, ValidationError> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    check_token("chassis", s, &[':'])
+}
+
 /// A machine's own names must not repeat (uniqueness against others is the Snapshot's job).
 fn check_aliases(m: &Machine) -> Result<(), ValidationError> {
     let mut seen = std::collections::HashSet::new();
@@ -275,11 +347,11 @@ impl Switch {
         let sw = Self {
             name,
             chassis: match f.opt_str("chassis")? {
-                Some(c) => check_text("chassis", c.trim(), 64)?,
+                Some(c) => check_chassis(c.trim())?,
                 None => d.as_ref().map(|d| d.chassis.clone()).unwrap_or_default(),
             },
             room: match f.opt_str("room")? {
-                Some(r) => check_text("room", &r, 64)?,
+                Some(r) => check_room(&r)?,
                 None => d.as_ref().map_or_else(|| "other".to_owned(), |d| d.room.clone()),
             },
             rfs: f.opt_u32("rfs")?.or(d.as_ref().map(|d| d.rfs)).unwrap_or(0),
@@ -288,5 +360,31 @@ impl Switch {
         };
         f.finish()?;
         Ok(sw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_and_chassis_are_one_word() {
+        for (room, ok) in [
+            ("pasteur", true),
+            ("hall-B.2_x", true),
+            ("", false),
+            ("a b", false),
+            ("a\nb", false),
+            ("$x", false),
+            ("a;b", false),
+            ("a:b", false),
+        ] {
+            assert_eq!(check_room(room).is_ok(), ok, "{room:?}");
+        }
+        assert!(check_room(&"a".repeat(64)).is_ok());
+        assert!(check_room(&"a".repeat(65)).is_err());
+        assert_eq!(check_chassis("00:1b:21:00:00:01").unwrap(), "00:1b:21:00:00:01");
+        assert_eq!(check_chassis("").unwrap(), "");
+        assert!(check_chassis("sw 1").is_err());
     }
 }

@@ -23,7 +23,7 @@ pub struct Host {
 }
 
 /// A named set of hosts with its managers, the users it receives and the services it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Facility {
     pub name: String,

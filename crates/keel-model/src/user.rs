@@ -244,7 +244,6 @@ pub struct UserPatch {
 impl UserPatch {
     /// Reads and validates each given field. A password is only ever accepted hashed.
     pub fn from_fields(mut f: crate::input::Fields) -> Result<Self, ValidationError> {
-        use crate::input::check_text;
         if f.take_value("password").is_some() {
             return Err(ValidationError::new(
                 "password",
@@ -255,11 +254,11 @@ impl UserPatch {
             login: f.opt_str("login")?.map(|s| Login::parse("login", &s)).transpose()?,
             firstname: f
                 .opt_str("firstname")?
-                .map(|s| check_text("firstname", s.trim(), 128))
+                .map(|s| check_gecos("firstname", s.trim()))
                 .transpose()?,
             lastname: f
                 .opt_str("lastname")?
-                .map(|s| check_text("lastname", s.trim(), 128))
+                .map(|s| check_gecos("lastname", s.trim()))
                 .transpose()?,
             group: f.opt_str("group")?.map(|s| s.parse()).transpose()?,
             shell: f.opt_str("shell")?.map(|s| check_shell(&s)).transpose()?,
@@ -316,18 +315,36 @@ impl UserPatch {
     }
 }
 
-/// True if `s` has the shape of a SHA-512-crypt hash: `$6$[rounds=N$]salt$86 characters`.
+/// The `rounds=` a hash may ask for. glibc accepts 1,000–999,999,999, but every login (keel's web
+/// login, each host's PAM) pays for them: a hash that costs seconds to verify is a denial of
+/// service, so keel refuses more than ten times glibc's default of 5,000.
+pub const SHA512_ROUNDS: std::ops::RangeInclusive<u32> = 1_000..=50_000;
+
+/// True if `s` is exactly a SHA-512-crypt hash: `$6$[rounds=N$]SALT$HASH`, where N is decimal
+/// digits within [`SHA512_ROUNDS`] (no sign, no leading zero), SALT 1–16 and HASH exactly 86
+/// characters of crypt's base64 (`a-z A-Z 0-9 . /`). Nothing else can pass, so a hash is always
+/// one field of a shadow line (no `:`, no line break).
 pub fn is_sha512_crypt(s: &str) -> bool {
-    let mut parts = s.split('$');
     let b64 = |p: &str| p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/');
-    let (Some(""), Some("6")) = (parts.next(), parts.next()) else {
+    let Some(rest) = s.strip_prefix("$6$") else {
         return false;
     };
-    let mut rest: Vec<&str> = parts.collect();
-    if rest.first().is_some_and(|r| r.starts_with("rounds=")) {
-        rest.remove(0);
-    }
-    matches!(rest.as_slice(), [salt, hash] if (1..=16).contains(&salt.len()) && b64(salt) && hash.len() == 86 && b64(hash))
+    let parts: Vec<&str> = rest.split('$').collect();
+    let (salt, hash) = match parts.as_slice() {
+        [salt, hash] => (salt, hash),
+        [rounds, salt, hash] if rounds_ok(rounds) => (salt, hash),
+        _ => return false,
+    };
+    (1..=16).contains(&salt.len()) && b64(salt) && hash.len() == 86 && b64(hash)
+}
+
+/// `rounds=N` with N canonical decimal digits inside [`SHA512_ROUNDS`].
+fn rounds_ok(segment: &str) -> bool {
+    let Some(n) = segment.strip_prefix("rounds=") else {
+        return false;
+    };
+    let canonical = !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0');
+    canonical && n.parse::<u32>().is_ok_and(|r| SHA512_ROUNDS.contains(&r))
 }
 
 fn check_hash(h: &str) -> Result<String, ValidationError> {
@@ -336,9 +353,26 @@ fn check_hash(h: &str) -> Result<String, ValidationError> {
     } else {
         Err(ValidationError::new(
             "password_hash",
-            "must be a SHA-512-crypt hash ($6$salt$…) or empty",
+            format!(
+                "must be a SHA-512-crypt hash ($6$[rounds=N$]salt$hash, rounds {}–{}) or empty",
+                SHA512_ROUNDS.start(),
+                SHA512_ROUNDS.end()
+            ),
         ))
     }
+}
+
+/// A first or last name: it becomes part of passwd's GECOS field, so no `:` (passwd's separator)
+/// and no `,` (GECOS's own), besides what every text refuses (control characters, length).
+fn check_gecos(field: &str, s: &str) -> Result<String, ValidationError> {
+    let s = crate::input::check_text(field, s, 128)?;
+    if s.contains([':', ',']) {
+        return Err(ValidationError::new(
+            field,
+            "must not contain ':' or ',' (separators of /etc/passwd)",
+        ));
+    }
+    Ok(s)
 }
 
 fn check_shell(s: &str) -> Result<String, ValidationError> {
@@ -428,6 +462,37 @@ mod user_tests {
         assert!(is_sha512_crypt(h) && check_hash(h).is_ok() && check_hash("").is_ok());
         for bad in ["$1$abc$def", "$6$", "plain", "$6$sa!t$x"] {
             assert!(check_hash(bad).is_err(), "{bad}");
+        }
+        let tail = &h["$6$".len()..];
+        for (rounds, ok) in [
+            ("rounds=5000$", true),
+            ("rounds=1000$", true),
+            ("rounds=50000$", true),
+            ("", true),
+            ("rounds=999$", false),
+            ("rounds=50001$", false),
+            ("rounds=05000$", false),
+            ("rounds=+5000$", false),
+            ("rounds=$", false),
+            ("rounds=5000:::::::\nadmin1::19000:0:99999:7:::\nzz:$", false),
+            ("rounds=5000$rounds=5000$", false),
+            ("junk$", false),
+        ] {
+            let hash = format!("$6${rounds}{tail}");
+            assert_eq!(is_sha512_crypt(&hash), ok, "{hash:?}");
+        }
+    }
+
+    #[test]
+    fn names_cannot_hold_passwd_separators() {
+        for (name, ok) in [
+            ("Élodie", true),
+            ("Jean-Luc", true),
+            ("a:b", false),
+            ("a,b", false),
+            ("a\nb", false),
+        ] {
+            assert_eq!(check_gecos("firstname", name).is_ok(), ok, "{name:?}");
         }
         assert!(check_shell("/bin/zsh").is_ok());
         for bad in ["bash", "/bin/ba sh", "/bin/a:b", ""] {

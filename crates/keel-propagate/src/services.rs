@@ -131,7 +131,7 @@ pub async fn generate(
                     .collect(),
                 contest_mode: snap.flag("contest_mode"),
             };
-            Ok(b.generate(&input, opts))
+            b.generate(&input, opts).map_err(|e| e.to_string())
         }
         Service::Custom(_, c) => {
             let data = serde_json::json!({

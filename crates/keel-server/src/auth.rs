@@ -94,33 +94,42 @@ pub(crate) fn millis(d: std::time::Duration) -> i64 {
 }
 
 impl Throttle {
-    /// How long `login` must still wait before another try, if at all.
-    pub(crate) async fn wait(db: &Db, login: &str) -> Option<std::time::Duration> {
-        let n = match db.store().login_failures(login).await {
-            Ok(n) => n?,
+    /// Counts a try of `login`'s password *before* it is checked (one statement in the store, so
+    /// parallel guesses each count), and says how long to wait if this try may not be checked.
+    /// The store keys counts by a digest of the login: a megabyte "login" costs 64 bytes.
+    pub(crate) async fn attempt(db: &Db, login: &str) -> Option<std::time::Duration> {
+        let now = now_ms();
+        let n = match db.store().login_attempt(&key(login), now, now - FORGET_AFTER_MS).await {
+            Ok(n) => n,
             Err(e) => {
-                tracing::error!(%e, "cannot read the login throttle");
+                tracing::error!(%e, "cannot count a password try");
                 return None;
             }
         };
-        let penalty_ms = 1000i64 << (n.count.checked_sub(FREE_FAILURES)?).min(6);
+        let before = n.count.saturating_sub(1);
+        let penalty_ms = 1000i64 << (before.checked_sub(FREE_FAILURES)?).min(6);
         // A count raised by a server whose clock is ahead never makes the wait longer.
-        let left = penalty_ms - now_ms().saturating_sub(n.last_ms).max(0);
+        let left = penalty_ms - now.saturating_sub(n.prev_ms).max(0);
         (left > 0).then(|| std::time::Duration::from_millis(left.unsigned_abs()))
     }
 
-    pub(crate) async fn failed(db: &Db, login: &str) {
-        let now = now_ms();
-        if let Err(e) = db.store().login_failed(login, now, now - FORGET_AFTER_MS).await {
-            tracing::error!(%e, "cannot count a wrong password");
-        }
-    }
-
     pub(crate) async fn succeeded(db: &Db, login: &str) {
-        if let Err(e) = db.store().login_succeeded(login).await {
+        if let Err(e) = db.store().login_succeeded(&key(login)).await {
             tracing::error!(%e, "cannot reset the login throttle");
         }
     }
+}
+
+/// The throttle's key for a login: fixed-size, whatever was sent.
+fn key(login: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(login.as_bytes()))
+}
+
+/// A login as a stranger typed it, for a log line or a page: at most 32 characters (a real login
+/// has at most 31), so a huge one is neither logged nor stored whole.
+pub(crate) fn shown(login: &str) -> String {
+    login.chars().take(32).collect()
 }
 
 /// Compares digests, so the time taken says nothing about how much of a secret matched.

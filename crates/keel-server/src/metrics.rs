@@ -153,7 +153,7 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request<Body>, nex
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_owned();
     let resp = next.run(req).await;
     let status = resp.status();
     if status.is_server_error() {
@@ -161,6 +161,22 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request<Body>, nex
     }
     state.metrics.observe(&route, &method, status.as_u16(), started);
     resp
+}
+
+/// A request method as a metric label, from a closed set: an invented method (HTTP allows any
+/// token) must not make a new series that lives as long as the server.
+fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 7] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+    ];
+    KNOWN.iter().find(|(k, _)| k == m).map_or("other", |(_, name)| name)
 }
 
 /// `GET /metrics` in the Prometheus text format.

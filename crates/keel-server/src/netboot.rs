@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keel_model::input::{Fields, Strictness};
-use keel_model::{BootMode, Mac, Machine, MachinePatch, Principal};
+use keel_model::{BootMode, Mac, Machine, MachinePatch, MachineType, Principal};
 
 use crate::{ApiError, AppState};
 
@@ -36,6 +36,8 @@ pub struct NetbootConfig {
     pub cmdline: String,
     /// iPXE lines for `install` machines.
     pub install: String,
+    /// The type of a machine that registers itself ([`MachinePatch::self_registered`]).
+    pub self_registration_type: MachineType,
 }
 
 impl Default for NetbootConfig {
@@ -49,6 +51,7 @@ impl Default for NetbootConfig {
             nfs_path: "/export/nfsroot".into(),
             cmdline: String::new(),
             install: "echo No installer is configured ([netboot] install).\nshell".into(),
+            self_registration_type: MachineType::User,
         }
     }
 }
@@ -193,11 +196,15 @@ pub(crate) async fn register(
     if !st.db.snapshot().flag("allow_self_registration") {
         return refuse(vec!["registration is closed: an organiser must add this machine".into()]);
     }
-    if peer.is_some_and(|ip| !st.register_limit.allow(ip)) {
-        tracing::warn!(?peer, "self-registration refused: too many from this address");
+    // Behind nginx the peer is nginx: the limit is per client, as the trusted proxy says.
+    let client = st.config.client_addr.client(peer, &headers);
+    if client.is_some_and(|ip| !st.register_limit.allow(ip)) {
+        tracing::warn!(?client, "self-registration refused: too many from this address");
         return refuse(vec!["too many registrations from this address: wait a minute".into()]);
     }
-    let patch = match MachinePatch::from_fields(Fields::from_map(map, Strictness::Lenient)) {
+    let patch = match MachinePatch::from_fields(Fields::from_map(map, Strictness::Lenient))
+        .and_then(|p| p.self_registered(cfg.self_registration_type))
+    {
         Ok(p) => p,
         Err(e) => return refuse(vec![format!("{}: {}", e.field, e.message)]),
     };

@@ -310,10 +310,22 @@ pub(crate) struct GenQuery {
     destination: String,
 }
 
-/// The signed bundle GEN would send, as a tar.
+/// The signed bundle GEN would send, as a tar. A manager gets one only for a destination of
+/// their own facility: a signed bundle names its destination, and one made out for any other
+/// name is a credential for whichever host answers to it.
 pub(crate) async fn gen_bundle(State(st): State<AppState>, caller: Caller, Query(q): Query<GenQuery>) -> ApiResult {
     let who = writer(&caller)?;
     may_run(&st, who, &q.facility)?;
+    if !who.is_admin() {
+        let key = format!("{}/{}/{}", q.facility, q.service, q.destination);
+        if st.db.snapshot().destination(&key).is_none() {
+            tracing::warn!(principal = %who.name, facility = %q.facility, service = %q.service, "bundle refused: not a destination of the facility");
+            return Err(ApiError::Forbidden(format!(
+                "{} may fetch a bundle only for a destination of facility {} for service {} (no destination {:?})",
+                who.name, q.facility, q.service, q.destination
+            )));
+        }
+    }
     let tar = engine(&st)?
         .gen_bundle(&q.service, &q.facility, &q.destination)
         .await

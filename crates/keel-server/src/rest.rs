@@ -359,7 +359,8 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
             "must be a SHA-512-crypt hash ($6$salt$…)",
         ));
     }
-    if let Some(wait) = crate::auth::Throttle::wait(&st.db, &login).await {
+    if let Some(wait) = crate::auth::Throttle::attempt(&st.db, &login).await {
+        tracing::warn!(login = %crate::auth::shown(&login), "password change refused: too many tries");
         return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
     }
     let user = st.db.snapshot().user(&login).cloned();
@@ -372,8 +373,7 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
         .await
         .unwrap_or(false);
     let Some(user) = user.filter(|_| ok) else {
-        tracing::warn!(%login, "password change refused: wrong login or password");
-        crate::auth::Throttle::failed(&st.db, &login).await;
+        tracing::warn!(login = %crate::auth::shown(&login), "password change refused: wrong login or password");
         return Err(ApiError::Unauthorized("wrong login or password"));
     };
     let patch = keel_model::UserPatch {

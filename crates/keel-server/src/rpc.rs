@@ -50,7 +50,9 @@ pub(crate) async fn call(
             (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
             (Service::Mdb, "register") => {
                 let anonymous = who.as_ref().is_none_or(|p| !p.is_admin());
-                if anonymous && peer.is_some_and(|ip| !state.register_limit.allow(ip)) {
+                let client = state.config.client_addr.client(peer, &request.headers);
+                if anonymous && client.is_some_and(|ip| !state.register_limit.allow(ip)) {
+                    tracing::warn!(?client, "self-registration refused: too many from this address");
                     return Err(ApiError::RateLimited(60));
                 }
                 register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await
@@ -311,7 +313,10 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
     };
     let mut named = named;
     named.remove("ip"); // the pool decides the address of a registered machine
-    let patch = MachinePatch::from_fields(Fields::from_map(named, Strictness::Lenient))?;
+    let mut patch = MachinePatch::from_fields(Fields::from_map(named, Strictness::Lenient))?;
+    if !principal.is_admin() {
+        patch = patch.self_registered(state.config.netboot.self_registration_type)?;
+    }
     if let (Some(h), Some(mac)) = (&patch.hostname, &patch.mac) {
         if let Some(m) = snap.machine_by_mac(mac).filter(|m| &m.hostname == h) {
             return Reply::serialize(&MachineRecord::from(m));

@@ -124,6 +124,31 @@ async fn metrics_count_requests_by_route() {
     assert!(text.contains("keel_http_request_duration_seconds_bucket"));
 }
 
+/// Issue 19: invented HTTP methods all count as `other`: they cannot make new metric series.
+#[tokio::test]
+async fn metric_labels_come_from_a_closed_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    for i in 0..30 {
+        let req = Request::builder()
+            .method(format!("BREW{i}").as_str())
+            .uri("/call/query")
+            .header(header::HOST, "mdb")
+            .body(Body::empty())
+            .unwrap();
+        send(&st, req).await;
+    }
+    let resp = app(st.clone()).oneshot(get("/metrics", "x")).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(!text.contains("BREW"), "{text}");
+    let other: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("method=\"other\"") && l.starts_with("keel_http_requests_total"))
+        .collect();
+    assert_eq!(other.len(), 1, "{text}");
+    assert!(other[0].ends_with(" 30"), "{other:?}");
+}
+
 /// Wrong passwords for a login are throttled: after five, even the right one must wait.
 #[tokio::test]
 async fn password_guessing_is_throttled() {

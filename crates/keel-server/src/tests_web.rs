@@ -53,7 +53,11 @@ fn state_on(dir: &tempfile::TempDir, db: Arc<Db>, trust_sso: bool) -> AppState {
     let config = ServerConfig {
         data_dir: dir.path().to_owned(),
         web: WebConfig {
-            trust_sso,
+            sso_proxies: if trust_sso {
+                vec!["127.0.0.1/32".parse().unwrap()]
+            } else {
+                Vec::new()
+            },
             ..WebConfig::default()
         },
         ..ServerConfig::default()

@@ -11,7 +11,11 @@ macro_rules! common_sql {
         use crate::{StoreError, TokenRow, WebSession};
         use $backend as backend;
 
-        pub(crate) async fn changes_since(pool: &$pool, since: u64, limit: u32) -> Result<Vec<keel_model::Change>, StoreError> {
+        pub(crate) async fn changes_since(
+            pool: &$pool,
+            since: u64,
+            limit: u32,
+        ) -> Result<Vec<keel_model::Change>, StoreError> {
             let rows = sqlx::query(
                 "SELECT seq, time, principal, kind, op, key, before, after FROM changes \
                  WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -125,32 +129,32 @@ macro_rules! common_sql {
             Ok(r.rows_affected())
         }
 
-        pub(crate) async fn login_failures(pool: &$pool, login: &str) -> Result<Option<crate::LoginFailures>, StoreError> {
-            let row: Option<(i64, i64)> =
-                sqlx::query_as("SELECT failures, last_ms FROM login_failures WHERE login = $1")
-                    .bind(login)
-                    .fetch_optional(pool)
-                    .await?;
-            Ok(row.map(|(n, last_ms)| crate::LoginFailures {
-                count: u32::try_from(n).unwrap_or(u32::MAX),
-                last_ms,
-            }))
-        }
-
-        pub(crate) async fn login_failed(pool: &$pool, login: &str, at_ms: i64, forget_before_ms: i64) -> Result<(), StoreError> {
+        pub(crate) async fn login_attempt(
+            pool: &$pool,
+            key: &str,
+            at_ms: i64,
+            forget_before_ms: i64,
+        ) -> Result<crate::LoginFailures, StoreError> {
             sqlx::query("DELETE FROM login_failures WHERE last_ms < $1")
                 .bind(forget_before_ms)
                 .execute(pool)
                 .await?;
-            sqlx::query(
-                "INSERT INTO login_failures (login, failures, last_ms) VALUES ($1, 1, $2) \
-                 ON CONFLICT (login) DO UPDATE SET failures = login_failures.failures + 1, last_ms = excluded.last_ms",
+            // In an UPDATE's SET every column names the row as it was: prev_ms takes the old
+            // last_ms. The whole is one statement, so concurrent tries are counted one by one.
+            let (n, prev_ms): (i64, i64) = sqlx::query_as(
+                "INSERT INTO login_failures (login, failures, last_ms, prev_ms) VALUES ($1, 1, $2, 0) \
+                 ON CONFLICT (login) DO UPDATE SET failures = login_failures.failures + 1, \
+                 prev_ms = login_failures.last_ms, last_ms = excluded.last_ms \
+                 RETURNING failures, prev_ms",
             )
-            .bind(login)
+            .bind(key)
             .bind(at_ms)
-            .execute(pool)
+            .fetch_one(pool)
             .await?;
-            Ok(())
+            Ok(crate::LoginFailures {
+                count: u32::try_from(n).unwrap_or(u32::MAX),
+                prev_ms,
+            })
         }
 
         pub(crate) async fn login_succeeded(pool: &$pool, login: &str) -> Result<(), StoreError> {

@@ -60,7 +60,18 @@ impl Db {
     }
 
     /// Adds a machine; its address is allocated from its type's pool unless given.
+    /// Creates a machine. Anyone but an admin is a machine registering itself: the patch must
+    /// already be [`MachinePatch::self_registered`] (checked again here, so no route can forget).
     pub async fn create_machine(&self, who: &Principal, patch: MachinePatch) -> Result<Machine, StoreError> {
+        if !who.is_admin() {
+            let mtype = patch.mtype.unwrap_or(keel_model::MachineType::User);
+            let checked = patch.clone().self_registered(mtype)?;
+            if checked != patch {
+                return Err(StoreError::Forbidden(
+                    "a machine registering itself must say its type (the site's self_registration_type)".into(),
+                ));
+            }
+        }
         let changes = self
             .write(who, |s, pools| {
                 let mut hints = self.alloc_hints();

@@ -317,12 +317,13 @@ impl Store for PgStore {
         crate::common_sql::pg::end(&self.pool, id, unused_before_ms).await
     }
 
-    async fn login_failures(&self, login: &str) -> Result<Option<crate::LoginFailures>, StoreError> {
-        crate::common_sql::pg::login_failures(&self.pool, login).await
-    }
-
-    async fn login_failed(&self, login: &str, at_ms: i64, forget_before_ms: i64) -> Result<(), StoreError> {
-        crate::common_sql::pg::login_failed(&self.pool, login, at_ms, forget_before_ms).await
+    async fn login_attempt(
+        &self,
+        key: &str,
+        at_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<crate::LoginFailures, StoreError> {
+        crate::common_sql::pg::login_attempt(&self.pool, key, at_ms, forget_before_ms).await
     }
 
     async fn login_succeeded(&self, login: &str) -> Result<(), StoreError> {

@@ -56,24 +56,85 @@ fn owners_of(s: &Snapshot, name: &str) -> BTreeSet<String> {
 }
 
 /// Invariant 7's second half: a manager claims a name only if it is free or already theirs.
+/// "Theirs or free" is judged on every spelling that could reach another facility's host: the
+/// name, a bare name equal to a host's first label (it resolves through the search domain), an IPv4-mapped
+/// address as IPv4, a site machine's names and address (the gateway where keel runs is one), and
+/// loopback, which is keel's own host.
 fn may_claim(s: &Snapshot, who: &Principal, field: &str, name: &str) -> Result<(), StoreError> {
     if who.role == Role::Admin {
         return Ok(());
     }
-    let name = destination_host(name);
-    let foreign: Vec<String> = owners_of(s, &name)
-        .into_iter()
-        .filter(|f| !s.facility(f).is_some_and(|f| f.is_managed_by(&who.name)))
-        .collect();
-    if foreign.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::Forbidden(format!(
-            "{field}: {name:?} belongs to facility {} which {} does not manage",
+    let name = canonical_claim(&destination_host(name));
+    let refuse = |why: String| Err(StoreError::Forbidden(format!("{field}: {name:?} {why}")));
+    if is_loopback(&name) {
+        return refuse("is keel's own host; only admins send there".into());
+    }
+    let mut owners = owners_of(s, &name);
+    if !name.contains(['.', ':']) {
+        // A bare name reaches whichever host the search domain completes it to.
+        owners.extend(
+            s.hosts()
+                .filter(|h| host_short_names(h).contains(&name))
+                .map(|h| h.facility.clone()),
+        );
+    }
+    let theirs = |f: &str| s.facility(f).is_some_and(|f| f.is_managed_by(&who.name));
+    let foreign: Vec<String> = owners.into_iter().filter(|f| !theirs(f)).collect();
+    if !foreign.is_empty() {
+        return refuse(format!(
+            "belongs to facility {} which {} does not manage",
             foreign.join(", "),
             who.name
-        )))
+        ));
     }
+    // A site machine that is no host of theirs (keel's own gateway included) is not theirs either.
+    let machine = name
+        .parse::<std::net::Ipv4Addr>()
+        .ok()
+        .and_then(|ip| s.machine_by_ip(ip))
+        .or_else(|| s.machine_by_name(&name))
+        .or_else(|| s.machine_by_name(name.split('.').next().unwrap_or_default()));
+    if let Some(m) = machine {
+        let own_host = s
+            .hosts()
+            .any(|h| h.machine.as_deref() == Some(m.hostname.as_str()) && theirs(&h.facility));
+        if !own_host {
+            return refuse(format!(
+                "is machine {}, which is no host of a facility {} manages",
+                m.hostname, who.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn canonical_claim(name: &str) -> String {
+    match name
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .and_then(|v6| v6.to_ipv4_mapped())
+    {
+        Some(v4) => v4.to_string(),
+        None => name.to_owned(),
+    }
+}
+
+fn is_loopback(name: &str) -> bool {
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.starts_with("localhost.")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+/// The first labels of a host's own names (`b1` of `b1.example.org`).
+fn host_short_names(h: &Host) -> BTreeSet<String> {
+    std::iter::once(&h.name)
+        .chain(&h.aliases)
+        .map(|n| destination_host(n).split('.').next().unwrap_or_default().to_owned())
+        .collect()
 }
 
 fn check_host(s: &Snapshot, h: &Host) -> Result<(), StoreError> {
@@ -165,8 +226,17 @@ impl Db {
                     (Some(old), v) => {
                         check_version(old.version, v)?;
                         may_manage(s, who, &f.name)?;
+                        // Who manages a facility and which users it receives (and so whose
+                        // hashes its hosts get) are the admins' decision; managers keep its
+                        // hosts, destinations and services.
                         if !who.is_admin() && old.managers != f.managers {
                             return Err(forbidden(who, "change a facility's managers"));
+                        }
+                        if !who.is_admin() && (old.groups != f.groups || old.members != f.members) {
+                            return Err(forbidden(
+                                who,
+                                "change which users a facility receives (groups, members)",
+                            ));
                         }
                     }
                     (None, 0) if who.is_admin() => {}

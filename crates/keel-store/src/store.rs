@@ -84,11 +84,17 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_web_session(&self, id: &str, last_ms: i64) -> Result<(), StoreError>;
     /// Deletes the session `id` (log out), and every session unused since before `unused_before_ms`.
     async fn end_web_sessions(&self, id: Option<&str>, unused_before_ms: i64) -> Result<u64, StoreError>;
-    /// Wrong passwords given for `login` since its last right one (the login throttle).
-    async fn login_failures(&self, login: &str) -> Result<Option<crate::LoginFailures>, StoreError>;
-    /// Counts a wrong password for `login` at `at_ms`; forgets every count last raised before
-    /// `forget_before_ms`.
-    async fn login_failed(&self, login: &str, at_ms: i64, forget_before_ms: i64) -> Result<(), StoreError>;
+    /// Counts a try of `key`'s password at `at_ms` *before* it is checked, in one statement, and
+    /// answers the count with this try and the time of the one before: parallel guesses each get
+    /// their own count, none slips through between a check and a count. Forgets every count last
+    /// raised before `forget_before_ms`. `key` is a fixed-size digest of the login (the login
+    /// throttle never stores what a stranger typed).
+    async fn login_attempt(
+        &self,
+        key: &str,
+        at_ms: i64,
+        forget_before_ms: i64,
+    ) -> Result<crate::LoginFailures, StoreError>;
     /// A right password: `login`'s count starts again.
     async fn login_succeeded(&self, login: &str) -> Result<(), StoreError>;
     /// A random secret kept in `meta` under `key` (one of `web_session::SECRETS`), made on first

@@ -388,18 +388,25 @@ async fn web_sessions_and_secrets_are_shared_by_every_server(dir: Backend) {
 
 async fn login_failures_are_counted_by_every_server(dir: Backend) {
     let (a, b) = (dir.store().await, dir.store().await);
-    assert_eq!(a.login_failures("alice").await.unwrap(), None);
-    a.login_failed("alice", 1_000, 0).await.unwrap();
-    b.login_failed("alice", 2_000, 0).await.unwrap();
-    b.login_failed("mallory", 2_500, 0).await.unwrap();
-    let n = a.login_failures("alice").await.unwrap().unwrap();
-    assert_eq!((n.count, n.last_ms), (2, 2_000));
+    let n = a.login_attempt("alice", 1_000, 0).await.unwrap();
+    assert_eq!((n.count, n.prev_ms), (1, 0));
+    let n = b.login_attempt("alice", 2_000, 0).await.unwrap();
+    assert_eq!((n.count, n.prev_ms), (2, 1_000));
+    b.login_attempt("mallory", 2_500, 0).await.unwrap();
     // A right password starts alice's count again; mallory's is forgotten once old.
     a.login_succeeded("alice").await.unwrap();
-    assert_eq!(b.login_failures("alice").await.unwrap(), None);
-    a.login_failed("alice", 9_000, 3_000).await.unwrap();
-    assert_eq!(a.login_failures("mallory").await.unwrap(), None);
-    assert_eq!(a.login_failures("alice").await.unwrap().unwrap().count, 1);
+    let n = a.login_attempt("alice", 9_000, 3_000).await.unwrap();
+    assert_eq!((n.count, n.prev_ms), (1, 0));
+    assert_eq!(b.login_attempt("mallory", 9_500, 3_000).await.unwrap().count, 1);
+    // Tries at once each get their own count: none passes between a check and a count.
+    let mut tries = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tries.spawn(async move { store.login_attempt("carol", 10_000 + i, 0).await.unwrap().count });
+    }
+    let mut counts = tries.join_all().await;
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=20).collect::<Vec<_>>());
 }
 
 mod propagation_rights {
@@ -516,6 +523,124 @@ mod propagation_rights {
             matches!(e, StoreError::Conflict(_) | StoreError::VersionMismatch { .. }),
             "{e}"
         );
+    }
+}
+
+/// Issue 19: a manager of A reaches no host of B (nor keel's own) through any spelling of its
+/// name, and cannot change which users A receives (that is whose hashes A's hosts get).
+mod manager_reach {
+    use std::collections::BTreeSet;
+
+    use keel_model::{Channel, Destination, Facility, Group, Host, Principal, Role};
+
+    use super::{machine, open, Backend};
+    use crate::StoreError;
+
+    fn who(name: &str) -> Principal {
+        Principal {
+            name: name.into(),
+            role: Role::Manager,
+            facilities: Vec::new(),
+            host: None,
+        }
+    }
+
+    fn dest(d: &str) -> Destination {
+        Destination {
+            facility: "a".into(),
+            service: "passwd".into(),
+            destination: d.into(),
+            channel: Channel::Ssh,
+            blocked: false,
+            version: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn through_no_name_and_no_group() {
+        let dir = Backend::sqlite();
+        let db = open(&dir).await;
+        let admin = Principal::system();
+        let services: BTreeSet<String> = ["passwd".to_string()].into();
+        for (name, m) in [("a", "alice"), ("b", "bob")] {
+            let f = Facility {
+                name: name.into(),
+                managers: vec![m.into()],
+                services: vec!["passwd".into()],
+                ..Facility::default()
+            };
+            db.put_facility(&admin, f, 0, &services).await.unwrap();
+        }
+        // h1 (192.168.0.1) is B's host through its machine; h2 is a site machine of nobody's
+        // (as the gateway keel runs on is).
+        db.create_machine(&admin, machine(1)).await.unwrap();
+        db.create_machine(&admin, machine(2)).await.unwrap();
+        let b1 = Host {
+            name: "b1.example.org".into(),
+            facility: "b".into(),
+            machine: Some("h1".into()),
+            aliases: Vec::new(),
+            version: 0,
+        };
+        db.put_host(&admin, b1, 0).await.unwrap();
+        let alice = who("alice");
+        // What is free is hers: the same request without the hostile part succeeds.
+        db.put_destination(&alice, dest("a1.example.org"), 0, &services)
+            .await
+            .unwrap();
+        for d in [
+            "b1",
+            "root@B1.:22",
+            "h1",
+            "h1.prolo",
+            "192.168.0.1",
+            "[::ffff:192.168.0.1]:22",
+            "h2",
+            "192.168.0.2",
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+        ] {
+            let e = db.put_destination(&alice, dest(d), 0, &services).await.unwrap_err();
+            assert!(matches!(e, StoreError::Forbidden(_)), "{d}: {e}");
+        }
+        // Groups and members: admins only; the services stay the manager's.
+        let a = db.snapshot().facility("a").unwrap().clone();
+        let mut more = a.clone();
+        more.services = Vec::new();
+        let a = db.put_facility(&alice, more, a.version, &services).await.unwrap();
+        for change in [
+            |f: &mut Facility| f.groups = vec![Group::Root],
+            |f: &mut Facility| f.members = vec![keel_model::Login::parse("login", "carol").unwrap()],
+        ] {
+            let mut f = a.clone();
+            change(&mut f);
+            let e = db.put_facility(&alice, f, a.version, &services).await.unwrap_err();
+            assert!(matches!(e, StoreError::Forbidden(_)), "{e}");
+        }
+    }
+
+    /// Self-registration through the store itself: whatever route calls it, a non-admin gets a
+    /// plain machine (no aliases, one label), and only with the type said.
+    #[tokio::test]
+    async fn a_machine_registering_itself_chooses_no_rights() {
+        let dir = Backend::sqlite();
+        let db = open(&dir).await;
+        let anon = Principal::anonymous();
+        let plain =
+            super::patch(serde_json::json!({"hostname": "r01p01", "mac": "02:00:00:00:01:01", "mtype": "user"}));
+        db.create_machine(&anon, plain).await.unwrap();
+        for bad in [
+            serde_json::json!({"hostname": "r01p02", "mac": "02:00:00:00:01:02", "mtype": "user", "aliases": "wpad"}),
+            serde_json::json!({"hostname": "evil.prolo", "mac": "02:00:00:00:01:03", "mtype": "user"}),
+            serde_json::json!({"hostname": "r01p04", "mac": "02:00:00:00:01:04"}),
+            serde_json::json!({"hostname": "r01p05", "mac": "02:00:00:00:01:05", "mtype": "user", "ip": "192.168.0.200"}),
+        ] {
+            assert!(
+                db.create_machine(&anon, super::patch(bad.clone())).await.is_err(),
+                "{bad}"
+            );
+        }
     }
 }
 

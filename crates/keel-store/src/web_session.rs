@@ -18,10 +18,10 @@ pub const WEB_SSO_KEY: &str = "web_sso_key";
 /// The secrets `Store::meta_secret` makes on demand; no other key of `meta` is ever handed out.
 pub(crate) const SECRETS: [&str; 1] = [WEB_SSO_KEY];
 
-/// Wrong passwords given for one login since its last right one.
+/// Tries of one login's password since its last right one, this one included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginFailures {
     pub count: u32,
-    /// When the last one was (Unix ms).
-    pub last_ms: i64,
+    /// When the try before this one was (Unix ms; 0 for the first).
+    pub prev_ms: i64,
 }

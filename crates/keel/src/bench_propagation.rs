@@ -170,7 +170,7 @@ fn gen_ms(all: &[User]) -> f64 {
     let times: Vec<f64> = (0..20)
         .map(|_| {
             let t = Instant::now();
-            std::hint::black_box(keel_gen::passwd(&input, &opts));
+            std::hint::black_box(keel_gen::passwd(&input, &opts).ok());
             t.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
@@ -208,7 +208,7 @@ fn agent_apply(
         users: all.iter().collect(),
         ..Default::default()
     };
-    let files = keel_gen::passwd(&input, &keel_gen::Options::default());
+    let files = keel_gen::passwd(&input, &keel_gen::Options::default())?;
     let bundle = |serial| {
         let h = keel_bundle::Header {
             service: "passwd",

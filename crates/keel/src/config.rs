@@ -62,22 +62,34 @@ pub struct WebFile {
     /// Mark the session cookie Secure (default true: HTTPS only, localhost exempt). A site serving
     /// the pages over plain HTTP on its LAN sets false.
     pub secure_cookies: Option<bool>,
-    /// Take nginx's SSO login (`X-SSO-User` from a trusted proxy) as the web login (default false).
+    /// Take nginx's SSO login (`X-SSO-User`) as the web login (default false). Needs
+    /// `sso_proxies`: only those addresses may vouch for a login.
     pub trust_sso: Option<bool>,
+    /// The addresses of the nginx that sets `X-SSO-User` (no default: a local user on keel's host
+    /// could otherwise claim any login through loopback).
+    pub sso_proxies: Option<Vec<ipnet::IpNet>>,
     /// A session unused for this long ends (default 8).
     pub idle_hours: Option<u64>,
 }
 
 impl WebFile {
-    pub fn config(&self) -> keel_server::web::WebConfig {
+    pub fn config(&self) -> anyhow::Result<keel_server::web::WebConfig> {
         let d = keel_server::web::WebConfig::default();
-        keel_server::web::WebConfig {
+        let sso_proxies = match (self.trust_sso.unwrap_or(false), &self.sso_proxies) {
+            (false, _) => Vec::new(),
+            (true, Some(p)) if !p.is_empty() => p.clone(),
+            (true, _) => anyhow::bail!(
+                "[web] trust_sso = true needs sso_proxies = [\"ADDRESS/32\", …]: the nginx that sets X-SSO-User \
+                 (loopback is not trusted by default: any local user could claim a login through it)"
+            ),
+        };
+        Ok(keel_server::web::WebConfig {
             secure_cookies: self.secure_cookies.unwrap_or(d.secure_cookies),
-            trust_sso: self.trust_sso.unwrap_or(d.trust_sso),
+            sso_proxies,
             idle: self
                 .idle_hours
                 .map_or(d.idle, |h| std::time::Duration::from_secs(h.max(1) * 3600)),
-        }
+        })
     }
 }
 
@@ -142,6 +154,8 @@ pub struct NetbootFile {
     pub cmdline: Option<String>,
     /// iPXE lines for machines in `install` mode.
     pub install: Option<String>,
+    /// The type of a machine that registers itself (default `user`): never the machine's choice.
+    pub self_registration_type: Option<keel_model::MachineType>,
 }
 
 impl NetbootFile {
@@ -156,6 +170,7 @@ impl NetbootFile {
             nfs_path: self.nfs_path.clone().unwrap_or(d.nfs_path),
             cmdline: self.cmdline.clone().unwrap_or(d.cmdline),
             install: self.install.clone().unwrap_or(d.install),
+            self_registration_type: self.self_registration_type.unwrap_or(d.self_registration_type),
         }
     }
 }

@@ -206,6 +206,9 @@ fn main() -> ExitCode {
         // The agent's exit codes mean something to keel (DENIED, replay…): keep them.
         return keel_agent::cli::run(a);
     }
+    // Everything keel itself creates (database, WAL, backups, tokens, secrets, sheets) is
+    // private from its creation; files meant for others get their mode explicitly.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     init_tracing(matches!(cli.command, Command::Serve(_)));
     let serve = match &cli.command {
         Command::Serve(args) => match cli.serve_config(args) {

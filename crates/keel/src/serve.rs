@@ -27,8 +27,7 @@ pub const TFTP_ADDR_FILE: &str = "tftp.addr";
 pub const PRESENCE_SECRET_FILE: &str = "presence.secret";
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create data directory {}", cfg.data_dir.display()))?;
+    private_data_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     let (store, pg) = open_store(&cfg).await?;
     let db = Arc::new(
@@ -57,7 +56,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             overrides: cfg.sso.overrides.clone(),
         },
         map_public: cfg.presence.map_public.unwrap_or(true),
-        web: cfg.web.config(),
+        web: cfg.web.config()?,
         rpc_secret: rpc_secret(&cfg)?,
     };
     // Where kernels and initrds go (served at /boot/files/).
@@ -340,6 +339,32 @@ async fn serve_http(listener: tokio::net::TcpListener, app: axum::Router, stop: 
             tracing::warn!("stopped with requests still open after 10 s");
         }
     }
+}
+
+/// The data directory holds the database, its WAL, backups, tokens and secrets: it is 0700 and
+/// everything keel creates in it 0600 from the moment it exists (the process's umask is 077, set
+/// in `main`, so SQLite's own `-wal` and `-shm` files are born private too). A database left
+/// wider by an older keel is narrowed here.
+pub fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
+    for name in [DB_FILE, &format!("{DB_FILE}-wal"), &format!("{DB_FILE}-shm")] {
+        let path = dir.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o077 != 0 => {
+                tracing::warn!(path = %path.display(), "was readable by others; now 0600");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// One server per data directory: a second `keel serve` (or a `keel restore`) fails clearly.

@@ -115,7 +115,13 @@ impl Sessions {
                 tracing::warn!(%e, "cannot record a web session's use");
             }
         }
-        let role = serde_json::from_str(&row.role).ok()?;
+        // The role is the user's now, not the one they had at login: an admin removed from
+        // root, or deleted, is out at their next request.
+        let Some(role) = role_of(st, &row.login) else {
+            tracing::warn!(login = %row.login, "web session ended: the user no longer has a role on the pages");
+            let _ = store.end_web_sessions(Some(&id), 0).await;
+            return None;
+        };
         Some(Me {
             login: row.login,
             role,
@@ -167,7 +173,12 @@ pub(crate) async fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())?;
-    if !st.config.client_addr.trusts(peer) {
+    let peer = match peer {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if !st.web.sso_proxies.iter().any(|n| n.contains(&peer)) {
+        tracing::warn!(%peer, "X-SSO-User ignored: not from one of [web] sso_proxies");
         return None;
     }
     let login = parts.headers.get("x-sso-user")?.to_str().ok()?.trim();
@@ -254,13 +265,14 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
     }
     let login = f.get("login").unwrap_or("").to_owned();
     let password = f.get("password").unwrap_or("").to_owned();
-    if let Some(wait) = crate::auth::Throttle::wait(&st.db, &login).await {
+    if let Some(wait) = crate::auth::Throttle::attempt(&st.db, &login).await {
+        let login = crate::auth::shown(&login);
         let msg = format!("Too many wrong passwords: try again in {} s.", wait.as_secs() + 1);
         return render_login(&st, next, login, msg);
     }
     if !check_password(&st, &login, password).await {
+        let login = crate::auth::shown(&login);
         tracing::warn!(%login, "web login refused: wrong login or password");
-        crate::auth::Throttle::failed(&st.db, &login).await;
         return render_login(&st, next, login, "Wrong login or password.".into());
     }
     crate::auth::Throttle::succeeded(&st.db, &login).await;
@@ -359,7 +371,8 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
     if new != again {
         return render_password(&st, login, Errors::one("again", "the two new passwords differ"), false);
     }
-    if let Some(wait) = crate::auth::Throttle::wait(&st.db, &login).await {
+    if let Some(wait) = crate::auth::Throttle::attempt(&st.db, &login).await {
+        let login = crate::auth::shown(&login);
         let e = Errors::one(
             "old",
             format!("too many wrong passwords: try again in {} s", wait.as_secs() + 1),
@@ -367,8 +380,8 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
         return render_password(&st, login, e, false);
     }
     if !check_password(&st, &login, f.get("old").unwrap_or("").to_owned()).await {
+        let login = crate::auth::shown(&login);
         tracing::warn!(%login, "web password change refused: wrong login or password");
-        crate::auth::Throttle::failed(&st.db, &login).await;
         return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
     }
     crate::auth::Throttle::succeeded(&st.db, &login).await;

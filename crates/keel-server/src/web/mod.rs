@@ -36,8 +36,10 @@ pub struct WebConfig {
     /// Mark the session cookie `Secure` (browsers then send it over HTTPS only; localhost is
     /// exempt). Turn off for a site that serves the pages over plain HTTP on its LAN.
     pub secure_cookies: bool,
-    /// Take the login nginx's SSO vouches for (`X-SSO-User` from a trusted proxy) as a web login.
-    pub trust_sso: bool,
+    /// Take the login nginx's SSO vouches for (`X-SSO-User`) as a web login, from these
+    /// addresses only (empty: never). Not the presence's trusted proxies, which default to
+    /// loopback: a local user on keel's host must not be able to claim a login.
+    pub sso_proxies: Vec<ipnet::IpNet>,
     /// A session unused for this long ends.
     pub idle: Duration,
 }
@@ -46,7 +48,7 @@ impl Default for WebConfig {
     fn default() -> Self {
         Self {
             secure_cookies: true,
-            trust_sso: false,
+            sso_proxies: Vec::new(),
             idle: Duration::from_secs(8 * 3600),
         }
     }
@@ -176,7 +178,7 @@ impl FromRequestParts<AppState> for Me {
         if let Some(me) = st.web_sessions.session_of(st, &parts.headers, st.web.idle).await {
             return Ok(me);
         }
-        if st.web.trust_sso {
+        if !st.web.sso_proxies.is_empty() {
             if let Some(me) = auth::from_sso(parts, st).await {
                 return Ok(me);
             }
