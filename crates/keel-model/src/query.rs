@@ -7,6 +7,11 @@ use crate::input::split_list;
 use crate::wire::Queryable;
 use crate::ValidationError;
 
+/// The longest value a filter compares with (no field of a record is longer).
+pub const MAX_VALUE: usize = 256;
+/// The most values of one `__in`.
+pub const MAX_IN: usize = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     Exact,
@@ -51,11 +56,22 @@ impl Filter {
                 format!("unknown field; known: {}", R::FIELDS.join(", ")),
             ));
         }
-        let values = match (lookup, value) {
+        let values: Vec<String> = match (lookup, value) {
             (Lookup::In, Value::Array(items)) => items.iter().map(|v| scalar(name, v)).collect::<Result<_, _>>()?,
             (Lookup::In, Value::String(s)) => split_list(s),
             (_, v) => vec![scalar(name, v)?],
         };
+        // Bounded before any record is looked at: no field of a record is longer, and a list
+        // longer than this is no query a client of a site needs.
+        if values.len() > MAX_IN {
+            return Err(ValidationError::new(name, format!("at most {MAX_IN} values")));
+        }
+        if values.iter().any(|v| v.len() > MAX_VALUE) {
+            return Err(ValidationError::new(
+                name,
+                format!("a value is at most {MAX_VALUE} bytes"),
+            ));
+        }
         let values = match field {
             // Canonicalise so `mac=AA-BB-…` finds `aa:bb:…` as the original did with its normalised rows.
             "mac" if matches!(lookup, Lookup::Exact | Lookup::In) => values
@@ -155,6 +171,25 @@ mod tests {
         check("rfs", json!("2"), false);
         check("mtype", json!("orga"), false);
         check("is_faulty", json!(false), true);
+    }
+
+    /// Issue 19: a megabyte needle or a huge `__in` is refused before any record is looked at;
+    /// the same filters at their bounds are fine.
+    #[test]
+    fn values_are_bounded() {
+        let at = |n: usize| json!("a".repeat(n));
+        assert!(Filter::parse::<Machine>("hostname__icontains", &at(MAX_VALUE)).is_ok());
+        assert_eq!(
+            Filter::parse::<Machine>("hostname__icontains", &at(1 << 20))
+                .unwrap_err()
+                .field,
+            "hostname__icontains"
+        );
+        let list = |n: usize| json!((0..n).map(|i| format!("h{i}")).collect::<Vec<_>>());
+        assert!(Filter::parse::<Machine>("hostname__in", &list(MAX_IN)).is_ok());
+        assert!(Filter::parse::<Machine>("hostname__in", &list(MAX_IN + 1)).is_err());
+        let csv = vec!["x"; MAX_IN + 1].join(",");
+        assert!(Filter::parse::<Machine>("hostname__in", &json!(csv)).is_err());
     }
 
     #[test]

@@ -29,6 +29,16 @@ pub struct DnsConfig {
     pub ns: String,
     /// Resolvers for names outside keel's zones; none: such queries are REFUSED.
     pub upstream: Vec<SocketAddr>,
+    /// Who may have names outside keel's zones forwarded (a resolver open to all is an
+    /// amplifier). Empty: loopback and the pools' networks.
+    pub forward_clients: Vec<ipnet::IpNet>,
+    /// Forwarded queries in flight at once; over it a query gets SERVFAIL at once. Forwards run
+    /// on their own tasks: a dead upstream never delays an authoritative answer.
+    pub max_forwards: usize,
+    /// Forwarded queries per source address and minute; over it, REFUSED.
+    pub forward_per_minute: u32,
+    /// DNS-over-TCP connections at once; over it a new one is closed at once.
+    pub max_tcp: usize,
     /// Names for the free addresses of the unknown machines' DHCP range, as the `dns` service
     /// writes them for BIND (`<prefix>-A-B-C-D`).
     pub dynamic: Option<DynamicNames>,
@@ -65,6 +75,10 @@ impl Default for DnsConfig {
             ttl: 60,
             ns: "gw".into(),
             upstream: Vec::new(),
+            forward_clients: Vec::new(),
+            max_forwards: 64,
+            forward_per_minute: 600,
+            max_tcp: 128,
             dynamic: None,
         }
     }
@@ -76,13 +90,24 @@ pub struct Zones {
     cfg: DnsConfig,
     /// Reverse zone names (`0.168.192.in-addr.arpa`), from the pools.
     reverse: Vec<String>,
+    /// Who may have queries forwarded: `forward_clients`, or loopback and the pools' networks.
+    forward_clients: Vec<ipnet::IpNet>,
 }
 
 impl Zones {
     pub fn new(cfg: DnsConfig, pools: &Pools) -> Self {
+        let forward_clients = if cfg.forward_clients.is_empty() {
+            let loopback = ["127.0.0.0/8", "::1/128"].iter().filter_map(|n| n.parse().ok());
+            loopback
+                .chain(pools.networks().into_iter().map(ipnet::IpNet::V4))
+                .collect()
+        } else {
+            cfg.forward_clients.clone()
+        };
         Self {
             cfg,
             reverse: pools.reverse_zones(),
+            forward_clients,
         }
     }
 
@@ -243,34 +268,92 @@ pub fn answer(zones: &Zones, snap: &Snapshot, req: &Message) -> Option<Message> 
     Some(resp)
 }
 
-/// The reply bytes for one request (`None`: nothing sensible to send, e.g. not a DNS query).
-async fn reply(zones: &Zones, db: &Db, packet: &[u8], udp: bool) -> Option<Vec<u8>> {
+/// What to do with one request.
+enum Decision {
+    /// Send these bytes back.
+    Reply(Vec<u8>),
+    /// A name outside keel's zones: forward it as received (if the client may), off the
+    /// answering path.
+    Forward(Message, Vec<u8>),
+    /// Nothing sensible to send (not a query).
+    Ignore,
+}
+
+/// Decides a request from the Snapshot alone: never waits on anything.
+fn decide(zones: &Zones, db: &Db, packet: &[u8], udp: bool) -> Decision {
     let req = match Message::from_vec(packet) {
         Ok(m) if m.metadata.message_type == MessageType::Query => m,
-        Ok(_) => return None,
+        Ok(_) => return Decision::Ignore,
         Err(_) => {
             // Answer FORMERR when at least the id is readable.
-            let id = u16::from_be_bytes([*packet.first()?, *packet.get(1)?]);
-            let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+            let (Some(a), Some(b)) = (packet.first(), packet.get(1)) else {
+                return Decision::Ignore;
+            };
+            let mut m = Message::new(u16::from_be_bytes([*a, *b]), MessageType::Response, OpCode::Query);
             m.metadata.response_code = ResponseCode::FormErr;
-            return m.to_vec().ok();
+            return m.to_vec().map_or(Decision::Ignore, Decision::Reply);
         }
     };
     let snap = db.snapshot();
-    let resp = match answer(zones, &snap, &req) {
-        Some(r) => r,
-        None => return forward(&zones.cfg.upstream, packet, &req).await,
+    let Some(resp) = answer(zones, &snap, &req) else {
+        return Decision::Forward(req, packet.to_vec());
     };
-    let bytes = resp.to_vec().ok()?;
+    let Ok(bytes) = resp.to_vec() else {
+        return Decision::Ignore;
+    };
     let limit = if req.edns.is_some() { 1232 } else { 512 };
     if udp && bytes.len() > limit {
-        return resp.truncate().to_vec().ok();
+        return resp.truncate().to_vec().map_or(Decision::Ignore, Decision::Reply);
     }
-    Some(bytes)
+    Decision::Reply(bytes)
+}
+
+/// An error answer to `req` (REFUSED, SERVFAIL).
+fn error_reply(req: &Message, code: ResponseCode) -> Option<Vec<u8>> {
+    let mut m = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    m.metadata.response_code = code;
+    m.add_queries(req.queries.clone());
+    m.to_vec().ok()
+}
+
+/// What bounds forwarding: the clients it serves, a per-source rate, and the forwards in flight.
+struct Forwarding {
+    slots: Arc<tokio::sync::Semaphore>,
+    rate: crate::auth::RateLimit,
+}
+
+impl Forwarding {
+    fn new(cfg: &DnsConfig) -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_forwards.max(1))),
+            rate: crate::auth::RateLimit::per_minute(cfg.forward_per_minute),
+        }
+    }
+
+    /// A slot for forwarding `req` from `client`, or the answer to give at once instead.
+    fn admit(
+        &self,
+        zones: &Zones,
+        client: std::net::IpAddr,
+        req: &Message,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Option<Vec<u8>>> {
+        let client = match client {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        let allowed = zones.forward_clients.iter().any(|n| n.contains(&client));
+        if zones.cfg.upstream.is_empty() || !allowed || !self.rate.allow(client) {
+            return Err(error_reply(req, ResponseCode::Refused));
+        }
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| error_reply(req, ResponseCode::ServFail))
+    }
 }
 
 /// Relays a query to the first upstream that answers within 2 s; SERVFAIL if none does.
-async fn forward(upstream: &[SocketAddr], packet: &[u8], req: &Message) -> Option<Vec<u8>> {
+async fn forward(upstream: &[SocketAddr], req: &Message, packet: &[u8]) -> Option<Vec<u8>> {
     for up in upstream {
         let bind: SocketAddr = if up.is_ipv4() {
             ([0, 0, 0, 0], 0).into()
@@ -291,10 +374,7 @@ async fn forward(upstream: &[SocketAddr], packet: &[u8], req: &Message) -> Optio
             }
         }
     }
-    let mut m = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
-    m.metadata.response_code = ResponseCode::ServFail;
-    m.add_queries(req.queries.clone());
-    m.to_vec().ok()
+    error_reply(req, ResponseCode::ServFail)
 }
 
 /// Binds UDP and TCP on the same address (port 0: a free port both can use).
@@ -317,35 +397,69 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
 /// Serves DNS on `udp` and `tcp` until the process ends.
 pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListener) {
     let udp = Arc::new(udp);
+    let fwd = Arc::new(Forwarding::new(&zones.cfg));
     for _ in 0..2 {
-        let (db, zones, udp) = (db.clone(), zones.clone(), udp.clone());
-        tokio::spawn(async move { serve_udp(&db, &zones, &udp).await });
+        let (db, zones, udp, fwd) = (db.clone(), zones.clone(), udp.clone(), fwd.clone());
+        tokio::spawn(async move { serve_udp(&db, &zones, &udp, &fwd).await });
     }
+    let conns = Arc::new(tokio::sync::Semaphore::new(zones.cfg.max_tcp.max(1)));
     loop {
-        let Ok((stream, _)) = tcp.accept().await else {
+        let Ok((stream, peer)) = tcp.accept().await else {
             // Out of descriptors, most likely: let connections close rather than spin.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let (db, zones) = (db.clone(), zones.clone());
-        tokio::spawn(async move { serve_tcp(&db, &zones, stream).await });
+        let Ok(slot) = conns.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "DNS over TCP: connection cap reached, closed");
+            continue; // dropped: closed at once
+        };
+        let (db, zones, fwd) = (db.clone(), zones.clone(), fwd.clone());
+        tokio::spawn(async move {
+            serve_tcp(&db, &zones, &fwd, stream, peer.ip()).await;
+            drop(slot);
+        });
     }
 }
 
-async fn serve_udp(db: &Db, zones: &Zones, udp: &UdpSocket) {
+/// Answers on the socket's own task; a forward runs on a task of its own, holding a slot, and
+/// sends its answer itself when the upstream gives one.
+async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forwarding) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
             continue;
         };
-        if let Some(out) = reply(zones, db, &buf[..n], true).await {
+        let out = match decide(zones, db, &buf[..n], true) {
+            Decision::Reply(out) => Some(out),
+            Decision::Ignore => None,
+            Decision::Forward(req, packet) => match fwd.admit(zones, from.ip(), &req) {
+                Err(now) => now,
+                Ok(slot) => {
+                    let (zones, udp) = (zones.clone(), udp.clone());
+                    tokio::spawn(async move {
+                        if let Some(out) = forward(&zones.cfg.upstream, &req, &packet).await {
+                            let _ = udp.send_to(&out, from).await;
+                        }
+                        drop(slot);
+                    });
+                    None
+                }
+            },
+        };
+        if let Some(out) = out {
             let _ = udp.send_to(&out, from).await;
         }
     }
 }
 
 /// RFC 7766: length-prefixed messages, several per connection, closed after 10 s idle.
-async fn serve_tcp(db: &Db, zones: &Zones, mut stream: tokio::net::TcpStream) {
+async fn serve_tcp(
+    db: &Db,
+    zones: &Zones,
+    fwd: &Forwarding,
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::IpAddr,
+) {
     let idle = Duration::from_secs(10);
     loop {
         let mut len = [0u8; 2];
@@ -359,9 +473,15 @@ async fn serve_tcp(db: &Db, zones: &Zones, mut stream: tokio::net::TcpStream) {
         ) {
             return;
         }
-        let Some(out) = reply(zones, db, &packet, false).await else {
-            return;
+        let out = match decide(zones, db, &packet, false) {
+            Decision::Reply(out) => Some(out),
+            Decision::Ignore => None,
+            Decision::Forward(req, packet) => match fwd.admit(zones, peer, &req) {
+                Err(now) => now,
+                Ok(_slot) => forward(&zones.cfg.upstream, &req, &packet).await,
+            },
         };
+        let Some(out) = out else { return };
         let Ok(n) = u16::try_from(out.len()) else { return };
         if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&out).await.is_err() {
             return;

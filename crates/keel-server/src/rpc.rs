@@ -3,6 +3,8 @@
 //! Arguments come as a query string, a form, or JSON `{"args": [...], "kwargs": {...}, "hmac": …}`;
 //! answers are `{"type":"result","data":…}` or `{"type":"exception",…}`. Lenient like the original.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method};
@@ -46,8 +48,11 @@ pub(crate) async fn call(
             _ => who,
         };
         match (service, method.as_str()) {
-            (Service::Mdb, "query") => query_machines(&state.db.snapshot(), args.named(&[])?),
-            (Service::Mdb, "switches") => query_switches(&state.db.snapshot(), args.named(&[])?),
+            (Service::Mdb, "query") => query_machines(state.db.snapshot(), args.named(&[])?).await,
+            (Service::Mdb, "switches") => {
+                let (snap, named) = (state.db.snapshot(), args.named(&[])?);
+                off_io(move || query_switches(&snap, named)).await
+            }
             (Service::Mdb, "register") => {
                 let anonymous = who.as_ref().is_none_or(|p| !p.is_admin());
                 let client = state.config.client_addr.client(peer, &request.headers);
@@ -57,7 +62,10 @@ pub(crate) async fn call(
                 }
                 register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await
             }
-            (Service::Udb, "query") => query_users(&state.db.snapshot(), args.named(&[])?),
+            (Service::Udb, "query") => {
+                let (snap, named) = (state.db.snapshot(), args.named(&[])?);
+                off_io(move || query_users(&snap, named)).await
+            }
             (Service::Udb, _) => Err(ApiError::NotFound(format!("udb method {method:?}"))),
             (Service::Mdb, _) => Err(ApiError::NotFound(format!("mdb method {method:?}"))),
         }
@@ -239,21 +247,36 @@ fn form_pairs(s: &str) -> Vec<(String, String)> {
 /// `query(**filters)`: machines matching every filter; no filter = all. Uses the indexes when a
 /// filter pins `mac`, `hostname` or `ip` to one value, so lookups never scan. Serialized straight
 /// from the Snapshot into the reply.
-pub(crate) fn query_machines(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
+/// A query that passes over every record runs on the blocking pool: however costly its filters
+/// (a long `__icontains` over every record), it never holds a thread where other requests, DNS
+/// answers and nginx's `/sso` are served.
+async fn off_io(f: impl FnOnce() -> Result<Reply, ApiError> + Send + 'static) -> Result<Reply, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("query task: {e}")))?
+}
+
+/// mdb `query`: an index lookup (`mac=`, `hostname=`, …) is answered at once; a scan goes
+/// [`off_io`].
+pub(crate) async fn query_machines(snap: Arc<Snapshot>, named: Map<String, Value>) -> Result<Reply, ApiError> {
     let filters = parse_filters::<Machine>(named)?;
-    let records: Vec<MachineWire<'_>> = match pinned_machine(snap, &filters) {
-        Some(candidate) => candidate
+    if let Some(candidate) = pinned_machine(&snap, &filters) {
+        let records: Vec<MachineWire<'_>> = candidate
             .into_iter()
             .filter(|m| matches_all(&filters, *m))
             .map(MachineWire)
-            .collect(),
-        None => snap
+            .collect();
+        return Reply::serialize(&records);
+    }
+    off_io(move || {
+        let records: Vec<MachineWire<'_>> = snap
             .machines()
             .filter(|m| matches_all(&filters, *m))
             .map(MachineWire)
-            .collect(),
-    };
-    Reply::serialize(&records)
+            .collect();
+        Reply::serialize(&records)
+    })
+    .await
 }
 
 /// `Some(candidates)` when an index answers the query; `None` when a scan is needed.

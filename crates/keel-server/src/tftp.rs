@@ -34,6 +34,43 @@ pub struct TftpConfig {
     pub timeout: Duration,
     /// Transfers at once, at most (each holds a socket and a file); more requests are told "busy".
     pub max_transfers: usize,
+    /// Transfers at once from one address (a booting machine needs one or two): one host cannot
+    /// take every slot.
+    pub max_per_source: usize,
+}
+
+/// The default bound on transfers from one address.
+pub const MAX_PER_SOURCE: usize = 4;
+
+/// Transfers running per source address; an entry leaves with its last transfer.
+#[derive(Default)]
+struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One transfer counted for its source until dropped.
+struct SourceSlot(Arc<PerSource>, std::net::IpAddr);
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// The default bound on transfers at once: a room of machines booting together is a few hundred.
@@ -132,8 +169,14 @@ pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket) {
     // A bound on transfers at once (each holds a socket and a file): a flood of requests gets
     // "busy" answers, not a descriptor shortage for the rest of keel.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_transfers.max(1)));
+    let per_source = Arc::new(PerSource::default());
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let Some(source) = per_source.take(peer.ip(), cfg.max_per_source.max(1)) else {
+            tracing::warn!(%peer, max = cfg.max_per_source, "tftp: too many transfers from this address; request refused");
+            let _ = socket.send_to(&error(0, "server busy: try again"), peer).await;
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -149,7 +192,7 @@ pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket) {
                 Ok(()) => tracing::debug!(%peer, "tftp transfer done"),
                 Err(e) => tracing::debug!(%peer, %e, "tftp transfer ended"),
             }
-            drop(slot);
+            drop((slot, source));
         });
     }
 }
@@ -204,9 +247,11 @@ async fn transfer(cfg: &TftpConfig, local: Option<SocketAddr>, peer: SocketAddr,
         if let Some(t) = req.timeout {
             opt("timeout", t.to_string());
         }
-        // The OACK is acknowledged as block 0.
-        send_until_acked(&sock, &oack, 0, timeout).await?;
+        // The OACK is acknowledged as block 0. Sent once: until the client has acknowledged
+        // something, it may be a spoofed address, and resends would reflect traffic at it.
+        send_until_acked(&sock, &oack, 0, timeout, 1).await?;
     }
+    let mut acked = req.blksize.is_some() || req.tsize || req.timeout.is_some();
     let mut block: u16 = 1;
     let mut data = vec![0u8; blksize];
     loop {
@@ -215,7 +260,9 @@ async fn transfer(cfg: &TftpConfig, local: Option<SocketAddr>, peer: SocketAddr,
         packet.extend_from_slice(&DATA.to_be_bytes());
         packet.extend_from_slice(&block.to_be_bytes());
         packet.extend_from_slice(&data[..n]);
-        send_until_acked(&sock, &packet, block, timeout).await?;
+        // The first block (when no OACK came before it) is sent once, like the OACK.
+        send_until_acked(&sock, &packet, block, timeout, if acked { TRIES } else { 1 }).await?;
+        acked = true;
         if n < blksize {
             return Ok(()); // a short block ends the transfer
         }
@@ -237,9 +284,15 @@ async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Resul
 
 /// Sends `packet` and waits for the ACK of `block`, resending on timeout. Old or duplicate ACKs
 /// are ignored; an ERROR from the client ends the transfer.
-async fn send_until_acked(sock: &UdpSocket, packet: &[u8], block: u16, timeout: Duration) -> std::io::Result<()> {
+async fn send_until_acked(
+    sock: &UdpSocket,
+    packet: &[u8],
+    block: u16,
+    timeout: Duration,
+    tries: u32,
+) -> std::io::Result<()> {
     let mut buf = [0u8; 1024];
-    for attempt in 0..TRIES {
+    for attempt in 0..tries {
         if attempt > 0 {
             tracing::debug!(block, attempt, "tftp resend");
         }
@@ -291,6 +344,7 @@ mod tests {
             root: root.path().to_owned(),
             timeout: Duration::from_secs(5),
             max_transfers: 1,
+            max_per_source: 4,
         });
         tokio::spawn(serve(cfg, server));
         let slow = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -307,6 +361,49 @@ mod tests {
             .unwrap();
         assert_eq!(&buf[..2], &ERROR.to_be_bytes());
         assert!(String::from_utf8_lossy(&buf[4..n]).contains("busy"));
+    }
+
+    /// Issue 19: one address cannot hold every slot, and a request that is never acknowledged
+    /// (a spoofed source) gets its first packet once, never resent at the victim.
+    #[tokio::test]
+    async fn one_source_is_bounded_and_an_unacknowledged_first_block_is_not_resent() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), vec![7u8; 4096]).unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let timeout = Duration::from_millis(200);
+        let cfg = Arc::new(TftpConfig {
+            root: root.path().to_owned(),
+            timeout,
+            max_transfers: 10,
+            max_per_source: 1,
+        });
+        tokio::spawn(serve(cfg, server));
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        silent.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
+        let mut buf = [0u8; 600];
+        let (_, from) = silent.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..2], &DATA.to_be_bytes());
+        // While it runs, the same address gets "busy".
+        let again = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        again.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
+        let (n, _) = again.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..2], &ERROR.to_be_bytes());
+        assert!(String::from_utf8_lossy(&buf[4..n]).contains("busy"));
+        // No resend of block 1 in ten times the resend timeout (the old code resent it after one).
+        let resend = tokio::time::timeout(timeout * 10, silent.recv_from(&mut buf)).await;
+        assert!(
+            resend.is_err(),
+            "block 1 was resent to an address that never acknowledged: {from}"
+        );
+        // An acknowledging client from that address is served once the slot is back.
+        let good = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        good.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
+        let (_, tid) = good.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..4], &[0, 3, 0, 1], "block 1");
+        good.send_to(&[0, 4, 0, 1], tid).await.unwrap();
+        let _ = good.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..4], &[0, 3, 0, 2], "block 2 after the ACK");
     }
 
     #[test]

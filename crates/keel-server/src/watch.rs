@@ -36,6 +36,8 @@ pub struct WatchConfig {
     pub buffer: usize,
     /// A subscriber that accepts no line for this long is cut off.
     pub stall_timeout: Duration,
+    /// Watch and `/poll` streams open at once; over it a new one gets 503 at once.
+    pub max_subscribers: usize,
 }
 
 impl Default for WatchConfig {
@@ -44,6 +46,7 @@ impl Default for WatchConfig {
             heartbeat: Duration::from_secs(10),
             buffer: 1024,
             stall_timeout: Duration::from_secs(30),
+            max_subscribers: 2048,
         }
     }
 }
@@ -109,13 +112,14 @@ pub(crate) async fn watch(
 ) -> Result<Response, ApiError> {
     caller.reader(st.config.open_reads)?;
     let params = Params::parse(q.as_deref())?;
+    let guard = Subscribed::new(&st)?;
     let rx = st.db.subscribe(); // before the Snapshot: no change can fall between the two
     let snap = st.db.snapshot();
     let start = decide_start(&st, &params, &snap).await?;
     let (tx, queue) = mpsc::channel(st.config.watch.buffer.max(1));
     let shared = Arc::new(Shared::default());
     let producer = Producer {
-        guard: Subscribed::new(&st),
+        guard,
         st: st.clone(),
         params,
         tx,
@@ -216,13 +220,27 @@ impl Shared {
     }
 }
 
-/// Counts an open stream in the metrics for as long as it lives.
-struct Subscribed(Arc<crate::metrics::Metrics>);
+/// An open stream: it holds one of the server's subscriber slots and counts in the metrics for
+/// as long as it lives.
+struct Subscribed(
+    Arc<crate::metrics::Metrics>,
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+);
 
 impl Subscribed {
-    fn new(st: &AppState) -> Self {
+    fn new(st: &AppState) -> Result<Self, ApiError> {
+        let slot = st.subscriber_slots.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!(
+                max = st.config.watch.max_subscribers,
+                "watch or /poll stream refused: too many open"
+            );
+            ApiError::Unavailable(format!(
+                "{} watch and /poll streams are open, the most this server serves ([watch] max_subscribers)",
+                st.config.watch.max_subscribers
+            ))
+        })?;
         st.metrics.watch_subscribers.inc();
-        Self(st.metrics.clone())
+        Ok(Self(st.metrics.clone(), slot))
     }
 }
 
@@ -521,6 +539,10 @@ pub(crate) async fn poll(
         crate::rpc::Service::Udb => Kind::User,
         crate::rpc::Service::Mdb => Kind::Machine,
     };
+    let guard = match Subscribed::new(&st) {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
+    };
     let mut rx = st.db.subscribe();
     let snap = st.db.snapshot();
     let first: Vec<Value> = match kind {
@@ -537,6 +559,7 @@ pub(crate) async fn poll(
     let stall = st.config.watch.stall_timeout;
     let task_st = st.clone();
     tokio::spawn(async move {
+        let _guard = guard;
         let st = task_st;
         let mut last = snap.seq();
         let mut batch = vec![json!(first)];

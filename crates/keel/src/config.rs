@@ -42,6 +42,40 @@ pub struct FileConfig {
     pub web: WebFile,
     #[serde(default)]
     pub rpc: RpcFile,
+    #[serde(default)]
+    pub http: HttpFile,
+}
+
+/// `[http]`: what one HTTP client can hold.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    /// Connections open at once (default 4096); over it a new one is closed at once. keel raises
+    /// its open-file limit to the hard limit at start; the unit's LimitNOFILE must allow this
+    /// plus the database, DNS and TFTP.
+    pub max_connections: Option<usize>,
+    /// Seconds to send a request's headers (default 10).
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds to send a request's body once its headers are in (default 30).
+    pub body_timeout_secs: Option<u64>,
+}
+
+/// What `serve_http` enforces on each connection.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub header_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+}
+
+impl HttpFile {
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.max_connections.unwrap_or(4096).max(1),
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.unwrap_or(10).max(1)),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs.unwrap_or(30).max(1)),
+        }
+    }
 }
 
 /// `[rpc]`: prologin's RPC clients' shared secret.
@@ -189,6 +223,8 @@ pub struct TftpFile {
     pub retransmit_ms: Option<u64>,
     /// Transfers at once, at most (default 512); more requests are answered "busy".
     pub max_transfers: Option<usize>,
+    /// Transfers at once from one address (default 4); more are answered "busy".
+    pub max_per_source: Option<usize>,
 }
 
 /// `[dns]`: the built-in authoritative DNS.
@@ -208,6 +244,15 @@ pub struct DnsFile {
     /// Resolvers for names outside keel's zones (`ip:port`); none: REFUSED.
     #[serde(default)]
     pub upstream: Vec<SocketAddr>,
+    /// Networks whose queries for outside names are forwarded (default: loopback and the pools'
+    /// networks); others get REFUSED, so keel is no open resolver.
+    pub forward_clients: Option<Vec<ipnet::IpNet>>,
+    /// Forwarded queries in flight at once (default 64); over it, SERVFAIL at once.
+    pub max_forwards: Option<usize>,
+    /// Forwarded queries per source address and minute (default 600); over it, REFUSED.
+    pub forward_per_minute: Option<u32>,
+    /// DNS-over-TCP connections at once (default 128); over it a new one is closed.
+    pub max_tcp: Option<usize>,
 }
 
 impl DnsFile {
@@ -229,6 +274,10 @@ impl DnsFile {
             ttl: self.ttl.unwrap_or(d.ttl),
             ns,
             upstream: self.upstream.clone(),
+            forward_clients: self.forward_clients.clone().unwrap_or_default(),
+            max_forwards: self.max_forwards.unwrap_or(d.max_forwards),
+            forward_per_minute: self.forward_per_minute.unwrap_or(d.forward_per_minute),
+            max_tcp: self.max_tcp.unwrap_or(d.max_tcp),
             dynamic: generators
                 .dhcp
                 .unknown_range
@@ -288,6 +337,8 @@ pub struct WatchFile {
     pub buffer: Option<usize>,
     /// Seconds a subscriber may accept nothing before it is cut off (default 30).
     pub stall_timeout_secs: Option<u64>,
+    /// Watch and `/poll` streams open at once (default 2048); over it, 503.
+    pub max_subscribers: Option<usize>,
 }
 
 /// `[log]`: retention of the change log. A watcher older than what is kept gets a snapshot.
@@ -309,6 +360,7 @@ impl WatchFile {
             stall_timeout: self
                 .stall_timeout_secs
                 .map_or(d.stall_timeout, std::time::Duration::from_secs),
+            max_subscribers: self.max_subscribers.unwrap_or(d.max_subscribers),
         }
     }
 }
@@ -356,6 +408,7 @@ pub struct ServeConfig {
     pub rpc: RpcFile,
     pub workers: Option<usize>,
     pub database: Option<String>,
+    pub http: HttpLimits,
 }
 
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";

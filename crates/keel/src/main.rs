@@ -185,6 +185,7 @@ impl Cli {
             rpc: file.rpc.clone(),
             workers: args.workers.or(file.workers),
             database: args.database.clone().or(file.database.clone()),
+            http: file.http.limits(),
         })
     }
 

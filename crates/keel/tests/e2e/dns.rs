@@ -257,3 +257,61 @@ async fn the_dns_service_ships_checked_zones_and_reloads_a_few_times_for_a_big_i
         "named-checkzone's words: {r}"
     );
 }
+
+/// Issue 19: an upstream that never answers (an offline contest network) must not stop keel's
+/// own answers. 50 queries for outside names are sent and reach the dead upstream (so they are
+/// in flight, each waiting its 2 s); an authoritative query asked then is answered all the same.
+#[tokio::test]
+async fn a_dead_upstream_does_not_delay_authoritative_answers() {
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let k = Keel::start_with_config(
+        &format!("[dns]\nupstream = [\"{}\"]\n", dead.local_addr().expect("addr")),
+        &["--example-site"],
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    for i in 0..50u16 {
+        let q = dns_query(i, &format!("host{i}.outside.test."));
+        client.send_to(&q, &k.dns).expect("send");
+    }
+    // Wait until the dead upstream holds all 50: they are in flight now.
+    dead.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    for n in 0..50 {
+        dead.recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("forward {n} never reached the upstream: {e}"));
+    }
+    let (status, a) = dig(&k, &["gw.prolo", "A"]);
+    assert_eq!(status, "NOERROR");
+    assert_eq!(a, ["gw.prolo. 60 IN A 192.168.1.254"]);
+}
+
+/// keel forwards only for its client networks: it is no open resolver. The same query from an
+/// allowed network is forwarded (`names_outside_the_zones_go_to_the_upstream_resolver`).
+#[tokio::test]
+async fn outside_names_are_refused_to_clients_outside_forward_clients() {
+    let up_cfg = "[dns]\nzone = \"upstream.test\"\n";
+    let upstream = Keel::start_with_config(up_cfg, &["--example-site"]);
+    let allowed = Keel::start_with_config(&format!("[dns]\nupstream = [\"{}\"]\n", upstream.dns), &[]);
+    assert_eq!(dig(&allowed, &["gw.upstream.test", "A"]).0, "NOERROR");
+    let k = Keel::start_with_config(
+        &format!(
+            "[dns]\nupstream = [\"{}\"]\nforward_clients = [\"10.0.0.0/8\"]\n",
+            upstream.dns
+        ),
+        &[],
+    );
+    assert_eq!(dig(&k, &["gw.upstream.test", "A"]).0, "REFUSED");
+}
+
+/// A DNS query for `name` (type A, class IN, recursion desired), as bytes (RFC 1035 4.1).
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(u8::try_from(label.len()).expect("label"));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}

@@ -6,6 +6,7 @@
 //! - `support`: the `Keel` harness (start, restart, kill -9, CLI) and helpers.
 //! - `foundation`: the README's commands, validation, versions (412/428), tokens and roles.
 //! - `dns`: the built-in DNS with the real `dig` (A, PTR, NXDOMAIN, TCP, read-your-writes, upstream).
+//! - `hostile`: what an anonymous client can make keel hold (connections, huge logins, file modes).
 //! - `durability`: kill -9 inside a transaction, backup under load and restore.
 //! - `cli`: the admin CLI (tables, --json, import naming every bad line, errors).
 //! - `users`: users in the database (uids, validation, hashes never shown).
@@ -30,6 +31,7 @@ mod cli;
 mod dns;
 mod durability;
 mod foundation;
+mod hostile;
 mod netboot;
 mod postgres;
 mod presence;

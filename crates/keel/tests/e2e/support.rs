@@ -165,6 +165,11 @@ impl Keel {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Stops the server with SIGKILL: no chance to flush or clean up.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,197 @@
+//! Issue 19's must-holds about what an unauthenticated client can make keel hold: idle and slow
+//! connections, huge logins on the password endpoint, the files of the data directory.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::presence::{add_user, login};
+use crate::support::{req, Keel};
+
+/// 2,000 connections from loopback, half idle and half sending a request head a byte at a time,
+/// do not stop `/healthz`, nginx's `/sso` or a presence login; keel's memory stays bounded, and
+/// a write made meanwhile is there afterwards.
+#[tokio::test]
+async fn idle_and_slow_connections_leave_room_for_health_sso_and_presence() {
+    raise_own_open_file_limit(4096);
+    // No recovery window after the start: logins are taken at once.
+    let k = Keel::start_with_config("[presence]\nrecovery_secs = 0\n", &["--example-site"]);
+    add_user(&k, "alice", "user").await;
+    let addr = k.url.trim_start_matches("http://").to_owned();
+    let rss_before = rss_kib(&k);
+    let mut held = Vec::with_capacity(2000);
+    for i in 0..2000 {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        if i % 2 == 1 {
+            s.write_all(b"POST /api/v1/passwd HTTP/1.1\r\nHost: x\r\n")
+                .expect("slow head");
+        }
+        held.push(s);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let health = client
+        .get(format!("{}/healthz", k.url))
+        .send()
+        .await
+        .expect("/healthz answers");
+    assert_eq!(health.status(), 200);
+    let sso = client
+        .get(format!("{}/sso", k.url))
+        .header("X-Real-IP", "192.168.0.1")
+        .send()
+        .await
+        .expect("/sso answers");
+    assert!(sso.status().as_u16() < 500, "{}", sso.status());
+    assert_eq!(login(&k, "alice", "r00p01").await.0, 201, "a presence login");
+    let rss_during = rss_kib(&k);
+    // ~11 KiB an idle connection (see `keel bench watch`); 64 MiB is far above that for 2,000.
+    assert!(
+        rss_during < rss_before + 64 * 1024,
+        "{rss_before} KiB before, {rss_during} KiB with 2,000 connections"
+    );
+    drop(held);
+    let (status, sessions) = req(&k, Some(&k.token), Method::GET, "/api/v1/sessions", None, &[]).await;
+    assert_eq!(status, 200);
+    assert!(sessions.to_string().contains("alice"), "{sessions}");
+}
+
+/// Over `[http] max_connections` a new connection is closed at once, and a connection is taken
+/// again once one is free.
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let k = Keel::start_with_config("[http]\nmax_connections = 20\n", &[]);
+    let addr = k.url.trim_start_matches("http://").to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    assert_eq!(
+        client.get(format!("{}/healthz", k.url)).send().await.unwrap().status(),
+        200
+    );
+    let held: Vec<_> = (0..20).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    // The 21st is accepted by the kernel and closed by keel without a byte.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(&mut extra, &mut buf).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "closed without an answer: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(held);
+    crate::propagation::eventually(10, "a slot is free again", async || {
+        client
+            .get(format!("{}/healthz", k.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// 1,000 failed password changes with 900 KB logins grow the database by less than 1 MB: the
+/// throttle keeps a fixed-size digest, the log lines a few characters.
+#[tokio::test]
+async fn failed_password_tries_with_huge_logins_cost_no_space() {
+    let mut k = Keel::start(&[]);
+    let hash = "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
+    // The same call with a real login and a wrong password is refused as wrong (not as malformed).
+    add_user(&k, "alice", "user").await;
+    let body = |login: &str| json!({"login": login, "old_password": "nope", "new_password_hash": hash});
+    let (status, _) = req(&k, None, Method::POST, "/api/v1/passwd", Some(body("alice")), &[]).await;
+    assert_eq!(status, 401);
+    // Sizes with keel stopped and the WAL checkpointed: the WAL's own size follows its
+    // checkpoint threshold (16 MiB of pages), whatever each write stores.
+    k.stop();
+    let before = db_bytes(&k);
+    k.restart(&[]);
+    let client = reqwest::Client::new();
+    for i in 0..1000 {
+        let login = format!("{i:04}{}", "x".repeat(900 * 1024));
+        let status = client
+            .post(format!("{}/api/v1/passwd", k.url))
+            .json(&body(&login))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        // Read whole and refused as wrong or throttled (a 1 MiB body fits the limit): the
+        // handler saw each of them.
+        assert!(matches!(status, 401 | 429), "{status}");
+    }
+    k.stop();
+    let grown = db_bytes(&k).saturating_sub(before);
+    assert!(grown < 1 << 20, "the database grew by {grown} bytes");
+    assert!(
+        k.log().len() < 4 << 20,
+        "the log holds the logins: {} bytes",
+        k.log().len()
+    );
+}
+
+/// The data directory and every file in it are private (0700 / no bits for others), from the
+/// first start on; so are the agent's staged and journal files (see keel-agent's tests).
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    let k = Keel::start(&["--example-site"]);
+    let data = k.data();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    let mut files = 0;
+    for e in std::fs::read_dir(&data).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            files += 1;
+            assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+        }
+    }
+    assert!(files >= 3, "keel.db, its WAL, the token at least");
+    assert!(data.join("keel.db-wal").exists());
+}
+
+/// The database's size with its WAL checkpointed into it (by the real `sqlite3`, keel stopped):
+/// what is stored, not how many writes the WAL has seen since its last checkpoint.
+fn db_bytes(k: &Keel) -> u64 {
+    crate::support::require_tool("sqlite3");
+    let db = k.data().join("keel.db");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA wal_checkpoint(TRUNCATE);")
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::metadata(&db).expect("keel.db").len()
+}
+
+/// keel's resident memory, from /proc.
+fn rss_kib(k: &Keel) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", k.pid())).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// This test process holds thousands of sockets itself.
+fn raise_own_open_file_limit(want: u64) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    let max = lim.maximum.unwrap_or(u64::MAX);
+    assert!(max >= want, "the hard open-file limit ({max}) is below {want}");
+    if lim.current.is_some_and(|c| c < want) {
+        lim.current = Some(want);
+        setrlimit(Resource::Nofile, lim).expect("raise the open-file limit");
+    }
+}
