@@ -20,6 +20,7 @@ pub mod netboot;
 pub mod presence;
 mod propagation;
 mod rest;
+mod routes;
 pub mod rpc;
 pub mod sso;
 pub mod tftp;
@@ -132,7 +133,13 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
+    app_with_paths(state).0
+}
+
+/// The application and every path it serves (each `{param}` as written in the route), for the
+/// authorization matrix test.
+pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
+    let api = routes::Recorded::new("/api/v1")
         .route("/machines", get(rest::list_machines).post(rest::create_machine))
         .route(
             "/machines/import",
@@ -202,9 +209,9 @@ pub fn app(state: AppState) -> Router {
         .route("/propagation/block", post(propagation::block))
         .route("/propagation/bundle", get(propagation::gen_bundle))
         .route("/propagation/key", get(propagation::public_key))
-        .fallback(|| async { ApiError::NotFound("API route".into()) });
-    Router::new()
-        .nest("/api/v1", api)
+        .map(|r| r.fallback(|| async { ApiError::NotFound("API route".into()) }));
+    let (router, paths) = routes::Recorded::new("")
+        .nest(api)
         .route("/call/{method}", any(rpc::call))
         .route("/mdb/call/{method}", any(rpc::call))
         .route("/udb/call/{method}", any(rpc::call))
@@ -223,13 +230,16 @@ pub fn app(state: AppState) -> Router {
         .merge(web::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .map(|r| {
+            r.layer(DefaultBodyLimit::max(BODY_LIMIT))
+                .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        })
         // nginx asks /sso on every request of every SSO site: it skips the per-route request
         // metrics (its answers are counted by status in `keel_sso_answers`) to keep its tail short.
         .route("/sso", get(sso::sso))
         .route("/sso/protect", get(sso::protect))
-        .with_state(state)
+        .into_parts();
+    (router.with_state(state), paths)
 }
 
 /// A JSON body as `T` (strict: unknown fields are refused where `T` says so).
@@ -250,3 +260,6 @@ mod tests_presence;
 
 #[cfg(test)]
 mod tests_web;
+
+#[cfg(test)]
+mod tests_matrix;

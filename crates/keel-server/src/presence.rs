@@ -216,16 +216,12 @@ pub async fn run_expiry(st: AppState) {
     }
 }
 
-/// Who is calling a presence endpoint about `hostname`.
-fn authorize(
-    st: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    peer: Peer,
-    hostname: &str,
-) -> Result<Principal, ApiError> {
+/// The credential of a presence call, checked before its body is read: an admin's token
+/// (`Some`), or the site's secret (`None`: a machine, which [`machine`] then ties to the hostname
+/// the body names).
+fn credential(st: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
     if caller.0.is_some() {
-        return caller.admin().cloned();
+        return caller.admin().cloned().map(Some);
     }
     let Some(secret) = &st.presence.config.secret else {
         return Err(ApiError::Unauthorized(
@@ -237,6 +233,21 @@ fn authorize(
     ))?;
     if !crate::auth::same_secret(sent.as_bytes(), secret.as_bytes()) {
         return Err(ApiError::Unauthorized("wrong presence secret"));
+    }
+    Ok(None)
+}
+
+/// Who is calling a presence endpoint about `hostname`: the admin of `credential`, or the
+/// machine `hostname` itself when the call comes from its address.
+fn authorize(
+    st: &AppState,
+    admin: Option<Principal>,
+    headers: &HeaderMap,
+    peer: Peer,
+    hostname: &str,
+) -> Result<Principal, ApiError> {
+    if let Some(admin) = admin {
+        return Ok(admin);
     }
     let client = st.config.client_addr.client(peer.0, headers);
     let snap = st.db.snapshot();
@@ -274,8 +285,9 @@ pub async fn login(
     peer: Peer,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let admin = credential(&st, &caller, &headers)?;
     let body: LoginBody = crate::json_body(&body)?;
-    let who = authorize(&st, &caller, &headers, peer, &body.hostname)?;
+    let who = authorize(&st, admin, &headers, peer, &body.hostname)?;
     if let Some(seconds) = st.presence.recovering() {
         st.metrics.presence_refused();
         return Err(ApiError::Refused(Refusal::Recovering { seconds }));
@@ -323,7 +335,8 @@ pub async fn logout(
         }
     };
     let host = on_host.clone().unwrap_or_default();
-    let who = authorize(&st, &caller, &headers, peer, &host)?;
+    let admin = credential(&st, &caller, &headers)?;
+    let who = authorize(&st, admin, &headers, peer, &host)?;
     if let Some(s) = st.db.close_session(&who, &login, on_host.as_deref()).await? {
         st.presence.seen().remove(s.login.as_str());
         tracing::info!(login = %s.login, hostname = %s.hostname, by = %who.name, "session closed");
@@ -347,11 +360,12 @@ pub async fn heartbeat(
     peer: Peer,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let admin = credential(&st, &caller, &headers)?;
     let body: HeartbeatBody = crate::json_body(&body)?;
     if body.logins.len() > 1024 {
         return Err(ApiError::invalid("logins", "at most 1024 logins per heartbeat"));
     }
-    let who = authorize(&st, &caller, &headers, peer, &body.hostname)?;
+    let who = authorize(&st, admin, &headers, peer, &body.hostname)?;
     let snap = st.db.snapshot();
     let host = snap
         .machine_by_name(&body.hostname)

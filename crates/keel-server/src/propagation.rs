@@ -80,8 +80,9 @@ pub(crate) async fn get_host(State(st): State<AppState>, caller: Caller, Path(na
 }
 
 pub(crate) async fn create_host(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let who = writer(&caller)?;
     let h: Host = body(&b)?;
-    let h = st.db.put_host(writer(&caller)?, h, 0).await?;
+    let h = st.db.put_host(who, h, 0).await?;
     written(StatusCode::CREATED, &h)
 }
 
@@ -92,9 +93,10 @@ pub(crate) async fn put_host(
     Path(name): Path<String>,
     b: Bytes,
 ) -> ApiResult {
+    let who = writer(&caller)?;
     let h: Host = body(&b)?;
     same_name(&name, &h.name)?;
-    let h = st.db.put_host(writer(&caller)?, h, if_match(&headers)?).await?;
+    let h = st.db.put_host(who, h, if_match(&headers)?).await?;
     written(StatusCode::OK, &h)
 }
 
@@ -121,8 +123,9 @@ pub(crate) async fn get_facility(State(st): State<AppState>, caller: Caller, Pat
 }
 
 pub(crate) async fn create_facility(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let who = writer(&caller)?;
     let f: Facility = body(&b)?;
-    let f = st.db.put_facility(writer(&caller)?, f, 0, &services(&st)).await?;
+    let f = st.db.put_facility(who, f, 0, &services(&st)).await?;
     written(StatusCode::CREATED, &f)
 }
 
@@ -133,12 +136,10 @@ pub(crate) async fn put_facility(
     Path(name): Path<String>,
     b: Bytes,
 ) -> ApiResult {
+    let who = writer(&caller)?;
     let f: Facility = body(&b)?;
     same_name(&name, &f.name)?;
-    let f = st
-        .db
-        .put_facility(writer(&caller)?, f, if_match(&headers)?, &services(&st))
-        .await?;
+    let f = st.db.put_facility(who, f, if_match(&headers)?, &services(&st)).await?;
     written(StatusCode::OK, &f)
 }
 
@@ -189,8 +190,9 @@ pub(crate) async fn get_destination(
 }
 
 pub(crate) async fn create_destination(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
+    let who = writer(&caller)?;
     let d: Destination = body(&b)?;
-    let d = st.db.put_destination(writer(&caller)?, d, 0, &services(&st)).await?;
+    let d = st.db.put_destination(who, d, 0, &services(&st)).await?;
     written(StatusCode::CREATED, &d)
 }
 
@@ -313,8 +315,14 @@ pub(crate) struct GenQuery {
 /// The signed bundle GEN would send, as a tar. A manager gets one only for a destination of
 /// their own facility: a signed bundle names its destination, and one made out for any other
 /// name is a credential for whichever host answers to it.
-pub(crate) async fn gen_bundle(State(st): State<AppState>, caller: Caller, Query(q): Query<GenQuery>) -> ApiResult {
+pub(crate) async fn gen_bundle(
+    State(st): State<AppState>,
+    caller: Caller,
+    q: Result<Query<GenQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
     let who = writer(&caller)?;
+    // Read after the caller is known: an anonymous request is a 401, whatever its query.
+    let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     may_run(&st, who, &q.facility)?;
     if !who.is_admin() {
         let key = format!("{}/{}/{}", q.facility, q.service, q.destination);

@@ -23,7 +23,6 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use keel_model::{Principal, Role};
 
 use crate::AppState;
@@ -57,8 +56,8 @@ impl Default for WebConfig {
 const CSS: &str = include_str!("../../templates/web/keel.css");
 
 /// The web routes (merged into the app at `/`).
-pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
+pub(crate) fn routes() -> crate::routes::Recorded<AppState> {
+    crate::routes::Recorded::new("")
         .route("/", get(home))
         .route("/static/keel.css", get(css))
         .route("/login", get(auth::login_page).post(auth::login))
