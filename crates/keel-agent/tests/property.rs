@@ -31,6 +31,14 @@ const HASH: &str = "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHz
 const INJECTION: &str = "$6$rounds=5000:::::::\nadmin1::19000:0:99999:7:::\nzz:$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHh3w1q3rDqB3sRrcB8xQ3W8N4Ckj0m0jbUuv5a1J6PB a@b";
 
+/// `PROPTEST_CASES` if set (the longer run), else `default`: each case runs real programs.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A string that may hold anything a hostile user could send: plain words, every separator of
 /// passwd, zones, dhcpd.conf and iPXE, line breaks, NUL, unicode, long runs.
 fn hostile() -> impl Strategy<Value = String> {
@@ -224,7 +232,7 @@ fn check_applied(out: &BTreeMap<&str, String>, users: &[User]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig::with_cases(cases(48)))]
 
     /// What the model accepts generates and applies exactly; what it refuses never gets there.
     #[test]
@@ -316,7 +324,7 @@ mod machines {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig::with_cases(cases(12)))]
 
         #[test]
         fn accepted_names_make_files_the_real_checkers_load(

@@ -173,3 +173,40 @@ mod tests {
         }
     }
 }
+
+/// Issue 19: the validators on any string (`fuzz_*`, see docs/security.md): no panic, and what
+/// they accept can be one field of every file it reaches (no control character, no separator of
+/// passwd, hosts, zones or iPXE).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn one_word(s: &str) -> bool {
+        !s.chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, ':' | ',' | ';' | '#' | '$' | '"'))
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_name_and_value_validators(s in prop_oneof![any::<String>(), "[a-zA-Z0-9.:$/=_-]{0,100}", "\\$6\\$(rounds=[0-9]{1,10}\\$)?[a-zA-Z0-9./]{1,17}\\$[a-zA-Z0-9./:\\n]{80,90}"]) {
+            if let Ok(h) = Hostname::parse("hostname", &s) {
+                prop_assert!(one_word(h.as_str()) && h.as_str().len() <= 253);
+            }
+            if let Ok(l) = crate::Login::parse("login", &s) {
+                prop_assert!(one_word(l.as_str()) && l.as_str().len() <= 31);
+            }
+            let _ = Mac::parse("mac", &s);
+            if crate::is_sha512_crypt(&s) {
+                prop_assert!(!s.chars().any(|c| c.is_control() || c == ':' || c.is_whitespace()));
+            }
+            if let Ok(r) = crate::check_room(&s) {
+                prop_assert!(one_word(&r));
+            }
+            if let Ok(k) = crate::check_ssh_key(&s) {
+                prop_assert!(!k.chars().any(char::is_control));
+            }
+        }
+    }
+}

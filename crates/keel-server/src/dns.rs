@@ -280,7 +280,7 @@ enum Decision {
 }
 
 /// Decides a request from the Snapshot alone: never waits on anything.
-fn decide(zones: &Zones, db: &Db, packet: &[u8], udp: bool) -> Decision {
+fn decide(zones: &Zones, snap: &Snapshot, packet: &[u8], udp: bool) -> Decision {
     let req = match Message::from_vec(packet) {
         Ok(m) if m.metadata.message_type == MessageType::Query => m,
         Ok(_) => return Decision::Ignore,
@@ -294,8 +294,7 @@ fn decide(zones: &Zones, db: &Db, packet: &[u8], udp: bool) -> Decision {
             return m.to_vec().map_or(Decision::Ignore, Decision::Reply);
         }
     };
-    let snap = db.snapshot();
-    let Some(resp) = answer(zones, &snap, &req) else {
+    let Some(resp) = answer(zones, snap, &req) else {
         return Decision::Forward(req, packet.to_vec());
     };
     let Ok(bytes) = resp.to_vec() else {
@@ -429,7 +428,7 @@ async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forw
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
             continue;
         };
-        let out = match decide(zones, db, &buf[..n], true) {
+        let out = match decide(zones, &db.snapshot(), &buf[..n], true) {
             Decision::Reply(out) => Some(out),
             Decision::Ignore => None,
             Decision::Forward(req, packet) => match fwd.admit(zones, from.ip(), &req) {
@@ -473,7 +472,7 @@ async fn serve_tcp(
         ) {
             return;
         }
-        let out = match decide(zones, db, &packet, false) {
+        let out = match decide(zones, &db.snapshot(), &packet, false) {
             Decision::Reply(out) => Some(out),
             Decision::Ignore => None,
             Decision::Forward(req, packet) => match fwd.admit(zones, peer, &req) {
@@ -509,5 +508,52 @@ mod tests {
         );
         assert_eq!(ptr_address("1.168.192.in-addr.arpa"), None);
         assert_eq!(ptr_address("x.1.168.192.in-addr.arpa"), None);
+    }
+}
+
+/// Issue 19: the query handler on any packet (`fuzz_*`, see docs/security.md): no panic, and an
+/// answer is never larger than UDP allows.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A query for `name`, as a client would send it, possibly cut or with bytes flipped.
+    fn packet() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop_oneof![
+            "[a-z0-9-]{1,10}(\\.prolo)?",
+            "[0-9]{1,3}\\.[0-9]{1,3}\\.168\\.192\\.in-addr\\.arpa",
+            any::<String>()
+        ];
+        let query = (name, any::<u16>(), any::<u16>()).prop_map(|(n, id, t)| {
+            let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+            if let Ok(name) = Name::from_utf8(&n) {
+                m.add_query(hickory_proto::op::Query::query(name, RecordType::from(t % 300)));
+            }
+            m.to_vec().unwrap_or_default()
+        });
+        prop_oneof![
+            any::<Vec<u8>>(),
+            query.clone(),
+            (query, any::<usize>(), any::<u8>()).prop_map(|(mut q, i, b)| {
+                if !q.is_empty() {
+                    let i = i % q.len();
+                    q[i] ^= b;
+                    q.truncate(q.len() - i / 2);
+                }
+                q
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_dns_query_handler(p in packet()) {
+            let zones = Zones::new(DnsConfig::default(), &Pools::default());
+            if let Decision::Reply(out) = decide(&zones, &Snapshot::default(), &p, true) {
+                prop_assert!(out.len() <= 1232, "{} bytes over UDP", out.len());
+            }
+        }
     }
 }

@@ -348,3 +348,36 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
     let m = state.db.create_machine(&principal, patch).await?;
     Reply::serialize(&MachineRecord::from(&m))
 }
+
+/// Issue 19: RPC arguments and filters on any input (`fuzz_*`, see docs/security.md): no panic;
+/// what parses is bounded.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn fuzz_rpc_arguments_and_filters(
+            query in prop_oneof![any::<String>(), "([a-z_]{1,20}=[a-z0-9%,]{0,20}&?){0,5}"],
+            body in prop_oneof![any::<Vec<u8>>(), "\\{\"(args|kwargs|hmac)\": ?[\\[\\]{}\"a-z0-9:, ]{0,40}\\}".prop_map(String::into_bytes)],
+            json_body in any::<bool>(),
+        ) {
+            let mut headers = HeaderMap::new();
+            if json_body {
+                headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            }
+            for verb in [Method::GET, Method::POST] {
+                let Ok(args) = Args::parse(&headers, &verb, Some(&query), &body) else { continue };
+                let Ok(named) = args.named(&[]) else { continue };
+                if let Ok(filters) = parse_filters::<Machine>(named) {
+                    for f in filters {
+                        prop_assert!(f.values.len() <= keel_model::query::MAX_IN);
+                        prop_assert!(f.values.iter().all(|v| v.len() <= keel_model::query::MAX_VALUE));
+                    }
+                }
+            }
+        }
+    }
+}

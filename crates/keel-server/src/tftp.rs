@@ -451,3 +451,31 @@ mod tests {
         }
     }
 }
+
+/// Issue 19: the request parser on any packet (`fuzz_*`, see docs/security.md): no panic; options
+/// within their ranges; no name found outside the root.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn fuzz_tftp_request_parser(
+            p in prop_oneof![
+                any::<Vec<u8>>(),
+                "(\\.\\./|/|\\\\|[a-z.]{1,8}){1,6}".prop_map(|f| [&[0u8, 1][..], f.as_bytes(), b"\0octet\0blksize\0", b"99999\0"].concat()),
+            ],
+        ) {
+            if let Parsed::Read(r) = parse(&p) {
+                prop_assert!(r.blksize.is_none_or(|b| (8..=65_464).contains(&b)));
+                prop_assert!(r.timeout.is_none_or(|t| (1..=255).contains(&t)));
+                let root = tempfile::tempdir().unwrap();
+                if let Some(found) = resolve(root.path(), &r.file) {
+                    prop_assert!(found.starts_with(std::fs::canonicalize(root.path()).unwrap()));
+                }
+            }
+        }
+    }
+}

@@ -249,3 +249,32 @@ mod tests {
         assert_eq!(parse_json("[{\"a\":1},{\"b\":2}]").unwrap()[1]["line"], 2);
     }
 }
+
+/// Issue 19: generative tests of the import parsers (`fuzz_*`: `PROPTEST_CASES=100000 cargo test
+/// --workspace fuzz_` runs them longer). Any text: no panic, and every error names a line.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z0-9,;:\"\\n\\r\\[\\]{} ]{0,200}",
+            "(hostname,mac,mtype\n)?([a-z0-9:,\"]{0,30}\n){0,8}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_machine_import_parsers(t in text()) {
+            for parsed in [parse_csv(&t), parse_json(&t)] {
+                if let Err(errors) = parsed {
+                    prop_assert!(!errors.is_empty());
+                    prop_assert!(errors.iter().all(|e| e.line.is_some()), "{errors:?}");
+                }
+            }
+        }
+    }
+}

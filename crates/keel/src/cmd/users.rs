@@ -520,3 +520,41 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()
 }
+
+/// Issue 19: the people file's parser on any text (`fuzz_*`, see docs/security.md): no panic,
+/// every error names its line, and every login it hands out is a valid one.
+#[cfg(test)]
+mod fuzz {
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ImportArgs,
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_people_file_parser(
+            t in prop_oneof![any::<String>(), "([A-Za-zé :\t\r]{0,20}\n){0,6}"],
+            logins in any::<bool>(),
+            passwords in any::<bool>(),
+        ) {
+            let mut argv = vec!["import", "people.txt"];
+            if logins { argv.push("--logins"); }
+            if passwords { argv.push("--passwords"); }
+            let args = Cli::try_parse_from(argv).unwrap().args;
+            match parse_people(&t, &args, LoginAllocator::new(Vec::new(), &[])) {
+                Ok(people) => {
+                    for p in people {
+                        prop_assert!(keel_model::Login::parse("login", &p.login).is_ok(), "{:?}", p.login);
+                    }
+                }
+                Err(errors) => prop_assert!(errors.iter().all(|e| e.line.is_some()), "{errors:?}"),
+            }
+        }
+    }
+}
