@@ -588,3 +588,58 @@ fn block_files_are_reparsed() {
         assert_eq!(before, (h.read("etc/hosts"), h.read("root/.ssh/authorized_keys")));
     }
 }
+
+/// Issue 19: a local user of the destination never gets to read a secret the agent writes. The
+/// real `strace` (installed by .ci/run) records every file the agent creates during a passwd
+/// run — staged files, temp files beside the targets, the journal, locks — and none is created
+/// with a mode wider than 0600 (the target's own mode comes only once the data is written).
+#[test]
+fn no_file_is_created_readable_by_others() {
+    let found = Command::new("sh")
+        .args(["-c", "command -v strace"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "strace is not installed: .ci/run installs it (apt-get install strace)"
+    );
+    let h = Host::new("");
+    // A pre-hook makes the agent stage the bundle's files for hooks too.
+    h.hook("passwd", "pre_10_true", "true");
+    let data = accounts(&[("alice", 10001)]);
+    let bundle = h.bundle("passwd", 1, &refs(&data));
+    let trace = h.dir.path().join("strace.out");
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=open,openat,creat", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_keel-agent"))
+        .args([
+            "--config",
+            &h.dir.path().join("agent.toml").display().to_string(),
+            "apply",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&bundle).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(h.read("etc/shadow").contains("alice:"));
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let created: Vec<&str> = trace.lines().filter(|l| l.contains("O_CREAT")).collect();
+    assert!(
+        created.iter().any(|l| l.contains(".staging/shadow")),
+        "the staged shadow is among them: {trace}"
+    );
+    for line in created {
+        // `openat(AT_FDCWD, "…", O_WRONLY|O_CREAT|O_EXCL|O_CLOEXEC, 0600) = 3`
+        let mode = line
+            .rsplit_once(", 0")
+            .and_then(|(_, m)| m.split(')').next())
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or_else(|| panic!("no mode in {line:?}"));
+        assert_eq!(mode & 0o077, 0, "created readable by others: {line}");
+    }
+}
