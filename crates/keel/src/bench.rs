@@ -291,11 +291,16 @@ pub(crate) fn start_server(dir: &Path) -> anyhow::Result<Server> {
 
 /// A bench server whose config also holds `extra` (TOML tables), with `args` to `keel serve`.
 pub(crate) fn start_server_with(dir: &Path, extra: &str, args: &[&str]) -> anyhow::Result<Server> {
+    start_server_dns(dir, "", extra, args)
+}
+
+/// As [`start_server_with`], with `dns` (TOML keys) in the `[dns]` table.
+pub(crate) fn start_server_dns(dir: &Path, dns: &str, extra: &str, args: &[&str]) -> anyhow::Result<Server> {
     let cfg = dir.join("bench.toml");
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:0\"\n[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"bench\"\n\
+            "listen = \"127.0.0.1:0\"\n[dns]\nlisten = \"127.0.0.1:0\"\nzone = \"bench\"\n{dns}\
              [pools.user]\nnetwork = \"10.0.0.0/16\"\n[pools.orga]\nnetwork = \"10.1.0.0/16\"\n\
              [pools.cluster]\nnetwork = \"10.2.0.0/16\"\n[pools.service]\nnetwork = \"10.3.0.0/16\"\n\
              [presence]\nrecovery_secs = 0\n[tftp]\nlisten = \"127.0.0.1:0\"\n{extra}"

@@ -20,10 +20,34 @@ pub(crate) struct DnsReport {
     pub avg_latency_ms: f64,
     /// GEN of the `dns` zones and the `dhcp` config for all the machines (median of 20).
     pub gen_dns_dhcp_ms: f64,
+    /// Authoritative answers one at a time, alone and with forwards hanging on a dead upstream.
+    pub dead_upstream: DeadUpstream,
 }
+
+/// Latency of authoritative answers (one query at a time, `QUERIES` of them), first with no
+/// forward in flight, then with `in_flight` queries for outside names held by an upstream that
+/// never answers (each waits its 2 s; they are renewed as they time out).
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct DeadUpstream {
+    pub in_flight: usize,
+    pub alone_p50_ms: f64,
+    pub alone_p99_ms: f64,
+    pub hanging_p50_ms: f64,
+    pub hanging_p99_ms: f64,
+    pub hanging_max_ms: f64,
+    /// Outside queries the dead upstream received during the measure (they were in flight).
+    pub forwards_seen: u64,
+}
+
+const QUERIES: usize = 2000;
 
 pub(crate) async fn run(dir: &Path, machines: u32, seconds: u64) -> anyhow::Result<DnsReport> {
     std::fs::create_dir_all(dir)?;
+    let dead_upstream = tokio::task::spawn_blocking({
+        let dir = dir.join("dead-upstream");
+        move || dead_upstream(&dir, 50)
+    })
+    .await??;
     let server = start_server(dir)?;
     let client = Client::new(&server.url, Some(server.token.clone()))?;
     eprintln!("bench: filling to {machines} machines");
@@ -63,6 +87,7 @@ pub(crate) async fn run(dir: &Path, machines: u32, seconds: u64) -> anyhow::Resu
     let gen_dns_dhcp_ms = gen_ms(machines)?;
     Ok(DnsReport {
         gen_dns_dhcp_ms,
+        dead_upstream,
         machines,
         seconds,
         queries_per_s: field("Queries per second:").context("no qps in dnsperf's output")?,
@@ -112,8 +137,121 @@ fn gen_ms(n: u32) -> anyhow::Result<f64> {
     Ok(crate::bench::percentile(&times, 0.5))
 }
 
+/// A DNS query for `name` (type A, recursion desired), as bytes (RFC 1035 4.1).
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap_or(63));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// `QUERIES` authoritative queries one after the other: each one's time in ms.
+fn time_answers(sock: &std::net::UdpSocket, server: &str) -> anyhow::Result<Vec<f64>> {
+    let mut buf = [0u8; 1500];
+    let mut times = Vec::with_capacity(QUERIES);
+    for i in 0..QUERIES {
+        let id = u16::try_from(i % 60_000).unwrap_or(0);
+        let started = std::time::Instant::now();
+        sock.send_to(&query(id, "gw.bench"), server)?;
+        loop {
+            let n = sock.recv(&mut buf).context("an authoritative answer timed out")?;
+            if n >= 2 && buf[..2] == id.to_be_bytes() {
+                break;
+            }
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(times)
+}
+
+fn dead_upstream(dir: &Path, in_flight: usize) -> anyhow::Result<DeadUpstream> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    std::fs::create_dir_all(dir)?;
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let dns = format!(
+        "upstream = [\"{}\"]\nforward_per_minute = 1000000\nmax_forwards = {}\n",
+        dead.local_addr()?,
+        in_flight * 2
+    );
+    let server = crate::bench::start_server_dns(dir, &dns, "", &["--example-site"])?;
+    let addr = std::fs::read_to_string(server.data.join("dns.addr")).context("the server's DNS did not start")?;
+    let addr = addr.trim().to_owned();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    eprintln!("bench: {QUERIES} authoritative queries alone, then with {in_flight} forwards hanging");
+    let alone = time_answers(&sock, &addr)?;
+    // The dead upstream counts what reaches it; a sender keeps `in_flight` forwards waiting.
+    let (stop, seen) = (AtomicBool::new(false), AtomicU64::new(0));
+    dead.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+    let hanging = std::thread::scope(|s| -> anyhow::Result<Vec<f64>> {
+        s.spawn(|| {
+            let mut buf = [0u8; 1500];
+            while !stop.load(Relaxed) {
+                if dead.recv(&mut buf).is_ok() {
+                    seen.fetch_add(1, Relaxed);
+                }
+            }
+        });
+        s.spawn(|| -> anyhow::Result<()> {
+            let out = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let mut n = 0u32;
+            while !stop.load(Relaxed) {
+                for _ in 0..in_flight {
+                    n = n.wrapping_add(1);
+                    out.send_to(&query(0, &format!("h{n}.outside.test")), &addr)?;
+                }
+                // Each forward waits 2 s for the dead upstream: renew them as they give up.
+                for _ in 0..20 {
+                    if stop.load(Relaxed) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+            Ok(())
+        });
+        while seen.load(Relaxed) < in_flight as u64 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let times = time_answers(&sock, &addr);
+        stop.store(true, Relaxed);
+        times
+    })?;
+    let p = crate::bench::percentile;
+    Ok(DeadUpstream {
+        in_flight,
+        alone_p50_ms: p(&alone, 0.5),
+        alone_p99_ms: p(&alone, 0.99),
+        hanging_p50_ms: p(&hanging, 0.5),
+        hanging_p99_ms: p(&hanging, 0.99),
+        hanging_max_ms: p(&hanging, 1.0),
+        forwards_seen: seen.load(Relaxed),
+    })
+}
+
 pub(crate) fn print(r: &DnsReport) {
+    let d = &r.dead_upstream;
     let rows = vec![
+        vec![
+            format!("authoritative, one at a time, {QUERIES} queries"),
+            format!("p50 {:.2} ms, p99 {:.2} ms", d.alone_p50_ms, d.alone_p99_ms),
+            String::new(),
+        ],
+        vec![
+            format!(
+                "  the same with {} forwards hanging on a dead upstream ({} reached it)",
+                d.in_flight, d.forwards_seen
+            ),
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                d.hanging_p50_ms, d.hanging_p99_ms, d.hanging_max_ms
+            ),
+            "p99 < 10 ms".into(),
+        ],
         vec![
             format!("GEN dns zones + dhcpd.conf, {} machines", r.machines),
             format!("{:.2} ms (median of 20)", r.gen_dns_dhcp_ms),
