@@ -266,3 +266,62 @@ async fn self_registration_is_limited_per_address() {
         "another address"
     );
 }
+
+/// Issue 19: an anonymous machine registering itself (RPC `register` and the iPXE form's
+/// `/register`) gets a `user` machine with one plain name, whatever it asks for. The same request
+/// without the hostile part is taken.
+#[tokio::test]
+async fn self_registration_chooses_no_rights() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    st.db
+        .set_setting(&Principal::system(), "allow_self_registration", json!(true), Some(0))
+        .await
+        .unwrap();
+    let rpc = |kwargs: Value| {
+        Request::post("/call/register")
+            .header(header::HOST, "mdb.prolo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(json!({"kwargs": kwargs}).to_string()))
+            .unwrap()
+    };
+    let ok = json!({"hostname": "r01p01", "mac": "02:00:00:00:09:01", "rfs": 1, "hfs": 1, "room": "alt"});
+    let (status, body) = send(&st, rpc(ok)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        st.db.snapshot().machine_by_name("r01p01").unwrap().mtype.as_str(),
+        "user"
+    );
+    for (i, (field, value)) in [
+        ("mtype", json!("orga")),
+        ("aliases", json!("wpad")),
+        ("aliases", json!("gw.prolo")),
+        ("hostname", json!("evil.prolo")),
+        ("is_faulty", json!(true)),
+        ("boot", json!("local")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut hostile =
+            json!({"hostname": format!("r02p0{i}"), "mac": format!("02:00:00:00:0a:0{i}"), "room": "alt"});
+        hostile[field] = value.clone();
+        let (status, body) = send(&st, rpc(hostile)).await;
+        assert_ne!(status, StatusCode::OK, "{field}={value}: {body}");
+        assert_eq!(body["type"], "exception", "{field}={value}: {body}");
+    }
+    let page = |q: &str| {
+        get(
+            &format!("/register?mac=02:00:00:00:0b:01&hostname=r03p01&room=alt&rfs=1&hfs=1{q}"),
+            "gw",
+        )
+    };
+    let resp = app(st.clone()).oneshot(page("&mtype=orga")).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("mtype"), "{text}");
+    assert!(st.db.snapshot().machine_by_name("r03p01").is_none());
+    let resp = app(st.clone()).oneshot(page("")).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("registered r03p01"), "{text}");
+    assert!(st.db.snapshot().machine_by_name("r03p01").unwrap().aliases.is_empty());
+}

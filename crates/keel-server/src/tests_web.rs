@@ -326,3 +326,25 @@ async fn sessions_outlive_a_restart_and_end_everywhere_at_logout() {
     );
     assert!(b.db.snapshot().user("viab").is_some());
 }
+
+/// Issue 19: a web session holds no role of its own: the user's is read on every request, so a
+/// deleted admin, or a manager no facility names any more, is out at their next click.
+#[tokio::test]
+async fn a_session_loses_its_rights_with_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    let (root, _) = login(&st, "root1", "/users").await.unwrap();
+    let (mgr, _) = login(&st, "mgr", "/propagation").await.unwrap();
+    assert_eq!(send(&st, get("/users", &root)).await.status, StatusCode::OK);
+    assert_eq!(send(&st, get("/propagation", &mgr)).await.status, StatusCode::OK);
+    let who = Principal::system();
+    let v = st.db.snapshot().user("root1").unwrap().version;
+    st.db.delete_user(&who, "root1", v).await.unwrap();
+    assert_eq!(send(&st, get("/users", &root)).await.status, StatusCode::SEE_OTHER);
+    let mut fa = st.db.snapshot().facility("fa").unwrap().clone();
+    let v = fa.version;
+    fa.managers.clear();
+    let services = keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
+    st.db.put_facility(&who, fa, v, &services).await.unwrap();
+    assert_eq!(send(&st, get("/propagation", &mgr)).await.status, StatusCode::SEE_OTHER);
+}

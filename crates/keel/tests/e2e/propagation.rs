@@ -717,4 +717,50 @@ async fn the_propagation_api_refuses_hostile_input_and_foreign_managers() {
         let (status, v) = req(&k, token, Method::POST, path, Some(body), &[]).await;
         assert_eq!(status, want, "{why}: {v}");
     }
+    // Issue 19: a signed bundle is a credential for its destination. A manager gets one only for
+    // a destination of their own facility (the first line, their own, succeeds).
+    for (query, want, why) in [
+        (
+            "service=passwd&facility=a&destination=root@a1.example.org",
+            200,
+            "their own destination",
+        ),
+        (
+            "service=passwd&facility=a&destination=b1.example.org",
+            403,
+            "a destination outside a",
+        ),
+        ("service=passwd&facility=a&destination=gw.prolo", 403, "keel's own host"),
+        (
+            "service=passwd&facility=b&destination=b1.example.org",
+            403,
+            "facility b",
+        ),
+    ] {
+        let url = format!("{}/api/v1/propagation/bundle?{query}", k.url);
+        let status = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(&mgr)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), want, "{why}");
+    }
+    // And what a facility receives is the admins' to say: a manager adding `root` is refused.
+    let (status, f) = req(&k, m, Method::GET, "/api/v1/facilities/a", None, &[]).await;
+    assert_eq!(status, 200);
+    let mut f = f;
+    f["groups"] = json!(["root"]);
+    let version = format!("\"{}\"", f["version"]);
+    let (status, v) = req(
+        &k,
+        m,
+        Method::PUT,
+        "/api/v1/facilities/a",
+        Some(f),
+        &[("If-Match", &version)],
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
 }
