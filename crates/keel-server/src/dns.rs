@@ -336,10 +336,7 @@ impl Forwarding {
         client: std::net::IpAddr,
         req: &Message,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Option<Vec<u8>>> {
-        let client = match client {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, std::net::IpAddr::V4),
-            v4 => v4,
-        };
+        let client = crate::presence::canonical(client);
         let allowed = zones.forward_clients.iter().any(|n| n.contains(&client));
         if zones.cfg.upstream.is_empty() || !allowed || !self.rate.allow(client) {
             return Err(error_reply(req, ResponseCode::Refused));

@@ -39,7 +39,7 @@ pub(crate) struct DeadUpstream {
     pub forwards_seen: u64,
 }
 
-const QUERIES: usize = 2000;
+const QUERIES: usize = 20_000;
 
 pub(crate) async fn run(dir: &Path, machines: u32, seconds: u64) -> anyhow::Result<DnsReport> {
     std::fs::create_dir_all(dir)?;
@@ -156,7 +156,8 @@ fn time_answers(sock: &std::net::UdpSocket, server: &str) -> anyhow::Result<Vec<
     for i in 0..QUERIES {
         let id = u16::try_from(i % 60_000).unwrap_or(0);
         let started = std::time::Instant::now();
-        sock.send_to(&query(id, "gw.bench"), server)?;
+        // The zone's apex: an authoritative answer (SOA, no A) from the Snapshot.
+        sock.send_to(&query(id, "bench"), server)?;
         loop {
             let n = sock.recv(&mut buf).context("an authoritative answer timed out")?;
             if n >= 2 && buf[..2] == id.to_be_bytes() {
@@ -177,7 +178,7 @@ fn dead_upstream(dir: &Path, in_flight: usize) -> anyhow::Result<DeadUpstream> {
         dead.local_addr()?,
         in_flight * 2
     );
-    let server = crate::bench::start_server_dns(dir, &dns, "", &["--example-site"])?;
+    let server = crate::bench::start_server_dns(dir, &dns, "", &[])?;
     let addr = std::fs::read_to_string(server.data.join("dns.addr")).context("the server's DNS did not start")?;
     let addr = addr.trim().to_owned();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;

@@ -173,10 +173,7 @@ pub(crate) async fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())?;
-    let peer = match peer {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
-        v4 => v4,
-    };
+    let peer = crate::presence::canonical(peer);
     if !st.web.sso_proxies.iter().any(|n| n.contains(&peer)) {
         tracing::warn!(%peer, "X-SSO-User ignored: not from one of [web] sso_proxies");
         return None;
