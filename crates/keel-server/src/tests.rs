@@ -325,3 +325,96 @@ async fn self_registration_chooses_no_rights() {
     assert!(text.contains("registered r03p01"), "{text}");
     assert!(st.db.snapshot().machine_by_name("r03p01").unwrap().aliases.is_empty());
 }
+
+/// Issue 19: a contestant's new hash carried shadow lines (`rounds=` was skipped unchecked) and
+/// every host applied an `admin1` entry with no password. With the right old password the same
+/// call with a plain hash is taken; the injected one is a 400 naming the field, nothing changed.
+#[tokio::test]
+async fn r19_a_contestants_new_hash_cannot_carry_shadow_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    let hash = keel_password::hash("Right-pass-1").unwrap();
+    let v = json!({"login": "zoe", "group": "user", "password_hash": hash});
+    let patch = keel_model::UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_user(&Principal::system(), patch).await.unwrap();
+    let change = |new: &str| {
+        let body = json!({"login": "zoe", "old_password": "Right-pass-1", "new_password_hash": new});
+        Request::post("/api/v1/passwd")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let tail = "$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
+    let injected = format!("$6$rounds=5000:::::::\nadmin1::19000:0:99999:7:::\nzz:{tail}");
+    let (status, body) = send(&st, change(&injected)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("new_password_hash"), "{body}");
+    assert_eq!(
+        st.db.snapshot().user("zoe").unwrap().password_hash,
+        hash,
+        "nothing changed"
+    );
+    let plain = format!("$6$rounds=5000{tail}");
+    assert_eq!(send(&st, change(&plain)).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(st.db.snapshot().user("zoe").unwrap().password_hash, plain);
+}
+
+/// Issue 19: guesses sent at once are each counted before they are checked: of 20 parallel
+/// wrong tries, no more than the 5 free ones reach the password check.
+#[tokio::test]
+async fn parallel_guesses_are_counted_before_they_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    let hash = keel_password::hash("Right-pass-1").unwrap();
+    let v = json!({"login": "alice", "group": "user", "password_hash": hash});
+    let patch = keel_model::UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_user(&Principal::system(), patch).await.unwrap();
+    let new = keel_password::hash("New-pass-22").unwrap();
+    let mut guesses = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (st, new) = (st.clone(), new.clone());
+        guesses.spawn(async move {
+            let body = json!({"login": "alice", "old_password": format!("guess{i}"), "new_password_hash": new});
+            let req = Request::post("/api/v1/passwd")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            send(&st, req).await.0
+        });
+    }
+    let statuses = guesses.join_all().await;
+    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let throttled = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((checked, throttled), (5, 15), "{statuses:?}");
+}
+
+/// Issue 19: watch and `/poll` streams are bounded by `[watch] max_subscribers`: beyond it a new
+/// one is a 503 at once; a closed one gives its slot back.
+#[tokio::test]
+async fn streams_beyond_max_subscribers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = state(&dir).await;
+    let mut config = (*st.config).clone();
+    config.watch.max_subscribers = 2;
+    st = AppState::new(st.db.clone(), config);
+    let poll = || get("/poll", "mdb");
+    let first = app(st.clone()).oneshot(poll()).await.unwrap();
+    let second = app(st.clone()).oneshot(poll()).await.unwrap();
+    assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+    let third = app(st.clone()).oneshot(poll()).await.unwrap();
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Read the first stream's snapshot, so its task is past its first send and waits for
+    // changes; then the client goes: its slot comes back without any change happening.
+    let mut body = first.into_body().into_data_stream();
+    futures_util::StreamExt::next(&mut body).await.unwrap().unwrap();
+    drop(body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app(st.clone()).oneshot(poll()).await.unwrap().status() != StatusCode::OK {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed stream's slot never came back"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(second);
+}

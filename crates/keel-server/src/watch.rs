@@ -579,6 +579,8 @@ pub(crate) async fn poll(
                     Err(_) => return, // lagged or closed: the client reconnects
                 },
                 () = stopping => return,
+                // A client gone between changes gives its slot back now, not at the next change.
+                () = tx.closed() => return,
             };
             let mut events = Vec::new();
             let mut next = Some(c);
