@@ -1,0 +1,171 @@
+//! ARCHITECTURE.md's rules about dependencies, checked from `cargo metadata` rather than by
+//! review: only keel-store names sqlx; keel-model and keel-gen stay pure (no async runtime, no
+//! network or database crate, even through another crate); keel's crates depend on each other
+//! one way only, as the map says.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Each workspace crate and the keel crates it may use (its normal dependencies).
+const MAP: &[(&str, &[&str])] = &[
+    ("keel-model", &[]),
+    ("keel-password", &[]),
+    ("keel-bundle", &["keel-model"]),
+    ("keel-gen", &["keel-model", "keel-bundle"]),
+    ("keel-store", &["keel-model"]),
+    ("keel-client", &["keel-model"]),
+    ("keel-agent", &["keel-bundle", "keel-model"]),
+    (
+        "keel-propagate",
+        &["keel-model", "keel-bundle", "keel-gen", "keel-store"],
+    ),
+    (
+        "keel-server",
+        &[
+            "keel-model",
+            "keel-bundle",
+            "keel-gen",
+            "keel-password",
+            "keel-propagate",
+            "keel-store",
+        ],
+    ),
+    (
+        "keel",
+        &[
+            "keel-model",
+            "keel-bundle",
+            "keel-gen",
+            "keel-password",
+            "keel-propagate",
+            "keel-store",
+            "keel-server",
+            "keel-client",
+            "keel-agent",
+        ],
+    ),
+];
+
+/// The platform keel is built and tested on (the only one CI has).
+const HOST: &str = "x86_64-unknown-linux-gnu";
+
+/// Crates that do I/O or run async: none may be under keel-model or keel-gen.
+const IMPURE: &[&str] = &["tokio", "sqlx", "reqwest", "ureq", "hyper", "axum", "mio", "socket2"];
+
+struct Graph {
+    /// Package id → (name, normal dependencies' ids).
+    nodes: BTreeMap<String, (String, Vec<String>)>,
+}
+
+impl Graph {
+    fn load() -> Self {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            // This platform only: the others' crates (Windows consoles…) are never downloaded.
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--offline",
+                "--filter-platform",
+                HOST,
+            ])
+            .arg("--manifest-path")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+            .output()
+            .expect("cargo metadata");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let names: BTreeMap<String, String> = m["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_owned(),
+                    p["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let mut nodes = BTreeMap::new();
+        for n in m["resolve"]["nodes"].as_array().unwrap() {
+            let id = n["id"].as_str().unwrap().to_owned();
+            // Normal dependencies only: what a build of the crate itself pulls in.
+            let deps = n["deps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+                .map(|d| d["pkg"].as_str().unwrap().to_owned())
+                .collect();
+            nodes.insert(id.clone(), (names[&id].clone(), deps));
+        }
+        Self { nodes }
+    }
+
+    fn id(&self, name: &str) -> &str {
+        let found = self.nodes.iter().find(|(_, (n, _))| n == name);
+        found
+            .map(|(id, _)| id.as_str())
+            .unwrap_or_else(|| panic!("no crate {name}"))
+    }
+
+    fn direct(&self, name: &str) -> BTreeSet<&str> {
+        self.nodes[self.id(name)]
+            .1
+            .iter()
+            .map(|d| self.nodes[d].0.as_str())
+            .collect()
+    }
+
+    fn transitive(&self, name: &str) -> BTreeSet<&str> {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![self.id(name)];
+        while let Some(id) = todo.pop() {
+            for d in &self.nodes[id].1 {
+                if seen.insert(self.nodes[d].0.as_str()) {
+                    todo.push(d);
+                }
+            }
+        }
+        seen
+    }
+}
+
+#[test]
+fn dependencies_follow_the_architecture() {
+    let g = Graph::load();
+    let mut problems = Vec::new();
+    for (krate, allowed) in MAP {
+        for dep in g.direct(krate).into_iter().filter(|d| d.starts_with("keel")) {
+            if !allowed.contains(&dep) {
+                problems.push(format!("{krate} depends on {dep}, against the map (ARCHITECTURE.md)"));
+            }
+        }
+        if *krate != "keel-store" && g.direct(krate).contains("sqlx") {
+            problems.push(format!("{krate} names sqlx: only keel-store may"));
+        }
+    }
+    for pure in ["keel-model", "keel-gen"] {
+        let all = g.transitive(pure);
+        for bad in IMPURE.iter().filter(|b| all.contains(*b)) {
+            problems.push(format!("{pure} pulls in {bad}: it must stay pure (no I/O, no async)"));
+        }
+    }
+    let crates: BTreeSet<&str> = g
+        .nodes
+        .values()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("keel"))
+        .collect();
+    let mapped: BTreeSet<&str> = MAP.iter().map(|(k, _)| *k).collect();
+    for unmapped in crates.difference(&mapped) {
+        problems.push(format!(
+            "{unmapped} is not on the map of this test (and ARCHITECTURE.md)"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
