@@ -87,6 +87,9 @@ struct Inner {
     sends: Semaphore,
     wake: Notify,
     stopped: std::sync::atomic::AtomicBool,
+    /// The seq of the last change the loop has planned for: with an empty queue and nothing
+    /// running, the engine has done all it will do for the database up to there.
+    seen: std::sync::atomic::AtomicU64,
 }
 
 /// A handle on the running engine (cheap to clone).
@@ -148,9 +151,12 @@ impl Engine {
             sends: Semaphore::new(parallel),
             wake: Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            seen: std::sync::atomic::AtomicU64::new(0),
         });
         let engine = Self { inner };
+        // Subscribed before the Snapshot is read: a change after it reaches the loop.
         let rx = engine.inner.db.subscribe();
+        engine.saw(engine.inner.db.snapshot().seq());
         engine.plan_all(false, Duration::ZERO);
         tokio::spawn(engine.clone().run(rx));
         Ok(engine)
@@ -180,6 +186,18 @@ impl Engine {
     /// Whether nothing is planned or running.
     pub fn is_idle(&self) -> bool {
         lock(&self.inner.queue).is_empty() && lock(&self.inner.running).is_empty()
+    }
+
+    /// Whether the engine has planned for every change committed so far and has nothing planned
+    /// or running: what a test or a caller waits for after a write (idle alone is also true
+    /// before the engine has even received the write's change).
+    pub fn is_settled(&self) -> bool {
+        let seen = self.inner.seen.load(std::sync::atomic::Ordering::SeqCst);
+        seen >= self.inner.db.snapshot().seq() && self.is_idle()
+    }
+
+    fn saw(&self, seq: u64) {
+        self.inner.seen.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops planning and starting tasks (sends in flight finish). For tests and benchmarks.
@@ -334,8 +352,15 @@ impl Engine {
             let next = self.next_due();
             tokio::select! {
                 r = rx.recv() => match r {
-                    Ok(c) => self.on_change(&c),
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.plan_all(false, self.inner.cfg.debounce),
+                    Ok(c) => {
+                        self.on_change(&c);
+                        self.saw(c.seq);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let seq = self.inner.db.snapshot().seq();
+                        self.plan_all(false, self.inner.cfg.debounce);
+                        self.saw(seq);
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = self.inner.wake.notified() => {}

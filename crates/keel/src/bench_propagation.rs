@@ -358,7 +358,7 @@ async fn timed(engine: &Engine, force: bool) -> anyhow::Result<f64> {
 
 async fn settle(engine: &Engine) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !engine.is_idle() {
+    while !engine.is_settled() {
         if Instant::now() > deadline {
             bail!("propagation did not settle within 600 s");
         }
