@@ -74,31 +74,43 @@ impl TestPg {
         if !out.status.success() {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
         }
-        let port = rand_port();
-        let child = as_pg(&bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(&dir)
-            .args(["-c", "fsync=on", "-c", "max_connections=100"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("postgres.log")).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| format!("postgres: {e}"))?;
-        let pg = Self { child, dir, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                // Accepting TCP is not yet accepting logins: give it a moment.
-                std::thread::sleep(Duration::from_millis(200));
-                return Ok(pg);
+        // postgres cannot pick its own port: a free one is picked, and if another process takes
+        // it before postgres binds it, postgres says so and exits, and another is tried.
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = rand_port();
+            let log = dir.join("postgres.log");
+            let child = as_pg(&bin.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+                .arg(&dir)
+                .args(["-c", "fsync=on", "-c", "max_connections=100"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+                .spawn()
+                .map_err(|e| format!("postgres: {e}"))?;
+            let mut child = child;
+            if wait_ready(&mut child, &bin, port, Duration::from_secs(30)) {
+                return Ok(Self { child, dir, port });
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // As root, the child is runuser: postgres itself is stopped by pg_ctl.
+            let _ = as_pg(&bin.join("pg_ctl"))
+                .args(["-m", "immediate", "-D"])
+                .arg(&data)
+                .arg("stop")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            last_log = std::fs::read_to_string(&log).unwrap_or_default();
+            if !last_log.contains("could not bind") {
+                break;
+            }
         }
-        Err(format!(
-            "postgres did not start: {}",
-            std::fs::read_to_string(pg.dir.join("postgres.log")).unwrap_or_default()
-        ))
+        let _ = std::fs::remove_dir_all(&dir);
+        Err(format!("postgres did not start: {last_log}"))
     }
 
     /// A new, empty database on this server; its URL.
@@ -141,6 +153,26 @@ impl Drop for TestPg {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Waits until the server accepts connections (`pg_isready`, which asks the server itself, not
+/// just its socket), or has exited, or `timeout` passed.
+fn wait_ready(child: &mut Child, bin: &Path, port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        let ready = Command::new(bin.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "keel"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 fn rand_port() -> u16 {
