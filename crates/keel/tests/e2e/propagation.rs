@@ -550,11 +550,17 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
     assert_eq!(hosts[0].read("etc/passwd"), before1);
     // A concurrent run: refused while the first holds the lock.
     std::fs::remove_dir_all(hosts[0].dir.join("agent.d")).unwrap();
-    let started = tmp.path().join("slow-started");
+    // The first run holds the lock until the test opens the gate (after the second was refused):
+    // no guess of how long the second takes to try.
+    let (started, gate) = (tmp.path().join("slow-started"), tmp.path().join("slow-gate"));
     hosts[0].hook(
         "passwd",
         "pre_10_slow",
-        &format!("touch {}; sleep 2", started.display()),
+        &format!(
+            "touch {}; i=0; while [ ! -e {} ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done",
+            started.display(),
+            gate.display()
+        ),
     );
     let first = {
         let (cfg, good) = (ssh_config.clone(), good.clone());
@@ -567,6 +573,7 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
     }
     let (got, stderr) = ssh_apply(&ssh_config, "host1", &signed(&key, v1, 5_000_001, ""));
     assert_eq!(got, 3, "concurrent run: {stderr}");
+    std::fs::write(&gate, "").unwrap();
     assert_eq!(first.join().unwrap().0, 0, "the first run completes");
     assert!(hosts[0].read("etc/passwd").contains("zed:x:10500"));
     // Replaying it, or an older one, is refused; the host keeps the newer state.
