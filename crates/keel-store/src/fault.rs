@@ -29,8 +29,31 @@ pub(crate) fn armed() -> bool {
     armed_commit().is_some()
 }
 
+#[cfg(test)]
+tokio::task_local! {
+    /// Set by [`hold_commits`]: this task's commits stop inside their transaction.
+    static HOLD: std::sync::Arc<tokio::sync::Notify>;
+}
+
+/// Runs `fut` with each commit it makes stopping for good inside its transaction (rows read,
+/// before COMMIT); `reached` is notified there. A test then drops `fut` — a request gone away
+/// mid-write — knowing that it held the writer lock and an open transaction, where a short
+/// timeout could fire before either. Per task: other tests' commits are not held.
+#[cfg(test)]
+pub(crate) async fn hold_commits<F: std::future::Future>(
+    reached: std::sync::Arc<tokio::sync::Notify>,
+    fut: F,
+) -> F::Output {
+    HOLD.scope(reached, fut).await
+}
+
 /// Called inside each write transaction, just before COMMIT.
 pub(crate) async fn in_commit() {
+    #[cfg(test)]
+    if let Ok(reached) = HOLD.try_with(std::sync::Arc::clone) {
+        reached.notify_one();
+        std::future::pending::<()>().await;
+    }
     let n = COMMITS.fetch_add(1, Ordering::SeqCst) + 1;
     if armed_commit() != Some(n) {
         return;
