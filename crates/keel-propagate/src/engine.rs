@@ -626,12 +626,14 @@ impl Inner {
     }
 
     fn backoff(&self, failures: u32) -> Duration {
-        let exp = self
-            .cfg
-            .retry_min
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
-        exp.min(self.cfg.retry_max)
+        backoff(self.cfg.retry_min, self.cfg.retry_max, failures)
     }
+}
+
+/// The wait before the next try after `failures` in a row: `min`, doubling with each failure,
+/// never above `max` (and never overflowing, however many failures).
+fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
+    min.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(max)
 }
 
 /// Hashes, lays out and compresses the files: milliseconds of CPU for a big service, so on a
@@ -701,5 +703,34 @@ fn final_state(t: &Task) -> TaskState {
         TaskState::Warning
     } else {
         TaskState::Done
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Within [min, max] (max wins when it is the smaller), never shorter after one more
+        /// failure, and doubled by it until max.
+        #[test]
+        fn backoff_grows_to_its_bound(min_ms in 1u64..100_000, max_ms in 1u64..10_000_000, failures in 0u32..100) {
+            let (min, max) = (Duration::from_millis(min_ms), Duration::from_millis(max_ms));
+            let (now, next) = (backoff(min, max, failures), backoff(min, max, failures + 1));
+            prop_assert!(now <= max && now >= min.min(max));
+            prop_assert!(next >= now);
+            if (1..16).contains(&failures) && now * 2 <= max {
+                prop_assert_eq!(next, now * 2);
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_table() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(3600));
+        let waits: Vec<u64> = (0..12).map(|f| backoff(min, max, f).as_secs()).collect();
+        assert_eq!(waits, [5, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600]);
     }
 }

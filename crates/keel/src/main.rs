@@ -289,6 +289,48 @@ mod tests {
         super::Cli::command().debug_assert();
     }
 
+    /// `keel serve`'s configuration: a flag (or its `KEEL_*` variable, read by clap the same
+    /// way) over the config file over the defaults.
+    #[test]
+    fn serve_config_takes_flags_over_the_file_over_defaults() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keel.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9001\"\ndata_dir = \"/srv/from-file\"\n[dns]\nlisten = \"127.0.0.1:9053\"\n[http]\nmax_connections = 7\n",
+        )
+        .unwrap();
+        let serve = |extra: &[&str]| {
+            let mut argv = vec!["keel", "serve", "--config", file.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            let cli = super::Cli::try_parse_from(argv).unwrap();
+            let super::Command::Serve(args) = &cli.command else {
+                unreachable!("parsed as serve")
+            };
+            cli.serve_config(args).unwrap()
+        };
+        let from_file = serve(&[]);
+        assert_eq!(from_file.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(from_file.data_dir, std::path::Path::new("/srv/from-file"));
+        assert_eq!(from_file.dns_listen.to_string(), "127.0.0.1:9053");
+        assert!(from_file.dns_explicit, "an address from the file is explicit");
+        assert_eq!(from_file.http.max_connections, 7);
+        assert_eq!(
+            from_file.tftp_listen.to_string(),
+            crate::config::DEFAULT_TFTP_LISTEN,
+            "a default"
+        );
+        let from_flags = serve(&["--listen", "127.0.0.1:9002", "--data-dir", "/srv/from-flag"]);
+        assert_eq!(from_flags.listen.to_string(), "127.0.0.1:9002");
+        assert_eq!(from_flags.data_dir, std::path::Path::new("/srv/from-flag"));
+        assert_eq!(
+            from_flags.dns_listen.to_string(),
+            "127.0.0.1:9053",
+            "untouched by other flags"
+        );
+    }
+
     #[test]
     fn the_example_config_parses() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/keel.toml");
