@@ -148,7 +148,8 @@ fn serial(zone: &str) -> u64 {
 
 #[tokio::test]
 async fn the_dns_service_ships_checked_zones_and_reloads_a_few_times_for_a_big_import() {
-    use crate::propagation::{eventually, task_state};
+    use crate::propagation::task_state;
+    use crate::support::eventually;
     let tmp = tempfile::tempdir().unwrap();
     let reloads = tmp.path().join("reloads");
     let rndc = tmp.path().join("fake-rndc");

@@ -89,7 +89,7 @@ async fn connections_over_the_cap_are_closed_at_once() {
         String::from_utf8_lossy(&buf[..n])
     );
     drop(held);
-    crate::propagation::eventually(10, "a slot is free again", async || {
+    crate::support::eventually(10, "a slot is free again", async || {
         client
             .get(format!("{}/healthz", k.url))
             .send()

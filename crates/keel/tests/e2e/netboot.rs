@@ -136,7 +136,7 @@ async fn an_unknown_machine_registers_from_the_ipxe_prompt() {
     // …and, after the debounce, in the DHCP configuration the example site propagates.
     let dhcpd = k.data().join("example-agent/root/etc/dhcp/keel/dhcpd.conf");
     let want = format!("host r05p05 {{ hardware ethernet {mac}; fixed-address {ip};");
-    crate::propagation::eventually(30, "r05p05 in the propagated dhcpd.conf", async || {
+    crate::support::eventually(30, "r05p05 in the propagated dhcpd.conf", async || {
         std::fs::read_to_string(&dhcpd).unwrap_or_default().contains(&want)
     })
     .await;

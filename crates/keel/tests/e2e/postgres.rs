@@ -9,7 +9,8 @@ use keel_client::{WatchEvent, WatchOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::propagation::{api, eventually};
+use crate::propagation::api;
+use crate::support::eventually;
 use crate::support::{machine_rows, req, Keel};
 use crate::testpg::TestPg;
 

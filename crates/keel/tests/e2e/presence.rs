@@ -10,7 +10,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::propagation::{agent_bin, api, eventually, public_key, AgentHost};
+use crate::propagation::{agent_bin, api, public_key, AgentHost};
+use crate::support::eventually;
 use crate::support::{req, require_tool, Keel};
 
 /// Pools on loopback, so that curl's `--interface 127.0.5.x` is a machine's address.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{Keel, KEEL};
+use crate::support::{eventually, Keel, KEEL};
 
 /// keel-agent, built beside keel by `cargo test --workspace`.
 pub fn agent_bin() -> PathBuf {
@@ -72,18 +72,6 @@ pub async fn api(k: &Keel, method: Method, path: &str, body: Option<Value>) -> V
 pub async fn public_key(k: &Keel) -> String {
     let v = api(k, Method::GET, "/api/v1/propagation/key", None).await;
     v["public_key"].as_str().unwrap().to_owned()
-}
-
-/// Polls until `ok` holds, or panics after `secs` with `what`.
-pub async fn eventually(secs: u64, what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if ok().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out: {what}");
 }
 
 pub async fn tasks(k: &Keel) -> Vec<Value> {

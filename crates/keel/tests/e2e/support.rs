@@ -313,3 +313,16 @@ pub fn machine_rows(prefix: &str, salt: u8, range: std::ops::Range<u32>) -> Vec<
         })
         .collect()
 }
+
+/// Polls until `ok` holds, or panics after `secs` with `what`: the one way the end-to-end tests
+/// wait for a condition.
+pub async fn eventually(secs: u64, what: &str, mut ok: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if ok().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out: {what}");
+}
