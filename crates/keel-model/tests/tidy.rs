@@ -13,6 +13,7 @@ use serde_json::Value;
 const MAP: &[(&str, &[&str])] = &[
     ("keel-model", &[]),
     ("keel-password", &[]),
+    ("keel-testkit", &[]),
     ("keel-bundle", &["keel-model"]),
     ("keel-gen", &["keel-model", "keel-bundle"]),
     ("keel-store", &["keel-model"]),
@@ -45,6 +46,8 @@ const MAP: &[(&str, &[&str])] = &[
             "keel-server",
             "keel-client",
             "keel-agent",
+            // For `keel bench` (PostgreSQL, sshd) until the benchmarks have a crate of their own.
+            "keel-testkit",
         ],
     ),
 ];

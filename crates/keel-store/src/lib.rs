@@ -45,7 +45,4 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 #[cfg(test)]
-#[allow(unreachable_pub)] // also included by the e2e tests (#[path])
-mod testpg;
-#[cfg(test)]
 mod tests;

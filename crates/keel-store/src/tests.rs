@@ -12,7 +12,7 @@ use crate::{build_snapshot, records_of, replay_log, Db, PgStore, SqliteStore, St
 pub(crate) enum Backend {
     Sqlite(tempfile::TempDir),
     /// The server (kept alive for the test, stopped when dropped) and the database's URL.
-    Pg(#[allow(dead_code)] crate::testpg::TestPg, String),
+    Pg(#[allow(dead_code)] keel_testkit::TestPg, String),
 }
 
 impl Backend {
@@ -22,7 +22,7 @@ impl Backend {
 
     /// A PostgreSQL server of its own (Debian's postgresql; a missing one fails the test).
     fn postgres() -> Self {
-        let pg = crate::testpg::TestPg::start().unwrap_or_else(|e| panic!("{e}"));
+        let pg = keel_testkit::TestPg::start().unwrap_or_else(|e| panic!("{e}"));
         let url = pg.database("keel").unwrap_or_else(|e| panic!("{e}"));
         Self::Pg(pg, url)
     }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::bench::{percentile, start_server_with, Server};
 use crate::output::table;
-use crate::testpg::TestPg;
+use keel_testkit::TestPg;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct PgReport {
@@ -101,8 +101,8 @@ pub(crate) async fn run(dir: &Path, secs: u64) -> anyhow::Result<PgReport> {
     let sqlite = start_server_with(&dir.join("sqlite"), "[propagation]\nenabled = false\n", &[])?;
     r.sqlite_writes_per_s = write_load(&[&sqlite], 16, secs).await?;
     drop(sqlite);
-    let pg = TestPg::start().map_err(|e| anyhow::anyhow!(e))?;
-    let url = pg.database("bench").map_err(|e| anyhow::anyhow!(e))?;
+    let pg = TestPg::start()?;
+    let url = pg.database("bench")?;
     let args = ["--database", url.as_str()];
     let a = start_server_with(&dir.join("a"), "", &args)?;
     // The second server finds the admin token in the database; it is given the first's file.

@@ -17,7 +17,7 @@ use keel_store::{Db, SqliteStore, Write};
 
 use crate::bench::percentile;
 use crate::output::table;
-use crate::sshd::Sshd;
+use keel_testkit::Sshd;
 
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct PropReport {

@@ -23,10 +23,6 @@ mod propagation;
 mod serve;
 mod shared;
 mod sheet;
-mod sshd;
-#[path = "../../keel-store/src/testpg.rs"]
-#[allow(unreachable_pub, dead_code)] // shared with keel-store's tests
-mod testpg;
 
 use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN};
 

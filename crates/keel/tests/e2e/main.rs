@@ -38,11 +38,7 @@ mod presence;
 mod propagation;
 mod qemu;
 mod regression;
-#[path = "../../src/sshd.rs"]
-mod sshd;
 mod support;
-#[path = "../../../keel-store/src/testpg.rs"]
-mod testpg;
 mod tftp;
 mod users;
 mod users_import;

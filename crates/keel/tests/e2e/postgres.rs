@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::propagation::api;
 use crate::support::eventually;
 use crate::support::{machine_rows, req, Keel};
-use crate::testpg::TestPg;
+use keel_testkit::TestPg;
 
 fn pg() -> (TestPg, String) {
     let pg = TestPg::start().unwrap_or_else(|e| panic!("{e}"));

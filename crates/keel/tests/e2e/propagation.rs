@@ -360,7 +360,7 @@ fn hostile(key: &keel_bundle::SecretKey, name: &str, kind: tar::EntryType) -> Ve
 #[tokio::test]
 async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users() {
     let tmp = tempfile::tempdir().unwrap();
-    let sshd = crate::sshd::Sshd::start(&tmp.path().join("sshd")).unwrap();
+    let sshd = keel_testkit::Sshd::start(&tmp.path().join("sshd")).unwrap();
     let agent_cfg = |n: &str| tmp.path().join(n).join("agent.toml");
     let names = ["host1", "host2", "host3", "host4"];
     let cfgs: Vec<PathBuf> = names.iter().map(|n| agent_cfg(n)).collect();

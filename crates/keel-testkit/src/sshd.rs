@@ -1,5 +1,5 @@
-//! A real OpenSSH server on 127.0.0.1, for `keel bench propagation` and the end-to-end tests (they
-//! include this file): its own host key, an authorized client key, `MaxStartups` raised,
+//! A real OpenSSH server on 127.0.0.1, for `keel bench propagation` and the end-to-end tests: its
+//! own host key, an authorized client key, `MaxStartups` raised,
 //! `AcceptEnv KEEL_AGENT_CONFIG` so each destination name reaches an agent with its own config;
 //! and an ssh_config naming those destinations. Killed when dropped.
 
@@ -8,29 +8,34 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
+use crate::{Error, Result};
 
-pub(crate) struct Sshd {
+pub struct Sshd {
     child: Child,
-    pub(crate) port: u16,
-    pub(crate) dir: PathBuf,
+    pub port: u16,
+    pub dir: PathBuf,
 }
 
-fn keygen(path: &Path) -> anyhow::Result<()> {
+fn keygen(path: &Path) -> Result<()> {
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(path)
         .output()
-        .context("ssh-keygen (Debian package openssh-client) must be installed")?;
-    ensure!(
-        out.status.success(),
-        "ssh-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| {
+            Error::msg(format!(
+                "ssh-keygen (Debian package openssh-client) must be installed: {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(Error::msg(format!(
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -40,12 +45,13 @@ fn user() -> String {
 
 impl Sshd {
     /// Starts sshd; an error (never a skip) when it cannot run.
-    pub(crate) fn start(dir: &Path) -> anyhow::Result<Self> {
+    pub fn start(dir: &Path) -> Result<Self> {
         let sshd = Path::new("/usr/sbin/sshd");
-        ensure!(
-            sshd.exists(),
-            "/usr/sbin/sshd is missing: install the Debian package openssh-server"
-        );
+        if !sshd.exists() {
+            return Err(Error::msg(
+                "/usr/sbin/sshd is missing: install the Debian package openssh-server",
+            ));
+        }
         // Privilege separation needs this directory (apt does not start the daemon, so it may be absent).
         let _ = std::fs::create_dir_all("/run/sshd");
         std::fs::create_dir_all(dir)?;
@@ -73,7 +79,7 @@ impl Sshd {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("cannot start sshd")?;
+            .map_err(|e| Error::msg(format!("cannot start sshd: {e}")))?;
         let s = Self {
             child,
             port,
@@ -86,7 +92,7 @@ impl Sshd {
         Ok(s)
     }
 
-    fn wait_ready(&self) -> anyhow::Result<()> {
+    fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -94,15 +100,15 @@ impl Sshd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!(
+        Err(Error::msg(format!(
             "sshd did not listen; its log:\n{}",
             std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
-        )
+        )))
     }
 
     /// An ssh_config where each `(name, agent config)` is a destination reaching this sshd with
     /// that agent config; `unreachable` points at a closed port.
-    pub(crate) fn client_config(&self, hosts: &[(&str, &Path)]) -> anyhow::Result<PathBuf> {
+    pub fn client_config(&self, hosts: &[(&str, &Path)]) -> Result<PathBuf> {
         let mut cfg = String::new();
         for (name, agent) in hosts {
             let _ = write!(cfg, "Host {name}\n  SetEnv KEEL_AGENT_CONFIG={}\n", agent.display());

@@ -1,11 +1,13 @@
 //! A throwaway PostgreSQL server for tests and benchmarks: `initdb` in a temporary directory, then
 //! `postgres` on a free loopback port, stopped (and its files removed) when dropped. Uses Debian's
 //! `postgresql` package (`/usr/lib/postgresql/<version>/bin`). PostgreSQL refuses to run as root:
-//! as root it runs as the `postgres` user. Std only, so the e2e tests can include this file.
+//! as root it runs as the `postgres` user.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
 
 pub struct TestPg {
     child: Child,
@@ -13,23 +15,23 @@ pub struct TestPg {
     pub port: u16,
 }
 
-fn bin_dir() -> Result<PathBuf, String> {
+fn bin_dir() -> Result<PathBuf> {
     let root = Path::new("/usr/lib/postgresql");
     let mut versions: Vec<PathBuf> = std::fs::read_dir(root)
         .map_err(|e| {
-            format!(
+            Error::msg(format!(
                 "{}: {e} (install the Debian package postgresql; .ci/run does)",
                 root.display()
-            )
+            ))
         })?
-        .filter_map(Result::ok)
+        .filter_map(std::result::Result::ok)
         .map(|e| e.path().join("bin"))
         .filter(|p| p.join("initdb").exists())
         .collect();
     versions.sort();
     versions
         .pop()
-        .ok_or_else(|| "no initdb under /usr/lib/postgresql (install postgresql)".into())
+        .ok_or_else(|| Error::msg("no initdb under /usr/lib/postgresql (install postgresql)"))
 }
 
 fn is_root() -> bool {
@@ -51,18 +53,18 @@ fn as_pg(program: &Path) -> Command {
 }
 
 impl TestPg {
-    pub fn start() -> Result<Self, String> {
+    pub fn start() -> Result<Self> {
         let bin = bin_dir()?;
         let dir = std::env::temp_dir().join(format!(
             "keel-pg-{}-{}",
             std::process::id(),
             Instant::now().elapsed().as_nanos() ^ u128::from(rand_port())
         ));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir)?;
         if is_root() {
             let ok = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status();
             if !ok.is_ok_and(|s| s.success()) {
-                return Err("cannot chown the test cluster's directory to postgres".into());
+                return Err(Error::msg("cannot chown the test cluster's directory to postgres"));
             }
         }
         let data = dir.join("data");
@@ -70,9 +72,12 @@ impl TestPg {
             .args(["-A", "trust", "-U", "keel", "-E", "UTF8", "--no-sync", "-D"])
             .arg(&data)
             .output()
-            .map_err(|e| format!("initdb: {e}"))?;
+            .map_err(|e| Error::msg(format!("initdb: {e}")))?;
         if !out.status.success() {
-            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(Error::msg(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         // postgres cannot pick its own port: a free one is picked, and if another process takes
         // it before postgres binds it, postgres says so and exits, and another is tried.
@@ -87,9 +92,9 @@ impl TestPg {
                 .arg(&dir)
                 .args(["-c", "fsync=on", "-c", "max_connections=100"])
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+                .stderr(std::fs::File::create(&log)?)
                 .spawn()
-                .map_err(|e| format!("postgres: {e}"))?;
+                .map_err(|e| Error::msg(format!("postgres: {e}")))?;
             let mut child = child;
             if wait_ready(&mut child, &bin, port, Duration::from_secs(30)) {
                 return Ok(Self { child, dir, port });
@@ -110,18 +115,21 @@ impl TestPg {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
-        Err(format!("postgres did not start: {last_log}"))
+        Err(Error::msg(format!("postgres did not start: {last_log}")))
     }
 
     /// A new, empty database on this server; its URL.
-    pub fn database(&self, name: &str) -> Result<String, String> {
+    pub fn database(&self, name: &str) -> Result<String> {
         let bin = bin_dir()?;
         let out = Command::new(bin.join("createdb"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "keel", name])
             .output()
-            .map_err(|e| format!("createdb: {e}"))?;
+            .map_err(|e| Error::msg(format!("createdb: {e}")))?;
         if !out.status.success() {
-            return Err(format!("createdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(Error::msg(format!(
+                "createdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
         }
         Ok(self.url(name))
     }
