@@ -132,11 +132,7 @@ pub(crate) fn shown(login: &str) -> String {
     login.chars().take(32).collect()
 }
 
-/// Compares digests, so the time taken says nothing about how much of a secret matched.
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    use sha2::Digest;
-    sha2::Sha256::digest(a) == sha2::Sha256::digest(b)
-}
+pub(crate) use keel_store::token::same_secret;
 
 /// At most `limit` events per minute per address (self-registration while it is open): a
 /// misbehaving or hostile machine cannot fill the pools. In memory; bounded.
