@@ -84,17 +84,7 @@ pub async fn load(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
     )
     .await?;
     let path = dir.join(ADMIN_PASSWORD_FILE);
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)?;
-        writeln!(f, "{password}")?;
-    }
+    crate::private_file::write(&path, format!("{password}\n").as_bytes())?;
     println!(
         "keel: loaded the example site ({} machines); web pages: log in as admin with the password in {}",
         db.snapshot().machine_count(),

@@ -19,6 +19,7 @@ mod config;
 mod conntrack;
 mod example;
 mod output;
+mod private_file;
 mod propagation;
 mod serve;
 mod shared;

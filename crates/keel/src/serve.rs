@@ -1,8 +1,6 @@
 //! `keel serve`: open the data directory, the database and the socket, then serve until stopped.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -186,15 +184,7 @@ fn rpc_secret(cfg: &ServeConfig) -> anyhow::Result<Option<keel_server::rpc::RpcS
 /// Makes a new file readable by keel only (0600) holding `line`, flushed to disk; an existing
 /// file is an error (a secret is never overwritten).
 pub fn create_private_file(path: &Path, line: &str) -> anyhow::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{line}")?;
-    f.sync_all()?;
-    Ok(())
+    crate::private_file::create_new(path, line).with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// A secret file's first line; a new random secret (mode 0600) when the file does not exist.
@@ -435,15 +425,8 @@ async fn ensure_admin_token(db: &Db, dir: &Path) -> anyhow::Result<()> {
         })
         .await?;
     let path = dir.join(TOKEN_FILE);
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
+    crate::private_file::write(&path, format!("{secret}\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(f, "{secret}")?;
-    f.sync_all()?;
     println!(
         "keel: first start: created admin token {} in {} (mode 0600)",
         row.id,

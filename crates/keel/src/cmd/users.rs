@@ -1,7 +1,5 @@
 //! `keel users …`: list, show, remove, and the batch import of prologin's `batchimport`.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -483,7 +481,7 @@ fn write_sheet(prefix: &Path, people: &[Person]) -> anyhow::Result<Sheets> {
     for (ext, bytes) in [("tsv", tsv.into_bytes()), ("pdf", crate::sheet::pdf(&cards))] {
         let path = PathBuf::from(format!("{}.{ext}", prefix.display()));
         let partial = PathBuf::from(format!("{}.{ext}.partial", prefix.display()));
-        write_private(&partial, &bytes).with_context(|| format!("cannot write {}", partial.display()))?;
+        crate::private_file::write(&partial, &bytes).with_context(|| format!("cannot write {}", partial.display()))?;
         sheets.0.push((partial, path));
     }
     Ok(sheets)
@@ -508,17 +506,6 @@ impl Drop for Sheets {
             let _ = std::fs::remove_file(partial);
         }
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 /// Issue 19: the people file's parser on any text (`fuzz_*`, see docs/security.md): no panic,
