@@ -34,6 +34,15 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl From<keel_model::RightsError> for StoreError {
+    fn from(e: keel_model::RightsError) -> Self {
+        match e {
+            keel_model::RightsError::Forbidden(why) => Self::Forbidden(why),
+            keel_model::RightsError::Invalid(v) => Self::Invalid(v),
+        }
+    }
+}
+
 impl From<ValidationErrors> for StoreError {
     fn from(e: ValidationErrors) -> Self {
         match <[ValidationError; 1]>::try_from(e.0) {
