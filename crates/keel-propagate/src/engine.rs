@@ -9,12 +9,13 @@
 //! every task, and destinations whose last result already holds the current digest are skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel_bundle::{Encoding, Prepared, SecretKey};
 use keel_model::{Change, Destination, Facility, Kind, Snapshot};
 use keel_store::Db;
+use parking_lot::Mutex;
 use tokio::sync::{broadcast, Notify, Semaphore};
 
 use crate::send::{self, Outcome, Sender};
@@ -98,10 +99,6 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn now() -> String {
     keel_store::now_rfc3339()
 }
@@ -175,7 +172,9 @@ impl Engine {
     /// of that name come back, or its destinations' agents would refuse its bundles as replays.
     pub fn status(&self, facility: Option<&str>) -> Vec<Task> {
         let snap = self.inner.db.snapshot();
-        lock(&self.inner.tasks)
+        self.inner
+            .tasks
+            .lock()
             .values()
             .filter(|t| facility.is_none_or(|f| t.facility == f))
             .filter(|t| snap.facility(&t.facility).is_some())
@@ -185,7 +184,7 @@ impl Engine {
 
     /// Whether nothing is planned or running.
     pub fn is_idle(&self) -> bool {
-        lock(&self.inner.queue).is_empty() && lock(&self.inner.running).is_empty()
+        self.inner.queue.lock().is_empty() && self.inner.running.lock().is_empty()
     }
 
     /// Whether the engine has planned for every change committed so far and has nothing planned
@@ -260,7 +259,7 @@ impl Engine {
 
     async fn next_serial(&self, facility: &str, service: &str) -> Result<u64, EngineError> {
         let task = {
-            let mut tasks = lock(&self.inner.tasks);
+            let mut tasks = self.inner.tasks.lock();
             let t = tasks
                 .entry((facility.to_owned(), service.to_owned()))
                 .or_insert_with(|| Task::new(facility, service));
@@ -280,13 +279,13 @@ impl Engine {
     fn plan_marked(&self, id: TaskId, delay: Duration, force: bool, mark: bool) {
         let due = Instant::now() + delay;
         {
-            let mut q = lock(&self.inner.queue);
+            let mut q = self.inner.queue.lock();
             let p = q.entry(id.clone()).or_insert(Planned { due, force });
             p.due = p.due.min(due);
             p.force |= force;
         }
         {
-            let mut tasks = lock(&self.inner.tasks);
+            let mut tasks = self.inner.tasks.lock();
             let t = tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1));
             if mark && !t.state.in_flight() {
                 t.state = TaskState::Planned;
@@ -378,8 +377,8 @@ impl Engine {
     /// When the loop must next look at the queue: the earliest due task that is not running (a
     /// running one wakes the loop when it ends, so a change during a long send costs no spin).
     fn next_due(&self) -> Instant {
-        let queue = lock(&self.inner.queue);
-        let running = lock(&self.inner.running);
+        let queue = self.inner.queue.lock();
+        let running = self.inner.running.lock();
         queue
             .iter()
             .filter(|(id, _)| !running.contains(*id))
@@ -390,7 +389,10 @@ impl Engine {
 
     /// Plans the tasks with a destination not holding the current state.
     fn plan_failed(&self) {
-        let failed: Vec<TaskId> = lock(&self.inner.tasks)
+        let failed: Vec<TaskId> = self
+            .inner
+            .tasks
+            .lock()
             .iter()
             .filter(|(_, t)| {
                 t.results
@@ -409,8 +411,8 @@ impl Engine {
         let due: Vec<(TaskId, bool)> = {
             // Both locks at once: a task is always in the queue or running, so is_idle never
             // sees a gap between the two.
-            let mut q = lock(&self.inner.queue);
-            let mut running = lock(&self.inner.running);
+            let mut q = self.inner.queue.lock();
+            let mut running = self.inner.running.lock();
             let ids: Vec<TaskId> = q
                 .iter()
                 .filter(|(id, p)| p.due <= now && !running.contains(*id))
@@ -430,7 +432,7 @@ impl Engine {
                 if let Some(delay) = retry {
                     engine.plan_marked(id.clone(), delay, false, false);
                 }
-                lock(&engine.inner.running).remove(&id);
+                engine.inner.running.lock().remove(&id);
                 engine.inner.wake.notify_one();
             });
         }
@@ -468,7 +470,7 @@ impl Inner {
     }
 
     fn update(&self, id: &TaskId, f: impl FnOnce(&mut Task)) -> Task {
-        let mut tasks = lock(&self.tasks);
+        let mut tasks = self.tasks.lock();
         let t = tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1));
         f(t);
         t.clone()

@@ -138,21 +138,21 @@ pub(crate) use keel_store::token::same_secret;
 /// misbehaving or hostile machine cannot fill the pools. In memory; bounded.
 pub(crate) struct RateLimit {
     limit: u32,
-    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+    seen: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
 }
 
 impl RateLimit {
     pub(crate) fn per_minute(limit: u32) -> Self {
         Self {
             limit,
-            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+            seen: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
     /// Counts one event from `ip`; false once it is over the limit for the current minute.
     pub(crate) fn allow(&self, ip: std::net::IpAddr) -> bool {
         let minute = std::time::Duration::from_secs(60);
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self.seen.lock();
         if seen.len() > 100_000 {
             seen.retain(|_, (start, _)| start.elapsed() < minute);
         }

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Path, State};
@@ -120,7 +119,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 pub struct Presence {
     pub config: PresenceConfig,
     started: Instant,
-    seen: Mutex<HashMap<String, Instant>>,
+    seen: parking_lot::Mutex<HashMap<String, Instant>>,
 }
 
 impl Presence {
@@ -128,12 +127,12 @@ impl Presence {
         Self {
             config,
             started: Instant::now(),
-            seen: Mutex::new(HashMap::new()),
+            seen: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn seen(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Instant>> {
+        self.seen.lock()
     }
 
     fn touch(&self, login: &str) {

@@ -44,14 +44,14 @@ pub const MAX_PER_SOURCE: usize = 4;
 
 /// Transfers running per source address; an entry leaves with its last transfer.
 #[derive(Default)]
-struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+struct PerSource(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
 
 /// One transfer counted for its source until dropped.
 struct SourceSlot(Arc<PerSource>, std::net::IpAddr);
 
 impl PerSource {
     fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
-        let mut m = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = self.0.lock();
         let n = m.entry(ip).or_insert(0);
         if *n >= max {
             return None;
@@ -63,7 +63,7 @@ impl PerSource {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut m = (self.0).0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = (self.0).0.lock();
         if let Some(n) = m.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {

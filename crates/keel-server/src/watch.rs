@@ -12,7 +12,7 @@
 mod live;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -21,6 +21,7 @@ use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use keel_model::wire::{MachineWire, UserRecord};
 use keel_model::{Change, Kind, Machine, Op, Snapshot, User};
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
@@ -209,14 +210,12 @@ impl Shared {
     fn cut(&self, st: &AppState, reason: &str, last: u64) {
         st.metrics.watch_cut.inc();
         tracing::info!(%reason, last, "watch stream cut");
-        if let Ok(mut end) = self.end.lock() {
-            *end = Some(line(&json!({"type": "error", "reason": reason, "seq": last})));
-        }
+        *self.end.lock() = Some(line(&json!({"type": "error", "reason": reason, "seq": last})));
         self.cut.store(true, Relaxed);
     }
 
     fn take_end(&self) -> Option<Bytes> {
-        self.end.lock().ok().and_then(|mut e| e.take())
+        self.end.lock().take()
     }
 }
 
@@ -472,7 +471,7 @@ fn line(v: &Value) -> Bytes {
 pub(crate) struct LineCache {
     /// The newest change's line: what a thousand live subscribers all ask for at once, so behind
     /// a lock they can hold together.
-    latest: std::sync::RwLock<Option<(u64, Bytes)>>,
+    latest: parking_lot::RwLock<Option<(u64, Bytes)>>,
     recent: Mutex<(std::collections::HashMap<u64, Bytes>, std::collections::VecDeque<u64>)>,
 }
 
@@ -480,14 +479,14 @@ const LINE_CACHE: usize = 16_384;
 
 impl LineCache {
     fn line(&self, c: &Change) -> Bytes {
-        let latest = self.latest.read().ok().and_then(|l| match &*l {
+        let latest = match &*self.latest.read() {
             Some((seq, b)) if *seq == c.seq => Some(b.clone()),
             _ => None,
-        });
+        };
         if let Some(b) = latest {
             return b;
         }
-        if let Some(b) = self.recent.lock().ok().and_then(|r| r.0.get(&c.seq).cloned()) {
+        if let Some(b) = self.recent.lock().0.get(&c.seq).cloned() {
             return b;
         }
         #[derive(serde::Serialize)]
@@ -508,12 +507,14 @@ impl LineCache {
         .unwrap_or_default();
         out.push(b'\n');
         let b = Bytes::from(out);
-        if let Ok(mut latest) = self.latest.write() {
+        {
+            let mut latest = self.latest.write();
             if latest.as_ref().is_none_or(|(seq, _)| *seq < c.seq) {
                 *latest = Some((c.seq, b.clone()));
             }
         }
-        if let Ok(mut guard) = self.recent.lock() {
+        {
+            let mut guard = self.recent.lock();
             let (map, order) = &mut *guard;
             if map.insert(c.seq, b.clone()).is_none() {
                 order.push_back(c.seq);

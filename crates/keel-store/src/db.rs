@@ -30,7 +30,7 @@ pub struct Db {
     db_id: String,
     tokens: TokenCache,
     /// Where each pool's lowest-free search may start; reset whenever an address is freed.
-    alloc_hints: std::sync::Mutex<keel_model::AllocHints>,
+    alloc_hints: parking_lot::Mutex<keel_model::AllocHints>,
 }
 
 impl Db {
@@ -47,7 +47,7 @@ impl Db {
             pools,
             db_id,
             tokens: TokenCache::default(),
-            alloc_hints: std::sync::Mutex::new(keel_model::AllocHints::default()),
+            alloc_hints: parking_lot::Mutex::new(keel_model::AllocHints::default()),
         })
     }
 
@@ -220,10 +220,8 @@ impl Db {
     }
 
     /// The allocation hints, for a write in progress (only writers use them, under the writer lock).
-    pub(crate) fn alloc_hints(&self) -> std::sync::MutexGuard<'_, keel_model::AllocHints> {
-        self.alloc_hints
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub(crate) fn alloc_hints(&self) -> parking_lot::MutexGuard<'_, keel_model::AllocHints> {
+        self.alloc_hints.lock()
     }
 
     pub(crate) async fn reload(&self) {
@@ -278,21 +276,21 @@ impl Db {
 /// database (a later backend) within `TOKEN_CACHE_TTL`.
 #[derive(Default)]
 struct TokenCache {
-    rows: std::sync::RwLock<std::collections::HashMap<String, (TokenRow, std::time::Instant)>>,
+    rows: parking_lot::RwLock<std::collections::HashMap<String, (TokenRow, std::time::Instant)>>,
 }
 
 const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl TokenCache {
     fn get(&self, id: &str) -> Option<TokenRow> {
-        let rows = self.rows.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rows = self.rows.read();
         rows.get(id)
             .filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL)
             .map(|(row, _)| row.clone())
     }
 
     fn put(&self, row: TokenRow) {
-        let mut rows = self.rows.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rows = self.rows.write();
         // Bounded: unknown ids are never cached, and stale entries go when the map grows.
         if rows.len() > 10_000 {
             rows.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
@@ -301,10 +299,7 @@ impl TokenCache {
     }
 
     fn forget(&self, id: &str) {
-        self.rows
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(id);
+        self.rows.write().remove(id);
     }
 }
 

@@ -1,12 +1,13 @@
 //! `keel conntrack-log`: the attributed connection log (see `crate::conntrack`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use keel_client::{Client, WatchEvent, WatchOptions};
 use keel_model::{Kind, Op};
+use parking_lot::Mutex;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::conntrack::{self, Entry, Rotating, Seats};
@@ -85,7 +86,7 @@ async fn follow(c: Client, seats: Arc<Mutex<Seats>>, ready: tokio::sync::watch::
                 continue;
             }
         };
-        let mut s = seats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut s = seats.lock();
         match ev {
             WatchEvent::SnapshotBegin { .. } => s.clear(),
             WatchEvent::Record { kind, data } => s.apply(kind, false, &data),
@@ -124,7 +125,7 @@ async fn copy(
             .unwrap_or_else(time::OffsetDateTime::now_utc);
         let time = keel_store::rfc3339(t);
         let text = {
-            let s = seats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let s = seats.lock();
             let (hostname, login) = s.at(&flow.src);
             serde_json::to_string(&Entry {
                 time: time.clone(),

@@ -1,7 +1,7 @@
 //! Durability: kill -9 inside a transaction, backup under write load, restore.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_model::{Change, Kind, Op};
@@ -66,7 +66,7 @@ async fn kill9_during_registrations_loses_no_acknowledged_write() {
         &[],
         &[("KEEL_FAULT", "hang_in_commit:150"), ("KEEL_FAULT_MARKER", &marker_s)],
     );
-    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let acked = Arc::new(parking_lot::Mutex::new(BTreeSet::new()));
     let mut writers = Vec::new();
     for w in 0..4u32 {
         let (client, acked) = (k.admin(), acked.clone());
@@ -77,7 +77,7 @@ async fn kill9_during_registrations_loses_no_acknowledged_write() {
                     .await
                 {
                     Ok(_) => {
-                        acked.lock().unwrap().insert(format!("m{i}"));
+                        acked.lock().insert(format!("m{i}"));
                     }
                     Err(_) => return,
                 }
@@ -94,7 +94,7 @@ async fn kill9_during_registrations_loses_no_acknowledged_write() {
     for w in writers {
         w.await.unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
+    let acked = acked.lock().clone();
     assert!(acked.len() >= 140, "only {} acknowledged", acked.len());
     k.restart(&[]);
     let changes = all_changes(&k).await;
