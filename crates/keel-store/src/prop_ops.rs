@@ -16,14 +16,6 @@ fn forbidden(who: &Principal, what: &str) -> StoreError {
     RightsError::forbidden(who, what).into()
 }
 
-fn may_manage(s: &Snapshot, who: &Principal, facility: &str) -> Result<(), StoreError> {
-    Ok(s.may_manage(who, facility)?)
-}
-
-fn may_claim(s: &Snapshot, who: &Principal, field: &str, name: &str) -> Result<(), StoreError> {
-    Ok(s.may_claim(who, field, name)?)
-}
-
 fn check_host(s: &Snapshot, h: &Host) -> Result<(), StoreError> {
     check_fqdn("name", &h.name)?;
     for a in &h.aliases {
@@ -69,17 +61,17 @@ impl Db {
     pub async fn put_host(&self, who: &Principal, h: Host, if_version: u64) -> Result<Host, StoreError> {
         let changes = self
             .write(who, |s, _| {
-                may_manage(s, who, &h.facility)?;
+                s.may_manage(who, &h.facility)?;
                 match (s.host(&h.name), if_version) {
                     (Some(old), v) => {
                         check_version(old.version, v)?;
-                        may_manage(s, who, &old.facility)?;
+                        s.may_manage(who, &old.facility)?;
                     }
                     (None, 0) => {}
                     (None, _) => return Err(StoreError::NotFound(format!("host {}", h.name))),
                 }
                 for n in std::iter::once(&h.name).chain(&h.aliases) {
-                    may_claim(s, who, "name", n)?;
+                    s.may_claim(who, "name", n)?;
                 }
                 check_host(s, &h)?;
                 Ok(vec![Write::put(&h, Some(if_version), false)?])
@@ -91,7 +83,7 @@ impl Db {
     pub async fn delete_host(&self, who: &Principal, name: &str, if_version: u64) -> Result<Host, StoreError> {
         self.delete_one(who, if_version, |s| {
             let h = found(s.host(name), || format!("host {name}"))?;
-            may_manage(s, who, &h.facility)?;
+            s.may_manage(who, &h.facility)?;
             Ok(h)
         })
         .await
@@ -112,7 +104,7 @@ impl Db {
                 match (s.facility(&f.name), if_version) {
                     (Some(old), v) => {
                         check_version(old.version, v)?;
-                        may_manage(s, who, &f.name)?;
+                        s.may_manage(who, &f.name)?;
                         // Who manages a facility and which users it receives (and so whose
                         // hashes its hosts get) are the admins' decision; managers keep its
                         // hosts, destinations and services.
@@ -168,7 +160,7 @@ impl Db {
     ) -> Result<Destination, StoreError> {
         let changes = self
             .write(who, |s, _| {
-                may_manage(s, who, &d.facility)?;
+                s.may_manage(who, &d.facility)?;
                 if !services.contains(&d.service) {
                     return Err(ValidationError::new("service", format!("unknown service {:?}", d.service)).into());
                 }
@@ -177,7 +169,7 @@ impl Db {
                     (Some(old), v) => check_version(old.version, v)?,
                     (None, 0) => {
                         if d.channel == keel_model::Channel::Ssh {
-                            may_claim(s, who, "destination", &d.destination)?;
+                            s.may_claim(who, "destination", &d.destination)?;
                         } else if !who.is_admin() {
                             return Err(forbidden(who, "add a local destination (it runs on keel's own host)"));
                         }
@@ -198,7 +190,7 @@ impl Db {
     ) -> Result<Destination, StoreError> {
         self.delete_one(who, if_version, |s| {
             let d = found(s.destination(key), || format!("destination {key}"))?;
-            may_manage(s, who, &d.facility)?;
+            s.may_manage(who, &d.facility)?;
             Ok(d)
         })
         .await

@@ -1,7 +1,8 @@
 //! What keel's tests and benchmarks start for real, each stopped and removed when dropped:
 //! [`TestPg`], a throwaway PostgreSQL on a free loopback port (keel-store's tests, the end-to-end
 //! tests, `keel bench postgres`), and [`Sshd`], an OpenSSH server on loopback with its own keys
-//! (the end-to-end tests, `keel bench propagation`). Std only; a missing program is an error
+//! (the end-to-end tests, `keel bench propagation`); and `dns_query`, the bytes of a DNS query.
+//! Std only; a missing program is an error
 //! naming its Debian package, never a skip.
 
 #![forbid(unsafe_code)]
@@ -11,6 +12,19 @@ mod sshd;
 
 pub use pg::TestPg;
 pub use sshd::Sshd;
+
+/// A DNS query for `name` (type A, class IN, recursion desired), as a client sends it over UDP
+/// (RFC 1035 4.1): what the DNS tests and `keel bench dns` ask keel without a resolver library.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(u8::try_from(label.len()).unwrap_or(63));
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
 
 /// Why a test server could not be started (the message names what to install or fix).
 #[derive(Debug, thiserror::Error)]

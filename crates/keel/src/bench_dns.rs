@@ -137,18 +137,6 @@ fn gen_ms(n: u32) -> anyhow::Result<f64> {
     Ok(crate::bench::percentile(&times, 0.5))
 }
 
-/// A DNS query for `name` (type A, recursion desired), as bytes (RFC 1035 4.1).
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.split('.') {
-        q.push(u8::try_from(label.len()).unwrap_or(63));
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
-}
-
 /// `QUERIES` authoritative queries one after the other: each one's time in ms.
 fn time_answers(sock: &std::net::UdpSocket, server: &str) -> anyhow::Result<Vec<f64>> {
     let mut buf = [0u8; 1500];
@@ -157,7 +145,7 @@ fn time_answers(sock: &std::net::UdpSocket, server: &str) -> anyhow::Result<Vec<
         let id = u16::try_from(i % 60_000).unwrap_or(0);
         let started = std::time::Instant::now();
         // The zone's apex: an authoritative answer (SOA, no A) from the Snapshot.
-        sock.send_to(&query(id, "bench"), server)?;
+        sock.send_to(&keel_testkit::dns_query(id, "bench"), server)?;
         loop {
             let n = sock.recv(&mut buf).context("an authoritative answer timed out")?;
             if n >= 2 && buf[..2] == id.to_be_bytes() {
@@ -203,7 +191,7 @@ fn dead_upstream(dir: &Path, in_flight: usize) -> anyhow::Result<DeadUpstream> {
             while !stop.load(Relaxed) {
                 for _ in 0..in_flight {
                     n = n.wrapping_add(1);
-                    out.send_to(&query(0, &format!("h{n}.outside.test")), &addr)?;
+                    out.send_to(&keel_testkit::dns_query(0, &format!("h{n}.outside.test")), &addr)?;
                 }
                 // Each forward waits 2 s for the dead upstream: renew them as they give up.
                 for _ in 0..20 {

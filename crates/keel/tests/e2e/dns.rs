@@ -271,7 +271,7 @@ async fn a_dead_upstream_does_not_delay_authoritative_answers() {
     );
     let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     for i in 0..50u16 {
-        let q = dns_query(i, &format!("host{i}.outside.test."));
+        let q = keel_testkit::dns_query(i, &format!("host{i}.outside.test."));
         client.send_to(&q, &k.dns).expect("send");
     }
     // Wait until the dead upstream holds all 50: they are in flight now.
@@ -303,16 +303,4 @@ async fn outside_names_are_refused_to_clients_outside_forward_clients() {
         &[],
     );
     assert_eq!(dig(&k, &["gw.upstream.test", "A"]).0, "REFUSED");
-}
-
-/// A DNS query for `name` (type A, class IN, recursion desired), as bytes (RFC 1035 4.1).
-fn dns_query(id: u16, name: &str) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        q.push(u8::try_from(label.len()).expect("label"));
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    q
 }
