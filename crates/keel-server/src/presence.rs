@@ -216,7 +216,7 @@ pub async fn run_expiry(st: AppState) {
 }
 
 /// The credential of a presence call, checked before its body is read: an admin's token
-/// (`Some`), or the site's secret (`None`: a machine, which [`machine`] then ties to the hostname
+/// (`Some`), or the site's secret (`None`: a machine, which [`authorize`] then ties to the hostname
 /// the body names).
 fn credential(st: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<Option<Principal>, ApiError> {
     if caller.0.is_some() {
