@@ -13,9 +13,6 @@ use crate::hooks::{self, Phase};
 use crate::out::{Code, Fail, Out};
 use crate::services::{self, State};
 
-/// Majors this agent implements for the built-in services.
-const BUILT_IN: [(&str, u32); 4] = [("passwd", 1), ("root_ssh", 1), ("homes", 1), ("hosts", 1)];
-
 /// Applies the bundle read from `input`; returns the exit code after writing its lines to `out`.
 pub fn apply(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Code {
     match run(cfg, input, out) {
@@ -69,7 +66,7 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         ));
     }
     // The shadow suite's lock, so passwd, useradd and friends never write alongside us.
-    let _pwd = if m.service == "passwd" {
+    let _pwd = if m.service == keel_bundle::service::PASSWD {
         Some(pwd_lock(cfg)?)
     } else {
         None
@@ -201,10 +198,7 @@ fn check_version(cfg: &Config, service: &str, got: Version, out: &mut Out<'_>) -
         .services
         .get(service)
         .and_then(|s| s.version.as_deref()?.parse::<Version>().ok());
-    let built_in = BUILT_IN
-        .iter()
-        .find(|(n, _)| *n == service)
-        .map(|(_, m)| Version::new(*m, 0));
+    let built_in = keel_bundle::service::agent_major(service).map(|m| Version::new(m, 0));
     let Some(want) = configured.or(built_in) else {
         return Ok(()); // a custom service without a pinned version
     };

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
-use keel_bundle::Bundle;
+use keel_bundle::{service, Bundle};
 
 use crate::config::Config;
 use crate::fsops::{read_target, Change};
@@ -53,10 +53,10 @@ fn text<'a>(b: &'a Bundle, name: &str) -> Result<&'a str, Fail> {
 
 pub(crate) fn plan(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
     match b.manifest.service.as_str() {
-        "passwd" => passwd(cfg, b, state),
-        "root_ssh" => block(cfg, b, "authorized_keys", "/root/.ssh/authorized_keys", 0o600),
-        "hosts" => block(cfg, b, "hosts", "/etc/hosts", 0o644),
-        "homes" => homes(cfg, b),
+        service::PASSWD => passwd(cfg, b, state),
+        service::ROOT_SSH => block(cfg, b, "authorized_keys", "/root/.ssh/authorized_keys", 0o600),
+        service::HOSTS => block(cfg, b, "hosts", "/etc/hosts", 0o644),
+        service::HOMES => homes(cfg, b),
         _ => custom(cfg, b, state),
     }
 }

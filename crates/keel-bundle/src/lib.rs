@@ -15,6 +15,7 @@
 mod key;
 mod manifest;
 mod read;
+pub mod service;
 mod write;
 
 pub use keel_model::propagation::destination_host;

@@ -15,7 +15,7 @@ mod hosts;
 
 use std::collections::BTreeMap;
 
-use keel_bundle::{File, Version};
+use keel_bundle::{service, File, Version};
 use keel_model::{Group, Kind, Machine, User};
 use serde::{Deserialize, Serialize};
 
@@ -155,10 +155,10 @@ impl BuiltIn {
 
     pub fn name(self) -> &'static str {
         match self {
-            Self::Passwd => "passwd",
-            Self::RootSsh => "root_ssh",
-            Self::Homes => "homes",
-            Self::Hosts => "hosts",
+            Self::Passwd => service::PASSWD,
+            Self::RootSsh => service::ROOT_SSH,
+            Self::Homes => service::HOMES,
+            Self::Hosts => service::HOSTS,
             Self::Dns => "dns",
             Self::Dhcp => "dhcp",
             Self::Firewall => "firewall",
@@ -169,9 +169,10 @@ impl BuiltIn {
         Self::ALL.into_iter().find(|b| b.name() == s)
     }
 
-    /// The version agents check: a new major means old agents must refuse it.
+    /// The version agents check: a new major means old agents must refuse it. The ones the
+    /// agent merges itself take their major from the table both sides share.
     pub fn version(self) -> Version {
-        Version::new(1, 0)
+        Version::new(service::agent_major(self.name()).unwrap_or(1), 0)
     }
 
     /// Whether a change of this kind can change this service's files.
