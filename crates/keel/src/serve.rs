@@ -370,19 +370,35 @@ fn raise_open_file_limit() {
     }
 }
 
-/// The data directory holds the database, its WAL, backups, tokens and secrets: it is 0700 and
-/// everything keel creates in it 0600 from the moment it exists (the process's umask is 077, set
-/// in `main`, so SQLite's own `-wal` and `-shm` files are born private too). A database left
-/// wider by an older keel is narrowed here.
+/// The data directory holds the database, its WAL, backups, tokens and secrets: it is created
+/// 0700 and everything keel creates in it is 0600 from the moment it exists (the process's umask
+/// is 077, set in `main`, so SQLite's own `-wal` and `-shm` files are born private too). A
+/// directory and database left wider by an older keel are narrowed here; a directory that is not
+/// keel's is only warned about.
 pub fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        // Narrowed only when it is keel's own (an older keel's data directory, of this user):
+        // `--data-dir /tmp` must not make /tmp private.
+        let keels = dir.join(DB_FILE).exists() || dir.join(LOCK_FILE).exists();
+        if keels && meta.uid() == rustix::process::getuid().as_raw() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private (0700)", dir.display()))?;
+            tracing::warn!(dir = %dir.display(), "the data directory was readable by others; now 0700");
+        } else {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", meta.mode() & 0o777),
+                "the data directory is readable by others: keel's files in it are 0600, but give keel a directory of its own (0700)"
+            );
+        }
+    }
     for name in [DB_FILE, &format!("{DB_FILE}-wal"), &format!("{DB_FILE}-shm")] {
         let path = dir.join(name);
         match std::fs::symlink_metadata(&path) {
@@ -466,4 +482,38 @@ async fn shutdown_signal() {
         }
     };
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A new data directory is 0700; an older keel's is narrowed, with its database; a
+    /// directory that is not keel's (`--data-dir /tmp`) keeps its mode, with a warning.
+    #[test]
+    fn the_data_directory_is_made_private_only_when_it_is_keels() {
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("fresh/data");
+        private_data_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join(DB_FILE), b"").unwrap();
+        for p in [&old, &old.join(DB_FILE)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        private_data_dir(&old).unwrap();
+        assert_eq!((mode(&old), mode(&old.join(DB_FILE))), (0o700, 0o600));
+        let shared = root.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_data_dir(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o755, "not keel's: left as it is");
+    }
 }
