@@ -73,8 +73,7 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
         ("dns.ns", &opts.dns.ns),
         ("dns.unknown_prefix", &opts.dns.unknown_prefix),
     ] {
-        Hostname::parse(name, value)
-            .map_err(|e| GenError::new("named.conf.keel", "site options", "zone", e.message))?;
+        Hostname::parse(name, value).map_err(|e| GenError::new("named.conf.keel", "site options", name, e.message))?;
     }
     check::option(
         "named.conf.keel",

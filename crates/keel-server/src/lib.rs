@@ -122,6 +122,17 @@ impl AppState {
         }
     }
 
+    /// Counts a self-registration from the client that sent it (behind nginx, the address the
+    /// trusted proxy gives, not nginx's); false, with a warning, once it is over the limit.
+    pub(crate) fn allow_registration(&self, peer: Option<std::net::IpAddr>, headers: &axum::http::HeaderMap) -> bool {
+        let client = self.config.client_addr.client(peer, headers);
+        let allowed = client.is_none_or(|ip| self.register_limit.allow(ip));
+        if !allowed {
+            tracing::warn!(?client, "self-registration refused: too many from this address");
+        }
+        allowed
+    }
+
     /// Resolves when the server is stopping (never, if nothing will stop it).
     pub(crate) async fn stopping(&self) {
         let mut rx = self.shutdown.clone();

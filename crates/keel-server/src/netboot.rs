@@ -196,10 +196,7 @@ pub(crate) async fn register(
     if !st.db.snapshot().flag("allow_self_registration") {
         return refuse(vec!["registration is closed: an organiser must add this machine".into()]);
     }
-    // Behind nginx the peer is nginx: the limit is per client, as the trusted proxy says.
-    let client = st.config.client_addr.client(peer, &headers);
-    if client.is_some_and(|ip| !st.register_limit.allow(ip)) {
-        tracing::warn!(?client, "self-registration refused: too many from this address");
+    if !st.allow_registration(peer, &headers) {
         return refuse(vec!["too many registrations from this address: wait a minute".into()]);
     }
     let patch = match MachinePatch::from_fields(Fields::from_map(map, Strictness::Lenient))

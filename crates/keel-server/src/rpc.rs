@@ -55,9 +55,7 @@ pub(crate) async fn call(
             }
             (Service::Mdb, "register") => {
                 let anonymous = who.as_ref().is_none_or(|p| !p.is_admin());
-                let client = state.config.client_addr.client(peer, &request.headers);
-                if anonymous && client.is_some_and(|ip| !state.register_limit.allow(ip)) {
-                    tracing::warn!(?client, "self-registration refused: too many from this address");
+                if anonymous && !state.allow_registration(peer, &request.headers) {
                     return Err(ApiError::RateLimited(60));
                 }
                 register(&state, who.as_ref(), args.named(REGISTER_PARAMS)?).await
