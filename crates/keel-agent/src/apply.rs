@@ -128,7 +128,7 @@ struct Staging(PathBuf);
 
 impl Staging {
     fn write(state_dir: &Path, b: &Bundle) -> Result<Self, Fail> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let dir = state_dir.join(format!("{}.staging", b.manifest.service));
         let io = |e: std::io::Error| Fail::new(Code::Io, format!("staging {}: {e}", dir.display()));
         if dir.exists() {
@@ -149,12 +149,7 @@ impl Staging {
             if let Some(parent) = path.parent() {
                 private_dirs().create(parent).map_err(io)?;
             }
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(f.mode & 0o600)
-                .open(&path)
-                .map_err(io)?;
+            let mut file = fsops::create_private(&path, f.mode).map_err(io)?;
             std::io::Write::write_all(&mut file, &b.files[&f.path]).map_err(io)?;
             file.set_permissions(std::fs::Permissions::from_mode(f.mode))
                 .map_err(io)?;

@@ -58,6 +58,17 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), Fa
     sync_dir(dir).map_err(|e| io("syncing", dir, &e))
 }
 
+/// A new file, born at most 0600 (narrower if `mode` is): a secret such as shadow is never
+/// readable by others, not even between its creation and its chmod to `mode`, which the caller
+/// does once it is written.
+pub(crate) fn create_private(path: &Path, mode: u32) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o600)
+        .open(path)
+}
+
 /// Writes `data` to a durable temp file beside `path` (same owner as `path`, mode `mode`).
 fn stage(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, Fail> {
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -69,15 +80,9 @@ fn stage(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, Fail> {
     let tmp = dir.join(format!(".{name}.keel-tmp"));
     let _ = fs::remove_file(&tmp); // a leftover of a crash (remove_file never follows a link)
     let owner = fs::symlink_metadata(path).ok().map(|m| (m.uid(), m.gid()));
-    // Born at most 0600 (narrower if the target is): a secret such as shadow is never readable
-    // by others, not even between open and chmod. The target's own mode (0644 for passwd, 0640
-    // for shadow) is set once the owner is right, before the rename makes it the live file.
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode & 0o600)
-        .open(&tmp)
-        .map_err(|e| io("creating", &tmp, &e))?;
+    // The target's own mode (0644 for passwd, 0640 for shadow) is set once the owner is right,
+    // before the rename makes it the live file.
+    let mut f = create_private(&tmp, mode).map_err(|e| io("creating", &tmp, &e))?;
     let done = (|| {
         if let Some((uid, gid)) = owner {
             let m = f.metadata()?;
