@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub mod data_dir;
 mod watch;
 pub use watch::{Watch, WatchEvent, WatchOptions};
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 const MAP: &[(&str, &[&str])] = &[
     ("keel-model", &[]),
     ("keel-password", &[]),
-    ("keel-testkit", &[]),
+    ("keel-testkit", &["keel-client"]),
     ("keel-bundle", &["keel-model"]),
     ("keel-gen", &["keel-model", "keel-bundle"]),
     ("keel-store", &["keel-model"]),
@@ -46,7 +46,18 @@ const MAP: &[(&str, &[&str])] = &[
             "keel-server",
             "keel-client",
             "keel-agent",
-            // For `keel bench` (PostgreSQL, sshd) until the benchmarks have a crate of their own.
+        ],
+    ),
+    (
+        "keel-bench",
+        &[
+            "keel-model",
+            "keel-bundle",
+            "keel-gen",
+            "keel-password",
+            "keel-propagate",
+            "keel-store",
+            "keel-client",
             "keel-testkit",
         ],
     ),
@@ -57,6 +68,9 @@ const HOST: &str = "x86_64-unknown-linux-gnu";
 
 /// Crates that do I/O or run async: none may be under keel-model or keel-gen.
 const IMPURE: &[&str] = &["tokio", "sqlx", "reqwest", "ureq", "hyper", "axum", "mio", "socket2"];
+
+/// Crates for benchmarks and tests: never under a binary that ships.
+const HARNESS: &[&str] = &["keel-bench", "keel-testkit", "nix", "proptest"];
 
 struct Graph {
     /// Package id → (name, normal dependencies' ids).
@@ -156,6 +170,14 @@ fn dependencies_follow_the_architecture() {
         let all = g.transitive(pure);
         for bad in IMPURE.iter().filter(|b| all.contains(*b)) {
             problems.push(format!("{pure} pulls in {bad}: it must stay pure (no I/O, no async)"));
+        }
+    }
+    // What ships: the binaries carry no benchmark or test harness (a throwaway PostgreSQL, an
+    // sshd launcher, epoll readers, property testing).
+    for shipped in ["keel", "keel-agent"] {
+        let all = g.transitive(shipped);
+        for bad in HARNESS.iter().filter(|b| all.contains(*b)) {
+            problems.push(format!("{shipped} pulls in {bad}: benchmarks and tests only"));
         }
     }
     let crates: BTreeSet<&str> = g

@@ -1,15 +1,18 @@
 //! What keel's tests and benchmarks start for real, each stopped and removed when dropped:
 //! [`TestPg`], a throwaway PostgreSQL on a free loopback port (keel-store's tests, the end-to-end
 //! tests, `keel bench postgres`), and [`Sshd`], an OpenSSH server on loopback with its own keys
-//! (the end-to-end tests, `keel bench propagation`); and `dns_query`, the bytes of a DNS query.
-//! Std only; a missing program is an error
+//! (the end-to-end tests, `keel bench propagation`); [`KeelProcess`], a real `keel serve` on
+//! loopback (the end-to-end tests and every benchmark); and `dns_query`, the bytes of a DNS query.
+//! Plain blocking processes, no async runtime of their own; a missing program is an error
 //! naming its Debian package, never a skip.
 
 #![forbid(unsafe_code)]
 
+mod keel;
 mod pg;
 mod sshd;
 
+pub use keel::{wait_for_file, KeelCommand, KeelProcess};
 pub use pg::TestPg;
 pub use sshd::Sshd;
 

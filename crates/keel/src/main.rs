@@ -2,27 +2,21 @@
 // A binary exports nothing: `pub` here only means "visible to the other modules".
 #![allow(unreachable_pub)]
 
+use keel_client::data_dir as files;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-mod bench;
-mod bench_dns;
-mod bench_pg;
-mod bench_presence;
-mod bench_propagation;
-mod bench_watch;
-mod bench_web;
 mod cmd;
 mod config;
 mod conntrack;
-mod example;
+
 mod output;
 mod private_file;
-mod propagation;
+
 mod serve;
-mod shared;
+
 mod sheet;
 
 use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN};
@@ -99,8 +93,14 @@ enum Command {
     Restore(cmd::backup::RestoreArgs),
     /// Move the site to another database (SQLite ↔ PostgreSQL), verified row for row.
     MigrateDb(cmd::migrate::MigrateArgs),
-    /// Measure keel on this machine (starts its own server on loopback; bounded in time).
-    Bench(bench::BenchArgs),
+    /// Measure keel on this machine: runs `keel-bench` (installed beside keel) with these
+    /// arguments; `keel bench --help` lists the suites.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The suite and its options, as `keel-bench` takes them.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -190,7 +190,7 @@ impl Cli {
     fn client(&self) -> anyhow::Result<keel_client::Client> {
         let token = match &self.token {
             Some(t) => Some(t.clone()),
-            None => std::fs::read_to_string(self.data_dir(None).join(serve::TOKEN_FILE))
+            None => std::fs::read_to_string(self.data_dir(None).join(files::ADMIN_TOKEN))
                 .ok()
                 .map(|t| t.trim().to_owned()),
         };
@@ -203,6 +203,9 @@ fn main() -> ExitCode {
     if let Command::Agent(a) = &cli.command {
         // The agent's exit codes mean something to keel (DENIED, replay…): keep them.
         return keel_agent::cli::run(a);
+    }
+    if let Command::Bench { args } = &cli.command {
+        return bench(args, cli.json);
     }
     // Everything keel itself creates (database, WAL, backups, tokens, secrets, sheets) is
     // private from its creation; files meant for others get their mode explicitly.
@@ -258,13 +261,38 @@ async fn run(cli: Cli, serve: Option<config::ServeConfig>) -> anyhow::Result<()>
         Command::ConntrackLog(a) => cmd::conntrack::run(&cli.client()?, a).await,
         Command::Backup(a) => cmd::backup::backup(&cli.client()?, a, json).await,
         Command::Restore(a) => cmd::backup::restore(&cli.data_dir(None), a, json).await,
-        Command::Bench(a) => bench::run(a, json).await,
+        Command::Bench { .. } => Ok(()), // run by main(): it becomes keel-bench
         Command::MigrateDb(a) => cmd::migrate::run(a, json).await,
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             Ok(())
         }
     }
+}
+
+/// `keel bench …` becomes `keel-bench …`: the benchmarks are a binary of their own so that keel
+/// carries none of their harnesses (a throwaway PostgreSQL, an sshd, epoll readers).
+fn bench(args: &[std::ffi::OsString], json: bool) -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let path = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("keel-bench"),
+        Err(e) => {
+            eprintln!("keel: error: cannot find keel's own path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut cmd = std::process::Command::new(&path);
+    cmd.args(args);
+    if json {
+        cmd.arg("--json");
+    }
+    // exec only returns on failure.
+    let e = cmd.exec();
+    eprintln!(
+        "keel: error: cannot run {}: {e} (build it beside keel: cargo build --release -p keel-bench)",
+        path.display()
+    );
+    ExitCode::FAILURE
 }
 
 /// Logs go to stderr; the server logs at info, client commands only at warn (RUST_LOG overrides).

@@ -1,5 +1,6 @@
 //! `keel backup FILE` (online, through the API) and `keel restore FILE` (offline, on the data dir).
 
+use keel_client::data_dir as files;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -10,7 +11,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::output::print_json;
-use crate::serve::{lock_data_dir, DB_FILE};
+use crate::serve::lock_data_dir;
 
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
@@ -97,7 +98,7 @@ async fn verify(file: &Path) -> anyhow::Result<(SqliteStore, Summary)> {
 pub async fn restore(data_dir: &Path, args: &RestoreArgs, json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)?;
     let _lock = lock_data_dir(data_dir).context("stop keel before restoring")?;
-    let staged = data_dir.join(format!("{DB_FILE}.restoring"));
+    let staged = data_dir.join(format!("{}.restoring", files::DB));
     std::fs::copy(&args.file, &staged).with_context(|| format!("cannot read {}", args.file.display()))?;
     let (store, summary) = match verify(&staged).await {
         Ok(v) => v,
@@ -133,11 +134,11 @@ pub async fn restore(data_dir: &Path, args: &RestoreArgs, json: bool) -> anyhow:
 
 /// Moves the current database (and its -wal/-shm) aside, then renames the staged file into place.
 fn swap_in(dir: &Path, staged: &Path) -> anyhow::Result<Option<PathBuf>> {
-    let current = dir.join(DB_FILE);
+    let current = dir.join(files::DB);
     let mut kept = None;
     if current.exists() {
         let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
-        let aside = dir.join(format!("{DB_FILE}.before-restore-{stamp}"));
+        let aside = dir.join(format!("{}.before-restore-{stamp}", files::DB));
         for suffix in ["", "-wal", "-shm"] {
             let from = PathBuf::from(format!("{}{suffix}", current.display()));
             if from.exists() {

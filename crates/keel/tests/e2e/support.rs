@@ -1,18 +1,22 @@
 //! The test harness: a real `keel serve` per test, killed when the test ends.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use keel_client::data_dir as files;
 use keel_client::Client;
+pub use keel_testkit::wait_for_file;
+use keel_testkit::{KeelCommand, KeelProcess};
 use reqwest::Method;
 use serde_json::Value;
 
 pub const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 
-/// A running keel server with its own data directory.
+/// A running keel server with its own data directory (a [`KeelProcess`] that tests can restart).
 pub struct Keel {
-    child: Option<Child>,
+    process: Option<KeelProcess>,
     pub dir: tempfile::TempDir,
     pub url: String,
     pub token: String,
@@ -42,7 +46,7 @@ impl Keel {
         let mut k = Self::unstarted(args);
         let data = k.data();
         std::fs::create_dir_all(&data).expect("data dir");
-        std::fs::write(data.join("admin.token"), token).expect("token");
+        std::fs::write(data.join(files::ADMIN_TOKEN), token).expect("token");
         k.spawn(&[]);
         k
     }
@@ -54,7 +58,7 @@ impl Keel {
             .tempdir()
             .expect("temp dir");
         Self {
-            child: None,
+            process: None,
             dir,
             url: String::new(),
             token: String::new(),
@@ -105,60 +109,26 @@ impl Keel {
     }
 
     fn spawn(&mut self, env: &[(&str, &str)]) {
-        let data = self.data();
-        let _ = std::fs::remove_file(data.join("listen.addr"));
-        let _ = std::fs::remove_file(data.join("dns.addr"));
-        let _ = std::fs::remove_file(data.join("tftp.addr"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let mut cmd = Command::new(KEEL);
-        cmd.args(["serve", "--listen", &self.listen, "--data-dir"])
-            .arg(&data)
-            .args(&self.args);
-        if !self.args.iter().any(|a| a == "--dns-listen") {
-            // Tests run in parallel: each server's DNS on a free port, not the default 5353.
-            cmd.args(["--dns-listen", "127.0.0.1:0"]);
+        let mut args: Vec<OsString> = vec!["--listen".into(), self.listen.clone().into()];
+        args.extend(self.args.iter().map(OsString::from));
+        // Tests run in parallel: each server's DNS and TFTP on a free port, not the defaults.
+        for flag in ["--dns-listen", "--tftp-listen"] {
+            if !self.args.iter().any(|a| a == flag) {
+                args.extend([flag.into(), "127.0.0.1:0".into()]);
+            }
         }
-        if !self.args.iter().any(|a| a == "--tftp-listen") {
-            cmd.args(["--tftp-listen", "127.0.0.1:0"]);
-        }
-        cmd.env_remove("KEEL_TOKEN")
-            .env_remove("KEEL_URL")
-            .env("RUST_LOG", "info");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn keel");
-        self.child = Some(child);
-        let addr = wait_for_file(&data.join("listen.addr"), Duration::from_secs(30), || self.exited())
-            .unwrap_or_else(|| panic!("keel did not start; log:\n{}", self.log()));
-        self.url = format!("http://{}", addr.trim());
-        self.dns = std::fs::read_to_string(data.join("dns.addr"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        self.tftp = std::fs::read_to_string(data.join("tftp.addr"))
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        self.token = std::fs::read_to_string(data.join("admin.token"))
-            .expect("admin token")
-            .trim()
-            .to_owned();
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.insert(0, ("RUST_LOG".into(), "info".into()));
+        let command = KeelCommand {
+            keel: KEEL.into(),
+            args,
+            data: self.data(),
+            log: self.log_path(),
+            env,
+        };
+        let p = KeelProcess::start(&command).unwrap_or_else(|e| panic!("{e}"));
+        (self.url, self.token, self.dns, self.tftp) = (p.url.clone(), p.token.clone(), p.dns.clone(), p.tftp.clone());
+        self.process = Some(p);
     }
 
     pub fn log(&self) -> String {
@@ -167,32 +137,20 @@ impl Keel {
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.as_ref().map_or(0, KeelProcess::pid)
     }
 
     /// Stops the server with SIGKILL: no chance to flush or clean up.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("kill -9");
-            c.wait().expect("wait");
+        if let Some(mut p) = self.process.take() {
+            p.kill9();
         }
     }
 
     /// Stops the server cleanly (SIGTERM) and waits for it; its exit status, or `None` if it had
     /// to be killed after 15 s.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
+        self.process.take()?.stop()
     }
 
     /// Starts the server again on the same data directory.
@@ -226,32 +184,6 @@ impl Keel {
         let h: Value = self.anonymous().get("/healthz").await.expect("healthz");
         h["seq"].as_u64().expect("seq")
     }
-}
-
-impl Drop for Keel {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits for a file to exist and be non-empty; `None` on timeout or if `dead()` says the process died.
-pub fn wait_for_file(path: &Path, timeout: Duration, mut dead: impl FnMut() -> bool) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return Some(s);
-            }
-        }
-        if dead() {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// Fails the test unless `tool` is on PATH. Under CI a missing tool is a failure, never a skip.

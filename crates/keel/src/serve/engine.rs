@@ -1,5 +1,6 @@
 //! Starting the propagation engine for `keel serve`: its key, its services, its senders.
 
+use keel_client::data_dir as files;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,6 @@ use keel_store::Db;
 
 use crate::config::PropagationFile;
 
-/// The signing key's default file name in the data directory.
-pub const KEY_FILE: &str = "bundle.key";
-
 /// Reads the signing key, or makes one (mode 0600) on first start.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<SecretKey> {
     match std::fs::read_to_string(path) {
@@ -22,7 +20,7 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<SecretKey> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey::generate()?;
-            crate::serve::create_private_file(path, &key.to_base64())?;
+            super::data_dir::create_private_file(path, &key.to_base64())?;
             tracing::info!(public_key = %key.public(), "made the bundle signing key; agents must trust this public key");
             Ok(key)
         }
@@ -31,7 +29,7 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<SecretKey> {
 }
 
 pub fn key_path(p: &PropagationFile, data_dir: &Path) -> PathBuf {
-    p.key_file.clone().unwrap_or_else(|| data_dir.join(KEY_FILE))
+    p.key_file.clone().unwrap_or_else(|| data_dir.join(files::BUNDLE_KEY))
 }
 
 /// `keel-agent apply`: the keel-agent installed beside this binary, else this binary's own

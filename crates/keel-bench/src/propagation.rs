@@ -15,8 +15,8 @@ use keel_model::{Channel, Destination, Facility, Group, Login, Pools, Principal,
 use keel_propagate::{DestStatus, Engine, EngineConfig, Senders, SshConfig};
 use keel_store::{Db, SqliteStore, Write};
 
-use crate::bench::percentile;
 use crate::output::table;
+use crate::server::percentile;
 use keel_testkit::Sshd;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -150,13 +150,7 @@ pub(crate) async fn run(
 }
 
 fn agent_bin() -> anyhow::Result<PathBuf> {
-    let p = std::env::current_exe()?.with_file_name("keel-agent");
-    ensure!(
-        p.exists(),
-        "{} is missing: cargo build --release -p keel-agent",
-        p.display()
-    );
-    Ok(p)
+    crate::server::sibling("keel-agent")
 }
 
 /// GEN of passwd for every user: the median of 20 runs.

@@ -8,8 +8,8 @@ use std::process::Command;
 use anyhow::{ensure, Context};
 use keel_client::Client;
 
-use crate::bench::{fill, start_server};
 use crate::output::table;
+use crate::server::{fill, start_server};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct DnsReport {
@@ -52,8 +52,8 @@ pub(crate) async fn run(dir: &Path, machines: u32, seconds: u64) -> anyhow::Resu
     let client = Client::new(&server.url, Some(server.token.clone()))?;
     eprintln!("bench: filling to {machines} machines");
     fill(&client, 0, machines).await?;
-    let addr = std::fs::read_to_string(server.data.join("dns.addr")).context("the server's DNS did not start")?;
-    let (host, port) = addr.trim().rsplit_once(':').context("dns.addr")?;
+    anyhow::ensure!(!server.dns.is_empty(), "the server's DNS did not start");
+    let (host, port) = server.dns.rsplit_once(':').context("dns.addr")?;
     let queries = dir.join("queries.txt");
     let mut text = String::new();
     for i in 0..machines {
@@ -106,7 +106,7 @@ fn gen_ms(n: u32) -> anyhow::Result<f64> {
                 hostname: keel_model::Hostname::parse("hostname", &format!("fill{i}"))?,
                 aliases: Vec::new(),
                 ip: std::net::Ipv4Addr::new(10, 0, hi, lo),
-                mac: keel_model::Mac::parse("mac", &crate::bench::mac_of(i))?,
+                mac: keel_model::Mac::parse("mac", &crate::server::mac_of(i))?,
                 mtype: keel_model::MachineType::User,
                 room: "pasteur".into(),
                 rfs: 1,
@@ -134,7 +134,7 @@ fn gen_ms(n: u32) -> anyhow::Result<f64> {
             t.elapsed().as_secs_f64() * 1000.0
         })
         .collect();
-    Ok(crate::bench::percentile(&times, 0.5))
+    Ok(crate::server::percentile(&times, 0.5))
 }
 
 /// `QUERIES` authoritative queries one after the other: each one's time in ms.
@@ -166,9 +166,9 @@ fn dead_upstream(dir: &Path, in_flight: usize) -> anyhow::Result<DeadUpstream> {
         dead.local_addr()?,
         in_flight * 2
     );
-    let server = crate::bench::start_server_dns(dir, &dns, "", &[])?;
-    let addr = std::fs::read_to_string(server.data.join("dns.addr")).context("the server's DNS did not start")?;
-    let addr = addr.trim().to_owned();
+    let server = crate::server::start_server_dns(dir, &dns, "", &[])?;
+    anyhow::ensure!(!server.dns.is_empty(), "the server's DNS did not start");
+    let addr = server.dns.clone();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     eprintln!("bench: {QUERIES} authoritative queries alone, then with {in_flight} forwards hanging");
@@ -210,7 +210,7 @@ fn dead_upstream(dir: &Path, in_flight: usize) -> anyhow::Result<DeadUpstream> {
         stop.store(true, Relaxed);
         times
     })?;
-    let p = crate::bench::percentile;
+    let p = crate::server::percentile;
     Ok(DeadUpstream {
         in_flight,
         alone_p50_ms: p(&alone, 0.5),

@@ -9,8 +9,8 @@ use keel_client::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::bench::{fill, percentile, start_server};
 use crate::output::table;
+use crate::server::{fill, percentile, start_server};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct WebReport {

@@ -12,8 +12,8 @@ use keel_client::{Client, WatchEvent, WatchOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::bench::{percentile, start_server_with, Server};
 use crate::output::table;
+use crate::server::{percentile, start_server_with, Server};
 use keel_testkit::TestPg;
 
 #[derive(Debug, Default, serde::Serialize)]

@@ -11,8 +11,8 @@ use keel_client::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::bench::{percentile, rss_mb, start_server};
 use crate::output::table;
+use crate::server::{percentile, rss_mb, start_server};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct WatchReport {
@@ -59,7 +59,7 @@ pub(crate) async fn run(dir: &Path, n: usize) -> anyhow::Result<WatchReport> {
         ..Default::default()
     };
     r.idle_http_connection_kib = idle_connection_kib(&dir.join("baseline"), n).await?;
-    r.rss_before_mb = rss_mb(server.child.id())?;
+    r.rss_before_mb = rss_mb(server.pid())?;
     let since: Value = client.get("/healthz").await?;
     let since = since["seq"].as_u64().unwrap_or(0);
     eprintln!("bench: opening {n} watch subscribers");
@@ -71,7 +71,7 @@ pub(crate) async fn run(dir: &Path, n: usize) -> anyhow::Result<WatchReport> {
         readers.add(id, subscribe(&addr, &server.token, since).await?);
     }
     wait_for_subscribers(&http, &server.url, n).await?;
-    r.rss_after_mb = rss_mb(server.child.id())?;
+    r.rss_after_mb = rss_mb(server.pid())?;
     r.per_subscriber_kib = (r.rss_after_mb - r.rss_before_mb) * 1024.0 / n as f64;
     eprintln!("bench: one change to {n} subscribers, {ROUNDS} times");
     let rounds = one_change_rounds(&client, &rx, n, ROUNDS).await?;
@@ -146,7 +146,7 @@ async fn idle_connection_kib(dir: &Path, n: usize) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir)?;
     let server = start_server(dir)?;
     let addr = server.url.trim_start_matches("http://").to_owned();
-    let before = rss_mb(server.child.id())?;
+    let before = rss_mb(server.pid())?;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = tokio::net::TcpStream::connect(&addr).await?;
@@ -156,7 +156,7 @@ async fn idle_connection_kib(dir: &Path, n: usize) -> anyhow::Result<f64> {
         conns.push(s);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = rss_mb(server.child.id())?;
+    let after = rss_mb(server.pid())?;
     drop(conns);
     Ok((after - before) * 1024.0 / n as f64)
 }
@@ -441,13 +441,13 @@ async fn one_change_rounds(c: &Client, rx: &mpsc::Receiver<Batch>, n: usize, rou
 async fn bulk_fanout(c: &Client, rx: &mpsc::Receiver<Batch>, subs: usize, count: u32) -> anyhow::Result<(f64, u64)> {
     while rx.try_recv().is_ok() {}
     let rows: Vec<Value> = (0..count)
-        .map(|k| json!({"hostname": format!("fan{k}"), "mac": crate::bench::mac_of(0x0100_0000 + k), "mtype": "user"}))
+        .map(|k| json!({"hostname": format!("fan{k}"), "mac": crate::server::mac_of(0x0100_0000 + k), "mtype": "user"}))
         .collect();
     let t0 = SystemTime::now();
     let before: Value = c.get("/healthz").await?;
     let first = before["seq"].as_u64().unwrap_or(0) + 1;
     let last = first + u64::from(count) - 1;
-    crate::bench::import(c, rows).await?;
+    crate::server::import(c, rows).await?;
     eprintln!(
         "bench: the import was acknowledged after {:.2} s",
         t0.elapsed().unwrap_or_default().as_secs_f64()

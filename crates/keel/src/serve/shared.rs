@@ -20,7 +20,7 @@ pub async fn follow(db: Arc<Db>, url: String) {
 pub async fn propagate_when_leader(state: AppState, db: Arc<Db>, url: String, cfg: ServeConfig) {
     let lead = keel_store::pg::Leadership::acquire(&url, Duration::from_secs(2)).await;
     tracing::info!("this server holds the propagation lock: starting the engine");
-    let engine = match crate::propagation::start(db, &cfg.propagation, &cfg.data_dir, cfg.example_site).await {
+    let engine = match super::engine::start(db, &cfg.propagation, &cfg.data_dir, cfg.example_site).await {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot start propagation");

@@ -12,8 +12,8 @@ use keel_client::Client;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::bench::{fill, percentile, start_server_with, Server};
 use crate::output::table;
+use crate::server::{fill, percentile, start_server_with, Server};
 
 /// The shipped firewall hooks, as an agent on the gateway runs them.
 const HOOKS: [(&str, &str); 3] = [
@@ -245,7 +245,7 @@ async fn firewall(dir: &Path, samples: usize) -> anyhow::Result<Vec<f64>> {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
     }
     let agent_cfg = dir.join("agent.toml");
-    let exe = std::env::current_exe()?;
+    let exe = crate::server::sibling("keel")?;
     let local = [
         "nsenter".to_owned(),
         "-t".into(),

@@ -1,0 +1,21 @@
+//! The names of the files `keel serve` keeps in its data directory, for everything on keel's host
+//! that reads them: the CLI finds the admin token there, scripts and tests the addresses actually
+//! bound (with port 0), the presence client its secret. One list, so that the server, the CLI, the
+//! tests and the benchmarks cannot disagree.
+
+/// The SQLite database (and its `-wal`, `-shm` beside it).
+pub const DB: &str = "keel.db";
+/// Held locked while a server runs on this directory: a second one refuses to start.
+pub const LOCK: &str = "keel.lock";
+/// The first admin token, written on first start (mode 0600).
+pub const ADMIN_TOKEN: &str = "admin.token";
+/// Written once the HTTP server listens: the address actually bound.
+pub const LISTEN_ADDR: &str = "listen.addr";
+/// Written once the DNS listens: its address (UDP and TCP).
+pub const DNS_ADDR: &str = "dns.addr";
+/// Written once TFTP listens: its address.
+pub const TFTP_ADDR: &str = "tftp.addr";
+/// The presence site secret, made on first start.
+pub const PRESENCE_SECRET: &str = "presence.secret";
+/// The bundle signing key's default file.
+pub const BUNDLE_KEY: &str = "bundle.key";

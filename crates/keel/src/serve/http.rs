@@ -1,0 +1,89 @@
+//! The HTTP/1.1 accept loop: keel-server's router behind hyper, with the `[http]` limits.
+
+use std::sync::Arc;
+
+/// Serves HTTP/1.1 until `stop` resolves, then lets open requests finish for up to 10 s.
+///
+/// hyper's own HTTP/1 connection, not `axum::serve`: that one detects HTTP/2 on every connection,
+/// and its extra buffers cost an idle keep-alive connection (a watch subscriber) about 38 KiB
+/// where this costs about 11 KiB (`keel bench watch` prints both). Also: TCP_NODELAY, so watch
+/// lines are not held back by Nagle.
+///
+/// What an unauthenticated client can hold is bounded (`[http]`): connections at once (over the
+/// cap a new one is closed at once, before any byte is read), the time to send headers, and the
+/// time to send a body. The cap is far below the open-file limit keel raises at start, so a
+/// flood of idle connections leaves room for `/healthz`, nginx's `/sso` and presence.
+pub(super) async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: crate::config::HttpLimits,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.max_buf_size(8192)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, usually: wait instead of spinning.
+                    tracing::error!(%e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = limits.max_connections, "connection closed: [http] max_connections reached");
+            continue; // dropped: closed at once
+        };
+        let _ = stream.set_nodelay(true);
+        // The peer's address, for presence (a machine speaks only for itself) and SSO's proxy
+        // check; the body must arrive within its deadline.
+        let service = tower::ServiceBuilder::new()
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout))
+            .map_request(
+                move |mut req: hyper::Request<tower_http::timeout::TimeoutBody<hyper::body::Incoming>>| {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    req.map(axum::body::Body::new)
+                },
+            )
+            .service(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+            tracing::warn!("stopped with requests still open after 10 s");
+        }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: systemd's default soft limit (1,024) is what
+/// a flood of connections would otherwise exhaust before `[http] max_connections` does.
+pub(super) fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        let before = lim.current;
+        lim.current = lim.maximum;
+        match setrlimit(Resource::Nofile, lim) {
+            Ok(()) => tracing::info!(?before, now = ?lim.current, "open-file limit raised"),
+            Err(e) => tracing::warn!(%e, "cannot raise the open-file limit"),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `keel serve`: open the data directory, the database and the sockets, then serve until
+//! stopped. `run` reads as the start sequence, top to bottom; each step lives in the module that
+//! says its job:
+//!
+//! - `data_dir`: the private data directory, its lock, the first admin token, secrets;
+//! - `database`: SQLite in the data directory or PostgreSQL (its URL redacted in logs);
+//! - `settings`: `keel-server`'s settings from the configuration (presence, RPC secret);
+//! - `engine`: the propagation engine (signing key, services, senders);
+//! - `shared`: several servers on one PostgreSQL (the follower, the propagation leader);
+//! - `udp`: the built-in DNS and TFTP listeners;
+//! - `http`: the HTTP/1.1 accept loop and its limits;
+//! - `example`: the example site of `--example-site`.
+
+mod data_dir;
+mod database;
+mod engine;
+mod example;
+mod http;
+mod settings;
+mod shared;
+mod udp;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use keel_client::data_dir as files;
+use keel_server::{AppState, ServerConfig};
+use keel_store::Db;
+
+use crate::config::ServeConfig;
+
+pub use data_dir::{lock_data_dir, private_data_dir};
+pub use database::redact;
+
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    private_data_dir(&cfg.data_dir)?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let (store, pg) = database::open_store(&cfg).await?;
+    let db = Arc::new(
+        Db::open(store, cfg.pools.clone())
+            .await
+            .context("cannot load the database")?,
+    );
+    if let Some(pg) = &pg {
+        tokio::spawn(shared::follow(db.clone(), pg.clone()));
+    }
+    data_dir::ensure_admin_token(&db, &cfg.data_dir).await?;
+    if cfg.example_site {
+        example::load(&db, &cfg.data_dir)
+            .await
+            .context("cannot load the example site")?;
+    }
+    tokio::spawn(trim_log_forever(db.clone(), cfg.keep_changes, cfg.keep_days));
+    let server_config = ServerConfig {
+        open_reads: cfg.open_reads,
+        data_dir: cfg.data_dir.clone(),
+        watch: cfg.watch.clone(),
+        netboot: cfg.netboot.config(&cfg.data_dir),
+        presence: settings::presence_config(&cfg)?,
+        client_addr: cfg.sso.client_addr(),
+        sso: keel_server::sso::SsoConfig {
+            overrides: cfg.sso.overrides.clone(),
+        },
+        map_public: cfg.presence.map_public.unwrap_or(true),
+        web: cfg.web.config()?,
+        rpc_secret: settings::rpc_secret(&cfg)?,
+    };
+    // Where kernels and initrds go (served at /boot/files/).
+    let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
+    if cfg.propagation.enabled.unwrap_or(true) {
+        match &pg {
+            // Several servers: the one holding the propagation lock runs the engine.
+            Some(pg) => {
+                tokio::spawn(shared::propagate_when_leader(
+                    state.clone(),
+                    db.clone(),
+                    pg.clone(),
+                    cfg.clone(),
+                ));
+            }
+            None => {
+                let engine = engine::start(db.clone(), &cfg.propagation, &cfg.data_dir, cfg.example_site)
+                    .await
+                    .context("cannot start propagation")?;
+                state = state.with_engine(engine);
+            }
+        }
+    }
+    if cfg.dns.enabled.unwrap_or(true) {
+        udp::start_dns(&db, &cfg).await?;
+    }
+    if cfg.tftp.enabled.unwrap_or(true) {
+        udp::start_tftp(&cfg).await?;
+    }
+    tokio::spawn(keel_server::presence::run_expiry(state.clone()));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    std::fs::write(cfg.data_dir.join(files::LISTEN_ADDR), addr.to_string())?;
+    tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
+    println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
+    let stopping = async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: ending open streams, finishing requests");
+        let _ = stop_tx.send(true);
+    };
+    http::raise_open_file_limit();
+    http::serve_http(listener, keel_server::app(state), cfg.http, stopping).await;
+    tracing::info!("keel stopped");
+    Ok(())
+}
+
+/// Applies the change log's retention at start and every minute.
+async fn trim_log_forever(db: Arc<Db>, keep: u64, keep_days: Option<u64>) {
+    loop {
+        let cutoff = keep_days.map(|d| {
+            keel_store::rfc3339(
+                time::OffsetDateTime::now_utc()
+                    - time::Duration::days(i64::try_from(d).unwrap_or(i64::MAX / 86_400_000)),
+            )
+        });
+        match db.store().trim_log(keep, cutoff.as_deref()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "change log trimmed"),
+            Err(e) => tracing::error!(%e, "cannot trim the change log"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
