@@ -8,6 +8,7 @@
 //! Configuration: `/etc/keel/presence.toml` (see `contrib/presence.toml`). Machines booted from
 //! one NFS root share it: the hostname comes from the system, the site secret from a file.
 
+use keel_client::routes;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -186,7 +187,7 @@ pub enum Verdict {
 pub fn open(cfg: &PresenceConfig, login: &str, groups: &[String]) -> Verdict {
     let host = cfg.hostname();
     let body = json!({"login": login, "hostname": host});
-    match call(cfg, "POST", "/api/v1/sessions", Some(body)) {
+    match call(cfg, "POST", routes::SESSIONS, Some(body)) {
         Ok(r) if r.status == 201 || r.status == 200 => Verdict::Allow(format!("{login} logged in on {host}")),
         Ok(r) if r.status == 423 => Verdict::Refuse(message(&r.body, "refused")),
         Ok(r) => policy(
@@ -200,7 +201,11 @@ pub fn open(cfg: &PresenceConfig, login: &str, groups: &[String]) -> Verdict {
 
 /// Session close: best effort, never blocks a logout.
 pub fn close(cfg: &PresenceConfig, login: &str) -> Result<(), PresenceError> {
-    let r = call(cfg, "DELETE", &format!("/api/v1/sessions/{login}"), None)?;
+    let path = routes::session(login).map_err(|e| PresenceError::Config {
+        path: "login".into(),
+        message: e.to_string(),
+    })?;
+    let r = call(cfg, "DELETE", &path, None)?;
     if r.status == 204 {
         Ok(())
     } else {
@@ -261,7 +266,7 @@ pub fn heartbeat(cfg: &PresenceConfig) -> Result<serde_json::Value, PresenceErro
     logins.sort();
     logins.dedup();
     let body = json!({"hostname": cfg.hostname(), "logins": logins});
-    let r = call(cfg, "POST", "/api/v1/sessions/heartbeat", Some(body))?;
+    let r = call(cfg, "POST", routes::SESSIONS_HEARTBEAT, Some(body))?;
     if r.status != 200 {
         return Err(PresenceError::Server {
             status: r.status,

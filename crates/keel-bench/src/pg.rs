@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use keel_client::{Client, WatchEvent, WatchOptions};
-use reqwest::Method;
+use keel_client::{Client, Records, WatchEvent, WatchOptions};
 use serde_json::{json, Value};
 
 use crate::output::table;
@@ -38,8 +37,7 @@ async fn write_load(servers: &[&Server], writers: usize, secs: u64) -> anyhow::R
                 let mut i = 0u64;
                 while Instant::now() < end {
                     let body = json!({"name": format!("load-{s}-{w}-{i}")});
-                    c.call::<Value>(Method::POST, "/api/v1/switches", Some(&body), None)
-                        .await?;
+                    c.create::<Value>(Records::Switches, &body).await?;
                     done.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }
@@ -68,14 +66,8 @@ async fn a_to_b(a: &Server, b: &Server, n: usize) -> anyhow::Result<Vec<f64>> {
     for i in 0..n {
         let t = Instant::now();
         let sw: Value = ca
-            .call(
-                Method::POST,
-                "/api/v1/switches",
-                Some(&json!({"name": format!("seen-{i}")})),
-                None,
-            )
-            .await?
-            .value;
+            .create::<Value>(Records::Switches, &json!({"name": format!("seen-{i}")}))
+            .await?;
         let seq = sw["version"].as_u64().context("no version")?;
         loop {
             let ev = tokio::time::timeout(Duration::from_secs(10), watch.next()).await??;

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use keel_client::Client;
-use reqwest::Method;
+use keel_client::{Client, Records};
 use serde_json::{json, Value};
 
 use crate::output::table;
@@ -93,13 +92,7 @@ async fn seat_people(c: &Client, n: usize) -> anyhow::Result<()> {
     let users: Vec<Value> = (0..n)
         .map(|i| json!({"login": format!("bench{i}"), "group": "user"}))
         .collect();
-    c.call::<Value>(
-        Method::POST,
-        "/api/v1/users/import",
-        Some(&json!({"users": users})),
-        None,
-    )
-    .await?;
+    c.import_users(&json!({"users": users})).await?;
     Ok(())
 }
 
@@ -120,8 +113,7 @@ async fn login_all(c: &Client, range: std::ops::Range<usize>) -> anyhow::Result<
                 }
                 let body = json!({"login": format!("bench{i}"), "hostname": format!("fill{i}")});
                 let t = Instant::now();
-                c.call::<Value>(Method::POST, "/api/v1/sessions", Some(&body), None)
-                    .await?;
+                c.open_session(&body).await?;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
             }
         }));
@@ -264,10 +256,7 @@ async fn firewall(dir: &Path, samples: usize) -> anyhow::Result<Vec<f64>> {
         &[],
     )?;
     let client = Client::new(&server.url, Some(server.token.clone()))?;
-    let key: Value = client
-        .call(Method::GET, "/api/v1/propagation/key", None, None)
-        .await?
-        .value;
+    let key: Value = client.propagation_key().await?;
     std::fs::write(
         &agent_cfg,
         format!(
@@ -279,13 +268,9 @@ async fn firewall(dir: &Path, samples: usize) -> anyhow::Result<Vec<f64>> {
     )?;
     seat_people(&client, samples).await?;
     let facility = json!({"name": "gw", "services": ["firewall"]});
-    client
-        .call::<Value>(Method::POST, "/api/v1/facilities", Some(&facility), None)
-        .await?;
+    client.create::<Value>(Records::Facilities, &facility).await?;
     let dest = json!({"facility": "gw", "service": "firewall", "destination": "local", "channel": "local"});
-    client
-        .call::<Value>(Method::POST, "/api/v1/destinations", Some(&dest), None)
-        .await?;
+    client.create::<Value>(Records::Destinations, &dest).await?;
     eprintln!("bench: {samples} logins → address in the applied nft set");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ns.nft_set().contains("set internet") {
@@ -299,20 +284,11 @@ async fn firewall(dir: &Path, samples: usize) -> anyhow::Result<Vec<f64>> {
     let mut lat = Vec::with_capacity(samples);
     for i in 0..samples {
         let body = json!({"login": format!("bench{i}"), "hostname": format!("fill{i}")});
-        let s: Value = client
-            .call(Method::POST, "/api/v1/sessions", Some(&body), None)
-            .await?
-            .value;
+        let s: Value = client.open_session(&body).await?;
         let t = Instant::now();
         let m: Value = client
-            .call(
-                Method::GET,
-                &format!("/api/v1/machines/{}", s["hostname"].as_str().unwrap_or("")),
-                None,
-                None,
-            )
-            .await?
-            .value;
+            .show(Records::Machines, &[s["hostname"].as_str().unwrap_or("")])
+            .await?;
         let ip = m["ip"].as_str().unwrap_or("?").to_owned();
         while !ns.nft_set().contains(&ip) {
             ensure!(t.elapsed() < Duration::from_secs(10), "{ip} never reached the set");

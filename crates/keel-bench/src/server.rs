@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use keel_client::Client;
 use keel_testkit::{KeelCommand, KeelProcess};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 /// A binary built beside this one (`keel`, `keel-agent`), with an error that says how to build
@@ -81,13 +80,7 @@ pub(crate) async fn fill(c: &Client, from: u32, to: u32) -> anyhow::Result<()> {
 
 /// Adds machines through the import endpoint, in one commit.
 pub(crate) async fn import(c: &Client, rows: Vec<Value>) -> anyhow::Result<()> {
-    c.call::<Value>(
-        Method::POST,
-        "/api/v1/machines/import",
-        Some(&json!({ "machines": rows })),
-        None,
-    )
-    .await?;
+    c.import_machines(rows).await?;
     Ok(())
 }
 

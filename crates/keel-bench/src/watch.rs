@@ -7,8 +7,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use keel_client::Client;
-use reqwest::Method;
+use keel_client::{Client, Records};
 use serde_json::{json, Value};
 
 use crate::output::table;
@@ -407,14 +406,8 @@ async fn one_change_rounds(c: &Client, rx: &mpsc::Receiver<Batch>, n: usize, rou
         while rx.try_recv().is_ok() {}
         let t0 = SystemTime::now(); // the kernel's timestamps are on this clock
         let sw: Value = c
-            .call(
-                Method::POST,
-                "/api/v1/switches",
-                Some(&json!({"name": format!("bench-sw-{round}")})),
-                None,
-            )
-            .await?
-            .value;
+            .create::<Value>(Records::Switches, &json!({"name": format!("bench-sw-{round}")}))
+            .await?;
         let seq = sw["version"].as_u64().context("no version")?;
         let mut this = Vec::with_capacity(n);
         while this.len() < n {

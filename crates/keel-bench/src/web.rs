@@ -5,8 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use keel_client::Client;
-use reqwest::Method;
+use keel_client::{Client, Records};
 use serde_json::{json, Value};
 
 use crate::output::table;
@@ -27,9 +26,7 @@ pub(crate) async fn run(dir: &Path, machines: u32) -> anyhow::Result<WebReport> 
     fill(&client, 0, machines).await?;
     let hash = keel_password::hash("bench-Pass-1")?;
     let admin = json!({"login": "benchroot", "group": "root", "password_hash": hash});
-    client
-        .call::<Value>(Method::POST, "/api/v1/users", Some(&admin), None)
-        .await?;
+    client.create::<Value>(Records::Users, &admin).await?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;

@@ -18,7 +18,7 @@ const MAP: &[(&str, &[&str])] = &[
     ("keel-gen", &["keel-model", "keel-bundle"]),
     ("keel-store", &["keel-model"]),
     ("keel-client", &["keel-model"]),
-    ("keel-agent", &["keel-bundle", "keel-model"]),
+    ("keel-agent", &["keel-bundle", "keel-model", "keel-client"]),
     (
         "keel-propagate",
         &["keel-model", "keel-bundle", "keel-gen", "keel-store"],
@@ -193,4 +193,43 @@ fn dependencies_follow_the_architecture() {
         ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The API's paths are written in keel-server (the router) and keel-client (`routes`, and a
+/// method per route) only: every other crate's code calls those methods. Tests may name paths.
+#[test]
+fn api_paths_live_in_the_client_and_the_server() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut found = Vec::new();
+    for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+        let krate = krate.unwrap().path();
+        let name = krate.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "keel-server" || name == "keel-client" {
+            continue;
+        }
+        let mut todo = vec![krate.join("src")];
+        while let Some(dir) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    // Unit tests at the end of a file may name paths; the code above them may not.
+                    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+                    for (i, line) in code.lines().enumerate() {
+                        if line.contains("\"/api/v1") {
+                            found.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "API paths outside keel-client and keel-server (add a method to keel-client):\n{}",
+        found.join("\n")
+    );
 }

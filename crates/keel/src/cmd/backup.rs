@@ -7,7 +7,6 @@ use anyhow::{bail, Context};
 use keel_client::Client;
 use keel_model::Kind;
 use keel_store::{build_snapshot, records_of, replay_log, SqliteStore};
-use reqwest::Method;
 use serde_json::json;
 
 use crate::output::print_json;
@@ -26,8 +25,7 @@ pub struct RestoreArgs {
 }
 
 pub async fn backup(c: &Client, args: &BackupArgs, json: bool) -> anyhow::Result<()> {
-    let resp = c.request(Method::GET, "/api/v1/backup", None, None).await?;
-    let bytes = resp.bytes().await.context("the backup download was cut")?;
+    let bytes = c.backup().await?;
     let tmp = args.file.with_extension("partial");
     write_synced(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, &args.file).with_context(|| format!("cannot write {}", args.file.display()))?;

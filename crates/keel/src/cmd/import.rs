@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use keel_client::{Client, ClientError};
 use keel_model::ValidationError;
-use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use crate::output::print_json;
@@ -55,17 +54,10 @@ pub async fn run(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()
     }
     let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("importing {} machines", rows.len()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let result = c
-        .call::<Value>(
-            Method::POST,
-            "/api/v1/machines/import",
-            Some(&json!({ "machines": rows })),
-            None,
-        )
-        .await;
+    let result = c.import_machines(rows).await;
     spinner.finish_and_clear();
     let answer = match result {
-        Ok(a) => a.value,
+        Ok(a) => a,
         Err(ClientError::Api { errors, .. }) if !errors.is_empty() => return Err(report(&args.file, errors)),
         Err(e) => return Err(e.into()),
     };

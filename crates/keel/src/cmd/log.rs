@@ -17,9 +17,7 @@ pub struct LogArgs {
 }
 
 pub async fn run(c: &Client, args: &LogArgs, json: bool) -> anyhow::Result<()> {
-    let changes: Vec<Change> = c
-        .get(&format!("/api/v1/changes?since={}&limit={}", args.since, args.limit))
-        .await?;
+    let changes: Vec<Change> = c.changes(args.since, args.limit).await?;
     if json {
         return print_json(&changes);
     }

@@ -3,11 +3,10 @@
 use clap::Subcommand;
 use keel_client::Client;
 use keel_model::Machine;
-use reqwest::Method;
 use serde_json::{Map, Value};
 
-use super::seg;
 use crate::output::{print_json, table};
+use keel_client::Records;
 
 #[derive(Debug, Subcommand)]
 pub enum MachineCmd {
@@ -94,35 +93,23 @@ impl MachineFields {
 pub async fn run(c: &Client, cmd: &MachineCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         MachineCmd::List { filters } => {
-            let query = filters.iter().map(|f| f.as_str()).collect::<Vec<_>>().join("&");
-            let list: Vec<Machine> = c.get(&format!("/api/v1/machines?{query}")).await?;
+            let list: Vec<Machine> = c.list(Records::Machines, &super::filters(filters)?).await?;
             print_machines(&list, json)
         }
         MachineCmd::Show { name } => {
-            let m: Machine = c.get(&format!("/api/v1/machines/{}", seg(name))).await?;
+            let m: Machine = c.show(Records::Machines, &[name]).await?;
             print_machines(&[m], json)
         }
         MachineCmd::Add(f) => {
-            let m: Machine = c
-                .call(Method::POST, "/api/v1/machines", Some(&f.to_json()), None)
-                .await?
-                .value;
+            let m: Machine = c.create(Records::Machines, &f.to_json()).await?;
             print_machines(&[m], json)
         }
         MachineCmd::Edit { name, fields } => {
-            let m: Machine = c
-                .edit(
-                    Method::PATCH,
-                    &format!("/api/v1/machines/{}", seg(name)),
-                    Some(&fields.to_json()),
-                )
-                .await?;
+            let m: Machine = c.update(Records::Machines, &[name], &fields.to_json()).await?;
             print_machines(&[m], json)
         }
         MachineCmd::Rm { name } => {
-            let _: Value = c
-                .edit(Method::DELETE, &format!("/api/v1/machines/{}", seg(name)), None)
-                .await?;
+            let _: Value = c.remove(Records::Machines, &[name]).await?;
             if !json {
                 println!("removed machine {name}");
             }

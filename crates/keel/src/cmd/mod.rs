@@ -14,12 +14,13 @@ pub mod token;
 pub mod users;
 pub mod watch;
 
-/// Percent-encodes one path segment (a hostname, a key) for a URL.
-pub fn seg(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
+/// `FIELD=VALUE` filters from the command line, as pairs for [`keel_client::Client::list`].
+pub fn filters(given: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
+    given
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("filter {f:?}: expected FIELD=VALUE (e.g. room=alt)"))
         })
         .collect()
 }

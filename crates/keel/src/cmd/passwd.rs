@@ -4,10 +4,9 @@ use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context};
 use keel_client::Client;
-use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::seg;
+use keel_client::Records;
 
 #[derive(Debug, clap::Args)]
 pub struct PasswdArgs {
@@ -45,9 +44,7 @@ pub async fn run(c: &Client, args: &PasswdArgs, json: bool) -> anyhow::Result<()
     let body = json!({"login": login, "old_password": old, "new_password_hash": hash});
     // No token: the current password is what authenticates this request.
     let anonymous = Client::new(c.base(), None)?;
-    anonymous
-        .request(Method::POST, "/api/v1/passwd", Some(&body), None)
-        .await?;
+    anonymous.passwd(&body).await?;
     if !json {
         println!("password of {login} changed");
     }
@@ -61,9 +58,7 @@ async fn reset(c: &Client, args: &PasswdArgs, json: bool) -> anyhow::Result<()> 
         .context("give the login whose password to reset")?;
     let password = keel_password::generate(args.pwdlen)?;
     let body = json!({"password_hash": keel_password::hash(&password)?, "password_changed": false});
-    let _: Value = c
-        .edit(Method::PATCH, &format!("/api/v1/users/{}", seg(login)), Some(&body))
-        .await?;
+    let _: Value = c.update(Records::Users, &[login], &body).await?;
     if json {
         return crate::output::print_json(&json!({"login": login, "password": password}));
     }

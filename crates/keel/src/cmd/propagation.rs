@@ -8,11 +8,10 @@ use clap::Subcommand;
 use keel_client::Client;
 use keel_model::{Channel, Destination, Facility, Group, Host, Login};
 use keel_propagate::{DestStatus, Task};
-use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::seg;
 use crate::output::{print_json, table};
+use keel_client::Records;
 
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
@@ -166,8 +165,8 @@ pub enum PropagationCmd {
 }
 
 /// Deletes the record at `path` at its current version.
-async fn remove(c: &Client, json: bool, path: &str, what: &str) -> anyhow::Result<()> {
-    let _: Value = c.edit(Method::DELETE, path, None).await?;
+async fn remove(c: &Client, json: bool, kind: Records, key: &[&str], what: &str) -> anyhow::Result<()> {
+    c.remove(kind, key).await?;
     print_or_json(json, &json!({"removed": what}), || format!("removed {what}"))
 }
 
@@ -182,8 +181,8 @@ fn print_or_json<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> 
 
 pub async fn host(c: &Client, cmd: &HostCmd, json: bool) -> anyhow::Result<()> {
     let list: Vec<Host> = match cmd {
-        HostCmd::List => c.get("/api/v1/hosts").await?,
-        HostCmd::Show { name } => vec![c.get(&format!("/api/v1/hosts/{}", seg(name))).await?],
+        HostCmd::List => c.all(Records::Hosts).await?,
+        HostCmd::Show { name } => vec![c.show(Records::Hosts, &[name]).await?],
         HostCmd::Add {
             name,
             facility,
@@ -191,16 +190,10 @@ pub async fn host(c: &Client, cmd: &HostCmd, json: bool) -> anyhow::Result<()> {
             alias,
         } => {
             let body = json!({"name": name, "facility": facility, "machine": machine, "aliases": alias});
-            vec![c.call(Method::POST, "/api/v1/hosts", Some(&body), None).await?.value]
+            vec![c.create(Records::Hosts, &body).await?]
         }
         HostCmd::Rm { name } => {
-            return remove(
-                c,
-                json,
-                &format!("/api/v1/hosts/{}", seg(name)),
-                &format!("host {name}"),
-            )
-            .await;
+            return remove(c, json, Records::Hosts, &[name], &format!("host {name}")).await;
         }
     };
     let rows = list
@@ -219,8 +212,8 @@ pub async fn host(c: &Client, cmd: &HostCmd, json: bool) -> anyhow::Result<()> {
 
 pub async fn facility(c: &Client, cmd: &FacilityCmd, json: bool) -> anyhow::Result<()> {
     let list: Vec<Facility> = match cmd {
-        FacilityCmd::List => c.get("/api/v1/facilities").await?,
-        FacilityCmd::Show { name } => vec![c.get(&format!("/api/v1/facilities/{}", seg(name))).await?],
+        FacilityCmd::List => c.all(Records::Facilities).await?,
+        FacilityCmd::Show { name } => vec![c.show(Records::Facilities, &[name]).await?],
         FacilityCmd::Add { name, fields } => {
             let f = fields.apply(Facility {
                 name: name.clone(),
@@ -231,31 +224,19 @@ pub async fn facility(c: &Client, cmd: &FacilityCmd, json: bool) -> anyhow::Resu
                 blocked: Vec::new(),
                 version: 0,
             })?;
-            vec![
-                c.call(
-                    Method::POST,
-                    "/api/v1/facilities",
-                    Some(&serde_json::to_value(&f)?),
-                    None,
-                )
-                .await?
-                .value,
-            ]
+            vec![c.create(Records::Facilities, &serde_json::to_value(&f)?).await?]
         }
         FacilityCmd::Edit { name, fields } => {
-            let path = format!("/api/v1/facilities/{}", seg(name));
-            let current = c.call::<Facility>(Method::GET, &path, None, None).await?;
+            let current = c.show_versioned::<Facility>(Records::Facilities, &[name]).await?;
             let version = current.version.context("no ETag on the facility")?;
             let f = fields.apply(current.value)?;
             vec![
-                c.call(Method::PUT, &path, Some(&serde_json::to_value(&f)?), Some(version))
-                    .await?
-                    .value,
+                c.replace(Records::Facilities, &[name], &serde_json::to_value(&f)?, version)
+                    .await?,
             ]
         }
         FacilityCmd::Rm { name } => {
-            let path = format!("/api/v1/facilities/{}", seg(name));
-            return remove(c, json, &path, &format!("facility {name}")).await;
+            return remove(c, json, Records::Facilities, &[name], &format!("facility {name}")).await;
         }
     };
     let rows = list
@@ -303,14 +284,14 @@ impl FacilityFields {
 pub async fn destination(c: &Client, cmd: &DestinationCmd, json: bool) -> anyhow::Result<()> {
     let list: Vec<Destination> = match cmd {
         DestinationCmd::List { facility, service } => {
-            let mut q = form_urlencoded::Serializer::new(String::new());
+            let mut filters = Vec::new();
             if let Some(f) = facility {
-                q.append_pair("facility", f);
+                filters.push(("facility", f));
             }
             if let Some(s) = service {
-                q.append_pair("service", s);
+                filters.push(("service", s));
             }
-            c.get(&format!("/api/v1/destinations?{}", q.finish())).await?
+            c.list(Records::Destinations, &filters).await?
         }
         DestinationCmd::Add {
             facility,
@@ -320,7 +301,7 @@ pub async fn destination(c: &Client, cmd: &DestinationCmd, json: bool) -> anyhow
         } => {
             let mut targets = destinations.clone();
             if *all_hosts {
-                let hosts: Vec<Host> = c.get("/api/v1/hosts").await?;
+                let hosts: Vec<Host> = c.all(Records::Hosts).await?;
                 targets.extend(
                     hosts
                         .iter()
@@ -333,11 +314,7 @@ pub async fn destination(c: &Client, cmd: &DestinationCmd, json: bool) -> anyhow
                 for d in &targets {
                     let channel = if d == "local" { Channel::Local } else { Channel::Ssh };
                     let body = json!({"facility": facility, "service": s, "destination": d, "channel": channel});
-                    added.push(
-                        c.call(Method::POST, "/api/v1/destinations", Some(&body), None)
-                            .await?
-                            .value,
-                    );
+                    added.push(c.create(Records::Destinations, &body).await?);
                 }
             }
             added
@@ -347,14 +324,8 @@ pub async fn destination(c: &Client, cmd: &DestinationCmd, json: bool) -> anyhow
             service,
             destination,
         } => {
-            let path = format!(
-                "/api/v1/destinations/{}/{}/{}",
-                seg(facility),
-                seg(service),
-                seg(destination)
-            );
             let what = format!("destination {destination} of {facility}/{service}");
-            return remove(c, json, &path, &what).await;
+            return remove(c, json, Records::Destinations, &[facility, service, destination], &what).await;
         }
     };
     let rows = list
@@ -408,19 +379,7 @@ pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow
             destination,
             out,
         } => {
-            let mut q = form_urlencoded::Serializer::new(String::new());
-            q.append_pair("service", service)
-                .append_pair("facility", facility)
-                .append_pair("destination", destination);
-            let resp = c
-                .request(
-                    Method::GET,
-                    &format!("/api/v1/propagation/bundle?{}", q.finish()),
-                    None,
-                    None,
-                )
-                .await?;
-            let bytes = resp.bytes().await.context("reading the bundle")?;
+            let bytes = c.propagation_bundle(service, facility, destination).await?;
             if out == "-" {
                 use std::io::Write;
                 std::io::stdout().write_all(&bytes)?;
@@ -433,18 +392,14 @@ pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow
             Ok(())
         }
         PropagationCmd::Key => {
-            let v: Value = c.get("/api/v1/propagation/key").await?;
+            let v = c.propagation_key().await?;
             print_or_json(json, &v, || v["public_key"].as_str().unwrap_or_default().to_owned())
         }
     }
 }
 
 async fn status(c: &Client, facility: Option<&str>) -> anyhow::Result<Vec<Task>> {
-    let path = match facility {
-        Some(f) => format!("/api/v1/propagation?facility={}", seg(f)),
-        None => "/api/v1/propagation".into(),
-    };
-    let v: Value = c.get(&path).await?;
+    let v = c.propagation_status(facility).await?;
     Ok(serde_json::from_value(v["tasks"].clone())?)
 }
 
@@ -517,11 +472,7 @@ async fn force(
     json: bool,
 ) -> anyhow::Result<()> {
     let before: Vec<Task> = status(c, Some(facility)).await?;
-    let body = json!({"facility": facility, "service": service});
-    let r: Value = c
-        .call(Method::POST, "/api/v1/propagation/force", Some(&body), None)
-        .await?
-        .value;
+    let r = c.propagation_force(facility, service).await?;
     let planned: Vec<String> = serde_json::from_value(r["planned"].clone())?;
     if !wait {
         return print_or_json(json, &r, || format!("planned: {}", planned.join(", ")));
@@ -574,11 +525,9 @@ async fn force(
 
 async fn block(c: &Client, a: &BlockArgs, blocked: bool, json: bool) -> anyhow::Result<()> {
     let (facility, service) = (&a.facility, &a.service);
-    let body = json!({"facility": facility, "service": service, "destination": a.destination, "blocked": blocked});
-    let r: Value = c
-        .call(Method::POST, "/api/v1/propagation/block", Some(&body), None)
-        .await?
-        .value;
+    let r = c
+        .propagation_block(facility, service, a.destination.as_deref(), blocked)
+        .await?;
     let what = a.destination.as_deref().map_or_else(
         || format!("{service} on facility {facility}"),
         |d| format!("{service} to {d}"),

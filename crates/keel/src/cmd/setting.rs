@@ -2,11 +2,10 @@
 
 use clap::Subcommand;
 use keel_client::Client;
-use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::seg;
 use crate::output::{print_json, table};
+use keel_client::Records;
 
 #[derive(Debug, Subcommand)]
 pub enum SettingCmd {
@@ -22,7 +21,7 @@ pub enum SettingCmd {
 pub async fn run(c: &Client, cmd: &SettingCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         SettingCmd::List => {
-            let list: Vec<Value> = c.get("/api/v1/settings").await?;
+            let list: Vec<Value> = c.all(Records::Settings).await?;
             if json {
                 return print_json(&list);
             }
@@ -39,7 +38,7 @@ pub async fn run(c: &Client, cmd: &SettingCmd, json: bool) -> anyhow::Result<()>
             println!("{}", table(&["key", "value", "meaning"], rows));
         }
         SettingCmd::Get { key } => {
-            let s: Value = c.get(&format!("/api/v1/settings/{}", seg(key))).await?;
+            let s: Value = c.show(Records::Settings, &[key]).await?;
             if json {
                 return print_json(&s);
             }
@@ -51,13 +50,7 @@ pub async fn run(c: &Client, cmd: &SettingCmd, json: bool) -> anyhow::Result<()>
                 "false" | "off" | "no" | "0" => json!(false),
                 other => json!(other),
             };
-            let s: Value = c
-                .edit(
-                    Method::PUT,
-                    &format!("/api/v1/settings/{}", seg(key)),
-                    Some(&json!({ "value": value })),
-                )
-                .await?;
+            let s: Value = c.put(Records::Settings, &[key], &json!({ "value": value })).await?;
             if json {
                 return print_json(&s);
             }

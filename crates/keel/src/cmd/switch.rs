@@ -3,11 +3,10 @@
 use clap::Subcommand;
 use keel_client::Client;
 use keel_model::Switch;
-use reqwest::Method;
 use serde_json::{Map, Value};
 
-use super::seg;
 use crate::output::{print_json, table};
+use keel_client::Records;
 
 #[derive(Debug, Subcommand)]
 pub enum SwitchCmd {
@@ -70,34 +69,16 @@ impl SwitchFields {
 
 pub async fn run(c: &Client, cmd: &SwitchCmd, json: bool) -> anyhow::Result<()> {
     let list = match cmd {
-        SwitchCmd::List => c.get::<Vec<Switch>>("/api/v1/switches").await?,
-        SwitchCmd::Show { name } => vec![c.get(&format!("/api/v1/switches/{}", seg(name))).await?],
+        SwitchCmd::List => c.all::<Switch>(Records::Switches).await?,
+        SwitchCmd::Show { name } => vec![c.show(Records::Switches, &[name]).await?],
         SwitchCmd::Add { name, fields } => {
-            vec![
-                c.call(
-                    Method::POST,
-                    "/api/v1/switches",
-                    Some(&fields.to_json(Some(name))),
-                    None,
-                )
-                .await?
-                .value,
-            ]
+            vec![c.create(Records::Switches, &fields.to_json(Some(name))).await?]
         }
         SwitchCmd::Edit { name, fields } => {
-            vec![
-                c.edit(
-                    Method::PATCH,
-                    &format!("/api/v1/switches/{}", seg(name)),
-                    Some(&fields.to_json(None)),
-                )
-                .await?,
-            ]
+            vec![c.update(Records::Switches, &[name], &fields.to_json(None)).await?]
         }
         SwitchCmd::Rm { name } => {
-            let _: Value = c
-                .edit(Method::DELETE, &format!("/api/v1/switches/{}", seg(name)), None)
-                .await?;
+            let _: Value = c.remove(Records::Switches, &[name]).await?;
             if !json {
                 println!("removed switch {name}");
             }

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use keel_client::Client;
-use reqwest::Method;
+use keel_client::Records;
 use serde_json::{json, Value};
 
 use crate::output::{print_json, table};
@@ -56,7 +56,7 @@ pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
                 (None, None) => None,
             };
             let body = json!({"name": name, "role": role, "facilities": facilities, "host": host, "expires": expires});
-            let t: Value = c.call(Method::POST, "/api/v1/tokens", Some(&body), None).await?.value;
+            let t: Value = c.create(Records::Tokens, &body).await?;
             if json {
                 return print_json(&t);
             }
@@ -67,7 +67,7 @@ pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
             );
         }
         TokenCmd::List => {
-            let list: Vec<Value> = c.get("/api/v1/tokens").await?;
+            let list: Vec<Value> = c.all(Records::Tokens).await?;
             if json {
                 return print_json(&list);
             }
@@ -91,13 +91,7 @@ pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
             );
         }
         TokenCmd::Revoke { id } => {
-            c.request(
-                Method::DELETE,
-                &format!("/api/v1/tokens/{}", super::seg(id)),
-                None,
-                None,
-            )
-            .await?;
+            c.revoke_token(id).await?;
             if !json {
                 println!("revoked token {id}");
             }

@@ -7,11 +7,10 @@ use clap::Subcommand;
 use keel_client::{Client, ClientError};
 use keel_model::login::{base_login, LoginAllocator, RESERVED_LOGINS};
 use keel_model::{Group, Login, ValidationError};
-use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::seg;
 use crate::output::{print_json, table};
+use keel_client::Records;
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCmd {
@@ -93,17 +92,15 @@ pub struct ImportArgs {
 pub async fn run(c: &Client, cmd: &UsersCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         UsersCmd::List { filters } => {
-            let list: Vec<Value> = c.get(&format!("/api/v1/users?{}", filters.join("&"))).await?;
+            let list: Vec<Value> = c.list(Records::Users, &super::filters(filters)?).await?;
             print_users(&list, json)
         }
         UsersCmd::Show { login } => {
-            let u: Value = c.get(&format!("/api/v1/users/{}", seg(login))).await?;
+            let u: Value = c.show(Records::Users, &[login]).await?;
             print_users(&[u], json)
         }
         UsersCmd::Rm { login } => {
-            let _: Value = c
-                .edit(Method::DELETE, &format!("/api/v1/users/{}", seg(login)), None)
-                .await?;
+            let _: Value = c.remove(Records::Users, &[login]).await?;
             if !json {
                 println!("removed user {login}");
             }
@@ -160,7 +157,7 @@ async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()>
         .parse()
         .map_err(|e: ValidationError| anyhow::anyhow!("--type: {}", e.message))?;
     let text = std::fs::read_to_string(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let existing: Vec<Value> = c.get("/api/v1/users").await?;
+    let existing: Vec<Value> = c.all(Records::Users).await?;
     let existing = existing.iter().filter_map(|u| u["login"].as_str().map(str::to_owned));
     let reserved: Vec<&str> = RESERVED_LOGINS
         .iter()
@@ -198,11 +195,8 @@ async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()>
     };
     let body = json!({"on_existing": on_existing, "dry_run": args.dry_run, "users": rows});
     // On any error the sheets are dropped, which removes them: their passwords were never set.
-    let answer = match c
-        .call::<Value>(Method::POST, "/api/v1/users/import", Some(&body), None)
-        .await
-    {
-        Ok(a) => a.value,
+    let answer = match c.import_users(&body).await {
+        Ok(a) => a,
         Err(ClientError::Api { errors, .. }) if !errors.is_empty() => return Err(report(&args.file, errors)),
         Err(e) => return Err(e.into()),
     };
@@ -218,7 +212,7 @@ async fn sheet(c: &Client, args: &SheetArgs, json: bool) -> anyhow::Result<()> {
         .group
         .parse()
         .map_err(|e: ValidationError| anyhow::anyhow!("--type: {}", e.message))?;
-    let members: Vec<Value> = c.get(&format!("/api/v1/users?group={group}")).await?;
+    let members: Vec<Value> = c.list(Records::Users, &[("group", group.as_str())]).await?;
     let chosen: Vec<&Value> = if args.all {
         members.iter().collect()
     } else if args.users.is_empty() {
@@ -274,10 +268,7 @@ async fn sheet(c: &Client, args: &SheetArgs, json: bool) -> anyhow::Result<()> {
         .collect();
     let sheets = write_sheet(&args.sheet, &people)?;
     let body = json!({"on_existing": "update", "users": rows});
-    let answer: Value = c
-        .call(Method::POST, "/api/v1/users/import", Some(&body), None)
-        .await?
-        .value;
+    let answer = c.import_users(&body).await?;
     let written = sheets.commit()?;
     if json {
         return print_json(&answer);
