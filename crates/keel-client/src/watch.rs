@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use keel_model::wire::{WatchControl, WatchLine, WatchRecord};
 use keel_model::{Kind, Op};
 use reqwest::Method;
 use serde_json::Value;
@@ -187,49 +188,116 @@ impl Watch {
 
     /// Turns a line into an event, or `None` for lines that are not one (heartbeats, duplicates).
     fn event(&mut self, line: &[u8]) -> Result<Option<WatchEvent>, ClientError> {
-        let v: Value = serde_json::from_slice(line).map_err(|e| ClientError::Decode(format!("watch line: {e}")))?;
-        let seq = v.get("seq").and_then(Value::as_u64);
-        match v.get("type").and_then(Value::as_str) {
-            Some("snapshot_begin") => {
-                let db_id = v["db_id"].as_str().unwrap_or_default().to_owned();
-                self.db_id = Some(db_id.clone());
-                self.in_snapshot = true;
-                return Ok(Some(WatchEvent::SnapshotBegin {
-                    seq: seq.unwrap_or(0),
-                    db_id,
-                }));
-            }
-            Some("snapshot_end") => {
-                self.in_snapshot = false;
-                self.last = seq;
-                return Ok(Some(WatchEvent::SnapshotEnd { seq: seq.unwrap_or(0) }));
-            }
-            Some("error") => {
-                // The server cut the stream (too slow, log trimmed): resume, or report when not reconnecting.
-                let reason = v["reason"].as_str().unwrap_or("cut off").to_owned();
-                if !self.opts.reconnect {
-                    return Err(ClientError::Decode(format!("server ended the stream: {reason}")));
-                }
-                tracing::info!(%reason, "watch stream cut by the server; resuming");
-                self.disconnect();
-                return Ok(None);
-            }
-            Some(_) => return Ok(None), // heartbeat, or a line type this client does not know
-            None => {}
-        }
-        let kind = v.get("kind").and_then(Value::as_str).and_then(Kind::parse);
-        let (Some(seq), Some(kind)) = (seq, kind) else {
-            return Err(ClientError::Decode("watch line without seq or kind".into()));
+        let parsed: WatchLine =
+            serde_json::from_slice(line).map_err(|e| ClientError::Decode(format!("watch line: {e}")))?;
+        let record = match parsed {
+            WatchLine::Control(control) => return self.control(control),
+            WatchLine::Record(record) => record,
         };
-        let data = v.get("data").cloned().unwrap_or(Value::Null);
+        let WatchRecord { seq, kind, op, data } = record;
+        let data = data.unwrap_or(Value::Null);
         if self.in_snapshot {
             return Ok(Some(WatchEvent::Record { kind, data }));
         }
         if self.last.is_some_and(|l| seq <= l) {
             return Ok(None); // already delivered before a reconnect
         }
-        let op = if v["op"] == "delete" { Op::Delete } else { Op::Put };
         self.last = Some(seq);
         Ok(Some(WatchEvent::Change { seq, kind, op, data }))
+    }
+
+    fn control(&mut self, control: WatchControl) -> Result<Option<WatchEvent>, ClientError> {
+        match control {
+            WatchControl::SnapshotBegin { seq, db_id } => {
+                self.db_id = Some(db_id.clone());
+                self.in_snapshot = true;
+                Ok(Some(WatchEvent::SnapshotBegin { seq, db_id }))
+            }
+            WatchControl::SnapshotEnd { seq } => {
+                self.in_snapshot = false;
+                self.last = Some(seq);
+                Ok(Some(WatchEvent::SnapshotEnd { seq }))
+            }
+            WatchControl::Error { reason, .. } => {
+                // The server cut the stream (too slow, log trimmed): resume, or report when not reconnecting.
+                if !self.opts.reconnect {
+                    return Err(ClientError::Decode(format!("server ended the stream: {reason}")));
+                }
+                tracing::info!(%reason, "watch stream cut by the server; resuming");
+                self.disconnect();
+                Ok(None)
+            }
+            WatchControl::Heartbeat { .. } | WatchControl::Unknown => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use futures_util::StreamExt as _;
+
+    use super::*;
+
+    /// A watch reading `text` from a stream cut into `chunk`-byte pieces (lines arrive split).
+    fn watch_of(text: &str, chunk: usize, since: Option<u64>) -> Watch {
+        let client = Client::new("http://127.0.0.1:9", None).unwrap();
+        let mut w = client.watch(WatchOptions {
+            since,
+            ..WatchOptions::default()
+        });
+        let pieces: Vec<reqwest::Result<Bytes>> = text
+            .as_bytes()
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        w.stream = Some(futures_util::stream::iter(pieces).boxed());
+        w
+    }
+
+    #[tokio::test]
+    async fn events_come_in_order_without_duplicates_or_heartbeats() {
+        let text = concat!(
+            "{\"type\":\"snapshot_begin\",\"seq\":2,\"db_id\":\"d\"}\n",
+            "{\"seq\":2,\"kind\":\"machine\",\"op\":\"put\",\"data\":{\"hostname\":\"a\"}}\n",
+            "{\"type\":\"snapshot_end\",\"seq\":2}\n",
+            "{\"type\":\"heartbeat\",\"seq\":2}\n",
+            "{\"type\":\"from_a_newer_server\"}\n",
+            "{\"seq\":2,\"kind\":\"machine\",\"op\":\"put\",\"data\":{\"hostname\":\"old\"}}\n",
+            "{\"seq\":3,\"kind\":\"machine\",\"op\":\"delete\",\"data\":{\"hostname\":\"a\"}}\n",
+            "{\"type\":\"error\",\"reason\":\"too slow\",\"seq\":3}\n",
+        );
+        for chunk in [1, 7, text.len()] {
+            let mut w = watch_of(text, chunk, None);
+            assert!(matches!(
+                w.next().await.unwrap(),
+                WatchEvent::SnapshotBegin { seq: 2, .. }
+            ));
+            assert_eq!(w.db_id(), Some("d"));
+            assert!(matches!(
+                w.next().await.unwrap(),
+                WatchEvent::Record {
+                    kind: Kind::Machine,
+                    ..
+                }
+            ));
+            assert!(matches!(w.next().await.unwrap(), WatchEvent::SnapshotEnd { seq: 2 }));
+            // The heartbeat, the unknown line and the change already covered by the snapshot
+            // are skipped: the next event is seq 3.
+            let WatchEvent::Change { seq, op, data, .. } = w.next().await.unwrap() else {
+                panic!("a change")
+            };
+            assert_eq!((seq, op, data["hostname"].as_str()), (3, Op::Delete, Some("a")));
+            assert_eq!(w.last_seq(), Some(3));
+            // Not reconnecting: the server's reason is the error.
+            let e = w.next().await.unwrap_err().to_string();
+            assert!(e.contains("too slow"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_that_is_not_a_watch_line_is_an_error() {
+        let mut w = watch_of("{\"seq\":4,\"op\":\"put\"}\n", 64, Some(3));
+        assert!(w.next().await.is_err());
     }
 }

@@ -243,6 +243,54 @@ pub enum RpcReply {
     Exception { exn_type: String, exn_message: String },
 }
 
+/// One line of the watch stream (`GET /api/v1/watch`, newline-delimited JSON), as keel-server
+/// writes it and keel-client reads it. Control lines carry a `type`; record lines — the records
+/// of a snapshot, then every change — do not. `D` is the record's JSON (borrowed when writing).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WatchLine<D = Value> {
+    Control(WatchControl),
+    Record(WatchRecord<D>),
+}
+
+/// A watch line that is not a record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WatchControl {
+    /// The records that follow are the whole state at `seq` of database `db_id`.
+    SnapshotBegin { seq: u64, db_id: String },
+    /// The snapshot is complete; changes after `seq` follow.
+    SnapshotEnd { seq: u64 },
+    /// Nothing happened for a while (the stream is alive; `seq` is the latest).
+    Heartbeat { seq: u64 },
+    /// The server ends the stream (too slow a reader, log trimmed, shutting down): resume after
+    /// `seq`.
+    Error { reason: String, seq: u64 },
+    /// A line type newer than this reader: skipped.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A record line: in a snapshot, `op` is `put`; after it, one change each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchRecord<D = Value> {
+    pub seq: u64,
+    pub kind: crate::Kind,
+    pub op: crate::Op,
+    /// The record after a put, before a delete (`null` if the log no longer has it).
+    pub data: Option<D>,
+}
+
+impl<D: Serialize> WatchLine<D> {
+    /// The line's bytes, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        // A line of JSON values and strings cannot fail to serialize.
+        let mut out = serde_json::to_vec(self).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,5 +321,50 @@ mod tests {
         let b = serde_json::to_value(MachineRecord::from(&m)).unwrap();
         assert_eq!(a, b);
         assert_eq!(a["aliases"], "mdb,udb");
+    }
+
+    /// The exact bytes keel has always sent (clients in other languages read them), and back.
+    #[test]
+    fn watch_lines_keep_their_shape() {
+        let cases: Vec<(WatchLine, &str)> = vec![
+            (
+                WatchLine::Control(WatchControl::SnapshotBegin {
+                    seq: 3,
+                    db_id: "d".into(),
+                }),
+                r#"{"type":"snapshot_begin","seq":3,"db_id":"d"}"#,
+            ),
+            (
+                WatchLine::Control(WatchControl::SnapshotEnd { seq: 3 }),
+                r#"{"type":"snapshot_end","seq":3}"#,
+            ),
+            (
+                WatchLine::Control(WatchControl::Heartbeat { seq: 4 }),
+                r#"{"type":"heartbeat","seq":4}"#,
+            ),
+            (
+                WatchLine::Control(WatchControl::Error {
+                    reason: "slow".into(),
+                    seq: 4,
+                }),
+                r#"{"type":"error","reason":"slow","seq":4}"#,
+            ),
+            (
+                WatchLine::Record(WatchRecord {
+                    seq: 5,
+                    kind: crate::Kind::Machine,
+                    op: crate::Op::Delete,
+                    data: Some(serde_json::json!({"hostname": "a"})),
+                }),
+                r#"{"seq":5,"kind":"machine","op":"delete","data":{"hostname":"a"}}"#,
+            ),
+        ];
+        for (line, text) in cases {
+            assert_eq!(String::from_utf8(line.to_line()).unwrap(), format!("{text}\n"));
+            assert_eq!(serde_json::from_str::<WatchLine>(text).unwrap(), line);
+        }
+        let newer: WatchLine = serde_json::from_str(r#"{"type":"resync_hint","seq":9}"#).unwrap();
+        assert_eq!(newer, WatchLine::Control(WatchControl::Unknown));
+        assert!(serde_json::from_str::<WatchLine>(r#"{"seq":5,"op":"put"}"#).is_err());
     }
 }

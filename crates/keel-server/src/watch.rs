@@ -19,7 +19,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use keel_model::wire::{MachineWire, UserRecord};
+use keel_model::wire::{MachineWire, UserRecord, WatchControl, WatchLine, WatchRecord};
 use keel_model::{Change, Kind, Machine, Op, Snapshot, User};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -210,7 +210,10 @@ impl Shared {
     fn cut(&self, st: &AppState, reason: &str, last: u64) {
         st.metrics.watch_cut.inc();
         tracing::info!(%reason, last, "watch stream cut");
-        *self.end.lock() = Some(line(&json!({"type": "error", "reason": reason, "seq": last})));
+        *self.end.lock() = Some(control(WatchControl::Error {
+            reason: reason.to_string(),
+            seq: last,
+        }));
         self.cut.store(true, Relaxed);
     }
 
@@ -402,18 +405,24 @@ impl Producer {
 
     async fn snapshot(&mut self, snap: &Snapshot) -> Result<(), Stop> {
         let seq = snap.seq();
-        self.lines.push(&line(
-            &json!({"type": "snapshot_begin", "seq": seq, "db_id": self.st.db.db_id()}),
-        ));
+        self.lines.push(&control(WatchControl::SnapshotBegin {
+            seq,
+            db_id: self.st.db.db_id().to_owned(),
+        }));
         let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| self.params.wants(*k)).collect();
         for kind in kinds {
             for data in keel_store::records_of(snap, kind) {
-                self.push_flushing(&line(&json!({"seq": seq, "kind": kind, "op": "put", "data": data})))
-                    .await?;
+                let record = WatchLine::Record(WatchRecord {
+                    seq,
+                    kind,
+                    op: Op::Put,
+                    data: Some(data),
+                });
+                self.push_flushing(&record.to_line()).await?;
             }
         }
         self.lines.last = seq;
-        self.lines.push(&line(&json!({"type": "snapshot_end", "seq": seq})));
+        self.lines.push(&control(WatchControl::SnapshotEnd { seq }));
         self.flush().await
     }
 
@@ -459,6 +468,11 @@ async fn send(tx: &mpsc::Sender<Msg>, msg: Msg, timeout: Duration) -> Result<(),
     }
 }
 
+/// A control line of the watch stream.
+pub(crate) fn control(c: WatchControl) -> Bytes {
+    Bytes::from(WatchLine::<Value>::Control(c).to_line())
+}
+
 fn line(v: &Value) -> Bytes {
     let mut out = serde_json::to_vec(v).unwrap_or_default();
     out.push(b'\n');
@@ -489,24 +503,14 @@ impl LineCache {
         if let Some(b) = self.recent.lock().0.get(&c.seq).cloned() {
             return b;
         }
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            seq: u64,
-            kind: Kind,
-            op: Op,
-            data: &'a Option<Value>,
-        }
         let data = if c.op == Op::Put { &c.after } else { &c.before };
-        let data = &data.as_ref().map(|d| keel_model::wire::public_record(c.kind, d));
-        let mut out = serde_json::to_vec(&Line {
+        let record = WatchLine::Record(WatchRecord {
             seq: c.seq,
             kind: c.kind,
             op: c.op,
-            data,
-        })
-        .unwrap_or_default();
-        out.push(b'\n');
-        let b = Bytes::from(out);
+            data: data.as_ref().map(|d| keel_model::wire::public_record(c.kind, d)),
+        });
+        let b = Bytes::from(record.to_line());
         {
             let mut latest = self.latest.write();
             if latest.as_ref().is_none_or(|(seq, _)| *seq < c.seq) {

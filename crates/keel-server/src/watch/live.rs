@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use keel_model::wire::WatchControl;
 use keel_model::Change;
-use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
-use super::{line, Lines, Params, Shared, Subscribed, CHUNK};
+use super::{control, Lines, Params, Shared, Subscribed, CHUNK};
 use crate::AppState;
 
 /// A watch stream in its live phase.
@@ -97,7 +97,7 @@ impl Live {
                 Event::Tick => {
                     if std::mem::replace(&mut self.quiet, true) {
                         let seq = self.lines.last;
-                        self.lines.push(&line(&json!({"type": "heartbeat", "seq": seq})));
+                        self.lines.push(&control(WatchControl::Heartbeat { seq }));
                         return self.lines.take(&self.st);
                     }
                 }
