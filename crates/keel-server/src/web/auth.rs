@@ -55,15 +55,28 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
     !a.is_empty() && crate::auth::same_secret(a.as_bytes(), b.as_bytes())
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(|v| cookie::Cookie::split_parse(v).filter_map(Result::ok))
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+/// A `Set-Cookie` for keel's pages: HttpOnly, SameSite=Strict, for `path` only, Secure when the
+/// site is served over HTTPS; `max_age` 0 removes it.
+fn set_cookie(st: &AppState, name: &str, value: &str, path: &str, max_age: u64) -> Option<HeaderValue> {
+    let c = cookie::Cookie::build((name, value))
+        .path(path)
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .max_age(time::Duration::seconds(i64::try_from(max_age).unwrap_or(i64::MAX)))
+        .secure(st.web.secure_cookies)
+        .build();
+    HeaderValue::from_str(&c.to_string()).ok()
 }
 
 impl Sessions {
@@ -191,12 +204,8 @@ pub(crate) async fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
     })
 }
 
-fn session_cookie(st: &AppState, id: &str, max_age: u64) -> HeaderValue {
-    let secure = if st.web.secure_cookies { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
-    ))
-    .unwrap_or(HeaderValue::from_static(""))
+fn session_cookie(st: &AppState, id: &str, max_age: u64) -> Option<HeaderValue> {
+    set_cookie(st, COOKIE, id, "/", max_age)
 }
 
 #[derive(Template)]
@@ -244,10 +253,7 @@ fn render_login(st: &AppState, next: String, login: String, error: String) -> Re
         csrf: csrf.clone(),
         error,
     });
-    let secure = if st.web.secure_cookies { "; Secure" } else { "" };
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{LOGIN_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
-    )) {
+    if let Some(v) = set_cookie(st, LOGIN_COOKIE, &csrf, "/login", 3600) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
@@ -290,8 +296,9 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
     };
     tracing::info!(%login, "web login");
     let mut r = Redirect::to(&next).into_response();
-    r.headers_mut()
-        .append(header::SET_COOKIE, session_cookie(&st, &id, st.web.idle.as_secs()));
+    if let Some(v) = session_cookie(&st, &id, st.web.idle.as_secs()) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
     r
 }
 
@@ -316,7 +323,9 @@ pub(crate) async fn logout(State(st): State<AppState>, me: Me, headers: HeaderMa
     st.web_sessions.close(&st, &headers).await;
     tracing::info!(login = %me.login, "web logout");
     let mut r = Redirect::to("/login").into_response();
-    r.headers_mut().append(header::SET_COOKIE, session_cookie(&st, "", 0));
+    if let Some(v) = session_cookie(&st, "", 0) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
     r
 }
 
@@ -343,10 +352,7 @@ fn render_password(st: &AppState, login: String, errors: Errors, done: bool) -> 
         errors,
         done,
     });
-    let secure = if st.web.secure_cookies { "; Secure" } else { "" };
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{LOGIN_COOKIE}={csrf}; Path=/password; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
-    )) {
+    if let Some(v) = set_cookie(st, LOGIN_COOKIE, &csrf, "/password", 3600) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
