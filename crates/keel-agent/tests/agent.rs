@@ -306,15 +306,12 @@ fn perun_lock_holds_a_concurrent_run_is_refused() {
     drop(lock);
     // Other tests fork children while this one holds the lock, and a child keeps a copy of the
     // descriptor until it execs: the lock can outlive `drop` by a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
+    let applied = keel_testkit::wait_until(std::time::Duration::from_secs(5), || {
         let r = h.apply(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
-        if r.code == 0 {
-            break;
-        }
-        assert!(r.code == 3 && std::time::Instant::now() < deadline, "{}", r.stderr);
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+        assert!(r.code == 0 || r.code == 3, "only the lock may refuse it: {}", r.stderr);
+        r.code == 0
+    });
+    assert!(applied, "the lock was never released");
 }
 
 #[test]
@@ -422,11 +419,10 @@ fn an_agent_killed_mid_apply_is_repaired_by_the_next_run() {
     let flag = h.dir.path().join("in-mid");
     h.hook("passwd", "mid_10_stall", &format!("touch {}; sleep 30", flag.display()));
     let mut child = h.spawn(&h.bundle("passwd", 1, &refs(&accounts(&[("alice", 10001)]))));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !flag.exists() {
-        assert!(std::time::Instant::now() < deadline, "the mid hook never ran");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    assert!(
+        keel_testkit::wait_until(std::time::Duration::from_secs(20), || flag.exists()),
+        "the mid hook never ran"
+    );
     assert!(
         h.read("etc/passwd").contains("alice"),
         "files are in place while the mid hook runs"

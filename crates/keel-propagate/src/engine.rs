@@ -10,7 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: tests can pause and advance it.
+use tokio::time::Instant;
 
 use keel_bundle::{Encoding, Prepared, SecretKey};
 use keel_model::{Change, Destination, Facility, Kind, Snapshot};
@@ -363,7 +366,7 @@ impl Engine {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = self.inner.wake.notified() => {}
-                () = tokio::time::sleep_until(next.into()) => {}
+                () = tokio::time::sleep_until(next) => {}
                 _ = recheck.tick() => self.plan_failed(),
                 _ = refresh.tick() => self.plan_all(true, Duration::ZERO),
             }

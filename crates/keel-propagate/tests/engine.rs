@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_bundle::SecretKey;
 use keel_model::{Channel, Destination, Facility, Group, Pools, Principal, UserPatch};
@@ -19,11 +19,7 @@ async fn db(dir: &tempfile::TempDir) -> Arc<Db> {
 /// Waits until the engine has planned for every committed change and finished: no guess of how
 /// long a change takes to reach it.
 async fn settle(e: &Engine) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !e.is_settled() {
-        assert!(Instant::now() < deadline, "the engine never settled");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    keel_testkit::eventually(20, "the engine settled", async || e.is_settled()).await;
 }
 
 fn serials(e: &Engine) -> BTreeMap<String, u64> {
@@ -151,15 +147,11 @@ async fn a_custom_generator_gets_the_facility_as_json_and_its_files_are_shipped(
     let keep = format!("cat > {}", out.display());
     let e = engine(&db, &["sh", "-c", &keep], &custom).await;
     // The broken generator is retried forever: wait for both outcomes, not for idleness.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let tasks = loop {
-        let tasks = e.status(None);
-        if tasks.iter().any(|t| t.state == TaskState::Done) && tasks.iter().any(|t| t.state == TaskState::Generror) {
-            break tasks;
-        }
-        assert!(Instant::now() < deadline, "{tasks:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let both = |tasks: &[keel_propagate::Task]| {
+        tasks.iter().any(|t| t.state == TaskState::Done) && tasks.iter().any(|t| t.state == TaskState::Generror)
     };
+    keel_testkit::eventually(20, "one task done, one GENERROR", async || both(&e.status(None))).await;
+    let tasks = e.status(None);
     let motd = tasks.iter().find(|t| t.service == "motd").unwrap();
     assert_eq!(motd.state, TaskState::Done, "{motd:?}");
     let broken = tasks.iter().find(|t| t.service == "broken").unwrap();

@@ -5,11 +5,11 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keel_client::data_dir as files;
 
-use crate::{Error, Result};
+use crate::{wait_until, Error, Result};
 
 /// How long a server may take to listen (a first start creates the database and hashes nothing
 /// slow; 30 s is for a loaded CI machine).
@@ -113,12 +113,12 @@ impl KeelProcess {
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut c = self.child.take()?;
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut status = None;
+        if wait_until(Duration::from_secs(15), || {
+            status = c.try_wait().ok().flatten();
+            status.is_some()
+        }) {
+            return status;
         }
         let _ = c.kill();
         let _ = c.wait();
@@ -139,17 +139,12 @@ fn read_trimmed(path: &Path) -> Option<String> {
 /// Waits for a file to exist and be non-empty: its text, or `None` on timeout or once `dead()`
 /// says the process that should write it has ended.
 pub fn wait_for_file(path: &Path, timeout: Duration, mut dead: impl FnMut() -> bool) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return Some(s);
-            }
-        }
-        if dead() {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    let mut text = None;
+    let mut died = false;
+    wait_until(timeout, || {
+        text = std::fs::read_to_string(path).ok().filter(|s| !s.trim().is_empty());
+        died = text.is_none() && dead();
+        text.is_some() || died
+    });
+    text
 }

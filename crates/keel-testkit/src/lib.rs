@@ -3,7 +3,7 @@
 //! tests, `keel bench postgres`), and [`Sshd`], an OpenSSH server on loopback with its own keys
 //! (the end-to-end tests, `keel bench propagation`); [`KeelProcess`], a real `keel serve` on
 //! loopback (the end-to-end tests and every benchmark); and `dns_query`, the bytes of a DNS query.
-//! Plain blocking processes, no async runtime of their own; a missing program is an error
+//! Plain blocking processes (`eventually` alone runs on the caller's tokio); a missing program is an error
 //! naming its Debian package, never a skip.
 
 #![forbid(unsafe_code)]
@@ -11,10 +11,12 @@
 mod keel;
 mod pg;
 mod sshd;
+mod wait;
 
 pub use keel::{wait_for_file, KeelCommand, KeelProcess};
 pub use pg::TestPg;
 pub use sshd::Sshd;
+pub use wait::{eventually, wait_until};
 
 /// A DNS query for `name` (type A, class IN, recursion desired), as a client sends it over UDP
 /// (RFC 1035 4.1): what the DNS tests and `keel bench dns` ask keel without a resolver library.

@@ -150,13 +150,9 @@ impl Drop for TestPg {
                 .stderr(Stdio::null())
                 .status();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        crate::wait_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -166,21 +162,18 @@ impl Drop for TestPg {
 /// Waits until the server accepts connections (`pg_isready`, which asks the server itself, not
 /// just its socket), or has exited, or `timeout` passed.
 fn wait_ready(child: &mut Child, bin: &Path, port: u16, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
+    let mut ready = false;
+    crate::wait_until(timeout, || {
         if child.try_wait().ok().flatten().is_some() {
-            return false;
+            return true; // exited: not ready, and never will be
         }
-        let ready = Command::new(bin.join("pg_isready"))
+        ready = Command::new(bin.join("pg_isready"))
             .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "keel"])
             .status()
             .is_ok_and(|s| s.success());
-        if ready {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+        ready
+    });
+    ready
 }
 
 fn rand_port() -> u16 {

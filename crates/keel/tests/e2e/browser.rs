@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::require_tool;
+use crate::support::{eventually, require_tool};
 
 /// Where screenshots go: `$KEEL_ARTIFACTS_DIR`, else `<target>/tmp/artifacts`.
 pub fn artifacts_dir() -> PathBuf {
@@ -60,11 +59,10 @@ impl Browser {
             .expect("chromedriver");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while http.get(format!("{base}/status")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(20, "chromedriver started", async || {
+            http.get(format!("{base}/status")).send().await.is_ok()
+        })
+        .await;
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -116,14 +114,10 @@ impl Browser {
 
     /// Waits until `script` returns true.
     pub async fn wait_for(&self, secs: u64, what: &str, script: &str) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if self.eval(script).await == Value::Bool(true) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out in the browser: {what}");
+        eventually(secs, &format!("in the browser: {what}"), async || {
+            self.eval(script).await == Value::Bool(true)
+        })
+        .await;
     }
 
     /// Resizes the window (a phone: 390×844).

@@ -2,7 +2,6 @@
 //! under a `root_dir` — locally (a child process) and over a real sshd on 127.0.0.1.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -554,11 +553,7 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
         let (cfg, good) = (ssh_config.clone(), good.clone());
         std::thread::spawn(move || ssh_apply(&cfg, "host1", &good))
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !started.exists() {
-        assert!(Instant::now() < deadline, "the first run never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(20, "the first run started", async || started.exists()).await;
     let (got, stderr) = ssh_apply(&ssh_config, "host1", &signed(&key, v1, 5_000_001, ""));
     assert_eq!(got, 3, "concurrent run: {stderr}");
     std::fs::write(&gate, "").unwrap();

@@ -3,11 +3,10 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use keel_client::data_dir as files;
 use keel_client::Client;
-pub use keel_testkit::wait_for_file;
+pub use keel_testkit::{eventually, wait_for_file};
 use keel_testkit::{KeelCommand, KeelProcess};
 use reqwest::Method;
 use serde_json::Value;
@@ -244,17 +243,4 @@ pub fn machine_rows(prefix: &str, salt: u8, range: std::ops::Range<u32>) -> Vec<
             serde_json::json!({"hostname": format!("{prefix}{i}"), "mac": format!("02:{salt:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]), "mtype": "user"})
         })
         .collect()
-}
-
-/// Polls until `ok` holds, or panics after `secs` with `what`: the one way the end-to-end tests
-/// wait for a condition.
-pub async fn eventually(secs: u64, what: &str, mut ok: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if ok().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out: {what}");
 }
