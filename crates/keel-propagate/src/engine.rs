@@ -194,8 +194,13 @@ impl Engine {
     /// or running: what a test or a caller waits for after a write (idle alone is also true
     /// before the engine has even received the write's change).
     pub fn is_settled(&self) -> bool {
-        let seen = self.inner.seen.load(std::sync::atomic::Ordering::SeqCst);
-        seen >= self.inner.db.snapshot().seq() && self.is_idle()
+        self.has_seen_all() && self.is_idle()
+    }
+
+    /// Whether the engine has planned for every change committed so far (it may still be
+    /// waiting out their debounce).
+    pub fn has_seen_all(&self) -> bool {
+        self.inner.seen.load(std::sync::atomic::Ordering::SeqCst) >= self.inner.db.snapshot().seq()
     }
 
     fn saw(&self, seq: u64) {

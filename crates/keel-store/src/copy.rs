@@ -3,7 +3,7 @@
 //! propagation state, the counter and the database id — read in one consistent view and written
 //! into an empty database in one transaction.
 
-use crate::sqlite::to_u64;
+use crate::codec::to_u64;
 use crate::{Store, StoreError, TokenRow};
 
 /// An object row: (kind, key, version, data).
@@ -83,11 +83,11 @@ macro_rules! export_body {
 }
 
 pub(crate) async fn export_pg(tx: &mut sqlx::PgConnection) -> Result<Dump, StoreError> {
-    export_body!(tx, crate::pg::token_from_row)
+    export_body!(tx, crate::codec::pg::token_from_row)
 }
 
 pub(crate) async fn export_sqlite(tx: &mut sqlx::SqliteConnection) -> Result<Dump, StoreError> {
-    export_body!(tx, crate::sqlite::token_from_row)
+    export_body!(tx, crate::codec::sqlite::token_from_row)
 }
 
 fn not_empty() -> StoreError {
@@ -131,7 +131,7 @@ macro_rules! import_tail {
             sqlx::query(prop_state).bind(k).bind(v).execute(&mut *$tx).await?;
         }
         sqlx::query(counter)
-            .bind(crate::sqlite::to_i64($d.seq))
+            .bind(crate::codec::to_i64($d.seq))
             .execute(&mut *$tx)
             .await?;
         sqlx::query(meta).bind(&$d.db_id).execute(&mut *$tx).await?;

@@ -4,6 +4,7 @@
 //! Only this crate names sqlx.
 
 mod batch;
+mod codec;
 mod commit_plan;
 mod common_sql;
 pub mod copy;
@@ -14,7 +15,7 @@ mod ops;
 pub mod pg;
 mod presence_ops;
 mod prop_ops;
-mod rows;
+
 mod sqlite;
 mod sqlite_commit;
 mod store;
@@ -27,7 +28,7 @@ pub use ops::{ImportReport, OnExisting};
 pub use pg::PgStore;
 pub use presence_ops::Opened;
 pub use sqlite::SqliteStore;
-pub use store::{Loaded, Store, Write};
+pub use store::{ChangeLog, Copying, Credentials, EngineState, Loaded, Records, Sharing, Store, Write};
 pub use token::{AuthError, NewToken, TokenRow};
 pub use web_session::{LoginFailures, WebSession, WEB_SSO_KEY};
 

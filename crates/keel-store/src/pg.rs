@@ -14,10 +14,11 @@ use keel_model::Change;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
+use crate::codec::pg::change_from_row;
+use crate::codec::{parse_json, to_i64, to_u64};
 use crate::commit_plan::{batches, plan, ChunkRows, Planned};
-use crate::sqlite::{parse_json, parse_kind, to_i64, to_u64};
-use crate::store::{Loaded, Store, Write};
-use crate::{fault, now_rfc3339, StoreError, TokenRow};
+use crate::store::{Copying, Sharing, Write};
+use crate::{fault, now_rfc3339, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -25,7 +26,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub const CHANNEL: &str = "keel_changes";
 
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     url: String,
     /// The connection whose session takes the cross-server writer lock (one round trip to take,
     /// one to release; PostgreSQL releases it if this server dies).
@@ -220,49 +221,9 @@ async fn write_tx(
     Ok(planned.into_iter().map(|p| p.change).collect())
 }
 
-#[async_trait]
-impl Store for PgStore {
-    async fn load(&self) -> Result<Loaded, StoreError> {
-        // One consistent view of the records and the counter.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut *tx)
-            .await?;
-        let db_id: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'db_id'")
-            .fetch_one(&mut *tx)
-            .await?;
-        let seq: i64 = sqlx::query_scalar("SELECT seq FROM counter WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?;
-        let rows = sqlx::query("SELECT kind, data FROM objects")
-            .fetch_all(&mut *tx)
-            .await?;
-        let records = rows
-            .iter()
-            .map(|r| Ok((parse_kind(r.try_get("kind")?)?, parse_json(r.try_get("data")?)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let last_machine: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0)::bigint FROM changes WHERE kind = 'machine'")
-                .fetch_one(&mut *tx)
-                .await?;
-        let first: i64 = sqlx::query_scalar("SELECT COALESCE(MIN(seq), 0)::bigint FROM changes")
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let machines_seq = if last_machine == 0 && first > 1 {
-            first - 1
-        } else {
-            last_machine
-        };
-        Ok(Loaded {
-            db_id,
-            seq: to_u64(seq),
-            records,
-            machines_seq: to_u64(machines_seq),
-        })
-    }
-
-    async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
+impl PgStore {
+    /// Commits `writes` in one transaction (the `Records` trait's `commit`).
+    pub(crate) async fn commit_writes(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let result = write_tx(&mut conn, "BEGIN", principal, writes).await;
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
@@ -272,89 +233,10 @@ impl Store for PgStore {
         }
         result
     }
+}
 
-    async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
-        crate::common_sql::pg::changes_since(&self.pool, since, limit).await
-    }
-
-    async fn first_seq(&self) -> Result<u64, StoreError> {
-        crate::common_sql::pg::first_seq(&self.pool).await
-    }
-
-    async fn trim_log(&self, keep: u64, older_than: Option<&str>) -> Result<u64, StoreError> {
-        crate::common_sql::pg::trim_log(&self.pool, keep, older_than).await
-    }
-
-    async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-        crate::common_sql::pg::insert_token(&self.pool, t).await
-    }
-
-    async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-        crate::common_sql::pg::token(&self.pool, id).await
-    }
-
-    async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        crate::common_sql::pg::tokens(&self.pool).await
-    }
-
-    async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError> {
-        crate::common_sql::pg::revoke_token(&self.pool, id, at).await
-    }
-
-    async fn put_web_session(&self, s: &crate::WebSession) -> Result<(), StoreError> {
-        crate::common_sql::pg::put(&self.pool, s).await
-    }
-
-    async fn web_session(&self, id: &str) -> Result<Option<crate::WebSession>, StoreError> {
-        crate::common_sql::pg::get(&self.pool, id).await
-    }
-
-    async fn touch_web_session(&self, id: &str, last_ms: i64) -> Result<(), StoreError> {
-        crate::common_sql::pg::touch(&self.pool, id, last_ms).await
-    }
-
-    async fn end_web_sessions(&self, id: Option<&str>, unused_before_ms: i64) -> Result<u64, StoreError> {
-        crate::common_sql::pg::end(&self.pool, id, unused_before_ms).await
-    }
-
-    async fn login_attempt(
-        &self,
-        key: &str,
-        at_ms: i64,
-        forget_before_ms: i64,
-    ) -> Result<crate::LoginFailures, StoreError> {
-        crate::common_sql::pg::login_attempt(&self.pool, key, at_ms, forget_before_ms).await
-    }
-
-    async fn login_succeeded(&self, login: &str) -> Result<(), StoreError> {
-        crate::common_sql::pg::login_succeeded(&self.pool, login).await
-    }
-
-    async fn meta_secret(&self, key: &str) -> Result<String, StoreError> {
-        crate::common_sql::pg::meta_secret(&self.pool, key).await
-    }
-
-    async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(sqlx::query_as("SELECT key, data FROM prop_state ORDER BY key")
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    async fn put_prop_state(&self, rows: &[(String, String)]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO prop_state (key, data) SELECT * FROM UNNEST($1::text[], $2::text[]) \
-             ON CONFLICT (key) DO UPDATE SET data = excluded.data",
-        )
-        .bind(rows.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
+#[async_trait]
+impl Copying for PgStore {
     async fn backup(&self, dest: &Path) -> Result<(), StoreError> {
         // A consistent copy as an SQLite file: what `keel restore` and `keel migrate-db` read.
         let to = crate::SqliteStore::open_single(dest).await?;
@@ -376,7 +258,10 @@ impl Store for PgStore {
     async fn import(&self, dump: &crate::copy::Dump) -> Result<(), StoreError> {
         crate::copy::import_pg(&self.pool, dump).await
     }
+}
 
+#[async_trait]
+impl Sharing for PgStore {
     fn shared(&self) -> bool {
         true
     }
@@ -652,5 +537,3 @@ impl Leadership {
         }
     }
 }
-
-crate::rows::decoders!(sqlx::postgres::PgRow);

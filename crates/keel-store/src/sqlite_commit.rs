@@ -24,8 +24,8 @@ use serde_json::Value;
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqlitePool};
 
+use crate::codec::{parse_json, to_i64, to_u64};
 use crate::commit_plan::{batches, plan, stamp, ChunkRows, Planned};
-use crate::sqlite::{parse_json, to_i64, to_u64};
 use crate::store::Write;
 use crate::{fault, now_rfc3339, StoreError};
 

@@ -58,13 +58,25 @@ pub struct Loaded {
     pub machines_seq: u64,
 }
 
-/// A storage backend. Every commit is one transaction that takes its seqs from the counter row
-/// and writes the records, their unique values and their Changes together — or nothing.
+/// A storage backend: the few traits its callers use, each implemented once per backend (the
+/// SQL both share is written once, in `common_sql.rs`). Every commit is one transaction that takes
+/// its seqs from the counter row and writes the records, their unique values and their Changes
+/// together — or nothing.
+pub trait Store: Records + ChangeLog + Credentials + EngineState + Copying + Sharing + Send + Sync + 'static {}
+
+impl<T> Store for T where T: Records + ChangeLog + Credentials + EngineState + Copying + Sharing + Send + Sync + 'static {}
+
+/// The records themselves: what `Db` loads at start and commits.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Records {
     async fn load(&self) -> Result<Loaded, StoreError>;
     /// Commits `writes` atomically; returns their Changes in seq order.
     async fn commit(&self, principal: &str, writes: Vec<Write>) -> Result<Vec<Change>, StoreError>;
+}
+
+/// The change log, read (watch replay, `keel log`, the follower) and trimmed.
+#[async_trait]
+pub trait ChangeLog {
     /// Changes with seq > `since`, at most `limit`, in seq order.
     async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError>;
     /// The seq of the oldest change still in the log (0 when the log is empty).
@@ -72,6 +84,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes old changes: all but the newest `keep`, and those before `older_than` (RFC 3339),
     /// never the newest change. Returns how many were deleted.
     async fn trim_log(&self, keep: u64, older_than: Option<&str>) -> Result<u64, StoreError>;
+}
+
+/// Who may call: API tokens, web sessions, the login throttle, the secrets kept in `meta`.
+#[async_trait]
+pub trait Credentials {
     async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError>;
     async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError>;
     async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError>;
@@ -100,16 +117,31 @@ pub trait Store: Send + Sync + 'static {
     /// A random secret kept in `meta` under `key` (one of `web_session::SECRETS`), made on first
     /// use: the same for every server on the database.
     async fn meta_secret(&self, key: &str) -> Result<String, StoreError>;
+}
+
+/// The propagation engine's own rows (serials, results), outside the change log.
+#[async_trait]
+pub trait EngineState {
     /// Propagation's state rows (key, JSON), all of them.
     async fn prop_state(&self) -> Result<Vec<(String, String)>, StoreError>;
     /// Inserts or replaces propagation state rows, in one transaction.
     async fn put_prop_state(&self, rows: &[(String, String)]) -> Result<(), StoreError>;
+}
+
+/// Whole-database copies: `keel backup`, `keel migrate-db`.
+#[async_trait]
+pub trait Copying {
     /// Writes a consistent copy of the whole database to `dest` (an SQLite file) while serving.
     async fn backup(&self, dest: &Path) -> Result<(), StoreError>;
     /// Every row, read in one consistent view (`keel migrate-db`).
     async fn export(&self) -> Result<crate::copy::Dump, StoreError>;
     /// Writes every row of `dump` into this database, which must be empty; all or nothing.
     async fn import(&self, dump: &crate::copy::Dump) -> Result<(), StoreError>;
+}
+
+/// Several servers on one database: nothing to do for one server (the defaults).
+#[async_trait]
+pub trait Sharing {
     /// Whether other servers may write to this database too (then the Snapshot follows the log).
     fn shared(&self) -> bool {
         false
