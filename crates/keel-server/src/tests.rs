@@ -196,9 +196,11 @@ async fn rpc_hmac_signed_calls_act_as_the_configured_principal() {
         },
     });
     st.config = Arc::new(config);
+    // As prologin's timeauth.generate_token(secret, message) builds it: the message, then the
+    // timestamp, under HMAC-SHA256; the token is "TIMESTAMP:HEXDIGEST".
     let sign = |ts: i64, msg: &str| {
         let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
-        h.update(format!("{ts}{msg}").as_bytes());
+        h.update(format!("{msg}{ts}").as_bytes());
         format!("{ts}:{}", hex::encode(h.finalize().into_bytes()))
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -213,22 +215,31 @@ async fn rpc_hmac_signed_calls_act_as_the_configured_principal() {
     // Self-registration is off: unsigned is refused, wrongly signed too.
     assert_eq!(send(&st, call(String::new(), "r1")).await.0, StatusCode::UNAUTHORIZED);
     for bad in [
-        sign(now, "") + "00",
+        sign(now, "register") + "00",
         format!("{now}:zz"),
-        sign(now - 120, ""),
+        // Stale: prologin's window is 120 s.
+        sign(now - 150, "register"),
+        // Another method's token, keel's old timestamp-only form, the timestamp before the method.
+        sign(now, "query"),
+        sign(now, ""),
+        {
+            let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+            h.update(format!("{now}register").as_bytes());
+            format!("{now}:{}", hex::encode(h.finalize().into_bytes()))
+        },
         "nonsense".into(),
     ] {
         let (status, body) = send(&st, call(bad.clone(), "r1")).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{bad}: {body}");
     }
-    // Both of prologin's message forms verify.
-    let (status, body) = send(&st, call(sign(now, ""), "r1")).await;
+    // prologin's form verifies, within its window (a token 100 s old still does).
+    let (status, body) = send(&st, call(sign(now, "register"), "r1")).await;
     assert_eq!(
         (status, body["type"].as_str()),
         (StatusCode::OK, Some("result")),
         "{body}"
     );
-    let (status, _) = send(&st, call(sign(now, "register"), "r1")).await;
+    let (status, _) = send(&st, call(sign(now - 100, "register"), "r1")).await;
     assert_eq!(status, StatusCode::OK, "the same machine again answers it");
     let logged = st.db.store().changes_since(0, 100).await.unwrap();
     assert_eq!(logged.last().unwrap().principal, "netboot");
@@ -386,6 +397,48 @@ async fn parallel_guesses_are_counted_before_they_are_checked() {
     let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
     let throttled = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
     assert_eq!((checked, throttled), (5, 15), "{statuses:?}");
+}
+
+/// With `[sync] subscriber_secret_file`, `/poll` wants prologin's timeauth token in `hmac`: the
+/// text `None` (Python's `str(None)`: sync clients sign no message) then the timestamp, under
+/// HMAC-SHA256, as prologin's timeauth.generate_token(secret) builds it.
+#[tokio::test]
+async fn poll_checks_the_subscriber_signature_when_a_secret_is_set() {
+    use hmac::Mac as _;
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    let open = app(st.clone()).oneshot(get("/poll", "mdb")).await.unwrap();
+    assert_eq!(open.status(), StatusCode::OK, "no secret configured: open, as before");
+    let mut config = (*st.config).clone();
+    config.watch.subscriber_secret = Some("sync-s3cret".into());
+    let st = AppState::new(st.db.clone(), config);
+    let sign = |ts: i64, msg: &str| {
+        let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"sync-s3cret").unwrap();
+        h.update(format!("{msg}{ts}").as_bytes());
+        format!("{ts}:{}", hex::encode(h.finalize().into_bytes()))
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let poll = |hmac: &str| {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("hmac", hmac)
+            .finish();
+        get(&format!("/poll?{q}"), "mdb")
+    };
+    let good = app(st.clone()).oneshot(poll(&sign(now, "None"))).await.unwrap();
+    assert_eq!(good.status(), StatusCode::OK);
+    drop(good);
+    for bad in [
+        String::new(),
+        sign(now, ""),
+        sign(now, "poll"),
+        sign(now - 150, "None"),
+        "x:y".into(),
+    ] {
+        let r = app(st.clone()).oneshot(poll(&bad)).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{bad:?}");
+    }
+    let unsigned = app(st.clone()).oneshot(get("/poll", "mdb")).await.unwrap();
+    assert_eq!(unsigned.status(), StatusCode::FORBIDDEN);
 }
 
 /// Issue 19: watch and `/poll` streams are bounded by `[watch] max_subscribers`: beyond it a new

@@ -39,6 +39,9 @@ pub struct WatchConfig {
     pub stall_timeout: Duration,
     /// Watch and `/poll` streams open at once; over it a new one gets 503 at once.
     pub max_subscribers: usize,
+    /// prologin's sync subscriber secret: when set, `/poll` needs a valid timeauth `hmac` query
+    /// parameter (signed message `None`), as prologin's sync servers did.
+    pub subscriber_secret: Option<String>,
 }
 
 impl Default for WatchConfig {
@@ -48,6 +51,7 @@ impl Default for WatchConfig {
             buffer: 1024,
             stall_timeout: Duration::from_secs(30),
             max_subscribers: 2048,
+            subscriber_secret: None,
         }
     }
 }
@@ -540,6 +544,16 @@ pub(crate) async fn poll(
     uri: axum::extract::OriginalUri,
     headers: axum::http::HeaderMap,
 ) -> Response {
+    if let Some(secret) = &st.config.watch.subscriber_secret {
+        let hmac = crate::rpc::form_pairs(uri.query().unwrap_or(""))
+            .into_iter()
+            .find_map(|(k, v)| (k == "hmac").then_some(v))
+            .unwrap_or_default();
+        if !crate::rpc::check_timeauth(secret, &hmac, "None") {
+            tracing::warn!("/poll with a bad or expired hmac refused");
+            return ApiError::Forbidden("BadToken: the hmac is wrong or has expired".into()).into_response();
+        }
+    }
     let kind = match crate::rpc::service_of(uri.path(), &headers) {
         crate::rpc::Service::Udb => Kind::User,
         crate::rpc::Service::Mdb => Kind::Machine,

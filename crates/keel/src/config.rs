@@ -43,6 +43,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub rpc: RpcFile,
     #[serde(default)]
+    pub sync: SyncFile,
+    #[serde(default)]
     pub http: HttpFile,
 }
 
@@ -87,6 +89,16 @@ pub struct RpcFile {
     pub secret_file: Option<std::path::PathBuf>,
     /// The name the change log records for signed calls (default `prologin-rpc`).
     pub principal: Option<String>,
+}
+
+/// `[sync]`: prologin's `/poll` feeds (mdbsync, udbsync).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncFile {
+    /// A file whose first line is prologin's sync subscriber secret: `/poll` then needs a valid
+    /// `hmac` query parameter, as prologin's sync servers did. Without it, `/poll` is open to
+    /// the site's network (like the RPC `query`).
+    pub subscriber_secret_file: Option<std::path::PathBuf>,
 }
 
 /// `[web]`: the administration pages.
@@ -361,6 +373,8 @@ impl WatchFile {
                 .stall_timeout_secs
                 .map_or(d.stall_timeout, std::time::Duration::from_secs),
             max_subscribers: self.max_subscribers.unwrap_or(d.max_subscribers),
+            // Read from `[sync] subscriber_secret_file` when the server starts.
+            subscriber_secret: None,
         }
     }
 }
@@ -406,6 +420,7 @@ pub struct ServeConfig {
     pub sso: SsoFile,
     pub web: WebFile,
     pub rpc: RpcFile,
+    pub sync: SyncFile,
     pub workers: Option<usize>,
     pub database: Option<String>,
     pub http: HttpLimits,

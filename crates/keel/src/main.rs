@@ -180,6 +180,7 @@ impl Cli {
             sso: file.sso.clone(),
             web: file.web.clone(),
             rpc: file.rpc.clone(),
+            sync: file.sync.clone(),
             workers: args.workers.or(file.workers),
             database: args.database.clone().or(file.database.clone()),
             http: file.http.limits(),

@@ -54,7 +54,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let server_config = ServerConfig {
         open_reads: cfg.open_reads,
         data_dir: cfg.data_dir.clone(),
-        watch: cfg.watch.clone(),
+        watch: keel_server::WatchConfig {
+            subscriber_secret: settings::sync_secret(&cfg)?,
+            ..cfg.watch.clone()
+        },
         netboot: cfg.netboot.config(&cfg.data_dir),
         presence: settings::presence_config(&cfg)?,
         client_addr: cfg.sso.client_addr(),

@@ -24,14 +24,29 @@ pub(super) fn presence_config(cfg: &ServeConfig) -> anyhow::Result<keel_server::
     })
 }
 
+/// The first line of a secret file, which must not be empty.
+fn first_line(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim().to_owned();
+    anyhow::ensure!(!secret.is_empty(), "{}: the {what} is empty", path.display());
+    Ok(secret)
+}
+
+/// prologin's sync subscriber secret, when `[sync] subscriber_secret_file` names one.
+pub(super) fn sync_secret(cfg: &ServeConfig) -> anyhow::Result<Option<String>> {
+    cfg.sync
+        .subscriber_secret_file
+        .as_deref()
+        .map(|path| first_line(path, "sync subscriber secret"))
+        .transpose()
+}
+
 /// prologin's RPC shared secret, when `[rpc] secret_file` names one.
 pub(super) fn rpc_secret(cfg: &ServeConfig) -> anyhow::Result<Option<keel_server::rpc::RpcSecret>> {
     let Some(path) = &cfg.rpc.secret_file else {
         return Ok(None);
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let secret = text.lines().next().unwrap_or("").trim().to_owned();
-    anyhow::ensure!(!secret.is_empty(), "{}: the RPC secret is empty", path.display());
+    let secret = first_line(path, "RPC secret")?;
     Ok(Some(keel_server::rpc::RpcSecret {
         secret,
         principal: keel_model::Principal {
