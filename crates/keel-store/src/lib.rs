@@ -3,7 +3,7 @@
 //!
 //! Only this crate names sqlx.
 
-mod batch;
+
 mod codec;
 mod commit_plan;
 mod common_sql;

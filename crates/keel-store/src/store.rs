@@ -1,4 +1,4 @@
-//! The `Store` trait: what a storage backend must do. Callers use `Db` (db.rs), never SQL.
+//! The `Store` traits: what a storage backend must do. Callers use `Db` (`db/mod.rs`), never SQL.
 
 use std::path::Path;
 

@@ -18,11 +18,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use keel_model::{AllocHints, Pools};
-use keel_model::{Change, Principal, Snapshot};
+use keel_model::{Change, Kind, Principal, Snapshot};
 
-use crate::db::frees_an_address;
 use crate::store::{WriterLock, CAUGHT_UP_MAX};
-use crate::{Db, StoreError};
+use super::Db;
+use crate::StoreError;
 
 /// The most writes one group takes before it commits, so its first member's wait is bounded.
 pub(crate) const MAX: usize = 64;
@@ -174,4 +174,15 @@ impl Db {
             }
         }
     }
+}
+
+/// True if a change may free an IP address (a machine deleted, or moved to another address or type):
+/// then an allocation hint no longer holds.
+pub(crate) fn frees_an_address(c: &Change) -> bool {
+    let field = |v: &Option<serde_json::Value>, f: &str| v.as_ref().map(|v| v[f].clone());
+    c.kind == Kind::Machine
+        && (c.op == keel_model::Op::Delete
+            || (c.before.is_some()
+                && (field(&c.before, "ip") != field(&c.after, "ip")
+                    || field(&c.before, "mtype") != field(&c.after, "mtype"))))
 }

@@ -10,7 +10,9 @@ use arc_swap::ArcSwap;
 use keel_model::{Change, Kind, Pools, Principal, Snapshot};
 use tokio::sync::{broadcast, Mutex};
 
-use crate::batch::{self, Batch};
+mod batch;
+
+use batch::Batch;
 use crate::store::{Store, Write};
 use crate::token::{self, AuthError, NewToken, TokenRow};
 use crate::{now_rfc3339, StoreError};
@@ -194,7 +196,7 @@ impl Db {
             }
         }
         self.snapshot.store(Arc::new(next));
-        if batch.iter().any(|c| frees_an_address(c)) {
+        if batch.iter().any(|c| batch::frees_an_address(c)) {
             *self.alloc_hints() = keel_model::AllocHints::default();
         }
         for c in batch {
@@ -301,17 +303,6 @@ impl TokenCache {
     fn forget(&self, id: &str) {
         self.rows.write().remove(id);
     }
-}
-
-/// True if a change may free an IP address (a machine deleted, or moved to another address or type):
-/// then an allocation hint no longer holds.
-pub(crate) fn frees_an_address(c: &Change) -> bool {
-    let field = |v: &Option<serde_json::Value>, f: &str| v.as_ref().map(|v| v[f].clone());
-    c.kind == Kind::Machine
-        && (c.op == keel_model::Op::Delete
-            || (c.before.is_some()
-                && (field(&c.before, "ip") != field(&c.after, "ip")
-                    || field(&c.before, "mtype") != field(&c.after, "mtype"))))
 }
 
 /// Builds a Snapshot from everything the store holds.
