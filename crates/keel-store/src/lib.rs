@@ -3,7 +3,6 @@
 //!
 //! Only this crate names sqlx.
 
-
 mod codec;
 mod commit_plan;
 mod common_sql;

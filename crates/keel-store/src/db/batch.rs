@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use keel_model::{AllocHints, Pools};
 use keel_model::{Change, Kind, Principal, Snapshot};
 
-use crate::store::{WriterLock, CAUGHT_UP_MAX};
 use super::Db;
+use crate::store::{WriterLock, CAUGHT_UP_MAX};
 use crate::StoreError;
 
 /// The most writes one group takes before it commits, so its first member's wait is bounded.

@@ -12,10 +12,10 @@ use tokio::sync::{broadcast, Mutex};
 
 mod batch;
 
-use batch::Batch;
 use crate::store::{Store, Write};
 use crate::token::{self, AuthError, NewToken, TokenRow};
 use crate::{now_rfc3339, StoreError};
+use batch::Batch;
 
 /// How many Changes a slow in-process subscriber may lag before it must resync.
 const BROADCAST_CAPACITY: usize = 16_384;

@@ -80,6 +80,34 @@ fn curl(source: &str, url: &str, headers: &[&str]) -> (String, String) {
     (code.to_owned(), body.trim().to_owned())
 }
 
+/// The reply's X-SSO-* headers (lowercased names, in order), for a GET from `source`.
+fn sso_reply_headers(source: &str, url: &str) -> Vec<String> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "--interface",
+            source,
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_end().to_owned())
+        .filter(|l| l.to_ascii_lowercase().starts_with("x-sso-"))
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap_or((&l, ""));
+            format!("{}: {}", k.to_ascii_lowercase(), v.trim())
+        })
+        .collect()
+}
+
 /// nginx with the shipped snippets, in front of an upstream that echoes what it received.
 fn nginx(dir: &Path, keel_port: u16, port: u16) -> Guard {
     require_tool("nginx");
@@ -114,11 +142,10 @@ fn nginx(dir: &Path, keel_port: u16, port: u16) -> Guard {
         .spawn()
         .expect("nginx");
     let g = Guard(child);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return g;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if keel_testkit::wait_until(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }) {
+        return g;
     }
     panic!(
         "nginx did not listen: {}",
@@ -163,6 +190,20 @@ async fn sso_through_a_real_nginx_answers_each_status_and_never_passes_a_forged_
         curl("127.0.5.7", &private, &forged),
         ("200".into(), echo("alice", "authenticated", "working"))
     );
+    // The reply carries what keel answered, for debugging in a browser (prologin's headers).
+    assert_eq!(
+        sso_reply_headers("127.0.5.7", &site),
+        [
+            "x-sso-user: alice",
+            "x-sso-status: authenticated",
+            "x-sso-backend-status: working"
+        ]
+    );
+    assert_eq!(
+        sso_reply_headers("127.0.0.1", &site),
+        ["x-sso-status: unknown IP", "x-sso-backend-status: working"],
+        "nobody there: no X-SSO-User line (nginx drops an empty header)"
+    );
     // keel down: the site still answers, saying so; protected pages are refused.
     k.kill9();
     assert_eq!(
@@ -185,12 +226,10 @@ impl Netns {
             .expect("unshare -n (needs root or user namespaces)");
         let ns = Self(Guard(child));
         // The namespace exists once unshare has exec'd sleep.
-        for _ in 0..100 {
-            if std::fs::read_link(format!("/proc/{}/exe", ns.pid())).is_ok_and(|p| p.ends_with("sleep")) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let entered = keel_testkit::wait_until(Duration::from_secs(10), || {
+            std::fs::read_link(format!("/proc/{}/exe", ns.pid())).is_ok_and(|p| p.ends_with("sleep"))
+        });
+        assert!(entered, "unshare never entered its namespace");
         ns
     }
 

@@ -9,7 +9,7 @@ use keel_model::{Kind, Op};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{machine_rows, Keel, BIG_POOLS};
+use crate::support::{eventually, machine_rows, Keel, BIG_POOLS};
 
 /// A consumer's view: the records it holds and every change seq it saw.
 #[derive(Default)]
@@ -230,23 +230,17 @@ async fn stalled_consumer(live: bool) {
         .unwrap();
     assert_eq!(got, 30_000);
     // The server counted the cut; the stalled consumer, reading at last, finds the reason.
-    let mut cut = false;
-    for _ in 0..100 {
+    eventually(10, "a slow-consumer disconnect was counted", async || {
         let m = reqwest::get(format!("{}/metrics", k.url))
             .await
             .unwrap()
             .text()
             .await
             .unwrap();
-        if m.lines()
+        m.lines()
             .any(|l| l.starts_with("keel_watch_disconnects_total") && !l.ends_with(" 0"))
-        {
-            cut = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(cut, "no slow-consumer disconnect was counted");
+    })
+    .await;
     let mut seen = Vec::new();
     let found = tokio::time::timeout(Duration::from_secs(30), async {
         let mut buf = vec![0u8; 65536];
