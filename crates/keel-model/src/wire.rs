@@ -25,6 +25,9 @@ pub struct MachineRecord {
     pub is_faulty: bool,
     #[serde(default)]
     pub faulty_reason: String,
+    /// The same reason under prologin's name (its records and netboot code read this one).
+    #[serde(default)]
+    pub is_faulty_details: String,
     #[serde(default)]
     pub version: u64,
 }
@@ -42,6 +45,7 @@ impl From<&Machine> for MachineRecord {
             room: m.room.clone(),
             is_faulty: m.is_faulty,
             faulty_reason: m.faulty_reason.clone(),
+            is_faulty_details: m.faulty_reason.clone(),
             version: m.version,
         }
     }
@@ -54,7 +58,7 @@ pub struct MachineWire<'a>(pub &'a Machine);
 impl Serialize for MachineWire<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let m = self.0;
-        let mut st = s.serialize_struct("MachineRecord", 11)?;
+        let mut st = s.serialize_struct("MachineRecord", 12)?;
         st.serialize_field("hostname", m.hostname.as_str())?;
         st.serialize_field("aliases", &AsStr(Joined(&m.aliases)))?;
         st.serialize_field("ip", &AsStr(m.ip))?;
@@ -65,6 +69,7 @@ impl Serialize for MachineWire<'_> {
         st.serialize_field("room", &m.room)?;
         st.serialize_field("is_faulty", &m.is_faulty)?;
         st.serialize_field("faulty_reason", &m.faulty_reason)?;
+        st.serialize_field("is_faulty_details", &m.faulty_reason)?;
         st.serialize_field("version", &m.version)?;
         st.end()
     }
@@ -137,6 +142,7 @@ impl Queryable for Machine {
         "room",
         "is_faulty",
         "faulty_reason",
+        "is_faulty_details",
         "id",
     ];
     fn field(&self, name: &str) -> Option<Cow<'_, str>> {
@@ -156,7 +162,7 @@ impl Queryable for Machine {
             "mtype" => Cow::Borrowed(self.mtype.as_str()),
             "room" => Cow::Borrowed(self.room.as_str()),
             "is_faulty" => Cow::Borrowed(if self.is_faulty { "true" } else { "false" }),
-            "faulty_reason" => Cow::Borrowed(self.faulty_reason.as_str()),
+            "faulty_reason" | "is_faulty_details" => Cow::Borrowed(self.faulty_reason.as_str()),
             "id" => Cow::Owned(self.id.to_string()),
             _ => return None,
         })

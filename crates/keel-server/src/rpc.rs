@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use keel_model::input::{Fields, Strictness};
 use keel_model::query::{parse_filters, Filter};
-use keel_model::wire::{MachineRecord, MachineWire, Queryable, SwitchRecord};
+use keel_model::wire::{MachineWire, Queryable, SwitchRecord};
 use keel_model::{Mac, Machine, MachinePatch, Principal, Snapshot};
 use serde_json::{Map, Value};
 
@@ -331,7 +331,9 @@ fn query_switches(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, A
 
 /// `register(hostname, mac, rfs, hfs, room, mtype)`: adds a machine with an address from its pool.
 /// Without an admin token, only while `allow_self_registration` is on. Registering the same
-/// (hostname, MAC) again answers the existing machine, so a rebooting machine may retry.
+/// (hostname, MAC) again answers the existing machine, so a rebooting machine may retry. The
+/// answer is the machine's IP address as a string, as prologin's mdb answered (its netboot
+/// script reads it); the REST API answers the whole record.
 async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, Value>) -> Result<Reply, ApiError> {
     let snap = state.db.snapshot();
     let principal = match who {
@@ -353,11 +355,11 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
     }
     if let (Some(h), Some(mac)) = (&patch.hostname, &patch.mac) {
         if let Some(m) = snap.machine_by_mac(mac).filter(|m| &m.hostname == h) {
-            return Reply::serialize(&MachineRecord::from(m));
+            return Reply::serialize(&m.ip.to_string());
         }
     }
     let m = state.db.create_machine(&principal, patch).await?;
-    Reply::serialize(&MachineRecord::from(&m))
+    Reply::serialize(&m.ip.to_string())
 }
 
 /// Issue 19: RPC arguments and filters on any input (`fuzz_*`, see docs/security.md): no panic;
