@@ -2,7 +2,7 @@
 //!
 //! Forwarded traffic from the site's networks to elsewhere is masqueraded, and dropped (logged,
 //! rate-limited) unless its source is in the `internet` set: every machine of an always-allowed
-//! type (orga), plus every machine where a user of an allowed group is logged in. Contestants'
+//! type (orga, service), plus every machine where a user of an allowed group is logged in. Contestants'
 //! group is allowed only while `contest_mode` is off. The file replaces the table in one `nft -f`
 //! transaction (create, delete, define), so the set is swapped atomically and never seen empty.
 //! `allowed` lists the set's addresses with why, for the hook that cuts the connections of
@@ -47,7 +47,9 @@ impl Default for FirewallOptions {
             table: "keel".into(),
             allowed_groups: vec![Group::Root, Group::Orga],
             outside_contest_groups: vec![Group::User],
-            allowed_types: vec![MachineType::Orga],
+            // orga machines, and service machines (RFS, HFS, web servers: their packages and
+            // updates), as prologin let its services network out.
+            allowed_types: vec![MachineType::Orga, MachineType::Service],
             allow_users: Vec::new(),
             deny_users: Vec::new(),
             log_prefix: "keel-drop: ".into(),

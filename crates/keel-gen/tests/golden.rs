@@ -140,7 +140,16 @@ fn firewall_follows_sessions_and_contest_mode() {
     let opts = Options::default();
     let allowed = keel_gen::allowed(&input, &opts.firewall);
     assert!(!allowed.contains_key(&m("pc-01").ip) && allowed.contains_key(&m("rfs0").ip));
+    // Service machines (rfs0) are out by their type, logged in or not, as prologin let its
+    // services network out; the gateway (type service) too.
+    input.sessions.clear();
+    let allowed = keel_gen::allowed(&input, &opts.firewall);
+    assert!(allowed.contains_key(&m("rfs0").ip) && allowed.contains_key(&m("gw").ip));
+    assert!(!allowed.contains_key(&m("pc-01").ip));
+    input.sessions = vec![(m("pc-01"), u("zoe")), (m("rfs0"), u("bob"))];
+    // Per-user exceptions, on a site that lets only orga machines out by type.
     let mut opts = Options::default();
+    opts.firewall.allowed_types = vec![keel_model::MachineType::Orga];
     opts.firewall.allow_users = vec!["zoe".into()];
     opts.firewall.deny_users = vec!["bob".into()];
     let allowed = keel_gen::allowed(&input, &opts.firewall);
