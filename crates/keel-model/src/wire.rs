@@ -196,6 +196,24 @@ pub struct UserRecord {
     pub ssh_key: String,
 }
 
+/// A user as udb's `query_private` returns it to an admin or a signed call: the public record and
+/// the password's SHA-512-crypt hash (never a plaintext: keel has none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPrivateRecord {
+    #[serde(flatten)]
+    pub public: UserRecord,
+    pub password_hash: String,
+}
+
+impl From<&User> for UserPrivateRecord {
+    fn from(u: &User) -> Self {
+        Self {
+            public: UserRecord::from(u),
+            password_hash: u.password_hash.clone(),
+        }
+    }
+}
+
 impl From<&User> for UserRecord {
     fn from(u: &User) -> Self {
         Self {

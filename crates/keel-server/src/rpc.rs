@@ -64,6 +64,24 @@ pub(crate) async fn call(
                 let (snap, named) = (state.db.snapshot(), args.named(&[])?);
                 off_io(move || query_users(&snap, named)).await
             }
+            (Service::Udb, "query_private") => {
+                // prologin's authenticated clients (signed calls act as the `[rpc]` principal).
+                match &who {
+                    Some(p) if p.is_admin() => {}
+                    Some(p) => return Err(ApiError::Forbidden(format!("{} may not read private records", p.name))),
+                    None => {
+                        return Err(ApiError::Unauthorized(
+                            "query_private needs a signed call or an admin token",
+                        ))
+                    }
+                }
+                let (snap, named) = (state.db.snapshot(), args.named(&[])?);
+                off_io(move || query_users_private(&snap, named)).await
+            }
+            (Service::Mdb, "ansible") => {
+                let snap = state.db.snapshot();
+                off_io(move || Reply::serialize(&ansible_inventory(&snap))).await
+            }
             (Service::Udb, _) => Err(ApiError::NotFound(format!("udb method {method:?}"))),
             (Service::Mdb, _) => Err(ApiError::NotFound(format!("mdb method {method:?}"))),
         }
@@ -317,6 +335,61 @@ fn query_users(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiE
         .map(keel_model::wire::UserRecord::from)
         .collect();
     Reply::serialize(&records)
+}
+
+/// udb `query_private`: the public record and the password's SHA-512-crypt hash (keel never has
+/// the plaintext prologin's udb kept; docs/api.md says what its clients get instead). Admins only.
+fn query_users_private(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
+    let filters = parse_filters::<keel_model::User>(named)?;
+    let records: Vec<keel_model::wire::UserPrivateRecord> = snap
+        .users()
+        .filter(|u| matches_all(&filters, *u))
+        .map(keel_model::wire::UserPrivateRecord::from)
+        .collect();
+    Reply::serialize(&records)
+}
+
+/// mdb `ansible`: the machines as an Ansible dynamic inventory — a group per type (`user`,
+/// `orga`, `cluster`, `service`), per room (`room_NAME`), per RFS and HFS (`rfs_N`, `hfs_N`), and
+/// every machine's fields in `_meta.hostvars` (so Ansible asks nothing per host).
+fn ansible_inventory(snap: &Snapshot) -> Value {
+    use std::collections::BTreeMap;
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut hostvars = Map::new();
+    for m in snap.machines() {
+        let host = m.hostname.as_str();
+        for group in [
+            m.mtype.to_string(),
+            format!("room_{}", m.room),
+            format!("rfs_{}", m.rfs),
+            format!("hfs_{}", m.hfs),
+        ] {
+            groups.entry(group).or_default().push(host);
+        }
+        hostvars.insert(
+            host.to_owned(),
+            serde_json::json!({
+                "ip": m.ip.to_string(),
+                "mac": m.mac.to_string(),
+                "mtype": m.mtype.as_str(),
+                "room": m.room,
+                "rfs": m.rfs,
+                "hfs": m.hfs,
+                "aliases": m.aliases.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "is_faulty": m.is_faulty,
+            }),
+        );
+    }
+    let mut out = Map::new();
+    out.insert(
+        "all".into(),
+        serde_json::json!({ "hosts": hostvars.keys().collect::<Vec<_>>() }),
+    );
+    for (group, hosts) in groups {
+        out.insert(group, serde_json::json!({ "hosts": hosts }));
+    }
+    out.insert("_meta".into(), serde_json::json!({ "hostvars": hostvars }));
+    Value::Object(out)
 }
 
 fn query_switches(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {

@@ -467,3 +467,83 @@ async fn streams_beyond_max_subscribers_are_refused() {
     .await;
     drop(second);
 }
+
+/// udb `query_private` (prologin's authenticated clients): the public record and the hash, for
+/// an admin token or a signed call only; mdb `ansible`: the inventory groups and hostvars.
+#[tokio::test]
+async fn query_private_is_for_admins_and_signed_calls_and_ansible_groups_the_machines() {
+    use hmac::Mac as _;
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    let who = Principal::system();
+    let hash = keel_password::hash("alice-Pass-1").unwrap();
+    let v = json!({"login": "alice", "group": "user", "password_hash": hash});
+    let patch = keel_model::UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_user(&who, patch).await.unwrap();
+    let token = |role: keel_model::Role| {
+        let db = st.db.clone();
+        async move {
+            let new = keel_store::NewToken {
+                name: format!("{role:?}"),
+                role,
+                facilities: vec![],
+                host: None,
+                expires: None,
+            };
+            db.create_token(new).await.unwrap().0
+        }
+    };
+    let (admin, readonly) = (
+        token(keel_model::Role::Admin).await,
+        token(keel_model::Role::Readonly).await,
+    );
+    let call = |bearer: Option<&str>, hmac: Option<String>| {
+        let body = json!({"args": [], "kwargs": {"login": "alice"}, "hmac": hmac});
+        let mut r = Request::post("/call/query_private")
+            .header(header::HOST, "udb.prolo")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(b) = bearer {
+            r = r.header(header::AUTHORIZATION, format!("Bearer {b}"));
+        }
+        r.body(Body::from(body.to_string())).unwrap()
+    };
+    let (status, body) = send(&st, call(Some(&admin), None)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rec = &body["data"][0];
+    assert_eq!(rec["login"], "alice");
+    assert!(rec["password_hash"].as_str().unwrap().starts_with("$6$"), "{rec}");
+    assert!(rec.get("password").is_none(), "never a plaintext");
+    assert_eq!(send(&st, call(None, None)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&st, call(Some(&readonly), None)).await.0, StatusCode::FORBIDDEN);
+    // The public query never carries the hash.
+    let (_, public) = send(&st, get("/call/query?login=alice", "udb.prolo")).await;
+    assert!(public["data"][0].get("password_hash").is_none(), "{public}");
+    // A call signed as prologin's clients sign it acts as the [rpc] principal (an admin).
+    let mut config = (*st.config).clone();
+    config.rpc_secret = Some(crate::rpc::RpcSecret {
+        secret: "s3cret".into(),
+        principal: Principal {
+            name: "prologin-rpc".into(),
+            ..Principal::system()
+        },
+    });
+    let st = AppState::new(st.db.clone(), config);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
+    h.update(format!("query_private{now}").as_bytes());
+    let signed = format!("{now}:{}", hex::encode(h.finalize().into_bytes()));
+    let (status, body) = send(&st, call(None, Some(signed))).await;
+    assert_eq!(
+        (status, body["data"][0]["login"].as_str()),
+        (StatusCode::OK, Some("alice"))
+    );
+    // ansible: groups per type, room, rfs and hfs; every machine's fields in hostvars.
+    let (status, inv) = send(&st, get("/call/ansible", "mdb.prolo")).await;
+    assert_eq!(status, StatusCode::OK);
+    let inv = &inv["data"];
+    assert_eq!(inv["all"]["hosts"], json!(["gw"]));
+    assert_eq!(inv["service"]["hosts"], json!(["gw"]));
+    assert!(inv.get("rfs_0").is_some() && inv.get("hfs_0").is_some(), "{inv}");
+    assert_eq!(inv["_meta"]["hostvars"]["gw"]["mtype"], "service");
+    assert_eq!(inv["_meta"]["hostvars"]["gw"]["aliases"], json!(["mdb"]));
+}
