@@ -2,21 +2,18 @@
 // A binary exports nothing: `pub` here only means "visible to the other modules".
 #![allow(unreachable_pub)]
 
-use keel_client::data_dir as files;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use keel_client::data_dir as files;
 
 mod cmd;
 mod config;
 mod conntrack;
-
 mod output;
 mod private_file;
-
 mod serve;
-
 mod sheet;
 
 use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN};

@@ -1,9 +1,9 @@
 //! `keel backup FILE` (online, through the API) and `keel restore FILE` (offline, on the data dir).
 
-use keel_client::data_dir as files;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use keel_client::data_dir as files;
 use keel_client::Client;
 use keel_model::Kind;
 use keel_store::{build_snapshot, records_of, replay_log, SqliteStore};

@@ -1,12 +1,12 @@
 //! Starting the propagation engine for `keel serve`: its key, its services, its senders.
 
-use keel_client::data_dir as files;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use keel_bundle::SecretKey;
+use keel_client::data_dir as files;
 use keel_propagate::{Engine, EngineConfig, Senders};
 use keel_store::Db;
 
