@@ -137,10 +137,7 @@ impl Client {
 
     /// A consistent copy of the live database (SQLite bytes).
     pub async fn backup(&self) -> Result<Bytes, ClientError> {
-        let resp = self.request(Method::GET, &format!("{API}/backup"), None, None).await?;
-        resp.bytes()
-            .await
-            .map_err(|e| ClientError::Decode(format!("the backup download was cut: {e}")))
+        self.download(&format!("{API}/backup"), "backup").await
     }
 
     /// What is pushed where: `{"tasks": […]}`, for one facility or all.
@@ -181,12 +178,15 @@ impl Client {
             ("facility", facility),
             ("destination", destination),
         ]);
-        let resp = self
-            .request(Method::GET, &format!("{API}/propagation/bundle{q}"), None, None)
-            .await?;
+        self.download(&format!("{API}/propagation/bundle{q}"), "bundle").await
+    }
+
+    /// The whole body of a GET (`what` names it if the download is cut).
+    async fn download(&self, path: &str, what: &str) -> Result<Bytes, ClientError> {
+        let resp = self.request(Method::GET, path, None, None).await?;
         resp.bytes()
             .await
-            .map_err(|e| ClientError::Decode(format!("the bundle download was cut: {e}")))
+            .map_err(|e| ClientError::Decode(format!("the {what} download was cut: {e}")))
     }
 
     /// The public key destinations verify bundles with: `{"public_key": …}`.

@@ -37,30 +37,30 @@ impl Records {
         format!("{API}/{}", self.path())
     }
 
-    /// The path of one record; each part of its key is one path segment, percent-encoded. A part
-    /// that is empty or only dots is refused: URLs treat `..` (even as `%2E%2E`) as "up one".
+    /// The path of one record; each part of its key is one path segment ([`segment`]).
     pub fn record(self, key: &[&str]) -> Result<String, InvalidKey> {
         let mut path = self.collection();
         for part in key {
-            if part.bytes().all(|b| b == b'.') {
-                return Err(InvalidKey((*part).to_owned()));
-            }
             path.push('/');
-            path.push_str(&segment(part));
+            path.push_str(&segment(part)?);
         }
         Ok(path)
     }
 }
 
-/// Percent-encodes one path segment (a hostname, a login, a key): only unreserved characters
-/// pass, so `/`, `?` and `#` can never change the route.
-pub fn segment(s: &str) -> String {
-    s.bytes()
+/// One path segment (a hostname, a login, a key), percent-encoded: only unreserved characters
+/// pass, so `/`, `?` and `#` can never change the route. A key that is empty or only dots is
+/// refused: URLs treat `..` (even as `%2E%2E`) as "up one".
+pub fn segment(s: &str) -> Result<String, InvalidKey> {
+    if s.bytes().all(|b| b == b'.') {
+        return Err(InvalidKey(s.to_owned()));
+    }
+    Ok(s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect()
+        .collect())
 }
 
 /// A record key that cannot be one path segment: empty, `.` or `..`.
@@ -75,10 +75,7 @@ pub const SESSIONS_HEARTBEAT: &str = "/api/v1/sessions/heartbeat";
 
 /// Presence: `DELETE` closes `login`'s session on the calling machine.
 pub fn session(login: &str) -> Result<String, InvalidKey> {
-    if login.bytes().all(|b| b == b'.') {
-        return Err(InvalidKey(login.to_owned()));
-    }
-    Ok(format!("{SESSIONS}/{}", segment(login)))
+    Ok(format!("{SESSIONS}/{}", segment(login)?))
 }
 
 #[cfg(test)]

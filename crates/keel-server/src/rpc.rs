@@ -328,23 +328,25 @@ fn matches_all<R: Queryable>(filters: &[Filter], r: &R) -> bool {
 
 /// udb `query(**filters)`: users in prologin's shape — never a password or its hash.
 fn query_users(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
-    let filters = parse_filters::<keel_model::User>(named)?;
-    let records: Vec<keel_model::wire::UserRecord> = snap
-        .users()
-        .filter(|u| matches_all(&filters, *u))
-        .map(keel_model::wire::UserRecord::from)
-        .collect();
-    Reply::serialize(&records)
+    users_as::<keel_model::wire::UserRecord>(snap, named)
 }
 
 /// udb `query_private`: the public record and the password's SHA-512-crypt hash (keel never has
 /// the plaintext prologin's udb kept; docs/api.md says what its clients get instead). Admins only.
 fn query_users_private(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
+    users_as::<keel_model::wire::UserPrivateRecord>(snap, named)
+}
+
+/// The users that match the filters in `named`, each as an `R` record.
+fn users_as<R>(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError>
+where
+    R: serde::Serialize + for<'u> From<&'u keel_model::User>,
+{
     let filters = parse_filters::<keel_model::User>(named)?;
-    let records: Vec<keel_model::wire::UserPrivateRecord> = snap
+    let records: Vec<R> = snap
         .users()
         .filter(|u| matches_all(&filters, *u))
-        .map(keel_model::wire::UserPrivateRecord::from)
+        .map(R::from)
         .collect();
     Reply::serialize(&records)
 }

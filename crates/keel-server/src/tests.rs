@@ -180,11 +180,24 @@ async fn password_guessing_is_throttled() {
     assert!(resp.headers().contains_key(header::RETRY_AFTER));
 }
 
+/// `TS:hex(HMAC-SHA256(secret, signed))`: a timeauth-shaped token over any text.
+fn hmac_token(secret: &[u8], signed: &str, ts: i64) -> String {
+    use hmac::Mac as _;
+    let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    h.update(signed.as_bytes());
+    format!("{ts}:{}", hex::encode(h.finalize().into_bytes()))
+}
+
+/// A token as prologin's `timeauth.generate_token(secret, message)` builds it: the message, then
+/// the timestamp, under HMAC-SHA256; written from that format, not from keel's checker.
+fn prologin_token(secret: &[u8], message: &str, ts: i64) -> String {
+    hmac_token(secret, &format!("{message}{ts}"), ts)
+}
+
 /// prologin's signed calls: a valid `hmac` (timestamp:HMAC-SHA256) acts as the configured principal;
 /// a wrong, malformed or stale one is refused; none is an anonymous call as before.
 #[tokio::test]
 async fn rpc_hmac_signed_calls_act_as_the_configured_principal() {
-    use hmac::Mac as _;
     let dir = tempfile::tempdir().unwrap();
     let mut st = state(&dir).await;
     let mut config = (*st.config).clone();
@@ -196,13 +209,7 @@ async fn rpc_hmac_signed_calls_act_as_the_configured_principal() {
         },
     });
     st.config = Arc::new(config);
-    // As prologin's timeauth.generate_token(secret, message) builds it: the message, then the
-    // timestamp, under HMAC-SHA256; the token is "TIMESTAMP:HEXDIGEST".
-    let sign = |ts: i64, msg: &str| {
-        let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
-        h.update(format!("{msg}{ts}").as_bytes());
-        format!("{ts}:{}", hex::encode(h.finalize().into_bytes()))
-    };
+    let sign = |ts: i64, msg: &str| prologin_token(b"s3cret", msg, ts);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let call = |hmac: String, host: &str| {
         let body = json!({"args": [host, "02:00:00:00:00:77", 1, 1, "alt", "user"], "kwargs": {}, "hmac": hmac});
@@ -222,11 +229,7 @@ async fn rpc_hmac_signed_calls_act_as_the_configured_principal() {
         // Another method's token, keel's old timestamp-only form, the timestamp before the method.
         sign(now, "query"),
         sign(now, ""),
-        {
-            let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
-            h.update(format!("{now}register").as_bytes());
-            format!("{now}:{}", hex::encode(h.finalize().into_bytes()))
-        },
+        hmac_token(b"s3cret", &format!("{now}register"), now),
         "nonsense".into(),
     ] {
         let (status, body) = send(&st, call(bad.clone(), "r1")).await;
@@ -404,7 +407,6 @@ async fn parallel_guesses_are_counted_before_they_are_checked() {
 /// HMAC-SHA256, as prologin's timeauth.generate_token(secret) builds it.
 #[tokio::test]
 async fn poll_checks_the_subscriber_signature_when_a_secret_is_set() {
-    use hmac::Mac as _;
     let dir = tempfile::tempdir().unwrap();
     let st = state(&dir).await;
     let open = app(st.clone()).oneshot(get("/poll", "mdb")).await.unwrap();
@@ -412,11 +414,7 @@ async fn poll_checks_the_subscriber_signature_when_a_secret_is_set() {
     let mut config = (*st.config).clone();
     config.watch.subscriber_secret = Some("sync-s3cret".into());
     let st = AppState::new(st.db.clone(), config);
-    let sign = |ts: i64, msg: &str| {
-        let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"sync-s3cret").unwrap();
-        h.update(format!("{msg}{ts}").as_bytes());
-        format!("{ts}:{}", hex::encode(h.finalize().into_bytes()))
-    };
+    let sign = |ts: i64, msg: &str| prologin_token(b"sync-s3cret", msg, ts);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let poll = |hmac: &str| {
         let q: String = form_urlencoded::Serializer::new(String::new())
@@ -472,7 +470,6 @@ async fn streams_beyond_max_subscribers_are_refused() {
 /// an admin token or a signed call only; mdb `ansible`: the inventory groups and hostvars.
 #[tokio::test]
 async fn query_private_is_for_admins_and_signed_calls_and_ansible_groups_the_machines() {
-    use hmac::Mac as _;
     let dir = tempfile::tempdir().unwrap();
     let st = state(&dir).await;
     let who = Principal::system();
@@ -529,9 +526,7 @@ async fn query_private_is_for_admins_and_signed_calls_and_ansible_groups_the_mac
     });
     let st = AppState::new(st.db.clone(), config);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").unwrap();
-    h.update(format!("query_private{now}").as_bytes());
-    let signed = format!("{now}:{}", hex::encode(h.finalize().into_bytes()));
+    let signed = prologin_token(b"s3cret", "query_private", now);
     let (status, body) = send(&st, call(None, Some(signed))).await;
     assert_eq!(
         (status, body["data"][0]["login"].as_str()),

@@ -71,36 +71,33 @@ macro_rules! common_sql {
             #[async_trait]
             impl crate::store::ChangeLog for $store {
                 async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<keel_model::Change>, StoreError> {
-                    let pool = &self.pool;
                     let rows = sqlx::query(
                         "SELECT seq, time, principal, kind, op, key, before, after FROM changes \
                      WHERE seq > $1 ORDER BY seq LIMIT $2",
                     )
                     .bind(to_i64(since))
                     .bind(i64::from(limit))
-                    .fetch_all(pool)
+                    .fetch_all(&self.pool)
                     .await?;
                     rows.iter().map(backend::change_from_row).collect()
                 }
 
                 async fn first_seq(&self) -> Result<u64, StoreError> {
-                    let pool = &self.pool;
                     let s: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes")
-                        .fetch_one(pool)
+                        .fetch_one(&self.pool)
                         .await?;
                     Ok(s.map_or(0, to_u64))
                 }
 
                 /// All but the newest `keep` changes and those older than `older_than`, never the newest.
                 async fn trim_log(&self, keep: u64, older_than: Option<&str>) -> Result<u64, StoreError> {
-                    let pool = &self.pool;
                     let r = sqlx::query(
                         "DELETE FROM changes WHERE seq < (SELECT MAX(seq) FROM changes) \
                      AND (seq <= (SELECT MAX(seq) FROM changes) - $1 OR time < $2)",
                     )
                     .bind(to_i64(keep.max(1)))
                     .bind(older_than.unwrap_or(""))
-                    .execute(pool)
+                    .execute(&self.pool)
                     .await?;
                     Ok(r.rows_affected())
                 }
@@ -109,7 +106,6 @@ macro_rules! common_sql {
             #[async_trait]
             impl crate::store::Credentials for $store {
                 async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
-                    let pool = &self.pool;
                     sqlx::query(
                         "INSERT INTO tokens (id, hash, name, role, facilities, host, created, expires, revoked) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -123,77 +119,70 @@ macro_rules! common_sql {
                     .bind(&t.created)
                     .bind(&t.expires)
                     .bind(&t.revoked)
-                    .execute(pool)
+                    .execute(&self.pool)
                     .await?;
                     Ok(())
                 }
 
                 async fn token(&self, id: &str) -> Result<Option<TokenRow>, StoreError> {
-                    let pool = &self.pool;
                     let row = sqlx::query("SELECT * FROM tokens WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(pool)
+                        .fetch_optional(&self.pool)
                         .await?;
                     row.as_ref().map(backend::token_from_row).transpose()
                 }
 
                 async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-                    let pool = &self.pool;
                     let rows = sqlx::query("SELECT * FROM tokens ORDER BY created, id")
-                        .fetch_all(pool)
+                        .fetch_all(&self.pool)
                         .await?;
                     rows.iter().map(backend::token_from_row).collect()
                 }
 
                 async fn revoke_token(&self, id: &str, at: &str) -> Result<bool, StoreError> {
-                    let pool = &self.pool;
                     let r = sqlx::query("UPDATE tokens SET revoked = COALESCE(revoked, $1) WHERE id = $2")
                         .bind(at)
                         .bind(id)
-                        .execute(pool)
+                        .execute(&self.pool)
                         .await?;
                     Ok(r.rows_affected() == 1)
                 }
 
                 async fn put_web_session(&self, s: &WebSession) -> Result<(), StoreError> {
-                    let pool = &self.pool;
                     sqlx::query("INSERT INTO web_sessions (id, login, role, last_ms) VALUES ($1, $2, $3, $4)")
                         .bind(&s.id)
                         .bind(&s.login)
                         .bind(&s.role)
                         .bind(s.last_ms)
-                        .execute(pool)
+                        .execute(&self.pool)
                         .await?;
                     Ok(())
                 }
 
                 async fn web_session(&self, id: &str) -> Result<Option<WebSession>, StoreError> {
-                    let pool = &self.pool;
                     Ok(
                         sqlx::query_as("SELECT id, login, role, last_ms FROM web_sessions WHERE id = $1")
                             .bind(id)
-                            .fetch_optional(pool)
+                            .fetch_optional(&self.pool)
                             .await?,
                     )
                 }
 
                 /// A later use only: servers touching one session at once never move it back.
                 async fn touch_web_session(&self, id: &str, last_ms: i64) -> Result<(), StoreError> {
-                    let pool = &self.pool;
                     sqlx::query("UPDATE web_sessions SET last_ms = $1 WHERE id = $2 AND last_ms < $1")
                         .bind(last_ms)
                         .bind(id)
-                        .execute(pool)
+                        .execute(&self.pool)
                         .await?;
                     Ok(())
                 }
 
                 async fn end_web_sessions(&self, id: Option<&str>, unused_before_ms: i64) -> Result<u64, StoreError> {
-                    let pool = &self.pool;
                     let r = sqlx::query("DELETE FROM web_sessions WHERE id = $1 OR last_ms < $2")
                         .bind(id.unwrap_or(""))
                         .bind(unused_before_ms)
-                        .execute(pool)
+                        .execute(&self.pool)
                         .await?;
                     Ok(r.rows_affected())
                 }
@@ -204,10 +193,9 @@ macro_rules! common_sql {
                     at_ms: i64,
                     forget_before_ms: i64,
                 ) -> Result<crate::LoginFailures, StoreError> {
-                    let pool = &self.pool;
                     sqlx::query("DELETE FROM login_failures WHERE last_ms < $1")
                         .bind(forget_before_ms)
-                        .execute(pool)
+                        .execute(&self.pool)
                         .await?;
                     // In an UPDATE's SET every column names the row as it was: prev_ms takes the old
                     // last_ms. The whole is one statement, so concurrent tries are counted one by one.
@@ -219,7 +207,7 @@ macro_rules! common_sql {
                     )
                     .bind(key)
                     .bind(at_ms)
-                    .fetch_one(pool)
+                    .fetch_one(&self.pool)
                     .await?;
                     Ok(crate::LoginFailures {
                         count: u32::try_from(n).unwrap_or(u32::MAX),
@@ -228,17 +216,15 @@ macro_rules! common_sql {
                 }
 
                 async fn login_succeeded(&self, login: &str) -> Result<(), StoreError> {
-                    let pool = &self.pool;
                     sqlx::query("DELETE FROM login_failures WHERE login = $1")
                         .bind(login)
-                        .execute(pool)
+                        .execute(&self.pool)
                         .await?;
                     Ok(())
                 }
 
                 /// Made on first use; when two servers race, both read back the one that was stored.
                 async fn meta_secret(&self, key: &str) -> Result<String, StoreError> {
-                    let pool = &self.pool;
                     if !crate::web_session::SECRETS.contains(&key) {
                         return Err(StoreError::Corrupt(format!("{key} is not a secret keel keeps")));
                     }
@@ -246,11 +232,11 @@ macro_rules! common_sql {
                     sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                         .bind(key)
                         .bind(&fresh)
-                        .execute(pool)
+                        .execute(&self.pool)
                         .await?;
                     Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
                         .bind(key)
-                        .fetch_one(pool)
+                        .fetch_one(&self.pool)
                         .await?)
                 }
             }
