@@ -1,5 +1,6 @@
 //! The foundation: README commands, validation, versions, tokens and roles.
 
+use keel_client::data_dir as files;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -187,7 +188,7 @@ async fn concurrent_edits_are_refused_with_412() {
 async fn writes_need_a_valid_admin_token() {
     use std::os::unix::fs::PermissionsExt;
     let k = Keel::start(&["--example-site"]);
-    let mode = std::fs::metadata(k.data().join("admin.token"))
+    let mode = std::fs::metadata(k.data().join(files::ADMIN_TOKEN))
         .unwrap()
         .permissions()
         .mode();

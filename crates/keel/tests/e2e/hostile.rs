@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use keel_client::data_dir as files;
 use reqwest::Method;
 use serde_json::json;
 
@@ -164,7 +165,7 @@ async fn the_data_directory_is_private() {
 /// what is stored, not how many writes the WAL has seen since its last checkpoint.
 fn db_bytes(k: &Keel) -> u64 {
     crate::support::require_tool("sqlite3");
-    let db = k.data().join("keel.db");
+    let db = k.data().join(files::DB);
     let out = std::process::Command::new("sqlite3")
         .arg(&db)
         .arg("PRAGMA wal_checkpoint(TRUNCATE);")

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use keel_client::data_dir as files;
 use keel_client::{WatchEvent, WatchOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -132,7 +133,7 @@ async fn migrate_db_round_trips_a_large_site_exactly() {
     let before_seq = k.seq().await;
     k.stop();
     let (_pg, url) = pg();
-    let db = k.data().join("keel.db");
+    let db = k.data().join(files::DB);
     let out = k.cli(&["--json", "migrate-db", "--from", db.to_str().unwrap(), "--to", &url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -178,7 +179,7 @@ async fn heartbeats_to_one_server_keep_sessions_alive_on_both() {
     std::fs::write(
         &cfg,
         std::fs::read_to_string(&cfg).unwrap().replace(
-            &b.data().join("presence.secret").display().to_string(),
+            &b.data().join(files::PRESENCE_SECRET).display().to_string(),
             &secret.display().to_string(),
         ),
     )

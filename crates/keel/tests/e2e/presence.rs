@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use keel_client::data_dir as files;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -388,7 +389,7 @@ pub fn presence_toml(k: &Keel, dir: &Path, hostname: &str) -> PathBuf {
     let text = format!(
         "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"{hostname}\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\n",
         k.url,
-        k.data().join("presence.secret").display(),
+        k.data().join(files::PRESENCE_SECRET).display(),
         t = dir.display()
     );
     std::fs::write(&cfg, text).unwrap();

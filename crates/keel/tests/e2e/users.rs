@@ -1,5 +1,6 @@
 //! Users in the database: REST, the prologin udb RPC and feeds — hashes only, never shown.
 
+use keel_client::data_dir as files;
 use keel_client::{WatchEvent, WatchOptions};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -142,7 +143,7 @@ async fn hashes_never_leave_through_reads() {
             "a hash leaked: {s}"
         );
     }
-    let db = std::fs::read(k.data().join("keel.db")).unwrap();
+    let db = std::fs::read(k.data().join(files::DB)).unwrap();
     let wal = std::fs::read(k.data().join("keel.db-wal")).unwrap_or_default();
     let needle = plain.as_bytes();
     assert!(

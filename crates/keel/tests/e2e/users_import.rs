@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
+use keel_client::data_dir as files;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -90,7 +91,7 @@ async fn import_follows_the_login_rule_and_stores_only_hashes() {
         .output()
         .unwrap();
     let pdf_text = String::from_utf8_lossy(&pdf_text.stdout).into_owned();
-    let db = k.data().join("keel.db");
+    let db = k.data().join(files::DB);
     for line in tsv.lines() {
         let [name, login, password] = line.split('\t').collect::<Vec<_>>()[..] else {
             panic!("bad sheet line {line:?}")
