@@ -1,6 +1,8 @@
 //! Network boot: `GET /boot/{mac}` (the iPXE script of a machine), `GET /register` (self-
-//! registration from the iPXE prompt), `GET /bootstrap` (the switch table), and the kernels and
-//! initrds under `GET /boot/files/…` (with Range requests).
+//! registration from the iPXE prompt, with a menu that fills room, RFS and HFS from the switch the
+//! machine hears by LLDP), `GET /bootstrap` (the switch table as iPXE settings, then the machine's
+//! script; JSON when asked by `Accept`), and the kernels and initrds under `GET /boot/files/…`
+//! (with Range requests).
 //!
 //! Scripts are templates with `{{name}}` placeholders: shipped in `templates/netboot/`, each
 //! overridable by a file of the same name in the site's `[netboot] templates` directory. Every value
@@ -14,7 +16,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keel_model::input::{Fields, Strictness};
-use keel_model::{BootMode, Mac, Machine, MachinePatch, MachineType, Principal};
+use keel_model::{BootMode, Mac, Machine, MachinePatch, MachineType, Principal, Snapshot};
 
 use crate::{ApiError, AppState};
 
@@ -65,6 +67,7 @@ fn shipped(name: &str) -> &'static str {
         "no-rfs" => include_str!("../templates/netboot/no-rfs.ipxe"),
         "unknown" => include_str!("../templates/netboot/unknown.ipxe"),
         "register" => include_str!("../templates/netboot/register.ipxe"),
+        "bootstrap" => include_str!("../templates/netboot/bootstrap.ipxe"),
         _ => include_str!("../templates/netboot/register-error.ipxe"),
     }
 }
@@ -137,12 +140,10 @@ pub(crate) async fn boot(State(st): State<AppState>, Path(mac): Path<String>, he
     let snap = st.db.snapshot();
     let Some(m) = snap.machine_by_mac(&mac) else {
         let vars = [("base", base), ("mac", mac.to_string())];
-        let name = if snap.flag("allow_self_registration") {
-            "register"
-        } else {
-            "unknown"
-        };
-        return script(render(cfg, name, &vars, &[]));
+        if !snap.flag("allow_self_registration") {
+            return script(render(cfg, "unknown", &vars, &[]));
+        }
+        return script(render(cfg, "register", &vars, &[("switches", &switch_table(&snap))]));
     };
     let mut vars = machine_vars(m, &base);
     if m.is_faulty {
@@ -220,8 +221,43 @@ pub(crate) async fn register(
     }
 }
 
-/// `GET /bootstrap`: the switch table, for a machine that learned its switch by LLDP.
-pub(crate) async fn bootstrap(State(st): State<AppState>) -> Response {
+/// The switch table as iPXE settings, in prologin's names: `sw_name_N` (the LLDP chassis id),
+/// `sw_room_N`, `sw_rfs_N`, `sw_hfs_N`, numbered from 0 without gaps (the menu stops at the first
+/// missing name). A switch without a chassis id cannot be heard, so it is left out; so is one whose
+/// chassis or room is not a single safe word (the model refuses both; this is the generator's
+/// own check, invariant 11).
+fn switch_table(snap: &Snapshot) -> String {
+    let word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && !b"$&|#\\".contains(&b));
+    let mut out = String::new();
+    let usable = snap.switches().filter(|s| word(&s.chassis) && word(&s.room));
+    for (i, sw) in usable.enumerate() {
+        out.push_str(&format!(
+            "set sw_name_{i} {}\nset sw_room_{i} {}\nset sw_rfs_{i} {}\nset sw_hfs_{i} {}\n",
+            sw.chassis, sw.room, sw.rfs, sw.hfs
+        ));
+    }
+    out
+}
+
+/// Whether the caller asked for JSON (`Accept: application/json`) rather than a script.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.split(';').next().is_some_and(|t| t.trim() == "application/json"))
+}
+
+/// `GET /bootstrap`: what prologin's iPXE image chains to. A script that sets the switch table and
+/// chains to the machine's own `/boot/<mac>` (whose registration menu reads the table); the same
+/// table as JSON for a caller that sends `Accept: application/json`.
+pub(crate) async fn bootstrap(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let snap = st.db.snapshot();
-    Json(snap.switches().collect::<Vec<_>>()).into_response()
+    if wants_json(&headers) {
+        return Json(snap.switches().collect::<Vec<_>>()).into_response();
+    }
+    let cfg = &st.config.netboot;
+    let vars = [("base", base(cfg, &headers))];
+    script(render(cfg, "bootstrap", &vars, &[("switches", &switch_table(&snap))]))
 }

@@ -95,7 +95,7 @@ async fn each_machine_gets_the_script_of_its_state_and_boot_mode() {
         "no command chaining from data: {f}"
     );
     // The switch table.
-    let (_, sw) = curl(&[&format!("{}/bootstrap", k.url)]);
+    let (_, sw) = curl(&["-H", "Accept: application/json", &format!("{}/bootstrap", k.url)]);
     let sw: Value = serde_json::from_str(&sw).unwrap();
     assert_eq!(sw.as_array().unwrap().len(), 2);
 }

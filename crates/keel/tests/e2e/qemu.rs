@@ -2,10 +2,10 @@
 //! ipxe-qemu; KVM when there is one, software emulation otherwise) loads keel's bootstrap over
 //! keel's TFTP, its script from `/boot/{mac}`, the kernel and an initrd over keel's HTTP, and a
 //! tiny Linux (Debian's kernel, a busybox initrd built here) prints its kernel command line on the
-//! serial console and powers off. QEMU's user-mode network gives the address (its DHCP) and the
+//! serial console and powers off; another registers itself through the LLDP menu first. QEMU's user-mode network gives the address (its DHCP) and the
 //! bootfile URL; everything after that is keel's.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -65,6 +65,12 @@ fn debian_kernel() -> PathBuf {
 /// Runs a guest with `mac` until its serial output has a whole line containing `until` (or the
 /// timeout); returns the output. The guest is killed when done.
 fn run_guest(k: &Keel, mac: &str, until: &str, timeout: Duration) -> String {
+    run_guest_typing(k, mac, &[], until, timeout)
+}
+
+/// As [`run_guest`], and types on the guest's serial console: each `(seen, keys)` sends `keys`
+/// once the output has `seen` (in order), as someone at the machine would.
+fn run_guest_typing(k: &Keel, mac: &str, typing: &[(&str, &str)], until: &str, timeout: Duration) -> String {
     let tftp_port = k.tftp.rsplit(':').next().unwrap();
     let qemu = "qemu-system-x86_64";
     let mut child = Command::new(qemu)
@@ -74,11 +80,12 @@ fn run_guest(k: &Keel, mac: &str, until: &str, timeout: Duration) -> String {
             &format!("user,id=n0,bootfile=tftp://10.0.2.2:{tftp_port}/boot.ipxe"),
         ])
         .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("qemu-system-x86_64 (Debian packages qemu-system-x86 and ipxe-qemu) must be installed");
+    let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
@@ -91,12 +98,25 @@ fn run_guest(k: &Keel, mac: &str, until: &str, timeout: Duration) -> String {
     });
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
+    let mut typing = typing.iter();
+    let mut next = typing.next();
+    // Where the output stood when the last keys were sent: the next prompt comes after it.
+    let mut from = 0;
     while Instant::now() < deadline {
         if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
             out.extend(chunk);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some((seen, keys)) = next {
+                if let Some(i) = text[from..].find(seen) {
+                    from += i + seen.len();
+                    // QEMU takes from the pipe only what the guest's UART has room for.
+                    let _ = stdin.write_all(keys.as_bytes());
+                    let _ = stdin.flush();
+                    next = typing.next();
+                }
+            }
             // The whole line, not just its start: the serial console is slow.
-            let text = String::from_utf8_lossy(&out);
-            if text.find(until).is_some_and(|i| text[i..].contains('\n')) {
+            if next.is_none() && text.find(until).is_some_and(|i| text[i..].contains('\n')) {
                 break;
             }
         }
@@ -104,6 +124,7 @@ fn run_guest(k: &Keel, mac: &str, until: &str, timeout: Duration) -> String {
             break;
         }
     }
+    drop(stdin);
     let _ = child.kill();
     let _ = child.wait();
     let _ = reader.join(); // everything the guest printed, up to its end
@@ -159,4 +180,65 @@ fn a_qemu_guest_boots_its_rfs_kernel_through_keel() {
     // An unknown machine reaches the registration (closed here: it says so and waits).
     let out = run_guest(&k, "52:54:00:12:34:99", "not registered", Duration::from_secs(120));
     assert!(out.contains("not registered"), "serial output:\n{out}");
+}
+
+/// The LLDP registration menu in a real iPXE. What is real: Debian's iPXE runs keel's `/bootstrap`
+/// script (the switch table as `sw_*` settings), keel's registration script with its menu, the
+/// switch lookup loop, `/register`, and the boot that follows. What is not: Debian's iPXE has no
+/// LLDP and QEMU's user network sends no LLDP frame, so the chassis id the machine "hears" is set
+/// in `keel_chassis` by the embedded script, before the registration reads it (on an LLDP-enabled
+/// iPXE it reads `${netX.lldp/chassisid}` instead).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qemu_guest_registers_with_its_switchs_room_rfs_and_hfs_through_the_lldp_menu() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keel.toml");
+    std::fs::write(&cfg, "[netboot]\ncmdline = \"console=ttyS0 panic=-1\"\n").unwrap();
+    let k = Keel::start(&["--config", cfg.to_str().unwrap(), "--example-site"]);
+    prepare(&k);
+    for args in [
+        &["setting", "set", "allow_self_registration", "true"][..],
+        &[
+            "switch",
+            "add",
+            "sw-lab",
+            "--chassis",
+            "00:1b:21:00:00:09",
+            "--room",
+            "lab",
+            "--rfs",
+            "1",
+            "--hfs",
+            "3",
+        ],
+    ] {
+        let out = k.cli(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The embedded script chains to /bootstrap, as prologin's iPXE image does.
+    let http_port = k.url.rsplit(':').next().unwrap();
+    std::fs::write(
+        k.data().join("tftp/boot.ipxe"),
+        format!("#!ipxe\nset keel_chassis 00:1b:21:00:00:09\nchain http://10.0.2.2:{http_port}/bootstrap\n"),
+    )
+    .unwrap();
+    let mac = "52:54:00:12:34:77";
+    let out = run_guest_typing(
+        &k,
+        mac,
+        // Enter on the menu's first item (register with the switch's values), then the hostname.
+        &[("room lab, RFS 1, HFS 3", "\r"), ("Hostname", "r09p09\r")],
+        "KEEL-CMDLINE:",
+        Duration::from_secs(300),
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("KEEL-CMDLINE:"))
+        .unwrap_or_else(|| panic!("the guest never booted after registering; serial output:\n{out}"));
+    assert!(line.contains("hostname=r09p09") && line.contains("rfs=1"), "{line}");
+    let m: serde_json::Value = k.admin().get("/api/v1/machines/r09p09").await.unwrap();
+    assert_eq!(
+        (m["room"].as_str(), m["hfs"].as_u64(), m["mac"].as_str()),
+        (Some("lab"), Some(3), Some(mac))
+    );
+    assert_eq!(m["mtype"], "user", "the site's type, not the machine's choice");
 }
