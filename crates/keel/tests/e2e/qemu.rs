@@ -2,8 +2,9 @@
 //! ipxe-qemu; KVM when there is one, software emulation otherwise) loads keel's bootstrap over
 //! keel's TFTP, its script from `/boot/{mac}`, the kernel and an initrd over keel's HTTP, and a
 //! tiny Linux (Debian's kernel, a busybox initrd built here) prints its kernel command line on the
-//! serial console and powers off; another registers itself through the LLDP menu first. QEMU's user-mode network gives the address (its DHCP) and the
-//! bootfile URL; everything after that is keel's.
+//! serial console and powers off; another registers itself through the LLDP menu first. QEMU's
+//! user-mode network gives the address (its DHCP) and the bootfile URL; everything after that is
+//! keel's.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
