@@ -103,7 +103,7 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         return Err(e);
     }
     journal.commit()?;
-    create_homes(&plan.homes, out);
+    create_homes(&plan.homes, &cfg.skel, out);
     out.info(&format!(
         "serial {} applied: {changed} file(s) changed{}",
         m.serial,
@@ -277,9 +277,9 @@ fn hook_env(cfg: &Config, b: &Bundle) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Creates missing homes. Existing ones are left alone; an owner change needs root, so without it
-/// the home keeps the agent's owner and a line says so.
-fn create_homes(homes: &[services::Home], out: &mut Out<'_>) {
+/// Creates missing homes, each with a copy of the skeleton. Existing ones are left alone; an owner
+/// change needs root, so without it the home keeps the agent's owner and a line says so.
+fn create_homes(homes: &[services::Home], skel: &Path, out: &mut Out<'_>) {
     use std::os::unix::fs::DirBuilderExt;
     let root = rustix::process::geteuid().is_root();
     let mut created = 0;
@@ -295,8 +295,15 @@ fn create_homes(homes: &[services::Home], out: &mut Out<'_>) {
             continue;
         }
         created += 1;
-        if root {
-            if let Err(e) = std::os::unix::fs::chown(&h.path, Some(h.uid), Some(h.gid)) {
+        let owner = root.then_some((h.uid, h.gid));
+        if let Err(e) = copy_skel(skel, &h.path, owner) {
+            out.error(
+                Code::PostHookFailed,
+                &format!("skeleton into {}: {e}", h.path.display()),
+            );
+        }
+        if let Some((uid, gid)) = owner {
+            if let Err(e) = std::os::unix::fs::chown(&h.path, Some(uid), Some(gid)) {
                 out.error(Code::PostHookFailed, &format!("chown {}: {e}", h.path.display()));
             }
         }
@@ -311,4 +318,36 @@ fn create_homes(homes: &[services::Home], out: &mut Out<'_>) {
             }
         ));
     }
+}
+
+/// Copies the skeleton into a home the agent has just created (so nobody else has written in it):
+/// directories, regular files (with their mode) and symbolic links as links, never followed; each
+/// given to `owner` when there is one. Other file types are skipped. A missing skeleton copies
+/// nothing.
+fn copy_skel(from: &Path, to: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::create_dir(&dst)?;
+            std::fs::set_permissions(&dst, std::fs::symlink_metadata(&src)?.permissions())?;
+            copy_skel(&src, &dst, owner)?;
+        } else if kind.is_file() {
+            std::fs::copy(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            continue;
+        }
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(&dst, Some(uid), Some(gid))?;
+        }
+    }
+    Ok(())
 }

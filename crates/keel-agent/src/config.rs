@@ -25,7 +25,17 @@ struct File {
     #[serde(default)]
     passwd: PasswdPolicy,
     #[serde(default)]
+    homes: HomesFile,
+    #[serde(default)]
     services: BTreeMap<String, ServiceConfig>,
+}
+
+/// `[homes]`: how the `homes` service fills a new home.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HomesFile {
+    /// Copied into each new home (default `/etc/skel`; a missing directory copies nothing).
+    skel: Option<PathBuf>,
 }
 
 /// What the `passwd` service may do to this host.
@@ -63,6 +73,8 @@ pub struct Config {
     pub ignore_services: Vec<String>,
     pub max_bundle_bytes: u64,
     pub passwd: PasswdPolicy,
+    /// The skeleton copied into a new home (a target path, under `root_dir`).
+    pub skel: PathBuf,
     pub services: BTreeMap<String, ServiceConfig>,
 }
 
@@ -126,6 +138,11 @@ impl Config {
         let conf_dir = path
             .parent()
             .map_or_else(|| PathBuf::from("/etc/keel"), Path::to_path_buf);
+        let skel = file.homes.skel.unwrap_or_else(|| PathBuf::from("/etc/skel"));
+        if !skel.is_absolute() {
+            return Err(field("homes.skel", "must be absolute".into()));
+        }
+        let skel = under(&root_dir, &skel.to_string_lossy());
         let whitelist = file.dns_alias_whitelist.unwrap_or_else(|| vec![fqdn.clone()]);
         Ok(Self {
             dns_alias_whitelist: whitelist.iter().map(|d| keel_bundle::destination_host(d)).collect(),
@@ -139,6 +156,7 @@ impl Config {
             ignore_services: file.ignore_services,
             max_bundle_bytes: file.max_bundle_bytes.unwrap_or(256 * 1024 * 1024),
             passwd: file.passwd,
+            skel,
             services: file.services,
             fqdn,
         })

@@ -56,6 +56,7 @@ pub(crate) fn plan(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail
         service::PASSWD => passwd(cfg, b, state),
         service::ROOT_SSH => block(cfg, b, "authorized_keys", "/root/.ssh/authorized_keys", 0o600),
         service::HOSTS => block(cfg, b, "hosts", "/etc/hosts", 0o644),
+        service::AUTOMOUNT => block(cfg, b, "auto.home", "/etc/auto.home", 0o644),
         service::HOMES => homes(cfg, b),
         _ => custom(cfg, b, state),
     }
@@ -269,6 +270,7 @@ fn check_block_line(file: &str, line: &str) -> Result<(), Fail> {
             words.next().is_some_and(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
                 && words.all(|n| keel_bundle::Hostname::parse("hosts", n).is_ok())
         }
+        "auto.home" => automount_entry(&words.collect::<Vec<_>>()),
         _ => keel_bundle::check_ssh_key(line).is_ok(),
     };
     if ok {
@@ -276,6 +278,33 @@ fn check_block_line(file: &str, line: &str) -> Result<(), Fail> {
     } else {
         Err(bad("malformed line"))
     }
+}
+
+/// An `auto.home` entry as keel writes it: a login, autofs options (`-…`) or none, and
+/// `server:/absolute/path` where the server is a host name and the path a plain one (no `..`, no
+/// spaces, nothing autofs would expand: `&`, `$`).
+fn automount_entry(words: &[&str]) -> bool {
+    let (login, location) = match words {
+        [login, opts, location] if opts.starts_with('-') && opts.len() > 1 && !opts.contains(['$', '&']) => {
+            (login, location)
+        }
+        [login, location] => (login, location),
+        _ => return false,
+    };
+    let login_ok = login
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
+        && login
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_');
+    let Some((server, path)) = location.split_once(':') else {
+        return false;
+    };
+    let path_ok = path
+        .strip_prefix('/')
+        .is_some_and(|rel| keel_bundle::check_rel_path(rel).is_ok() && !rel.contains(['&', '$', '\\']));
+    login_ok && keel_bundle::Hostname::parse("server", server).is_ok() && path_ok
 }
 
 const BEGIN: &str = "# BEGIN keel: lines up to END keel are rewritten by keel; edit outside them";

@@ -478,6 +478,75 @@ fn homes_are_created_and_custom_services_land_in_their_directory() {
     );
 }
 
+/// A new home gets the skeleton (files with their modes, directories, links as links); a home
+/// that exists is never touched again, even when the skeleton changes.
+#[test]
+fn a_new_home_gets_the_skeleton_and_an_existing_one_is_left_alone() {
+    let h = Host::new("[homes]\nskel = \"/etc/skel\"\n");
+    let skel = h.root().join("etc/skel");
+    std::fs::create_dir_all(skel.join(".config/app")).unwrap();
+    std::fs::write(skel.join(".bashrc"), "alias ll='ls -l'\n").unwrap();
+    std::fs::write(skel.join(".config/app/conf"), "x=1\n").unwrap();
+    std::fs::set_permissions(skel.join(".config/app/conf"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink("/etc/motd", skel.join("motd")).unwrap();
+    let line = "/export/home/zoe 10002 10000 0700\n";
+    let r = h.apply(&h.bundle("homes", 1, &[("homes", line)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let home = h.root().join("export/home/zoe");
+    assert_eq!(h.read("export/home/zoe/.bashrc"), "alias ll='ls -l'\n");
+    let conf = std::fs::metadata(home.join(".config/app/conf")).unwrap();
+    assert_eq!(conf.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_link(home.join("motd")).unwrap(), Path::new("/etc/motd"));
+    // Running as root (CI does), the home and all in it are the user's.
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        for p in [home.clone(), home.join(".config/app/conf"), home.join("motd")] {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert_eq!((m.uid(), m.gid()), (10002, 10000), "{}", p.display());
+        }
+    }
+    // The user's own changes stay: the skeleton is for new homes only.
+    std::fs::write(home.join(".bashrc"), "mine\n").unwrap();
+    std::fs::write(skel.join(".profile"), "new in skel\n").unwrap();
+    let r = h.apply(&h.bundle("homes", 2, &[("homes", line)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(h.read("export/home/zoe/.bashrc"), "mine\n");
+    assert!(!home.join(".profile").exists());
+}
+
+/// The `automount` service puts keel's entries between markers in `/etc/auto.home`, keeping the
+/// host's own; an entry that is not `login [-options] server:/path` is refused and nothing changes.
+#[test]
+fn the_automount_map_is_merged_and_a_bad_entry_refused() {
+    let h = Host::new("");
+    std::fs::write(h.root().join("etc/auto.home"), "local -fstype=nfs nas:/srv/local\n").unwrap();
+    let good = "# Managed by keel\nzoe -fstype=nfs,rw,hard hfs0:/export/home/zoe\ndave hfs1:/export/home/dave\n";
+    let r = h.apply(&h.bundle("automount", 1, &[("auto.home", good)]));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let map = h.read("etc/auto.home");
+    assert!(map.starts_with("local -fstype=nfs nas:/srv/local\n"), "{map}");
+    assert!(map.contains("zoe -fstype=nfs,rw,hard hfs0:/export/home/zoe\n"), "{map}");
+    for bad in [
+        "zoe -fstype=nfs hfs0:/export/home/../../etc\n",
+        "zoe -fstype=nfs hfs0:export/home/zoe\n",
+        "Zoe -fstype=nfs hfs0:/export/home/zoe\n",
+        "zoe -fstype=nfs,$X hfs0:/export/home/zoe\n",
+        "zoe -fstype=nfs bad_host!:/export/home/zoe\n",
+        "zoe -fstype=nfs hfs0:/export/home/& \n",
+        "* -fstype=nfs hfs0:/export/home/&\n",
+        "zoe -fstype=nfs hfs0:/export/home/zoe extra\n",
+    ] {
+        let r = h.apply(&h.bundle("automount", 2, &[("auto.home", bad)]));
+        assert_ne!(r.code, 0, "{bad:?} was accepted");
+        assert!(
+            format!("{}{}", r.stdout, r.stderr).contains("auto.home: malformed line"),
+            "{bad:?}: {}",
+            r.stderr
+        );
+        assert_eq!(h.read("etc/auto.home"), map, "{bad:?} changed the map");
+    }
+}
+
 #[test]
 fn the_example_config_loads_once_given_a_key() {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/agent.toml")).unwrap();

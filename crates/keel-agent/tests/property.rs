@@ -102,6 +102,7 @@ fn past_model(login: &str, group: Group, r: &RawUser, uid: u32) -> User {
         ssh_keys: vec![r.key.clone()],
         password_hash: r.hash.clone(),
         password_changed: false,
+        hfs: None,
         version: 1,
     }
 }

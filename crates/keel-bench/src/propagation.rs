@@ -70,6 +70,7 @@ fn users(n: usize) -> anyhow::Result<Vec<User>> {
                 ssh_keys: Vec::new(),
                 password_hash: fake_hash(i),
                 password_changed: false,
+                hfs: None,
                 version: 0,
             })
         })
@@ -299,6 +300,7 @@ async fn setup_db(dir: &Path, all: &[User], names: &[String]) -> anyhow::Result<
         members: Vec::new(),
         services: vec!["passwd".into()],
         blocked: Vec::new(),
+        hfs: None,
         version: 0,
     };
     db.put_facility(&who, facility, 0, &services).await?;

@@ -7,10 +7,11 @@ pub const PASSWD: &str = "passwd";
 pub const ROOT_SSH: &str = "root_ssh";
 pub const HOMES: &str = "homes";
 pub const HOSTS: &str = "hosts";
+pub const AUTOMOUNT: &str = "automount";
 
 /// Each of them with the major version its bundles carry: another major is refused by the
 /// agent (exit 200), so a change of format must raise it here, on both sides at once.
-pub const AGENT_BUILT_IN: [(&str, u32); 4] = [(PASSWD, 1), (ROOT_SSH, 1), (HOMES, 1), (HOSTS, 1)];
+pub const AGENT_BUILT_IN: [(&str, u32); 5] = [(PASSWD, 1), (ROOT_SSH, 1), (HOMES, 1), (HOSTS, 1), (AUTOMOUNT, 1)];
 
 /// The major an agent built-in is implemented at, if `service` is one.
 pub fn agent_major(service: &str) -> Option<u32> {

@@ -1,4 +1,4 @@
-//! `passwd` (passwd, group, shadow), `root_ssh` (authorized_keys) and `homes`.
+//! `passwd` (passwd, group, shadow), `root_ssh` (authorized_keys), `homes` and `automount`.
 //!
 //! These files hold keel's accounts only; the agent merges them with the host's own accounts.
 
@@ -99,18 +99,57 @@ pub fn root_ssh(input: &Input<'_>) -> Result<Vec<File>, GenError> {
     Ok(vec![file("authorized_keys", 0o600, out)])
 }
 
-/// One line per home: `path uid gid mode` (octal). The agent creates the missing ones; it never
-/// deletes a home.
+/// One line per home: `path uid gid mode` (octal). The agent creates the missing ones (from its
+/// skeleton); it never deletes a home. On a home file server's facility (`hfs` set) the homes are
+/// under the export root, and only its users' (the facility receives no one else).
 pub fn homes(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
-    check::option("homes", "home_root", &opts.home_root, &[' ', '\t'])?;
+    let (root, name) = match input.hfs {
+        Some(_) => (&opts.automount.export_root, "automount.export_root"),
+        None => (&opts.home_root, "home_root"),
+    };
+    check::option("homes", name, root, &[' ', '\t'])?;
     let mut out = String::new();
     for u in sorted(input) {
         let gid = opts.group(u.group).gid;
-        let _ = writeln!(
-            out,
-            "{}/{} {} {gid} {:04o}",
-            opts.home_root, u.login, u.uid, opts.home_mode
-        );
+        let _ = writeln!(out, "{root}/{} {} {gid} {:04o}", u.login, u.uid, opts.home_mode);
     }
     Ok(vec![file("homes", 0o644, out)])
+}
+
+/// autofs's `auto.home` map for the machines: `login options server:export_root/login` for every
+/// user of the facility whose home has an HFS (the others have no home to mount yet). Logins are
+/// validated words; the options, server and root are checked as one word each here.
+pub fn automount(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
+    let a = &opts.automount;
+    check::option("auto.home", "automount.options", &a.options, &[' ', '\t', '#'])?;
+    check::option(
+        "auto.home",
+        "automount.export_root",
+        &a.export_root,
+        &[' ', '\t', '#', ':'],
+    )?;
+    if !a.options.is_empty() && !a.options.starts_with('-') {
+        return Err(GenError::new(
+            "auto.home",
+            "automount",
+            "options",
+            "must start with '-' (autofs options)",
+        ));
+    }
+    let mut out = String::from("# Managed by keel (service automount): each user's home on its HFS.\n");
+    let mut users = sorted(input);
+    users.sort_by(|a, b| a.login.cmp(&b.login));
+    for u in users {
+        let Some(n) = u.hfs else { continue };
+        let server = a.server.replace("{hfs}", &n.to_string());
+        keel_model::Hostname::parse("server", &server)
+            .map_err(|e| GenError::new("auto.home", u.login.as_str(), "automount.server", e.message))?;
+        let sep = if a.options.is_empty() { "" } else { " " };
+        let _ = writeln!(
+            out,
+            "{}{sep}{} {server}:{}/{}",
+            u.login, a.options, a.export_root, u.login
+        );
+    }
+    Ok(vec![file("auto.home", 0o644, out)])
 }

@@ -19,7 +19,7 @@ use keel_bundle::{service, File, Version};
 use keel_model::{Group, Kind, Machine, User};
 use serde::{Deserialize, Serialize};
 
-pub use accounts::{homes, passwd, root_ssh};
+pub use accounts::{automount, homes, passwd, root_ssh};
 pub use check::GenError;
 pub use dhcp::{dhcp, DhcpFormat, DhcpOptions};
 pub use dns::{dns, dynamic_address, dynamic_name};
@@ -42,6 +42,8 @@ pub struct Input<'a> {
     pub sessions: Vec<(&'a Machine, &'a User)>,
     /// The `contest_mode` setting (`firewall`).
     pub contest_mode: bool,
+    /// The facility's HFS number, when it is a home file server's (`homes` under the export root).
+    pub hfs: Option<u32>,
 }
 
 /// A group as it appears on hosts.
@@ -71,6 +73,31 @@ pub struct Options {
     pub dhcp: DhcpOptions,
     /// The `firewall` service's ruleset.
     pub firewall: FirewallOptions,
+    /// Homes on home file servers: the `automount` map and where an HFS keeps them.
+    pub automount: AutomountOptions,
+}
+
+/// Homes of diskless machines (docs/homes.md): each user's home is on one HFS, exported from
+/// `<export_root>/<login>` and mounted by autofs at `<home_root>/<login>` on the machines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AutomountOptions {
+    /// Where an HFS keeps the homes (and what it exports).
+    pub export_root: String,
+    /// The HFS of number N as machines reach it (`{hfs}` is replaced).
+    pub server: String,
+    /// autofs mount options of each entry.
+    pub options: String,
+}
+
+impl Default for AutomountOptions {
+    fn default() -> Self {
+        Self {
+            export_root: "/export/home".into(),
+            server: "hfs{hfs}".into(),
+            options: "-fstype=nfs,rw,hard,nosuid,nodev".into(),
+        }
+    }
 }
 
 /// How the `dns` service writes its zones.
@@ -116,6 +143,7 @@ impl Default for Options {
             dns: DnsOptions::default(),
             dhcp: DhcpOptions::default(),
             firewall: FirewallOptions::default(),
+            automount: AutomountOptions::default(),
         }
     }
 }
@@ -136,6 +164,7 @@ pub enum BuiltIn {
     Passwd,
     RootSsh,
     Homes,
+    Automount,
     Hosts,
     Dns,
     Dhcp,
@@ -143,10 +172,11 @@ pub enum BuiltIn {
 }
 
 impl BuiltIn {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Passwd,
         Self::RootSsh,
         Self::Homes,
+        Self::Automount,
         Self::Hosts,
         Self::Dns,
         Self::Dhcp,
@@ -158,6 +188,7 @@ impl BuiltIn {
             Self::Passwd => service::PASSWD,
             Self::RootSsh => service::ROOT_SSH,
             Self::Homes => service::HOMES,
+            Self::Automount => service::AUTOMOUNT,
             Self::Hosts => service::HOSTS,
             Self::Dns => "dns",
             Self::Dhcp => "dhcp",
@@ -178,16 +209,17 @@ impl BuiltIn {
     /// Whether a change of this kind can change this service's files.
     pub fn affected_by(self, kind: Kind) -> bool {
         match self {
-            Self::Passwd | Self::RootSsh | Self::Homes => kind == Kind::User,
+            Self::Passwd | Self::RootSsh | Self::Homes | Self::Automount => kind == Kind::User,
             Self::Hosts | Self::Dns | Self::Dhcp => kind == Kind::Machine,
             Self::Firewall => matches!(kind, Kind::Machine | Kind::User | Kind::Session | Kind::Setting),
         }
     }
 
-    /// A debounce of its own, shorter than the engine's: a login must open the internet at once.
+    /// A debounce of its own, shorter than the engine's: a login must open the internet at once,
+    /// and a first login waits for its home.
     pub fn debounce(self) -> Option<std::time::Duration> {
         match self {
-            Self::Firewall => Some(std::time::Duration::from_millis(50)),
+            Self::Firewall | Self::Homes => Some(std::time::Duration::from_millis(50)),
             _ => None,
         }
     }
@@ -198,6 +230,7 @@ impl BuiltIn {
             Self::Passwd => passwd(input, opts),
             Self::RootSsh => root_ssh(input),
             Self::Homes => homes(input, opts),
+            Self::Automount => automount(input, opts),
             Self::Hosts => hosts(input, opts),
             Self::Dns => dns(input, opts),
             Self::Dhcp => dhcp(input, opts),

@@ -70,3 +70,37 @@ fn firewall_rulesets_pass_nft_check_and_apply_twice() {
         );
     }
 }
+
+/// autofs (Debian autofs) reads the `auto.home` map as keel means it: each login a key, its options
+/// and `hfsN:/export/home/login` the entry. `automount -m` dumps the maps of `/etc/auto.master`
+/// only, so a private mount namespace puts a master map naming ours there (nothing of this
+/// machine's autofs configuration is touched).
+#[test]
+fn the_automount_map_is_read_by_autofs() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("auto.master");
+    let map = data("automount/auto.home");
+    std::fs::write(&master, format!("/home file:{}\n", map.display())).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let script = format!(
+        "mount --bind {} /etc/auto.master && mount --bind {} /etc/auto.master.d && automount -m",
+        master.display(),
+        empty.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) and automount (autofs): see .ci/run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let entries: Vec<&str> = text.lines().map(str::trim).filter(|l| l.contains(" | ")).collect();
+    let want: Vec<String> = std::fs::read_to_string(&map)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.replacen(' ', " | ", 1))
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(entries, want, "autofs's reading of the map:\n{text}");
+}

@@ -26,6 +26,7 @@ fn input<'a>(users: &'a [User], machines: &'a [Machine]) -> Input<'a> {
         networks: keel_model::Pools::default().networks(),
         sessions: Vec::new(),
         contest_mode: false,
+        hfs: None,
     }
 }
 
@@ -91,6 +92,13 @@ fn variants() -> Vec<(&'static str, Vec<keel_bundle::File>)> {
     out.push(("firewall-open", keel_gen::firewall(&input, &opts).unwrap()));
     input.contest_mode = true;
     out.push(("firewall-contest", keel_gen::firewall(&input, &opts).unwrap()));
+    // hfs1's facility: its users only (what Facility::receives gives it), under the export root.
+    let hfs1 = Input {
+        users: users.iter().filter(|u| u.hfs == Some(1)).collect(),
+        hfs: Some(1),
+        ..input
+    };
+    out.push(("homes-hfs1", keel_gen::homes(&hfs1, &opts).unwrap()));
     out
 }
 

@@ -42,6 +42,10 @@ pub struct Facility {
     /// Services blocked on this facility: never sent (results show DENIED).
     #[serde(default)]
     pub blocked: Vec<String>,
+    /// A home file server's facility: of the users above, it receives only those whose home is on
+    /// `hfsN` (their `hfs`), and its `homes` service creates them under the export root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hfs: Option<u32>,
     #[serde(default)]
     pub version: u64,
 }
@@ -49,7 +53,8 @@ pub struct Facility {
 impl Facility {
     /// Whether this facility receives `u`.
     pub fn receives(&self, u: &crate::User) -> bool {
-        self.groups.contains(&u.group) || self.members.contains(&u.login)
+        let listed = self.groups.contains(&u.group) || self.members.contains(&u.login);
+        listed && self.hfs.is_none_or(|n| u.hfs == Some(n))
     }
 
     pub fn is_managed_by(&self, principal: &str) -> bool {

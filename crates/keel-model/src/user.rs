@@ -204,6 +204,11 @@ pub struct User {
     /// True once the user chose their own password (then sheets leave it alone unless forced).
     #[serde(default)]
     pub password_changed: bool,
+    /// The home file server (`hfsN`) the user's home lives on; none until assigned (at import, or
+    /// at the first login from the machine's `hfs`). It then changes only by a move (the store's
+    /// `move_home`, which runs the site's hook), never by an edit: the home's files are there.
+    #[serde(default)]
+    pub hfs: Option<u32>,
     pub version: u64,
 }
 
@@ -239,6 +244,7 @@ pub struct UserPatch {
     pub ssh_keys: Option<Vec<String>>,
     pub password_hash: Option<String>,
     pub password_changed: Option<bool>,
+    pub hfs: Option<u32>,
 }
 
 impl UserPatch {
@@ -268,6 +274,7 @@ impl UserPatch {
                 .transpose()?,
             password_hash: f.opt_str("password_hash")?.map(|h| check_hash(&h)).transpose()?,
             password_changed: f.opt_bool("password_changed")?,
+            hfs: f.opt_u32("hfs")?,
         };
         f.finish()?;
         Ok(patch)
@@ -286,6 +293,7 @@ impl UserPatch {
             ssh_keys: self.ssh_keys.unwrap_or_default(),
             password_hash: self.password_hash.unwrap_or_default(),
             password_changed: self.password_changed.unwrap_or(false),
+            hfs: self.hfs,
             version: 0,
         })
     }
@@ -304,7 +312,20 @@ impl UserPatch {
                 "a group cannot be changed: its uid pool would not match",
             ));
         }
+        if let (Some(new), Some(now)) = (self.hfs, old.hfs) {
+            if new != now {
+                return Err(ValidationError::new(
+                    "hfs",
+                    format!(
+                        "the home is on hfs{now}; it moves only by `keel users move-home` \
+                         (POST /api/v1/users/{}/move-home), which runs the site's move hook",
+                        old.login
+                    ),
+                ));
+            }
+        }
         let mut u = old.clone();
+        u.hfs = self.hfs.or(u.hfs);
         u.firstname = self.firstname.unwrap_or(u.firstname);
         u.lastname = self.lastname.unwrap_or(u.lastname);
         u.shell = self.shell.unwrap_or(u.shell);
@@ -498,5 +519,30 @@ mod user_tests {
         for bad in ["bash", "/bin/ba sh", "/bin/a:b", ""] {
             assert!(check_shell(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod hfs_tests {
+    use super::*;
+    use crate::input::{Fields, Strictness};
+
+    fn patch(v: serde_json::Value) -> UserPatch {
+        UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap()
+    }
+
+    /// A home's HFS is set once by an edit (import, first login); after that only a move changes
+    /// it, since the home's files are on that server.
+    #[test]
+    fn an_hfs_is_set_once_and_never_changed_by_an_edit() {
+        let u = patch(serde_json::json!({"login": "zoe", "group": "user"})).create(10001).unwrap();
+        assert_eq!(u.hfs, None);
+        let u = patch(serde_json::json!({"hfs": 2})).apply(&u).unwrap();
+        assert_eq!(u.hfs, Some(2));
+        assert_eq!(patch(serde_json::json!({"hfs": 2})).apply(&u).unwrap().hfs, Some(2));
+        assert_eq!(patch(serde_json::json!({"shell": "/bin/sh"})).apply(&u).unwrap().hfs, Some(2));
+        let e = patch(serde_json::json!({"hfs": 3})).apply(&u).unwrap_err();
+        assert_eq!(e.field, "hfs");
+        assert!(e.message.contains("move-home"), "{}", e.message);
     }
 }

@@ -194,6 +194,9 @@ pub struct UserRecord {
     pub shell: String,
     /// The SSH public keys, one per line.
     pub ssh_key: String,
+    /// The home file server the user's home is on (`hfsN`); null until assigned. Not in
+    /// prologin's udb record (its hfs kept this apart); an extra key its clients ignore.
+    pub hfs: Option<u32>,
 }
 
 /// A user as udb's `query_private` returns it to an admin or a signed call: the public record and
@@ -224,12 +227,13 @@ impl From<&User> for UserRecord {
             group: u.group.to_string(),
             shell: u.shell.clone(),
             ssh_key: u.ssh_keys.join("\n"),
+            hfs: u.hfs,
         }
     }
 }
 
 impl Queryable for User {
-    const FIELDS: &'static [&'static str] = &["login", "firstname", "lastname", "uid", "group", "shell"];
+    const FIELDS: &'static [&'static str] = &["login", "firstname", "lastname", "uid", "group", "shell", "hfs"];
     fn field(&self, name: &str) -> Option<Cow<'_, str>> {
         Some(match name {
             "login" => Cow::Borrowed(self.login.as_str()),
@@ -238,6 +242,7 @@ impl Queryable for User {
             "uid" => Cow::Owned(self.uid.to_string()),
             "group" => Cow::Borrowed(self.group.as_str()),
             "shell" => Cow::Borrowed(self.shell.as_str()),
+            "hfs" => Cow::Owned(self.hfs.map(|n| n.to_string()).unwrap_or_default()),
             _ => return None,
         })
     }

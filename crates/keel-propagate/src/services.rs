@@ -130,6 +130,7 @@ pub async fn generate(
                     .filter_map(|s| Some((snap.machine_by_name(s.hostname.as_str())?, snap.user(s.login.as_str())?)))
                     .collect(),
                 contest_mode: snap.flag("contest_mode"),
+                hfs: facility.hfs,
             };
             b.generate(&input, opts).map_err(|e| e.to_string())
         }

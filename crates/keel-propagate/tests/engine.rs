@@ -36,6 +36,7 @@ async fn setup(db: &Db, services: &[&str], custom: &BTreeMap<String, CustomServi
         members: Vec::new(),
         services: services.iter().map(|s| (*s).to_owned()).collect(),
         blocked: Vec::new(),
+        hfs: None,
         version: 0,
     };
     db.put_facility(&who, f, 0, &known).await.unwrap();

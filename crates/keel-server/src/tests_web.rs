@@ -35,6 +35,7 @@ async fn site(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
             members: Vec::new(),
             services: vec!["hosts".into()],
             blocked: Vec::new(),
+            hfs: None,
             version: 0,
         };
         db.put_facility(&who, f, 0, &services).await.unwrap();

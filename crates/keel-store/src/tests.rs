@@ -444,6 +444,7 @@ mod propagation_rights {
             members: Vec::new(),
             services: vec!["passwd".into()],
             blocked: Vec::new(),
+            hfs: None,
             version: 0,
         }
     }

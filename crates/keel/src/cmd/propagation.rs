@@ -222,6 +222,7 @@ pub async fn facility(c: &Client, cmd: &FacilityCmd, json: bool) -> anyhow::Resu
                 members: Vec::new(),
                 services: Vec::new(),
                 blocked: Vec::new(),
+                hfs: None,
                 version: 0,
             })?;
             vec![c.create(Records::Facilities, &serde_json::to_value(&f)?).await?]

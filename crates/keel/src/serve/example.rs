@@ -61,6 +61,7 @@ pub async fn load(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
         members: Vec::new(),
         services: SHIPPED.iter().map(|s| (*s).to_owned()).collect(),
         blocked: Vec::new(),
+        hfs: None,
         version: 0,
     };
     db.put_facility(&who, gw, 0, &services).await?;
