@@ -122,6 +122,13 @@ impl Client {
         Ok(self.call(Method::POST, &path, Some(body), None).await?.value)
     }
 
+    /// Moves `login`'s home to HFS `hfs`; with `copy`, keel's move hook copies the files first.
+    pub async fn move_home(&self, login: &str, hfs: u32, copy: bool) -> Result<Value, ClientError> {
+        let path = crate::routes::move_home(login)?;
+        let body = json!({ "hfs": hfs, "copy": copy });
+        Ok(self.call(Method::POST, &path, Some(&body), None).await?.value)
+    }
+
     /// The change log after `since`, at most `limit` entries.
     pub async fn changes<T: DeserializeOwned>(&self, since: u64, limit: u32) -> Result<Vec<T>, ClientError> {
         let q = query(&[("since", since.to_string()), ("limit", limit.to_string())]);

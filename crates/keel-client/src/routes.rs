@@ -78,6 +78,11 @@ pub fn session(login: &str) -> Result<String, InvalidKey> {
     Ok(format!("{SESSIONS}/{}", segment(login)?))
 }
 
+/// Homes: `POST` moves `login`'s home to another HFS (the site's hook copies the files).
+pub fn move_home(login: &str) -> Result<String, InvalidKey> {
+    Ok(format!("{}/move-home", Records::Users.record(&[login])?))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -535,12 +535,17 @@ mod hfs_tests {
     /// it, since the home's files are on that server.
     #[test]
     fn an_hfs_is_set_once_and_never_changed_by_an_edit() {
-        let u = patch(serde_json::json!({"login": "zoe", "group": "user"})).create(10001).unwrap();
+        let u = patch(serde_json::json!({"login": "zoe", "group": "user"}))
+            .create(10001)
+            .unwrap();
         assert_eq!(u.hfs, None);
         let u = patch(serde_json::json!({"hfs": 2})).apply(&u).unwrap();
         assert_eq!(u.hfs, Some(2));
         assert_eq!(patch(serde_json::json!({"hfs": 2})).apply(&u).unwrap().hfs, Some(2));
-        assert_eq!(patch(serde_json::json!({"shell": "/bin/sh"})).apply(&u).unwrap().hfs, Some(2));
+        assert_eq!(
+            patch(serde_json::json!({"shell": "/bin/sh"})).apply(&u).unwrap().hfs,
+            Some(2)
+        );
         let e = patch(serde_json::json!({"hfs": 3})).apply(&u).unwrap_err();
         assert_eq!(e.field, "hfs");
         assert!(e.message.contains("move-home"), "{}", e.message);

@@ -67,6 +67,9 @@ pub enum EngineError {
     Invalid(String),
     #[error("generating: {0}")]
     Gen(String),
+    /// A wait for a task ran out of time (the task goes on).
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Store(#[from] keel_store::StoreError),
 }
@@ -94,6 +97,17 @@ struct Inner {
     /// The seq of the last change the loop has planned for: with an empty queue and nothing
     /// running, the engine has done all it will do for the database up to there.
     seen: std::sync::atomic::AtomicU64,
+    /// Every run's end, for callers waiting on one ([`Engine::deliver`]).
+    finished: broadcast::Sender<Finished>,
+}
+
+/// A task run has ended.
+#[derive(Debug, Clone)]
+struct Finished {
+    id: TaskId,
+    /// When the run started: a waiter wants a run that began after its write.
+    started: Instant,
+    state: TaskState,
 }
 
 /// A handle on the running engine (cheap to clone).
@@ -152,6 +166,7 @@ impl Engine {
             wake: Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
             seen: std::sync::atomic::AtomicU64::new(0),
+            finished: broadcast::channel(256).0,
         });
         let engine = Self { inner };
         // Subscribed before the Snapshot is read: a change after it reaches the loop.
@@ -238,6 +253,33 @@ impl Engine {
             self.plan((facility.to_owned(), s.clone()), Duration::ZERO, force);
         }
         Ok(services)
+    }
+
+    /// Runs `facility`'s `service` now (without waiting out the debounce) and waits, at most
+    /// `within`, for a run that started after this call to end: what a caller does when a person
+    /// is waiting on the result (a first login waits for its home). Returns that run's state.
+    pub async fn deliver(&self, facility: &str, service: &str, within: Duration) -> Result<TaskState, EngineError> {
+        let mut ends = self.inner.finished.subscribe();
+        let asked = Instant::now();
+        self.schedule(facility, Some(service), false)?;
+        let id = (facility.to_owned(), service.to_owned());
+        let wait = async {
+            loop {
+                match ends.recv().await {
+                    Ok(f) if f.id == id && f.started >= asked => return Ok(f.state),
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(EngineError::Invalid("the propagation engine stopped".into()))
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.unwrap_or_else(|_| {
+            Err(EngineError::Timeout(format!(
+                "{facility}/{service} did not finish within {} s",
+                within.as_secs()
+            )))
+        })
     }
 
     /// The signed bundle GEN would send to `destination` now (for inspection, or to try an agent
@@ -436,7 +478,19 @@ impl Engine {
         for (id, force) in due {
             let engine = self.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
                 let retry = engine.inner.clone().run_task(&id, force).await;
+                let state = engine
+                    .inner
+                    .tasks
+                    .lock()
+                    .get(&id)
+                    .map_or(TaskState::Waiting, |t| t.state);
+                let _ = engine.inner.finished.send(Finished {
+                    id: id.clone(),
+                    started,
+                    state,
+                });
                 if let Some(delay) = retry {
                     engine.plan_marked(id.clone(), delay, false, false);
                 }

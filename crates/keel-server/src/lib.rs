@@ -14,6 +14,7 @@ use serde_json::json;
 mod auth;
 pub mod dns;
 mod error;
+pub mod homes;
 mod map;
 mod metrics;
 pub mod netboot;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     pub rpc_secret: Option<rpc::RpcSecret>,
     /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
     pub map_public: bool,
+    /// Homes on home file servers.
+    pub homes: homes::HomesConfig,
 }
 
 #[derive(Clone)]
@@ -179,6 +182,7 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
             "/users/{login}",
             get(rest::get_user).patch(rest::patch_user).delete(rest::delete_user),
         )
+        .route("/users/{login}/move-home", post(homes::move_home))
         .route("/passwd", post(rest::passwd))
         .route("/settings", get(rest::list_settings))
         .route("/settings/{key}", get(rest::get_setting).put(rest::put_setting))

@@ -293,7 +293,12 @@ pub async fn login(
     }
     let opened = st.db.open_session(&who, &body.login, &body.hostname).await;
     let (status, s) = match opened {
-        Ok(Opened::New(s)) => (StatusCode::CREATED, s),
+        Ok(Opened::New { session, home }) => {
+            if let Some(hfs) = home {
+                crate::homes::first_login(&st, session.login.as_str(), hfs).await;
+            }
+            (StatusCode::CREATED, session)
+        }
         Ok(Opened::Existing(s)) => (StatusCode::OK, s),
         Err(e) => {
             if matches!(e, keel_store::StoreError::Refused(_)) {

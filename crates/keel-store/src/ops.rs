@@ -273,6 +273,23 @@ impl Db {
         decode(&changes)
     }
 
+    /// Puts `login`'s home on HFS `to`: the one write that changes an assigned `hfs` (an edit may
+    /// only set it once). The caller has moved the files first (the site's hook); this records it.
+    pub async fn move_home(&self, who: &Principal, login: &str, if_version: u64, to: u32) -> Result<User, StoreError> {
+        let changes = self
+            .write(who, |s, _| {
+                let old = find_user(s, login)?;
+                check_version(old.version, if_version)?;
+                let u = User {
+                    hfs: Some(to),
+                    ..old.clone()
+                };
+                Ok(vec![Write::put(&u, Some(if_version), false)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+
     /// Removes a user. Its uid is not given again (the group's counter keeps it).
     pub async fn delete_user(&self, who: &Principal, login: &str, if_version: u64) -> Result<User, StoreError> {
         self.delete_one(who, if_version, |s| find_user(s, login)).await

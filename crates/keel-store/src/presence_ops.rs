@@ -2,7 +2,7 @@
 //! writer lock, against the Snapshot (so two logins racing for one user or one machine can never
 //! both be accepted).
 
-use keel_model::{Decision, Principal, Refusal, Session};
+use keel_model::{Decision, Principal, Refusal, Session, Snapshot, User};
 
 use crate::ops::record;
 use crate::store::Write;
@@ -11,19 +11,31 @@ use crate::{now_rfc3339, Db, StoreError};
 /// What a login did.
 #[derive(Debug, Clone)]
 pub enum Opened {
-    /// A new session (a Change was written).
-    New(Session),
+    /// A new session (a Change was written). `home`: the HFS this first login gave the user's
+    /// home (written in the same commit), when it gave one.
+    New { session: Session, home: Option<u32> },
     /// The user was already logged in on that machine: nothing changed.
     Existing(Session),
 }
 
 impl Db {
-    /// Logs `login` in on `hostname`, or says why not.
+    /// Logs `login` in on `hostname`, or says why not. A user without a home yet gets the
+    /// machine's HFS on this login, when a facility serves that HFS (docs/homes.md).
     pub async fn open_session(&self, who: &Principal, login: &str, hostname: &str) -> Result<Opened, StoreError> {
         let mut existing = None;
+        let mut home = None;
         let changes = self
             .write(who, |s, _| match s.decide_login(login, hostname, &now_rfc3339()) {
-                Ok(Decision::Open(new)) => Ok(vec![Write::put(&new, Some(0), false)?]),
+                Ok(Decision::Open(new)) => {
+                    let mut writes = Vec::with_capacity(2);
+                    if let Some(user) = first_home(s, login, hostname) {
+                        home = user.hfs;
+                        writes.push(Write::put(&user, Some(user.version), false)?);
+                    }
+                    // Last: the session is the record this returns.
+                    writes.push(Write::put(&new, Some(0), false)?);
+                    Ok(writes)
+                }
                 Ok(Decision::Already(old)) => {
                     existing = Some(old);
                     Ok(Vec::new())
@@ -33,7 +45,10 @@ impl Db {
             .await?;
         match existing {
             Some(s) => Ok(Opened::Existing(s)),
-            None => Ok(Opened::New(record(&changes, false)?)),
+            None => Ok(Opened::New {
+                session: record(&changes, false)?,
+                home,
+            }),
         }
     }
 
@@ -119,4 +134,15 @@ impl Db {
             .collect();
         Ok((opened, refused))
     }
+}
+
+/// The user `login` with its home on `hostname`'s HFS, if the user has none yet and a facility
+/// serves that HFS (a site without home file servers assigns nothing).
+fn first_home(s: &Snapshot, login: &str, hostname: &str) -> Option<User> {
+    let user = s.user(login).filter(|u| u.hfs.is_none())?;
+    let hfs = s.machine_by_name(hostname)?.hfs;
+    s.facilities().any(|f| f.hfs == Some(hfs)).then(|| User {
+        hfs: Some(hfs),
+        ..user.clone()
+    })
 }

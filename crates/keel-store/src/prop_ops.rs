@@ -111,10 +111,10 @@ impl Db {
                         if !who.is_admin() && old.managers != f.managers {
                             return Err(forbidden(who, "change a facility's managers"));
                         }
-                        if !who.is_admin() && (old.groups != f.groups || old.members != f.members) {
+                        if !who.is_admin() && (old.groups != f.groups || old.members != f.members || old.hfs != f.hfs) {
                             return Err(forbidden(
                                 who,
-                                "change which users a facility receives (groups, members)",
+                                "change which users a facility receives (groups, members, hfs)",
                             ));
                         }
                     }

@@ -45,7 +45,37 @@ pub struct FileConfig {
     #[serde(default)]
     pub sync: SyncFile,
     #[serde(default)]
+    pub homes: HomesFile,
+    #[serde(default)]
     pub http: HttpFile,
+}
+
+/// `[homes]`: homes on home file servers (docs/homes.md).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomesFile {
+    /// The program (and arguments) that moves a home between two HFS, run by
+    /// `keel users move-home` with KEEL_LOGIN, KEEL_UID, KEEL_FROM_HFS, KEEL_TO_HFS set.
+    pub move_hook: Option<Vec<String>>,
+    /// How long the move hook may run (default 3600).
+    pub move_timeout_secs: Option<u64>,
+    /// How long a first login waits for its home to be created on its HFS (default 20).
+    pub login_wait_secs: Option<u64>,
+}
+
+impl HomesFile {
+    pub fn config(&self) -> keel_server::homes::HomesConfig {
+        let d = keel_server::homes::HomesConfig::default();
+        keel_server::homes::HomesConfig {
+            move_hook: self.move_hook.clone().filter(|h| !h.is_empty()),
+            move_timeout: self
+                .move_timeout_secs
+                .map_or(d.move_timeout, std::time::Duration::from_secs),
+            login_wait: self
+                .login_wait_secs
+                .map_or(d.login_wait, std::time::Duration::from_secs),
+        }
+    }
 }
 
 /// `[http]`: what one HTTP client can hold.
@@ -421,6 +451,7 @@ pub struct ServeConfig {
     pub web: WebFile,
     pub rpc: RpcFile,
     pub sync: SyncFile,
+    pub homes: HomesFile,
     pub workers: Option<usize>,
     pub database: Option<String>,
     pub http: HttpLimits,

@@ -178,6 +178,7 @@ impl Cli {
             web: file.web.clone(),
             rpc: file.rpc.clone(),
             sync: file.sync.clone(),
+            homes: file.homes.clone(),
             workers: args.workers.or(file.workers),
             database: args.database.clone().or(file.database.clone()),
             http: file.http.limits(),

@@ -73,9 +73,14 @@ pub struct FacilityFields {
     /// Users it receives whatever their group.
     #[arg(long, value_delimiter = ',')]
     members: Option<Vec<String>>,
-    /// Services enabled on it (passwd, root_ssh, homes, hosts, or a custom one).
+    /// Services enabled on it (passwd, root_ssh, homes, automount, hosts, dns, dhcp, firewall,
+    /// or a custom one).
     #[arg(long, value_delimiter = ',')]
     services: Option<Vec<String>>,
+    /// A home file server's facility: it receives only the users whose home is on hfsN, and its
+    /// `homes` service creates them under the export root (docs/homes.md).
+    #[arg(long)]
+    hfs: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +281,9 @@ impl FacilityFields {
         }
         if let Some(v) = &self.services {
             f.services.clone_from(v);
+        }
+        if self.hfs.is_some() {
+            f.hfs = self.hfs;
         }
         f.version = 0;
         Ok(f)

@@ -27,6 +27,18 @@ pub enum UsersCmd {
     /// Issue fresh passwords and write the sheets (prologin's pwdsheetdata step). Leaves alone
     /// users who changed their own password, unless --force; asks before resetting.
     Sheet(SheetArgs),
+    /// Move a user's home to another home file server: the server runs the site's
+    /// `[homes] move_hook` (e.g. rsync) and records the new HFS only if it succeeds
+    /// (docs/homes.md). A user without a home yet just gets the HFS.
+    MoveHome {
+        login: String,
+        /// The HFS number the home moves to.
+        #[arg(long)]
+        hfs: u32,
+        /// The files were moved by other means: record the new HFS without running the hook.
+        #[arg(long)]
+        no_copy: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +99,10 @@ pub struct ImportArgs {
     /// cards), mode 0600. Only at import do passwords exist in clear: keel keeps only their hashes.
     #[arg(long, value_name = "PREFIX")]
     pub sheet: Option<PathBuf>,
+    /// The home file server of everyone in the file (e.g. one file per room, each with its HFS);
+    /// without it, a user's HFS is set at their first login, from the machine's.
+    #[arg(long)]
+    pub hfs: Option<u32>,
 }
 
 pub async fn run(c: &Client, cmd: &UsersCmd, json: bool) -> anyhow::Result<()> {
@@ -108,6 +124,14 @@ pub async fn run(c: &Client, cmd: &UsersCmd, json: bool) -> anyhow::Result<()> {
         }
         UsersCmd::Import(args) => import(c, args, json).await,
         UsersCmd::Sheet(args) => sheet(c, args, json).await,
+        UsersCmd::MoveHome { login, hfs, no_copy } => {
+            let u = c.move_home(login, *hfs, !no_copy).await?;
+            if json {
+                return print_json(&u);
+            }
+            println!("{login}'s home is on hfs{hfs}");
+            Ok(())
+        }
     }
 }
 
@@ -128,13 +152,14 @@ fn print_users(list: &[Value], json: bool) -> anyhow::Result<()> {
                 s(&u["shell"]),
                 keys.to_string(),
                 s(&u["has_password"]),
+                u["hfs"].as_u64().map_or_else(|| "-".to_owned(), |n| format!("hfs{n}")),
             ]
         })
         .collect();
     println!(
         "{}",
         table(
-            &["login", "uid", "group", "name", "shell", "ssh keys", "password"],
+            &["login", "uid", "group", "name", "shell", "ssh keys", "password", "home"],
             rows
         )
     );
@@ -178,6 +203,9 @@ async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()>
             let mut row = json!({"line": p.line, "login": p.login, "firstname": p.first, "lastname": p.last, "group": group.as_str()});
             if !h.is_empty() {
                 row["password_hash"] = json!(h);
+            }
+            if let Some(n) = args.hfs {
+                row["hfs"] = json!(n);
             }
             row
         })

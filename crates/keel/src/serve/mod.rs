@@ -67,6 +67,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         map_public: cfg.presence.map_public.unwrap_or(true),
         web: cfg.web.config()?,
         rpc_secret: settings::rpc_secret(&cfg)?,
+        homes: cfg.homes.config(),
     };
     // Where kernels and initrds go (served at /boot/files/).
     let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);

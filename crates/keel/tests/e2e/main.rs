@@ -31,6 +31,7 @@ mod cli;
 mod dns;
 mod durability;
 mod foundation;
+mod homes;
 mod hostile;
 mod netboot;
 mod postgres;
