@@ -65,18 +65,20 @@ pub(crate) async fn call(
                 off_io(move || query_users(&snap, named)).await
             }
             (Service::Udb, "query_private") => {
-                // prologin's authenticated clients (signed calls act as the `[rpc]` principal).
-                match &who {
-                    Some(p) if p.is_admin() => {}
+                // prologin's authenticated clients (signed calls act as the `[rpc]` principal),
+                // admins, and facility managers for the users their facilities receive (whose
+                // hashes they already get in those facilities' passwd bundles).
+                let reader = match who {
+                    Some(p) if p.is_admin() || p.role == keel_model::Role::Manager => p,
                     Some(p) => return Err(ApiError::Forbidden(format!("{} may not read private records", p.name))),
                     None => {
                         return Err(ApiError::Unauthorized(
-                            "query_private needs a signed call or an admin token",
+                            "query_private needs a signed call, an admin token or a facility manager's token",
                         ))
                     }
-                }
+                };
                 let (snap, named) = (state.db.snapshot(), args.named(&[])?);
-                off_io(move || query_users_private(&snap, named)).await
+                off_io(move || query_users_private(&snap, named, &reader)).await
             }
             (Service::Mdb, "ansible") => {
                 let snap = state.db.snapshot();
@@ -328,24 +330,31 @@ fn matches_all<R: Queryable>(filters: &[Filter], r: &R) -> bool {
 
 /// udb `query(**filters)`: users in prologin's shape — never a password or its hash.
 fn query_users(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
-    users_as::<keel_model::wire::UserRecord>(snap, named)
+    users_as::<keel_model::wire::UserRecord>(snap, named, |_| true)
 }
 
 /// udb `query_private`: the public record and the password's SHA-512-crypt hash (keel never has
-/// the plaintext prologin's udb kept; docs/api.md says what its clients get instead). Admins only.
-fn query_users_private(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError> {
-    users_as::<keel_model::wire::UserPrivateRecord>(snap, named)
+/// the plaintext prologin's udb kept; docs/api.md says what its clients get instead). An admin
+/// reads every user; a manager only those a facility it runs receives.
+fn query_users_private(snap: &Snapshot, named: Map<String, Value>, reader: &Principal) -> Result<Reply, ApiError> {
+    users_as::<keel_model::wire::UserPrivateRecord>(snap, named, |u| {
+        reader.is_admin() || snap.facilities().any(|f| f.is_run_by(reader) && f.receives(u))
+    })
 }
 
-/// The users that match the filters in `named`, each as an `R` record.
-fn users_as<R>(snap: &Snapshot, named: Map<String, Value>) -> Result<Reply, ApiError>
+/// The `visible` users that match the filters in `named`, each as an `R` record.
+fn users_as<R>(
+    snap: &Snapshot,
+    named: Map<String, Value>,
+    visible: impl Fn(&keel_model::User) -> bool,
+) -> Result<Reply, ApiError>
 where
     R: serde::Serialize + for<'u> From<&'u keel_model::User>,
 {
     let filters = parse_filters::<keel_model::User>(named)?;
     let records: Vec<R> = snap
         .users()
-        .filter(|u| matches_all(&filters, *u))
+        .filter(|u| visible(u) && matches_all(&filters, *u))
         .map(R::from)
         .collect();
     Reply::serialize(&records)

@@ -512,6 +512,31 @@ async fn query_private_is_for_admins_and_signed_calls_and_ansible_groups_the_mac
     assert!(rec.get("password").is_none(), "never a plaintext");
     assert_eq!(send(&st, call(None, None)).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(send(&st, call(Some(&readonly), None)).await.0, StatusCode::FORBIDDEN);
+    // A facility's manager (a web application's sync) reads the hashes of the users its facility
+    // receives, and no one else's: bob (orga) is not in `web`.
+    let bob = json!({"login": "bob", "group": "orga", "password_hash": keel_password::hash("bob-Pass-1").unwrap()});
+    let patch = keel_model::UserPatch::from_fields(Fields::new(bob, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_user(&who, patch).await.unwrap();
+    let web = keel_model::Facility {
+        name: "web".into(),
+        managers: vec!["Manager".into()],
+        groups: vec![keel_model::Group::User],
+        ..keel_model::Facility::default()
+    };
+    st.db.put_facility(&who, web, 0, &Default::default()).await.unwrap();
+    let manager = token(keel_model::Role::Manager).await;
+    let every = |bearer: String| {
+        let mut r = call(Some(&bearer), None);
+        *r.body_mut() = Body::from(json!({"args": [], "kwargs": {}}).to_string());
+        r
+    };
+    let (status, body) = send(&st, every(manager)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let logins: Vec<&str> = body["data"].as_array().unwrap().iter().filter_map(|u| u["login"].as_str()).collect();
+    assert_eq!(logins, ["alice"]);
+    assert!(body["data"][0]["password_hash"].as_str().unwrap().starts_with("$6$"));
+    let (_, body) = send(&st, every(admin.clone())).await;
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "an admin reads both");
     // The public query never carries the hash.
     let (_, public) = send(&st, get("/call/query?login=alice", "udb.prolo")).await;
     assert!(public["data"][0].get("password_hash").is_none(), "{public}");
