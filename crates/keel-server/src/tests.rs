@@ -532,7 +532,12 @@ async fn query_private_is_for_admins_and_signed_calls_and_ansible_groups_the_mac
     };
     let (status, body) = send(&st, every(manager)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let logins: Vec<&str> = body["data"].as_array().unwrap().iter().filter_map(|u| u["login"].as_str()).collect();
+    let logins: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["login"].as_str())
+        .collect();
     assert_eq!(logins, ["alice"]);
     assert!(body["data"][0]["password_hash"].as_str().unwrap().starts_with("$6$"));
     let (_, body) = send(&st, every(admin.clone())).await;

@@ -28,6 +28,7 @@
 
 mod browser;
 mod cli;
+mod django;
 mod dns;
 mod durability;
 mod foundation;
