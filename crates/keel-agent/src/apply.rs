@@ -104,6 +104,9 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
     }
     journal.commit()?;
     create_homes(&plan.homes, &cfg.skel, out);
+    for note in &plan.notes {
+        out.info(note);
+    }
     out.info(&format!(
         "serial {} applied: {changed} file(s) changed{}",
         m.serial,

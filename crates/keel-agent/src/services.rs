@@ -37,6 +37,8 @@ pub(crate) struct Plan {
     pub(crate) changes: Vec<Change>,
     pub(crate) managed: BTreeMap<String, Vec<String>>,
     pub(crate) homes: Vec<Home>,
+    /// What the run chose to leave undone, said in its output (e.g. a host group it lacks).
+    pub(crate) notes: Vec<String>,
 }
 
 fn data_err(msg: impl Into<String>) -> Fail {
@@ -219,10 +221,17 @@ fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
         parsed.push(new);
     }
     check_accounts(&parsed[0], &parsed[1], &parsed[2])?;
+    let joins = host_group_joins(b, &parsed[0], &parsed[1])?;
     for ((file, _, target, mode), new) in files.into_iter().zip(parsed) {
         let path = cfg.target(target);
         let current = read_target(&path)?.unwrap_or_default();
-        let current = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;
+        let on_disk = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;
+        // The host's own groups with keel's users joined (sudo, wheel…); the rest as on disk.
+        let current = if file == "group" {
+            join_host_groups(&on_disk, &joins, state, &new, &mut plan)
+        } else {
+            on_disk.clone()
+        };
         let before: HashSet<&str> = state
             .managed
             .get(file)
@@ -237,7 +246,7 @@ fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
         let merged = merge_accounts(&current, &host, &new, file)?;
         plan.managed
             .insert(file.into(), new.iter().map(|(n, _)| (*n).to_owned()).collect());
-        if merged.as_bytes() != current.as_bytes() {
+        if merged.as_bytes() != on_disk.as_bytes() {
             plan.changes.push(Change {
                 target: path,
                 data: Some(merged.into_bytes()),
@@ -246,6 +255,110 @@ fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
         }
     }
     Ok(plan)
+}
+
+/// The bundle's `group-members` (`group:login,login`; absent from older servers' bundles): each
+/// group once, never one of keel's own groups, each login an account of the bundle's passwd.
+fn host_group_joins<'a>(
+    b: &'a Bundle,
+    passwd: &[(&str, &str)],
+    group: &[(&str, &str)],
+) -> Result<Vec<(&'a str, Vec<&'a str>)>, Fail> {
+    if !b.files.contains_key("group-members") {
+        return Ok(Vec::new());
+    }
+    let accounts: HashSet<&str> = passwd.iter().map(|(n, _)| *n).collect();
+    let own: HashSet<&str> = group.iter().map(|(n, _)| *n).collect();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for (name, line) in lines(text(b, "group-members")?) {
+        check_account_line("group-members", line, 2)?;
+        if own.contains(name) || !seen.insert(name) {
+            return Err(data_err(format!(
+                "group-members: {name:?} is keel's own group or listed twice; refused"
+            )));
+        }
+        let members: Vec<&str> = line[name.len() + 1..].split(',').filter(|m| !m.is_empty()).collect();
+        if let Some(m) = members.iter().find(|m| !accounts.contains(*m)) {
+            return Err(data_err(format!(
+                "group-members: {name:?} lists {m:?}, which is not an account of passwd; refused"
+            )));
+        }
+        out.push((name, members));
+    }
+    Ok(out)
+}
+
+/// Puts keel's users into the host's own groups (`sudo`, `wheel`…), keeping the members the host
+/// put there itself and taking out those keel added before and no longer lists. The pairs keel is
+/// now answerable for (`group:login`, the ones the host did not have itself) are remembered, so
+/// the next run can take them out again; a group the host lacks is skipped with a note.
+fn join_host_groups(
+    current: &str,
+    joins: &[(&str, Vec<&str>)],
+    state: &State,
+    keel_lines: &[(&str, &str)],
+    plan: &mut Plan,
+) -> String {
+    let added_before: HashSet<&str> = state
+        .managed
+        .get("group-members")
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let keel_groups: HashSet<&str> = state
+        .managed
+        .get("group")
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(keel_lines.iter().map(|(n, _)| *n))
+        .collect();
+    let mut added_now = Vec::new();
+    let mut found = HashSet::new();
+    let mut out = String::with_capacity(current.len() + 64);
+    for line in current.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        let name = fields[0];
+        let wanted = joins.iter().find(|(g, _)| *g == name).map(|(_, m)| m.as_slice());
+        let touched = wanted.is_some()
+            || added_before
+                .iter()
+                .any(|p| p.split_once(':').is_some_and(|(g, _)| g == name));
+        if fields.len() != 4 || keel_groups.contains(name) || !touched {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        found.insert(name);
+        let mut members: Vec<&str> = fields[3]
+            .split(',')
+            .filter(|m| !m.is_empty() && !added_before.contains(format!("{name}:{m}").as_str()))
+            .collect();
+        for m in wanted.unwrap_or_default() {
+            if !members.contains(m) {
+                members.push(m);
+                added_now.push(format!("{name}:{m}"));
+            }
+        }
+        out.push_str(&format!(
+            "{}:{}:{}:{}\n",
+            fields[0],
+            fields[1],
+            fields[2],
+            members.join(",")
+        ));
+    }
+    for (g, _) in joins
+        .iter()
+        .filter(|(g, _)| !found.contains(g) && !keel_groups.contains(g))
+    {
+        plan.notes
+            .push(format!("group-members: this host has no group {g:?}; skipped"));
+    }
+    plan.managed.insert("group-members".into(), added_now);
+    out
 }
 
 /// One line of a marker-block file, re-parsed: never a marker (it would end keel's block early

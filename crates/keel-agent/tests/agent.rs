@@ -478,6 +478,49 @@ fn homes_are_created_and_custom_services_land_in_their_directory() {
     );
 }
 
+/// keel's roots join the host's own `sudo` (group-members): the host's own members stay, keel's
+/// come and go with keel, a group the host lacks is skipped with a note, and keel never amends one
+/// of its own groups or lists a login passwd does not have.
+#[test]
+fn roots_join_the_hosts_sudo_group_and_leave_it_with_keel() {
+    let h = Host::new("");
+    std::fs::write(h.root().join("etc/group"), format!("{GROUP}sudo:x:27:hostadmin\n")).unwrap();
+    let files = |roots: &[&str], members: &str| {
+        let mut users: Vec<(&str, u32)> = roots.iter().enumerate().map(|(i, l)| (*l, 12001 + i as u32)).collect();
+        users.push(("zoe", 10001));
+        let mut f = accounts(&users);
+        f.push(("group-members", members.to_owned()));
+        f
+    };
+    let f = files(&["alice", "bob"], "sudo:alice,bob\nwheel:alice,bob\n");
+    let r = h.apply(&h.bundle("passwd", 1, &refs(&f)));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(h.read("etc/group").contains("sudo:x:27:hostadmin,alice,bob\n"), "{}", h.read("etc/group"));
+    assert!(r.stdout.contains("no group \"wheel\""), "{}", r.stdout);
+    // The host adds someone of its own; keel drops bob: hostadmin and carol stay, bob goes.
+    let group = h.read("etc/group").replace("hostadmin,alice,bob", "hostadmin,alice,bob,carol");
+    std::fs::write(h.root().join("etc/group"), group).unwrap();
+    let f = files(&["alice"], "sudo:alice\n");
+    let r = h.apply(&h.bundle("passwd", 2, &refs(&f)));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // (The host's own members first, then keel's: the order is stable from run to run.)
+    assert!(h.read("etc/group").contains("sudo:x:27:hostadmin,carol,alice\n"), "{}", h.read("etc/group"));
+    // No more member_of at all: keel's last one leaves too.
+    let f = files(&["alice"], "");
+    let r = h.apply(&h.bundle("passwd", 3, &refs(&f)));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(h.read("etc/group").contains("sudo:x:27:hostadmin,carol\n"), "{}", h.read("etc/group"));
+    // Refused: one of keel's own groups, a login passwd lacks; nothing changes.
+    let before = h.read("etc/group");
+    for (bad, why) in [("user:alice\n", "keel's own group"), ("sudo:mallory\n", "not an account")] {
+        let f = files(&["alice"], bad);
+        let r = h.apply(&h.bundle("passwd", 4, &refs(&f)));
+        assert_ne!(r.code, 0, "{bad:?} accepted");
+        assert!(format!("{}{}", r.stdout, r.stderr).contains(why), "{bad:?}: {}{}", r.stdout, r.stderr);
+        assert_eq!(h.read("etc/group"), before);
+    }
+}
+
 /// A new home gets the skeleton (files with their modes, directories, links as links); a home
 /// that exists is never touched again, even when the skeleton changes.
 #[test]

@@ -62,6 +62,7 @@ pub fn passwd(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> 
         // lastchg is left empty: aging is off, and the file stays the same from day to day.
         let _ = writeln!(shadow, "{}:{hash}::0:99999:7:::", u.login);
     }
+    let members = host_group_members(&users, opts)?;
     let mut group = String::new();
     for g in Group::ALL {
         let hg = opts.group(g);
@@ -74,9 +75,40 @@ pub fn passwd(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> 
     }
     Ok(vec![
         file("group", 0o644, group),
+        file("group-members", 0o644, members),
         file("passwd", 0o644, passwd),
         file("shadow", 0o640, shadow),
     ])
+}
+
+/// `group-members`: `hostgroup:login,login` for each of the host's groups keel's users join
+/// (`member_of`), in name order. A host group keel also defines itself is refused: the agent
+/// would be asked to both own and amend one line.
+fn host_group_members(users: &[&User], opts: &Options) -> Result<String, GenError> {
+    let own: Vec<String> = Group::ALL.iter().map(|g| opts.group(*g).name).collect();
+    let mut joined: std::collections::BTreeMap<String, Vec<&str>> = std::collections::BTreeMap::new();
+    for g in Group::ALL {
+        for host_group in opts.group(g).member_of {
+            check::option("group-members", "groups.member_of", &host_group, &[':', ',', ' ', '\t'])?;
+            if host_group.is_empty() || own.contains(&host_group) {
+                return Err(GenError::new(
+                    "group-members",
+                    &host_group,
+                    "groups.member_of",
+                    "must name a group of the host, not one of keel's",
+                ));
+            }
+            let list = joined.entry(host_group).or_default();
+            list.extend(users.iter().filter(|u| u.group == g).map(|u| u.login.as_str()));
+        }
+    }
+    let mut out = String::new();
+    for (host_group, mut logins) in joined {
+        logins.sort_unstable();
+        logins.dedup();
+        let _ = writeln!(out, "{host_group}:{}", logins.join(","));
+    }
+    Ok(out)
 }
 
 /// root's authorized_keys: every key of every user of group `root`, by login, each key once.

@@ -52,6 +52,11 @@ pub struct Input<'a> {
 pub struct HostGroup {
     pub name: String,
     pub gid: u32,
+    /// Groups the host already has (`sudo`, `wheel`, `adm`…) that this group's users join. The
+    /// agent adds them to the host's own line, keeps the host's own members, and skips a group
+    /// the host does not have.
+    #[serde(default)]
+    pub member_of: Vec<String>,
 }
 
 /// Site choices the generators follow (the `[propagation.generators]` table of keel.toml).
@@ -130,14 +135,26 @@ impl Default for DnsOptions {
 
 impl Default for Options {
     fn default() -> Self {
-        let g = |name: &str, gid| HostGroup { name: name.into(), gid };
+        let g = |name: &str, gid| HostGroup {
+            name: name.into(),
+            gid,
+            member_of: Vec::new(),
+        };
         Self {
             home_root: "/home".into(),
             home_mode: 0o700,
             groups: BTreeMap::from([
                 (Group::User, g("user", 10000)),
                 (Group::Orga, g("orga", 11000)),
-                (Group::Root, g("roots", 12000)),
+                // keel's roots already hold root's keys (root_ssh); sudo as themselves too, on
+                // Debian (`sudo`) and Red Hat (`wheel`) hosts alike.
+                (
+                    Group::Root,
+                    HostGroup {
+                        member_of: vec!["sudo".into(), "wheel".into()],
+                        ..g("roots", 12000)
+                    },
+                ),
             ]),
             zone: "prolo".into(),
             dns: DnsOptions::default(),
@@ -151,6 +168,7 @@ impl Default for Options {
 impl Options {
     fn group(&self, g: Group) -> HostGroup {
         self.groups.get(&g).cloned().unwrap_or_else(|| HostGroup {
+            member_of: Vec::new(),
             name: g.as_str().into(),
             gid: 65534,
         })
