@@ -495,28 +495,50 @@ fn roots_join_the_hosts_sudo_group_and_leave_it_with_keel() {
     let f = files(&["alice", "bob"], "sudo:alice,bob\nwheel:alice,bob\n");
     let r = h.apply(&h.bundle("passwd", 1, &refs(&f)));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(h.read("etc/group").contains("sudo:x:27:hostadmin,alice,bob\n"), "{}", h.read("etc/group"));
+    assert!(
+        h.read("etc/group").contains("sudo:x:27:hostadmin,alice,bob\n"),
+        "{}",
+        h.read("etc/group")
+    );
     assert!(r.stdout.contains("no group \"wheel\""), "{}", r.stdout);
     // The host adds someone of its own; keel drops bob: hostadmin and carol stay, bob goes.
-    let group = h.read("etc/group").replace("hostadmin,alice,bob", "hostadmin,alice,bob,carol");
+    let group = h
+        .read("etc/group")
+        .replace("hostadmin,alice,bob", "hostadmin,alice,bob,carol");
     std::fs::write(h.root().join("etc/group"), group).unwrap();
     let f = files(&["alice"], "sudo:alice\n");
     let r = h.apply(&h.bundle("passwd", 2, &refs(&f)));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     // (The host's own members first, then keel's: the order is stable from run to run.)
-    assert!(h.read("etc/group").contains("sudo:x:27:hostadmin,carol,alice\n"), "{}", h.read("etc/group"));
+    assert!(
+        h.read("etc/group").contains("sudo:x:27:hostadmin,carol,alice\n"),
+        "{}",
+        h.read("etc/group")
+    );
     // No more member_of at all: keel's last one leaves too.
     let f = files(&["alice"], "");
     let r = h.apply(&h.bundle("passwd", 3, &refs(&f)));
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(h.read("etc/group").contains("sudo:x:27:hostadmin,carol\n"), "{}", h.read("etc/group"));
+    assert!(
+        h.read("etc/group").contains("sudo:x:27:hostadmin,carol\n"),
+        "{}",
+        h.read("etc/group")
+    );
     // Refused: one of keel's own groups, a login passwd lacks; nothing changes.
     let before = h.read("etc/group");
-    for (bad, why) in [("user:alice\n", "keel's own group"), ("sudo:mallory\n", "not an account")] {
+    for (bad, why) in [
+        ("user:alice\n", "keel's own group"),
+        ("sudo:mallory\n", "not an account"),
+    ] {
         let f = files(&["alice"], bad);
         let r = h.apply(&h.bundle("passwd", 4, &refs(&f)));
         assert_ne!(r.code, 0, "{bad:?} accepted");
-        assert!(format!("{}{}", r.stdout, r.stderr).contains(why), "{bad:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            format!("{}{}", r.stdout, r.stderr).contains(why),
+            "{bad:?}: {}{}",
+            r.stdout,
+            r.stderr
+        );
         assert_eq!(h.read("etc/group"), before);
     }
 }

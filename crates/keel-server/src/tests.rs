@@ -660,3 +660,78 @@ async fn the_registration_script_carries_the_switch_table_and_the_lldp_menu() {
         assert!(script.contains(want), "{want:?} in:\n{script}");
     }
 }
+
+/// prologin's RPC wire formats, each as its clients read it (prologin.rpc.client: a JSON object
+/// with `type` "result" and the value in `data`, served as `application/json`; mdb's machine and
+/// udb's user records as dicts with these keys; mdb's switches likewise). A key removed or
+/// renamed here breaks a client that reads it; keel's extra keys (`faulty_reason`, `version`,
+/// `hfs`) are ignored by them.
+#[tokio::test]
+async fn prologin_rpc_replies_keep_their_content_type_and_record_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = state(&dir).await;
+    let who = Principal::system();
+    let v = json!({"login": "alice", "group": "user"});
+    let patch = keel_model::UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_user(&who, patch).await.unwrap();
+    let sw = json!({"name": "sw-a", "chassis": "00:1b:21:00:00:01", "room": "pasteur", "rfs": 1, "hfs": 2});
+    st.db
+        .create_switch(&who, Fields::new(sw, Strictness::Strict).unwrap())
+        .await
+        .unwrap();
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    for (uri, host, want) in [
+        (
+            "/call/query?hostname=gw",
+            "mdb.prolo",
+            vec![
+                "aliases",
+                "faulty_reason",
+                "hfs",
+                "hostname",
+                "ip",
+                "is_faulty",
+                "is_faulty_details",
+                "mac",
+                "mtype",
+                "rfs",
+                "room",
+                "version",
+            ],
+        ),
+        (
+            "/call/query?login=alice",
+            "udb.prolo",
+            vec![
+                "firstname",
+                "group",
+                "hfs",
+                "lastname",
+                "login",
+                "shell",
+                "ssh_key",
+                "uid",
+            ],
+        ),
+        (
+            "/call/switches",
+            "mdb.prolo",
+            vec!["chassis", "hfs", "name", "rfs", "room", "version"],
+        ),
+    ] {
+        let resp = app(st.clone()).oneshot(get(uri, host)).await.unwrap();
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json", "{uri}");
+        let body: Value =
+            serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+        assert_eq!(body["type"], "result", "{uri}: {body}");
+        assert_eq!(keys(&body["data"][0]), want, "{uri}: {body}");
+    }
+    // An error is an `exception` object, as prologin's server raised it to the client.
+    let (status, body) = send(&st, get("/call/nosuch", "mdb.prolo")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["type"], "exception", "{body}");
+}
