@@ -20,7 +20,8 @@ pub struct HomesConfig {
     pub move_hook: Option<Vec<String>>,
     /// How long a move's hook may run.
     pub move_timeout: Duration,
-    /// How long a first login waits for its home to be created on the HFS.
+    /// How long a first login waits for its home to be created on the HFS: below the PAM hook's
+    /// own timeout (keel-agent presence `timeout_secs`, default 5), or the machine gives up first.
     pub login_wait: Duration,
 }
 
@@ -29,7 +30,7 @@ impl Default for HomesConfig {
         Self {
             move_hook: None,
             move_timeout: Duration::from_secs(3600),
-            login_wait: Duration::from_secs(20),
+            login_wait: Duration::from_secs(3),
         }
     }
 }
@@ -45,10 +46,13 @@ pub(crate) async fn first_login(st: &AppState, login: &str, hfs: u32) {
         .facilities()
         .filter(|f| f.hfs == Some(hfs) && f.services.iter().any(|s| s == homes));
     for f in facilities {
+        use keel_propagate::TaskState::{Done, Warning};
         match engine.deliver(&f.name, homes, st.config.homes.login_wait).await {
-            Ok(state) => {
-                tracing::info!(%login, hfs, facility = %f.name, state = state.as_str(), "first login: home delivered")
-            }
+            Ok(Done | Warning) => tracing::info!(%login, hfs, facility = %f.name, "first login: home delivered"),
+            Ok(state) => tracing::warn!(
+                %login, hfs, facility = %f.name, state = state.as_str(),
+                "first login: the home's delivery failed; propagation retries it"
+            ),
             Err(e) => {
                 tracing::warn!(%login, hfs, facility = %f.name, error = %e, "first login: the home is not delivered yet")
             }

@@ -59,7 +59,8 @@ pub struct HomesFile {
     pub move_hook: Option<Vec<String>>,
     /// How long the move hook may run (default 3600).
     pub move_timeout_secs: Option<u64>,
-    /// How long a first login waits for its home to be created on its HFS (default 20).
+    /// How long a first login waits for its home to be created on its HFS (default 3; keep it
+    /// below the machines' PAM hook timeout, keel-agent presence `timeout_secs`, default 5).
     pub login_wait_secs: Option<u64>,
 }
 
