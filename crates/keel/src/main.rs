@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use keel_client::data_dir as files;
 
+mod client_target;
 mod cmd;
 mod config;
 mod conntrack;
@@ -26,15 +26,21 @@ use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFA
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, propagate_version = true, arg_required_else_help = true)]
 struct Cli {
-    /// keel's URL, for client commands.
-    #[arg(long, global = true, env = "KEEL_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
-    /// Bearer token for client commands (default: the admin token in the data directory).
+    /// keel's URL, for client commands. Default: `url` of ~/.config/keel/cli.toml, else where the
+    /// server's config file says it listens, else http://127.0.0.1:8080.
+    #[arg(long, global = true, env = "KEEL_URL")]
+    url: Option<String>,
+    /// Bearer token for client commands. Default: `token_file` of ~/.config/keel/cli.toml, else
+    /// the admin token in the data directory (the server's `data_dir` when its config is readable).
     #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// keel's data directory (database, lock, first admin token).
     #[arg(long, global = true, env = "KEEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// The server's config file (TOML), read by `serve` and, for the URL and data directory, by
+    /// client commands. Default: /etc/keel/keel.toml if it exists.
+    #[arg(long, global = true, env = "KEEL_CONFIG")]
+    config: Option<PathBuf>,
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     json: bool,
@@ -107,9 +113,6 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Config file (TOML). Default: /etc/keel/keel.toml if it exists.
-    #[arg(long, env = "KEEL_CONFIG")]
-    config: Option<PathBuf>,
     /// Address to listen on for HTTP (port 0 picks a free port, written to DATA_DIR/listen.addr).
     #[arg(long, env = "KEEL_LISTEN")]
     listen: Option<std::net::SocketAddr>,
@@ -146,7 +149,7 @@ impl Cli {
     }
 
     fn serve_config(&self, args: &ServeArgs) -> anyhow::Result<ServeConfig> {
-        let file = FileConfig::load(args.config.as_deref())?;
+        let file = FileConfig::load(self.config.as_deref())?;
         Ok(ServeConfig {
             listen: args
                 .listen
@@ -185,15 +188,16 @@ impl Cli {
         })
     }
 
-    /// The API client for admin commands: token from the flag/env, else the data directory's file.
+    /// The API client for client commands (see [`client_target`] for where URL and token come from).
     fn client(&self) -> anyhow::Result<keel_client::Client> {
-        let token = match &self.token {
-            Some(t) => Some(t.clone()),
-            None => std::fs::read_to_string(self.data_dir(None).join(files::ADMIN_TOKEN))
-                .ok()
-                .map(|t| t.trim().to_owned()),
-        };
-        Ok(keel_client::Client::new(&self.url, token)?)
+        let target = client_target::resolve(&client_target::Given {
+            url: self.url.as_deref(),
+            token: self.token.as_deref(),
+            data_dir: self.data_dir.as_deref(),
+            config: self.config.as_deref(),
+            cli_file: None,
+        })?;
+        Ok(keel_client::Client::new(&target.url, target.token)?)
     }
 }
 
@@ -259,7 +263,10 @@ async fn run(cli: Cli, serve: Option<config::ServeConfig>) -> anyhow::Result<()>
         Command::Watch(a) => cmd::watch::run(&cli.client()?, a, json).await,
         Command::ConntrackLog(a) => cmd::conntrack::run(&cli.client()?, a).await,
         Command::Backup(a) => cmd::backup::backup(&cli.client()?, a, json).await,
-        Command::Restore(a) => cmd::backup::restore(&cli.data_dir(None), a, json).await,
+        Command::Restore(a) => {
+            let file = client_target::server_file(cli.config.as_deref())?;
+            cmd::backup::restore(&cli.data_dir(file.as_ref()), a, json).await
+        }
         Command::Bench { .. } => Ok(()), // run by main(): it becomes keel-bench
         Command::MigrateDb(a) => cmd::migrate::run(a, json).await,
         Command::Completions { shell } => {

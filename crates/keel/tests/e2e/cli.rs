@@ -213,3 +213,36 @@ fn second_server_and_bad_config_fail_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("listen_port"), "{}", stderr(&out));
 }
+
+/// On keel's host the CLI needs no flag: the server's config file (here named by `KEEL_CONFIG`,
+/// on a real host /etc/keel/keel.toml) says where keel listens and where its admin token is.
+#[tokio::test]
+async fn the_cli_finds_its_server_from_the_servers_config_file() {
+    let k = Keel::start(&["--example-site"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keel.toml");
+    let addr = k.url.trim_start_matches("http://");
+    std::fs::write(
+        &config,
+        format!("listen = \"{addr}\"\ndata_dir = \"{}\"\n", k.data().display()),
+    )
+    .unwrap();
+    let run = |env: &[(&str, &std::path::Path)]| {
+        // No URL, token or data directory from the environment: only the config file tells.
+        let mut c = std::process::Command::new(crate::support::KEEL);
+        c.args(["--json", "machine", "list"])
+            .env_remove("KEEL_URL")
+            .env_remove("KEEL_TOKEN")
+            .env_remove("KEEL_DATA_DIR")
+            .env("KEEL_CLI_CONFIG", dir.path().join("none.toml"))
+            .current_dir(dir.path());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&[("KEEL_CONFIG", &config)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list.as_array().is_some_and(|l| l.len() > 3), "{list}");
+}
