@@ -68,7 +68,8 @@ pub struct Options {
     /// Mode of a new home directory.
     pub home_mode: u32,
     /// keel's groups on hosts. `root` is not called `root` there by default: that name and gid 0
-    /// belong to the host.
+    /// belong to the host. Each group and each of its keys given replaces only that default.
+    #[serde(deserialize_with = "groups_over_defaults")]
     pub groups: BTreeMap<Group, HostGroup>,
     /// The DNS zone machines live in (`hosts` writes `name.zone name aliases…`).
     pub zone: String,
@@ -80,6 +81,31 @@ pub struct Options {
     pub firewall: FirewallOptions,
     /// Homes on home file servers: the `automount` map and where an HFS keeps them.
     pub automount: AutomountOptions,
+}
+
+/// One keel group's host group as written in the config: every key optional.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostGroupPart {
+    name: Option<String>,
+    gid: Option<u32>,
+    member_of: Option<Vec<String>>,
+}
+
+/// `[propagation.generators.groups]` over the defaults: `root = { member_of = ["adm"] }` keeps
+/// root's name and gid and the other groups as they are.
+fn groups_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<Group, HostGroup>, D::Error> {
+    let given = BTreeMap::<Group, HostGroupPart>::deserialize(d)?;
+    let mut groups = Options::default().groups;
+    for (g, part) in given {
+        let e = groups
+            .get_mut(&g)
+            .ok_or_else(|| serde::de::Error::custom(format!("no default for {g}")))?;
+        e.name = part.name.unwrap_or_else(|| e.name.clone());
+        e.gid = part.gid.unwrap_or(e.gid);
+        e.member_of = part.member_of.unwrap_or_else(|| e.member_of.clone());
+    }
+    Ok(groups)
 }
 
 /// Homes of diskless machines (docs/homes.md): each user's home is on one HFS, exported from

@@ -61,16 +61,16 @@ impl Pool {
     }
 }
 
-/// The pools of the four machine types (user and orga may share one network).
+/// The pools of the four machine types (user and orga may share one network). Each one given
+/// replaces its default alone: `[pools.user]` or `[pools.uids.user]` by itself is a whole config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Pools {
     pub user: Pool,
     pub orga: Pool,
     pub cluster: Pool,
     pub service: Pool,
     /// uid pools of the user groups (`[pools.uids.user] first = 10001, last = 10999`, …).
-    #[serde(default)]
     pub uids: crate::UidPools,
 }
 

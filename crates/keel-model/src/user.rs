@@ -99,7 +99,7 @@ pub struct UidRange {
 /// The uid pools of the three groups. A uid is never reused: the next one is above every uid the
 /// pool ever gave (a deleted user's files must not pass to a newcomer, DESIGN.md invariant 9).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct UidPools {
     pub user: UidRange,
     pub orga: UidRange,

@@ -362,6 +362,48 @@ mod tests {
         );
     }
 
+    /// Every section's keys default on their own: a config with one key of one table is whole,
+    /// and an unknown or incomplete key is still an error naming it.
+    #[test]
+    fn config_sections_default_key_by_key() {
+        let parse = |t: &str| toml::from_str::<crate::config::FileConfig>(t);
+        let d = keel_model::Pools::default();
+        let cfg = parse("[pools.uids.user]\nfirst = 20001\nlast = 20999\n").unwrap();
+        let pools = cfg.pools.unwrap();
+        assert_eq!((pools.uids.user.first, pools.uids.orga), (20001, d.uids.orga));
+        assert_eq!(pools.user, d.user);
+        let pools = parse("[pools.user]\nnetwork = \"10.0.0.0/16\"\n")
+            .unwrap()
+            .pools
+            .unwrap();
+        assert_eq!(
+            (pools.user.network.to_string(), &pools.service),
+            ("10.0.0.0/16".into(), &d.service)
+        );
+        let gen = parse("[propagation.generators.groups.root]\nmember_of = [\"adm\"]\n")
+            .unwrap()
+            .propagation
+            .generators;
+        let root = &gen.groups[&keel_model::Group::Root];
+        assert_eq!(
+            (root.name.as_str(), root.gid, root.member_of.as_slice()),
+            ("roots", 12000, &["adm".to_owned()][..])
+        );
+        assert_eq!(
+            gen.groups[&keel_model::Group::User].gid,
+            10000,
+            "the others keep their defaults"
+        );
+        for (bad, names) in [
+            ("[pools.user]\nnetwork = \"10.0.0.0/16\"\nnetwerk = 1\n", "netwerk"),
+            ("[pools.uids.user]\nfirst = 1\n", "last"),
+            ("[propagation.generators.groups.root]\ngdi = 1\n", "gdi"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(names), "{bad:?}: {e}");
+        }
+    }
+
     #[test]
     fn the_example_config_parses() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/keel.toml");

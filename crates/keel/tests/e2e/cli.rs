@@ -246,3 +246,42 @@ async fn the_cli_finds_its_server_from_the_servers_config_file() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(list.as_array().is_some_and(|l| l.len() > 3), "{list}");
 }
+
+/// The README's sample files (examples/) import into the example site as the README says, after
+/// its `machine add` (no name in them clashes).
+#[tokio::test]
+async fn the_readmes_sample_files_import() {
+    let k = Keel::start(&["--example-site"]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let add = [
+        "machine",
+        "add",
+        "--hostname",
+        "r01p01",
+        "--mac",
+        "aa:bb:cc:dd:ee:01",
+        "--mtype",
+        "user",
+        "--room",
+        "alt",
+    ];
+    let out = k.cli(&add);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = root.join("examples/machines.csv");
+    let out = k.cli(&["machine", "import", csv.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = tempfile::tempdir().unwrap();
+    let sheet = dir.path().join("pw");
+    let names = root.join("examples/finalistes.txt");
+    let out = k.cli(&[
+        "--json",
+        "users",
+        "import",
+        names.to_str().unwrap(),
+        "--sheet",
+        sheet.to_str().unwrap(),
+    ]);
+    let report = stdout_json(&out);
+    assert_eq!(report["created"].as_array().map(Vec::len), Some(4), "{report}");
+    assert!(dir.path().join("pw.pdf").exists());
+}
