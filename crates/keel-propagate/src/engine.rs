@@ -99,6 +99,8 @@ struct Inner {
     seen: std::sync::atomic::AtomicU64,
     /// Every run's end, for callers waiting on one ([`Engine::deliver`]).
     finished: broadcast::Sender<Finished>,
+    /// Bundle bytes handed to destinations' agents since the start (metrics).
+    sent_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// A task run has ended.
@@ -166,6 +168,7 @@ impl Engine {
             wake: Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
             seen: std::sync::atomic::AtomicU64::new(0),
+            sent_bytes: std::sync::atomic::AtomicU64::new(0),
             finished: broadcast::channel(256).0,
         });
         let engine = Self { inner };
@@ -198,6 +201,11 @@ impl Engine {
             .filter(|t| snap.facility(&t.facility).is_some())
             .cloned()
             .collect()
+    }
+
+    /// Bundle bytes handed to destinations' agents since this engine started.
+    pub fn bytes_sent(&self) -> u64 {
+        self.inner.sent_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether nothing is planned or running.
@@ -663,7 +671,12 @@ impl Inner {
             let timeout = self.cfg.send_timeout;
             sends.spawn(async move {
                 let _permit = inner.sends.acquire().await;
+                let bytes = (head.len() + tail.len()) as u64;
                 let out = send::run(cmd, head, tail, timeout).await;
+                if out.exit_code.is_some() {
+                    // The agent ran, so it read the bundle (or refused it having read it).
+                    inner.sent_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                }
                 (d.destination, last, out)
             });
         }

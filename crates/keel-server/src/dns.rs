@@ -390,13 +390,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)>
     ))
 }
 
+/// Hears the RCODE of every answer sent (its header's low four bits), for metrics.
+pub type Answered = Arc<dyn Fn(u8) + Send + Sync>;
+
+fn rcode(answer: &[u8]) -> u8 {
+    answer.get(3).map_or(0, |b| b & 0x0F)
+}
+
 /// Serves DNS on `udp` and `tcp` until the process ends.
-pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListener) {
+pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListener, answered: Answered) {
     let udp = Arc::new(udp);
     let fwd = Arc::new(Forwarding::new(&zones.cfg));
     for _ in 0..2 {
-        let (db, zones, udp, fwd) = (db.clone(), zones.clone(), udp.clone(), fwd.clone());
-        tokio::spawn(async move { serve_udp(&db, &zones, &udp, &fwd).await });
+        let (db, zones, udp, fwd, answered) = (db.clone(), zones.clone(), udp.clone(), fwd.clone(), answered.clone());
+        tokio::spawn(async move { serve_udp(&db, &zones, &udp, &fwd, &answered).await });
     }
     let conns = Arc::new(tokio::sync::Semaphore::new(zones.cfg.max_tcp.max(1)));
     loop {
@@ -409,9 +416,9 @@ pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListe
             tracing::debug!(%peer, "DNS over TCP: connection cap reached, closed");
             continue; // dropped: closed at once
         };
-        let (db, zones, fwd) = (db.clone(), zones.clone(), fwd.clone());
+        let (db, zones, fwd, answered) = (db.clone(), zones.clone(), fwd.clone(), answered.clone());
         tokio::spawn(async move {
-            serve_tcp(&db, &zones, &fwd, stream, peer.ip()).await;
+            serve_tcp(&db, &zones, &fwd, stream, peer.ip(), &answered).await;
             drop(slot);
         });
     }
@@ -419,7 +426,7 @@ pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListe
 
 /// Answers on the socket's own task; a forward runs on a task of its own, holding a slot, and
 /// sends its answer itself when the upstream gives one.
-async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forwarding) {
+async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forwarding, answered: &Answered) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
@@ -431,9 +438,10 @@ async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forw
             Decision::Forward(req, packet) => match fwd.admit(zones, from.ip(), &req) {
                 Err(now) => now,
                 Ok(slot) => {
-                    let (zones, udp) = (zones.clone(), udp.clone());
+                    let (zones, udp, answered) = (zones.clone(), udp.clone(), answered.clone());
                     tokio::spawn(async move {
                         if let Some(out) = forward(&zones.cfg.upstream, &req, &packet).await {
+                            answered(rcode(&out));
                             let _ = udp.send_to(&out, from).await;
                         }
                         drop(slot);
@@ -443,6 +451,7 @@ async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forw
             },
         };
         if let Some(out) = out {
+            answered(rcode(&out));
             let _ = udp.send_to(&out, from).await;
         }
     }
@@ -455,6 +464,7 @@ async fn serve_tcp(
     fwd: &Forwarding,
     mut stream: tokio::net::TcpStream,
     peer: std::net::IpAddr,
+    answered: &Answered,
 ) {
     let idle = Duration::from_secs(10);
     loop {
@@ -478,6 +488,7 @@ async fn serve_tcp(
             },
         };
         let Some(out) = out else { return };
+        answered(rcode(&out));
         let Ok(n) = u16::try_from(out.len()) else { return };
         if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&out).await.is_err() {
             return;

@@ -62,6 +62,8 @@ pub struct ServerConfig {
     pub map_public: bool,
     /// Homes on home file servers.
     pub homes: homes::HomesConfig,
+    /// A line per request at info level, target `keel::access` (`[log] access`).
+    pub access_log: bool,
 }
 
 #[derive(Clone)]

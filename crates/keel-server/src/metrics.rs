@@ -1,4 +1,6 @@
-//! Prometheus metrics: requests by route and status, latency, and state gauges read at scrape time.
+//! Metrics in the OpenMetrics text format: requests by route and status, latency, watch, presence,
+//! SSO, DNS answers by rcode, TFTP transfers by outcome, and gauges read at scrape time (the
+//! database, propagation tasks and destinations).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,11 +44,118 @@ pub struct Metrics {
     presence_refusals: Counter,
     presence_expired: Counter,
     sso: Family<SsoLabels, Counter>,
+    dns_answers: Family<RcodeLabels, Counter>,
+    tftp_transfers: Family<OutcomeLabels, Counter>,
+    propagation: PropagationMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SsoLabels {
     status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RcodeLabels {
+    rcode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestLabels {
+    facility: String,
+    service: String,
+    destination: String,
+}
+
+/// What propagation looks like at scrape time (read from the engine, not counted).
+#[derive(Default)]
+struct PropagationMetrics {
+    tasks: Family<StateLabels, Gauge>,
+    last_success: Family<DestLabels, Gauge>,
+    failures: Family<DestLabels, Gauge>,
+    bytes_sent: Counter,
+}
+
+impl PropagationMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register("propagation_tasks", "Propagation tasks by state", self.tasks.clone());
+        r.register(
+            "propagation_destination_last_success_timestamp_seconds",
+            "When each destination last applied its bundle (Unix time; 0: never)",
+            self.last_success.clone(),
+        );
+        r.register(
+            "propagation_destination_consecutive_failures",
+            "Failures in a row at each destination",
+            self.failures.clone(),
+        );
+        r.register(
+            "propagation_sent_bytes",
+            "Bundle bytes handed to destinations' agents",
+            self.bytes_sent.clone(),
+        );
+    }
+
+    /// Reads the engine's tasks into the gauges (a destination gone is gone from them too).
+    fn update(&self, engine: &keel_propagate::Engine) {
+        use keel_propagate::TaskState as S;
+        let tasks = engine.status(None);
+        self.tasks.clear();
+        for state in [
+            S::Waiting,
+            S::Planned,
+            S::Generating,
+            S::Generror,
+            S::Generated,
+            S::Sending,
+            S::Done,
+            S::Senderror,
+            S::Error,
+            S::Warning,
+        ] {
+            let n = tasks.iter().filter(|t| t.state == state).count();
+            self.tasks
+                .get_or_create(&StateLabels { state: state.as_str() })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.last_success.clear();
+        self.failures.clear();
+        for t in &tasks {
+            for (dest, r) in &t.results {
+                let labels = DestLabels {
+                    facility: t.facility.clone(),
+                    service: t.service.clone(),
+                    destination: dest.clone(),
+                };
+                let at = r
+                    .last_success
+                    .as_deref()
+                    .and_then(|s| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok())
+                    .map_or(0, time::OffsetDateTime::unix_timestamp);
+                self.last_success.get_or_create(&labels).set(at);
+                self.failures.get_or_create(&labels).set(i64::from(r.failures));
+            }
+        }
+        let sent = engine.bytes_sent();
+        let counted = self.bytes_sent.get();
+        if sent > counted {
+            self.bytes_sent.inc_by(sent - counted);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -95,7 +204,31 @@ impl Default for Metrics {
         );
         let sso = Family::<SsoLabels, Counter>::default();
         registry.register("sso_answers", "SSO answers by X-SSO-Status", sso.clone());
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "keel's version (the value is always 1)", build);
+        let dns_answers = Family::<RcodeLabels, Counter>::default();
+        registry.register(
+            "dns_answers",
+            "Answers of the built-in DNS by RCODE",
+            dns_answers.clone(),
+        );
+        let tftp_transfers = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "tftp_transfers",
+            "TFTP requests by outcome (sent, refused, busy, failed)",
+            tftp_transfers.clone(),
+        );
+        let propagation = PropagationMetrics::default();
+        propagation.register(&mut registry);
         Self {
+            dns_answers,
+            tftp_transfers,
+            propagation,
             registry,
             presence_logins,
             presence_refusals,
@@ -129,6 +262,29 @@ impl Metrics {
         self.sso.get_or_create(&SsoLabels { status }).inc();
     }
 
+    /// One DNS answer sent with this RCODE (RFC 1035/2136 names; a closed set of labels).
+    pub fn dns_answered(&self, rcode: u8) {
+        let rcode = match rcode {
+            0 => "NOERROR",
+            1 => "FORMERR",
+            2 => "SERVFAIL",
+            3 => "NXDOMAIN",
+            4 => "NOTIMP",
+            5 => "REFUSED",
+            _ => "other",
+        };
+        self.dns_answers.get_or_create(&RcodeLabels { rcode }).inc();
+    }
+
+    /// One TFTP request ended so.
+    pub fn tftp_ended(&self, outcome: crate::tftp::Outcome) {
+        self.tftp_transfers
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
     fn observe(&self, route: &str, method: &str, status: u16, started: Instant) {
         self.requests
             .get_or_create(&RequestLabels {
@@ -145,7 +301,7 @@ impl Metrics {
     }
 }
 
-/// Counts and times every request; logs every 5xx.
+/// Counts and times every request; logs every 5xx, and every request with `[log] access`.
 pub(crate) async fn track(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
     let started = Instant::now();
     let route = req
@@ -154,10 +310,24 @@ pub(crate) async fn track(State(state): State<AppState>, req: Request<Body>, nex
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
     let method = method_label(req.method()).to_owned();
+    // The path only: a query string may carry a signature (`/poll?hmac=`) or a password field.
+    let access = state.config.access_log.then(|| {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let client = state.config.client_addr.client(peer, req.headers());
+        (client, req.uri().path().to_owned())
+    });
     let resp = next.run(req).await;
     let status = resp.status();
     if status.is_server_error() {
         tracing::error!(%route, %method, status = status.as_u16(), "request failed");
+    }
+    if let Some((client, path)) = access {
+        let client = client.map_or_else(|| "-".to_owned(), |c| c.to_string());
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(target: "keel::access", %client, %method, %path, status = status.as_u16(), ms, "request");
     }
     state.metrics.observe(&route, &method, status.as_u16(), started);
     resp
@@ -179,19 +349,21 @@ fn method_label(m: &axum::http::Method) -> &'static str {
     KNOWN.iter().find(|(k, _)| k == m).map_or("other", |(_, name)| name)
 }
 
-/// `GET /metrics` in the Prometheus text format.
+/// The content type of what `prometheus_client`'s text encoder writes (it ends with `# EOF`).
+pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics` in the OpenMetrics text format.
 pub(crate) async fn render(State(state): State<AppState>) -> Response {
     let snap = state.db.snapshot();
     let m: &Arc<Metrics> = &state.metrics;
     m.machines.set(i64::try_from(snap.machine_count()).unwrap_or(i64::MAX));
     m.last_seq.set(i64::try_from(snap.seq()).unwrap_or(i64::MAX));
+    if let Some(engine) = state.engine() {
+        m.propagation.update(engine);
+    }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
         return crate::ApiError::Internal(e.to_string()).into_response();
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, OPENMETRICS)], out).into_response()
 }

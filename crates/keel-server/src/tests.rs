@@ -114,7 +114,26 @@ async fn metrics_count_requests_by_route() {
     let st = state(&dir).await;
     send(&st, get("/call/query", "mdb")).await;
     let resp = app(st.clone()).oneshot(get("/metrics", "x")).await.unwrap();
+    // What the encoder writes is OpenMetrics (it ends with `# EOF`), and says so.
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "keel_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    st.metrics.dns_answered(3);
+    st.metrics.tftp_ended(crate::tftp::Outcome::Sent);
+    let resp = app(st.clone()).oneshot(get("/metrics", "x")).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("keel_dns_answers_total{rcode=\"NXDOMAIN\"} 1"), "{text}");
+    assert!(text.contains("keel_tftp_transfers_total{outcome=\"sent\"} 1"), "{text}");
     assert!(
         text.contains("keel_http_requests_total{route=\"/call/{method}\",method=\"GET\",status=\"200\"} 1"),
         "{text}"

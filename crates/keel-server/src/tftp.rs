@@ -163,8 +163,9 @@ fn resolve(root: &Path, name: &str) -> Option<PathBuf> {
     (real.starts_with(&root) && real.is_file()).then_some(real)
 }
 
-/// Serves read requests on `socket` until the process ends.
-pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket) {
+/// Serves read requests on `socket` until the process ends; `ended` hears how each one ended.
+pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket, ended: impl Fn(Outcome) + Send + Sync + 'static) {
+    let ended = Arc::new(ended);
     let mut buf = vec![0u8; 2048];
     // A bound on transfers at once (each holds a socket and a file): a flood of requests gets
     // "busy" answers, not a descriptor shortage for the rest of keel.
@@ -177,27 +178,63 @@ pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket) {
         let Some(source) = per_source.take(peer.ip(), cfg.max_per_source.max(1)) else {
             tracing::warn!(%peer, max = cfg.max_per_source, "tftp: too many transfers from this address; request refused");
             let _ = socket.send_to(&error(0, "server busy: try again"), peer).await;
+            ended(Outcome::Busy);
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max = cfg.max_transfers, "tftp: too many transfers running; request refused");
             let _ = socket.send_to(&error(0, "server busy: try again"), peer).await;
+            ended(Outcome::Busy);
             continue;
         };
         let packet = buf[..n].to_vec();
         let local = socket.local_addr().ok();
-        let cfg = cfg.clone();
+        let (cfg, ended) = (cfg.clone(), ended.clone());
         tokio::spawn(async move {
-            match transfer(&cfg, local, peer, &packet).await {
-                Ok(()) => tracing::debug!(%peer, "tftp transfer done"),
-                Err(e) => tracing::debug!(%peer, %e, "tftp transfer ended"),
-            }
+            let outcome = match transfer(&cfg, local, peer, &packet).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(%peer, %e, "tftp transfer ended");
+                    Outcome::Failed
+                }
+            };
+            tracing::debug!(%peer, outcome = outcome.as_str(), "tftp transfer done");
+            ended(outcome);
             drop((slot, source));
         });
     }
 }
 
-async fn transfer(cfg: &TftpConfig, local: Option<SocketAddr>, peer: SocketAddr, packet: &[u8]) -> std::io::Result<()> {
+/// How a transfer ended, for the log and `keel_tftp_transfers_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The whole file was sent and acknowledged.
+    Sent,
+    /// A write, a malformed request, a file outside the root or missing: answered with an error.
+    Refused,
+    /// Too many transfers (in all or from this address): answered "busy".
+    Busy,
+    /// The transfer broke off (timeout, the client's error, I/O).
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Refused => "refused",
+            Self::Busy => "busy",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+async fn transfer(
+    cfg: &TftpConfig,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    packet: &[u8],
+) -> std::io::Result<Outcome> {
     let bind: SocketAddr = match local {
         Some(l) => SocketAddr::new(l.ip(), 0),
         None => ([0, 0, 0, 0], 0).into(),
@@ -209,17 +246,17 @@ async fn transfer(cfg: &TftpConfig, local: Option<SocketAddr>, peer: SocketAddr,
         Parsed::Write => {
             sock.send(&error(2, "access violation: this server is read-only"))
                 .await?;
-            return Ok(());
+            return Ok(Outcome::Refused);
         }
         Parsed::Bad(why) => {
             sock.send(&error(4, why)).await?;
-            return Ok(());
+            return Ok(Outcome::Refused);
         }
     };
     let Some(path) = resolve(&cfg.root, &req.file) else {
         tracing::info!(%peer, file = %req.file, "tftp: refused or not found");
         sock.send(&error(1, "file not found")).await?;
-        return Ok(());
+        return Ok(Outcome::Refused);
     };
     let mut file = tokio::fs::File::open(&path).await?;
     let size = file.metadata().await?.len();
@@ -264,7 +301,7 @@ async fn transfer(cfg: &TftpConfig, local: Option<SocketAddr>, peer: SocketAddr,
         send_until_acked(&sock, &packet, block, timeout, if acked { TRIES } else { 1 }).await?;
         acked = true;
         if n < blksize {
-            return Ok(()); // a short block ends the transfer
+            return Ok(Outcome::Sent); // a short block ends the transfer
         }
         block = block.wrapping_add(1); // files beyond 65535 blocks roll over, as clients expect
     }
@@ -346,7 +383,7 @@ mod tests {
             max_transfers: 1,
             max_per_source: 4,
         });
-        tokio::spawn(serve(cfg, server));
+        tokio::spawn(serve(cfg, server, |_| ()));
         let slow = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         slow.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
         let mut buf = [0u8; 600];
@@ -378,7 +415,7 @@ mod tests {
             max_transfers: 10,
             max_per_source: 1,
         });
-        tokio::spawn(serve(cfg, server));
+        tokio::spawn(serve(cfg, server, |_| ()));
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         silent.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
         let mut buf = [0u8; 600];

@@ -392,6 +392,9 @@ pub struct LogFile {
     pub keep_changes: Option<u64>,
     /// Drop changes older than this many days (default: no age limit).
     pub keep_days: Option<u64>,
+    /// Log every HTTP request (client, method, path without its query, status, time) at info
+    /// level, target `keel::access` (default false).
+    pub access: Option<bool>,
 }
 
 impl WatchFile {
@@ -438,6 +441,7 @@ pub struct ServeConfig {
     pub watch: keel_server::WatchConfig,
     pub keep_changes: u64,
     pub keep_days: Option<u64>,
+    pub access_log: bool,
     pub propagation: PropagationFile,
     pub dns: DnsFile,
     pub dns_listen: SocketAddr,

@@ -162,6 +162,7 @@ impl Cli {
             watch: file.watch.config(),
             keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
             keep_days: file.log.keep_days,
+            access_log: file.log.access.unwrap_or(false),
             propagation: file.propagation.clone(),
             dns_explicit: args.dns_listen.is_some() || file.dns.listen.is_some(),
             dns_listen: args

@@ -68,6 +68,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         web: cfg.web.config()?,
         rpc_secret: settings::rpc_secret(&cfg)?,
         homes: cfg.homes.config(),
+        access_log: cfg.access_log,
     };
     // Where kernels and initrds go (served at /boot/files/).
     let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);
@@ -93,10 +94,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     }
     if cfg.dns.enabled.unwrap_or(true) {
-        udp::start_dns(&db, &cfg).await?;
+        udp::start_dns(&db, &cfg, state.metrics.clone()).await?;
     }
     if cfg.tftp.enabled.unwrap_or(true) {
-        udp::start_tftp(&cfg).await?;
+        udp::start_tftp(&cfg, state.metrics.clone()).await?;
     }
     tokio::spawn(keel_server::presence::run_expiry(state.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -11,7 +11,11 @@ use crate::config::ServeConfig;
 
 /// Starts the built-in DNS. The default address being taken (another resolver on 5353) is a
 /// warning, so `keel serve` still works on first start; an address asked for is an error.
-pub(super) async fn start_dns(db: &Arc<Db>, cfg: &ServeConfig) -> anyhow::Result<()> {
+pub(super) async fn start_dns(
+    db: &Arc<Db>,
+    cfg: &ServeConfig,
+    metrics: Arc<keel_server::Metrics>,
+) -> anyhow::Result<()> {
     let dns_cfg = cfg
         .dns
         .config(&cfg.propagation.generators)
@@ -31,12 +35,13 @@ pub(super) async fn start_dns(db: &Arc<Db>, cfg: &ServeConfig) -> anyhow::Result
     let addr = udp.local_addr()?;
     std::fs::write(cfg.data_dir.join(files::DNS_ADDR), addr.to_string())?;
     tracing::info!(%addr, zone = %zones.config().zone, "DNS is serving (UDP and TCP)");
-    tokio::spawn(keel_server::dns::serve(db.clone(), zones, udp, tcp));
+    let answered: keel_server::dns::Answered = Arc::new(move |rcode| metrics.dns_answered(rcode));
+    tokio::spawn(keel_server::dns::serve(db.clone(), zones, udp, tcp, answered));
     Ok(())
 }
 
 /// Starts the read-only TFTP server, on the same terms as the DNS.
-pub(super) async fn start_tftp(cfg: &ServeConfig) -> anyhow::Result<()> {
+pub(super) async fn start_tftp(cfg: &ServeConfig, metrics: Arc<keel_server::Metrics>) -> anyhow::Result<()> {
     let root = cfg.tftp.root.clone().unwrap_or_else(|| cfg.data_dir.join("tftp"));
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create the TFTP root {}", root.display()))?;
     let tftp = Arc::new(keel_server::tftp::TftpConfig {
@@ -59,7 +64,7 @@ pub(super) async fn start_tftp(cfg: &ServeConfig) -> anyhow::Result<()> {
     let addr = sock.local_addr()?;
     std::fs::write(cfg.data_dir.join(files::TFTP_ADDR), addr.to_string())?;
     tracing::info!(%addr, root = %root.display(), "TFTP is serving (read-only)");
-    tokio::spawn(keel_server::tftp::serve(tftp, sock));
+    tokio::spawn(keel_server::tftp::serve(tftp, sock, move |o| metrics.tftp_ended(o)));
     Ok(())
 }
 

@@ -284,3 +284,76 @@ async fn writes_need_a_valid_admin_token() {
     }
     assert!(log.contains("token refused"));
 }
+
+/// `/metrics` for operators: propagation (tasks by state, each destination's last success and
+/// failures in a row, bytes sent), DNS answers by rcode, TFTP requests by outcome — each seen
+/// after the real thing happened (the example site's propagation, dig, curl over TFTP).
+#[tokio::test]
+async fn metrics_show_propagation_dns_and_tftp() {
+    let k = Keel::start(&["--example-site"]);
+    let metrics = || async {
+        let resp = reqwest::get(format!("{}/metrics", k.url)).await.unwrap();
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"));
+        resp.text().await.unwrap()
+    };
+    let hosts = "keel_propagation_destination_last_success_timestamp_seconds{facility=\"gw\",service=\"hosts\",destination=\"local\"}";
+    crate::support::eventually(30, "gw's hosts applied, in the metrics", async || {
+        let text = metrics().await;
+        text.lines().any(|l| l.starts_with(hosts) && !l.ends_with(" 0"))
+    })
+    .await;
+    let text = metrics().await;
+    assert!(text.contains("keel_propagation_destination_consecutive_failures{facility=\"gw\",service=\"hosts\",destination=\"local\"} 0"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("keel_propagation_tasks{state=\"DONE\"}") && !l.ends_with(" 0")),
+        "{text}"
+    );
+    let sent = text
+        .lines()
+        .find(|l| l.starts_with("keel_propagation_sent_bytes_total "))
+        .unwrap();
+    assert!(!sent.ends_with(" 0"), "{sent}");
+    // DNS: one answer, one NXDOMAIN.
+    crate::dns::dig(&k, &["gw.prolo", "A"]);
+    crate::dns::dig(&k, &["nosuch.prolo", "A"]);
+    // TFTP: a file that is not there.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", &format!("tftp://{}/nosuch", k.tftp)])
+        .output()
+        .expect("curl");
+    assert!(!out.status.success());
+    let text = metrics().await;
+    assert!(text.contains("keel_dns_answers_total{rcode=\"NOERROR\"} 1"), "{text}");
+    assert!(text.contains("keel_dns_answers_total{rcode=\"NXDOMAIN\"} 1"), "{text}");
+    // Every metric the shipped alert rules and dashboard name is one keel serves (a counter's
+    // `_total`, a histogram's `_bucket` are the family's samples).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib");
+    for file in [
+        "prometheus/keel.rules.yml",
+        "prometheus/keel.rules.test.yml",
+        "grafana/keel.json",
+    ] {
+        let shipped = std::fs::read_to_string(root.join(file)).unwrap();
+        let names = shipped
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("keel_"));
+        for name in names {
+            let family = name.trim_end_matches("_total").trim_end_matches("_bucket");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{file} names {name}, which /metrics does not have"
+            );
+        }
+    }
+    // TFTP counts once its task has sent the error, which curl may have read first.
+    crate::support::eventually(10, "the refused TFTP request counted", async || {
+        metrics()
+            .await
+            .contains("keel_tftp_transfers_total{outcome=\"refused\"} 1")
+    })
+    .await;
+}
