@@ -1,5 +1,6 @@
 //! The agent's command line, shared by the `keel-agent` binary and `keel agent`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,7 +31,16 @@ pub struct AgentArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum AgentCommand {
     /// Apply the bundle read on stdin.
-    Apply,
+    Apply {
+        /// Answer in frames on stdout (`O`/`E` lines, then `X code`), for the socket-activated
+        /// root agent behind `relay` (keel-agent@.service).
+        #[arg(long)]
+        framed: bool,
+    },
+    /// Hand the bundle on stdin to the root agent listening on SOCKET (keel-agent.socket) and
+    /// give back its output and exit code: keel's `local` destination when keel runs
+    /// unprivileged (`[propagation] local_command`).
+    Relay { socket: PathBuf },
     /// Check the configuration and print what it resolves to.
     CheckConfig,
     /// Presence on a machine: the PAM hook and the heartbeat (reads /etc/keel/presence.toml,
@@ -77,8 +87,19 @@ pub enum PresenceAction {
 
 /// Runs the agent as the command line asked; the process's exit code.
 pub fn run(args: &AgentArgs) -> ExitCode {
-    if let AgentCommand::Presence(p) = &args.command {
-        return presence(p);
+    match &args.command {
+        AgentCommand::Presence(p) => return presence(p),
+        AgentCommand::Relay { socket } => {
+            let code = crate::relay::relay(
+                socket,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            );
+            return ExitCode::from(u8::try_from(code).unwrap_or(Code::Io as u8));
+        }
+        AgentCommand::Apply { framed: true } => return framed_apply(&args.config),
+        _ => {}
     }
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
     let mut out = Out {
@@ -94,7 +115,7 @@ pub fn run(args: &AgentArgs) -> ExitCode {
         }
     };
     let code = match args.command {
-        AgentCommand::Apply => crate::apply(&cfg, std::io::stdin().lock(), &mut out),
+        AgentCommand::Apply { .. } => crate::apply(&cfg, std::io::stdin().lock(), &mut out),
         AgentCommand::CheckConfig => {
             out.info(&format!(
                 "fqdn {}; accepts destinations {:?} and facilities {:?}; {} trusted key(s); root {}; state {}; hooks {}",
@@ -108,8 +129,39 @@ pub fn run(args: &AgentArgs) -> ExitCode {
             ));
             Code::Ok
         }
-        AgentCommand::Presence(_) => Code::Ok,
+        AgentCommand::Presence(_) | AgentCommand::Relay { .. } => Code::Ok,
     };
+    ExitCode::from(code as u8)
+}
+
+/// `apply --framed`: the same run, its lines framed on stdout (the socket), the code last.
+fn framed_apply(config: &std::path::Path) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    let code = {
+        let (mut o, mut e) = (Vec::new(), Vec::new());
+        let code = {
+            let (mut info, mut error) = (
+                crate::relay::Framed::new(&mut o, "O "),
+                crate::relay::Framed::new(&mut e, "E "),
+            );
+            let mut out = Out {
+                info: &mut info,
+                error: &mut error,
+                name: "keel-agent".into(),
+            };
+            match Config::load(config) {
+                Ok(cfg) => crate::apply(&cfg, std::io::stdin().lock(), &mut out),
+                Err(err) => {
+                    out.error(Code::Usage, &err.to_string());
+                    Code::Usage
+                }
+            }
+        };
+        let _ = stdout.write_all(&o).and_then(|()| stdout.write_all(&e));
+        code
+    };
+    let _ = writeln!(stdout, "X {}", code.as_i32());
+    let _ = stdout.flush();
     ExitCode::from(code as u8)
 }
 

@@ -10,6 +10,7 @@ mod fsops;
 mod hooks;
 pub mod out;
 pub mod presence;
+pub mod relay;
 mod services;
 pub mod utmp;
 

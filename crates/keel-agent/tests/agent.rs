@@ -773,3 +773,62 @@ fn no_file_is_created_readable_by_others() {
         assert_eq!(mode & 0o077, 0, "created readable by others: {line}");
     }
 }
+
+/// keel's own host, keel unprivileged: `keel-agent relay SOCKET` hands the bundle to a root agent
+/// that systemd starts per connection (`keel-agent.socket`, `Accept=yes`, `apply --framed`); here
+/// the test accepts the connection as systemd would. The engine sees the same output and exit
+/// codes as from a direct `apply`: 0 for a good bundle, 6 for its replay, 8 when nobody listens.
+#[test]
+fn the_relay_gives_back_the_root_agents_output_and_exit_code() {
+    use std::os::unix::net::UnixListener;
+    let h = Host::new("");
+    let socket = h.dir.path().join("agent.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let config = h.dir.path().join("agent.toml");
+    let systemd = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (conn, _) = listener.accept().unwrap();
+            let status = Command::new(env!("CARGO_BIN_EXE_keel-agent"))
+                .args(["--config", config.to_str().unwrap(), "apply", "--framed"])
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(conn.try_clone().unwrap())))
+                .stdout(Stdio::from(std::os::fd::OwnedFd::from(conn)))
+                .status()
+                .unwrap();
+            assert!(status.code().is_some());
+        }
+    });
+    let relay = |bundle: &[u8], socket: &Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel-agent"))
+            .args(["relay", socket.to_str().unwrap()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bundle).unwrap();
+        let out = child.wait_with_output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let bundle = h.bundle("hosts", 1, &[("hosts", "192.168.1.254 gw.prolo gw\n")]);
+    let r = relay(&bundle, &socket);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("serial 1 applied"), "{}", r.stdout);
+    assert!(h.read("etc/hosts").contains("192.168.1.254 gw.prolo gw"));
+    let older = h.bundle("hosts", 1, &[("hosts", "192.168.1.66 evil.prolo evil\n")]);
+    let r = relay(&older, &socket);
+    assert_eq!(
+        r.code, 6,
+        "a replay, refused by the root agent: {}{}",
+        r.stdout, r.stderr
+    );
+    assert!(!h.read("etc/hosts").contains("evil"));
+    assert!(r.stderr.contains("replay"), "{}", r.stderr);
+    systemd.join().unwrap();
+    let r = relay(&bundle, &h.dir.path().join("nobody.sock"));
+    assert_eq!(r.code, 8, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot reach the privileged agent"), "{}", r.stderr);
+}

@@ -11,6 +11,7 @@ mod client_target;
 mod cmd;
 mod config;
 mod conntrack;
+mod man;
 mod output;
 mod private_file;
 mod serve;
@@ -104,6 +105,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Write the manual pages (keel(1) and one per command, keel-agent(8), keel.toml(5)) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -270,6 +274,7 @@ async fn run(cli: Cli, serve: Option<config::ServeConfig>) -> anyhow::Result<()>
         }
         Command::Bench { .. } => Ok(()), // run by main(): it becomes keel-bench
         Command::MigrateDb(a) => cmd::migrate::run(a, json).await,
+        Command::Man { dir } => man::run(dir),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             Ok(())

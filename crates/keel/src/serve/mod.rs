@@ -16,6 +16,7 @@ mod database;
 mod engine;
 mod example;
 mod http;
+mod notify;
 mod settings;
 mod shared;
 mod udp;
@@ -107,8 +108,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::write(cfg.data_dir.join(files::LISTEN_ADDR), addr.to_string())?;
     tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
     println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
+    // Migrated, listening (HTTP, DNS, TFTP) and propagating: what Type=notify waits for.
+    notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
     let stopping = async move {
         shutdown_signal().await;
+        notify::notify("STOPPING=1");
         tracing::info!("stopping: ending open streams, finishing requests");
         let _ = stop_tx.send(true);
     };

@@ -357,3 +357,25 @@ async fn metrics_show_propagation_dns_and_tftp() {
     })
     .await;
 }
+
+/// `Type=notify`: keel tells systemd it is ready once it serves (the datagram systemd would
+/// read, on a socket of the test's own), and that it stops on SIGTERM.
+#[test]
+fn keel_notifies_systemd_when_ready_and_when_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut k = Keel::start_with_env(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within a minute");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    // Ready means serving: the address it names answers.
+    let addr = k.url.trim_start_matches("http://").to_owned();
+    assert!(ready.contains(&addr), "{ready} (serving on {addr})");
+    assert!(std::net::TcpStream::connect(&addr).is_ok());
+    k.stop();
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

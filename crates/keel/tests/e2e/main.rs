@@ -35,6 +35,7 @@ mod foundation;
 mod homes;
 mod hostile;
 mod netboot;
+mod packaging;
 mod postgres;
 mod presence;
 mod propagation;
