@@ -31,8 +31,12 @@ pub enum Unreachable {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceConfig {
-    /// keel's base URL, e.g. `http://gw` (machines reach keel by IP or `hosts`, never its DNS).
+    /// keel's base URL, e.g. `http://gw` or `https://gw` (machines reach keel by IP or `hosts`,
+    /// never its DNS).
     pub url: String,
+    /// For an `https://` URL, the site CA (PEM) keel's certificate must chain to (required then:
+    /// the presence secret never goes to a server nobody vouched for).
+    pub ca_file: Option<PathBuf>,
     /// The site's presence secret (keel's `<data_dir>/presence.secret`), first line.
     #[serde(default = "default_secret_file")]
     pub secret_file: PathBuf,
@@ -104,8 +108,13 @@ impl PresenceConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let mut cfg: Self = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         cfg.url = cfg.url.trim_end_matches('/').to_owned();
-        if !cfg.url.starts_with("http://") {
-            return Err(err(format!("url must be http://… (got {:?})", cfg.url)));
+        if cfg.url.starts_with("https://") && cfg.ca_file.is_none() {
+            return Err(err(
+                "an https:// url needs ca_file (the site CA, keel's DATA_DIR/tls/ca.pem)".into(),
+            ));
+        }
+        if !cfg.url.starts_with("http://") && !cfg.url.starts_with("https://") {
+            return Err(err(format!("url must be http://… or https://… (got {:?})", cfg.url)));
         }
         for (k, v) in default_policy() {
             cfg.unreachable.entry(k).or_insert(v);
@@ -141,17 +150,46 @@ struct Reply {
     body: serde_json::Value,
 }
 
+/// Trusts only the site CA in `ca` (ring, as keel).
+fn tls_config(ca: &Path) -> Result<ureq::tls::TlsConfig, PresenceError> {
+    let bad = |message: String| PresenceError::Config {
+        path: ca.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    #[allow(deprecated)] // ring: see keel_client::tls::provider
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .unversioned_rustls_crypto_provider(provider)
+        .build())
+}
+
 fn call(
     cfg: &PresenceConfig,
     method: &str,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Reply, PresenceError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut builder = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(cfg.timeout_secs.max(1))))
-        .http_status_as_error(false)
-        .build()
-        .into();
+        .http_status_as_error(false);
+    if let Some(ca) = &cfg.ca_file {
+        builder = builder.tls_config(tls_config(ca)?);
+    }
+    let agent: ureq::Agent = builder.build().into();
     let url = format!("{}{path}", cfg.url);
     let secret = cfg.secret()?;
     let unreachable = |e: ureq::Error| PresenceError::Unreachable(e.to_string());

@@ -26,6 +26,10 @@ pub enum ClientError {
     /// A record key that cannot be one path segment (empty, `.` or `..`): no request is sent.
     #[error(transparent)]
     InvalidKey(#[from] InvalidKey),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0} is HTTPS: say which certificate to trust (--ca-file or --pin; keel serve prints both)")]
+    NoTrust(String),
 }
 
 impl ClientError {
@@ -56,7 +60,26 @@ pub struct Client {
 impl Client {
     /// `base` is keel's URL (e.g. `http://127.0.0.1:8080`); `token` a bearer token, if any.
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_trust(base, token, None)
+    }
+
+    /// A client that reaches an `https://` keel trusting only `trust` (the site's CA or the
+    /// certificate's pinned fingerprint); an `https://` URL without it is an error.
+    pub fn with_trust(
+        base: &str,
+        token: Option<String>,
+        trust: Option<&crate::tls::Trust>,
+    ) -> Result<Self, ClientError> {
+        let tls = match trust {
+            Some(t) => Some(crate::tls::client_config(t)?),
+            None if base.starts_with("https://") => return Err(ClientError::NoTrust(base.to_owned())),
+            None => None,
+        };
+        let builder = |b: reqwest::ClientBuilder| match &tls {
+            Some(c) => b.use_preconfigured_tls(c.clone()),
+            None => b,
+        };
+        let http = builder(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(300))
             .build()
@@ -64,7 +87,7 @@ impl Client {
                 url: base.to_owned(),
                 source: e,
             })?;
-        let stream_http = reqwest::Client::builder()
+        let stream_http = builder(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Duration::from_secs(15))
             .build()

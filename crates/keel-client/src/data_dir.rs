@@ -11,6 +11,8 @@ pub const LOCK: &str = "keel.lock";
 pub const ADMIN_TOKEN: &str = "admin.token";
 /// Written once the HTTP server listens: the address actually bound.
 pub const LISTEN_ADDR: &str = "listen.addr";
+/// The HTTPS address actually bound (`[tls] listen`, port 0 in tests).
+pub const TLS_ADDR: &str = "tls.addr";
 /// Written once the DNS listens: its address (UDP and TCP).
 pub const DNS_ADDR: &str = "dns.addr";
 /// Written once TFTP listens: its address.

@@ -12,6 +12,8 @@ mod api;
 #[cfg(feature = "http")]
 mod client;
 #[cfg(feature = "http")]
+pub mod tls;
+#[cfg(feature = "http")]
 mod watch;
 
 pub use routes::{segment, InvalidKey, Records, API};

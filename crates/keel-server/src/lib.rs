@@ -29,6 +29,11 @@ mod watch;
 pub mod web;
 
 pub use auth::Caller;
+
+/// A request extension: the request came over keel's own TLS listener (web cookies are then
+/// `Secure` whatever `[web] secure_cookies` says).
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use watch::WatchConfig;
@@ -249,6 +254,7 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
         .route("/metrics", get(metrics::render))
         .map(|r| {
             r.layer(DefaultBodyLimit::max(BODY_LIMIT))
+                .layer(middleware::from_fn(secure_cookies_over_tls))
                 .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         })
         // nginx asks /sso on every request of every SSO site: it skips the per-route request
@@ -257,6 +263,29 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
         .route("/sso/protect", get(sso::protect))
         .into_parts();
     (router.with_state(state), paths)
+}
+
+/// A cookie set on a request that came over keel's TLS listener is `Secure`, whatever
+/// `[web] secure_cookies` says (that setting is for plain HTTP behind a TLS proxy, or a LAN).
+async fn secure_cookies_over_tls(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    let over_tls = req.extensions().get::<OverTls>().is_some();
+    let mut resp = next.run(req).await;
+    if over_tls {
+        let set = axum::http::header::SET_COOKIE;
+        let cookies: Vec<_> = resp.headers().get_all(&set).iter().cloned().collect();
+        resp.headers_mut().remove(&set);
+        for v in cookies {
+            let text = v.to_str().unwrap_or_default();
+            let secure = text.split(';').any(|p| p.trim().eq_ignore_ascii_case("secure"));
+            let v = if secure {
+                v
+            } else {
+                axum::http::HeaderValue::from_str(&format!("{text}; Secure")).unwrap_or(v)
+            };
+            resp.headers_mut().append(&set, v);
+        }
+    }
+    resp
 }
 
 /// A JSON body as `T` (strict: unknown fields are refused where `T` says so).

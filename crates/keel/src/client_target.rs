@@ -22,6 +22,10 @@ pub struct CliFile {
     pub url: Option<String>,
     /// A file whose first line is the token to use.
     pub token_file: Option<PathBuf>,
+    /// For an `https://` URL: the site CA's PEM file…
+    pub ca_file: Option<PathBuf>,
+    /// …or the SHA-256 fingerprint of keel's certificate (what `keel serve` prints).
+    pub pin: Option<String>,
 }
 
 /// What the flags said (each `None` when not given).
@@ -30,6 +34,8 @@ pub struct Given<'a> {
     pub url: Option<&'a str>,
     pub token: Option<&'a str>,
     pub data_dir: Option<&'a Path>,
+    pub ca_file: Option<&'a Path>,
+    pub pin: Option<&'a str>,
     /// `--config`/`KEEL_CONFIG`: must be readable. Without it the system file is read when it
     /// is there and readable (a user outside keel's group just gets the defaults).
     pub config: Option<&'a Path>,
@@ -37,11 +43,12 @@ pub struct Given<'a> {
     pub cli_file: Option<PathBuf>,
 }
 
-/// The URL and token a client command uses.
+/// The URL, token and (for HTTPS) trust a client command uses.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Target {
     pub url: String,
     pub token: Option<String>,
+    pub trust: Option<keel_client::tls::Trust>,
 }
 
 /// `$KEEL_CLI_CONFIG`, else `$XDG_CONFIG_HOME/keel/cli.toml`, else `~/.config/keel/cli.toml`.
@@ -94,6 +101,13 @@ pub fn resolve(given: &Given<'_>) -> anyhow::Result<Target> {
         None => CliFile::default(),
     };
     let server = server_file(given.config)?;
+    let trust = match (given.ca_file, given.pin, &cli.ca_file, &cli.pin) {
+        (Some(f), _, _, _) => Some(keel_client::tls::Trust::CaFile(f.to_path_buf())),
+        (None, Some(p), _, _) => Some(keel_client::tls::Trust::Pin(p.to_owned())),
+        (None, None, Some(f), _) => Some(keel_client::tls::Trust::CaFile(f.clone())),
+        (None, None, None, Some(p)) => Some(keel_client::tls::Trust::Pin(p.clone())),
+        (None, None, None, None) => None,
+    };
     let url = given
         .url
         .map(str::to_owned)
@@ -113,7 +127,7 @@ pub fn resolve(given: &Given<'_>) -> anyhow::Result<Target> {
             first_line(&dir.join(files::ADMIN_TOKEN)).ok()
         }
     };
-    Ok(Target { url, token })
+    Ok(Target { url, token, trust })
 }
 
 #[cfg(test)]
@@ -160,7 +174,8 @@ mod tests {
             resolve(&given).unwrap(),
             Target {
                 url: "http://keel.example:8080".into(),
-                token: Some("my-token".into())
+                token: Some("my-token".into()),
+                trust: None,
             }
         );
         let given = Given {

@@ -47,7 +47,24 @@ pub struct FileConfig {
     #[serde(default)]
     pub homes: HomesFile,
     #[serde(default)]
+    pub tls: TlsFile,
+    #[serde(default)]
     pub http: HttpFile,
+}
+
+/// `[tls]`: HTTPS beside the plain HTTP listener (docs/tls.md).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Where HTTPS is served (e.g. "0.0.0.0:443"); without it, no TLS.
+    pub listen: Option<SocketAddr>,
+    /// The certificate chain (PEM) and its key; without them keel makes a site CA and a
+    /// certificate for `names` in DATA_DIR/tls on first start.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Names and addresses the generated certificate is for (default: localhost, 127.0.0.1 and
+    /// the listen address when it is not a wildcard).
+    pub names: Option<Vec<String>>,
 }
 
 /// `[homes]`: homes on home file servers (docs/homes.md).
@@ -457,6 +474,7 @@ pub struct ServeConfig {
     pub rpc: RpcFile,
     pub sync: SyncFile,
     pub homes: HomesFile,
+    pub tls: TlsFile,
     pub workers: Option<usize>,
     pub database: Option<String>,
     pub http: HttpLimits,

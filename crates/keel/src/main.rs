@@ -38,6 +38,13 @@ struct Cli {
     /// keel's data directory (database, lock, first admin token).
     #[arg(long, global = true, env = "KEEL_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// For an https:// URL: the site CA's PEM file to trust (`ca_file` in ~/.config/keel/cli.toml).
+    #[arg(long, global = true, env = "KEEL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// For an https:// URL: trust exactly the certificate with this SHA-256 fingerprint
+    /// (`sha256:…`, as `keel serve` prints it; `pin` in cli.toml).
+    #[arg(long, global = true, env = "KEEL_PIN")]
+    pin: Option<String>,
     /// The server's config file (TOML), read by `serve` and, for the URL and data directory, by
     /// client commands. Default: /etc/keel/keel.toml if it exists.
     #[arg(long, global = true, env = "KEEL_CONFIG")]
@@ -187,6 +194,7 @@ impl Cli {
             rpc: file.rpc.clone(),
             sync: file.sync.clone(),
             homes: file.homes.clone(),
+            tls: file.tls.clone(),
             workers: args.workers.or(file.workers),
             database: args.database.clone().or(file.database.clone()),
             http: file.http.limits(),
@@ -199,10 +207,16 @@ impl Cli {
             url: self.url.as_deref(),
             token: self.token.as_deref(),
             data_dir: self.data_dir.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            pin: self.pin.as_deref(),
             config: self.config.as_deref(),
             cli_file: None,
         })?;
-        Ok(keel_client::Client::new(&target.url, target.token)?)
+        Ok(keel_client::Client::with_trust(
+            &target.url,
+            target.token,
+            target.trust.as_ref(),
+        )?)
     }
 }
 

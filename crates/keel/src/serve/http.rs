@@ -13,10 +13,14 @@ use std::sync::Arc;
 /// cap a new one is closed at once, before any byte is read), the time to send headers, and the
 /// time to send a body. The cap is far below the open-file limit keel raises at start, so a
 /// flood of idle connections leaves room for `/healthz`, nginx's `/sso` and presence.
+///
+/// With `tls`, each connection is a TLS handshake first (within the header deadline), and its
+/// requests carry [`keel_server::OverTls`].
 pub(super) async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     limits: crate::config::HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -47,19 +51,39 @@ pub(super) async fn serve_http(
         let _ = stream.set_nodelay(true);
         // The peer's address, for presence (a machine speaks only for itself) and SSO's proxy
         // check; the body must arrive within its deadline.
+        let over_tls = tls.is_some();
         let service = tower::ServiceBuilder::new()
             .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout))
             .map_request(
                 move |mut req: hyper::Request<tower_http::timeout::TimeoutBody<hyper::body::Incoming>>| {
                     req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    if over_tls {
+                        req.extensions_mut().insert(keel_server::OverTls);
+                    }
                     req.map(axum::body::Body::new)
                 },
             )
             .service(app.clone());
         let service = hyper_util::service::TowerToHyperService::new(service);
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (http, watcher, tls) = (http.clone(), graceful.watcher(), tls.clone());
+        let handshake_deadline = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let ended = match tls {
+                None => {
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Some(acceptor) => match tokio::time::timeout(handshake_deadline, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => watcher.watch(http.serve_connection(TokioIo::new(tls), service)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => Ok(()), // no handshake within the deadline: closed
+                },
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%e, "connection ended with an error");
             }
             drop(slot);

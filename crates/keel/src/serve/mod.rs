@@ -19,6 +19,7 @@ mod http;
 mod notify;
 mod settings;
 mod shared;
+mod tls;
 mod udp;
 
 use std::sync::Arc;
@@ -108,7 +109,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::write(cfg.data_dir.join(files::LISTEN_ADDR), addr.to_string())?;
     tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
     println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
-    // Migrated, listening (HTTP, DNS, TFTP) and propagating: what Type=notify waits for.
+    let app = keel_server::app(state);
+    let https = match cfg.tls.listen {
+        Some(at) => Some(start_https(&cfg, at, app.clone(), stop_tx.subscribe()).await?),
+        None => {
+            warn_plain_http(&cfg, addr);
+            None
+        }
+    };
+    // Migrated, listening (HTTP, HTTPS, DNS, TFTP) and propagating: what Type=notify waits for.
     notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
     let stopping = async move {
         shutdown_signal().await;
@@ -117,9 +126,59 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     };
     http::raise_open_file_limit();
-    http::serve_http(listener, keel_server::app(state), cfg.http, stopping).await;
+    http::serve_http(listener, app, cfg.http, None, stopping).await;
+    if let Some(h) = https {
+        let _ = h.await;
+    }
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// Binds `[tls] listen` and serves HTTPS there until the stop signal; says what clients trust.
+async fn start_https(
+    cfg: &ServeConfig,
+    at: std::net::SocketAddr,
+    app: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let tls = tls::load(&cfg.tls, &cfg.data_dir, at)?;
+    let listener = tokio::net::TcpListener::bind(at)
+        .await
+        .with_context(|| format!("cannot listen on {at} ([tls] listen)"))?;
+    let addr = listener.local_addr()?;
+    std::fs::write(cfg.data_dir.join(files::TLS_ADDR), addr.to_string())?;
+    tracing::info!(%addr, fingerprint = %tls.fingerprint, "HTTPS is serving");
+    println!("keel: serving on https://{addr}, certificate {}", tls.fingerprint);
+    if let Some(ca) = &tls.ca_file {
+        println!(
+            "keel: clients trust it with --ca-file {} or --pin {}",
+            ca.display(),
+            tls.fingerprint
+        );
+    }
+    let limits = cfg.http;
+    Ok(tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        http::serve_http(listener, app, limits, Some(tls.acceptor), stopped).await;
+    }))
+}
+
+/// The web login's cookie is `Secure` by default, which a browser never sends back over plain
+/// HTTP from another machine: say so at start rather than let the login fail silently.
+fn warn_plain_http(cfg: &ServeConfig, addr: std::net::SocketAddr) {
+    if addr.ip().is_loopback() || !cfg.web.secure_cookies.unwrap_or(true) {
+        return;
+    }
+    tracing::warn!(
+        %addr,
+        "the web pages are served over plain HTTP on a non-loopback address: browsers will not send \
+         the (Secure) login cookie back; serve HTTPS ([tls] listen) or set [web] secure_cookies = false"
+    );
+    eprintln!(
+        "keel: warning: plain HTTP on {addr}: the web login needs HTTPS ([tls] listen) or [web] secure_cookies = false"
+    );
 }
 
 /// Applies the change log's retention at start and every minute.

@@ -43,6 +43,7 @@ mod qemu;
 mod regression;
 mod support;
 mod tftp;
+mod tls;
 mod users;
 mod users_import;
 mod watch;
