@@ -65,6 +65,9 @@ pub struct TlsFile {
     /// Names and addresses the generated certificate is for (default: localhost, 127.0.0.1 and
     /// the listen address when it is not a wildcard).
     pub names: Option<Vec<String>>,
+    /// Send browsers from the plain listener's pages to HTTPS (308); machine-facing routes
+    /// (API, RPC, /poll, netboot, /sso, /healthz, /metrics) are never redirected (default false).
+    pub redirect_web: Option<bool>,
 }
 
 /// `[homes]`: homes on home file servers (docs/homes.md).

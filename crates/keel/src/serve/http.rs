@@ -111,3 +111,74 @@ pub(super) fn raise_open_file_limit() {
         }
     }
 }
+
+/// Paths machines and scripts use on the plain listener: never redirected (prologin's clients
+/// and iPXE do not follow redirects, or cannot speak TLS).
+const MACHINE_PATHS: [&str; 11] = [
+    "/api/",
+    "/call/",
+    "/mdb/",
+    "/udb/",
+    "/poll",
+    "/boot",
+    "/register",
+    "/sso",
+    "/healthz",
+    "/metrics",
+    "/map.json",
+];
+
+/// Whether a GET or HEAD of `path` on the plain listener goes to HTTPS (`[tls] redirect_web`).
+pub(super) fn redirected(method: &hyper::Method, path: &str) -> bool {
+    (method == hyper::Method::GET || method == hyper::Method::HEAD)
+        && !MACHINE_PATHS.iter().any(|p| path.starts_with(p))
+}
+
+/// `[tls] redirect_web`: 308 to the same page on `https_port`, at the host the browser used.
+pub(super) async fn redirect_web(
+    https_port: u16,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !redirected(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':')
+                .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(h, |(n, _)| n)
+        })
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b)))
+        .unwrap_or("localhost")
+        .to_owned();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let to = format!("https://{host}:{https_port}{path}");
+    (hyper::StatusCode::PERMANENT_REDIRECT, [(hyper::header::LOCATION, to)]).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_pages_are_redirected() {
+        use hyper::Method;
+        for (m, p, yes) in [
+            (Method::GET, "/", true),
+            (Method::GET, "/machines/r01p01", true),
+            (Method::HEAD, "/login", true),
+            (Method::POST, "/login", false),
+            (Method::GET, "/api/v1/machines", false),
+            (Method::GET, "/call/query", false),
+            (Method::GET, "/boot/52:54:00:00:00:01", false),
+            (Method::GET, "/bootstrap", false),
+            (Method::GET, "/sso", false),
+            (Method::GET, "/poll", false),
+        ] {
+            assert_eq!(super::redirected(&m, p), yes, "{m} {p}");
+        }
+    }
+}

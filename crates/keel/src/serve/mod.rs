@@ -109,9 +109,17 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::write(cfg.data_dir.join(files::LISTEN_ADDR), addr.to_string())?;
     tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
     println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
-    let app = keel_server::app(state);
+    let mut app = keel_server::app(state);
     let https = match cfg.tls.listen {
-        Some(at) => Some(start_https(&cfg, at, app.clone(), stop_tx.subscribe()).await?),
+        Some(at) => {
+            let (task, port) = start_https(&cfg, at, app.clone(), stop_tx.subscribe()).await?;
+            if cfg.tls.redirect_web.unwrap_or(false) {
+                app = app.layer(axum::middleware::from_fn(move |req, next| {
+                    http::redirect_web(port, req, next)
+                }));
+            }
+            Some(task)
+        }
         None => {
             warn_plain_http(&cfg, addr);
             None
@@ -140,7 +148,7 @@ async fn start_https(
     at: std::net::SocketAddr,
     app: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, u16)> {
     let tls = tls::load(&cfg.tls, &cfg.data_dir, at)?;
     let listener = tokio::net::TcpListener::bind(at)
         .await
@@ -157,12 +165,13 @@ async fn start_https(
         );
     }
     let limits = cfg.http;
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
         http::serve_http(listener, app, limits, Some(tls.acceptor), stopped).await;
-    }))
+    });
+    Ok((task, addr.port()))
 }
 
 /// The web login's cookie is `Secure` by default, which a browser never sends back over plain

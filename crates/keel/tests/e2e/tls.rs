@@ -162,3 +162,38 @@ fn https_with_the_site_ca_and_clients_that_check_it() {
     let over_tls = header(&url);
     assert!(over_tls.contains("; Secure"), "{over_tls}");
 }
+
+/// `[tls] redirect_web`: a browser on the plain listener's pages goes to HTTPS; machines' routes
+/// (RPC, netboot, the API) keep answering over plain HTTP.
+#[test]
+fn pages_move_to_https_when_asked_and_machines_stay_on_http() {
+    let k = Keel::start_with_config(
+        "[tls]\nlisten = \"127.0.0.1:0\"\nredirect_web = true\n",
+        &["--example-site"],
+    );
+    let tls =
+        wait_for_file(&k.data().join("tls.addr"), std::time::Duration::from_secs(30), || false).expect("tls.addr");
+    let port = tls.trim().rsplit(':').next().unwrap().to_owned();
+    let status_and_location = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+                &format!("{}{path}", k.url),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        status_and_location("/login?next=/machines"),
+        format!("308 https://127.0.0.1:{port}/login?next=/machines")
+    );
+    for machine_path in ["/call/query", "/bootstrap", "/healthz", "/boot/52:54:00:00:00:01"] {
+        let got = status_and_location(machine_path);
+        assert!(got.starts_with("200 "), "{machine_path}: {got}");
+    }
+}
