@@ -424,6 +424,153 @@ mod tests {
         }
     }
 
+    /// Every key keel.toml has, by section: what serde expects (an unknown key's error lists
+    /// them), for the sections of fixed keys. Sections that are maps of names the site chooses
+    /// (`[propagation.services.NAME]`, `[sso.overrides]`, `groups`) are left out.
+    fn struct_keys() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        const SECTIONS: [&str; 25] = [
+            "",
+            "http",
+            "pools",
+            "pools.user",
+            "pools.uids",
+            "pools.uids.user",
+            "watch",
+            "log",
+            "propagation",
+            "propagation.ssh",
+            "propagation.generators",
+            "propagation.generators.automount",
+            "dns",
+            "propagation.generators.dns",
+            "propagation.generators.firewall",
+            "propagation.generators.dhcp",
+            "tftp",
+            "netboot",
+            "presence",
+            "sso",
+            "web",
+            "rpc",
+            "sync",
+            "tls",
+            "homes",
+        ];
+        // Keys that are tables: sections of their own, or maps of names the site chooses.
+        const TABLES: [&str; 8] = [
+            "pools.orga",
+            "pools.service",
+            "pools.cluster",
+            "pools.uids.orga",
+            "pools.uids.root",
+            "propagation.services",
+            "propagation.generators.groups",
+            "sso.overrides",
+        ];
+        let mut out = std::collections::BTreeMap::new();
+        for section in SECTIONS {
+            // The keys a section cannot do without, so that the unknown one is the error.
+            let required = match section {
+                "pools.user" => "network = \"10.0.0.0/8\"\n",
+                "pools.uids.user" => "first = 1\nlast = 2\n",
+                _ => "",
+            };
+            let probe = if section.is_empty() {
+                "zz_probe = 1\n".to_owned()
+            } else {
+                format!("[{section}]\n{required}zz_probe = 1\n")
+            };
+            let err = toml::from_str::<crate::config::FileConfig>(&probe)
+                .unwrap_err()
+                .to_string();
+            let expected = err
+                .split("expected ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("[{section}]: {err}"));
+            let expected = expected.trim_start_matches("one of ").replace(" or ", ",");
+            let keys = expected
+                .split(',')
+                .map(|k| {
+                    k.trim()
+                        .trim_matches('`')
+                        .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                        .to_owned()
+                })
+                .filter(|k: &String| {
+                    let path = if section.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{section}.{k}")
+                    };
+                    !k.is_empty() && !SECTIONS.contains(&path.as_str()) && !TABLES.contains(&path.as_str())
+                })
+                .collect::<std::collections::BTreeSet<String>>();
+            if !keys.is_empty() {
+                out.insert(section.to_owned(), keys);
+            }
+        }
+        out
+    }
+
+    /// The keys a text lists, by section: `[section]` headers (also commented out) and `key =`
+    /// lines (also commented out) below them.
+    fn listed_keys(text: &str) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        let mut section = String::new();
+        for line in text.lines() {
+            let l = line.trim_start_matches('#').trim();
+            if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                section = h.to_owned();
+                continue;
+            }
+            if let Some((k, _)) = l.split_once(" = ") {
+                if k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && !k.is_empty()
+                {
+                    out.entry(section.clone()).or_default().insert(k.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// contrib/keel.toml (which keel.toml(5) is made of) names every key keel reads, and nothing
+    /// keel does not read; docs/keel.md's key list says the same.
+    #[test]
+    fn the_example_config_and_the_docs_list_every_key() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let sample = listed_keys(&std::fs::read_to_string(root.join("contrib/keel.toml")).unwrap());
+        let docs = std::fs::read_to_string(root.join("docs/keel.md")).unwrap();
+        let docs_list = docs
+            .split("## CONFIGURATION KEYS")
+            .nth(1)
+            .expect("docs/keel.md has CONFIGURATION KEYS");
+        let docs_list = docs_list.split("\n## ").next().unwrap_or_default();
+        for (section, keys) in struct_keys() {
+            // A section the sample shows by one representative (pools.user for every pool type).
+            let sample_keys = sample.get(&section).cloned().unwrap_or_default();
+            assert_eq!(sample_keys, keys, "contrib/keel.toml [{section}] vs what keel reads");
+            let header = if section.is_empty() {
+                "top level".to_owned()
+            } else {
+                format!("`[{section}]`")
+            };
+            let line = docs_list
+                .lines()
+                .find(|l| l.starts_with(&format!("- {header}:")))
+                .unwrap_or_else(|| panic!("docs/keel.md CONFIGURATION KEYS has no line for {header}"));
+            let in_docs: std::collections::BTreeSet<String> = line
+                .split_once(':')
+                .map(|(_, rest)| {
+                    rest.split(',')
+                        .map(|k| k.trim().trim_end_matches('.').trim_matches('`').to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(in_docs, keys, "docs/keel.md {header} vs what keel reads");
+        }
+    }
+
     #[test]
     fn the_example_config_parses() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/keel.toml");
