@@ -2,6 +2,7 @@
 (users only) and udb's ``query_private`` (the hashes of the users a facility receives)."""
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -12,19 +13,21 @@ class KeelError(Exception):
 
 
 class Client:
-    def __init__(self, url, token, timeout=60.0):
+    def __init__(self, url, token, timeout=60.0, ca_file=None):
         # The timeout must exceed keel's heartbeat interval (10 s): silence longer than it means
         # the connection is gone.
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        # Over HTTPS, keel's site CA (DATA_DIR/tls/ca.pem) and nothing else, when given.
+        self.context = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     def _open(self, path, params):
         query = urllib.parse.urlencode({k: v for k, v in params.items() if v not in (None, "")})
         req = urllib.request.Request(f"{self.url}{path}?{query}" if query else f"{self.url}{path}")
         req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
+            return urllib.request.urlopen(req, timeout=self.timeout, context=self.context)
         except urllib.error.HTTPError as e:
             body = e.read(4096).decode("utf-8", "replace")
             raise KeelError(f"{path}: HTTP {e.code}: {body}") from e

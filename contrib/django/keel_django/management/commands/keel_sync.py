@@ -37,7 +37,8 @@ class Command(BaseCommand):
             token = os.environ.get("KEEL_TOKEN", "")
         if not token:
             raise CommandError("no token: --token-file, settings.KEEL_TOKEN_FILE, $KEEL_TOKEN_FILE or $KEEL_TOKEN")
-        sync = Sync(Client(url, token))
+        ca_file = getattr(settings, "KEEL_CA_FILE", None) or os.environ.get("KEEL_CA_FILE")
+        sync = Sync(Client(url, token, ca_file=ca_file))
         delay = 1
         while True:
             try:
