@@ -388,9 +388,13 @@ mod tests {
     fn config_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("p.toml");
-        std::fs::write(&p, "url = \"https://x\"\n").unwrap();
+        std::fs::write(&p, "url = \"ftp://x\"\n").unwrap();
         let e = PresenceConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("p.toml") && e.contains("http://"), "{e}");
+        // HTTPS, but nothing to check the server against: refused (the secret would go anywhere).
+        std::fs::write(&p, "url = \"https://x\"\n").unwrap();
+        let e = PresenceConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("ca_file"), "{e}");
         std::fs::write(&p, "url = \"http://x\"\nbogus = 1\n").unwrap();
         assert!(PresenceConfig::load(&p).unwrap_err().to_string().contains("bogus"));
     }

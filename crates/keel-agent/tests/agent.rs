@@ -805,7 +805,8 @@ fn the_relay_gives_back_the_root_agents_output_and_exit_code() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(bundle).unwrap();
+        // A relay that cannot reach the agent exits before reading its input: the pipe may break.
+        let _ = child.stdin.take().unwrap().write_all(bundle);
         let out = child.wait_with_output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
