@@ -44,7 +44,8 @@ pub struct Snapshot {
     switches: OrdMap<String, Switch>,
     settings: OrdMap<String, Setting>,
     users: OrdMap<String, User>,
-    by_uid: HashMap<u32, String>,
+    /// Ordered: the highest uid of a pool is a range query, not a pass over every user.
+    by_uid: OrdMap<u32, String>,
     counters: OrdMap<String, Counter>,
     hosts: OrdMap<String, Host>,
     facilities: OrdMap<String, Facility>,
@@ -440,12 +441,9 @@ impl Snapshot {
             .counters
             .get(&key)
             .map(|c| u32::try_from(c.value).unwrap_or(u32::MAX));
-        let present = self
-            .by_uid
-            .keys()
-            .copied()
-            .filter(|u| (range.first..=range.last).contains(u))
-            .max();
+        // O(log n): the last key of the pool's range (issue 23: this was a pass over every uid,
+        // so an import of k users into n cost k·n).
+        let present = self.by_uid.range(range.first..=range.last).next_back().map(|(u, _)| *u);
         let high = counted.into_iter().chain(present).max();
         let uid = pools.next(group, high)?;
         let user = patch.create(uid)?;
@@ -512,5 +510,44 @@ mod tests {
             plain.put_machine(a);
             hinted.put_machine(b);
         }
+    }
+}
+
+/// Issue 23: the next uid of a pool is the pool's highest present uid (or its counter) plus one,
+/// found by a range query — users of other pools, however many and however high, do not count.
+#[cfg(test)]
+mod uid_tests {
+    use super::*;
+    use crate::input::{Fields, Strictness};
+
+    fn user(login: &str, group: &str) -> UserPatch {
+        UserPatch::from_fields(
+            Fields::new(serde_json::json!({"login": login, "group": group}), Strictness::Strict).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn new_user_takes_the_pools_highest_uid_plus_one() {
+        let pools = crate::UidPools::default();
+        let mut s = Snapshot::default();
+        assert_eq!(s.new_user(user("a", "user"), &pools).unwrap().0.uid, 10001);
+        for (login, group, uid) in [
+            ("u1", "user", 10001),
+            ("u7", "user", 10007),
+            ("o1", "orga", 11900),
+            ("r1", "root", 12999),
+        ] {
+            let mut u = user(login, group).create(uid).unwrap();
+            u.version = 1;
+            s.put_user(u);
+        }
+        assert_eq!(s.new_user(user("b", "user"), &pools).unwrap().0.uid, 10008);
+        assert_eq!(s.new_user(user("c", "orga"), &pools).unwrap().0.uid, 11901);
+        assert_eq!(
+            s.new_user(user("d", "root"), &pools).unwrap_err().field,
+            "uid",
+            "root's pool is full"
+        );
     }
 }
