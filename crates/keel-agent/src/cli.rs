@@ -98,7 +98,7 @@ pub fn run(args: &AgentArgs) -> ExitCode {
             );
             return ExitCode::from(u8::try_from(code).unwrap_or(Code::Io as u8));
         }
-        AgentCommand::Apply { framed: true } => return framed_apply(&args.config),
+        AgentCommand::Apply { framed: true } => return framed_apply(args),
         _ => {}
     }
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
@@ -107,15 +107,20 @@ pub fn run(args: &AgentArgs) -> ExitCode {
         error: &mut stderr,
         name: "keel-agent".into(),
     };
+    ExitCode::from(execute(args, &mut out) as u8)
+}
+
+/// `apply` and `check-config` with their lines going to `out`.
+fn execute(args: &AgentArgs, out: &mut Out<'_>) -> Code {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             out.error(Code::Usage, &e.to_string());
-            return ExitCode::from(Code::Usage as u8);
+            return Code::Usage;
         }
     };
-    let code = match args.command {
-        AgentCommand::Apply { .. } => crate::apply(&cfg, std::io::stdin().lock(), &mut out),
+    match args.command {
+        AgentCommand::Apply { .. } => crate::apply(&cfg, std::io::stdin().lock(), out),
         AgentCommand::CheckConfig => {
             out.info(&format!(
                 "fqdn {}; accepts destinations {:?} and facilities {:?}; {} trusted key(s); root {}; state {}; hooks {}",
@@ -130,36 +135,27 @@ pub fn run(args: &AgentArgs) -> ExitCode {
             Code::Ok
         }
         AgentCommand::Presence(_) | AgentCommand::Relay { .. } => Code::Ok,
-    };
-    ExitCode::from(code as u8)
+    }
 }
 
-/// `apply --framed`: the same run, its lines framed on stdout (the socket), the code last.
-fn framed_apply(config: &std::path::Path) -> ExitCode {
-    let mut stdout = std::io::stdout().lock();
+/// `apply --framed`: the same run, its lines framed on stdout (the socket), the code last. The
+/// two kinds of lines are gathered apart (each writer holds its buffer) and sent O first, then E.
+fn framed_apply(args: &AgentArgs) -> ExitCode {
+    let (mut o, mut e) = (Vec::new(), Vec::new());
     let code = {
-        let (mut o, mut e) = (Vec::new(), Vec::new());
-        let code = {
-            let (mut info, mut error) = (
-                crate::relay::Framed::new(&mut o, "O "),
-                crate::relay::Framed::new(&mut e, "E "),
-            );
-            let mut out = Out {
-                info: &mut info,
-                error: &mut error,
-                name: "keel-agent".into(),
-            };
-            match Config::load(config) {
-                Ok(cfg) => crate::apply(&cfg, std::io::stdin().lock(), &mut out),
-                Err(err) => {
-                    out.error(Code::Usage, &err.to_string());
-                    Code::Usage
-                }
-            }
+        let (mut info, mut error) = (
+            crate::relay::Framed::new(&mut o, "O "),
+            crate::relay::Framed::new(&mut e, "E "),
+        );
+        let mut out = Out {
+            info: &mut info,
+            error: &mut error,
+            name: "keel-agent".into(),
         };
-        let _ = stdout.write_all(&o).and_then(|()| stdout.write_all(&e));
-        code
+        execute(args, &mut out)
     };
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(&o).and_then(|()| stdout.write_all(&e));
     let _ = writeln!(stdout, "X {}", code.as_i32());
     let _ = stdout.flush();
     ExitCode::from(code as u8)

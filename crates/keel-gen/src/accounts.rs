@@ -169,7 +169,7 @@ pub fn automount(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenErro
         ));
     }
     let mut out = String::from("# Managed by keel (service automount): each user's home on its HFS.\n");
-    let mut users = sorted(input);
+    let mut users = input.users.clone();
     users.sort_by(|a, b| a.login.cmp(&b.login));
     for u in users {
         let Some(n) = u.hfs else { continue };

@@ -28,6 +28,19 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    pub const ALL: [Self; 10] = [
+        Self::Waiting,
+        Self::Planned,
+        Self::Generating,
+        Self::Generror,
+        Self::Generated,
+        Self::Sending,
+        Self::Done,
+        Self::Senderror,
+        Self::Error,
+        Self::Warning,
+    ];
+
     /// States a restart must resume from.
     pub fn in_flight(self) -> bool {
         matches!(self, Self::Planned | Self::Generating | Self::Generated | Self::Sending)

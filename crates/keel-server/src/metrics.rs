@@ -112,21 +112,9 @@ impl PropagationMetrics {
 
     /// Reads the engine's tasks into the gauges (a destination gone is gone from them too).
     fn update(&self, engine: &keel_propagate::Engine) {
-        use keel_propagate::TaskState as S;
         let tasks = engine.status(None);
         self.tasks.clear();
-        for state in [
-            S::Waiting,
-            S::Planned,
-            S::Generating,
-            S::Generror,
-            S::Generated,
-            S::Sending,
-            S::Done,
-            S::Senderror,
-            S::Error,
-            S::Warning,
-        ] {
+        for state in keel_propagate::TaskState::ALL {
             let n = tasks.iter().filter(|t| t.state == state).count();
             self.tasks
                 .get_or_create(&StateLabels { state: state.as_str() })

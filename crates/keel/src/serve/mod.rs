@@ -185,9 +185,6 @@ fn warn_plain_http(cfg: &ServeConfig, addr: std::net::SocketAddr) {
         "the web pages are served over plain HTTP on a non-loopback address: browsers will not send \
          the (Secure) login cookie back; serve HTTPS ([tls] listen) or set [web] secure_cookies = false"
     );
-    eprintln!(
-        "keel: warning: plain HTTP on {addr}: the web login needs HTTPS ([tls] listen) or [web] secure_cookies = false"
-    );
 }
 
 /// Applies the change log's retention at start and every minute.
