@@ -37,7 +37,10 @@ impl PgStore {
     /// Connects and brings the schema up to date. Migrations take PostgreSQL's advisory lock
     /// (sqlx), so servers starting together migrate once.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new().max_connections(8).connect(url).await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(connect_options(url)?)
+            .await?;
         match MIGRATOR.run(&pool).await {
             Ok(()) => {}
             // Migrations only add (tables, columns with defaults, indexes): an older server keeps
@@ -75,6 +78,15 @@ impl PgStore {
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+/// How every connection of keel's is opened. Plans are made for each statement's values, never
+/// cached generic: the commit's statements join `UNNEST` of array parameters to the tables, and a
+/// generic plan made while a table was small (a hash join, a sequential scan) stayed on as it
+/// grew — a single create cost 2 ms at 1,000 users and 50 ms at 100,000.
+fn connect_options(url: &str) -> Result<sqlx::postgres::PgConnectOptions, StoreError> {
+    let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
+    Ok(opts.options([("plan_cache_mode", "force_custom_plan")]))
 }
 
 async fn write_chunk(tx: &mut sqlx::PgConnection, chunk: &[Planned]) -> Result<(), sqlx::Error> {
@@ -291,7 +303,7 @@ impl Sharing for PgStore {
         use sqlx::Connection;
         let mut slot = self.writer.clone().lock_owned().await;
         if slot.is_none() {
-            *slot = Some(sqlx::postgres::PgConnection::connect(&self.url).await?);
+            *slot = Some(sqlx::postgres::PgConnection::connect_with(&connect_options(&self.url)?).await?);
         }
         let conn = slot
             .as_mut()

@@ -700,3 +700,50 @@ async fn sessions_follow_their_machine_through_rename_and_delete() {
     assert_eq!(gone.hostname.as_str(), "h1b");
     assert!(db.snapshot().session("alice").is_none());
 }
+
+/// A database from before records moved to a rowid table (migration 7) keeps every record and
+/// takes new writes after it.
+#[tokio::test]
+async fn records_survive_the_move_to_a_rowid_table() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    let who = Principal::system();
+    let current = Backend::sqlite();
+    let db = open(&current).await;
+    for i in 1..=3 {
+        db.create_machine(&who, machine(i)).await.unwrap();
+    }
+    let want = records_of(&db.snapshot(), Kind::Machine);
+    assert_eq!(want.len(), 3);
+    drop(db);
+    let Backend::Sqlite(dir) = &current else { unreachable!() };
+    let old_dir = tempfile::tempdir().unwrap();
+    let old_path = old_dir.path().join("keel.db");
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&old_path).create_if_missing(true))
+        .await
+        .unwrap();
+    let before_7 = sqlx::migrate::Migrator {
+        migrations: crate::sqlite::MIGRATOR
+            .iter()
+            .filter(|m| m.version < 7)
+            .cloned()
+            .collect(),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    before_7.run(&pool).await.unwrap();
+    let copy = format!(
+        "ATTACH DATABASE '{}' AS src; \
+         INSERT INTO objects SELECT kind, key, version, data FROM src.objects; \
+         INSERT INTO uniques SELECT * FROM src.uniques; INSERT INTO changes SELECT * FROM src.changes; \
+         UPDATE counter SET seq = (SELECT seq FROM src.counter); DETACH DATABASE src;",
+        dir.path().join("keel.db").display()
+    );
+    sqlx::raw_sql(&copy).execute(&pool).await.unwrap();
+    pool.close().await;
+    let store = SqliteStore::open(&old_path).await.unwrap();
+    let db = Db::open(Arc::new(store), Pools::default()).await.unwrap();
+    assert_eq!(records_of(&db.snapshot(), Kind::Machine), want);
+    db.create_machine(&who, machine(4)).await.unwrap();
+    assert_eq!(db.snapshot().machine_count(), 4);
+}
