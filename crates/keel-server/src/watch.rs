@@ -415,14 +415,8 @@ impl Producer {
         }));
         let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| self.params.wants(*k)).collect();
         for kind in kinds {
-            for data in keel_store::records_of(snap, kind) {
-                let record = WatchLine::Record(WatchRecord {
-                    seq,
-                    kind,
-                    op: Op::Put,
-                    data: Some(data),
-                });
-                self.push_flushing(&record.to_line()).await?;
+            for line in record_lines(snap, kind, seq) {
+                self.push_flushing(&line).await?;
             }
         }
         self.lines.last = seq;
@@ -452,6 +446,38 @@ impl Producer {
             }
         }
         self.flush().await
+    }
+}
+
+/// Each record of `kind` as a snapshot line, serialized straight from the Snapshot as the stream
+/// goes: a subscriber of 120,000 records costs a chunk at a time, not a JSON tree of every record.
+fn record_lines(snap: &Snapshot, kind: Kind, seq: u64) -> Box<dyn Iterator<Item = Vec<u8>> + Send + '_> {
+    fn lines<'a, D: serde::Serialize + 'a>(
+        kind: Kind,
+        seq: u64,
+        records: impl Iterator<Item = D> + Send + 'a,
+    ) -> Box<dyn Iterator<Item = Vec<u8>> + Send + 'a> {
+        let line = move |data| {
+            WatchLine::Record(WatchRecord {
+                seq,
+                kind,
+                op: Op::Put,
+                data: Some(data),
+            })
+            .to_line()
+        };
+        Box::new(records.map(line))
+    }
+    match kind {
+        Kind::Machine => lines(kind, seq, snap.machines()),
+        Kind::Switch => lines(kind, seq, snap.switches()),
+        Kind::Setting => lines(kind, seq, snap.settings().into_iter()),
+        Kind::User => lines(kind, seq, snap.users()),
+        Kind::Counter => lines(kind, seq, snap.counters()),
+        Kind::Host => lines(kind, seq, snap.hosts()),
+        Kind::Facility => lines(kind, seq, snap.facilities()),
+        Kind::Destination => lines(kind, seq, snap.destinations()),
+        Kind::Session => lines(kind, seq, snap.sessions()),
     }
 }
 
@@ -564,16 +590,6 @@ pub(crate) async fn poll(
     };
     let mut rx = st.db.subscribe();
     let snap = st.db.snapshot();
-    let first: Vec<Value> = match kind {
-        Kind::User => snap
-            .users()
-            .map(|u| json!({"type": "update", "data": UserRecord::from(u)}))
-            .collect(),
-        _ => snap
-            .machines()
-            .map(|m| json!({"type": "update", "data": MachineWire(m)}))
-            .collect(),
-    };
     let (tx, lines) = mpsc::channel::<Msg>(st.config.watch.buffer.max(1));
     let stall = st.config.watch.stall_timeout;
     let task_st = st.clone();
@@ -581,7 +597,16 @@ pub(crate) async fn poll(
         let _guard = guard;
         let st = task_st;
         let mut last = snap.seq();
-        let mut batch = vec![json!(first)];
+        for chunk in poll_set(&snap, kind) {
+            if !matches!(
+                tokio::time::timeout(stall, tx.send(Msg::Lines(chunk))).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
+        drop(snap);
+        let mut batch = Vec::new();
         loop {
             for events in batch.drain(..) {
                 if !matches!(
@@ -618,6 +643,46 @@ pub(crate) async fn poll(
     ndjson(body(lines, Arc::new(Shared::default())), st.db.db_id())
 }
 
+/// The first `/poll` line, the whole set as one JSON array of `{"type":"update","data":…}`, in
+/// chunks of about 64 KiB serialized as the stream goes (never the whole set as a JSON tree).
+fn poll_set(snap: &Snapshot, kind: Kind) -> impl Iterator<Item = Bytes> + Send + '_ {
+    #[derive(serde::Serialize)]
+    struct Update<D> {
+        r#type: &'static str,
+        data: D,
+    }
+    let events: Box<dyn Iterator<Item = Vec<u8>> + Send + '_> = match kind {
+        Kind::User => Box::new(snap.users().map(|u| to_vec(&UserRecord::from(u)))),
+        _ => Box::new(snap.machines().map(|m| to_vec(&MachineWire(m)))),
+    };
+    fn to_vec<D: serde::Serialize>(data: &D) -> Vec<u8> {
+        serde_json::to_vec(&Update { r#type: "update", data }).unwrap_or_default()
+    }
+    let mut events = events;
+    let (mut started, mut done) = (false, false);
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(CHUNK + 1024);
+        if !started {
+            chunk.push(b'[');
+        }
+        while chunk.len() < CHUNK {
+            let Some(event) = events.next() else {
+                chunk.extend_from_slice(b"]\n");
+                done = true;
+                break;
+            };
+            if std::mem::replace(&mut started, true) {
+                chunk.push(b',');
+            }
+            chunk.extend_from_slice(&event);
+        }
+        Some(Bytes::from(chunk))
+    })
+}
+
 /// One change as an mdbsync/udbsync event, if it is of the kind this feed carries.
 fn poll_event(c: &Change, kind: Kind) -> Option<Value> {
     if c.kind != kind {
@@ -634,4 +699,49 @@ fn poll_event(c: &Change, kind: Kind) -> Option<Value> {
         _ => json!(MachineWire(&serde_json::from_value::<Machine>(rec).ok()?)),
     };
     Some(json!({"type": event, "data": data}))
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_model::{Group, Login, Snapshot, User};
+    use serde_json::Value;
+
+    fn snapshot_of(n: u32) -> Snapshot {
+        let mut s = Snapshot::default();
+        for i in 0..n {
+            s.put_user(User {
+                login: Login::parse("login", &format!("u{i:05}")).unwrap(),
+                firstname: "A".into(),
+                lastname: format!("User {i}"),
+                group: Group::User,
+                uid: 10_000 + i,
+                shell: "/bin/bash".into(),
+                ssh_keys: Vec::new(),
+                password_hash: String::new(),
+                password_changed: false,
+                hfs: None,
+                version: 1,
+            });
+        }
+        s
+    }
+
+    /// The first `/poll` line, sent in chunks, is one JSON array of every record, whatever the
+    /// chunk boundaries (a set many chunks long, one record, none).
+    #[test]
+    fn poll_set_is_one_array_line_across_chunks() {
+        for n in [0, 1, 3000] {
+            let snap = snapshot_of(n);
+            let chunks: Vec<_> = super::poll_set(&snap, keel_model::Kind::User).collect();
+            assert_eq!(chunks.len() > 1, n == 3000, "{n} records in {} chunks", chunks.len());
+            let all: Vec<u8> = chunks.concat();
+            assert_eq!(all.iter().filter(|b| **b == b'\n').count(), 1);
+            assert_eq!(all.last(), Some(&b'\n'));
+            let set: Vec<Value> = serde_json::from_slice(&all).unwrap();
+            assert_eq!(set.len(), n as usize);
+            assert!(set
+                .iter()
+                .all(|e| e["type"] == "update" && e["data"]["login"].is_string()));
+        }
+    }
 }
