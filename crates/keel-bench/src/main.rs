@@ -10,17 +10,24 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod data;
 mod dns;
 mod mdb;
+mod memory;
 mod output;
 mod pg;
 mod presence;
 mod propagation;
+mod scale;
 mod server;
 mod watch;
 mod web;
 
 use output::print_json;
+
+/// jemalloc, as in `keel`: its statistics count the bytes a record costs (`bench scale`).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Measure keel on this machine: starts its own servers on loopback; bounded in time.
 #[derive(Debug, Parser)]
@@ -51,7 +58,11 @@ enum Suite {
     /// Two servers on one PostgreSQL (started by the bench): writes/s, commit → other server's
     /// watch; SQLite beside it.
     Postgres,
-    /// All of them.
+    /// Growth with the site: single writes and lookups, imports, snapshots and RSS at 1k, 10k and
+    /// 100k users (`--users`, machines in proportion to `--machines`), on SQLite and PostgreSQL.
+    /// Not part of `all` (it takes minutes).
+    Scale,
+    /// All of them but `scale`.
     All,
 }
 
@@ -66,12 +77,12 @@ struct BenchArgs {
     /// Sequential registrations to time.
     #[arg(long, default_value_t = 2000)]
     registrations: u32,
-    /// Machines for the large full-query measurement.
-    #[arg(long, default_value_t = 10_000)]
-    machines: u32,
-    /// Users for the propagation measurements.
-    #[arg(long, default_value_t = 10_000)]
-    users: usize,
+    /// Machines for the large full-query measurement [default: 10,000; scale: 20,000].
+    #[arg(long)]
+    machines: Option<u32>,
+    /// Users for the propagation measurements [default: 10,000; scale: 100,000].
+    #[arg(long)]
+    users: Option<usize>,
     /// ssh destinations for the propagation measurements.
     #[arg(long, default_value_t = 200)]
     destinations: usize,
@@ -91,10 +102,25 @@ struct BenchArgs {
     /// Keep-alive connections for the query(mac=) load (all from one client thread).
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Databases for `scale`: sqlite, postgres or both.
+    #[arg(long, value_enum, default_value = "both")]
+    backends: scale::Backends,
     /// Directory for the bench database (default: ./keel-bench-PID, removed at the end). Use a real
     /// disk: on tmpfs the fsync figures mean nothing.
     #[arg(long)]
     dir: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// `--machines`, or the contest's size.
+    fn machines(&self) -> u32 {
+        self.machines.unwrap_or(10_000)
+    }
+
+    /// `--users`, or the contest's size.
+    fn users(&self) -> usize {
+        self.users.unwrap_or(10_000)
+    }
 }
 
 fn main() -> ExitCode {
@@ -146,7 +172,7 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
         out.insert("watch".into(), serde_json::to_value(&report)?);
     }
     if matches!(args.suite, Suite::Dns | Suite::All) {
-        let report = crate::dns::run(&dir.join("dns"), args.machines, args.duration).await?;
+        let report = crate::dns::run(&dir.join("dns"), args.machines(), args.duration).await?;
         if !json {
             crate::dns::print(&report);
         }
@@ -155,7 +181,7 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
     if matches!(args.suite, Suite::Propagation | Suite::All) {
         let report = crate::propagation::run(
             &dir.join("propagation"),
-            args.users,
+            args.users(),
             args.destinations,
             args.remote_command.as_deref(),
             if args.plain_tar {
@@ -178,7 +204,7 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
         out.insert("postgres".into(), serde_json::to_value(&report)?);
     }
     if matches!(args.suite, Suite::Web | Suite::All) {
-        let report = crate::web::run(&dir.join("web"), args.machines).await?;
+        let report = crate::web::run(&dir.join("web"), args.machines()).await?;
         if !json {
             crate::web::print(&report);
         }
@@ -190,6 +216,15 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             crate::presence::print(&report);
         }
         out.insert("presence".into(), serde_json::to_value(&report)?);
+    }
+    if args.suite == Suite::Scale {
+        let users = u32::try_from(args.users.unwrap_or(100_000))?;
+        let machines = args.machines.unwrap_or(20_000);
+        let report = crate::scale::run(&dir.join("scale"), users, machines, args.backends).await?;
+        if !json {
+            crate::scale::print(&report);
+        }
+        out.insert("scale".into(), serde_json::to_value(&report)?);
     }
     if json {
         print_json(&out)?;

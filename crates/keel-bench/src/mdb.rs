@@ -43,8 +43,8 @@ pub(crate) async fn run(dir: &Path, args: &BenchArgs) -> anyhow::Result<Report> 
     (r.register_per_s, r.register_p50_ms, r.register_p99_ms) = (rate, percentile(&lat, 0.5), percentile(&lat, 0.99));
     fill(&client, args.registrations, 1000).await?;
     r.query_all_1k_p50_ms = full_query(&server.url, 30).await?;
-    eprintln!("bench: filling to {} machines", args.machines);
-    fill(&client, args.registrations.max(1000), args.machines).await?;
+    eprintln!("bench: filling to {} machines", args.machines());
+    fill(&client, args.registrations.max(1000), args.machines()).await?;
     r.query_all_10k_p50_ms = full_query(&server.url, 30).await?;
     r.rss_10k_mb = rss_mb(server.pid())?;
     eprintln!(
@@ -53,7 +53,7 @@ pub(crate) async fn run(dir: &Path, args: &BenchArgs) -> anyhow::Result<Report> 
     );
     let (rate, lat) = query_mac_load(
         &server.url,
-        args.machines,
+        args.machines(),
         args.connections,
         Duration::from_secs(args.duration),
     )?;
@@ -85,7 +85,7 @@ pub(crate) fn print(r: &Report, args: &BenchArgs) {
             String::new(),
         ],
         vec![
-            format!("full query, {} machines", args.machines),
+            format!("full query, {} machines", args.machines()),
             format!("p50 {} ms", f(r.query_all_10k_p50_ms)),
             "< 20 ms".into(),
         ],
@@ -100,7 +100,7 @@ pub(crate) fn print(r: &Report, args: &BenchArgs) {
             "≥ 25,000 req/s".into(),
         ],
         vec![
-            format!("server RSS at {} machines", args.machines),
+            format!("server RSS at {} machines", args.machines()),
             format!("{:.1} MB", r.rss_10k_mb),
             "< 80 MB".into(),
         ],

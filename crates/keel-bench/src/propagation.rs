@@ -39,24 +39,6 @@ pub(crate) struct PropReport {
     pub first_failure: Option<String>,
 }
 
-/// A SHA-512-crypt hash of the real shape (16-character salt, 86-character digest) that differs per
-/// user, as real ones do: one hash shared by every user would let a compressed bundle shrink to
-/// nothing and flatter the transfer. (Hashing 10,000 real passwords would take a minute; the
-/// agent never checks them.)
-fn fake_hash(i: usize) -> String {
-    const CRYPT64: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1; // xorshift64*, seeded per user
-    let mut next = || {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        CRYPT64[(x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 58) as usize] as char
-    };
-    let salt: String = (0..16).map(|_| next()).collect();
-    let digest: String = (0..86).map(|_| next()).collect();
-    format!("$6${salt}${digest}")
-}
-
 fn users(n: usize) -> anyhow::Result<Vec<User>> {
     (0..n)
         .map(|i| {
@@ -68,7 +50,7 @@ fn users(n: usize) -> anyhow::Result<Vec<User>> {
                 uid: 100_000 + u32::try_from(i)?,
                 shell: "/bin/bash".into(),
                 ssh_keys: Vec::new(),
-                password_hash: fake_hash(i),
+                password_hash: crate::data::fake_hash(i),
                 password_changed: false,
                 hfs: None,
                 version: 0,
