@@ -241,6 +241,17 @@ impl Snapshot {
         self.destinations.values()
     }
 
+    /// The destinations of one facility's service: a range of the ordered keys
+    /// (`facility/service/destination`), not a pass over every destination of the site.
+    pub fn destinations_of<'a>(&'a self, facility: &'a str, service: &'a str) -> impl Iterator<Item = &'a Destination> {
+        let prefix = format!("{facility}/{service}/");
+        self.destinations
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, d)| d)
+            .filter(move |d| d.facility == facility && d.service == service)
+    }
+
     pub fn destination(&self, key: &str) -> Option<&Destination> {
         self.destinations.get(key)
     }
@@ -510,6 +521,33 @@ mod tests {
             plain.put_machine(a);
             hinted.put_machine(b);
         }
+    }
+}
+
+/// Issue 23: a task's destinations are a range of the ordered keys; neighbours whose names share
+/// a prefix (`passwd` and `passwd2`, facility `f` and `f2`) are not in it.
+#[cfg(test)]
+mod destination_tests {
+    use super::*;
+
+    #[test]
+    fn destinations_of_a_task_are_exactly_its_own() {
+        let mut s = Snapshot::default();
+        for (f, svc, d) in [
+            ("f", "passwd", "h1"),
+            ("f", "passwd", "h2"),
+            ("f", "passwd2", "h1"),
+            ("f2", "passwd", "h1"),
+            ("e", "passwd", "h1"),
+        ] {
+            let dest = serde_json::json!({"facility": f, "service": svc, "destination": d, "channel": "ssh"});
+            s.load_record(Kind::Destination, dest).unwrap();
+        }
+        let of = |f: &str, svc: &str| -> Vec<String> { s.destinations_of(f, svc).map(Destination::key).collect() };
+        assert_eq!(of("f", "passwd"), ["f/passwd/h1", "f/passwd/h2"]);
+        assert_eq!(of("f", "passwd2"), ["f/passwd2/h1"]);
+        assert_eq!(of("f2", "passwd"), ["f2/passwd/h1"]);
+        assert!(of("g", "passwd").is_empty());
     }
 }
 

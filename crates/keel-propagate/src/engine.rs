@@ -364,27 +364,32 @@ impl Engine {
         }
     }
 
-    /// Plans what a change can affect.
-    fn on_change(&self, c: &Change) {
+    /// Plans what a burst of changes can affect: each task once, however many changes touch it
+    /// (an import of 10,000 users is one pass over the facilities, not 10,000).
+    fn on_changes(&self, burst: &Burst) {
         let snap = self.inner.db.snapshot();
-        let pairs: Vec<TaskId> = match c.kind {
-            Kind::Facility => snap
-                .facility(&c.key)
-                .map(|f| f.services.iter().map(|s| (f.name.clone(), s.clone())).collect())
-                .unwrap_or_default(),
-            Kind::Destination => {
-                let mut parts = c.key.splitn(3, '/');
-                match (parts.next(), parts.next()) {
-                    (Some(f), Some(s)) => vec![(f.to_owned(), s.to_owned())],
-                    _ => Vec::new(),
-                }
+        let mut pairs: BTreeSet<TaskId> = burst.tasks.clone();
+        for name in &burst.facilities {
+            if let Some(f) = snap.facility(name) {
+                pairs.extend(f.services.iter().map(|s| (f.name.clone(), s.clone())));
             }
-            kind => snap
-                .facilities()
-                .flat_map(|f| f.services.iter().map(move |s| (f.name.clone(), s.clone())))
-                .filter(|(_, s)| self.inner.services.get(s).is_some_and(|svc| svc.affected_by(kind)))
-                .collect(),
-        };
+        }
+        if !burst.kinds.is_empty() {
+            let affected = |s: &String| {
+                self.inner
+                    .services
+                    .get(s)
+                    .is_some_and(|svc| burst.kinds.iter().any(|k| svc.affected_by(*k)))
+            };
+            for f in snap.facilities() {
+                pairs.extend(
+                    f.services
+                        .iter()
+                        .filter(|s| affected(s))
+                        .map(|s| (f.name.clone(), s.clone())),
+                );
+            }
+        }
         for id in pairs {
             let debounce = self
                 .inner
@@ -392,6 +397,24 @@ impl Engine {
                 .get(&id.1)
                 .map_or(self.inner.cfg.debounce, |s| s.debounce(self.inner.cfg.debounce));
             self.plan(id, debounce, false);
+        }
+    }
+
+    /// A change and every other one already waiting in the broadcast, gathered; `None` when
+    /// changes were lost (the receiver lagged), and everything must be planned.
+    fn gather(first: &Change, rx: &mut broadcast::Receiver<Arc<Change>>) -> Option<(Burst, u64)> {
+        let mut burst = Burst::default();
+        burst.add(first);
+        let mut last = first.seq;
+        loop {
+            match rx.try_recv() {
+                Ok(c) => {
+                    burst.add(&c);
+                    last = last.max(c.seq);
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
+                Err(_) => return Some((burst, last)),
+            }
         }
     }
 
@@ -409,10 +432,17 @@ impl Engine {
             let next = self.next_due();
             tokio::select! {
                 r = rx.recv() => match r {
-                    Ok(c) => {
-                        self.on_change(&c);
-                        self.saw(c.seq);
-                    }
+                    Ok(c) => match Self::gather(&c, &mut rx) {
+                        Some((burst, last)) => {
+                            self.on_changes(&burst);
+                            self.saw(last);
+                        }
+                        None => {
+                            let seq = self.inner.db.snapshot().seq();
+                            self.plan_all(false, self.inner.cfg.debounce);
+                            self.saw(seq);
+                        }
+                    },
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let seq = self.inner.db.snapshot().seq();
                         self.plan_all(false, self.inner.cfg.debounce);
@@ -539,7 +569,15 @@ impl Inner {
         Ok(())
     }
 
-    fn update(&self, id: &TaskId, f: impl FnOnce(&mut Task)) -> Task {
+    /// Changes the task in place. Not a copy: a task holds a result per destination, and a copy
+    /// per result recorded made a run to 1,000 destinations cost a million result copies.
+    fn update(&self, id: &TaskId, f: impl FnOnce(&mut Task)) {
+        let mut tasks = self.tasks.lock();
+        f(tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1)));
+    }
+
+    /// Changes the task and returns a copy of it (to save, or to read outside the lock).
+    fn updated(&self, id: &TaskId, f: impl FnOnce(&mut Task)) -> Task {
         let mut tasks = self.tasks.lock();
         let t = tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1));
         f(t);
@@ -560,7 +598,7 @@ impl Inner {
             return None;
         };
         if !facility.services.contains(&id.1) {
-            let t = self.update(id, |t| t.state = TaskState::Waiting);
+            let t = self.updated(id, |t| t.state = TaskState::Waiting);
             self.save_logged(&t).await;
             return None;
         }
@@ -572,7 +610,7 @@ impl Inner {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(task = %task_key(&id.0, &id.1), error = %e, "GEN failed");
-                let t = self.update(id, |t| {
+                let t = self.updated(id, |t| {
                     t.state = TaskState::Generror;
                     t.error = Some(e);
                     t.finished = Some(now());
@@ -585,7 +623,7 @@ impl Inner {
         let files = match prepare(files, self.cfg.encoding).await {
             Ok(f) => f,
             Err(e) => {
-                let t = self.update(id, |t| {
+                let t = self.updated(id, |t| {
                     t.state = TaskState::Generror;
                     t.error = Some(e.to_string());
                 });
@@ -594,7 +632,7 @@ impl Inner {
             }
         };
         let digest = files.digest(svc.version());
-        let task = self.update(id, |t| {
+        let task = self.updated(id, |t| {
             t.state = TaskState::Generated;
             t.serial += 1;
             t.digest.clone_from(&digest);
@@ -619,11 +657,7 @@ impl Inner {
         task: &Task,
         force: bool,
     ) -> Option<Duration> {
-        let dests: Vec<Destination> = snap
-            .destinations()
-            .filter(|d| d.facility == id.0 && d.service == id.1)
-            .cloned()
-            .collect();
+        let dests: Vec<Destination> = snap.destinations_of(&id.0, &id.1).cloned().collect();
         let blocked_here = facility.blocked.contains(&id.1);
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         self.update(id, |t| {
@@ -688,7 +722,7 @@ impl Inner {
                 t.results.insert(dest, r);
             });
         }
-        let task = self.update(id, |t| {
+        let task = self.updated(id, |t| {
             t.state = final_state(t);
             t.finished = Some(now());
         });
@@ -704,6 +738,36 @@ impl Inner {
 
     fn backoff(&self, failures: u32) -> Duration {
         backoff(self.cfg.retry_min, self.cfg.retry_max, failures)
+    }
+}
+
+/// What a burst of changes touches.
+#[derive(Debug, Default)]
+struct Burst {
+    /// Kinds of records changed (other than facilities and destinations).
+    kinds: BTreeSet<Kind>,
+    /// Facilities changed by name: every service of theirs.
+    facilities: BTreeSet<String>,
+    /// Tasks whose destinations changed.
+    tasks: BTreeSet<TaskId>,
+}
+
+impl Burst {
+    fn add(&mut self, c: &Change) {
+        match c.kind {
+            Kind::Facility => {
+                self.facilities.insert(c.key.clone());
+            }
+            Kind::Destination => {
+                let mut parts = c.key.splitn(3, '/');
+                if let (Some(f), Some(s)) = (parts.next(), parts.next()) {
+                    self.tasks.insert((f.to_owned(), s.to_owned()));
+                }
+            }
+            kind => {
+                self.kinds.insert(kind);
+            }
+        }
     }
 }
 
