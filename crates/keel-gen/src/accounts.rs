@@ -39,10 +39,14 @@ pub fn passwd(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> 
     let users = sorted(input);
     let mut passwd = String::with_capacity(users.len() * 80);
     let mut shadow = String::with_capacity(users.len() * 120);
+    // Per group, not per user: 100,000 users are one pass with no allocation of its own per user.
+    let gids: Vec<(Group, u32)> = Group::ALL.iter().map(|g| (*g, opts.group(*g).gid)).collect();
+    let mut gecos = String::new();
     for u in &users {
         check_user(u)?;
-        let gid = opts.group(u.group).gid;
-        let gecos = format!("{} {}", u.firstname, u.lastname);
+        let gid = gids.iter().find(|(g, _)| *g == u.group).map_or(65534, |(_, gid)| *gid);
+        gecos.clear();
+        let _ = write!(gecos, "{} {}", u.firstname, u.lastname);
         let _ = writeln!(
             passwd,
             "{}:x:{}:{gid}:{}:{}/{}:{}",
