@@ -24,6 +24,8 @@ pub(crate) struct PropReport {
     pub users: usize,
     pub destinations: usize,
     pub gen_ms: f64,
+    /// GEN of passwd for 100,000 users (the federation's size), whatever `--users` is.
+    pub gen_100k_ms: f64,
     pub agent_apply_ms: f64,
     pub agent_unchanged_ms: f64,
     /// The mean of `bare_ssh_runs`: bare ssh measured just before and just after the cold run,
@@ -34,6 +36,13 @@ pub(crate) struct PropReport {
     pub warm_secs: f64,
     pub unchanged_ms: f64,
     pub unchanged_sent: usize,
+    /// This process (the engine, and the bench's own users) after the warm run.
+    pub engine_rss_mb: f64,
+    /// The most file descriptors this process held open during the warm run, and after it.
+    pub fds_peak: usize,
+    pub fds_after: usize,
+    /// `engine.status()` of every task (what `GET /api/v1/propagation` reads), median of 20.
+    pub status_ms: f64,
     pub not_done: usize,
     /// The first failure's status and stderr, when some destination is not DONE.
     pub first_failure: Option<String>,
@@ -78,6 +87,11 @@ pub(crate) async fn run(
     };
     let all = users(n_users)?;
     r.gen_ms = gen_ms(&all);
+    r.gen_100k_ms = if n_users == 100_000 {
+        r.gen_ms
+    } else {
+        gen_ms(&users(100_000)?)
+    };
     let key = SecretKey::generate()?;
     eprintln!("bench: keel-agent apply of passwd for {n_users} users");
     (r.agent_apply_ms, r.agent_unchanged_ms) = agent_apply(&dir.join("apply"), &agent, &key, &all, encoding)?;
@@ -124,12 +138,61 @@ pub(crate) async fn run(
     eprintln!("bench: warm propagation (connections kept open)");
     let (engine, _) = start_engine(&db, ssh("120"), key, encoding).await?;
     timed(&engine, true).await?; // opens the master connections
+    let fds = FdSampler::start();
     r.warm_secs = timed(&engine, true).await?;
+    r.fds_peak = fds.stop();
+    r.fds_after = open_fds();
+    r.engine_rss_mb = crate::server::rss_mb(std::process::id())?;
+    r.status_ms = status_ms(&engine);
     r.not_done += not_done(&engine, n_dests);
     r.first_failure = r.first_failure.or_else(|| first_failure(&engine));
     engine.shutdown();
     drop(sshd);
     Ok(r)
+}
+
+/// Descriptors open in this process now.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+/// Samples [`open_fds`] every 20 ms on a thread of its own until stopped; the most seen.
+struct FdSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl FdSampler {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = open_fds();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(open_fds());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            most
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// The median time of reading every task's state and results.
+fn status_ms(engine: &Engine) -> f64 {
+    let times: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(engine.status(None));
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    percentile(&times, 0.5)
 }
 
 fn agent_bin() -> anyhow::Result<PathBuf> {
@@ -392,6 +455,11 @@ pub(crate) fn print(r: &PropReport) {
             "< 10 ms".into(),
         ],
         vec![
+            "GEN passwd, 100000 users".into(),
+            format!("{:.2} ms (median of 20)", r.gen_100k_ms),
+            "< 100 ms".into(),
+        ],
+        vec![
             format!("keel-agent apply, {} users", r.users),
             format!(
                 "{:.1} ms; unchanged {:.1} ms (process included)",
@@ -423,6 +491,16 @@ pub(crate) fn print(r: &PropReport) {
             "< 200 ms".into(),
         ],
         vec!["destinations not DONE".into(), r.not_done.to_string(), "0".into()],
+        vec![
+            "engine process: RSS, descriptors (warm run peak / after)".into(),
+            format!("{:.1} MB, {} / {}", r.engine_rss_mb, r.fds_peak, r.fds_after),
+            String::new(),
+        ],
+        vec![
+            format!("status of every task ({} results)", r.destinations),
+            format!("{:.2} ms (median of 20)", r.status_ms),
+            String::new(),
+        ],
     ];
     println!("{}", table(&["measure", "result", "target"], rows));
     if let Some(f) = &r.first_failure {
