@@ -3,8 +3,14 @@
 //! Cloning a Snapshot is O(1) and applying a Change is O(log n): the maps are `imbl`'s structurally
 //! shared trees, so a writer builds the next Snapshot from the current one without copying it and
 //! readers keep the one they hold.
+//!
+//! The large maps hold their records behind `Arc` and key users by `Arc<str>`: a write copies the
+//! tree nodes on its path (up to 64 entries each), and a copied entry is then a reference count,
+//! not a deep copy of a record — an import of 10,000 users into 100,000 otherwise copied nearly
+//! every user once (issue 23).
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap};
 
@@ -36,22 +42,22 @@ pub struct Snapshot {
     seq: u64,
     /// The seq of the last machine change: what the DNS zone serial follows.
     machines_seq: u64,
-    machines: OrdMap<u64, Machine>,
+    machines: OrdMap<u64, Arc<Machine>>,
     by_hostname: OrdMap<Hostname, u64>,
     by_name: HashMap<Hostname, u64>,
     by_mac: HashMap<Mac, u64>,
     by_ip: OrdMap<Ipv4Addr, u64>,
     switches: OrdMap<String, Switch>,
     settings: OrdMap<String, Setting>,
-    users: OrdMap<String, User>,
+    users: OrdMap<Arc<str>, Arc<User>>,
     /// Ordered: the highest uid of a pool is a range query, not a pass over every user.
-    by_uid: OrdMap<u32, String>,
+    by_uid: OrdMap<u32, Arc<str>>,
     counters: OrdMap<String, Counter>,
     hosts: OrdMap<String, Host>,
     facilities: OrdMap<String, Facility>,
     destinations: OrdMap<String, Destination>,
     /// Sessions by login, and the login on each machine (by hostname).
-    sessions: OrdMap<String, Session>,
+    sessions: OrdMap<String, Arc<Session>>,
     session_by_host: HashMap<String, String>,
 }
 
@@ -88,7 +94,7 @@ impl Snapshot {
             source: e,
         };
         match (c.op, &c.after) {
-            (Op::Put, Some(v)) => self.load_record(c.kind, v.clone()).map_err(decode)?,
+            (Op::Put, Some(v)) => self.load(c.kind, v).map_err(decode)?,
             _ => self.remove_record(c.kind, &c.key),
         }
         self.seq = c.seq;
@@ -100,28 +106,35 @@ impl Snapshot {
 
     /// Inserts or replaces a record given as its stored JSON.
     pub fn load_record(&mut self, kind: Kind, v: serde_json::Value) -> Result<(), serde_json::Error> {
+        self.load(kind, &v)
+    }
+
+    /// As [`Snapshot::load_record`], decoding from a borrowed value: a Change is applied without
+    /// first copying its JSON tree.
+    fn load(&mut self, kind: Kind, v: &serde_json::Value) -> Result<(), serde_json::Error> {
+        use serde::Deserialize;
         match kind {
-            Kind::Machine => self.put_machine(serde_json::from_value(v)?),
-            Kind::Switch => self.put_switch(serde_json::from_value(v)?),
-            Kind::Setting => self.put_setting(serde_json::from_value(v)?),
-            Kind::User => self.put_user(serde_json::from_value(v)?),
+            Kind::Machine => self.put_machine(Machine::deserialize(v)?),
+            Kind::Switch => self.put_switch(Switch::deserialize(v)?),
+            Kind::Setting => self.put_setting(Setting::deserialize(v)?),
+            Kind::User => self.put_user(User::deserialize(v)?),
             Kind::Counter => {
-                let c: Counter = serde_json::from_value(v)?;
+                let c = Counter::deserialize(v)?;
                 self.counters.insert(c.key.clone(), c);
             }
             Kind::Host => {
-                let h: Host = serde_json::from_value(v)?;
+                let h = Host::deserialize(v)?;
                 self.hosts.insert(h.name.clone(), h);
             }
             Kind::Facility => {
-                let f: Facility = serde_json::from_value(v)?;
+                let f = Facility::deserialize(v)?;
                 self.facilities.insert(f.name.clone(), f);
             }
             Kind::Destination => {
-                let d: Destination = serde_json::from_value(v)?;
+                let d = Destination::deserialize(v)?;
                 self.destinations.insert(d.key(), d);
             }
-            Kind::Session => self.put_session(serde_json::from_value(v)?),
+            Kind::Session => self.put_session(Session::deserialize(v)?),
         }
         Ok(())
     }
@@ -165,27 +178,27 @@ impl Snapshot {
     pub fn put_session(&mut self, s: Session) {
         self.remove_session(s.login.as_str());
         self.session_by_host.insert(s.hostname.to_string(), s.login.to_string());
-        self.sessions.insert(s.login.to_string(), s);
+        self.sessions.insert(s.login.to_string(), Arc::new(s));
     }
 
     pub fn remove_session(&mut self, login: &str) -> Option<Session> {
         let old = self.sessions.remove(login)?;
         self.session_by_host.remove(old.hostname.as_str());
-        Some(old)
+        Some(Arc::unwrap_or_clone(old))
     }
 
     /// Every session, by login.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
-        self.sessions.values()
+        self.sessions.values().map(|s| &**s)
     }
 
     pub fn session(&self, login: &str) -> Option<&Session> {
-        self.sessions.get(login)
+        self.sessions.get(login).map(|s| &**s)
     }
 
     /// The session on the machine named `hostname` (its hostname, not an alias).
     pub fn session_on(&self, hostname: &str) -> Option<&Session> {
-        self.session_by_host.get(hostname).and_then(|l| self.sessions.get(l))
+        self.session_by_host.get(hostname).and_then(|l| self.session(l))
     }
 
     /// Inserts or replaces a machine (by id), keeping every index in step.
@@ -197,7 +210,7 @@ impl Snapshot {
         self.by_hostname.insert(m.hostname.clone(), m.id);
         self.by_mac.insert(m.mac, m.id);
         self.by_ip.insert(m.ip, m.id);
-        self.machines.insert(m.id, m);
+        self.machines.insert(m.id, Arc::new(m));
     }
 
     pub fn remove_machine(&mut self, id: u64) -> Option<Machine> {
@@ -208,7 +221,7 @@ impl Snapshot {
         self.by_hostname.remove(&old.hostname);
         self.by_mac.remove(&old.mac);
         self.by_ip.remove(&old.ip);
-        Some(old)
+        Some(Arc::unwrap_or_clone(old))
     }
 
     pub fn put_switch(&mut self, s: Switch) {
@@ -258,7 +271,7 @@ impl Snapshot {
 
     /// All machines, ordered by hostname.
     pub fn machines(&self) -> impl Iterator<Item = &Machine> {
-        self.by_hostname.values().filter_map(|id| self.machines.get(id))
+        self.by_hostname.values().filter_map(|id| self.machine(*id))
     }
 
     pub fn machine_count(&self) -> usize {
@@ -266,21 +279,21 @@ impl Snapshot {
     }
 
     pub fn machine(&self, id: u64) -> Option<&Machine> {
-        self.machines.get(&id)
+        self.machines.get(&id).map(|m| &**m)
     }
 
     /// A machine by hostname or alias.
     pub fn machine_by_name(&self, name: &str) -> Option<&Machine> {
         let h = Hostname::parse("hostname", name).ok()?;
-        self.by_name.get(&h).and_then(|id| self.machines.get(id))
+        self.by_name.get(&h).and_then(|id| self.machine(*id))
     }
 
     pub fn machine_by_mac(&self, mac: &Mac) -> Option<&Machine> {
-        self.by_mac.get(mac).and_then(|id| self.machines.get(id))
+        self.by_mac.get(mac).and_then(|id| self.machine(*id))
     }
 
     pub fn machine_by_ip(&self, ip: Ipv4Addr) -> Option<&Machine> {
-        self.by_ip.get(&ip).and_then(|id| self.machines.get(id))
+        self.by_ip.get(&ip).and_then(|id| self.machine(*id))
     }
 
     pub fn switches(&self) -> impl Iterator<Item = &Switch> {
@@ -402,21 +415,22 @@ impl Snapshot {
         if let Some(old) = self.users.remove(u.login.as_str()) {
             self.by_uid.remove(&old.uid);
         }
-        self.by_uid.insert(u.uid, u.login.to_string());
-        self.users.insert(u.login.to_string(), u);
+        let login: Arc<str> = Arc::from(u.login.as_str());
+        self.by_uid.insert(u.uid, login.clone());
+        self.users.insert(login, Arc::new(u));
     }
 
     /// All users, ordered by login.
     pub fn users(&self) -> impl Iterator<Item = &User> {
-        self.users.values()
+        self.users.values().map(|u| &**u)
     }
 
     pub fn user(&self, login: &str) -> Option<&User> {
-        self.users.get(login)
+        self.users.get(login).map(|u| &**u)
     }
 
     pub fn user_by_uid(&self, uid: u32) -> Option<&User> {
-        self.by_uid.get(&uid).and_then(|l| self.users.get(l))
+        self.by_uid.get(&uid).and_then(|l| self.user(l))
     }
 
     pub fn user_count(&self) -> usize {
