@@ -483,12 +483,23 @@ pub(crate) fn print(r: &PropReport) {
         vec![
             "warm (ControlMaster kept open)".into(),
             format!("{:.2} s", r.warm_secs),
-            "< 5 s".into(),
+            // A contest's 200 destinations, a federation's 1,000 (issue 23).
+            if r.destinations > 200 {
+                "< 10 s at 1,000"
+            } else {
+                "< 5 s at 200"
+            }
+            .into(),
         ],
         vec![
             "unchanged re-run".into(),
             format!("{:.1} ms, {} sent", r.unchanged_ms, r.unchanged_sent),
-            "< 200 ms".into(),
+            if r.destinations > 200 {
+                "< 500 ms at 1,000"
+            } else {
+                "< 200 ms at 200"
+            }
+            .into(),
         ],
         vec!["destinations not DONE".into(), r.not_done.to_string(), "0".into()],
         vec![

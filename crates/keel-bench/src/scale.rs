@@ -60,10 +60,6 @@ pub(crate) struct BackendReport {
     /// Each timed 10,000-user import: (users before it, seconds).
     pub imports: Vec<(u32, f64)>,
     pub points: Vec<Point>,
-    /// RSS growth over the fill's user imports, per user added (machines held still).
-    pub bytes_per_user: f64,
-    /// RSS growth over the fill's machine imports, per machine added.
-    pub bytes_per_machine: f64,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -129,11 +125,9 @@ async fn run_backend(
     let server = start("scale", pg.as_ref().map(|p| &p.1))?;
     let c = client(&server)?;
     let mut fill = Fill::default();
-    let (mut user_bytes, mut machine_bytes) = (Growth::default(), Growth::default());
     for size in sizes(users) {
         let want_machines = u32::try_from(u64::from(machines) * u64::from(size) / u64::from(users))?;
         eprintln!("bench scale ({backend}): filling to {size} users, {want_machines} machines");
-        let (before, users_before) = (rss_mb(server.pid())?, fill.users);
         while fill.users < size {
             let n = IMPORT.min(size - fill.users);
             let at = fill.users_total();
@@ -143,38 +137,14 @@ async fn run_backend(
             }
             fill.users += n;
         }
-        let mid = rss_mb(server.pid())?;
-        user_bytes.add(mid - before, size - users_before);
-        let machines_before = fill.machines;
         fill.machines(&c, want_machines).await?;
-        machine_bytes.add(rss_mb(server.pid())? - mid, fill.machines - machines_before);
         eprintln!("bench scale ({backend}): timing at {} users", fill.users_total());
         r.points.push(measure(&server, &c, &mut fill).await?);
     }
     let at = fill.users_total();
     eprintln!("bench scale ({backend}): {IMPORT} users more at {at}");
     r.imports.push((at, import_users(&c, 1, 0, IMPORT).await?));
-    r.bytes_per_user = user_bytes.per_record();
-    r.bytes_per_machine = machine_bytes.per_record();
     Ok(r)
-}
-
-/// The server's RSS growth over the steps that added one kind of record.
-#[derive(Debug, Default)]
-struct Growth {
-    mb: f64,
-    records: u32,
-}
-
-impl Growth {
-    fn add(&mut self, mb: f64, records: u32) {
-        self.mb += mb;
-        self.records += records;
-    }
-
-    fn per_record(&self) -> f64 {
-        self.mb * 1e6 / f64::from(self.records.max(1))
-    }
 }
 
 fn client(s: &Server) -> anyhow::Result<Client> {
@@ -415,11 +385,6 @@ fn print_run(run: &BackendReport) {
             format!("{:.2}×", secs / run.import_empty_secs.max(1e-9)),
         ]
     }));
-    rows.push(vec![
-        "RSS per user / per machine (growth over the fill)".into(),
-        format!("{:.0} B / {:.0} B", run.bytes_per_user, run.bytes_per_machine),
-        String::new(),
-    ]);
     println!("{}", table(&["import", "time", "÷ empty"], rows));
 }
 

@@ -400,6 +400,14 @@ impl Engine {
         }
     }
 
+    /// Changes were lost (this receiver lagged behind the broadcast): plans every task, as of
+    /// the Snapshot now.
+    fn lost_changes(&self) {
+        let seq = self.inner.db.snapshot().seq();
+        self.plan_all(false, self.inner.cfg.debounce);
+        self.saw(seq);
+    }
+
     /// A change and every other one already waiting in the broadcast, gathered; `None` when
     /// changes were lost (the receiver lagged), and everything must be planned.
     fn gather(first: &Change, rx: &mut broadcast::Receiver<Arc<Change>>) -> Option<(Burst, u64)> {
@@ -437,17 +445,9 @@ impl Engine {
                             self.on_changes(&burst);
                             self.saw(last);
                         }
-                        None => {
-                            let seq = self.inner.db.snapshot().seq();
-                            self.plan_all(false, self.inner.cfg.debounce);
-                            self.saw(seq);
-                        }
+                        None => self.lost_changes(),
                     },
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let seq = self.inner.db.snapshot().seq();
-                        self.plan_all(false, self.inner.cfg.debounce);
-                        self.saw(seq);
-                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.lost_changes(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = self.inner.wake.notified() => {}

@@ -651,14 +651,13 @@ fn poll_set(snap: &Snapshot, kind: Kind) -> impl Iterator<Item = Bytes> + Send +
         r#type: &'static str,
         data: D,
     }
-    let events: Box<dyn Iterator<Item = Vec<u8>> + Send + '_> = match kind {
+    let mut events: Box<dyn Iterator<Item = Vec<u8>> + Send + '_> = match kind {
         Kind::User => Box::new(snap.users().map(|u| to_vec(&UserRecord::from(u)))),
         _ => Box::new(snap.machines().map(|m| to_vec(&MachineWire(m)))),
     };
     fn to_vec<D: serde::Serialize>(data: &D) -> Vec<u8> {
         serde_json::to_vec(&Update { r#type: "update", data }).unwrap_or_default()
     }
-    let mut events = events;
     let (mut started, mut done) = (false, false);
     std::iter::from_fn(move || {
         if done {
