@@ -125,10 +125,11 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             None
         }
     };
+    let signal = shutdown_signal()?;
     // Migrated, listening (HTTP, HTTPS, DNS, TFTP) and propagating: what Type=notify waits for.
     notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
     let stopping = async move {
-        shutdown_signal().await;
+        signal.await;
         notify::notify("STOPPING=1");
         tracing::info!("stopping: ending open streams, finishing requests");
         let _ = stop_tx.send(true);
@@ -205,17 +206,17 @@ async fn trim_log_forever(db: Arc<Db>, keep: u64, keep_days: Option<u64>) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM or SIGINT, listened for from this call on, not from the future's first poll: called
+/// before READY=1, so a SIGTERM sent the moment READY is read (systemd stopping a unit that just
+/// started; the notify test) is a clean stop with STOPPING=1, never the default disposition's kill.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    };
-    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    })
 }
