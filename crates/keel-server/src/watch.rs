@@ -33,7 +33,8 @@ use crate::{ApiError, AppState};
 pub struct WatchConfig {
     /// A heartbeat line after this long without any other line.
     pub heartbeat: Duration,
-    /// Chunks (of up to 64 KiB of lines) queued for one subscriber.
+    /// Chunks (of up to 64 KiB of lines) queued for one subscriber while it receives a snapshot
+    /// or a replay (default 16: 1 MiB, what a subscriber that stops reading can hold).
     pub buffer: usize,
     /// A subscriber that accepts no line for this long is cut off.
     pub stall_timeout: Duration,
@@ -48,7 +49,7 @@ impl Default for WatchConfig {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_secs(10),
-            buffer: 1024,
+            buffer: 16,
             stall_timeout: Duration::from_secs(30),
             max_subscribers: 2048,
             subscriber_secret: None,
@@ -703,6 +704,13 @@ fn poll_event(c: &Change, kind: Kind) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use keel_model::{Group, Login, Snapshot, User};
+
+    /// The default queue was 1,024 chunks (64 MiB per subscriber that stops reading) while the
+    /// docs and the config said 16: the code now says what they say.
+    #[test]
+    fn watch_buffer_default_is_the_documented_16_chunks() {
+        assert_eq!(super::WatchConfig::default().buffer, 16);
+    }
     use serde_json::Value;
 
     fn snapshot_of(n: u32) -> Snapshot {
