@@ -599,10 +599,7 @@ pub(crate) async fn poll(
         let st = task_st;
         let mut last = snap.seq();
         for chunk in poll_set(&snap, kind) {
-            if !matches!(
-                tokio::time::timeout(stall, tx.send(Msg::Lines(chunk))).await,
-                Ok(Ok(()))
-            ) {
+            if send(&tx, Msg::Lines(chunk), stall).await.is_err() {
                 return;
             }
         }
@@ -610,10 +607,7 @@ pub(crate) async fn poll(
         let mut batch = Vec::new();
         loop {
             for events in batch.drain(..) {
-                if !matches!(
-                    tokio::time::timeout(stall, tx.send(Msg::Lines(line(&events)))).await,
-                    Ok(Ok(()))
-                ) {
+                if send(&tx, Msg::Lines(line(&events)), stall).await.is_err() {
                     return;
                 }
             }
