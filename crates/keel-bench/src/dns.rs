@@ -131,7 +131,7 @@ fn gen_ms(n: u32) -> anyhow::Result<f64> {
         .map(|_| {
             let t = std::time::Instant::now();
             std::hint::black_box((keel_gen::dns(&input, &opts).ok(), keel_gen::dhcp(&input, &opts).ok()));
-            t.elapsed().as_secs_f64() * 1000.0
+            crate::server::ms(t)
         })
         .collect();
     Ok(crate::server::percentile(&times, 0.5))
@@ -152,7 +152,7 @@ fn time_answers(sock: &std::net::UdpSocket, server: &str) -> anyhow::Result<Vec<
                 break;
             }
         }
-        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        times.push(crate::server::ms(started));
     }
     Ok(times)
 }

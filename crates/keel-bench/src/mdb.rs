@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use keel_client::Client;
-use reqwest::Method;
-use serde_json::{json, Value};
 
 use crate::output::table;
-use crate::server::{fill, mac_of, mean, percentile, rss_mb, start_server};
+use crate::server::{fill, mac_of, mean, ms, percentile, register, rss_mb, start_server};
 use crate::BenchArgs;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -39,7 +37,7 @@ pub(crate) async fn run(dir: &Path, args: &BenchArgs) -> anyhow::Result<Report> 
     let server = start_server(dir)?;
     let client = Client::new(&server.url, Some(server.token.clone()))?;
     eprintln!("bench: {} sequential registrations", args.registrations);
-    let (rate, lat) = register(&client, args.registrations).await?;
+    let (rate, lat) = sequential_registrations(&client, args.registrations).await?;
     (r.register_per_s, r.register_p50_ms, r.register_p99_ms) = (rate, percentile(&lat, 0.5), percentile(&lat, 0.99));
     fill(&client, args.registrations, 1000).await?;
     r.query_all_1k_p50_ms = full_query(&server.url, 30).await?;
@@ -118,25 +116,22 @@ fn fsync_latency(dir: &Path, n: usize) -> anyhow::Result<Vec<f64>> {
         let t = Instant::now();
         f.write_all(&block)?;
         f.sync_data()?;
-        out.push(t.elapsed().as_secs_f64() * 1000.0);
+        out.push(ms(t));
     }
     drop(f);
     std::fs::remove_file(path)?;
     Ok(out)
 }
 
-async fn register(c: &Client, n: u32) -> anyhow::Result<(f64, Vec<f64>)> {
+async fn sequential_registrations(c: &Client, n: u32) -> anyhow::Result<(f64, Vec<f64>)> {
     let bar = indicatif::ProgressBar::new(u64::from(n));
     let mut lat = Vec::with_capacity(n as usize);
     let start = Instant::now();
     for i in 0..n {
-        let body = json!({"args": [format!("reg{i}"), mac_of(i), 1, 1, "pasteur", "user"]});
+        let (hostname, mac) = (format!("reg{i}"), mac_of(i));
         let t = Instant::now();
-        let reply: Value = c.call(Method::POST, "/call/register", Some(&body), None).await?.value;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
-        if reply["type"] != "result" {
-            bail!("register failed: {reply}");
-        }
+        register(c, &hostname, &mac).await?;
+        lat.push(ms(t));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -150,7 +145,7 @@ async fn full_query(url: &str, n: usize) -> anyhow::Result<f64> {
     for _ in 0..n {
         let t = Instant::now();
         let body = http.get(format!("{url}/call/query")).send().await?.bytes().await?;
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        lat.push(ms(t));
         if body.len() < 10 {
             bail!("full query answered almost nothing");
         }
@@ -183,7 +178,7 @@ fn query_mac_load(url: &str, machines: u32, connections: usize, duration: Durati
                         if let Ok(resp) = r {
                             let _ = resp.bytes().await;
                         }
-                        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        lat.push(ms(t));
                         i = i.wrapping_add(connections as u32);
                     }
                     lat

@@ -34,7 +34,7 @@ fn per_record<T>(n: u32, build: impl FnOnce() -> anyhow::Result<T>) -> anyhow::R
     Ok((after.saturating_sub(before)) as f64 / f64::from(n.max(1)))
 }
 
-pub(crate) fn user(i: u32) -> anyhow::Result<User> {
+fn user(i: u32) -> anyhow::Result<User> {
     let (firstname, lastname) = data::names(i);
     Ok(User {
         login: Login::parse("login", &data::login(0, i))?,

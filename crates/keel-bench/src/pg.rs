@@ -75,7 +75,7 @@ async fn a_to_b(a: &Server, b: &Server, n: usize) -> anyhow::Result<Vec<f64>> {
                 break;
             }
         }
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        lat.push(crate::server::ms(t));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(lat)

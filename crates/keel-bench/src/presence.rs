@@ -114,7 +114,7 @@ async fn login_all(c: &Client, range: std::ops::Range<usize>) -> anyhow::Result<
                 let body = json!({"login": format!("bench{i}"), "hostname": format!("fill{i}")});
                 let t = Instant::now();
                 c.open_session(&body).await?;
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                lat.push(crate::server::ms(t));
             }
         }));
     }
@@ -294,7 +294,7 @@ async fn firewall(dir: &Path, samples: usize) -> anyhow::Result<Vec<f64>> {
             ensure!(t.elapsed() < Duration::from_secs(10), "{ip} never reached the set");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        lat.push(crate::server::ms(t));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(lat)

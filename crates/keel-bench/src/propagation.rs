@@ -189,7 +189,7 @@ fn status_ms(engine: &Engine) -> f64 {
         .map(|_| {
             let t = Instant::now();
             std::hint::black_box(engine.status(None));
-            t.elapsed().as_secs_f64() * 1000.0
+            crate::server::ms(t)
         })
         .collect();
     percentile(&times, 0.5)
@@ -211,7 +211,7 @@ fn gen_ms(all: &[User]) -> f64 {
         .map(|_| {
             let t = Instant::now();
             std::hint::black_box(keel_gen::passwd(&input, &opts).ok());
-            t.elapsed().as_secs_f64() * 1000.0
+            crate::server::ms(t)
         })
         .collect();
     percentile(&times, 0.5)
@@ -292,7 +292,7 @@ fn apply_once(agent: &Path, cfg: &Path, bundle: &[u8]) -> anyhow::Result<f64> {
         .spawn()?;
     child.stdin.take().context("stdin")?.write_all(bundle)?;
     let out = child.wait_with_output()?;
-    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let ms = crate::server::ms(t);
     ensure!(
         out.status.success(),
         "keel-agent: {}",

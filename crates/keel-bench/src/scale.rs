@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::data;
 use crate::output::table;
-use crate::server::{percentile, rss_mb, start_server_with, Server};
+use crate::server::{fill_with, ms, percentile, register, rss_mb, start_server_with, Server};
 
 /// Users per timed import (and per fill step).
 const IMPORT: u32 = 10_000;
@@ -156,7 +156,7 @@ fn client(s: &Server) -> anyhow::Result<Client> {
 struct Fill {
     /// Users of the fill series (0).
     users: u32,
-    /// Users created one by one (series 2) and by the last import (series 1).
+    /// Users created one by one (series 2).
     singles: u32,
     machines: u32,
     registered: u32,
@@ -167,14 +167,10 @@ impl Fill {
         self.users + self.singles
     }
 
-    /// Imports machines up to `want` (2,000 per commit).
+    /// Imports machines up to `want`.
     async fn machines(&mut self, c: &Client, want: u32) -> anyhow::Result<()> {
-        while self.machines < want {
-            let end = (self.machines + 2000).min(want);
-            let rows: Vec<Value> = (self.machines..end).map(machine_row).collect();
-            c.import_machines(rows).await?;
-            self.machines = end;
-        }
+        fill_with(c, self.machines, want, machine_row).await?;
+        self.machines = self.machines.max(want);
         Ok(())
     }
 }
@@ -221,11 +217,10 @@ async fn measure(server: &Server, c: &Client, fill: &mut Fill) -> anyhow::Result
     lat.clear();
     for _ in 0..SINGLES {
         let k = 1 << 30 | fill.registered; // beyond the fill's numbers
-        let body = json!({"args": [data::hostname(k), data::mac(k), 1, 1, "pasteur", "user"]});
+        let (hostname, mac) = (data::hostname(k), data::mac(k));
         let t = Instant::now();
-        let reply: Value = c.call(Method::POST, "/call/register", Some(&body), None).await?.value;
+        register(c, &hostname, &mac).await?;
         lat.push(ms(t));
-        ensure!(reply["type"] == "result", "register failed: {reply}");
         fill.registered += 1;
     }
     p.register_p50_ms = percentile(&lat, 0.5);
@@ -253,10 +248,6 @@ async fn idle_rss(pid: u32) -> anyhow::Result<f64> {
         }
     }
     Ok(samples.last().copied().unwrap_or_default())
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// p50 of `query(mac=)` for machines spread over the fill, one keep-alive connection.

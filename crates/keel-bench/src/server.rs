@@ -66,16 +66,39 @@ pub(crate) fn mac_of(i: u32) -> String {
 
 /// Adds machines `from..to` through the import endpoint, in batches.
 pub(crate) async fn fill(c: &Client, from: u32, to: u32) -> anyhow::Result<()> {
+    fill_with(c, from, to, |k| {
+        json!({"hostname": format!("fill{k}"), "mac": mac_of(k), "mtype": "user", "room": "pasteur", "rfs": 1, "hfs": 1})
+    })
+    .await
+}
+
+/// Adds machines `from..to`, each the import row `row` makes of its number, 2,000 per commit.
+pub(crate) async fn fill_with(c: &Client, from: u32, to: u32, row: impl Fn(u32) -> Value) -> anyhow::Result<()> {
     let mut i = from;
     while i < to {
         let end = (i + 2000).min(to);
-        let rows: Vec<Value> = (i..end)
-            .map(|k| json!({"hostname": format!("fill{k}"), "mac": mac_of(k), "mtype": "user", "room": "pasteur", "rfs": 1, "hfs": 1}))
-            .collect();
-        import(c, rows).await?;
+        import(c, (i..end).map(&row).collect()).await?;
         i = end;
     }
     Ok(())
+}
+
+/// Registers one machine through the mdb `register` call, as a booting machine does.
+pub(crate) async fn register(c: &Client, hostname: &str, mac: &str) -> anyhow::Result<()> {
+    let body = json!({"args": [hostname, mac, 1, 1, "pasteur", "user"]});
+    let reply: Value = c
+        .call(reqwest::Method::POST, "/call/register", Some(&body), None)
+        .await?
+        .value;
+    if reply["type"] != "result" {
+        bail!("register failed: {reply}");
+    }
+    Ok(())
+}
+
+/// Milliseconds since `t`.
+pub(crate) fn ms(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Adds machines through the import endpoint, in one commit.

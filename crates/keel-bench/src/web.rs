@@ -61,7 +61,7 @@ pub(crate) async fn run(dir: &Path, machines: u32) -> anyhow::Result<WebReport> 
                 .await?;
             ensure!(resp.status() == 200, "{path}: {}", resp.status());
             resp.bytes().await?;
-            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+            lat.push(crate::server::ms(t));
         }
         r.pages.push((what, percentile(&lat, 0.5), percentile(&lat, 0.99)));
     }
