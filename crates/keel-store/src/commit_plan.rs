@@ -10,7 +10,6 @@ use crate::StoreError;
 /// A write decided in full: its Change, and what the tables need.
 pub(crate) struct Planned {
     pub(crate) change: Change,
-    pub(crate) fresh: bool,
     pub(crate) uniques: Vec<(&'static str, String)>,
     pub(crate) before: Option<String>,
     pub(crate) after: Option<String>,
@@ -39,7 +38,6 @@ pub(crate) fn plan(
         before: before.as_ref().map(Value::to_string),
         after: after.as_ref().map(Value::to_string),
         uniques: if w.op == Op::Put { w.uniques } else { Vec::new() },
-        fresh,
         change: Change {
             seq,
             time: time.to_owned(),
@@ -97,7 +95,9 @@ pub(crate) fn batches(planned: &[Planned], max_params: usize) -> Vec<&[Planned]>
 }
 
 /// What a batch writes to each table: records replaced (their old unique values go), unique
-/// values claimed, records put, records deleted.
+/// values claimed, records put, records deleted. A record replaced is one that was read in the
+/// transaction: a write with a key that finds no record (an import's new user) holds no unique
+/// value yet, and looking for some would cost an index search per row.
 pub(crate) struct ChunkRows<'a> {
     pub(crate) replaced: Vec<&'a Planned>,
     pub(crate) uniques: Vec<(&'a Planned, &'a (&'static str, String))>,
@@ -108,7 +108,7 @@ pub(crate) struct ChunkRows<'a> {
 impl<'a> ChunkRows<'a> {
     pub(crate) fn of(chunk: &'a [Planned]) -> Self {
         Self {
-            replaced: chunk.iter().filter(|p| !p.fresh).collect(),
+            replaced: chunk.iter().filter(|p| p.before.is_some()).collect(),
             uniques: chunk
                 .iter()
                 .flat_map(|p| p.uniques.iter().map(move |u| (p, u)))

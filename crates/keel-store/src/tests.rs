@@ -59,6 +59,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     seqs_versions_and_ids_come_from_the_counter,
     the_database_refuses_a_duplicate_the_snapshot_did_not_see,
+    a_refused_large_commit_leaves_nothing_and_the_store_goes_on,
     import_is_all_or_nothing_and_names_every_line,
     reopening_rebuilds_the_same_snapshot_as_the_log_replayed,
     trimming_keeps_the_newest_changes,
@@ -122,6 +123,50 @@ async fn the_database_refuses_a_duplicate_the_snapshot_did_not_see(dir: Backend)
     // Nothing of the failed commit remains, not even its seq.
     let b = db.create_machine(&who, machine(2)).await.unwrap();
     assert_eq!(b.version, 2);
+}
+
+/// `n` new machines like `model`, numbered from `from` (names, MACs and addresses of their own):
+/// written as `Write`s, as an import of more than the address pool holds.
+fn machines_like(model: &keel_model::Machine, from: u16, n: u16) -> Vec<Write> {
+    (from..from + n)
+        .map(|i| {
+            let mut m = model.clone();
+            m.id = 0;
+            m.hostname = format!("m{i}").try_into().unwrap();
+            m.mac = format!("02:00:00:01:{:02x}:{:02x}", i >> 8, i & 0xff)
+                .try_into()
+                .unwrap();
+            m.ip = format!("10.0.{}.{}", i >> 8, i & 0xff).parse().unwrap();
+            Write::put(&m, Some(0), true).unwrap()
+        })
+        .collect()
+}
+
+/// A commit of more records than one statement batch (the path of a large import) that the
+/// database refuses, in its last batch, leaves nothing and keeps the store usable.
+async fn a_refused_large_commit_leaves_nothing_and_the_store_goes_on(dir: Backend) {
+    let db = open(&dir).await;
+    let who = Principal::system();
+    let first = db.create_machine(&who, machine(1)).await.unwrap();
+    db.write(&who, |_, _| Ok(machines_like(&first, 0, 1_100)))
+        .await
+        .unwrap();
+    let seq = db.snapshot().seq();
+    // The last record claims a MAC already held, then one given earlier in the same commit.
+    let first_of_commit = "02:00:00:01:08:98".to_owned().try_into().unwrap();
+    for mac in [first.mac, first_of_commit] {
+        let mut writes = machines_like(&first, 2_200, 1_100);
+        let mut last: keel_model::Machine = serde_json::from_value(writes[1_099].after.clone().unwrap()).unwrap();
+        last.mac = mac;
+        writes[1_099] = Write::put(&last, Some(0), true).unwrap();
+        let err = db.write(&who, |_, _| Ok(writes)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(ref m) if m.contains("mac")), "{err}");
+        assert_eq!(db.snapshot().seq(), seq);
+        assert_consistent(&db, seq).await;
+    }
+    let next = db.create_machine(&who, machine(2)).await.unwrap();
+    assert_eq!(next.version, seq + 1);
+    assert_eq!(db.snapshot().machine_count(), 1_102);
 }
 
 async fn import_is_all_or_nothing_and_names_every_line(dir: Backend) {
@@ -746,4 +791,27 @@ async fn records_survive_the_move_to_a_rowid_table() {
     assert_eq!(records_of(&db.snapshot(), Kind::Machine), want);
     db.create_machine(&who, machine(4)).await.unwrap();
     assert_eq!(db.snapshot().machine_count(), 4);
+}
+
+/// A large commit wakes the background checkpointer, which copies the WAL into the database file
+/// without a later commit (SQLite's own checkpoint would wait for 64 MiB of WAL and run inside a
+/// COMMIT).
+#[tokio::test]
+async fn a_large_commit_is_checkpointed_in_the_background() {
+    let dir = Backend::sqlite();
+    let db = open(&dir).await;
+    let Backend::Sqlite(path) = &dir else { unreachable!() };
+    let file = path.path().join("keel.db");
+    let size = || std::fs::metadata(&file).unwrap().len();
+    let before = size();
+    let who = Principal::system();
+    let first = db.create_machine(&who, machine(1)).await.unwrap();
+    db.write(&who, |_, _| Ok(machines_like(&first, 0, 1_100)))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size() <= before {
+        assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
