@@ -2,7 +2,9 @@
 //! list of file changes. Built-ins merge with what the host already has; any other service's files
 //! go to its directory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::PathBuf;
 
 use keel_bundle::{service, Bundle};
@@ -73,16 +75,28 @@ fn lines(s: &str) -> Vec<(&str, &str)> {
 }
 
 fn check_account_line(file: &str, line: &str, fields: usize) -> Result<(), Fail> {
-    let name = line.split(':').next().unwrap_or("");
-    let name_ok = name.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
-    let one_line = !line.chars().any(char::is_control);
-    if line.bytes().filter(|&c| c == b':').count() + 1 != fields || !name_ok || !one_line {
+    if !well_formed(line, fields) {
         return Err(data_err(format!("{file}: malformed line {line:?}")));
     }
     Ok(())
+}
+
+/// `fields` colon-separated fields, a name of `[a-z_][a-z0-9_.-]*` first, and no control
+/// character (`char::is_control`: U+0000–U+001F and U+007F–U+009F). Passes over the bytes that
+/// the compiler vectorizes: this runs on every line of every account file (30,000 lines for
+/// 10,000 users), and a `char` walk was a sixth of an apply.
+fn well_formed(line: &str, fields: usize) -> bool {
+    let bytes = line.as_bytes();
+    let name = &bytes[..bytes.iter().position(|&c| c == b':').unwrap_or(bytes.len())];
+    let name_ok = name.first().is_some_and(|c| c.is_ascii_lowercase() || *c == b'_')
+        && name
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
+    let colons: usize = bytes.iter().map(|&c| usize::from(c == b':')).sum();
+    let ascii_control = bytes.iter().fold(false, |any, &c| any | (c < 0x20) | (c == 0x7f));
+    // U+0080–U+009F are C2 80–C2 9F in UTF-8; C2 is never a continuation byte.
+    let c1_control = !line.is_ascii() && bytes.windows(2).any(|w| w[0] == 0xc2 && (0x80..=0x9f).contains(&w[1]));
+    name_ok && colons + 1 == fields && !ascii_control && !c1_control
 }
 
 /// The host's own lines of an account file (those keel did not write last time), and which of
@@ -524,4 +538,51 @@ fn custom(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
     }
     plan.managed.insert("files".into(), now);
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    /// The definition `well_formed` computes in one pass.
+    fn reference(line: &str, fields: usize) -> bool {
+        let name = line.split(':').next().unwrap_or("");
+        let name_ok = name.bytes().next().is_some_and(|c| c.is_ascii_lowercase() || c == b'_')
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'.'));
+        name_ok && !line.chars().any(char::is_control) && line.matches(':').count() + 1 == fields
+    }
+
+    #[test]
+    fn account_lines() {
+        for (line, ok) in [
+            ("alice:x:1000:1000:Alice:/home/alice:/bin/bash", true),
+            ("alice:x:1000:1000:Al\u{85}ce:/home/alice:/bin/bash", false),
+            ("alice:x:1000:1000:Al\u{a0}ce:/home/alice:/bin/bash", true),
+            ("alice:x:1000:1000:Alice\n:/home/alice:/bin/bash", false),
+            ("Alice:x:1000:1000:Alice:/home/alice:/bin/bash", false),
+            ("alice:x:1000:1000:Alice:/home/alice", false),
+        ] {
+            assert_eq!(super::well_formed(line, 7), ok, "{line:?}");
+            assert_eq!(reference(line, 7), ok, "{line:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn one_pass_agrees_with_the_definition(
+            name in "[a-zA-Z_:.-][a-z0-9_:.-]{0,6}",
+            before in "[a-z:é ]{0,12}",
+            odd in "[\\x00-\\x20\\x7e-\\u{a1}\\u{2028}\\u{feff}]?",
+            after in "[a-z:é ]{0,12}",
+            fields in proptest::option::of(1usize..9),
+        ) {
+            // One odd character at most, and as often as not the right number of fields, so
+            // that each rule decides some cases alone.
+            let line = format!("{name}{before}{odd}{after}");
+            let fields = fields.unwrap_or(line.matches(':').count() + 1);
+            prop_assert_eq!(super::well_formed(&line, fields), reference(&line, fields));
+        }
+    }
 }
