@@ -1,6 +1,7 @@
 //! keel's data model: types, validation, IP pools and the Snapshot. Pure: no I/O.
 
 mod change;
+mod claims;
 mod error;
 pub mod input;
 pub mod login;

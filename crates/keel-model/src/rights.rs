@@ -43,26 +43,50 @@ impl Snapshot {
     }
 
     /// The facilities that already hold `name` through a host (its name, aliases, machine names) or a
-    /// destination.
+    /// destination. The claim index gives the hosts and destinations that may hold it; each is
+    /// judged by the rule itself (`holds`).
     fn owners_of(&self, name: &str) -> BTreeSet<String> {
-        let mut owners = BTreeSet::new();
-        for h in self.hosts() {
-            let machine = h.machine.as_deref().and_then(|m| self.machine_by_name(m));
-            let names = host_names(h, machine, "");
-            let via_machine = machine.is_some_and(|m| {
-                m.names()
-                    .any(|n| name == n.as_str() || name.starts_with(&format!("{n}.")))
-            });
-            if names.contains(name) || via_machine {
-                owners.insert(h.facility.clone());
-            }
+        let mut hosts: BTreeSet<&String> = self.claims().hosts_named(name).collect();
+        for m in self.machines_named_by(name) {
+            hosts.extend(m.names().flat_map(|n| self.claims().hosts_on_machine(n)));
         }
-        for d in self.destinations() {
-            if d.host() == name {
-                owners.insert(d.facility.clone());
-            }
-        }
+        let mut owners: BTreeSet<String> = hosts
+            .into_iter()
+            .filter_map(|h| self.host(h))
+            .filter(|h| self.holds(h, name))
+            .map(|h| h.facility.clone())
+            .collect();
+        owners.extend(
+            self.claims()
+                .destinations_to(name)
+                .filter_map(|k| self.destination(k))
+                .filter(|d| d.host() == name)
+                .map(|d| d.facility.clone()),
+        );
         owners
+    }
+
+    /// Host `h` answers to `name`: one of its names, or its machine's names (bare or as the first
+    /// labels of `name`) or address.
+    fn holds(&self, h: &Host, name: &str) -> bool {
+        let machine = h.machine.as_deref().and_then(|m| self.machine_by_name(m));
+        let via_machine = machine.is_some_and(|m| {
+            m.names()
+                .any(|n| name == n.as_str() || name.starts_with(&format!("{n}.")))
+        });
+        via_machine || host_names(h, machine, "").contains(name)
+    }
+
+    /// The machines `name` may reach: by its address, by itself, or by any dotted prefix of it.
+    fn machines_named_by<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a crate::Machine> {
+        let by_ip = name.parse().ok().and_then(|ip| self.machine_by_ip(ip));
+        let prefixes = name
+            .match_indices('.')
+            .map(|(i, _)| &name[..i])
+            .chain(std::iter::once(name));
+        by_ip
+            .into_iter()
+            .chain(prefixes.filter_map(|p| self.machine_by_name(p)))
     }
 
     /// Invariant 7's second half: a manager claims a name only if it is free or already theirs.
@@ -83,7 +107,9 @@ impl Snapshot {
         if !name.contains(['.', ':']) {
             // A bare name reaches whichever host the search domain completes it to.
             owners.extend(
-                self.hosts()
+                self.claims()
+                    .hosts_named(&name)
+                    .filter_map(|h| self.host(h))
                     .filter(|h| host_short_names(h).contains(&name))
                     .map(|h| h.facility.clone()),
             );
@@ -106,7 +132,9 @@ impl Snapshot {
             .or_else(|| self.machine_by_name(name.split('.').next().unwrap_or_default()));
         if let Some(m) = machine {
             let own_host = self
-                .hosts()
+                .claims()
+                .hosts_on_machine(&m.hostname)
+                .filter_map(|h| self.host(h))
                 .any(|h| h.machine.as_deref() == Some(m.hostname.as_str()) && theirs(&h.facility));
             if !own_host {
                 return refuse(format!(
@@ -146,4 +174,197 @@ fn host_short_names(h: &Host) -> BTreeSet<String> {
         .chain(&h.aliases)
         .map(|n| destination_host(n).split('.').next().unwrap_or_default().to_owned())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Change, Kind, Op};
+
+    /// The rule as a pass over every host and destination: what the claim index must agree with.
+    fn may_claim_by_scan(s: &Snapshot, who: &Principal, name: &str) -> bool {
+        let name = canonical_claim(&destination_host(name));
+        if is_loopback(&name) {
+            return false;
+        }
+        let mut owners = BTreeSet::new();
+        for h in s.hosts() {
+            if s.holds(h, &name) {
+                owners.insert(h.facility.clone());
+            }
+            if !name.contains(['.', ':']) && host_short_names(h).contains(&name) {
+                owners.insert(h.facility.clone());
+            }
+        }
+        owners.extend(
+            s.destinations()
+                .filter(|d| d.host() == name)
+                .map(|d| d.facility.clone()),
+        );
+        let theirs = |f: &str| s.facility(f).is_some_and(|f| f.is_managed_by(&who.name));
+        if !owners.iter().all(|f| theirs(f)) {
+            return false;
+        }
+        let machine = name
+            .parse()
+            .ok()
+            .and_then(|ip| s.machine_by_ip(ip))
+            .or_else(|| s.machine_by_name(&name))
+            .or_else(|| s.machine_by_name(name.split('.').next().unwrap_or_default()));
+        machine.is_none_or(|m| {
+            s.hosts()
+                .any(|h| h.machine.as_deref() == Some(m.hostname.as_str()) && theirs(&h.facility))
+        })
+    }
+
+    /// Names drawn from a few labels, so that hosts, machines, destinations and claims collide.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[abc]",
+            "[abc]\\.[abx]",
+            "[abc]\\.[ab]\\.[xy]",
+            "[A-C]",
+            "10\\.0\\.0\\.[1-3]",
+            "::ffff:10\\.0\\.0\\.[1-3]",
+            Just("localhost".to_owned()),
+        ]
+    }
+
+    /// One change to the site: a host, a destination, a machine (put or removed).
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Host {
+            name: String,
+            facility: u8,
+            machine: Option<String>,
+            aliases: Vec<String>,
+        },
+        NoHost(String),
+        Destination {
+            facility: u8,
+            service: u8,
+            destination: String,
+        },
+        NoDestination {
+            facility: u8,
+            service: u8,
+            destination: String,
+        },
+        Machine {
+            id: u8,
+            hostname: String,
+            alias: Option<String>,
+        },
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let user = "(root@)?";
+        prop_oneof![
+            // Hosts mostly on a machine: the rule's rarest paths need two facilities' hosts on one.
+            4 => (name(), 0u8..3, proptest::option::weighted(0.7, prop_oneof![3 => "[abc][0-9]?", 1 => name()]),
+                  proptest::collection::vec(name(), 0..2))
+                .prop_map(|(name, facility, machine, aliases)| Edit::Host { name, facility, machine, aliases }),
+            1 => name().prop_map(Edit::NoHost),
+            2 => (0u8..3, 0u8..2, (user, name(), "(:22)?")).prop_map(|(facility, service, (u, n, p))| {
+                Edit::Destination { facility, service, destination: format!("{u}{n}{p}") }
+            }),
+            1 => (0u8..3, 0u8..2, name())
+                .prop_map(|(facility, service, destination)| Edit::NoDestination { facility, service, destination }),
+            3 => (1u8..4, "[abc]", proptest::option::of("[abc][0-9]?"))
+                .prop_map(|(id, hostname, alias)| Edit::Machine { id, hostname, alias }),
+        ]
+    }
+
+    fn change(seq: u64, kind: Kind, key: String, after: Option<serde_json::Value>) -> Change {
+        Change {
+            seq,
+            time: String::new(),
+            principal: "test".into(),
+            kind,
+            op: if after.is_some() { Op::Put } else { Op::Delete },
+            key,
+            before: None,
+            after,
+        }
+    }
+
+    fn site(edits: &[Edit]) -> Snapshot {
+        let mut s = Snapshot::default();
+        let mut seq = 0;
+        let mut put = |s: &mut Snapshot, kind, key: String, after| {
+            seq += 1;
+            s.apply(&change(seq, kind, key, after)).unwrap();
+        };
+        for f in 0..3 {
+            let f = json!({"name": format!("f{f}"), "managers": [format!("m{f}")]});
+            put(&mut s, Kind::Facility, String::new(), Some(f));
+        }
+        for e in edits {
+            match e {
+                Edit::Host {
+                    name,
+                    facility,
+                    machine,
+                    aliases,
+                } => {
+                    let h = json!({"name": name, "facility": format!("f{facility}"), "machine": machine, "aliases": aliases});
+                    put(&mut s, Kind::Host, name.clone(), Some(h));
+                }
+                Edit::NoHost(name) => put(&mut s, Kind::Host, name.clone(), None),
+                Edit::Destination {
+                    facility,
+                    service,
+                    destination,
+                } => {
+                    let d = json!({"facility": format!("f{facility}"), "service": format!("s{service}"),
+                                   "destination": destination, "channel": "ssh"});
+                    put(&mut s, Kind::Destination, String::new(), Some(d));
+                }
+                Edit::NoDestination {
+                    facility,
+                    service,
+                    destination,
+                } => {
+                    put(
+                        &mut s,
+                        Kind::Destination,
+                        format!("f{facility}/s{service}/{destination}"),
+                        None,
+                    );
+                }
+                Edit::Machine { id, hostname, alias } => {
+                    let taken = |n: &str| s.machine_by_name(n).is_some_and(|m| m.id != u64::from(*id));
+                    if taken(hostname) || alias.as_deref().is_some_and(|a| taken(a) || a == hostname) {
+                        continue;
+                    }
+                    let m = json!({"id": id, "hostname": hostname, "aliases": alias.iter().collect::<Vec<_>>(),
+                                   "ip": format!("10.0.0.{id}"), "mac": format!("02:00:00:00:00:0{id}"),
+                                   "mtype": "user", "room": "", "rfs": 0, "hfs": 0, "is_faulty": false,
+                                   "faulty_reason": "", "version": 1});
+                    put(&mut s, Kind::Machine, id.to_string(), Some(m));
+                }
+            }
+        }
+        s
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Through any history of hosts, destinations and machines, the indexed rule decides every
+        /// claim as the pass over the whole site does.
+        #[test]
+        fn the_claim_index_decides_as_a_pass_over_every_host(
+            edits in proptest::collection::vec(edit(), 0..24),
+            claims in proptest::collection::vec((name(), 0u8..3), 1..8),
+        ) {
+            let s = site(&edits);
+            for (claim, manager) in claims {
+                let who = Principal { name: format!("m{manager}"), role: Role::Manager, facilities: Vec::new(), host: None };
+                prop_assert_eq!(s.may_claim(&who, "name", &claim).is_ok(), may_claim_by_scan(&s, &who, &claim), "{}", claim);
+            }
+        }
+    }
 }

@@ -56,6 +56,8 @@ pub struct Snapshot {
     hosts: OrdMap<String, Host>,
     facilities: OrdMap<String, Facility>,
     destinations: OrdMap<String, Destination>,
+    /// Hosts and destinations by the names that lead to them (for `may_claim`).
+    claims: crate::claims::ClaimIndex,
     /// Sessions by login, and the login on each machine (by hostname).
     sessions: OrdMap<String, Arc<Session>>,
     session_by_host: HashMap<String, String>,
@@ -124,6 +126,10 @@ impl Snapshot {
             }
             Kind::Host => {
                 let h = Host::deserialize(v)?;
+                if let Some(old) = self.hosts.get(&h.name) {
+                    self.claims.remove_host(old);
+                }
+                self.claims.add_host(&h);
                 self.hosts.insert(h.name.clone(), h);
             }
             Kind::Facility => {
@@ -132,6 +138,10 @@ impl Snapshot {
             }
             Kind::Destination => {
                 let d = Destination::deserialize(v)?;
+                if let Some(old) = self.destinations.get(&d.key()) {
+                    self.claims.remove_destination(old);
+                }
+                self.claims.add_destination(&d);
                 self.destinations.insert(d.key(), d);
             }
             Kind::Session => self.put_session(Session::deserialize(v)?),
@@ -161,13 +171,17 @@ impl Snapshot {
                 self.counters.remove(key);
             }
             Kind::Host => {
-                self.hosts.remove(key);
+                if let Some(old) = self.hosts.remove(key) {
+                    self.claims.remove_host(&old);
+                }
             }
             Kind::Facility => {
                 self.facilities.remove(key);
             }
             Kind::Destination => {
-                self.destinations.remove(key);
+                if let Some(old) = self.destinations.remove(key) {
+                    self.claims.remove_destination(&old);
+                }
             }
             Kind::Session => {
                 self.remove_session(key);
@@ -263,6 +277,16 @@ impl Snapshot {
             .take_while(move |(k, _)| k.starts_with(&prefix))
             .map(|(_, d)| d)
             .filter(move |d| d.facility == facility && d.service == service)
+    }
+
+    pub(crate) fn claims(&self) -> &crate::claims::ClaimIndex {
+        &self.claims
+    }
+
+    /// The hosts that may answer to `name` by their own names or aliases (or have it as a first
+    /// label): found in the claim index, a few at most; the caller judges each.
+    pub fn hosts_named(&self, name: &str) -> impl Iterator<Item = &Host> {
+        self.claims.hosts_named(name).filter_map(|h| self.hosts.get(h))
     }
 
     pub fn destination(&self, key: &str) -> Option<&Destination> {

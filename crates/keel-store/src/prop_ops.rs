@@ -26,9 +26,11 @@ fn check_host(s: &Snapshot, h: &Host) -> Result<(), StoreError> {
             return Err(ValidationError::new("machine", format!("no machine {m:?}")).into());
         }
     }
-    for other in s.hosts().filter(|o| o.name != h.name) {
-        let theirs = host_names(other, None, "");
-        if let Some(n) = std::iter::once(&h.name).chain(&h.aliases).find(|n| theirs.contains(*n)) {
+    for n in std::iter::once(&h.name).chain(&h.aliases) {
+        let taken = s
+            .hosts_named(n)
+            .find(|o| o.name != h.name && host_names(o, None, "").contains(n));
+        if let Some(other) = taken {
             return Err(
                 ValidationError::new("aliases", format!("{n} is already a name of host {}", other.name)).into(),
             );

@@ -515,7 +515,44 @@ mod propagation_rights {
         }
     }
 
-    on_both_backends!(a_manager_cannot_claim_a_name_of_another_facility);
+    on_both_backends!(
+        a_manager_cannot_claim_a_name_of_another_facility,
+        a_host_name_is_one_host_s_only
+    );
+
+    /// A name or alias of one host is refused to another, even the admin's (found through the claim
+    /// index, not a pass over every host); the same host keeps its own names on a rewrite.
+    async fn a_host_name_is_one_host_s_only(dir: Backend) {
+        let db = open(&dir).await;
+        let admin = Principal::system();
+        let services: BTreeSet<String> = ["passwd".to_string()].into();
+        db.put_facility(&admin, facility("a", "alice"), 0, &services)
+            .await
+            .unwrap();
+        let b1 = db
+            .put_host(&admin, host("b1.example.org", "a", &["www.example.org"]), 0)
+            .await
+            .unwrap();
+        db.put_host(&admin, host("b2.example.org", "a", &["b2"]), 0)
+            .await
+            .unwrap();
+        db.put_host(&admin, b1.clone(), b1.version).await.unwrap();
+        for (name, aliases) in [
+            ("www.example.org", &[][..]),
+            ("b3.example.org", &["b1.example.org"][..]),
+            ("b3.example.org", &["b2"][..]),
+        ] {
+            let e = db.put_host(&admin, host(name, "a", aliases), 0).await.unwrap_err();
+            assert!(
+                matches!(e, StoreError::Invalid(ref v) if v.message.contains("is already a name of host")),
+                "{name} {aliases:?}: {e}"
+            );
+        }
+        // A first label alone is no name of theirs: b1 may be another host's alias.
+        db.put_host(&admin, host("b3.example.org", "a", &["b1"]), 0)
+            .await
+            .unwrap();
+    }
 
     async fn a_manager_cannot_claim_a_name_of_another_facility(dir: Backend) {
         let db = open(&dir).await;
