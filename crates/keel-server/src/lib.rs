@@ -23,6 +23,7 @@ mod propagation;
 mod rest;
 mod routes;
 pub mod rpc;
+mod secret;
 pub mod sso;
 pub mod tftp;
 mod watch;
@@ -36,6 +37,7 @@ pub use auth::Caller;
 pub struct OverTls;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use secret::Secret;
 pub use watch::WatchConfig;
 
 /// Self-registrations accepted per source address and minute (a machine registers once).

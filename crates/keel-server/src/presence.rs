@@ -34,7 +34,7 @@ pub struct PresenceConfig {
     /// How long after a start heartbeats rebuild sessions and logins wait (default: `timeout`).
     pub recovery: Duration,
     /// The secret machines present with their address; `None`: only admins' tokens are accepted.
-    pub secret: Option<String>,
+    pub secret: Option<crate::Secret>,
 }
 
 impl Default for PresenceConfig {
@@ -230,7 +230,7 @@ fn credential(st: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<Opt
     let sent = headers.get(SECRET_HEADER).ok_or(ApiError::Unauthorized(
         "send the site's presence secret in X-Keel-Presence-Secret",
     ))?;
-    if !crate::auth::same_secret(sent.as_bytes(), secret.as_bytes()) {
+    if !crate::auth::same_secret(sent.as_bytes(), secret.expose().as_bytes()) {
         return Err(ApiError::Unauthorized("wrong presence secret"));
     }
     Ok(None)

@@ -142,14 +142,14 @@ struct Args {
 /// The shared secret of prologin's RPC clients, and who a call signed with it acts as.
 #[derive(Debug, Clone)]
 pub struct RpcSecret {
-    pub secret: String,
+    pub secret: crate::Secret,
     pub principal: Principal,
 }
 
 impl RpcSecret {
     /// Checks a prologin timeauth token for a call of `method` (see [`check_timeauth`]).
     fn check(&self, token: &str, method: &str) -> Result<Principal, ApiError> {
-        if check_timeauth(&self.secret, token, method) {
+        if check_timeauth(self.secret.expose(), token, method) {
             Ok(self.principal.clone())
         } else {
             tracing::warn!(%method, "RPC call with a bad or expired hmac refused");

@@ -213,6 +213,24 @@ fn prologin_token(secret: &[u8], message: &str, ts: i64) -> String {
     hmac_token(secret, &format!("{message}{ts}"), ts)
 }
 
+/// Regression: the configuration structs derive `Debug`, and printed the presence, RPC and sync
+/// secrets in clear; a `{:?}` of the configuration now shows none of them.
+#[test]
+fn config_debug_never_shows_secrets() {
+    let mut config = crate::ServerConfig::default();
+    config.presence.secret = Some("presence-s3cret".into());
+    config.watch.subscriber_secret = Some("sync-s3cret".into());
+    config.rpc_secret = Some(crate::rpc::RpcSecret {
+        secret: "rpc-s3cret".into(),
+        principal: Principal::system(),
+    });
+    let shown = format!("{config:?} {config:#?}");
+    assert!(shown.contains("presence") && shown.contains("<redacted>"), "{shown}");
+    for secret in ["presence-s3cret", "sync-s3cret", "rpc-s3cret"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+}
+
 /// prologin's signed calls: a valid `hmac` (timestamp:HMAC-SHA256) acts as the configured principal;
 /// a wrong, malformed or stale one is refused; none is an anonymous call as before.
 #[tokio::test]

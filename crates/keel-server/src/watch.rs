@@ -42,7 +42,7 @@ pub struct WatchConfig {
     pub max_subscribers: usize,
     /// prologin's sync subscriber secret: when set, `/poll` needs a valid timeauth `hmac` query
     /// parameter (signed message `None`), as prologin's sync servers did.
-    pub subscriber_secret: Option<String>,
+    pub subscriber_secret: Option<crate::Secret>,
 }
 
 impl Default for WatchConfig {
@@ -576,7 +576,7 @@ pub(crate) async fn poll(
             .into_iter()
             .find_map(|(k, v)| (k == "hmac").then_some(v))
             .unwrap_or_default();
-        if !crate::rpc::check_timeauth(secret, &hmac, "None") {
+        if !crate::rpc::check_timeauth(secret.expose(), &hmac, "None") {
             tracing::warn!("/poll with a bad or expired hmac refused");
             return ApiError::Forbidden("BadToken: the hmac is wrong or has expired".into()).into_response();
         }

@@ -20,7 +20,7 @@ pub(super) fn presence_config(cfg: &ServeConfig) -> anyhow::Result<keel_server::
             .presence
             .recovery_secs
             .map_or(timeout, std::time::Duration::from_secs),
-        secret: Some(super::data_dir::read_or_create_secret(&path)?),
+        secret: Some(super::data_dir::read_or_create_secret(&path)?.into()),
     })
 }
 
@@ -33,11 +33,11 @@ fn first_line(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
 }
 
 /// prologin's sync subscriber secret, when `[sync] subscriber_secret_file` names one.
-pub(super) fn sync_secret(cfg: &ServeConfig) -> anyhow::Result<Option<String>> {
+pub(super) fn sync_secret(cfg: &ServeConfig) -> anyhow::Result<Option<keel_server::Secret>> {
     cfg.sync
         .subscriber_secret_file
         .as_deref()
-        .map(|path| first_line(path, "sync subscriber secret"))
+        .map(|path| first_line(path, "sync subscriber secret").map(Into::into))
         .transpose()
 }
 
@@ -48,7 +48,7 @@ pub(super) fn rpc_secret(cfg: &ServeConfig) -> anyhow::Result<Option<keel_server
     };
     let secret = first_line(path, "RPC secret")?;
     Ok(Some(keel_server::rpc::RpcSecret {
-        secret,
+        secret: secret.into(),
         principal: keel_model::Principal {
             name: cfg.rpc.principal.clone().unwrap_or_else(|| "prologin-rpc".into()),
             ..keel_model::Principal::system()
