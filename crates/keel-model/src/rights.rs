@@ -354,13 +354,23 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         /// Through any history of hosts, destinations and machines, the indexed rule decides every
-        /// claim as the pass over the whole site does.
+        /// claim as the pass over the whole site does, and a facility's hosts and destinations
+        /// are those a pass finds.
         #[test]
         fn the_claim_index_decides_as_a_pass_over_every_host(
             edits in proptest::collection::vec(edit(), 0..24),
             claims in proptest::collection::vec((name(), 0u8..3), 1..8),
         ) {
             let s = site(&edits);
+            // The facility indexes, through the same histories (hosts move between facilities).
+            for f in ["f0", "f1", "f2"] {
+                let by_index: Vec<&str> = s.hosts_of(f).map(|h| h.name.as_str()).collect();
+                let by_pass: Vec<&str> = s.hosts().filter(|h| h.facility == f).map(|h| h.name.as_str()).collect();
+                prop_assert_eq!(by_index, by_pass);
+                let by_index: Vec<String> = s.destinations_in(f).map(|d| d.key()).collect();
+                let by_pass: Vec<String> = s.destinations().filter(|d| d.facility == f).map(|d| d.key()).collect();
+                prop_assert_eq!(by_index, by_pass);
+            }
             for (claim, manager) in claims {
                 let who = Principal { name: format!("m{manager}"), role: Role::Manager, facilities: Vec::new(), host: None };
                 prop_assert_eq!(s.may_claim(&who, "name", &claim).is_ok(), may_claim_by_scan(&s, &who, &claim), "{}", claim);

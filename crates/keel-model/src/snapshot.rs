@@ -58,6 +58,8 @@ pub struct Snapshot {
     destinations: OrdMap<String, Destination>,
     /// Hosts and destinations by the names that lead to them (for `may_claim`).
     claims: crate::claims::ClaimIndex,
+    /// Host names by facility.
+    hosts_by_facility: OrdMap<String, imbl::OrdSet<String>>,
     /// Sessions by login, and the login on each machine (by hostname).
     sessions: OrdMap<String, Arc<Session>>,
     session_by_host: HashMap<String, String>,
@@ -126,10 +128,14 @@ impl Snapshot {
             }
             Kind::Host => {
                 let h = Host::deserialize(v)?;
-                if let Some(old) = self.hosts.get(&h.name) {
-                    self.claims.remove_host(old);
+                if let Some(old) = self.hosts.remove(&h.name) {
+                    self.unindex_host(&old);
                 }
                 self.claims.add_host(&h);
+                self.hosts_by_facility
+                    .entry(h.facility.clone())
+                    .or_default()
+                    .insert(h.name.clone());
                 self.hosts.insert(h.name.clone(), h);
             }
             Kind::Facility => {
@@ -172,7 +178,7 @@ impl Snapshot {
             }
             Kind::Host => {
                 if let Some(old) = self.hosts.remove(key) {
-                    self.claims.remove_host(&old);
+                    self.unindex_host(&old);
                 }
             }
             Kind::Facility => {
@@ -185,6 +191,16 @@ impl Snapshot {
             }
             Kind::Session => {
                 self.remove_session(key);
+            }
+        }
+    }
+
+    fn unindex_host(&mut self, h: &Host) {
+        self.claims.remove_host(h);
+        if let Some(names) = self.hosts_by_facility.get_mut(&h.facility) {
+            names.remove(&h.name);
+            if names.is_empty() {
+                self.hosts_by_facility.remove(&h.facility);
             }
         }
     }
@@ -255,6 +271,15 @@ impl Snapshot {
         self.hosts.get(name)
     }
 
+    /// The hosts of one facility, by name (an index, not a pass over every host).
+    pub fn hosts_of<'a>(&'a self, facility: &str) -> impl Iterator<Item = &'a Host> {
+        self.hosts_by_facility
+            .get(facility)
+            .into_iter()
+            .flatten()
+            .filter_map(|h| self.hosts.get(h))
+    }
+
     pub fn facilities(&self) -> impl Iterator<Item = &Facility> {
         self.facilities.values()
     }
@@ -266,6 +291,17 @@ impl Snapshot {
     /// Destinations, by facility, service, destination.
     pub fn destinations(&self) -> impl Iterator<Item = &Destination> {
         self.destinations.values()
+    }
+
+    /// The destinations of one facility: a range of the ordered keys (`facility/…`; a facility
+    /// name has no `/`).
+    pub fn destinations_in<'a>(&'a self, facility: &'a str) -> impl Iterator<Item = &'a Destination> {
+        let prefix = format!("{facility}/");
+        self.destinations
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, d)| d)
+            .filter(move |d| d.facility == facility)
     }
 
     /// The destinations of one facility's service: a range of the ordered keys

@@ -139,7 +139,7 @@ pub async fn generate(
                 "facility": facility,
                 "users": users.iter().map(|u| u.public_json()).collect::<Vec<_>>(),
                 "machines": snap.machines().collect::<Vec<_>>(),
-                "hosts": snap.hosts().filter(|h| h.facility == facility.name).collect::<Vec<_>>(),
+                "hosts": snap.hosts_of(&facility.name).collect::<Vec<_>>(),
                 "settings": snap.settings(),
                 "seq": snap.seq(),
             });

@@ -171,9 +171,11 @@ pub(crate) async fn list_destinations(
 ) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
-    let list: Vec<&Destination> = snap
-        .destinations()
-        .filter(|d| q.facility.as_ref().is_none_or(|f| &d.facility == f))
+    let of_facility: Box<dyn Iterator<Item = &Destination>> = match &q.facility {
+        Some(f) => Box::new(snap.destinations_in(f)),
+        None => Box::new(snap.destinations()),
+    };
+    let list: Vec<&Destination> = of_facility
         .filter(|d| q.service.as_ref().is_none_or(|s| &d.service == s))
         .collect();
     Ok(Json(to_json(&list)?).into_response())

@@ -772,3 +772,49 @@ async fn prologin_rpc_replies_keep_their_content_type_and_record_keys() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["type"], "exception", "{body}");
 }
+
+/// `GET /api/v1/destinations?facility=` reads one facility's range of keys: exactly its
+/// destinations, not those of a facility whose name starts the same.
+#[tokio::test]
+async fn destinations_of_one_facility_are_exactly_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = state(&dir).await;
+    let mut config = (*st.config).clone();
+    config.open_reads = true;
+    st.config = Arc::new(config);
+    let who = Principal::system();
+    let services = ["passwd".to_string()].into();
+    for f in ["a", "ab", "b"] {
+        let facility = keel_model::Facility {
+            name: f.into(),
+            services: vec!["passwd".into()],
+            ..keel_model::Facility::default()
+        };
+        st.db.put_facility(&who, facility, 0, &services).await.unwrap();
+        for h in ["h1", "h2"] {
+            let d = keel_model::Destination {
+                facility: f.into(),
+                service: "passwd".into(),
+                destination: format!("root@{h}.{f}.example.org"),
+                channel: keel_model::Channel::Ssh,
+                blocked: false,
+                version: 0,
+            };
+            st.db.put_destination(&who, d, 0, &services).await.unwrap();
+        }
+    }
+    let listed = |body: Value| -> Vec<String> {
+        let list = body.as_array().cloned().unwrap_or_default();
+        list.iter()
+            .map(|d| d["destination"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (status, all) = send(&st, get("/api/v1/destinations", "keel")).await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(listed(all).len(), 6);
+    let (status, a) = send(&st, get("/api/v1/destinations?facility=a&service=passwd", "keel")).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(listed(a), ["root@h1.a.example.org", "root@h2.a.example.org"]);
+    let (_, none) = send(&st, get("/api/v1/destinations?facility=a&service=hosts", "keel")).await;
+    assert!(listed(none).is_empty());
+}

@@ -139,8 +139,8 @@ impl Db {
                 }
                 let f = found(s.facility(name), || format!("facility {name}"))?;
                 check_version(f.version, if_version)?;
-                let hosts = s.hosts().filter(|h| h.facility == name).count();
-                let dests = s.destinations().filter(|d| d.facility == name).count();
+                let hosts = s.hosts_of(name).count();
+                let dests = s.destinations_in(name).count();
                 if hosts + dests > 0 {
                     return Err(StoreError::Conflict(format!(
                         "facility {name} still has {hosts} host(s) and {dests} destination(s); remove them first"
