@@ -2,6 +2,8 @@
 //! record (or one long common prefix) would let compression and ordered indexes flatter the result.
 //! Everything here is a pure function of the record's number, so a run can be reproduced.
 
+use keel_model::{Group, Login, User};
+
 /// A 64-bit mix of `i` (splitmix64's finaliser): a bijection, so distinct numbers stay distinct.
 fn mix(i: u64) -> u64 {
     let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -108,6 +110,24 @@ pub(crate) fn hostname(i: u32) -> String {
     ];
     let room = ROOMS[(mix(u64::from(i) ^ 0xAAAA) % ROOMS.len() as u64) as usize];
     format!("{room}-{}", letters(u64::from(i.wrapping_mul(0x9E37_79B1)), 7))
+}
+
+/// Bench user `i`: its own login, names, hash and uid; home on one of eight HFS.
+pub(crate) fn user(i: u32) -> anyhow::Result<User> {
+    let (firstname, lastname) = names(i);
+    Ok(User {
+        login: Login::parse("login", &login(0, i))?,
+        firstname,
+        lastname,
+        group: Group::User,
+        uid: 100_000 + i,
+        shell: "/bin/bash".into(),
+        ssh_keys: Vec::new(),
+        password_hash: fake_hash(i as usize),
+        password_changed: false,
+        hfs: Some(1 + i % 8),
+        version: u64::from(i) + 1,
+    })
 }
 
 #[cfg(test)]

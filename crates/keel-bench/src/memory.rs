@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use keel_model::{Change, Group, Hostname, Kind, Login, Mac, Machine, MachineType, Op, Session, Snapshot, User};
+use keel_model::{Change, Hostname, Kind, Login, Mac, Machine, MachineType, Op, Session, Snapshot};
 use tikv_jemalloc_ctl::{epoch, stats};
 
 use crate::data;
@@ -32,23 +32,6 @@ fn per_record<T>(n: u32, build: impl FnOnce() -> anyhow::Result<T>) -> anyhow::R
     let after = allocated()?;
     drop(kept);
     Ok((after.saturating_sub(before)) as f64 / f64::from(n.max(1)))
-}
-
-fn user(i: u32) -> anyhow::Result<User> {
-    let (firstname, lastname) = data::names(i);
-    Ok(User {
-        login: Login::parse("login", &data::login(0, i))?,
-        firstname,
-        lastname,
-        group: Group::User,
-        uid: 100_000 + i,
-        shell: "/bin/bash".into(),
-        ssh_keys: Vec::new(),
-        password_hash: data::fake_hash(i as usize),
-        password_changed: false,
-        hfs: Some(1 + i % 8),
-        version: u64::from(i) + 1,
-    })
 }
 
 fn machine(i: u32) -> anyhow::Result<Machine> {
@@ -78,7 +61,7 @@ pub(crate) fn measure(n: u32) -> anyhow::Result<RecordBytes> {
     r.snapshot_per_user = per_record(n, || {
         let mut s = Snapshot::default();
         for i in 0..n {
-            s.put_user(user(i)?);
+            s.put_user(data::user(i)?);
         }
         Ok(s)
     })?;
@@ -104,7 +87,7 @@ pub(crate) fn measure(n: u32) -> anyhow::Result<RecordBytes> {
     r.change_per_user = per_record(n, || {
         (0..n)
             .map(|i| {
-                let u = user(i)?;
+                let u = data::user(i)?;
                 Ok(Change {
                     seq: u64::from(i) + 1,
                     time: "2026-12-05T08:00:00.000000Z".into(),

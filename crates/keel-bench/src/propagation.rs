@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use keel_bundle::{Encoding, SecretKey};
-use keel_model::{Channel, Destination, Facility, Group, Login, Pools, Principal, UidRange, User};
+use keel_model::{Channel, Destination, Facility, Group, Pools, Principal, UidRange, User};
 use keel_propagate::{DestStatus, Engine, EngineConfig, Senders, SshConfig};
 use keel_store::{Db, SqliteStore, Write};
 
@@ -48,24 +48,10 @@ pub(crate) struct PropReport {
     pub first_failure: Option<String>,
 }
 
+/// `n` bench users, each with its own login, names and hash (`data::user`): logins counting up
+/// under one prefix would flatter the bundle's compression.
 fn users(n: usize) -> anyhow::Result<Vec<User>> {
-    (0..n)
-        .map(|i| {
-            Ok(User {
-                login: Login::parse("login", &format!("user{i:05}"))?,
-                firstname: "Bench".into(),
-                lastname: format!("User {i}"),
-                group: Group::User,
-                uid: 100_000 + u32::try_from(i)?,
-                shell: "/bin/bash".into(),
-                ssh_keys: Vec::new(),
-                password_hash: crate::data::fake_hash(i),
-                password_changed: false,
-                hfs: None,
-                version: 0,
-            })
-        })
-        .collect()
+    (0..u32::try_from(n)?).map(crate::data::user).collect()
 }
 
 /// `remote` replaces `keel-agent apply` on the destinations (e.g. `cat >/dev/null`, to see what
