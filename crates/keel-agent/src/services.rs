@@ -3,10 +3,9 @@
 //! go to its directory.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::PathBuf;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use keel_bundle::{service, Bundle};
 
 use crate::config::Config;

@@ -293,25 +293,24 @@ impl Snapshot {
         self.destinations.values()
     }
 
-    /// The destinations of one facility: a range of the ordered keys (`facility/…`; a facility
-    /// name has no `/`).
-    pub fn destinations_in<'a>(&'a self, facility: &'a str) -> impl Iterator<Item = &'a Destination> {
-        let prefix = format!("{facility}/");
+    /// The destinations whose keys (`facility/service/destination`) start with `prefix`: a range
+    /// of the ordered keys, not a pass over every destination of the site.
+    fn destinations_under(&self, prefix: String) -> impl Iterator<Item = &Destination> {
         self.destinations
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
             .map(|(_, d)| d)
+    }
+
+    /// The destinations of one facility (a facility name has no `/`).
+    pub fn destinations_in<'a>(&'a self, facility: &'a str) -> impl Iterator<Item = &'a Destination> {
+        self.destinations_under(format!("{facility}/"))
             .filter(move |d| d.facility == facility)
     }
 
-    /// The destinations of one facility's service: a range of the ordered keys
-    /// (`facility/service/destination`), not a pass over every destination of the site.
+    /// The destinations of one facility's service.
     pub fn destinations_of<'a>(&'a self, facility: &'a str, service: &'a str) -> impl Iterator<Item = &'a Destination> {
-        let prefix = format!("{facility}/{service}/");
-        self.destinations
-            .range(prefix.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, d)| d)
+        self.destinations_under(format!("{facility}/{service}/"))
             .filter(move |d| d.facility == facility && d.service == service)
     }
 
