@@ -86,11 +86,14 @@ fn machine_ref(h: &Host) -> Option<Hostname> {
     h.machine.as_deref().and_then(|m| Hostname::parse("machine", m).ok())
 }
 
-fn add<K: Ord + Clone>(map: &mut OrdMap<K, OrdSet<String>>, key: K, value: &str) {
+/// Adds `value` to the set of `key` (a multimap of ordered sets; also the Snapshot's hosts by
+/// facility).
+pub(crate) fn add<K: Ord + Clone>(map: &mut OrdMap<K, OrdSet<String>>, key: K, value: &str) {
     map.entry(key).or_default().insert(value.to_owned());
 }
 
-fn remove<K: Ord + Clone>(map: &mut OrdMap<K, OrdSet<String>>, key: &K, value: &str) {
+/// Takes `value` out of the set of `key`, and the key with its last value.
+pub(crate) fn remove<K: Ord + Clone>(map: &mut OrdMap<K, OrdSet<String>>, key: &K, value: &str) {
     if let Some(set) = map.get_mut(key) {
         set.remove(value);
         if set.is_empty() {

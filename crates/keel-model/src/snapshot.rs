@@ -131,11 +131,7 @@ impl Snapshot {
                 if let Some(old) = self.hosts.remove(&h.name) {
                     self.unindex_host(&old);
                 }
-                self.claims.add_host(&h);
-                self.hosts_by_facility
-                    .entry(h.facility.clone())
-                    .or_default()
-                    .insert(h.name.clone());
+                self.index_host(&h);
                 self.hosts.insert(h.name.clone(), h);
             }
             Kind::Facility => {
@@ -144,11 +140,12 @@ impl Snapshot {
             }
             Kind::Destination => {
                 let d = Destination::deserialize(v)?;
-                if let Some(old) = self.destinations.get(&d.key()) {
+                let key = d.key();
+                if let Some(old) = self.destinations.get(&key) {
                     self.claims.remove_destination(old);
                 }
                 self.claims.add_destination(&d);
-                self.destinations.insert(d.key(), d);
+                self.destinations.insert(key, d);
             }
             Kind::Session => self.put_session(Session::deserialize(v)?),
         }
@@ -195,14 +192,14 @@ impl Snapshot {
         }
     }
 
+    fn index_host(&mut self, h: &Host) {
+        self.claims.add_host(h);
+        crate::claims::add(&mut self.hosts_by_facility, h.facility.clone(), &h.name);
+    }
+
     fn unindex_host(&mut self, h: &Host) {
         self.claims.remove_host(h);
-        if let Some(names) = self.hosts_by_facility.get_mut(&h.facility) {
-            names.remove(&h.name);
-            if names.is_empty() {
-                self.hosts_by_facility.remove(&h.facility);
-            }
-        }
+        crate::claims::remove(&mut self.hosts_by_facility, &h.facility, &h.name);
     }
 
     pub fn put_session(&mut self, s: Session) {

@@ -571,17 +571,17 @@ impl Inner {
 
     /// Changes the task in place. Not a copy: a task holds a result per destination, and a copy
     /// per result recorded made a run to 1,000 destinations cost a million result copies.
-    fn update(&self, id: &TaskId, f: impl FnOnce(&mut Task)) {
+    fn update<R>(&self, id: &TaskId, f: impl FnOnce(&mut Task) -> R) -> R {
         let mut tasks = self.tasks.lock();
-        f(tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1)));
+        f(tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1)))
     }
 
     /// Changes the task and returns a copy of it (to save, or to read outside the lock).
     fn updated(&self, id: &TaskId, f: impl FnOnce(&mut Task)) -> Task {
-        let mut tasks = self.tasks.lock();
-        let t = tasks.entry(id.clone()).or_insert_with(|| Task::new(&id.0, &id.1));
-        f(t);
-        t.clone()
+        self.update(id, |t| {
+            f(t);
+            t.clone()
+        })
     }
 
     async fn save_logged(&self, t: &Task) {

@@ -698,6 +698,7 @@ fn poll_event(c: &Change, kind: Kind) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use keel_model::{Group, Login, Snapshot, User};
+    use serde_json::Value;
 
     /// The default queue was 1,024 chunks (64 MiB per subscriber that stops reading) while the
     /// docs and the config said 16: the code now says what they say.
@@ -705,7 +706,6 @@ mod tests {
     fn watch_buffer_default_is_the_documented_16_chunks() {
         assert_eq!(super::WatchConfig::default().buffer, 16);
     }
-    use serde_json::Value;
 
     fn snapshot_of(n: u32) -> Snapshot {
         let mut s = Snapshot::default();

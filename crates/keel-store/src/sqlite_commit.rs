@@ -85,7 +85,7 @@ async fn run(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Result<Vec
         written += chunk.len();
         if let Err(e) = write_chunk(tx, chunk, i + 1 == chunks.len()).await {
             return Err(match e {
-                ChunkError::Unique => conflict(tx, &planned[..written]).await,
+                ChunkError::Unique => conflict(tx, planned_claims(&planned[..written])).await,
                 ChunkError::Store(e) => e,
             });
         }
@@ -149,7 +149,7 @@ async fn run_fresh(tx: &mut OpenTx, principal: &str, writes: Vec<Write>) -> Resu
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
             // OR ROLLBACK: SQLite has already rolled the transaction back.
             tx.open = false;
-            return Err(fresh_conflict(tx, &writes).await);
+            return Err(conflict(tx, fresh_claims(&writes)).await);
         }
         Err(e) => return Err(e.into()),
     };
@@ -220,26 +220,6 @@ fn fresh_changes(writes: Vec<Write>, last: u64, principal: &str, time: &str) -> 
             }
         })
         .collect()
-}
-
-/// Names the unique value a fresh batch claims that is already held (the rare path).
-async fn fresh_conflict(tx: &mut OpenTx, writes: &[Write]) -> StoreError {
-    let mut seen = std::collections::HashSet::new();
-    for (space, value) in writes.iter().flat_map(|w| w.uniques.iter()) {
-        if !seen.insert((*space, value.as_str())) {
-            return StoreError::Conflict(format!("{space} {value} is given twice"));
-        }
-        let held: Result<Option<String>, _> =
-            sqlx::query_scalar("SELECT key FROM uniques WHERE space = ? AND value = ?")
-                .bind(*space)
-                .bind(value.as_str())
-                .fetch_optional(&mut *tx.conn)
-                .await;
-        if let Ok(Some(_)) = held {
-            return StoreError::Conflict(format!("{space} {value} is already used"));
-        }
-    }
-    StoreError::Conflict("a unique value is already used".into())
 }
 
 /// Opens the transaction, takes the seqs and reads the records being replaced (by write index).
@@ -393,31 +373,51 @@ async fn write_chunk(tx: &mut OpenTx, chunk: &[Planned], last: bool) -> Result<(
     }
 }
 
-/// Names the unique value of `planned` (the writes up to the failed batch) that is already held
-/// by another record, or given twice (the rare path). The transaction is rolled back: this reads
-/// the committed database, which is what the writes were checked against.
-async fn conflict(tx: &mut OpenTx, planned: &[Planned]) -> StoreError {
+/// Names the unique value, of those `claims` lists in order (space, value, and the claiming
+/// record's kind and key: its own old values do not count), that is given twice or already held
+/// (the rare path). The transaction is rolled back (OR ROLLBACK): this reads the committed
+/// database, which is what the writes were checked against.
+async fn conflict<'a>(
+    tx: &mut OpenTx,
+    claims: impl Iterator<Item = (&'static str, &'a str, &'a str, &'a str)>,
+) -> StoreError {
     let mut seen = std::collections::HashSet::new();
-    for p in planned {
-        for (space, value) in &p.uniques {
-            if !seen.insert((*space, value.as_str())) {
-                return StoreError::Conflict(format!("{space} {value} is given twice"));
-            }
-            let held: Result<Option<String>, _> = sqlx::query_scalar(
-                "SELECT key FROM uniques WHERE space = ? AND value = ? AND NOT (kind = ? AND key = ?)",
-            )
-            .bind(*space)
-            .bind(value.as_str())
-            .bind(p.change.kind.as_str())
-            .bind(p.change.key.as_str())
-            .fetch_optional(&mut *tx.conn)
-            .await;
-            if let Ok(Some(_)) = held {
-                return StoreError::Conflict(format!("{space} {value} is already used"));
-            }
+    for (space, value, kind, key) in claims {
+        if !seen.insert((space, value)) {
+            return StoreError::Conflict(format!("{space} {value} is given twice"));
+        }
+        let held: Result<Option<String>, _> =
+            sqlx::query_scalar("SELECT key FROM uniques WHERE space = ? AND value = ? AND NOT (kind = ? AND key = ?)")
+                .bind(space)
+                .bind(value)
+                .bind(kind)
+                .bind(key)
+                .fetch_optional(&mut *tx.conn)
+                .await;
+        if let Ok(Some(_)) = held {
+            return StoreError::Conflict(format!("{space} {value} is already used"));
         }
     }
     StoreError::Conflict("a unique value is already used".into())
+}
+
+/// The unique values the writes up to a failed batch claim, for `conflict`.
+fn planned_claims(planned: &[Planned]) -> impl Iterator<Item = (&'static str, &str, &str, &str)> {
+    planned.iter().flat_map(|p| {
+        p.uniques
+            .iter()
+            .map(|(space, value)| (*space, value.as_str(), p.change.kind.as_str(), p.change.key.as_str()))
+    })
+}
+
+/// The unique values a fresh batch claims, for `conflict`: its records have no key yet, so none
+/// of their own values is in the database.
+fn fresh_claims(writes: &[Write]) -> impl Iterator<Item = (&'static str, &str, &str, &str)> {
+    writes.iter().flat_map(|w| {
+        w.uniques
+            .iter()
+            .map(|(space, value)| (*space, value.as_str(), w.kind.as_str(), ""))
+    })
 }
 
 #[cfg(test)]
