@@ -52,11 +52,18 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         None => State::default(),
     };
     let digest = m.digest();
-    if m.serial == state.serial && digest == state.digest {
+    let unfinished = Unfinished::path(&state_path);
+    let again = m.serial == state.serial && digest == state.digest;
+    if again && !Unfinished::holds(&unfinished, m.serial) {
         out.info(&format!("serial {} already applied; nothing to do", m.serial));
         return Ok(Code::Ok);
     }
-    if m.serial <= state.serial {
+    if again {
+        out.info(&format!(
+            "serial {} was applied but not finished (a home or a post hook failed): finishing it",
+            m.serial
+        ));
+    } else if m.serial <= state.serial {
         return Err(Fail::new(
             Code::Replay,
             format!(
@@ -103,7 +110,10 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         return Err(e);
     }
     journal.commit()?;
-    create_homes(&plan.homes, &cfg.skel, out);
+    // Until the homes and post hooks are through, the run is unfinished: the same bundle again
+    // finishes it rather than answering "already applied".
+    Unfinished::mark(&unfinished, m.serial)?;
+    let homes_failed = create_homes(&plan.homes, &cfg.skel, out);
     for note in &plan.notes {
         out.info(note);
     }
@@ -116,11 +126,44 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
             format!(", {} home(s) checked", plan.homes.len())
         }
     ));
-    match hooks::run(&hook_dir, Phase::Post, &env, out) {
-        Ok(()) => Ok(Code::Ok),
-        Err(f) => {
-            out.error(f.code, &f.message);
-            Ok(Code::PostHookFailed)
+    if let Err(f) = hooks::run(&hook_dir, Phase::Post, &env, out) {
+        out.error(f.code, &f.message);
+        return Ok(Code::PostHookFailed);
+    }
+    if homes_failed > 0 {
+        out.error(
+            Code::HomesFailed,
+            &format!("{homes_failed} home(s) could not be made; the next run tries again"),
+        );
+        return Ok(Code::HomesFailed);
+    }
+    Unfinished::clear(&unfinished)?;
+    Ok(Code::Ok)
+}
+
+/// A marker beside a service's state file: the serial whose files were applied but whose homes
+/// or post hooks failed. Outside the journal on purpose: the files stay applied (they are right),
+/// only the steps after them are owed.
+struct Unfinished;
+
+impl Unfinished {
+    fn path(state_path: &Path) -> PathBuf {
+        state_path.with_extension("unfinished")
+    }
+
+    fn holds(path: &Path, serial: u64) -> bool {
+        std::fs::read_to_string(path).is_ok_and(|s| s.trim().parse() == Ok(serial))
+    }
+
+    fn mark(path: &Path, serial: u64) -> Result<(), Fail> {
+        fsops::write_atomic(path, format!("{serial}\n").as_bytes(), 0o600)
+    }
+
+    fn clear(path: &Path) -> Result<(), Fail> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Fail::new(Code::Io, format!("{}: {e}", path.display()))),
         }
     }
 }
@@ -281,11 +324,13 @@ fn hook_env(cfg: &Config, b: &Bundle) -> Vec<(&'static str, String)> {
 }
 
 /// Creates missing homes, each with a copy of the skeleton. Existing ones are left alone; an owner
-/// change needs root, so without it the home keeps the agent's owner and a line says so.
-fn create_homes(homes: &[services::Home], skel: &Path, out: &mut Out<'_>) {
+/// change needs root, so without it the home keeps the agent's owner and a line says so. Returns
+/// how many homes failed (each with an Error line).
+fn create_homes(homes: &[services::Home], skel: &Path, out: &mut Out<'_>) -> usize {
     use std::os::unix::fs::DirBuilderExt;
     let root = rustix::process::geteuid().is_root();
     let mut created = 0;
+    let mut failed = 0;
     for h in homes {
         if std::fs::symlink_metadata(&h.path).is_ok() {
             continue;
@@ -294,21 +339,28 @@ fn create_homes(homes: &[services::Home], skel: &Path, out: &mut Out<'_>) {
             let _ = std::fs::create_dir_all(parent);
         }
         if let Err(e) = std::fs::DirBuilder::new().mode(h.mode).create(&h.path) {
-            out.error(Code::PostHookFailed, &format!("creating {}: {e}", h.path.display()));
+            out.error(Code::HomesFailed, &format!("creating {}: {e}", h.path.display()));
+            failed += 1;
             continue;
         }
         created += 1;
         let owner = root.then_some((h.uid, h.gid));
-        if let Err(e) = copy_skel(skel, &h.path, owner) {
-            out.error(
-                Code::PostHookFailed,
-                &format!("skeleton into {}: {e}", h.path.display()),
-            );
-        }
-        if let Some((uid, gid)) = owner {
-            if let Err(e) = std::os::unix::fs::chown(&h.path, Some(uid), Some(gid)) {
-                out.error(Code::PostHookFailed, &format!("chown {}: {e}", h.path.display()));
-            }
+        // The owner first: a skeleton copied into a home left the agent's would be the user's
+        // home with root's files in it.
+        let made = owner
+            .map_or(Ok(()), |(uid, gid)| {
+                std::os::unix::fs::chown(&h.path, Some(uid), Some(gid))
+            })
+            .map_err(|e| format!("chown {}: {e}", h.path.display()))
+            .and_then(|()| {
+                copy_skel(skel, &h.path, owner).map_err(|e| format!("skeleton into {}: {e}", h.path.display()))
+            });
+        if let Err(e) = made {
+            // Removed, so that the next run makes it whole rather than skip it as existing.
+            let _ = std::fs::remove_dir_all(&h.path);
+            out.error(Code::HomesFailed, &e);
+            failed += 1;
+            created -= 1;
         }
     }
     if created > 0 {
@@ -321,6 +373,7 @@ fn create_homes(homes: &[services::Home], skel: &Path, out: &mut Out<'_>) {
             }
         ));
     }
+    failed
 }
 
 /// Copies the skeleton into a home the agent has just created (so nobody else has written in it):

@@ -16,9 +16,10 @@ use crate::{Code, Config, Out};
 /// version and that the bundle is newer than the last one applied; then it takes the service's
 /// lock, runs the hooks in <config dir>/agent.d/<service>.d/ (pre_*, mid_*, post_*) and writes
 /// each changed file atomically, rolling back on failure. Exit codes: 0 ok; 1–15 errors (2 not
-/// whitelisted, 3 locked, 4 bad bundle, 5 bad signature, 6 replay, 7 hook failed, 8 I/O); 50
-/// refused by this host's policy; 100 applied with a warning; 200 wrong major version; 201
-/// unknown bundle format.
+/// whitelisted, 3 locked, 4 bad bundle, 5 bad signature, 6 replay, 7 hook failed, 8 I/O, 9 a home
+/// could not be made); 50 refused by this host's policy; 100 a post hook failed (the files are
+/// applied; the same bundle again finishes the run); 200 wrong major version; 201 unknown bundle
+/// format. keel counts only 0 as applied.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The agent's configuration.

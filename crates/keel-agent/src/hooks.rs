@@ -88,10 +88,7 @@ pub(crate) fn run(dir: &Path, phase: Phase, env: &[(&str, String)], out: &mut Ou
             ));
         }
         if !result.stderr.is_empty() {
-            out.error(
-                Code::PostHookFailed,
-                &format!("{name}: {}", String::from_utf8_lossy(&result.stderr).trim()),
-            );
+            out.warning(&format!("{name}: {}", String::from_utf8_lossy(&result.stderr).trim()));
         }
     }
     Ok(())

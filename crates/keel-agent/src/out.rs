@@ -1,8 +1,10 @@
-//! Exit codes and the output lines the engine records (`HH:MM:SS Info|Error NAME (code=N): text`).
+//! Exit codes and the output lines the engine records (`HH:MM:SS Info|Warning|Error NAME
+//! (code=N): text`).
 //!
 //! Codes follow Perun's families: 0 ok; 1–15 generic errors; 50+ service errors; 100–199
-//! warnings (applied, with remarks); 200+ protocol and version errors. Info lines go to stdout,
-//! Error lines to stderr: the engine reads non-empty stderr as a warning at least.
+//! applied but not whole (a post hook failed); 200+ protocol and version errors. Info lines go to
+//! stdout, Error lines to stderr. keel counts only exit 0 as applied (with remarks when stderr has
+//! lines); every other code is a failure it retries (docs/propagation.md, the exit-code table).
 
 use std::io::Write;
 
@@ -27,10 +29,14 @@ pub enum Code {
     HookFailed = 7,
     /// Reading or writing the host's files failed; rolled back.
     Io = 8,
+    /// The files were applied, but a home (or its skeleton, or its owner) could not be made:
+    /// the run is not complete, and the next one (even of the same serial) makes them again.
+    HomesFailed = 9,
     /// The service's data is refused by this host's policy (uid 0, duplicate uid, a clash with a
     /// local account, a symlinked target…).
     ServiceData = 50,
-    /// Applied, but a post hook failed.
+    /// The files were applied, but a post hook failed (a reload, a restart): the run is not
+    /// complete, and the next one (even of the same serial) runs the post hooks again.
     PostHookFailed = 100,
     /// The service's major version is not the one this host implements.
     WrongMajor = 200,
@@ -71,6 +77,12 @@ impl Out<'_> {
     pub fn info(&mut self, text: &str) {
         // A dropped ssh connection must not stop an apply: write errors are ignored.
         let _ = writeln!(self.info, "{} Info {} (code=0): {text}", clock(), self.name);
+    }
+
+    /// A remark on a run that succeeded (a hook's stderr): on stderr, so keel shows WARNING, with
+    /// code 0 since nothing failed.
+    pub fn warning(&mut self, text: &str) {
+        let _ = writeln!(self.error, "{} Warning {} (code=0): {text}", clock(), self.name);
     }
 
     pub fn error(&mut self, code: Code, text: &str) {
