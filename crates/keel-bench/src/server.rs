@@ -103,7 +103,7 @@ pub(crate) fn ms(t: std::time::Instant) -> f64 {
 
 /// Adds machines through the import endpoint, in one commit.
 pub(crate) async fn import(c: &Client, rows: Vec<Value>) -> anyhow::Result<()> {
-    c.import_machines(rows).await?;
+    c.import_machines(rows, false).await?;
     Ok(())
 }
 

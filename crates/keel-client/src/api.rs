@@ -109,10 +109,19 @@ impl Client {
             .value)
     }
 
-    /// Adds machines in one commit: all or none (`errors` name each bad row).
-    pub async fn import_machines(&self, rows: Vec<Value>) -> Result<Value, ClientError> {
-        let body = json!({ "machines": rows });
+    /// Adds machines in one commit: all or none (`errors` name each bad row). A dry run plans the
+    /// same import against the live state and commits nothing.
+    pub async fn import_machines(&self, rows: Vec<Value>, dry_run: bool) -> Result<Value, ClientError> {
+        let body = json!({ "machines": rows, "dry_run": dry_run });
         let path = format!("{}/import", Records::Machines.collection());
+        Ok(self.call(Method::POST, &path, Some(&body), None).await?.value)
+    }
+
+    /// Moves machines to free addresses of their pools (`None`: every machine outside today's
+    /// pools), all in one commit or none; a dry run only says where each would go.
+    pub async fn renumber_machines(&self, names: Option<&[String]>, dry_run: bool) -> Result<Value, ClientError> {
+        let body = json!({ "machines": names, "dry_run": dry_run });
+        let path = format!("{}/renumber", Records::Machines.collection());
         Ok(self.call(Method::POST, &path, Some(&body), None).await?.value)
     }
 
@@ -133,6 +142,19 @@ impl Client {
     pub async fn changes<T: DeserializeOwned>(&self, since: u64, limit: u32) -> Result<Vec<T>, ClientError> {
         let q = query(&[("since", since.to_string()), ("limit", limit.to_string())]);
         self.get(&format!("{API}/changes{q}")).await
+    }
+
+    /// The newest `limit` changes (before seq `before`, if given), newest first.
+    pub async fn newest_changes<T: DeserializeOwned>(
+        &self,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<T>, ClientError> {
+        let mut q = vec![("order", "desc".to_owned()), ("limit", limit.to_string())];
+        if let Some(b) = before {
+            q.push(("before", b.to_string()));
+        }
+        self.get(&format!("{API}/changes{}", query(&q))).await
     }
 
     /// Changes a password, authenticated by the current one (a client without a token will do).

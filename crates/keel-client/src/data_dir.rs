@@ -21,3 +21,5 @@ pub const TFTP_ADDR: &str = "tftp.addr";
 pub const PRESENCE_SECRET: &str = "presence.secret";
 /// The bundle signing key's default file.
 pub const BUNDLE_KEY: &str = "bundle.key";
+/// The outcome of the last reload (SIGHUP), which `keel reload` waits for.
+pub const RELOAD_STATUS: &str = "reload.json";

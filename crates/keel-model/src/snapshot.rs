@@ -330,6 +330,21 @@ impl Snapshot {
         self.by_hostname.values().filter_map(|id| self.machine(*id))
     }
 
+    /// Machines whose address is not one their type's pool hands out today (the pools changed
+    /// since they got it). They keep it: only an explicit renumbering moves them. A pass over every
+    /// machine, for a start, a reload and `--outside-pools`.
+    pub fn machines_outside<'a>(&'a self, pools: &'a Pools) -> impl Iterator<Item = &'a Machine> + 'a {
+        self.machines().filter(|m| !pools.of(m.mtype).admits(m.ip))
+    }
+
+    /// Users whose uid is outside their group's uid pool today (the pools changed since).
+    pub fn users_outside<'a>(&'a self, pools: &'a crate::UidPools) -> impl Iterator<Item = &'a User> + 'a {
+        self.users().filter(|u| {
+            let r = pools.of(u.group);
+            !(r.first..=r.last).contains(&u.uid)
+        })
+    }
+
     pub fn machine_count(&self) -> usize {
         self.machines.len()
     }
@@ -415,34 +430,68 @@ impl Snapshot {
             }
         };
         let m = patch.create(id, ip)?;
-        self.check_machine(&m, pools)?;
+        pools.check(m.mtype, m.ip)?;
+        self.check_unique(&m)?;
         Ok(m)
     }
 
-    /// Decides an edited machine. A type change without an explicit address moves the machine to a
-    /// free address of its new pool when its old one is outside it.
+    /// Decides an edited machine: only the fields the patch names change. Its address stays as it
+    /// is — even outside today's pools (the pools changed since it got it) — unless the patch gives
+    /// one, or changes the type to one whose pool does not hold it (then it gets the lowest free
+    /// address of the new type's pool, which the Change records). The pool is checked only for an
+    /// address or type the patch changes: an edit of the room never fails, or moves anything,
+    /// because the pools moved.
     pub fn edit_machine(&self, old: &Machine, patch: MachinePatch, pools: &Pools) -> Result<Machine, ValidationError> {
         let mtype = patch.mtype.unwrap_or(old.mtype);
         let ip = match patch.ip {
             Some(ip) => ip,
-            None if pools.of(mtype).admits(old.ip) => old.ip,
+            None if mtype == old.mtype || pools.of(mtype).admits(old.ip) => old.ip,
             None => {
                 let net = pools.of(mtype).network;
                 pools.allocate(mtype, None, self.used_ips_from(net.network(), net))?
             }
         };
         let m = patch.apply(old, ip)?;
-        self.check_machine(&m, pools)?;
+        if m.ip != old.ip || m.mtype != old.mtype {
+            pools.check(m.mtype, m.ip)?;
+        }
+        self.check_unique(&m)?;
         Ok(m)
+    }
+
+    /// Gives each named machine the lowest free address of its type's pool, in hostname order
+    /// (`keel machine renumber`): the machines outside today's pools, when `names` is `None`.
+    /// All or nothing: the first that cannot be placed (a full pool) fails the whole plan.
+    pub fn renumber(&self, names: Option<&[Hostname]>, pools: &Pools) -> Result<Vec<Machine>, ValidationError> {
+        let chosen: Vec<&Machine> = match names {
+            None => self.machines_outside(pools).collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.machine_by_name(n.as_str())
+                        .ok_or_else(|| ValidationError::new("machines", format!("no machine named {n}")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let mut working = self.clone();
+        let mut moved = Vec::with_capacity(chosen.len());
+        for old in chosen {
+            // The addresses given so far are taken: `working` holds the machines moved before.
+            let net = pools.of(old.mtype).network;
+            let ip = pools.allocate(old.mtype, None, working.used_ips_from(net.network(), net))?;
+            let m = Machine { ip, ..old.clone() };
+            working.put_machine(m.clone());
+            moved.push(m);
+        }
+        Ok(moved)
     }
 
     fn used_ips_from(&self, from: Ipv4Addr, net: ipnet::Ipv4Net) -> impl Iterator<Item = Ipv4Addr> + '_ {
         self.by_ip.range(from..=net.broadcast()).map(|(ip, _)| *ip)
     }
 
-    /// Checks a machine against the others: pool, unique names (hostnames and aliases), MAC and IP.
-    pub fn check_machine(&self, m: &Machine, pools: &Pools) -> Result<(), ValidationError> {
-        pools.check(m.mtype, m.ip)?;
+    /// Checks a machine against the others: unique names (hostnames and aliases), MAC and IP.
+    pub fn check_unique(&self, m: &Machine) -> Result<(), ValidationError> {
         let taken = |field: &str, what: String, other: u64| {
             let by = self
                 .machines
@@ -516,18 +565,10 @@ impl Snapshot {
                 return Err(ValidationError::new("login", format!("{login} already exists")));
             }
         }
-        let key = Counter::uid_key(group);
         let range = pools.of(group);
-        let counted = self
-            .counters
-            .get(&key)
-            .map(|c| u32::try_from(c.value).unwrap_or(u32::MAX));
-        // O(log n): the last key of the pool's range (issue 23: this was a pass over every uid,
-        // so an import of k users into n cost k·n).
-        let present = self.by_uid.range(range.first..=range.last).next_back().map(|(u, _)| *u);
-        let high = counted.into_iter().chain(present).max();
-        let uid = pools.next(group, high)?;
+        let uid = pools.next(group, self.uid_high_water(group, range))?;
         let user = patch.create(uid)?;
+        let key = Counter::uid_range_key(group, range);
         let version = self.counters.get(&key).map_or(0, |c| c.version);
         Ok((
             user,
@@ -537,6 +578,33 @@ impl Snapshot {
                 version,
             },
         ))
+    }
+
+    /// The highest uid of `range` ever handed out, or held now: each uid range keeps a counter of
+    /// its own (`uid.GROUP.FIRST-LAST`, which has given every uid from FIRST to its value), so a
+    /// range the pools moved to is not counted as used up by another's counter — and a range that
+    /// overlaps one used before counts that one's uids as given. A counter from before ranges had
+    /// their own (`uid.GROUP`) counts where its value falls in `range`. O(log n): the group's few
+    /// counters and one range query over the uids.
+    fn uid_high_water(&self, group: crate::Group, range: crate::UidRange) -> Option<u32> {
+        let legacy = Counter::uid_key(group);
+        let counted = self
+            .counters
+            .range(legacy.clone()..)
+            .take_while(|(k, _)| k.starts_with(&legacy))
+            .filter_map(|(k, c)| {
+                let value = u32::try_from(c.value).unwrap_or(u32::MAX);
+                if *k == legacy {
+                    return (range.first..=range.last).contains(&value).then_some(value);
+                }
+                let given = Counter::parse_uid_range(k.strip_prefix(&format!("{legacy}."))?)?;
+                (given.first <= range.last && value >= range.first).then_some(value.min(range.last))
+            })
+            .max();
+        // O(log n): the last key of the pool's range (issue 23: this was a pass over every uid,
+        // so an import of k users into n cost k·n).
+        let present = self.by_uid.range(range.first..=range.last).next_back().map(|(u, _)| *u);
+        counted.into_iter().chain(present).max()
     }
 
     /// Checks a switch's chassis id against the other switches.
@@ -656,6 +724,48 @@ mod uid_tests {
             s.new_user(user("d", "root"), &pools).unwrap_err().field,
             "uid",
             "root's pool is full"
+        );
+    }
+
+    /// Issue 30: "the user uid pool 10001–10999 is used up" when every user had been made in a
+    /// configured 20001–20999. Each range has its counter; a counter of another range counts only
+    /// where the uids it gave fall in this one.
+    #[test]
+    fn a_uid_range_is_not_used_up_by_another_ranges_counter() {
+        let counter = |key: &str, value: u64| Counter {
+            key: key.into(),
+            value,
+            version: 1,
+        };
+        let range = |first, last| crate::UidPools {
+            user: crate::UidRange { first, last },
+            ..crate::UidPools::default()
+        };
+        for old in ["uid.user", "uid.user.20001-20999"] {
+            let mut s = Snapshot::default();
+            s.put_counter(counter(old, 20999));
+            let (u, c) = s.new_user(user("a", "user"), &range(10001, 10999)).unwrap();
+            assert_eq!((u.uid, c.key.as_str()), (10001, "uid.user.10001-10999"), "{old}");
+        }
+        // A range that overlaps one used before: its uids up to that counter were given.
+        let mut s = Snapshot::default();
+        s.put_counter(counter("uid.user.10001-10999", 10500));
+        assert_eq!(
+            s.new_user(user("a", "user"), &range(10001, 11999)).unwrap().0.uid,
+            10501
+        );
+        assert_eq!(
+            s.new_user(user("a", "user"), &range(10401, 10600)).unwrap().0.uid,
+            10501
+        );
+        assert_eq!(
+            s.new_user(user("a", "user"), &range(10001, 10300)).unwrap_err().field,
+            "uid",
+            "every uid of 10001-10300 was given: none is given again"
+        );
+        assert_eq!(
+            s.new_user(user("a", "user"), &range(11001, 11500)).unwrap().0.uid,
+            11001
         );
     }
 }

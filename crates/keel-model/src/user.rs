@@ -228,8 +228,24 @@ pub struct Counter {
 }
 
 impl Counter {
+    /// The counter of a group from before each uid range had its own (still read: see
+    /// `Snapshot::new_user`).
     pub fn uid_key(group: Group) -> String {
         format!("uid.{group}")
+    }
+
+    /// The counter of one uid range of a group: `uid.user.10001-10999`.
+    pub fn uid_range_key(group: Group, range: UidRange) -> String {
+        format!("uid.{group}.{}-{}", range.first, range.last)
+    }
+
+    /// The range of a counter key's `FIRST-LAST` part.
+    pub fn parse_uid_range(s: &str) -> Option<UidRange> {
+        let (first, last) = s.split_once('-')?;
+        Some(UidRange {
+            first: first.parse().ok()?,
+            last: last.parse().ok()?,
+        })
     }
 }
 

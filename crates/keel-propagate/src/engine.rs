@@ -87,7 +87,8 @@ struct Inner {
     cfg: EngineConfig,
     key: SecretKey,
     sender: Arc<dyn Sender>,
-    services: BTreeMap<String, Service>,
+    /// What GEN runs and with which site options; replaced whole by a reload of keel.toml.
+    generation: arc_swap::ArcSwap<Generation>,
     tasks: Mutex<BTreeMap<TaskId, Task>>,
     queue: Mutex<BTreeMap<TaskId, Planned>>,
     running: Mutex<BTreeSet<TaskId>>,
@@ -101,6 +102,12 @@ struct Inner {
     finished: broadcast::Sender<Finished>,
     /// Bundle bytes handed to destinations' agents since the start (metrics).
     sent_bytes: std::sync::atomic::AtomicU64,
+}
+
+/// The services the engine knows and the options their generators follow.
+struct Generation {
+    services: BTreeMap<String, Service>,
+    gen: keel_gen::Options,
 }
 
 /// A task run has ended.
@@ -155,12 +162,16 @@ impl Engine {
             tracing::info!(resumed, "resuming propagation tasks interrupted by a stop");
         }
         let parallel = cfg.parallel.max(1);
+        let generation = arc_swap::ArcSwap::from_pointee(Generation {
+            services,
+            gen: cfg.gen.clone(),
+        });
         let inner = Arc::new(Inner {
             db,
             cfg,
             key,
             sender,
-            services,
+            generation,
             tasks: Mutex::new(tasks),
             queue: Mutex::new(BTreeMap::new()),
             running: Mutex::new(BTreeSet::new()),
@@ -185,7 +196,15 @@ impl Engine {
     }
 
     pub fn service_names(&self) -> BTreeSet<String> {
-        self.inner.services.keys().cloned().collect()
+        self.inner.generation.load().services.keys().cloned().collect()
+    }
+
+    /// New services and generator options (a reload of keel.toml): every task is planned once,
+    /// after the debounce, so what the new options change goes out; an unchanged digest is not
+    /// resent. A task already running finishes with what it started with.
+    pub fn reconfigure(&self, services: BTreeMap<String, Service>, gen: keel_gen::Options) {
+        self.inner.generation.store(Arc::new(Generation { services, gen }));
+        self.plan_all(false, self.inner.cfg.debounce);
     }
 
     /// Every task of an existing facility, by facility then service; `facility` narrows it.
@@ -297,12 +316,12 @@ impl Engine {
         let f = snap
             .facility(facility)
             .ok_or_else(|| EngineError::NotFound(format!("facility {facility}")))?;
-        let svc = self
-            .inner
+        let generation = self.inner.generation.load_full();
+        let svc = generation
             .services
             .get(service)
             .ok_or_else(|| EngineError::NotFound(format!("service {service}")))?;
-        let files = services::generate(svc, &snap, self.inner.db.pools(), f, &self.inner.cfg.gen)
+        let files = services::generate(svc, &snap, &self.inner.db.pools(), f, &generation.gen)
             .await
             .map_err(EngineError::Gen)?;
         let serial = self.next_serial(facility, service).await?;
@@ -355,9 +374,10 @@ impl Engine {
     /// Plans every enabled (facility, service) pair.
     fn plan_all(&self, force: bool, delay: Duration) {
         let snap = self.inner.db.snapshot();
+        let generation = self.inner.generation.load();
         for f in snap.facilities() {
             for s in &f.services {
-                if self.inner.services.contains_key(s) {
+                if generation.services.contains_key(s) {
                     self.plan((f.name.clone(), s.clone()), delay, force);
                 }
             }
@@ -374,9 +394,10 @@ impl Engine {
                 pairs.extend(f.services.iter().map(|s| (f.name.clone(), s.clone())));
             }
         }
+        let generation = self.inner.generation.load();
         if !burst.kinds.is_empty() {
             let affected = |s: &String| {
-                self.inner
+                generation
                     .services
                     .get(s)
                     .is_some_and(|svc| burst.kinds.iter().any(|k| svc.affected_by(*k)))
@@ -391,8 +412,7 @@ impl Engine {
             }
         }
         for id in pairs {
-            let debounce = self
-                .inner
+            let debounce = generation
                 .services
                 .get(&id.1)
                 .map_or(self.inner.cfg.debounce, |s| s.debounce(self.inner.cfg.debounce));
@@ -485,7 +505,7 @@ impl Engine {
             .filter(|(_, t)| {
                 t.results
                     .values()
-                    .any(|r| matches!(r.status, DestStatus::Error | DestStatus::Pending))
+                    .any(|r| matches!(r.status, DestStatus::Error | DestStatus::Pending) || r.refused_by_host())
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -593,7 +613,8 @@ impl Inner {
     /// Runs one task; returns when to retry failed destinations, if any failed.
     async fn run_task(self: Arc<Self>, id: &TaskId, force: bool) -> Option<Duration> {
         let snap = self.db.snapshot();
-        let (Some(facility), Some(svc)) = (snap.facility(&id.0), self.services.get(&id.1)) else {
+        let generation = self.generation.load_full();
+        let (Some(facility), Some(svc)) = (snap.facility(&id.0), generation.services.get(&id.1)) else {
             self.update(id, |t| t.state = TaskState::Waiting);
             return None;
         };
@@ -606,7 +627,7 @@ impl Inner {
             t.state = TaskState::Generating;
             t.started = Some(now());
         });
-        let files = match services::generate(svc, &snap, self.db.pools(), facility, &self.cfg.gen).await {
+        let files = match services::generate(svc, &snap, &self.db.pools(), facility, &generation.gen).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(task = %task_key(&id.0, &id.1), error = %e, "GEN failed");
@@ -632,11 +653,17 @@ impl Inner {
             }
         };
         let digest = files.digest(svc.version());
+        let notes = services::notes(svc, &snap, &self.db.pools());
+        if let Some(first) = notes.first() {
+            // One line per run, not per machine: the status lists each.
+            tracing::warn!(task = %task_key(&id.0, &id.1), count = notes.len(), %first, "GEN: machines outside the pools");
+        }
         let task = self.updated(id, |t| {
             t.state = TaskState::Generated;
             t.serial += 1;
             t.digest.clone_from(&digest);
             t.error = None;
+            t.notes = notes;
         });
         // The serial is durable before any bundle carries it.
         if let Err(e) = self.save(&task).await {
@@ -730,7 +757,7 @@ impl Inner {
         let failures = task
             .results
             .values()
-            .filter(|r| r.status == DestStatus::Error)
+            .filter(|r| !r.status.succeeded() && !r.blocked_here())
             .map(|r| r.failures)
             .min()?;
         Some(self.backoff(failures))
@@ -796,15 +823,23 @@ fn denied(mut r: DestResult, why: &str) -> DestResult {
     r
 }
 
-/// The result of one send, from the agent's exit code (Perun's families) and output.
-/// `backoff` gives the wait before the next try after that many failures in a row.
-fn result(mut r: DestResult, out: &Outcome, task: &Task, backoff: impl Fn(u32) -> Duration) -> DestResult {
-    let status = match out.exit_code {
-        Some(0) if out.stderr.trim().is_empty() => DestStatus::Done,
-        Some(0 | 100..=199) => DestStatus::Warning,
+/// What a destination's status is for an agent's exit code and output (docs/propagation.md's
+/// exit-code table): DONE is exit 0 without a remark; WARNING exit 0 with remarks on stderr;
+/// DENIED the agent's whitelist refusal (exit 2); every other code — a post hook or a home that
+/// failed after the files were written (100, 9) included — is ERROR: retried, never a success.
+pub fn status_of(exit_code: Option<i32>, stderr: &str) -> DestStatus {
+    match exit_code {
+        Some(0) if stderr.trim().is_empty() => DestStatus::Done,
+        Some(0) => DestStatus::Warning,
         Some(2) => DestStatus::Denied,
         _ => DestStatus::Error,
-    };
+    }
+}
+
+/// The result of one send, from the agent's exit code and output. `backoff` gives the wait before
+/// the next try after that many failures in a row.
+fn result(mut r: DestResult, out: &Outcome, task: &Task, backoff: impl Fn(u32) -> Duration) -> DestResult {
+    let status = status_of(out.exit_code, &out.stderr);
     let at = now();
     r.status = status;
     r.exit_code = out.exit_code;
@@ -812,35 +847,32 @@ fn result(mut r: DestResult, out: &Outcome, task: &Task, backoff: impl Fn(u32) -
     r.stderr.clone_from(&out.stderr);
     r.duration_ms = u64::try_from(out.duration.as_millis()).unwrap_or(u64::MAX);
     r.serial = task.serial;
-    match status {
-        DestStatus::Done | DestStatus::Warning => {
-            r.digest.clone_from(&task.digest);
-            r.last_success = Some(at.clone());
-            r.failures = 0;
-            r.retry_at = None;
-        }
-        _ => {
-            r.digest.clear();
-            r.last_error = Some(at.clone());
-            r.failures += 1;
-            r.retry_at = Some(unix_now() + backoff(r.failures).as_secs());
-        }
+    if status.succeeded() {
+        r.digest.clone_from(&task.digest);
+        r.last_success = Some(at.clone());
+        r.failures = 0;
+        r.retry_at = None;
+    } else {
+        // A refusal by the host is a failure too: counted, alerted on, looked at again.
+        r.digest.clear();
+        r.last_error = Some(at.clone());
+        r.failures += 1;
+        r.retry_at = Some(unix_now() + backoff(r.failures).as_secs());
     }
     r.at = at;
     r
 }
 
+/// A task's state from its destinations' results: DONE only when every destination is DONE or
+/// blocked by an admin (DENIED without an exit code); a host's refusal (DENIED by its whitelist)
+/// is an ERROR of the task, as is any failed destination; SENDERROR when one never ran the agent.
 fn final_state(t: &Task) -> TaskState {
-    let statuses: Vec<DestStatus> = t.results.values().map(|r| r.status).collect();
-    let never_ran = t
-        .results
-        .values()
-        .any(|r| r.status == DestStatus::Error && matches!(r.exit_code, None | Some(255)));
-    if never_ran {
+    let results = || t.results.values();
+    if results().any(|r| r.status == DestStatus::Error && matches!(r.exit_code, None | Some(255))) {
         TaskState::Senderror
-    } else if statuses.contains(&DestStatus::Error) {
+    } else if results().any(|r| r.status == DestStatus::Error || r.refused_by_host()) {
         TaskState::Error
-    } else if statuses.contains(&DestStatus::Warning) {
+    } else if results().any(|r| r.status == DestStatus::Warning) {
         TaskState::Warning
     } else {
         TaskState::Done

@@ -9,7 +9,7 @@ pub mod send;
 pub mod services;
 pub mod state;
 
-pub use engine::{Engine, EngineConfig, EngineError};
+pub use engine::{status_of, Engine, EngineConfig, EngineError};
 pub use send::{Senders, SshConfig};
 pub use services::{registry, CustomService, Service};
 pub use state::{DestResult, DestStatus, Task, TaskState};

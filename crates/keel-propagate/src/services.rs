@@ -148,6 +148,35 @@ pub async fn generate(
     }
 }
 
+/// What the task's status should say besides its state: for `dhcp` and `dns`, each machine whose
+/// address is outside today's pools (it keeps it; `keel machine renumber` moves it) and what its
+/// files then lack.
+pub fn notes(service: &Service, snap: &Snapshot, pools: &keel_model::Pools) -> Vec<String> {
+    let what = match service {
+        Service::BuiltIn(BuiltIn::Dhcp) => "no DHCP subnet serves its reservation",
+        Service::BuiltIn(BuiltIn::Dns) => "it has no PTR record (no reverse zone holds it)",
+        _ => return Vec::new(),
+    };
+    let networks = pools.networks();
+    snap.machines_outside(pools)
+        .map(|m| {
+            let pool = pools.of(m.mtype).network;
+            let served = networks.iter().any(|n| n.contains(&m.ip));
+            format!(
+                "machine {} has {}, outside today's {} pool {pool}: {}; `keel machine renumber` moves it",
+                m.hostname,
+                m.ip,
+                m.mtype,
+                if served {
+                    "another pool's network still holds it"
+                } else {
+                    what
+                }
+            )
+        })
+        .collect()
+}
+
 async fn custom(c: &CustomService, input: Vec<u8>) -> Result<Vec<File>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let (prog, args) = c.command.split_first().ok_or("no command")?;

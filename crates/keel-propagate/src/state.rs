@@ -17,13 +17,14 @@ pub enum TaskState {
     Generror,
     Generated,
     Sending,
-    /// Every destination is DONE (or DENIED by a block).
+    /// Every destination is DONE, or blocked here by an admin.
     Done,
     /// At least one destination failed to receive the bundle.
     Senderror,
-    /// At least one destination refused or failed to apply it.
+    /// At least one destination refused it (its whitelist included), failed to apply it, or
+    /// applied only part of it (a post hook or a home failed).
     Error,
-    /// Every destination applied it, some with remarks.
+    /// Every destination applied it, some with remarks (exit 0 and lines on stderr).
     Warning,
 }
 
@@ -68,13 +69,23 @@ impl TaskState {
 pub enum DestStatus {
     /// Never sent yet.
     Pending,
+    /// Applied: exit 0, nothing on stderr.
     Done,
-    /// Applied, with remarks (a warning exit code, or anything on stderr).
+    /// Applied, with remarks: exit 0 and lines on stderr.
     Warning,
-    /// The agent failed or refused; or the bundle did not get there (`sent` false).
+    /// The agent failed, refused or applied only part (a post hook, a home); or the bundle did
+    /// not get there (no exit code, or ssh's 255).
     Error,
-    /// Blocked here, or refused by the agent's whitelist.
+    /// Blocked here by an admin (no exit code), or refused by the agent's whitelist (exit 2).
     Denied,
+}
+
+impl DestStatus {
+    /// Applied whole: the only outcomes that count as a success anywhere (last success, failure
+    /// counters, metrics, alerts, pages).
+    pub fn succeeded(self) -> bool {
+        matches!(self, Self::Done | Self::Warning)
+    }
 }
 
 /// The last result at one destination.
@@ -119,7 +130,17 @@ impl DestResult {
 
     /// Applied with the given digest: nothing to send while the digest stays the same.
     pub fn holds(&self, digest: &str) -> bool {
-        matches!(self.status, DestStatus::Done | DestStatus::Warning) && self.digest == digest
+        self.status.succeeded() && self.digest == digest
+    }
+
+    /// Blocked by an admin here (nothing was sent).
+    pub fn blocked_here(&self) -> bool {
+        self.status == DestStatus::Denied && self.exit_code.is_none()
+    }
+
+    /// The host's agent refused the bundle (its whitelist): a failure, unlike an admin's block.
+    pub fn refused_by_host(&self) -> bool {
+        self.status == DestStatus::Denied && self.exit_code.is_some()
     }
 }
 
@@ -134,6 +155,9 @@ pub struct Task {
     pub digest: String,
     /// Why GEN failed, when it did.
     pub error: Option<String>,
+    /// What the last GEN noticed in the data (machines outside the pools, for `dhcp` and `dns`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     pub started: Option<String>,
     pub finished: Option<String>,
     /// By destination (as written).
@@ -149,6 +173,7 @@ impl Task {
             serial: 0,
             digest: String::new(),
             error: None,
+            notes: Vec::new(),
             started: None,
             finished: None,
             results: BTreeMap::new(),

@@ -84,6 +84,10 @@ impl Default for DnsConfig {
     }
 }
 
+/// The zones as served, replaced whole when the pools change (a reload of keel.toml): each query
+/// reads the zones current when it arrives.
+pub type LiveZones = Arc<arc_swap::ArcSwap<Zones>>;
+
 /// The zones keel serves: the forward zone and one reverse zone per pool network.
 #[derive(Debug, Clone)]
 pub struct Zones {
@@ -398,14 +402,17 @@ fn rcode(answer: &[u8]) -> u8 {
 }
 
 /// Serves DNS on `udp` and `tcp` until the process ends.
-pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListener, answered: Answered) {
+pub async fn serve(db: Arc<Db>, zones: LiveZones, udp: UdpSocket, tcp: TcpListener, answered: Answered) {
     let udp = Arc::new(udp);
-    let fwd = Arc::new(Forwarding::new(&zones.cfg));
+    let (fwd, max_tcp) = {
+        let first = zones.load();
+        (Arc::new(Forwarding::new(&first.cfg)), first.cfg.max_tcp)
+    };
     for _ in 0..2 {
         let (db, zones, udp, fwd, answered) = (db.clone(), zones.clone(), udp.clone(), fwd.clone(), answered.clone());
         tokio::spawn(async move { serve_udp(&db, &zones, &udp, &fwd, &answered).await });
     }
-    let conns = Arc::new(tokio::sync::Semaphore::new(zones.cfg.max_tcp.max(1)));
+    let conns = Arc::new(tokio::sync::Semaphore::new(max_tcp.max(1)));
     loop {
         let Ok((stream, peer)) = tcp.accept().await else {
             // Out of descriptors, most likely: let connections close rather than spin.
@@ -426,16 +433,17 @@ pub async fn serve(db: Arc<Db>, zones: Arc<Zones>, udp: UdpSocket, tcp: TcpListe
 
 /// Answers on the socket's own task; a forward runs on a task of its own, holding a slot, and
 /// sends its answer itself when the upstream gives one.
-async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forwarding, answered: &Answered) {
+async fn serve_udp(db: &Db, live: &LiveZones, udp: &Arc<UdpSocket>, fwd: &Forwarding, answered: &Answered) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
             continue;
         };
-        let out = match decide(zones, &db.snapshot(), &buf[..n], true) {
+        let zones = live.load_full();
+        let out = match decide(&zones, &db.snapshot(), &buf[..n], true) {
             Decision::Reply(out) => Some(out),
             Decision::Ignore => None,
-            Decision::Forward(req, packet) => match fwd.admit(zones, from.ip(), &req) {
+            Decision::Forward(req, packet) => match fwd.admit(&zones, from.ip(), &req) {
                 Err(now) => now,
                 Ok(slot) => {
                     let (zones, udp, answered) = (zones.clone(), udp.clone(), answered.clone());
@@ -460,7 +468,7 @@ async fn serve_udp(db: &Db, zones: &Arc<Zones>, udp: &Arc<UdpSocket>, fwd: &Forw
 /// RFC 7766: length-prefixed messages, several per connection, closed after 10 s idle.
 async fn serve_tcp(
     db: &Db,
-    zones: &Zones,
+    live: &LiveZones,
     fwd: &Forwarding,
     mut stream: tokio::net::TcpStream,
     peer: std::net::IpAddr,
@@ -479,10 +487,11 @@ async fn serve_tcp(
         ) {
             return;
         }
-        let out = match decide(zones, &db.snapshot(), &packet, false) {
+        let zones = live.load_full();
+        let out = match decide(&zones, &db.snapshot(), &packet, false) {
             Decision::Reply(out) => Some(out),
             Decision::Ignore => None,
-            Decision::Forward(req, packet) => match fwd.admit(zones, peer, &req) {
+            Decision::Forward(req, packet) => match fwd.admit(&zones, peer, &req) {
                 Err(now) => now,
                 Ok(_slot) => forward(&zones.cfg.upstream, &req, &packet).await,
             },

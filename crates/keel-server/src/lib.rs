@@ -65,8 +65,6 @@ pub struct ServerConfig {
     pub web: web::WebConfig,
     /// prologin's RPC shared secret (`hmac` field), if configured.
     pub rpc_secret: Option<rpc::RpcSecret>,
-    /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
-    pub map_public: bool,
     /// Homes on home file servers.
     pub homes: homes::HomesConfig,
     /// A line per request at info level, target `keel::access` (`[log] access`).
@@ -168,6 +166,7 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
             "/machines/import",
             post(rest::import_machines).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
         )
+        .route("/machines/renumber", post(rest::renumber_machines))
         .route(
             "/machines/{name}",
             get(rest::get_machine)

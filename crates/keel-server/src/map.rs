@@ -45,7 +45,7 @@ fn map_of(snap: &Snapshot) -> MapData {
 }
 
 fn check(st: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    caller.reader(st.config.map_public || st.config.open_reads)
+    caller.reader(st.presence.config().map_public || st.config.open_reads)
 }
 
 pub(crate) async fn page(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {

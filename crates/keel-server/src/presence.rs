@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Path, State};
@@ -35,6 +36,8 @@ pub struct PresenceConfig {
     pub recovery: Duration,
     /// The secret machines present with their address; `None`: only admins' tokens are accepted.
     pub secret: Option<crate::Secret>,
+    /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
+    pub map_public: bool,
 }
 
 impl Default for PresenceConfig {
@@ -43,6 +46,8 @@ impl Default for PresenceConfig {
             timeout: Duration::from_secs(30),
             recovery: Duration::from_secs(30),
             secret: None,
+            // keel.toml's default is true (`[presence] map_public`); a bare server shows nothing.
+            map_public: false,
         }
     }
 }
@@ -117,7 +122,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
 
 /// Presence's live state: when each session last showed a heartbeat.
 pub struct Presence {
-    pub config: PresenceConfig,
+    /// Replaced whole by a reload of keel.toml ([`Presence::reconfigure`]).
+    config: arc_swap::ArcSwap<PresenceConfig>,
     started: Instant,
     seen: parking_lot::Mutex<HashMap<String, Instant>>,
 }
@@ -125,10 +131,21 @@ pub struct Presence {
 impl Presence {
     pub fn new(config: PresenceConfig) -> Self {
         Self {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             started: Instant::now(),
             seen: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The settings in force now.
+    pub fn config(&self) -> Arc<PresenceConfig> {
+        self.config.load_full()
+    }
+
+    /// New settings (a reload): the next login, heartbeat and expiry pass use them. The recovery
+    /// window stays counted from the start.
+    pub fn reconfigure(&self, config: PresenceConfig) {
+        self.config.store(Arc::new(config));
     }
 
     fn seen(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Instant>> {
@@ -141,7 +158,7 @@ impl Presence {
 
     /// Seconds of recovery left after the start, if any.
     fn recovering(&self) -> Option<u64> {
-        let left = self.config.recovery.checked_sub(self.started.elapsed())?;
+        let left = self.config().recovery.checked_sub(self.started.elapsed())?;
         (!left.is_zero()).then(|| left.as_secs().max(1))
     }
 
@@ -151,13 +168,14 @@ impl Presence {
     fn overdue(&self, sessions: impl Iterator<Item = Session>, shared: &HashMap<String, i64>) -> Vec<Session> {
         let now = Instant::now();
         let now_ms = crate::auth::now_ms();
-        let timeout_ms = crate::auth::millis(self.config.timeout);
+        let timeout = self.config().timeout;
+        let timeout_ms = crate::auth::millis(timeout);
         let seen = self.seen();
         sessions
             .filter(|s| {
                 let last = seen.get(s.login.as_str()).copied().unwrap_or(self.started);
                 let heard_elsewhere = shared.get(s.login.as_str()).is_some_and(|at| now_ms - at <= timeout_ms);
-                now.duration_since(last) > self.config.timeout && !heard_elsewhere
+                now.duration_since(last) > timeout && !heard_elsewhere
             })
             .collect()
     }
@@ -222,7 +240,8 @@ fn credential(st: &AppState, caller: &Caller, headers: &HeaderMap) -> Result<Opt
     if caller.0.is_some() {
         return caller.admin().cloned().map(Some);
     }
-    let Some(secret) = &st.presence.config.secret else {
+    let config = st.presence.config();
+    let Some(secret) = &config.secret else {
         return Err(ApiError::Unauthorized(
             "presence needs an admin token (no presence secret is configured)",
         ));
@@ -409,7 +428,7 @@ pub async fn heartbeat(
         "refused": refused,
         "ignored": unknown,
         "contest_mode": snap.flag("contest_mode"),
-        "timeout_secs": st.presence.config.timeout.as_secs(),
+        "timeout_secs": st.presence.config().timeout.as_secs(),
     })))
 }
 

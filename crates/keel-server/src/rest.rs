@@ -79,15 +79,64 @@ fn filters_of(query: Option<&str>) -> Map<String, Value> {
 
 // ---- machines ----
 
+/// The machines, filtered Django-style; `outside_pools=true` keeps those whose address is not
+/// one their type's pool hands out today (the pools changed since: `keel machine renumber`).
 pub(crate) async fn list_machines(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {
     caller.reader(st.config.open_reads)?;
-    let filters = parse_filters::<Machine>(filters_of(q.as_deref()))?;
+    let mut query = filters_of(q.as_deref());
+    let outside = match query.remove("outside_pools") {
+        None => false,
+        Some(Value::String(v)) => match v.as_str() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            other => {
+                return Err(ApiError::invalid(
+                    "outside_pools",
+                    format!("must be true or false (got {other:?})"),
+                ))
+            }
+        },
+        Some(_) => return Err(ApiError::invalid("outside_pools", "must be true or false")),
+    };
+    let filters = parse_filters::<Machine>(query)?;
     let snap = st.db.snapshot();
+    let pools = st.db.pools();
     let list: Vec<&Machine> = snap
         .machines()
+        .filter(|m| !outside || !pools.of(m.mtype).admits(m.ip))
         .filter(|m| filters.iter().all(|f| f.matches(*m)))
         .collect();
     Ok(Json(to_json(&list)?).into_response())
+}
+
+/// `POST /api/v1/machines/renumber`: `{"machines": [names]}` (default: every machine outside
+/// today's pools) and `"dry_run"`; each moves to the lowest free address of its type's pool, all
+/// in one commit or none.
+pub(crate) async fn renumber_machines(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
+    let who = caller.admin()?;
+    let mut fields = json_fields(&body)?;
+    let names = match fields.take_value("machines") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|v| {
+                    let s = v
+                        .as_str()
+                        .ok_or_else(|| ApiError::invalid("machines", "must be a list of hostnames"))?;
+                    Ok(keel_model::Hostname::parse("machines", s)?)
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?,
+        ),
+        Some(_) => return Err(ApiError::invalid("machines", "must be a list of hostnames")),
+    };
+    let dry_run = fields.opt_bool("dry_run")?.unwrap_or(false);
+    fields.finish()?;
+    let moved = st.db.renumber_machines(who, names, dry_run).await?;
+    let moved: Vec<Value> = moved
+        .iter()
+        .map(|(m, from)| json!({"hostname": m.hostname, "mtype": m.mtype, "from": from, "to": m.ip}))
+        .collect();
+    Ok(Json(json!({ "dry_run": dry_run, "moved": moved })).into_response())
 }
 
 pub(crate) async fn get_machine(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
@@ -167,12 +216,16 @@ pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, 
         Some(Value::Array(rows)) => rows,
         _ => return Err(ApiError::invalid("machines", "must be a list of machine objects")),
     };
+    let dry_run = fields.opt_bool("dry_run")?.unwrap_or(false);
     fields.finish()?;
     let rows = numbered_rows(rows, MachinePatch::from_fields)?;
-    let created = st.db.import_machines(who, rows).await?;
+    let created = st.db.import_machines(who, rows, dry_run).await?;
+    // A dry run is planned against the live state exactly as the import would be; nothing is
+    // committed or logged.
+    let status = if dry_run { StatusCode::OK } else { StatusCode::CREATED };
     Ok((
-        StatusCode::CREATED,
-        Json(json!({ "created": created.len(), "machines": created })),
+        status,
+        Json(json!({ "created": created.len(), "machines": created, "dry_run": dry_run })),
     )
         .into_response())
 }
@@ -404,6 +457,18 @@ pub(crate) struct ChangesQuery {
     since: u64,
     #[serde(default = "default_limit")]
     limit: u32,
+    /// `asc` (default: from `since` on) or `desc` (the newest first, before `before`).
+    #[serde(default)]
+    order: Order,
+    before: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Order {
+    #[default]
+    Asc,
+    Desc,
 }
 
 fn default_limit() -> u32 {
@@ -417,7 +482,11 @@ pub(crate) async fn list_changes(
 ) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    let mut changes = st.db.store().changes_since(q.since, q.limit.clamp(1, 10_000)).await?;
+    let limit = q.limit.clamp(1, 10_000);
+    let mut changes = match q.order {
+        Order::Asc => st.db.store().changes_since(q.since, limit).await?,
+        Order::Desc => st.db.store().newest_changes(q.before, limit).await?,
+    };
     // The log is readable with any token: password hashes never leave through it.
     for c in &mut changes {
         for rec in [&mut c.before, &mut c.after].into_iter().flatten() {

@@ -82,6 +82,23 @@ macro_rules! common_sql {
                     rows.iter().map(backend::change_from_row).collect()
                 }
 
+                async fn newest_changes(
+                    &self,
+                    before: Option<u64>,
+                    limit: u32,
+                ) -> Result<Vec<keel_model::Change>, StoreError> {
+                    // The primary key's order, read backwards from `before`: O(log n + limit).
+                    let rows = sqlx::query(
+                        "SELECT seq, time, principal, kind, op, key, before, after FROM changes \
+                     WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+                    )
+                    .bind(before.map_or(i64::MAX, to_i64))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter().map(backend::change_from_row).collect()
+                }
+
                 async fn first_seq(&self) -> Result<u64, StoreError> {
                     let s: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM changes")
                         .fetch_one(&self.pool)

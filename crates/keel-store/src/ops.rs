@@ -115,6 +115,35 @@ impl Db {
         decode(&changes)
     }
 
+    /// Moves machines to free addresses of their types' pools (`keel machine renumber`): those
+    /// named, or every machine outside today's pools. With `dry_run` nothing is written: the
+    /// moves the write would make, planned against the live state. Otherwise all of them in one
+    /// commit, or none; each is a Change in the log.
+    pub async fn renumber_machines(
+        &self,
+        who: &Principal,
+        names: Option<Vec<keel_model::Hostname>>,
+        dry_run: bool,
+    ) -> Result<Vec<(Machine, std::net::Ipv4Addr)>, StoreError> {
+        if dry_run {
+            let snap = self.snapshot();
+            let moved = snap.renumber(names.as_deref(), &self.pools())?;
+            return Ok(with_old_addresses(&snap, moved));
+        }
+        let mut planned = Vec::new();
+        self.write(who, |s, pools| {
+            let moved = s.renumber(names.as_deref(), pools)?;
+            let writes = moved
+                .iter()
+                .map(|m| Write::put(m, Some(m.version), false))
+                .collect::<Result<Vec<_>, _>>()?;
+            planned = with_old_addresses(s, moved);
+            Ok(writes)
+        })
+        .await?;
+        Ok(planned)
+    }
+
     /// Deletes a machine; a session on it ends in the same commit.
     pub async fn delete_machine(&self, who: &Principal, name: &str, if_version: u64) -> Result<Machine, StoreError> {
         let changes = self
@@ -132,34 +161,24 @@ impl Db {
         record(&changes, true)
     }
 
-    /// Adds many machines at once, all or nothing. Every bad row is reported with its line.
+    /// Adds many machines at once, all or nothing. Every bad row is reported with its line. With
+    /// `dry_run`, the same plan against the live state, and nothing committed or logged: the
+    /// machines the import would create.
     pub async fn import_machines(
         &self,
         who: &Principal,
         rows: Vec<(usize, Result<MachinePatch, ValidationError>)>,
+        dry_run: bool,
     ) -> Result<Vec<Machine>, StoreError> {
+        if dry_run {
+            return plan_machine_import(&self.snapshot(), &self.pools(), rows);
+        }
         let changes = self
             .write(who, |s, pools| {
-                // Each row is checked against the database and the rows before it.
-                let mut scratch = s.clone();
-                let mut hints = keel_model::AllocHints::default();
-                let mut errors = Vec::new();
-                let mut writes = Vec::with_capacity(rows.len());
-                for (i, (line, row)) in rows.into_iter().enumerate() {
-                    let provisional_id = u64::MAX - i as u64;
-                    match row.and_then(|p| scratch.new_machine_hinted(p, provisional_id, pools, &mut hints)) {
-                        Ok(m) => {
-                            writes.push(Write::put(&m, Some(0), true)?);
-                            scratch.put_machine(m);
-                        }
-                        Err(e) => errors.push(e.at_line(line)),
-                    }
-                }
-                if errors.is_empty() {
-                    Ok(writes)
-                } else {
-                    Err(ValidationErrors(errors).into())
-                }
+                plan_machine_import(s, pools, rows)?
+                    .iter()
+                    .map(|m| Write::put(m, Some(0), true))
+                    .collect()
             })
             .await?;
         changes.iter().map(|c| decode(std::slice::from_ref(c))).collect()
@@ -403,4 +422,43 @@ fn plan_user_import(
         writes.push(Write::put(c, None, false)?);
     }
     Ok((report, writes))
+}
+
+/// Each moved machine with the address it had in `before`.
+fn with_old_addresses(before: &keel_model::Snapshot, moved: Vec<Machine>) -> Vec<(Machine, std::net::Ipv4Addr)> {
+    moved
+        .into_iter()
+        .map(|m| {
+            let old = before.machine(m.id).map_or(m.ip, |o| o.ip);
+            (m, old)
+        })
+        .collect()
+}
+
+/// The machines an import of `rows` makes: each row checked against the database and the rows
+/// before it, every bad row named with its line.
+fn plan_machine_import(
+    s: &keel_model::Snapshot,
+    pools: &keel_model::Pools,
+    rows: Vec<(usize, Result<MachinePatch, ValidationError>)>,
+) -> Result<Vec<Machine>, StoreError> {
+    let mut scratch = s.clone();
+    let mut hints = keel_model::AllocHints::default();
+    let mut errors = Vec::new();
+    let mut machines = Vec::with_capacity(rows.len());
+    for (i, (line, row)) in rows.into_iter().enumerate() {
+        let provisional_id = u64::MAX - i as u64;
+        match row.and_then(|p| scratch.new_machine_hinted(p, provisional_id, pools, &mut hints)) {
+            Ok(m) => {
+                scratch.put_machine(m.clone());
+                machines.push(m);
+            }
+            Err(e) => errors.push(e.at_line(line)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(machines)
+    } else {
+        Err(ValidationErrors(errors).into())
+    }
 }

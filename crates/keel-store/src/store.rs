@@ -79,6 +79,9 @@ pub trait Records {
 pub trait ChangeLog {
     /// Changes with seq > `since`, at most `limit`, in seq order.
     async fn changes_since(&self, since: u64, limit: u32) -> Result<Vec<Change>, StoreError>;
+    /// At most `limit` changes before seq `before` (all, when `None`), newest first (`keel log`
+    /// shows the newest, as `journalctl -n` does).
+    async fn newest_changes(&self, before: Option<u64>, limit: u32) -> Result<Vec<Change>, StoreError>;
     /// The seq of the oldest change still in the log (0 when the log is empty).
     async fn first_seq(&self) -> Result<u64, StoreError>;
     /// Deletes old changes: all but the newest `keep`, and those before `older_than` (RFC 3339),

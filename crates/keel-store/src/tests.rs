@@ -178,7 +178,7 @@ async fn import_is_all_or_nothing_and_names_every_line(dir: Backend) {
         (4, Err(keel_model::ValidationError::new("mac", "bad"))),
         (5, Ok(machine(5))),
     ];
-    let err = db.import_machines(&who, rows).await.unwrap_err();
+    let err = db.import_machines(&who, rows, false).await.unwrap_err();
     let StoreError::InvalidMany(errs) = err else {
         panic!("expected many errors, got {err}")
     };
@@ -188,7 +188,7 @@ async fn import_is_all_or_nothing_and_names_every_line(dir: Backend) {
     );
     assert_eq!(db.snapshot().seq(), 0);
     let ok = db
-        .import_machines(&who, vec![(1, Ok(machine(1))), (2, Ok(machine(2)))])
+        .import_machines(&who, vec![(1, Ok(machine(1))), (2, Ok(machine(2)))], false)
         .await
         .unwrap();
     assert_eq!(ok.len(), 2);
@@ -278,7 +278,7 @@ async fn live_snapshot_equals_stored_rows(dir: Backend) {
     .await
     .unwrap();
     let rows = (2..40u8).map(|i| (usize::from(i), Ok(machine(i)))).collect();
-    db.import_machines(&who, rows).await.unwrap();
+    db.import_machines(&who, rows, false).await.unwrap();
     db.edit_machine(
         &who,
         "h3",
@@ -394,7 +394,7 @@ async fn a_cancelled_write_leaves_nothing_and_blocks_nobody(dir: Backend) {
     let reached = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut import = Box::pin(crate::fault::hold_commits(
         reached.clone(),
-        db.import_machines(&who, big(256)),
+        db.import_machines(&who, big(256), false),
     ));
     tokio::select! {
         _ = &mut import => panic!("the import committed: its commit was not held"),

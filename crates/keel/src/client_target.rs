@@ -10,8 +10,23 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::config::{FileConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN, SYSTEM_CONFIG};
+use crate::config::{expand_home, FileConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN, SYSTEM_CONFIG};
 use keel_client::data_dir as files;
+
+/// Why a client command went without a token (the admin token's file could not be read).
+static NO_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// What to tell someone whose request was refused for want of a token: which file could not be
+/// read, and the ways to give one.
+pub fn missing_token_hint() -> Option<String> {
+    let why = NO_TOKEN.get()?;
+    Some(format!(
+        "no token was sent: {why}\n  give one with --token or KEEL_TOKEN, or `token_file = \"PATH\"` in {}; \
+         an admin makes one with `keel token create --name NAME --role readonly` (or admin) (on keel's host, root \
+         and the keel user can read the first admin token in the data directory)",
+        cli_file_path().map_or_else(|| "~/.config/keel/cli.toml".to_owned(), |p| p.display().to_string())
+    ))
+}
 
 /// `~/.config/keel/cli.toml` (or `$KEEL_CLI_CONFIG`): for a user who runs commands away from
 /// keel's host, or with a token of their own.
@@ -79,6 +94,16 @@ pub fn server_file(explicit: Option<&Path>) -> anyhow::Result<Option<FileConfig>
     }
 }
 
+/// Where the server of this config is reached: a port 0 (a test's, or a free port) is the one it
+/// wrote in its data directory.
+fn server_url(listen: SocketAddr, data_dir: &Path) -> String {
+    let bound = (listen.port() == 0)
+        .then(|| std::fs::read_to_string(data_dir.join(files::LISTEN_ADDR)).ok())
+        .flatten()
+        .and_then(|a| a.trim().parse().ok());
+    local_url(bound.unwrap_or(listen))
+}
+
 /// Where keel is reached from its own host: a wildcard listen address becomes loopback.
 pub fn local_url(listen: SocketAddr) -> String {
     let ip = match listen.ip() {
@@ -108,23 +133,31 @@ pub fn resolve(given: &Given<'_>) -> anyhow::Result<Target> {
         (None, None, None, Some(p)) => Some(keel_client::tls::Trust::Pin(p.clone())),
         (None, None, None, None) => None,
     };
+    let dir = given
+        .data_dir
+        .map(Path::to_path_buf)
+        .or_else(|| server.as_ref().and_then(|s| s.data_dir.clone()))
+        .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |d| expand_home(&d));
     let url = given
         .url
         .map(str::to_owned)
         .or(cli.url)
-        .or_else(|| server.as_ref().and_then(|s| s.listen).map(local_url))
+        .or_else(|| server.as_ref().and_then(|s| s.listen).map(|l| server_url(l, &dir)))
         .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
     let token = match (given.token, &cli.token_file) {
         (Some(t), _) => Some(t.to_owned()),
-        (None, Some(f)) => Some(first_line(f)?),
+        (None, Some(f)) => Some(first_line(&expand_home(f))?),
+        // Unreadable (not keel's group, another data directory): no token, and why, for the
+        // server's 401 to be explained.
         (None, None) => {
-            let dir = given
-                .data_dir
-                .map(Path::to_path_buf)
-                .or_else(|| server.as_ref().and_then(|s| s.data_dir.clone()))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-            // Unreadable (not keel's group): no token; the server's 401 says what to do.
-            first_line(&dir.join(files::ADMIN_TOKEN)).ok()
+            let path = dir.join(files::ADMIN_TOKEN);
+            match first_line(&path) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let _ = NO_TOKEN.set(format!("{e:#}"));
+                    None
+                }
+            }
         }
     };
     Ok(Target { url, token, trust })

@@ -17,13 +17,18 @@ mod client_target;
 mod cmd;
 mod config;
 mod conntrack;
+mod logging;
 mod man;
 mod output;
 mod private_file;
 mod serve;
 mod sheet;
 
-use config::{FileConfig, ServeConfig, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN};
+use config::{FileConfig, Flags, DEFAULT_DATA_DIR};
+
+/// Exit status of `keel serve` when its configuration is invalid (sysexits' EX_CONFIG): the unit's
+/// `RestartPreventExitStatus=` keeps systemd from restarting into the same error.
+const EXIT_CONFIG: u8 = 78;
 
 /// keel: one source of truth for a site's machines, users and sessions, pushed live to everything
 /// that depends on it.
@@ -64,8 +69,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the keel server.
+    /// Run the keel server (`--check`: only check its configuration).
     Serve(ServeArgs),
+    /// Make the running server read its config file again: checked here first, then the server
+    /// is signalled (SIGHUP) and its answer printed. Exit 0 reloaded, 1 refused (the server then
+    /// keeps its configuration). What can change live: pools, propagation services and
+    /// generators, presence, logging level, the TLS certificate; other changes are named and wait
+    /// for a restart.
+    Reload(cmd::reload::ReloadArgs),
     /// Machines: list, show, add, edit, remove, import.
     #[command(subcommand, alias = "machines")]
     Machine(cmd::machine::MachineCmd),
@@ -130,6 +141,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
+    /// Check the configuration (file, variables, flags, and the files it names) and exit: 0 if
+    /// keel would start with it, 1 with every error and its line. Opens nothing: no database, no
+    /// lock, no port.
+    #[arg(long)]
+    check: bool,
     /// Address to listen on for HTTP (port 0 picks a free port, written to DATA_DIR/listen.addr).
     #[arg(long, env = "KEEL_LISTEN")]
     listen: Option<std::net::SocketAddr>,
@@ -165,46 +181,20 @@ impl Cli {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
     }
 
-    fn serve_config(&self, args: &ServeArgs) -> anyhow::Result<ServeConfig> {
-        let file = FileConfig::load(self.config.as_deref())?;
-        Ok(ServeConfig {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
-            data_dir: self.data_dir(Some(&file)),
-            open_reads: args.open_reads || file.open_reads.unwrap_or(false),
-            pools: file.pools.clone().unwrap_or_default(),
-            example_site: args.example_site,
-            watch: file.watch.config(),
-            keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
-            keep_days: file.log.keep_days,
-            access_log: file.log.access.unwrap_or(false),
-            propagation: file.propagation.clone(),
-            dns_explicit: args.dns_listen.is_some() || file.dns.listen.is_some(),
-            dns_listen: args
-                .dns_listen
-                .or(file.dns.listen)
-                .unwrap_or_else(|| DEFAULT_DNS_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
-            dns: file.dns.clone(),
-            tftp_explicit: args.tftp_listen.is_some() || file.tftp.listen.is_some(),
-            tftp_listen: args
-                .tftp_listen
-                .or(file.tftp.listen)
-                .unwrap_or_else(|| DEFAULT_TFTP_LISTEN.parse().unwrap_or_else(|_| unreachable!())),
-            tftp: file.tftp.clone(),
-            netboot: file.netboot.clone(),
-            presence: file.presence.clone(),
-            sso: file.sso.clone(),
-            web: file.web.clone(),
-            rpc: file.rpc.clone(),
-            sync: file.sync.clone(),
-            homes: file.homes.clone(),
-            tls: file.tls.clone(),
-            workers: args.workers.or(file.workers),
-            database: args.database.clone().or(file.database.clone()),
-            http: file.http.limits(),
-        })
+    /// What `config::load` takes from the command line (and, through clap, the `KEEL_*`
+    /// variables); `args` are `serve`'s own flags when the command is `serve`.
+    fn flags(&self, args: Option<&ServeArgs>) -> Flags {
+        Flags {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            listen: args.and_then(|a| a.listen),
+            dns_listen: args.and_then(|a| a.dns_listen),
+            tftp_listen: args.and_then(|a| a.tftp_listen),
+            example_site: args.is_some_and(|a| a.example_site),
+            open_reads: args.is_some_and(|a| a.open_reads),
+            database: args.and_then(|a| a.database.clone()),
+            workers: args.and_then(|a| a.workers),
+        }
     }
 
     /// The API client for client commands (see [`client_target`] for where URL and token come from).
@@ -238,23 +228,63 @@ fn main() -> ExitCode {
     // Everything keel itself creates (database, WAL, backups, tokens, secrets, sheets) is
     // private from its creation; files meant for others get their mode explicitly.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    init_tracing(matches!(cli.command, Command::Serve(_)));
-    if matches!(cli.command, Command::Serve(_)) {
-        purge_in_background();
+    match &cli.command {
+        Command::Serve(args) => return serve(&cli, args),
+        Command::Reload(args) => {
+            let _logging = logging::init("warn");
+            return match cmd::reload::run(&cli.flags(None), args, cli.json) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    output::print_error(&e);
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
-    let serve = match &cli.command {
-        Command::Serve(args) => match cli.serve_config(args) {
-            Ok(cfg) => Some(cfg),
-            Err(e) => {
-                output::print_error(&e);
-                return ExitCode::FAILURE;
-            }
-        },
-        _ => None,
+    let _logging = logging::init("warn");
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel: error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output left (`keel machine list | head`): done, as `ls | head` is.
+        Err(e) if output::is_closed(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `keel serve`: the configuration checked whole before anything opens (`--check` stops there),
+/// then the server. An invalid configuration exits with [`EXIT_CONFIG`].
+fn serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
+    let cfg = match config::load(&cli.flags(Some(args))) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            if args.check {
+                return check_result(&Err(errors), cli.json);
+            }
+            eprintln!("keel: error: {errors}");
+            let first = errors.0.first().map(ToString::to_string).unwrap_or_default();
+            serve::notify::notify(&format!("STATUS=invalid configuration: {first}"));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.check {
+        return check_result(&Ok(cfg), cli.json);
+    }
+    let logging = logging::init(&cfg.log_level);
+    purge_in_background();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = serve.as_ref().and_then(|c| c.workers) {
-        builder.worker_threads(n.max(1));
+    if let Some(n) = cfg.workers {
+        builder.worker_threads(n);
     }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
@@ -263,7 +293,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, serve)) {
+    match runtime.block_on(serve::run(cfg, logging)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             output::print_error(&e);
@@ -272,16 +302,42 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, serve: Option<config::ServeConfig>) -> anyhow::Result<()> {
+/// What `keel serve --check` prints: the file checked, or every error with its line.
+fn check_result(result: &Result<config::ServeConfig, config::ConfigErrors>, json: bool) -> ExitCode {
+    let (file, errors) = match result {
+        Ok(cfg) => (cfg.file.clone(), Vec::new()),
+        Err(e) => (e.0.first().and_then(|e| e.file.clone()), e.0.clone()),
+    };
+    if json {
+        let v = serde_json::json!({ "ok": errors.is_empty(), "file": file, "errors": errors });
+        println!("{v:#}");
+    } else if errors.is_empty() {
+        let what = file.map_or_else(|| "the built-in defaults".to_owned(), |f| f.display().to_string());
+        println!("keel: {what}: the configuration is valid");
+    } else {
+        eprintln!("keel: error: {}", config::ConfigErrors(errors.clone()));
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match &cli.command {
-        Command::Serve(_) => serve::run(anyhow::Context::context(serve, "no serve configuration")?).await,
+        // Run by main(), before a runtime exists: their configuration decides the runtime.
+        Command::Serve(_) | Command::Reload(_) => Ok(()),
         Command::Machine(c) => cmd::machine::run(&cli.client()?, c, json).await,
         Command::Switch(c) => cmd::switch::run(&cli.client()?, c, json).await,
         Command::Agent(_) => Ok(()), // run by main(), outside the runtime, with its own exit codes
         Command::Host(c) => cmd::propagation::host(&cli.client()?, c, json).await,
         Command::Facility(c) => cmd::propagation::facility(&cli.client()?, c, json).await,
         Command::Destination(c) => cmd::propagation::destination(&cli.client()?, c, json).await,
+        Command::Propagation(cmd::propagation::PropagationCmd::Key) => {
+            cmd::propagation::key(&cli.client()?, &cli.flags(None), json).await
+        }
         Command::Propagation(c) => cmd::propagation::propagation(&cli.client()?, c, json).await,
         Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
         Command::Users(c) => cmd::users::run(&cli.client()?, c, json).await,
@@ -338,17 +394,6 @@ fn purge_in_background() {
     }
 }
 
-/// Logs go to stderr; the server logs at info, client commands only at warn (RUST_LOG overrides).
-fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -376,16 +421,17 @@ mod tests {
             let super::Command::Serve(args) = &cli.command else {
                 unreachable!("parsed as serve")
             };
-            cli.serve_config(args).unwrap()
+            crate::config::load(&cli.flags(Some(args))).unwrap()
         };
         let from_file = serve(&[]);
         assert_eq!(from_file.listen.to_string(), "127.0.0.1:9001");
         assert_eq!(from_file.data_dir, std::path::Path::new("/srv/from-file"));
-        assert_eq!(from_file.dns_listen.to_string(), "127.0.0.1:9053");
-        assert!(from_file.dns_explicit, "an address from the file is explicit");
+        let dns = from_file.dns.as_ref().unwrap();
+        assert_eq!(dns.listen.to_string(), "127.0.0.1:9053");
+        assert!(dns.explicit, "an address from the file is explicit");
         assert_eq!(from_file.http.max_connections, 7);
         assert_eq!(
-            from_file.tftp_listen.to_string(),
+            from_file.tftp.as_ref().unwrap().listen.to_string(),
             crate::config::DEFAULT_TFTP_LISTEN,
             "a default"
         );
@@ -393,7 +439,7 @@ mod tests {
         assert_eq!(from_flags.listen.to_string(), "127.0.0.1:9002");
         assert_eq!(from_flags.data_dir, std::path::Path::new("/srv/from-flag"));
         assert_eq!(
-            from_flags.dns_listen.to_string(),
+            from_flags.dns.as_ref().unwrap().listen.to_string(),
             "127.0.0.1:9053",
             "untouched by other flags"
         );
@@ -445,7 +491,7 @@ mod tests {
     /// them), for the sections of fixed keys. Sections that are maps of names the site chooses
     /// (`[propagation.services.NAME]`, `[sso.overrides]`, `groups`) are left out.
     fn struct_keys() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-        const SECTIONS: [&str; 25] = [
+        const SECTIONS: [&str; 26] = [
             "",
             "http",
             "pools",
@@ -454,6 +500,7 @@ mod tests {
             "pools.uids.user",
             "watch",
             "log",
+            "logging",
             "propagation",
             "propagation.ssh",
             "propagation.generators",

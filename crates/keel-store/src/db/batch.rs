@@ -99,7 +99,7 @@ impl Db {
     where
         F: FnOnce(&Snapshot, &Pools) -> Result<Vec<crate::store::Write>, StoreError>,
     {
-        let writes = plan(&group.working, self.pools())?;
+        let writes = plan(&group.working, &self.pools())?;
         if writes.is_empty() {
             return Ok(Vec::new());
         }

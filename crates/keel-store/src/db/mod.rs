@@ -28,7 +28,9 @@ pub struct Db {
     /// Writers waiting for the writer lock (a group stays open while there are).
     queued: std::sync::atomic::AtomicUsize,
     changes: broadcast::Sender<Arc<Change>>,
-    pools: Pools,
+    /// Replaced whole by a reload of keel.toml ([`Db::set_pools`]); a write plans against the
+    /// pools current when it starts.
+    pools: ArcSwap<Pools>,
     db_id: String,
     tokens: TokenCache,
     /// Where each pool's lowest-free search may start; reset whenever an address is freed.
@@ -46,7 +48,7 @@ impl Db {
             writer: Mutex::new(None),
             queued: std::sync::atomic::AtomicUsize::new(0),
             changes,
-            pools,
+            pools: ArcSwap::from_pointee(pools),
             db_id,
             tokens: TokenCache::default(),
             alloc_hints: parking_lot::Mutex::new(keel_model::AllocHints::default()),
@@ -67,8 +69,16 @@ impl Db {
         &self.db_id
     }
 
-    pub fn pools(&self) -> &Pools {
-        &self.pools
+    /// The pools machines and users are given addresses and uids from.
+    pub fn pools(&self) -> Arc<Pools> {
+        self.pools.load_full()
+    }
+
+    /// New pools (a reload of keel.toml): later writes allocate from them. Records already
+    /// outside them keep their addresses and uids: only an explicit renumbering moves them.
+    pub fn set_pools(&self, pools: Pools) {
+        self.pools.store(Arc::new(pools));
+        *self.alloc_hints.lock() = keel_model::AllocHints::default();
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -85,7 +95,7 @@ impl Db {
         }
         let _writer = self.writer.lock().await;
         let current = self.snapshot();
-        let writes = plan(&current, &self.pools)?;
+        let writes = plan(&current, &self.pools())?;
         if writes.is_empty() {
             return Ok(Vec::new());
         }

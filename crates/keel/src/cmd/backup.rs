@@ -9,6 +9,7 @@ use keel_model::Kind;
 use keel_store::{build_snapshot, records_of, replay_log, SqliteStore};
 use serde_json::json;
 
+use crate::outln;
 use crate::output::print_json;
 use crate::serve::lock_data_dir;
 
@@ -36,13 +37,13 @@ pub async fn backup(c: &Client, args: &BackupArgs, json: bool) -> anyhow::Result
             &json!({"file": args.file, "bytes": bytes.len(), "seq": summary.seq, "machines": summary.machines}),
         );
     }
-    println!(
+    outln!(
         "backup of seq {} ({} machines, {} bytes) written to {}",
         summary.seq,
         summary.machines,
         bytes.len(),
         args.file.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -118,14 +119,14 @@ pub async fn restore(data_dir: &Path, args: &RestoreArgs, json: bool) -> anyhow:
             &json!({"seq": summary.seq, "machines": summary.machines, "db_id": db_id, "previous": kept}),
         );
     }
-    println!(
+    outln!(
         "restored seq {} ({} machines) into {}; new database id {db_id}",
         summary.seq,
         summary.machines,
         data_dir.display()
-    );
+    )?;
     if let Some(k) = kept {
-        println!("the previous database was kept as {}", k.display());
+        outln!("the previous database was kept as {}", k.display())?;
     }
     Ok(())
 }

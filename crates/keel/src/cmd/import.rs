@@ -8,6 +8,7 @@ use keel_client::{Client, ClientError};
 use keel_model::ValidationError;
 use serde_json::{json, Map, Value};
 
+use crate::outln;
 use crate::output::print_json;
 
 /// Columns a CSV file may have (its first line names them, in any order).
@@ -32,7 +33,8 @@ pub struct ImportArgs {
     /// csv or json; default: from the file's extension.
     #[arg(long)]
     pub format: Option<String>,
-    /// Check the file against the database without changing anything.
+    /// Check the file as the import would — against the live database, by the server — and
+    /// change nothing: every error the import would name, or what it would create.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -44,17 +46,10 @@ pub async fn run(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()
         Format::Json => parse_json(&text),
     }
     .map_err(|errors| report(&args.file, errors))?;
-    if args.dry_run {
-        println!(
-            "{}: {} machines read, no error found in the file (the server was not asked)",
-            args.file.display(),
-            rows.len()
-        );
-        return Ok(());
-    }
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("importing {} machines", rows.len()));
+    let what = if args.dry_run { "checking" } else { "importing" };
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("{what} {} machines", rows.len()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let result = c.import_machines(rows).await;
+    let result = c.import_machines(rows, args.dry_run).await;
     spinner.finish_and_clear();
     let answer = match result {
         Ok(a) => a,
@@ -64,7 +59,15 @@ pub async fn run(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()
     if json {
         return print_json(&answer);
     }
-    println!("imported {} machines from {}", answer["created"], args.file.display());
+    if args.dry_run {
+        outln!(
+            "{}: the import would create {} machines; nothing was changed (dry run)",
+            args.file.display(),
+            answer["created"]
+        )?;
+        return Ok(());
+    }
+    outln!("imported {} machines from {}", answer["created"], args.file.display())?;
     Ok(())
 }
 

@@ -1,23 +1,36 @@
-//! `keel log`: the change log, oldest first.
+//! `keel log`: the change log — the newest changes by default, as `journalctl -n` shows them
+//! (in order, the last one at the bottom); `--since`/`--oldest` read forward from a seq.
 
 use keel_client::Client;
 use keel_model::Change;
 use serde_json::Value;
 
+use crate::outln;
 use crate::output::{print_json, table};
 
 #[derive(Debug, clap::Args)]
 pub struct LogArgs {
-    /// Show changes after this sequence number.
-    #[arg(long, default_value_t = 0)]
-    since: u64,
+    /// Show the changes after this sequence number, oldest first.
+    #[arg(long, conflicts_with = "oldest")]
+    since: Option<u64>,
+    /// Show the oldest changes kept (default: the newest).
+    #[arg(long)]
+    oldest: bool,
     /// At most this many changes (1–10000).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, short = 'n', default_value_t = 100)]
     limit: u32,
 }
 
 pub async fn run(c: &Client, args: &LogArgs, json: bool) -> anyhow::Result<()> {
-    let changes: Vec<Change> = c.changes(args.since, args.limit).await?;
+    let changes: Vec<Change> = match (args.since, args.oldest) {
+        (Some(since), _) => c.changes(since, args.limit).await?,
+        (None, true) => c.changes(0, args.limit).await?,
+        (None, false) => {
+            let mut newest: Vec<Change> = c.newest_changes(None, args.limit).await?;
+            newest.reverse();
+            newest
+        }
+    };
     if json {
         return print_json(&changes);
     }
@@ -34,7 +47,7 @@ pub async fn run(c: &Client, args: &LogArgs, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!("{}", table(&["seq", "time", "by", "change", "record", "fields"], rows));
+    outln!("{}", table(&["seq", "time", "by", "change", "record", "fields"], rows))?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use keel_client::Client;
 use keel_model::Machine;
 use serde_json::{Map, Value};
 
+use crate::outln;
 use crate::output::{print_json, table};
 use keel_client::Records;
 
@@ -12,7 +13,13 @@ use keel_client::Records;
 pub enum MachineCmd {
     /// List machines, optionally filtered (FIELD=VALUE, Django-style: hostname__startswith=r00).
     #[command(alias = "ls")]
-    List { filters: Vec<String> },
+    List {
+        filters: Vec<String>,
+        /// Only the machines whose address lies outside today's pools (the pools changed since
+        /// they got it; `keel machine renumber` moves them).
+        #[arg(long)]
+        outside_pools: bool,
+    },
     /// Show one machine (by hostname or alias).
     Show { name: String },
     /// Add a machine; its IP comes from its type's pool unless --ip is given.
@@ -28,6 +35,17 @@ pub enum MachineCmd {
     Rm { name: String },
     /// Import machines from a CSV (with a header row) or JSON file: all or nothing.
     Import(super::import::ImportArgs),
+    /// Move machines to free addresses of their types' pools: those named, or every machine
+    /// outside today's pools. Without --apply, only shows where each would go; with it, all in
+    /// one commit or none, each move in the change log. Nothing else moves an address: an edit
+    /// keeps it, even after the pools changed.
+    Renumber {
+        /// The machines (hostnames or aliases); default: every machine outside the pools.
+        names: Vec<String>,
+        /// Make the moves (default: a dry run).
+        #[arg(long)]
+        apply: bool,
+    },
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -92,8 +110,12 @@ impl MachineFields {
 
 pub async fn run(c: &Client, cmd: &MachineCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
-        MachineCmd::List { filters } => {
-            let list: Vec<Machine> = c.list(Records::Machines, &super::filters(filters)?).await?;
+        MachineCmd::List { filters, outside_pools } => {
+            let mut filters = super::filters(filters)?;
+            if *outside_pools {
+                filters.push(("outside_pools", "true"));
+            }
+            let list: Vec<Machine> = c.list(Records::Machines, &filters).await?;
             print_machines(&list, json)
         }
         MachineCmd::Show { name } => {
@@ -111,12 +133,45 @@ pub async fn run(c: &Client, cmd: &MachineCmd, json: bool) -> anyhow::Result<()>
         MachineCmd::Rm { name } => {
             let _: Value = c.remove(Records::Machines, &[name]).await?;
             if !json {
-                println!("removed machine {name}");
+                outln!("removed machine {name}")?;
             }
             Ok(())
         }
         MachineCmd::Import(args) => super::import::run(c, args, json).await,
+        MachineCmd::Renumber { names, apply } => renumber(c, names, *apply, json).await,
     }
+}
+
+async fn renumber(c: &Client, names: &[String], apply: bool, json: bool) -> anyhow::Result<()> {
+    let names = (!names.is_empty()).then_some(names);
+    let answer = c.renumber_machines(names, !apply).await?;
+    if json {
+        return print_json(&answer);
+    }
+    let moved = answer["moved"].as_array().cloned().unwrap_or_default();
+    if moved.is_empty() {
+        outln!("nothing to renumber: every machine named is inside its pool")?;
+        return Ok(());
+    }
+    let rows = moved
+        .iter()
+        .map(|m| {
+            ["hostname", "mtype", "from", "to"]
+                .iter()
+                .map(|k| m[*k].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect();
+    outln!("{}", table(&["hostname", "type", "from", "to"], rows))?;
+    if apply {
+        outln!("{} machines renumbered (see keel log)", moved.len())?;
+    } else {
+        outln!(
+            "dry run: {} machines would move; run again with --apply to move them (all or none)",
+            moved.len()
+        )?;
+    }
+    Ok(())
 }
 
 pub fn print_machines(list: &[Machine], json: bool) -> anyhow::Result<()> {
@@ -143,12 +198,12 @@ pub fn print_machines(list: &[Machine], json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         table(
             &["hostname", "ip", "mac", "type", "room", "rfs", "hfs", "aliases", "faulty"],
             rows
         )
-    );
+    )?;
     Ok(())
 }

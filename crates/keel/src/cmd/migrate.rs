@@ -9,6 +9,7 @@ use anyhow::Context;
 use keel_store::{PgStore, SqliteStore, Store};
 use serde_json::json;
 
+use crate::outln;
 use crate::output::print_json;
 use crate::serve::redact;
 
@@ -74,13 +75,13 @@ pub async fn run(args: &MigrateArgs, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(&summary)?;
     } else {
-        println!(
+        outln!(
             "keel: migrated {} records and {} changes (seq {}), verified row for row; point keel at {}",
             dump.objects.len(),
             dump.changes.len(),
             dump.seq,
             redact(&args.to)
-        );
+        )?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod machine;
 pub mod migrate;
 pub mod passwd;
 pub mod propagation;
+pub mod reload;
 pub mod setting;
 pub mod switch;
 pub mod token;

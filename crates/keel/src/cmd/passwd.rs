@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use keel_client::Client;
 use serde_json::{json, Value};
 
+use crate::outln;
 use keel_client::Records;
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +47,7 @@ pub async fn run(c: &Client, args: &PasswdArgs, json: bool) -> anyhow::Result<()
     let anonymous = Client::new(c.base(), None)?;
     anonymous.passwd(&body).await?;
     if !json {
-        println!("password of {login} changed");
+        outln!("password of {login} changed")?;
     }
     Ok(())
 }
@@ -62,7 +63,7 @@ async fn reset(c: &Client, args: &PasswdArgs, json: bool) -> anyhow::Result<()> 
     if json {
         return crate::output::print_json(&json!({"login": login, "password": password}));
     }
-    println!("{password}");
+    outln!("{password}")?;
     eprintln!("new password of {login} (shown once; keel keeps only its hash)");
     Ok(())
 }

@@ -10,6 +10,7 @@ use keel_model::{Channel, Destination, Facility, Group, Host, Login};
 use keel_propagate::{DestStatus, Task};
 use serde_json::json;
 
+use crate::outln;
 use crate::output::{print_json, table};
 use keel_client::Records;
 
@@ -141,9 +142,9 @@ pub enum PropagationCmd {
     Force {
         #[arg(long)]
         facility: String,
-        /// One service (default: every service of the facility).
-        #[arg(long)]
-        service: Option<String>,
+        /// One or more services, comma-separated (default: every service of the facility).
+        #[arg(long, value_delimiter = ',')]
+        service: Vec<String>,
         #[arg(long)]
         no_wait: bool,
         /// Give up waiting after this many seconds.
@@ -179,7 +180,7 @@ fn print_or_json<T: serde::Serialize>(json: bool, v: &T, text: impl FnOnce() -> 
     if json {
         print_json(v)
     } else {
-        println!("{}", text());
+        outln!("{}", text())?;
         Ok(())
     }
 }
@@ -361,7 +362,12 @@ pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow
             if json {
                 return print_json(&tasks);
             }
-            println!("{}", status_table(&tasks, std::io::stdout().is_terminal()));
+            outln!("{}", status_table(&tasks, std::io::stdout().is_terminal()))?;
+            for t in &tasks {
+                for note in &t.notes {
+                    outln!("{}/{}: {note}", t.facility, t.service)?;
+                }
+            }
             Ok(())
         }
         PropagationCmd::Force {
@@ -369,17 +375,7 @@ pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow
             service,
             no_wait,
             timeout,
-        } => {
-            force(
-                c,
-                facility,
-                service.as_deref(),
-                !no_wait,
-                Duration::from_secs(*timeout),
-                json,
-            )
-            .await
-        }
+        } => force(c, facility, service, !no_wait, Duration::from_secs(*timeout), json).await,
         PropagationCmd::Block(a) => block(c, a, true, json).await,
         PropagationCmd::Unblock(a) => block(c, a, false, json).await,
         PropagationCmd::Gen {
@@ -400,10 +396,8 @@ pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow
             }
             Ok(())
         }
-        PropagationCmd::Key => {
-            let v = c.propagation_key().await?;
-            print_or_json(json, &v, || v["public_key"].as_str().unwrap_or_default().to_owned())
-        }
+        // Run by `key` (it may read the key file when the server cannot say).
+        PropagationCmd::Key => Ok(()),
     }
 }
 
@@ -472,17 +466,53 @@ fn status_table(tasks: &[Task], colour: bool) -> String {
     )
 }
 
+/// `keel propagation key`: the public key agents trust, from the server — or, when it is not
+/// running or runs no engine (before the first start, a PostgreSQL server that is not the
+/// leader), from the signing key file its configuration names.
+pub async fn key(c: &Client, flags: &crate::config::Flags, json: bool) -> anyhow::Result<()> {
+    let v = match c.propagation_key().await {
+        Ok(v) => v,
+        Err(e) => {
+            let cfg = crate::config::load(flags).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+            let Some(p) = cfg.propagation else {
+                anyhow::bail!("{e}; and propagation is off in the configuration ([propagation] enabled = false)");
+            };
+            let text = std::fs::read_to_string(&p.key_file)
+                .with_context(|| format!("keel did not answer ({e}) and its signing key cannot be read"))?;
+            let secret = keel_bundle::SecretKey::from_base64(&text)
+                .with_context(|| format!("{} is not a keel signing key", p.key_file.display()))?;
+            eprintln!(
+                "keel: read from {} (the server did not answer: {e})",
+                p.key_file.display()
+            );
+            serde_json::json!({ "public_key": secret.public().to_string() })
+        }
+    };
+    print_or_json(json, &v, || v["public_key"].as_str().unwrap_or_default().to_owned())
+}
+
 async fn force(
     c: &Client,
     facility: &str,
-    service: Option<&str>,
+    services: &[String],
     wait: bool,
     timeout: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
     let before: Vec<Task> = status(c, Some(facility)).await?;
-    let r = c.propagation_force(facility, service).await?;
-    let planned: Vec<String> = serde_json::from_value(r["planned"].clone())?;
+    let mut planned: Vec<String> = Vec::new();
+    let mut r = serde_json::Value::Null;
+    if services.is_empty() {
+        r = c.propagation_force(facility, None).await?;
+        planned = serde_json::from_value(r["planned"].clone())?;
+    }
+    for service in services {
+        r = c.propagation_force(facility, Some(service)).await?;
+        planned.extend(serde_json::from_value::<Vec<String>>(r["planned"].clone())?);
+    }
+    if services.len() > 1 {
+        r = serde_json::json!({ "planned": planned });
+    }
     if !wait {
         return print_or_json(json, &r, || format!("planned: {}", planned.join(", ")));
     }
@@ -511,7 +541,7 @@ async fn force(
             if json {
                 return print_json(&tasks);
             }
-            println!("{}", status_table(&tasks, std::io::stdout().is_terminal()));
+            outln!("{}", status_table(&tasks, std::io::stdout().is_terminal()))?;
             let failed = tasks
                 .iter()
                 .filter(|t| !matches!(t.state, keel_propagate::TaskState::Done))

@@ -4,6 +4,7 @@ use clap::Subcommand;
 use keel_client::Client;
 use serde_json::{json, Value};
 
+use crate::outln;
 use crate::output::{print_json, table};
 use keel_client::Records;
 
@@ -35,14 +36,14 @@ pub async fn run(c: &Client, cmd: &SettingCmd, json: bool) -> anyhow::Result<()>
                     ]
                 })
                 .collect();
-            println!("{}", table(&["key", "value", "meaning"], rows));
+            outln!("{}", table(&["key", "value", "meaning"], rows))?;
         }
         SettingCmd::Get { key } => {
             let s: Value = c.show(Records::Settings, &[key]).await?;
             if json {
                 return print_json(&s);
             }
-            println!("{}", s["value"]);
+            outln!("{}", s["value"])?;
         }
         SettingCmd::Set { key, value } => {
             let value = match value.as_str() {
@@ -54,7 +55,7 @@ pub async fn run(c: &Client, cmd: &SettingCmd, json: bool) -> anyhow::Result<()>
             if json {
                 return print_json(&s);
             }
-            println!("{key} = {}", s["value"]);
+            outln!("{key} = {}", s["value"])?;
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ use keel_client::Client;
 use keel_model::Switch;
 use serde_json::{Map, Value};
 
+use crate::outln;
 use crate::output::{print_json, table};
 use keel_client::Records;
 
@@ -80,7 +81,7 @@ pub async fn run(c: &Client, cmd: &SwitchCmd, json: bool) -> anyhow::Result<()> 
         SwitchCmd::Rm { name } => {
             let _: Value = c.remove(Records::Switches, &[name]).await?;
             if !json {
-                println!("removed switch {name}");
+                outln!("removed switch {name}")?;
             }
             return Ok(());
         }
@@ -100,6 +101,6 @@ pub async fn run(c: &Client, cmd: &SwitchCmd, json: bool) -> anyhow::Result<()> 
             ]
         })
         .collect();
-    println!("{}", table(&["name", "chassis", "room", "rfs", "hfs"], rows));
+    outln!("{}", table(&["name", "chassis", "room", "rfs", "hfs"], rows))?;
     Ok(())
 }

@@ -5,6 +5,7 @@ use keel_client::Client;
 use keel_client::Records;
 use serde_json::{json, Value};
 
+use crate::outln;
 use crate::output::{print_json, table};
 
 #[derive(Debug, Subcommand)]
@@ -60,7 +61,7 @@ pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
             if json {
                 return print_json(&t);
             }
-            println!("{}", t["token"].as_str().unwrap_or(""));
+            outln!("{}", t["token"].as_str().unwrap_or(""))?;
             eprintln!(
                 "token {} for {name} ({role}); keep it now: it is not shown again",
                 t["id"].as_str().unwrap_or("")
@@ -85,15 +86,15 @@ pub async fn run(c: &Client, cmd: &TokenCmd, json: bool) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 table(&["id", "name", "role", "created", "expires", "revoked"], rows)
-            );
+            )?;
         }
         TokenCmd::Revoke { id } => {
             c.revoke_token(id).await?;
             if !json {
-                println!("revoked token {id}");
+                outln!("revoked token {id}")?;
             }
         }
     }

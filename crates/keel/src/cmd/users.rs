@@ -9,6 +9,7 @@ use keel_model::login::{base_login, LoginAllocator, RESERVED_LOGINS};
 use keel_model::{Group, Login, ValidationError};
 use serde_json::{json, Value};
 
+use crate::outln;
 use crate::output::{print_json, table};
 use keel_client::Records;
 
@@ -19,6 +20,13 @@ pub enum UsersCmd {
     List { filters: Vec<String> },
     /// Show one user.
     Show { login: String },
+    /// Add one user: the login from the names by prologin's rule (or --login), the uid the next
+    /// of the group's pool. With --sheet, a password is generated and written on a one-person
+    /// sheet (PREFIX.tsv and PREFIX.pdf, 0600); without it the account has no password until
+    /// `keel users sheet` or `keel passwd` gives one.
+    Add(AddArgs),
+    /// Change a user's names, shell, SSH keys or home server (login, group and uid are fixed).
+    Edit(EditArgs),
     /// Remove a user (its uid is never given again).
     #[command(alias = "delete")]
     Rm { login: String },
@@ -39,6 +47,51 @@ pub enum UsersCmd {
         #[arg(long)]
         no_copy: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// The group: user, orga or root.
+    #[arg(long = "type", default_value = "user")]
+    pub group: String,
+    #[arg(long)]
+    pub firstname: Option<String>,
+    #[arg(long)]
+    pub lastname: Option<String>,
+    /// The login (default: from the first and last names, as an import makes it).
+    #[arg(long)]
+    pub login: Option<String>,
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// An SSH public key (repeatable).
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<String>,
+    /// The home file server.
+    #[arg(long)]
+    pub hfs: Option<u32>,
+    /// Generate a password and write it on a sheet: PREFIX.tsv and PREFIX.pdf (mode 0600).
+    #[arg(long, value_name = "PREFIX")]
+    pub sheet: Option<PathBuf>,
+    /// Length of the generated password.
+    #[arg(long, default_value_t = 8)]
+    pub pwdlen: usize,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EditArgs {
+    pub login: String,
+    #[arg(long)]
+    pub firstname: Option<String>,
+    #[arg(long)]
+    pub lastname: Option<String>,
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// The SSH public keys (repeatable; replaces the list; `--ssh-key ''` empties it).
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Option<Vec<String>>,
+    /// The home file server, for a user who has none yet (a home moves with `move-home`).
+    #[arg(long)]
+    pub hfs: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,10 +168,12 @@ pub async fn run(c: &Client, cmd: &UsersCmd, json: bool) -> anyhow::Result<()> {
             let u: Value = c.show(Records::Users, &[login]).await?;
             print_users(&[u], json)
         }
+        UsersCmd::Add(args) => add(c, args, json).await,
+        UsersCmd::Edit(args) => edit(c, args, json).await,
         UsersCmd::Rm { login } => {
             let _: Value = c.remove(Records::Users, &[login]).await?;
             if !json {
-                println!("removed user {login}");
+                outln!("removed user {login}")?;
             }
             Ok(())
         }
@@ -129,7 +184,7 @@ pub async fn run(c: &Client, cmd: &UsersCmd, json: bool) -> anyhow::Result<()> {
             if json {
                 return print_json(&u);
             }
-            println!("{login}'s home is on hfs{hfs}");
+            outln!("{login}'s home is on hfs{hfs}")?;
             Ok(())
         }
     }
@@ -156,13 +211,13 @@ fn print_users(list: &[Value], json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         table(
             &["login", "uid", "group", "name", "shell", "ssh keys", "password", "home"],
             rows
         )
-    );
+    )?;
     Ok(())
 }
 
@@ -235,6 +290,94 @@ async fn import(c: &Client, args: &ImportArgs, json: bool) -> anyhow::Result<()>
     summarize(&answer, args, &written, json)
 }
 
+/// `keel users add`: one user, with a one-person password sheet if asked.
+async fn add(c: &Client, args: &AddArgs, json: bool) -> anyhow::Result<()> {
+    let group: Group = args
+        .group
+        .parse()
+        .map_err(|e: ValidationError| anyhow::anyhow!("--type: {}", e.message))?;
+    let login = match (&args.login, &args.firstname, &args.lastname) {
+        (Some(l), _, _) => Login::parse("login", l)
+            .map_err(|e| anyhow::anyhow!("--login: {}", e.message))?
+            .to_string(),
+        (None, Some(first), Some(last)) => {
+            let base = base_login(first, last)
+                .ok_or_else(|| anyhow::anyhow!("the names give no login (no Latin letter): give --login"))?;
+            let existing: Vec<Value> = c.all(Records::Users).await?;
+            let existing = existing.iter().filter_map(|u| u["login"].as_str().map(str::to_owned));
+            LoginAllocator::new(existing, RESERVED_LOGINS).take(&base)
+        }
+        _ => anyhow::bail!("give --firstname and --lastname (the login is made from them), or --login"),
+    };
+    let mut body = json!({
+        "login": login,
+        "group": group.as_str(),
+        "firstname": args.firstname.clone().unwrap_or_else(|| login.clone()),
+        "lastname": args.lastname.clone().unwrap_or_else(|| login.clone()),
+    });
+    if let Some(shell) = &args.shell {
+        body["shell"] = json!(shell);
+    }
+    if !args.ssh_keys.is_empty() {
+        body["ssh_keys"] = json!(args.ssh_keys);
+    }
+    if let Some(n) = args.hfs {
+        body["hfs"] = json!(n);
+    }
+    let sheet = match &args.sheet {
+        Some(prefix) => {
+            let person = Person {
+                line: 1,
+                first: body["firstname"].as_str().unwrap_or_default().to_owned(),
+                last: body["lastname"].as_str().unwrap_or_default().to_owned(),
+                login: login.clone(),
+                password: keel_password::generate(args.pwdlen)?,
+            };
+            body["password_hash"] = json!(hash_all(std::slice::from_ref(&person))?.remove(0));
+            Some(write_sheet(prefix, &[person])?)
+        }
+        None => None,
+    };
+    // A refused user drops the sheet unwritten: its password was never set.
+    let user: Value = c.create(Records::Users, &body).await?;
+    let written = match sheet {
+        Some(s) => s.commit()?,
+        None => Vec::new(),
+    };
+    if json {
+        return print_json(&user);
+    }
+    print_users(std::slice::from_ref(&user), false)?;
+    for p in written {
+        outln!("password sheet: {} (mode 0600)", p.display())?;
+    }
+    Ok(())
+}
+
+/// `keel users edit`: the fields given, nothing else.
+async fn edit(c: &Client, args: &EditArgs, json: bool) -> anyhow::Result<()> {
+    let mut body = serde_json::Map::new();
+    for (k, v) in [
+        ("firstname", &args.firstname),
+        ("lastname", &args.lastname),
+        ("shell", &args.shell),
+    ] {
+        if let Some(v) = v {
+            body.insert(k.into(), json!(v));
+        }
+    }
+    if let Some(keys) = &args.ssh_keys {
+        let keys: Vec<&String> = keys.iter().filter(|k| !k.is_empty()).collect();
+        body.insert("ssh_keys".into(), json!(keys));
+    }
+    if let Some(n) = args.hfs {
+        body.insert("hfs".into(), json!(n));
+    }
+    anyhow::ensure!(!body.is_empty(), "nothing to change: give a field (see --help)");
+    let user: Value = c.update(Records::Users, &[&args.login], &Value::Object(body)).await?;
+    print_users(&[user], json)
+}
+
 async fn sheet(c: &Client, args: &SheetArgs, json: bool) -> anyhow::Result<()> {
     let group: Group = args
         .group
@@ -266,10 +409,10 @@ async fn sheet(c: &Client, args: &SheetArgs, json: bool) -> anyhow::Result<()> {
         .into_iter()
         .partition(|u| args.force || u["password_changed"] != true);
     if reset.is_empty() {
-        println!(
+        outln!(
             "nothing to do: {} user(s) chose their own password (--force to reset them too)",
             kept.len()
-        );
+        )?;
         return Ok(());
     }
     confirm(reset.len(), kept.len(), group, args.yes)?;
@@ -301,9 +444,9 @@ async fn sheet(c: &Client, args: &SheetArgs, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&answer);
     }
-    println!("reset {} passwords ({} left alone)", people.len(), kept.len());
+    outln!("reset {} passwords ({} left alone)", people.len(), kept.len())?;
     for p in written {
-        println!("password sheet: {} (mode 0600)", p.display());
+        outln!("password sheet: {} (mode 0600)", p.display())?;
     }
     Ok(())
 }
@@ -334,25 +477,25 @@ fn summarize(answer: &Value, args: &ImportArgs, sheets: &[PathBuf], json: bool) 
     }
     let n = |k: &str| answer[k].as_array().map_or(0, Vec::len);
     let verb = if args.dry_run { "would create" } else { "created" };
-    println!(
+    outln!(
         "{verb} {} users, updated {}, ignored {} ({})",
         n("created"),
         n("updated"),
         n("ignored"),
         args.file.display()
-    );
+    )?;
     if args.dry_run {
         for u in answer["created"].as_array().into_iter().flatten() {
-            println!(
+            outln!(
                 "  {}\t{} {}",
                 u["login"].as_str().unwrap_or(""),
                 u["firstname"].as_str().unwrap_or(""),
                 u["lastname"].as_str().unwrap_or("")
-            );
+            )?;
         }
     }
     for p in sheets {
-        println!("password sheet: {} (mode 0600)", p.display());
+        outln!("password sheet: {} (mode 0600)", p.display())?;
     }
     Ok(())
 }

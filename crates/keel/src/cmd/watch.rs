@@ -1,5 +1,6 @@
 //! `keel watch`: print the snapshot, then changes as they happen (resuming across disconnects).
 
+use crate::outln;
 use keel_client::{Client, WatchEvent, WatchOptions};
 use keel_model::Kind;
 use serde_json::{json, Value};
@@ -39,9 +40,9 @@ pub async fn run(c: &Client, args: &WatchArgs, json: bool) -> anyhow::Result<()>
     loop {
         let ev = watch.next().await?;
         if json {
-            println!("{}", event_json(&ev));
+            outln!("{}", event_json(&ev))?;
         } else {
-            println!("{}", event_text(&ev));
+            outln!("{}", event_text(&ev))?;
         }
     }
 }

@@ -1,11 +1,17 @@
-//! `keel serve` configuration: defaults < config file < `KEEL_*` environment < flags.
+//! keel.toml: the file's shape (every key optional, unknown keys refused) and, in `load`, the one
+//! function that turns file, `KEEL_*` variables and flags into the validated [`ServeConfig`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use keel_model::Pools;
 use serde::Deserialize;
+
+mod load;
+
+pub use load::{expand_home, load, ConfigErrors, Flags, Listener, Propagation, ServeConfig, Tls};
 
 /// The production config file, read when it exists and no `--config` is given.
 pub const SYSTEM_CONFIG: &str = "/etc/keel/keel.toml";
@@ -26,6 +32,8 @@ pub struct FileConfig {
     pub watch: WatchFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub logging: LoggingFile,
     #[serde(default)]
     pub propagation: PropagationFile,
     #[serde(default)]
@@ -176,7 +184,7 @@ impl WebFile {
             (false, _) => Vec::new(),
             (true, Some(p)) if !p.is_empty() => p.clone(),
             (true, _) => anyhow::bail!(
-                "[web] trust_sso = true needs sso_proxies = [\"ADDRESS/32\", …]: the nginx that sets X-SSO-User \
+                "needs sso_proxies = [\"ADDRESS/32\", …]: the nginx that sets X-SSO-User \
                  (loopback is not trusted by default: any local user could claim a login through it)"
             ),
         };
@@ -320,8 +328,11 @@ pub struct DnsFile {
 
 impl DnsFile {
     /// With the generators' options: the built-in DNS names the unknown machines' DHCP range as
-    /// the `dns` service does for BIND.
-    pub fn config(&self, generators: &keel_gen::Options) -> anyhow::Result<keel_server::dns::DnsConfig> {
+    /// the `dns` service does for BIND. The error names its key (`dns.zone`, `dns.ns`).
+    pub fn config(
+        &self,
+        generators: &keel_gen::Options,
+    ) -> Result<keel_server::dns::DnsConfig, keel_model::ValidationError> {
         let d = keel_server::dns::DnsConfig::default();
         let zone = self
             .zone
@@ -351,6 +362,17 @@ impl DnsFile {
                     prefix: generators.dns.unknown_prefix.clone(),
                 }),
         })
+    }
+}
+
+impl TftpFile {
+    pub fn config(&self, data_dir: &Path) -> keel_server::tftp::TftpConfig {
+        keel_server::tftp::TftpConfig {
+            max_transfers: self.max_transfers.unwrap_or(keel_server::tftp::MAX_TRANSFERS),
+            max_per_source: self.max_per_source.unwrap_or(keel_server::tftp::MAX_PER_SOURCE),
+            root: self.root.clone().unwrap_or_else(|| data_dir.join("tftp")),
+            timeout: Duration::from_millis(self.retransmit_ms.unwrap_or(1000).max(10)),
+        }
     }
 }
 
@@ -388,6 +410,42 @@ pub struct PropagationFile {
     /// Custom services: `[propagation.services.NAME] command = [...]`.
     #[serde(default)]
     pub services: std::collections::BTreeMap<String, keel_propagate::CustomService>,
+}
+
+impl PropagationFile {
+    /// The engine's timings and generator options.
+    pub fn engine_config(&self) -> keel_propagate::EngineConfig {
+        let d = keel_propagate::EngineConfig::default();
+        let secs = |v: Option<u64>, dflt: Duration| v.map_or(dflt, Duration::from_secs);
+        keel_propagate::EngineConfig {
+            debounce: self.debounce_ms.map_or(d.debounce, Duration::from_millis),
+            parallel: self.parallel.unwrap_or(d.parallel),
+            send_timeout: secs(self.send_timeout_secs, d.send_timeout),
+            recheck: secs(self.recheck_secs, d.recheck).max(Duration::from_secs(1)),
+            refresh: match self.refresh_secs {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+                None => d.refresh,
+            },
+            retry_min: secs(self.retry_min_secs, d.retry_min),
+            retry_max: secs(self.retry_max_secs, d.retry_max),
+            gen: self.generators.clone(),
+            encoding: match self.compress {
+                Some(false) => keel_bundle::Encoding::Tar,
+                _ => keel_bundle::Encoding::Zstd,
+            },
+        }
+    }
+}
+
+/// `[logging]`: keel's own log lines (not the change log, which is `[log]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingFile {
+    /// Which lines are written: a level (`error`, `warn`, `info`, `debug`, `trace`) or a list of
+    /// directives (`info,keel_store=debug`); default `info`. `RUST_LOG` wins when set. Changes
+    /// on a reload.
+    pub level: Option<String>,
 }
 
 /// `[watch]`: the change feed.
@@ -439,48 +497,6 @@ impl FileConfig {
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
-
-    /// The file named by `--config`/`KEEL_CONFIG`, else the system file if present, else defaults.
-    pub fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
-        match explicit {
-            Some(p) => Self::read(p),
-            None if Path::new(SYSTEM_CONFIG).exists() => Self::read(Path::new(SYSTEM_CONFIG)),
-            None => Ok(Self::default()),
-        }
-    }
-}
-
-/// The validated configuration `keel serve` runs with.
-#[derive(Debug, Clone)]
-pub struct ServeConfig {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    pub open_reads: bool,
-    pub pools: Pools,
-    pub example_site: bool,
-    pub watch: keel_server::WatchConfig,
-    pub keep_changes: u64,
-    pub keep_days: Option<u64>,
-    pub access_log: bool,
-    pub propagation: PropagationFile,
-    pub dns: DnsFile,
-    pub dns_listen: SocketAddr,
-    /// The DNS address was asked for (a failure to bind it is then an error, not a warning).
-    pub dns_explicit: bool,
-    pub tftp: TftpFile,
-    pub netboot: NetbootFile,
-    pub tftp_listen: SocketAddr,
-    pub tftp_explicit: bool,
-    pub presence: PresenceFile,
-    pub sso: SsoFile,
-    pub web: WebFile,
-    pub rpc: RpcFile,
-    pub sync: SyncFile,
-    pub homes: HomesFile,
-    pub tls: TlsFile,
-    pub workers: Option<usize>,
-    pub database: Option<String>,
-    pub http: HttpLimits,
 }
 
 pub const DEFAULT_DNS_LISTEN: &str = "127.0.0.1:5353";

@@ -51,7 +51,8 @@ pub fn private_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One server per data directory: a second `keel serve` (or a `keel restore`) fails clearly.
+/// One server per data directory: a second `keel serve` (or a `keel restore`) fails clearly. The
+/// holder's process id is written in the file (what `keel reload` signals).
 pub fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
     let path = dir.join(files::LOCK);
     let f = OpenOptions::new()
@@ -62,6 +63,10 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
         .with_context(|| format!("cannot open {}", path.display()))?;
     f.try_lock()
         .map_err(|_| anyhow::anyhow!("another keel is using {} (it holds {})", dir.display(), path.display()))?;
+    let mut f = f;
+    f.set_len(0)
+        .and_then(|()| std::io::Write::write_all(&mut f, format!("{}\n", std::process::id()).as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(f)
 }
 

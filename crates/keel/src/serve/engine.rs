@@ -1,16 +1,14 @@
 //! Starting the propagation engine for `keel serve`: its key, its services, its senders.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use keel_bundle::SecretKey;
-use keel_client::data_dir as files;
-use keel_propagate::{Engine, EngineConfig, Senders};
+use keel_propagate::{Engine, Senders};
 use keel_store::Db;
 
-use crate::config::PropagationFile;
+use crate::config::Propagation;
 
 /// Reads the signing key, or makes one (mode 0600) on first start.
 pub fn load_or_create_key(path: &Path) -> anyhow::Result<SecretKey> {
@@ -26,10 +24,6 @@ pub fn load_or_create_key(path: &Path) -> anyhow::Result<SecretKey> {
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-}
-
-pub fn key_path(p: &PropagationFile, data_dir: &Path) -> PathBuf {
-    p.key_file.clone().unwrap_or_else(|| data_dir.join(files::BUNDLE_KEY))
 }
 
 /// `keel-agent apply`: the keel-agent installed beside this binary, else this binary's own
@@ -76,33 +70,12 @@ fn example_agent(data_dir: &Path, key: &SecretKey) -> anyhow::Result<Vec<String>
     ])
 }
 
-pub async fn start(db: Arc<Db>, p: &PropagationFile, data_dir: &Path, example: bool) -> anyhow::Result<Engine> {
-    let key = load_or_create_key(&key_path(p, data_dir))?;
+pub async fn start(db: Arc<Db>, p: &Propagation, data_dir: &Path, example: bool) -> anyhow::Result<Engine> {
+    let key = load_or_create_key(&p.key_file)?;
     let local = match &p.local_command {
         Some(c) => c.clone(),
         None if example => example_agent(data_dir, &key)?,
         None => default_local_command(),
-    };
-    let services = keel_propagate::registry(&p.services).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
-    let d = EngineConfig::default();
-    let secs = |v: Option<u64>, dflt: Duration| v.map_or(dflt, Duration::from_secs);
-    let cfg = EngineConfig {
-        debounce: p.debounce_ms.map_or(d.debounce, Duration::from_millis),
-        parallel: p.parallel.unwrap_or(d.parallel),
-        send_timeout: secs(p.send_timeout_secs, d.send_timeout),
-        recheck: secs(p.recheck_secs, d.recheck).max(Duration::from_secs(1)),
-        refresh: match p.refresh_secs {
-            Some(0) => None,
-            Some(s) => Some(Duration::from_secs(s)),
-            None => d.refresh,
-        },
-        retry_min: secs(p.retry_min_secs, d.retry_min),
-        retry_max: secs(p.retry_max_secs, d.retry_max),
-        gen: p.generators.clone(),
-        encoding: match p.compress {
-            Some(false) => keel_bundle::Encoding::Tar,
-            _ => keel_bundle::Encoding::Zstd,
-        },
     };
     let mut ssh = p.ssh.clone();
     if ssh.control_dir.is_none() && !ssh.control_persist.is_empty() {
@@ -111,5 +84,5 @@ pub async fn start(db: Arc<Db>, p: &PropagationFile, data_dir: &Path, example: b
         ssh.control_dir = Some(dir);
     }
     let senders = Senders { ssh, local };
-    Ok(Engine::start(db, cfg, key, Arc::new(senders), services).await?)
+    Ok(Engine::start(db, p.engine.clone(), key, Arc::new(senders), p.services.clone()).await?)
 }

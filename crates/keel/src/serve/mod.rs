@@ -4,20 +4,23 @@
 //!
 //! - `data_dir`: the private data directory, its lock, the first admin token, secrets;
 //! - `database`: SQLite in the data directory or PostgreSQL (its URL redacted in logs);
-//! - `settings`: `keel-server`'s settings from the configuration (presence, RPC secret);
 //! - `engine`: the propagation engine (signing key, services, senders);
 //! - `shared`: several servers on one PostgreSQL (the follower, the propagation leader);
 //! - `udp`: the built-in DNS and TFTP listeners;
 //! - `http`: the HTTP/1.1 accept loop and its limits;
+//! - `tls`: HTTPS's certificate, kept current by a reload;
+//! - `reload`: SIGHUP — keel.toml read again, what can change live changed;
 //! - `example`: the example site of `--example-site`.
+//!
+//! The configuration arrives checked (`config::load`): nothing here refuses a setting.
 
 mod data_dir;
 mod database;
 mod engine;
 mod example;
 mod http;
-mod notify;
-mod settings;
+pub(crate) mod notify;
+pub mod reload;
 mod shared;
 mod tls;
 mod udp;
@@ -26,15 +29,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use keel_client::data_dir as files;
-use keel_server::{AppState, ServerConfig};
+use keel_server::AppState;
 use keel_store::Db;
 
 use crate::config::ServeConfig;
 
 pub use data_dir::{lock_data_dir, private_data_dir};
 pub use database::redact;
+pub use tls::check_certificate;
 
-pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyhow::Result<()> {
     private_data_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
     let (store, pg) = database::open_store(&cfg).await?;
@@ -52,31 +56,17 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             .await
             .context("cannot load the example site")?;
     }
+    reload::report_outside_pools(&db);
     tokio::spawn(trim_log_forever(db.clone(), cfg.keep_changes, cfg.keep_days));
-    let server_config = ServerConfig {
-        open_reads: cfg.open_reads,
-        data_dir: cfg.data_dir.clone(),
-        watch: keel_server::WatchConfig {
-            subscriber_secret: settings::sync_secret(&cfg)?,
-            ..cfg.watch.clone()
-        },
-        netboot: cfg.netboot.config(&cfg.data_dir),
-        presence: settings::presence_config(&cfg)?,
-        client_addr: cfg.sso.client_addr(),
-        sso: keel_server::sso::SsoConfig {
-            overrides: cfg.sso.overrides.clone(),
-        },
-        map_public: cfg.presence.map_public.unwrap_or(true),
-        web: cfg.web.config()?,
-        rpc_secret: settings::rpc_secret(&cfg)?,
-        homes: cfg.homes.config(),
-        access_log: cfg.access_log,
-    };
+    if cfg.server.presence.secret.is_none() {
+        let secret = data_dir::read_or_create_secret(&cfg.presence_secret_file)?;
+        cfg.server.presence.secret = Some(secret.into());
+    }
     // Where kernels and initrds go (served at /boot/files/).
-    let _ = std::fs::create_dir_all(&server_config.netboot.files_dir);
+    let _ = std::fs::create_dir_all(&cfg.server.netboot.files_dir);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut state = AppState::with_shutdown(db.clone(), server_config, stop_rx);
-    if cfg.propagation.enabled.unwrap_or(true) {
+    let mut state = AppState::with_shutdown(db.clone(), cfg.server.clone(), stop_rx);
+    if let Some(p) = &cfg.propagation {
         match &pg {
             // Several servers: the one holding the propagation lock runs the engine.
             Some(pg) => {
@@ -84,22 +74,25 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                     state.clone(),
                     db.clone(),
                     pg.clone(),
-                    cfg.clone(),
+                    p.clone(),
+                    cfg.data_dir.clone(),
+                    cfg.example_site,
                 ));
             }
             None => {
-                let engine = engine::start(db.clone(), &cfg.propagation, &cfg.data_dir, cfg.example_site)
+                let engine = engine::start(db.clone(), p, &cfg.data_dir, cfg.example_site)
                     .await
                     .context("cannot start propagation")?;
                 state = state.with_engine(engine);
             }
         }
     }
-    if cfg.dns.enabled.unwrap_or(true) {
-        udp::start_dns(&db, &cfg, state.metrics.clone()).await?;
-    }
-    if cfg.tftp.enabled.unwrap_or(true) {
-        udp::start_tftp(&cfg, state.metrics.clone()).await?;
+    let zones = match &cfg.dns {
+        Some(dns) => udp::start_dns(&db, dns, &cfg.data_dir, state.metrics.clone()).await?,
+        None => None,
+    };
+    if let Some(tftp) = &cfg.tftp {
+        udp::start_tftp(tftp, &cfg.data_dir, state.metrics.clone()).await?;
     }
     tokio::spawn(keel_server::presence::run_expiry(state.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -109,23 +102,32 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::write(cfg.data_dir.join(files::LISTEN_ADDR), addr.to_string())?;
     tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
     println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
-    let mut app = keel_server::app(state);
-    let https = match cfg.tls.listen {
-        Some(at) => {
-            let (task, port) = start_https(&cfg, at, app.clone(), stop_tx.subscribe()).await?;
-            if cfg.tls.redirect_web.unwrap_or(false) {
+    let mut app = keel_server::app(state.clone());
+    let (https, cert) = match &cfg.tls {
+        Some(t) => {
+            let (task, port, cert) = start_https(&cfg, t, app.clone(), stop_tx.subscribe()).await?;
+            if t.redirect_web {
                 app = app.layer(axum::middleware::from_fn(move |req, next| {
                     http::redirect_web(port, req, next)
                 }));
             }
-            Some(task)
+            (Some(task), Some(cert))
         }
         None => {
             warn_plain_http(&cfg, addr);
-            None
+            (None, None)
         }
     };
     let signal = shutdown_signal()?;
+    let limits = cfg.http;
+    let live = reload::Live {
+        db: db.clone(),
+        state,
+        zones,
+        cert,
+        logging,
+    };
+    reload::listen(live, cfg)?;
     // Migrated, listening (HTTP, HTTPS, DNS, TFTP) and propagating: what Type=notify waits for.
     notify::notify(&format!("READY=1\nSTATUS=serving on {addr}"));
     let stopping = async move {
@@ -135,7 +137,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     };
     http::raise_open_file_limit();
-    http::serve_http(listener, app, cfg.http, None, stopping).await;
+    http::serve_http(listener, app, limits, None, stopping).await;
     if let Some(h) = https {
         let _ = h.await;
     }
@@ -146,14 +148,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 /// Binds `[tls] listen` and serves HTTPS there until the stop signal; says what clients trust.
 async fn start_https(
     cfg: &ServeConfig,
-    at: std::net::SocketAddr,
+    t: &crate::config::Tls,
     app: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, u16)> {
-    let tls = tls::load(&cfg.tls, &cfg.data_dir, at)?;
-    let listener = tokio::net::TcpListener::bind(at)
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, u16, Arc<tls::LiveCert>)> {
+    let tls = tls::load(t, &cfg.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(t.listen)
         .await
-        .with_context(|| format!("cannot listen on {at} ([tls] listen)"))?;
+        .with_context(|| format!("cannot listen on {} ([tls] listen)", t.listen))?;
     let addr = listener.local_addr()?;
     std::fs::write(cfg.data_dir.join(files::TLS_ADDR), addr.to_string())?;
     tracing::info!(%addr, fingerprint = %tls.fingerprint, "HTTPS is serving");
@@ -166,19 +168,20 @@ async fn start_https(
         );
     }
     let limits = cfg.http;
+    let cert = tls.cert.clone();
     let task = tokio::spawn(async move {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
         http::serve_http(listener, app, limits, Some(tls.acceptor), stopped).await;
     });
-    Ok((task, addr.port()))
+    Ok((task, addr.port(), cert))
 }
 
 /// The web login's cookie is `Secure` by default, which a browser never sends back over plain
 /// HTTP from another machine: say so at start rather than let the login fail silently.
 fn warn_plain_http(cfg: &ServeConfig, addr: std::net::SocketAddr) {
-    if addr.ip().is_loopback() || !cfg.web.secure_cookies.unwrap_or(true) {
+    if addr.ip().is_loopback() || !cfg.server.web.secure_cookies {
         return;
     }
     tracing::warn!(
@@ -202,6 +205,7 @@ async fn trim_log_forever(db: Arc<Db>, keep: u64, keep_days: Option<u64>) {
             Ok(n) => tracing::info!(deleted = n, "change log trimmed"),
             Err(e) => tracing::error!(%e, "cannot trim the change log"),
         }
+        // sleep-ok: a periodic job, not a test's wait.
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
     }
 }

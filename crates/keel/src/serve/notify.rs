@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 
 /// Sends `state` (e.g. `READY=1`) to systemd, if keel runs under it. A failure is logged, never
 /// fatal: systemd then times the start out and says so itself.
-pub(super) fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

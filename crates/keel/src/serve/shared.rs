@@ -8,7 +8,7 @@ use std::time::Duration;
 use keel_server::AppState;
 use keel_store::Db;
 
-use crate::config::ServeConfig;
+use crate::config::Propagation;
 
 /// Keeps the Snapshot current with the other servers' commits.
 pub async fn follow(db: Arc<Db>, url: String) {
@@ -17,10 +17,17 @@ pub async fn follow(db: Arc<Db>, url: String) {
 
 /// Waits for the propagation lock, then runs the engine (resuming the tasks its predecessor left
 /// in flight: their state is in the database). Losing the lock stops it here.
-pub async fn propagate_when_leader(state: AppState, db: Arc<Db>, url: String, cfg: ServeConfig) {
+pub async fn propagate_when_leader(
+    state: AppState,
+    db: Arc<Db>,
+    url: String,
+    p: Propagation,
+    data_dir: std::path::PathBuf,
+    example: bool,
+) {
     let lead = keel_store::pg::Leadership::acquire(&url, Duration::from_secs(2)).await;
     tracing::info!("this server holds the propagation lock: starting the engine");
-    let engine = match super::engine::start(db, &cfg.propagation, &cfg.data_dir, cfg.example_site).await {
+    let engine = match super::engine::start(db, &p, &data_dir, example).await {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot start propagation");

@@ -1,70 +1,63 @@
 //! The built-in DNS (UDP and TCP) and the read-only TFTP server: bound, their addresses written in
 //! the data directory, served on their own tasks.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
 use keel_client::data_dir as files;
+use keel_server::dns::LiveZones;
 use keel_store::Db;
 
-use crate::config::ServeConfig;
+use crate::config::Listener;
 
-/// Starts the built-in DNS. The default address being taken (another resolver on 5353) is a
-/// warning, so `keel serve` still works on first start; an address asked for is an error.
+/// Starts the built-in DNS; the zones it serves, for a reload to replace. The default address
+/// being taken (another resolver on 5353) is a warning, so `keel serve` still works on first start;
+/// an address asked for is an error.
 pub(super) async fn start_dns(
     db: &Arc<Db>,
-    cfg: &ServeConfig,
+    dns: &Listener<keel_server::dns::DnsConfig>,
+    data_dir: &Path,
     metrics: Arc<keel_server::Metrics>,
-) -> anyhow::Result<()> {
-    let dns_cfg = cfg
-        .dns
-        .config(&cfg.propagation.generators)
-        .context("invalid [dns] configuration")?;
-    let zones = Arc::new(keel_server::dns::Zones::new(dns_cfg, db.pools()));
-    let bound = keel_server::dns::bind(cfg.dns_listen).await;
-    let Some((udp, tcp)) = optional(
-        bound,
-        "DNS",
-        cfg.dns_listen,
-        cfg.dns_explicit,
-        "[dns] listen or --dns-listen",
-    )?
-    else {
-        return Ok(());
+) -> anyhow::Result<Option<LiveZones>> {
+    let zones = keel_server::dns::Zones::new(dns.config.clone(), &db.pools());
+    let zones: LiveZones = Arc::new(arc_swap::ArcSwap::from_pointee(zones));
+    let bound = keel_server::dns::bind(dns.listen).await;
+    let Some((udp, tcp)) = optional(bound, "DNS", dns.listen, dns.explicit, "[dns] listen or --dns-listen")? else {
+        return Ok(None);
     };
     let addr = udp.local_addr()?;
-    std::fs::write(cfg.data_dir.join(files::DNS_ADDR), addr.to_string())?;
-    tracing::info!(%addr, zone = %zones.config().zone, "DNS is serving (UDP and TCP)");
+    std::fs::write(data_dir.join(files::DNS_ADDR), addr.to_string())?;
+    tracing::info!(%addr, zone = %dns.config.zone, "DNS is serving (UDP and TCP)");
     let answered: keel_server::dns::Answered = Arc::new(move |rcode| metrics.dns_answered(rcode));
-    tokio::spawn(keel_server::dns::serve(db.clone(), zones, udp, tcp, answered));
-    Ok(())
+    tokio::spawn(keel_server::dns::serve(db.clone(), zones.clone(), udp, tcp, answered));
+    Ok(Some(zones))
 }
 
 /// Starts the read-only TFTP server, on the same terms as the DNS.
-pub(super) async fn start_tftp(cfg: &ServeConfig, metrics: Arc<keel_server::Metrics>) -> anyhow::Result<()> {
-    let root = cfg.tftp.root.clone().unwrap_or_else(|| cfg.data_dir.join("tftp"));
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create the TFTP root {}", root.display()))?;
-    let tftp = Arc::new(keel_server::tftp::TftpConfig {
-        max_transfers: cfg.tftp.max_transfers.unwrap_or(keel_server::tftp::MAX_TRANSFERS),
-        max_per_source: cfg.tftp.max_per_source.unwrap_or(keel_server::tftp::MAX_PER_SOURCE),
-        root: root.clone(),
-        timeout: std::time::Duration::from_millis(cfg.tftp.retransmit_ms.unwrap_or(1000).max(10)),
-    });
-    let bound = tokio::net::UdpSocket::bind(cfg.tftp_listen).await;
+pub(super) async fn start_tftp(
+    tftp: &Listener<keel_server::tftp::TftpConfig>,
+    data_dir: &Path,
+    metrics: Arc<keel_server::Metrics>,
+) -> anyhow::Result<()> {
+    let root = &tftp.config.root;
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create the TFTP root {}", root.display()))?;
+    let bound = tokio::net::UdpSocket::bind(tftp.listen).await;
     let Some(sock) = optional(
         bound,
         "TFTP",
-        cfg.tftp_listen,
-        cfg.tftp_explicit,
+        tftp.listen,
+        tftp.explicit,
         "[tftp] listen or --tftp-listen",
     )?
     else {
         return Ok(());
     };
     let addr = sock.local_addr()?;
-    std::fs::write(cfg.data_dir.join(files::TFTP_ADDR), addr.to_string())?;
+    std::fs::write(data_dir.join(files::TFTP_ADDR), addr.to_string())?;
     tracing::info!(%addr, root = %root.display(), "TFTP is serving (read-only)");
-    tokio::spawn(keel_server::tftp::serve(tftp, sock, move |o| metrics.tftp_ended(o)));
+    let config = Arc::new(tftp.config.clone());
+    tokio::spawn(keel_server::tftp::serve(config, sock, move |o| metrics.tftp_ended(o)));
     Ok(())
 }
 

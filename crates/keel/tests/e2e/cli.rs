@@ -210,8 +210,16 @@ fn second_server_and_bad_config_fail_clearly() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("listen_port"), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "an invalid configuration has its own status"
+    );
+    assert!(
+        stderr(&out).contains("bad.toml:2: unknown field `listen_port`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// On keel's host the CLI needs no flag: the server's config file (here named by `KEEL_CONFIG`,

@@ -12,6 +12,7 @@
 //! - `users`: users in the database (uids, validation, hashes never shown).
 //! - `users_import`: `keel users import` (login rule, sheets, all or nothing).
 //! - `netboot`: iPXE scripts by state and boot mode, registration, switch table, Range requests.
+//! - `operable`: `serve --check`, reload (keel reload, SIGHUP), journal lines, escaped values.
 //! - `postgres`: two servers on one real PostgreSQL (shared log, one engine, takeover), migrate-db.
 //! - `presence`: sessions, SSO through a real nginx, the firewall with the real nft in a netns.
 //! - `propagation`: the engine and the real keel-agent (local child process; ssh to a real sshd).
@@ -35,6 +36,7 @@ mod foundation;
 mod homes;
 mod hostile;
 mod netboot;
+mod operable;
 mod packaging;
 mod postgres;
 mod presence;

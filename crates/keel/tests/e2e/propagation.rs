@@ -755,3 +755,215 @@ async fn the_propagation_api_refuses_hostile_input_and_foreign_managers() {
     .await;
     assert_eq!(status, 403, "{v}");
 }
+
+/// The series of `name` for one destination, as /metrics shows it: the labels as written and the
+/// value.
+fn scraped(metrics: &str, name: &str, service: &str) -> Option<(String, f64)> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        labels
+            .contains(&format!("service=\"{service}\""))
+            .then(|| (format!("{{{labels}}}"), value.trim().parse().unwrap_or(f64::NAN)))
+    })
+}
+
+/// promtool, fed the series a scrape gave (held for 15 minutes), says whether the shipped
+/// KeelDestinationFailing alert fires for it.
+fn alert_fires(series: &str, value: f64, labels: &[(&str, &str)]) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/prometheus/keel.rules.yml");
+    let exp: String = labels
+        .iter()
+        .map(|(k, v)| format!("              {k}: {v:?}\n"))
+        .collect();
+    let test = format!(
+        "rule_files:\n  - {rules:?}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n      \
+         - series: '{series}'\n        values: '{value}x15'\n    alert_rule_test:\n      - eval_time: 12m\n        \
+         alertname: KeelDestinationFailing\n        exp_alerts:\n          - exp_labels:\n              severity: warning\n{exp}\
+         \x20           exp_annotations:\n              summary: \"{f}/{s} fails at {d}\"\n              description: \"{value} \
+         failures in a row; `keel propagation status --facility {f}` says why.\"\n",
+        rules = rules.display().to_string(),
+        f = labels.iter().find(|(k, _)| *k == "facility").map_or("", |l| l.1),
+        s = labels.iter().find(|(k, _)| *k == "service").map_or("", |l| l.1),
+        d = labels.iter().find(|(k, _)| *k == "destination").map_or("", |l| l.1),
+    );
+    let file = dir.path().join("test.yml");
+    std::fs::write(&file, &test).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{test}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Issue 30: every outcome at a destination is reported as what it is, by the real agent's exit
+/// code, through the engine to `keel propagation status --json`, `/metrics` and the shipped alert:
+/// a home that cannot be made (9) and a failed post hook (100) are failures — retried, counted,
+/// never a last success — until fixed; a remark on stderr with exit 0 is a WARNING that succeeded;
+/// the host's whitelist refusal (2) makes the task ERROR; an admin's block leaves it DONE.
+#[tokio::test]
+async fn every_outcome_reaches_status_metrics_and_the_alert_as_what_it_is() {
+    crate::support::require_tool("promtool");
+    let agents = tempfile::tempdir().unwrap();
+    let cfg_path = agents.path().join("local/agent.toml");
+    let k = Keel::start_with_config(
+        &local_config(&cfg_path, "[propagation.generators]\nhome_root = \"/homes\"\n"),
+        &[],
+    );
+    let whitelist = "dns_alias_whitelist = [\"local\"]\n";
+    let host = AgentHost::new(
+        agents.path(),
+        "local",
+        "keel.example.org",
+        &public_key(&k).await,
+        whitelist,
+    );
+    // The homes' parent is a file: no home can be made until it is removed.
+    std::fs::write(host.dir.join("root/homes"), "in the way").unwrap();
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "lan", "groups": ["user"], "services": ["passwd", "homes"]})),
+    )
+    .await;
+    for s in ["passwd", "homes"] {
+        let d = json!({"facility": "lan", "service": s, "destination": "local", "channel": "local"});
+        api(&k, Method::POST, "/api/v1/destinations", Some(d)).await;
+    }
+    let status = || {
+        let out = k.cli(&["propagation", "status", "--json"]);
+        crate::support::stdout_json(&out)
+    };
+    let result_of = |v: &Value, service: &str| -> (Value, Value) {
+        let t = v
+            .as_array()
+            .or_else(|| v["tasks"].as_array())
+            .and_then(|ts| {
+                ts.iter()
+                    .find(|t| t["facility"] == "lan" && t["service"] == service)
+                    .cloned()
+            })
+            .unwrap_or(Value::Null);
+        (t["state"].clone(), t["results"]["local"].clone())
+    };
+    let metrics = || async {
+        reqwest::get(format!("{}/metrics", k.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    add_user(&k, "alice", "user").await;
+
+    // 9: the files went out, the home did not: ERROR, counted, no success.
+    eventually(30, "homes ERROR with exit 9", async || {
+        let (state, r) = result_of(&status(), "homes");
+        state == "ERROR" && r["exit_code"] == 9 && r["status"] == "ERROR"
+    })
+    .await;
+    let (_, r) = result_of(&status(), "homes");
+    assert!(r["last_success"].is_null() && r["failures"].as_u64() >= Some(1), "{r}");
+    let m = metrics().await;
+    let (series, failures) =
+        scraped(&m, "keel_propagation_destination_consecutive_failures", "homes").expect("the series");
+    assert!(failures >= 1.0, "{m}");
+    assert_eq!(
+        scraped(
+            &m,
+            "keel_propagation_destination_last_success_timestamp_seconds",
+            "homes"
+        )
+        .map(|s| s.1),
+        Some(0.0),
+        "never a success: {m}"
+    );
+    let labels = [("facility", "lan"), ("service", "homes"), ("destination", "local")];
+    alert_fires(
+        &format!("keel_propagation_destination_consecutive_failures{series}"),
+        failures,
+        &labels,
+    )
+    .unwrap_or_else(|e| panic!("the alert does not fire on what keel exports: {e}"));
+    // Fixed: the retry makes the home, DONE, and the failures are gone.
+    std::fs::remove_file(host.dir.join("root/homes")).unwrap();
+    eventually(30, "homes DONE after the retry", async || {
+        result_of(&status(), "homes").1["status"] == "DONE"
+    })
+    .await;
+    assert!(host.dir.join("root/homes/alice").is_dir());
+    let m = metrics().await;
+    assert_eq!(
+        scraped(&m, "keel_propagation_destination_consecutive_failures", "homes").map(|s| s.1),
+        Some(0.0)
+    );
+
+    // 0 with a remark: a WARNING, and a success.
+    host.hook("passwd", "post_10_note", "echo 'reloaded, with a note' >&2");
+    add_user(&k, "bob", "user").await;
+    eventually(30, "passwd WARNING", async || {
+        let (state, r) = result_of(&status(), "passwd");
+        state == "WARNING" && r["status"] == "WARNING" && host.read("etc/passwd").contains("bob:")
+    })
+    .await;
+    let (_, r) = result_of(&status(), "passwd");
+    assert_eq!(
+        (r["exit_code"].as_i64(), r["failures"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let warned_at = r["last_success"].clone();
+    assert!(warned_at.is_string(), "{r}");
+
+    // 100: a post hook failed after the files were written: ERROR until the hook works.
+    host.hook("passwd", "post_10_note", "echo 'reload failed' >&2; exit 1");
+    add_user(&k, "carol", "user").await;
+    eventually(30, "passwd ERROR with exit 100", async || {
+        let (state, r) = result_of(&status(), "passwd");
+        state == "ERROR" && r["exit_code"] == 100
+    })
+    .await;
+    let (_, r) = result_of(&status(), "passwd");
+    assert_eq!(r["last_success"], warned_at, "a failed run is no success: {r}");
+    let m = metrics().await;
+    assert!(scraped(&m, "keel_propagation_destination_consecutive_failures", "passwd").is_some_and(|s| s.1 >= 1.0));
+    host.hook("passwd", "post_10_note", "exit 0");
+    eventually(30, "passwd DONE once the hook works", async || {
+        result_of(&status(), "passwd").1["status"] == "DONE"
+    })
+    .await;
+
+    // 2: the host's whitelist refuses: DENIED there, and the task is an ERROR, counted.
+    std::fs::write(
+        host.config(),
+        std::fs::read_to_string(host.config()).unwrap().replace(whitelist, ""),
+    )
+    .unwrap();
+    add_user(&k, "dora", "user").await;
+    eventually(30, "passwd refused by the host", async || {
+        let (state, r) = result_of(&status(), "passwd");
+        state == "ERROR" && r["status"] == "DENIED" && r["exit_code"] == 2 && r["failures"].as_u64() >= Some(1)
+    })
+    .await;
+
+    // An admin's block: DENIED, nothing sent, and the task DONE.
+    let out = k.cli(&["propagation", "block", "--facility", "lan", "--service", "passwd"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    add_user(&k, "erin", "user").await;
+    eventually(30, "passwd blocked: DONE with the destination DENIED", async || {
+        let (state, r) = result_of(&status(), "passwd");
+        state == "DONE" && r["status"] == "DENIED" && r["exit_code"].is_null()
+    })
+    .await;
+}

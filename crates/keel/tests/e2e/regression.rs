@@ -34,3 +34,211 @@ async fn r7_exact_alias_lookup_is_not_a_substring_match() {
     assert_eq!(query(json!({"hostname": "gw"})).await, ["gw"]);
     assert!(query(json!({"hostname": "g"})).await.is_empty());
 }
+
+fn run(k: &Keel, args: &[&str]) -> std::process::Output {
+    let out = k.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+// See: issue 30 (`keel machine list | head -4` panicked: "failed printing to stdout: Broken
+// pipe", exit 101; `keel watch | head` too). A reader that leaves ends the command, exit 0.
+#[tokio::test]
+async fn r30_a_closed_pipe_ends_the_cli_with_exit_0() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let k = Keel::start(&["--example-site"]);
+    for args in [&["machine", "list"][..], &["watch"][..]] {
+        let mut child = Command::new(crate::support::KEEL)
+            .args(args)
+            .env("KEEL_URL", &k.url)
+            .env("KEEL_TOKEN", &k.token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?} printed nothing");
+        // The reader is gone; a change gives `watch` something more to write.
+        let body = json!({"hostname": format!("p{}", child.id()), "mac": format!("02:00:00:00:{:02x}:01", child.id() % 250), "mtype": "user"});
+        crate::propagation::api(&k, reqwest::Method::POST, "/api/v1/machines", Some(body)).await;
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+// See: issue 30 (`keel log --limit 5` showed the 5 oldest changes). The newest, in order, as
+// `journalctl -n` does; `--oldest` and `--since` read forward.
+#[tokio::test]
+async fn r30_log_limit_shows_the_newest_changes() {
+    let k = Keel::start(&["--example-site"]);
+    let seq = k.seq().await;
+    let log = |args: &[&str]| -> Vec<u64> {
+        let mut all = vec!["log", "--json"];
+        all.extend_from_slice(args);
+        let v: Value = serde_json::from_slice(&run(&k, &all).stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["seq"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(log(&["--limit", "3"]), [seq - 2, seq - 1, seq]);
+    assert_eq!(log(&["--oldest", "--limit", "2"]), [1, 2]);
+    assert_eq!(log(&["--since", "1", "--limit", "2"]), [2, 3]);
+    let table = String::from_utf8_lossy(&run(&k, &["log", "-n", "1"]).stdout).into_owned();
+    assert!(table.contains(&format!("│ {seq} ")), "{table}");
+}
+
+// See: issue 30 (`machine import --dry-run` said "no error found in the file (the server was not
+// asked)" for a file the import refused). The server plans it against the live state.
+#[tokio::test]
+async fn r30_an_import_dry_run_finds_what_the_import_would() {
+    let k = Keel::start(&["--example-site"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.csv");
+    // gw's MAC and name are taken: only the server knows.
+    std::fs::write(
+        &file,
+        "hostname,mac,mtype\nr9,52-54-00-00-01-FE,user\ngw,aa:bb:cc:00:00:09,user\nok1,aa:bb:cc:00:00:10,user\n",
+    )
+    .unwrap();
+    let seq = k.seq().await;
+    let dry = k.cli(&["machine", "import", "--dry-run", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&dry.stderr).into_owned();
+    assert_eq!(dry.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("m.csv:line 2: mac:") && err.contains("m.csv:line 3: hostname:"),
+        "{err}"
+    );
+    let real = k.cli(&["machine", "import", file.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&real.stderr),
+        err,
+        "the same errors as the import itself"
+    );
+    std::fs::write(&file, "hostname,mac,mtype\nok1,aa:bb:cc:00:00:10,user\n").unwrap();
+    let out = run(&k, &["machine", "import", "--dry-run", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would create 1 machines"));
+    assert_eq!(k.seq().await, seq, "a dry run commits and logs nothing");
+    assert!(!k.cli(&["machine", "show", "ok1"]).status.success());
+}
+
+// See: issue 30 (there was no `keel users add`/`edit`: the first web admin needed a one-line
+// import file). One user, with a one-person sheet; an edit changes what it names.
+#[tokio::test]
+async fn r30_users_add_and_edit_one_user_with_a_sheet() {
+    let k = Keel::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let sheet = dir.path().join("ana");
+    let out = run(
+        &k,
+        &[
+            "--json",
+            "users",
+            "add",
+            "--type",
+            "root",
+            "--firstname",
+            "Ana",
+            "--lastname",
+            "Lovelace",
+            "--sheet",
+            sheet.to_str().unwrap(),
+        ],
+    );
+    let u: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (u["login"].as_str(), u["uid"].as_u64(), u["has_password"].as_bool()),
+        (Some("alovelace"), Some(12001), Some(true)),
+        "{u}"
+    );
+    let tsv = std::fs::read_to_string(dir.path().join("ana.tsv")).unwrap();
+    assert!(tsv.contains("alovelace"), "{tsv}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join("ana.tsv")).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(dir.path().join("ana.pdf").exists());
+    let password = tsv.lines().last().unwrap().rsplit('\t').next().unwrap().to_owned();
+    // The sheet's password is the account's: the password change route accepts it.
+    let (status, _) = crate::support::req(
+        &k,
+        None,
+        reqwest::Method::POST,
+        "/api/v1/passwd",
+        Some(json!({"login": "alovelace", "old_password": password, "new_password_hash": "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 204, "the sheet's password opens the account");
+    let out = run(&k, &["--json", "users", "edit", "alovelace", "--shell", "/bin/zsh"]);
+    let u: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (u[0]["shell"].as_str(), u[0]["firstname"].as_str()),
+        (Some("/bin/zsh"), Some("Ana")),
+        "{u}"
+    );
+    // A user whose login is taken is refused, and no sheet is left behind.
+    let again = dir.path().join("again");
+    let out = k.cli(&[
+        "users",
+        "add",
+        "--login",
+        "alovelace",
+        "--sheet",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!dir.path().join("again.tsv").exists());
+}
+
+// See: issue 30 (a member of group keel got "authentication required", not told which file it
+// could not read or how to get a token; `token_file = "~/…"` was not expanded).
+#[tokio::test]
+async fn r30_a_missing_token_is_explained_and_tilde_is_expanded() {
+    let k = Keel::start(&[]);
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str], cli_toml: &str| {
+        let path = home.path().join("cli.toml");
+        std::fs::write(&path, cli_toml).unwrap();
+        std::process::Command::new(crate::support::KEEL)
+            .args(args)
+            .env("KEEL_URL", &k.url)
+            .env("HOME", home.path())
+            .env("KEEL_CLI_CONFIG", &path)
+            .env_remove("KEEL_TOKEN")
+            .env_remove("KEEL_CONFIG")
+            .env("KEEL_DATA_DIR", home.path().join("not-keels"))
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["machine", "list"], "");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not-keels/admin.token"), "names the file: {err}");
+    assert!(
+        err.contains("--token") && err.contains("keel token create"),
+        "says how: {err}"
+    );
+    std::fs::write(home.path().join("token"), format!("{}\n", k.token)).unwrap();
+    let out = cli(&["machine", "list"], "token_file = \"~/token\"\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,644 @@
+//! `load`: the one way `keel serve`'s configuration is made — defaults < config file < `KEEL_*`
+//! variables < flags — and checked whole before anything opens. It reads the config file and the
+//! files it names (secrets, certificates, the signing key, when they exist) and nothing else: no
+//! database, no lock, no port. `keel serve --check`, a start and a reload all call it, so a file
+//! that passes `--check` is a file keel starts with.
+//!
+//! Errors are collected, not stopped at: every one is returned, each naming the file, the line
+//! and the key (`/etc/keel/keel.toml:12: [dns] zone: …`). A value from a flag names the flag.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keel_server::ServerConfig;
+use serde::Serialize;
+
+use super::{
+    FileConfig, HttpLimits, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN, SYSTEM_CONFIG,
+};
+
+/// What `load` reads besides the file: the command line, with the `KEEL_*` variables clap reads
+/// into the same fields (a flag wins over its variable).
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--config`: the file; without it /etc/keel/keel.toml if it exists, else the defaults.
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub dns_listen: Option<SocketAddr>,
+    pub tftp_listen: Option<SocketAddr>,
+    pub example_site: bool,
+    pub open_reads: bool,
+    pub database: Option<String>,
+    pub workers: Option<usize>,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    /// The file it is in (none for a flag).
+    pub file: Option<PathBuf>,
+    /// 1-based, when the key is in the file.
+    pub line: Option<usize>,
+    /// The key, as a TOML path (`dns.zone`), or the flag (`--workers`); empty for the file itself.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{line}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, _) => {}
+        }
+        if !self.key.is_empty() {
+            match self.key.rsplit_once('.') {
+                _ if self.key.starts_with("--") => write!(f, "{}: ", self.key)?,
+                Some((section, key)) => write!(f, "[{section}] {key}: ")?,
+                None => write!(f, "{}: ", self.key)?,
+            }
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every error found, in the file's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "invalid configuration ({n} error{})", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration `keel serve` runs with: every value decided, every derived value
+/// computed. Files keel makes on first start (secrets, the signing key, the site CA) are not made
+/// here; `keel serve` makes them.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The file read, if any: a reload reads it again.
+    pub file: Option<PathBuf>,
+    /// The file as TOML, for a reload to tell what changed.
+    pub raw: toml::Table,
+    pub flags: Flags,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub example_site: bool,
+    pub workers: Option<usize>,
+    pub database: Option<String>,
+    pub http: HttpLimits,
+    pub pools: keel_model::Pools,
+    /// `[logging] level` (an `EnvFilter` directive list); `RUST_LOG` wins over it.
+    pub log_level: String,
+    pub keep_changes: u64,
+    pub keep_days: Option<u64>,
+    /// What keel-server's routes need. The presence secret is `None` here when its file is yet
+    /// to be made (first start): `keel serve` makes it.
+    pub server: ServerConfig,
+    /// Where the presence secret is (made on first start when it is the default file).
+    pub presence_secret_file: PathBuf,
+    pub propagation: Option<Propagation>,
+    pub dns: Option<Listener<keel_server::dns::DnsConfig>>,
+    pub tftp: Option<Listener<keel_server::tftp::TftpConfig>>,
+    pub tls: Option<Tls>,
+}
+
+/// A UDP service: where it listens and how it behaves.
+#[derive(Debug, Clone)]
+pub struct Listener<T> {
+    pub listen: SocketAddr,
+    /// The address was asked for: failing to bind it is an error, not a warning.
+    pub explicit: bool,
+    pub config: T,
+}
+
+/// `[propagation]`, decided.
+#[derive(Debug, Clone)]
+pub struct Propagation {
+    pub engine: keel_propagate::EngineConfig,
+    pub services: BTreeMap<String, keel_propagate::Service>,
+    pub key_file: PathBuf,
+    pub local_command: Option<Vec<String>>,
+    pub ssh: keel_propagate::SshConfig,
+}
+
+/// `[tls]`, decided: HTTPS at `listen` with the site's files or keel's site CA.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    /// The site's certificate chain and key; none: keel's site CA in DATA_DIR/tls.
+    pub files: Option<(PathBuf, PathBuf)>,
+    /// Names the site CA's certificate is for.
+    pub names: Option<Vec<String>>,
+    pub redirect_web: bool,
+}
+
+/// Errors as (key, message), before they are given their file and line.
+#[derive(Default)]
+struct Found(Vec<(String, String)>);
+
+impl Found {
+    fn add(&mut self, key: &str, message: impl fmt::Display) {
+        self.0.push((key.to_owned(), message.to_string()));
+    }
+
+    /// The value, or `None` with the error recorded under `key`.
+    fn ok<T, E: fmt::Display>(&mut self, key: &str, r: Result<T, E>) -> Option<T> {
+        r.map_err(|e| self.add(key, e)).ok()
+    }
+}
+
+/// The file `load` reads for these flags: `--config`, else the system file if it exists.
+pub fn config_path(flags: &Flags) -> Option<PathBuf> {
+    flags
+        .config
+        .clone()
+        .or_else(|| Path::new(SYSTEM_CONFIG).exists().then(|| PathBuf::from(SYSTEM_CONFIG)))
+}
+
+/// Reads and checks the whole configuration; every error, or a config `keel serve` can run with.
+pub fn load(flags: &Flags) -> Result<ServeConfig, ConfigErrors> {
+    let path = config_path(flags);
+    let text = match &path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: Some(p.clone()),
+                line: None,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }])
+        })?,
+        None => String::new(),
+    };
+    let at = |key: String, message: String| ConfigError {
+        file: path.clone(),
+        line: if key.starts_with("--") {
+            None
+        } else {
+            line_of(&text, &key)
+        },
+        key,
+        message,
+    };
+    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.clone(),
+            line: e.span().map(|s| line_at(&text, s.start)),
+            key: String::new(),
+            message: e.message().trim().to_owned(),
+        }])
+    })?;
+    let raw: toml::Table = toml::from_str(&text).unwrap_or_default();
+    let mut found = Found::default();
+    let cfg = decide(&file, flags, &mut found);
+    if found.0.is_empty() {
+        if let Some(mut cfg) = cfg {
+            cfg.file = path;
+            cfg.raw = raw;
+            return Ok(cfg);
+        }
+    }
+    let mut errors: Vec<ConfigError> = found.0.into_iter().map(|(k, m)| at(k, m)).collect();
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(ConfigErrors(errors))
+}
+
+/// Decides every value, recording what is wrong in `found`.
+fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeConfig> {
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let data_dir = expand_home(&data_dir);
+    let listen = flags
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| parse_default(DEFAULT_LISTEN));
+    let workers = flags.workers.or(file.workers);
+    if workers == Some(0) {
+        found.add(
+            if flags.workers.is_some() {
+                "--workers"
+            } else {
+                "workers"
+            },
+            "must be at least 1",
+        );
+    }
+    let database = flags.database.clone().or_else(|| file.database.clone());
+    if let Some(url) = &database {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let key = if flags.database.is_some() {
+                "--database"
+            } else {
+                "database"
+            };
+            found.add(
+                key,
+                format!(
+                    "must be a postgres:// URL (got {:?}); SQLite in the data directory is the default",
+                    crate::serve::redact(url)
+                ),
+            );
+        }
+    }
+    let pools = file.pools.clone().unwrap_or_default();
+    check_pools(&pools, found);
+    let log_level = file.logging.level.clone().unwrap_or_else(|| "info".to_owned());
+    found.ok("logging.level", crate::logging::parse_level(&log_level));
+    let gen = &file.propagation.generators;
+    let web = found.ok("web.trust_sso", file.web.config());
+    let dns = file
+        .dns
+        .enabled
+        .unwrap_or(true)
+        .then(|| {
+            let config = file
+                .dns
+                .config(gen)
+                .map_err(|e| found.add(&format!("dns.{}", e.field.trim_start_matches("dns.")), e.message))
+                .ok()?;
+            Some(Listener {
+                listen: flags
+                    .dns_listen
+                    .or(file.dns.listen)
+                    .unwrap_or_else(|| parse_default(DEFAULT_DNS_LISTEN)),
+                explicit: flags.dns_listen.is_some() || file.dns.listen.is_some(),
+                config,
+            })
+        })
+        .flatten();
+    let tftp = file.tftp.enabled.unwrap_or(true).then(|| Listener {
+        listen: flags
+            .tftp_listen
+            .or(file.tftp.listen)
+            .unwrap_or_else(|| parse_default(DEFAULT_TFTP_LISTEN)),
+        explicit: flags.tftp_listen.is_some() || file.tftp.listen.is_some(),
+        config: file.tftp.config(&data_dir),
+    });
+    let netboot = file.netboot.config(&data_dir);
+    if let Some(dir) = &netboot.templates_dir {
+        if !dir.is_dir() {
+            found.add("netboot.templates", format!("{} is not a directory", dir.display()));
+        }
+    }
+    if let Some(url) = &netboot.base_url {
+        if !matches!(
+            url::Url::parse(url).map(|u| u.scheme().to_owned()).as_deref(),
+            Ok("http" | "https")
+        ) {
+            found.add("netboot.base_url", format!("{url:?} is not an http:// or https:// URL"));
+        }
+    }
+    let propagation = file
+        .propagation
+        .enabled
+        .unwrap_or(true)
+        .then(|| propagation(file, &data_dir, found))
+        .flatten();
+    let tls = file.tls.listen.map(|listen| Tls {
+        listen,
+        files: tls_files(file, found),
+        names: file.tls.names.clone(),
+        redirect_web: file.tls.redirect_web.unwrap_or(false),
+    });
+    let presence_secret_file = file
+        .presence
+        .secret_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join(keel_client::data_dir::PRESENCE_SECRET));
+    let presence = presence(file, &presence_secret_file, found);
+    let rpc_secret = rpc_secret(file, found);
+    let subscriber_secret = file
+        .sync
+        .subscriber_secret_file
+        .as_deref()
+        .and_then(|p| found.ok("sync.subscriber_secret_file", first_line(p, "sync subscriber secret")))
+        .map(Into::into);
+    let server = ServerConfig {
+        open_reads: flags.open_reads || file.open_reads.unwrap_or(false),
+        data_dir: data_dir.clone(),
+        watch: keel_server::WatchConfig {
+            subscriber_secret,
+            ..file.watch.config()
+        },
+        netboot,
+        presence: presence?,
+        client_addr: file.sso.client_addr(),
+        sso: keel_server::sso::SsoConfig {
+            overrides: file.sso.overrides.clone(),
+        },
+        web: web?,
+        rpc_secret,
+        homes: file.homes.config(),
+        access_log: file.log.access.unwrap_or(false),
+    };
+    Some(ServeConfig {
+        file: None,
+        raw: toml::Table::new(),
+        flags: flags.clone(),
+        listen,
+        data_dir,
+        example_site: flags.example_site,
+        workers,
+        database,
+        http: file.http.limits(),
+        pools,
+        log_level,
+        keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
+        keep_days: file.log.keep_days,
+        server,
+        presence_secret_file,
+        propagation,
+        dns,
+        tftp,
+        tls,
+    })
+}
+
+fn parse_default(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| unreachable!("constant address {s}"))
+}
+
+/// `~/…` in a path from the config, as a shell would expand it (HOME of the user keel runs as).
+pub fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_owned(),
+    }
+}
+
+/// Pools whose networks would make two types hand out the same address are refused (user and orga
+/// may share one network, as prologin's did), as are uid ranges that are empty or overlap.
+fn check_pools(pools: &keel_model::Pools, found: &mut Found) {
+    use keel_model::MachineType as T;
+    for (i, a) in T::ALL.iter().enumerate() {
+        for b in &T::ALL[i + 1..] {
+            let (na, nb) = (pools.of(*a).network, pools.of(*b).network);
+            let shared = matches!((a, b), (T::User, T::Orga) | (T::Orga, T::User)) && na == nb;
+            if !shared && (na.contains(&nb.network()) || nb.contains(&na.network())) {
+                found.add(
+                    &format!("pools.{b}.network"),
+                    format!("{nb} overlaps the {a} pool {na}: a machine's address would be in two pools"),
+                );
+            }
+        }
+    }
+    let groups = keel_model::Group::ALL;
+    for (i, g) in groups.iter().enumerate() {
+        let r = pools.uids.of(*g);
+        if r.first > r.last {
+            found.add(
+                &format!("pools.uids.{g}.first"),
+                format!("{} is above last ({})", r.first, r.last),
+            );
+        }
+        for h in &groups[i + 1..] {
+            let s = pools.uids.of(*h);
+            if r.first <= s.last && s.first <= r.last {
+                found.add(
+                    &format!("pools.uids.{h}.first"),
+                    format!(
+                        "the {h} uid range {}–{} overlaps the {g} range {}–{}",
+                        s.first, s.last, r.first, r.last
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn propagation(file: &FileConfig, data_dir: &Path, found: &mut Found) -> Option<Propagation> {
+    let p = &file.propagation;
+    let services = found.ok("propagation.services", keel_propagate::registry(&p.services));
+    let key_file = p
+        .key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join(keel_client::data_dir::BUNDLE_KEY));
+    // Made on first start when missing; one that exists must be a key.
+    if let Ok(text) = std::fs::read_to_string(&key_file) {
+        if let Err(e) = keel_bundle::SecretKey::from_base64(&text) {
+            found.add(
+                "propagation.key_file",
+                format!("{} is not a keel signing key: {e}", key_file.display()),
+            );
+        }
+    } else if p.key_file.is_some() && key_file.exists() {
+        found.add("propagation.key_file", format!("cannot read {}", key_file.display()));
+    }
+    if let Some(c) = &p.local_command {
+        if c.is_empty() {
+            found.add(
+                "propagation.local_command",
+                "is empty: give the program and its arguments",
+            );
+        }
+    }
+    Some(Propagation {
+        engine: p.engine_config(),
+        services: services?,
+        key_file,
+        local_command: p.local_command.clone(),
+        ssh: p.ssh.clone(),
+    })
+}
+
+fn tls_files(file: &FileConfig, found: &mut Found) -> Option<(PathBuf, PathBuf)> {
+    match (&file.tls.cert_file, &file.tls.key_file) {
+        (Some(c), Some(k)) => {
+            if let Err(e) = crate::serve::check_certificate(c, k) {
+                found.add("tls.cert_file", format!("{e:#}"));
+            }
+            Some((c.clone(), k.clone()))
+        }
+        (None, None) => None,
+        _ => {
+            found.add(
+                "tls.cert_file",
+                "cert_file and key_file go together (or neither: keel makes a site CA)",
+            );
+            None
+        }
+    }
+}
+
+fn presence(file: &FileConfig, secret_file: &Path, found: &mut Found) -> Option<keel_server::presence::PresenceConfig> {
+    let timeout = Duration::from_secs(file.presence.timeout_secs.unwrap_or(30).max(1));
+    let secret = match std::fs::read_to_string(secret_file) {
+        Ok(text) => {
+            let s = text.lines().next().unwrap_or("").trim().to_owned();
+            if s.len() < 16 {
+                found.add(
+                    "presence.secret_file",
+                    format!("{}: the secret must be at least 16 characters", secret_file.display()),
+                );
+            }
+            Some(s.into())
+        }
+        // Made on first start.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            found.add(
+                "presence.secret_file",
+                format!("cannot read {}: {e}", secret_file.display()),
+            );
+            None
+        }
+    };
+    Some(keel_server::presence::PresenceConfig {
+        timeout,
+        recovery: file.presence.recovery_secs.map_or(timeout, Duration::from_secs),
+        secret,
+        map_public: file.presence.map_public.unwrap_or(true),
+    })
+}
+
+/// The first line of a secret file, which must not be empty.
+fn first_line(path: &Path, what: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim().to_owned();
+    if secret.is_empty() {
+        return Err(format!("{}: the {what} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
+fn rpc_secret(file: &FileConfig, found: &mut Found) -> Option<keel_server::rpc::RpcSecret> {
+    let path = file.rpc.secret_file.as_deref()?;
+    let secret = found.ok("rpc.secret_file", first_line(path, "RPC secret"))?;
+    Some(keel_server::rpc::RpcSecret {
+        secret: secret.into(),
+        principal: keel_model::Principal {
+            name: file.rpc.principal.clone().unwrap_or_else(|| "prologin-rpc".into()),
+            ..keel_model::Principal::system()
+        },
+    })
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of `key` (a dotted path: `dns.zone`, `propagation.services.x.command`) in the file:
+/// the deepest part of the path that the file has. None for a key the file does not hold (a
+/// default that a check refused: the error still names the key).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut line = None;
+    for part in key.split('.') {
+        let Some((k, item)) = table.get_key_value(part) else {
+            break;
+        };
+        let span = k.span().or_else(|| item.span());
+        if let Some(s) = span {
+            line = Some(line_at(text, s.start));
+        }
+        match item.as_table_like() {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<ServeConfig, ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keel.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&Flags {
+            config: Some(path),
+            data_dir: Some(dir.path().join("data")),
+            ..Flags::default()
+        })
+    }
+
+    #[test]
+    fn every_error_is_named_with_its_line() {
+        let text = "listen = \"127.0.0.1:9001\"\n\n[dns]\nzone = \"bad zone!\"\n\n[web]\ntrust_sso = true\n\n[logging]\nlevel = \"keel=loud\"\n";
+        let errors = load_text(text).unwrap_err().0;
+        let seen: Vec<(Option<usize>, &str)> = errors.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            seen,
+            [
+                (Some(4), "dns.zone"),
+                (Some(7), "web.trust_sso"),
+                (Some(10), "logging.level")
+            ],
+            "{errors:#?}"
+        );
+        let shown = errors[0].to_string();
+        assert!(shown.contains("keel.toml:4: [dns] zone: "), "{shown}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let e = load_text("[dns]\nzone = \"prolo\"\nttl = \"sixty\"\n").unwrap_err().0;
+        assert_eq!((e.len(), e[0].line), (1, Some(3)), "{e:#?}");
+        let e = load_text("[dns]\nzonee = \"prolo\"\n").unwrap_err().0;
+        assert!(e[0].message.contains("zonee") && e[0].line == Some(2), "{e:#?}");
+    }
+
+    #[test]
+    fn a_good_file_loads_and_flags_win() {
+        let cfg = load_text("listen = \"127.0.0.1:9001\"\n[dns]\nlisten = \"127.0.0.1:9053\"\n").unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(
+            cfg.dns.as_ref().map(|d| d.listen.to_string()).as_deref(),
+            Some("127.0.0.1:9053")
+        );
+        assert!(cfg.dns.as_ref().is_some_and(|d| d.explicit));
+        let e = load(&Flags {
+            workers: Some(0),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.0[0].to_string(), "--workers: must be at least 1");
+    }
+
+    #[test]
+    fn overlapping_pools_are_refused() {
+        let e = load_text("[pools.service]\nnetwork = \"192.168.0.0/23\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.iter().any(|e| e.key == "pools.service.network" && e.line == Some(2)),
+            "{e:#?}"
+        );
+        assert!(
+            load_text("[pools.orga]\nnetwork = \"192.168.0.0/24\"\n").is_ok(),
+            "user and orga may share"
+        );
+    }
+
+    #[test]
+    fn home_is_expanded() {
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        if let Some(home) = home {
+            assert_eq!(expand_home(Path::new("~/keel")), home.join("keel"));
+        }
+        assert_eq!(expand_home(Path::new("/srv/~x")), Path::new("/srv/~x"));
+    }
+}
