@@ -28,8 +28,6 @@ pub enum ClientError {
     InvalidKey(#[from] InvalidKey),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("{0} is HTTPS: say which certificate to trust (--ca-file or --pin; keel serve prints both)")]
-    NoTrust(String),
 }
 
 impl ClientError {
@@ -63,8 +61,8 @@ impl Client {
         Self::with_trust(base, token, None)
     }
 
-    /// A client that reaches an `https://` keel trusting only `trust` (the site's CA or the
-    /// certificate's pinned fingerprint); an `https://` URL without it is an error.
+    /// A client that reaches an `https://` keel trusting only `trust` (the site's CA, the
+    /// certificate's pinned fingerprint); without it, an `https://` URL trusts the system's store.
     pub fn with_trust(
         base: &str,
         token: Option<String>,
@@ -72,7 +70,7 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let tls = match trust {
             Some(t) => Some(crate::tls::client_config(t)?),
-            None if base.starts_with("https://") => return Err(ClientError::NoTrust(base.to_owned())),
+            None if base.starts_with("https://") => Some(crate::tls::client_config(&crate::tls::Trust::System)?),
             None => None,
         };
         let builder = |b: reqwest::ClientBuilder| match &tls {

@@ -1,7 +1,9 @@
-//! What a client trusts when keel is reached over HTTPS: the site's CA (a PEM file), or the
-//! SHA-256 fingerprint of the certificate keel serves (what `keel serve` prints). Nothing else:
-//! keel-client carries no public root store, so an `https://` URL without either is an error,
-//! and a certificate that matches neither is refused before any request is sent.
+//! What a client trusts when keel is reached over HTTPS: the site's CA (a PEM file), the SHA-256
+//! fingerprint of the certificate keel serves (what `keel serve` prints), or — given neither — the
+//! system's store (Debian's /etc/ssl/certs/ca-certificates.crt, which `update-ca-certificates`
+//! writes, or `$SSL_CERT_FILE`): a site that installed its CA there, or serves a certificate from a
+//! public CA, needs no flag. keel-client carries no root store of its own; a certificate that
+//! matches none is refused before any request is sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +22,13 @@ pub enum Trust {
     CaFile(PathBuf),
     /// Exactly this certificate: `sha256:` and 64 hex digits (colons allowed), as keel prints it.
     Pin(String),
+    /// The system's trust store ([`system_store`]).
+    System,
+}
+
+/// Where the system's trusted CAs are: `$SSL_CERT_FILE`, else Debian's bundle.
+pub fn system_store() -> PathBuf {
+    std::env::var_os("SSL_CERT_FILE").map_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"), PathBuf::from)
 }
 
 /// Why a trust setting cannot be used.
@@ -80,6 +89,12 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     Ok(match trust {
         Trust::CaFile(path) => builder.with_root_certificates(roots(path)?).with_no_client_auth(),
+        Trust::System => builder
+            .with_root_certificates(roots(&system_store()).map_err(|e| TlsError::CaFile {
+                path: system_store().display().to_string(),
+                why: format!("{e}; give --ca-file or --pin"),
+            })?)
+            .with_no_client_auth(),
         Trust::Pin(pin) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Pinned {

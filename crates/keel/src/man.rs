@@ -169,7 +169,7 @@ mod tests {
                 let Some(section) = text[i + 1..].chars().next().filter(char::is_ascii_digit) else {
                     continue;
                 };
-                if text[i + 2..].chars().next() != Some(')') {
+                if !text[i + 2..].starts_with(')') {
                     continue;
                 }
                 let name: String = text[..i]

@@ -33,9 +33,13 @@ pub async fn backup(c: &Client, args: &BackupArgs, json: bool) -> anyhow::Result
     let (store, summary) = verify(&args.file).await.context("the backup does not verify")?;
     store.close().await;
     if json {
-        return print_json(
-            &json!({"file": args.file, "bytes": bytes.len(), "seq": summary.seq, "machines": summary.machines}),
-        );
+        return print_json(&json!({
+            "file": args.file,
+            "bytes": bytes.len(),
+            "seq": summary.seq,
+            "machines": summary.machines,
+            "also_save": ALSO_SAVE,
+        }));
     }
     outln!(
         "backup of seq {} ({} machines, {} bytes) written to {}",
@@ -44,8 +48,22 @@ pub async fn backup(c: &Client, args: &BackupArgs, json: bool) -> anyhow::Result
         bytes.len(),
         args.file.display()
     )?;
+    outln!("the database alone does not restore a site: also save, from the data directory (no route serves them):")?;
+    for f in ALSO_SAVE {
+        outln!("  {f}")?;
+    }
     Ok(())
 }
+
+/// What a site needs besides its database to come back whole, in the data directory (or where
+/// keel.toml puts them): secrets never leave keel's host through an API.
+const ALSO_SAVE: [&str; 5] = [
+    "bundle.key ([propagation] key_file): the signing key every agent trusts",
+    "tls/ca.key and tls/ca.pem: keel's site CA, which clients trust",
+    "presence.secret ([presence] secret_file): the secret every machine's presence hook sends",
+    "admin.token: the first admin token (other tokens are in the database)",
+    "the config file (/etc/keel/keel.toml) and the secret files it names ([rpc], [sync])",
+];
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;

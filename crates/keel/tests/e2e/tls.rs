@@ -14,6 +14,8 @@ fn keel_cli(k: &Keel, args: &[&str]) -> Output {
         .env_remove("KEEL_CA_FILE")
         .env_remove("KEEL_PIN")
         .env("KEEL_CLI_CONFIG", "/nonexistent/cli.toml")
+        // The system's store is Debian's bundle, which does not hold keel's site CA.
+        .env_remove("SSL_CERT_FILE")
         .output()
         .expect("keel")
 }
@@ -89,7 +91,8 @@ fn https_with_the_site_ca_and_clients_that_check_it() {
     for (args, why) in [
         (vec!["--ca-file", other_ca.to_str().unwrap()], "certificate"),
         (vec!["--pin", wrong_pin.as_str()], "not the pinned"),
-        (vec![], "--ca-file or --pin"),
+        // Neither: the system's store, which does not hold keel's site CA.
+        (vec![], "certificate"),
     ] {
         let mut all = vec!["--url", url.as_str()];
         all.extend(args.iter());
@@ -99,6 +102,23 @@ fn https_with_the_site_ca_and_clients_that_check_it() {
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(err.contains(why), "{args:?}: {err}");
     }
+
+    // Issue 30: once the site CA is in the system's store (update-ca-certificates, here
+    // SSL_CERT_FILE), the CLI needs no flag.
+    let out = Command::new(KEEL)
+        .args(["--url", url.as_str(), "machine", "list"])
+        .env("KEEL_TOKEN", &k.token)
+        .env("KEEL_CLI_CONFIG", "/nonexistent/cli.toml")
+        .env_remove("KEEL_CA_FILE")
+        .env_remove("KEEL_PIN")
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the system store: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The machines' presence hook over HTTPS: the site CA, or it does not talk (the presence
     // secret never goes to an unvouched server).
