@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::propagation::api;
 use crate::support::{eventually, Keel, KEEL};
 
 fn keel(args: &[&str]) -> Output {
@@ -280,17 +281,13 @@ async fn after_a_pool_change_only_renumber_moves_an_address() {
         assert!(out.status.success(), "{args:?}: {}", text(&out));
         text(&out)
     };
-    let u = k
-        .admin()
-        .call::<Value>(
-            Method::POST,
-            "/api/v1/users",
-            Some(&json!({"login": "zoe", "group": "user"})),
-            None,
-        )
-        .await
-        .unwrap()
-        .value;
+    let u = api(
+        &k,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"login": "zoe", "group": "user"})),
+    )
+    .await;
     assert_eq!(u["uid"], 20001);
 
     // The pools change (back to the defaults for users) and keel restarts.
@@ -321,20 +318,15 @@ async fn after_a_pool_change_only_renumber_moves_an_address() {
     assert_eq!(add_machine(&k, "r2", "aa:bb:cc:dd:ee:02").await["ip"], "192.168.0.1");
     let listed = cli(&k, &["machine", "list", "--outside-pools"]);
     assert!(!listed.contains("r2"), "{listed}");
-    k.admin()
-        .call::<Value>(
-            Method::POST,
-            "/api/v1/facilities",
-            Some(&json!({"name": "gw", "services": ["dhcp"]})),
-            None,
-        )
-        .await
-        .unwrap();
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "gw", "services": ["dhcp"]})),
+    )
+    .await;
     let d = json!({"facility": "gw", "service": "dhcp", "destination": "local", "channel": "local"});
-    k.admin()
-        .call::<Value>(Method::POST, "/api/v1/destinations", Some(&d), None)
-        .await
-        .unwrap();
+    api(&k, Method::POST, "/api/v1/destinations", Some(d)).await;
     eventually(30, "the dhcp task names r1", async || {
         let out = k.cli(&["propagation", "status"]);
         text(&out).contains("gw/dhcp: machine r1 has 10.10.0.1, outside today's user pool 192.168.0.0/24")
@@ -355,17 +347,13 @@ async fn after_a_pool_change_only_renumber_moves_an_address() {
     assert!(cli(&k, &["machine", "list", "--outside-pools", "--json"]).trim() == "[]");
 
     // The user pool 10001–10999 is not "used up" by the counter of 20001–20999.
-    let u = k
-        .admin()
-        .call::<Value>(
-            Method::POST,
-            "/api/v1/users",
-            Some(&json!({"login": "yan", "group": "user"})),
-            None,
-        )
-        .await
-        .unwrap()
-        .value;
+    let u = api(
+        &k,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"login": "yan", "group": "user"})),
+    )
+    .await;
     assert_eq!(u["uid"], 10001);
     let zoe = k.admin().get::<Value>("/api/v1/users/zoe").await.unwrap();
     assert_eq!(zoe["uid"], 20001, "kept");

@@ -106,6 +106,21 @@ async fn add_user(k: &Keel, login: &str, group: &str) {
     .await;
 }
 
+/// Facility `name` receiving the user group, with `services` sent to its `local` destination.
+async fn local_facility(k: &Keel, name: &str, services: &[&str]) {
+    api(
+        k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": name, "groups": ["user"], "services": services})),
+    )
+    .await;
+    for s in services {
+        let d = json!({"facility": name, "service": s, "destination": "local", "channel": "local"});
+        api(k, Method::POST, "/api/v1/destinations", Some(d)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_local_destination_receives_users_of_its_facility_and_honours_blocks() {
     let agents = tempfile::tempdir().unwrap();
@@ -121,17 +136,7 @@ async fn a_local_destination_receives_users_of_its_facility_and_honours_blocks()
         whitelist,
     );
     assert_eq!(host.config(), cfg_path);
-    api(
-        &k,
-        Method::POST,
-        "/api/v1/facilities",
-        Some(json!({"name": "lan", "groups": ["user"], "services": ["passwd", "hosts"]})),
-    )
-    .await;
-    for s in ["passwd", "hosts"] {
-        let d = json!({"facility": "lan", "service": s, "destination": "local", "channel": "local"});
-        api(&k, Method::POST, "/api/v1/destinations", Some(d)).await;
-    }
+    local_facility(&k, "lan", &["passwd", "hosts"]).await;
     add_user(&k, "alice", "user").await;
     add_user(&k, "olga", "orga").await;
     eventually(20, "alice in the local passwd", async || {
@@ -830,17 +835,7 @@ async fn every_outcome_reaches_status_metrics_and_the_alert_as_what_it_is() {
     );
     // The homes' parent is a file: no home can be made until it is removed.
     std::fs::write(host.dir.join("root/homes"), "in the way").unwrap();
-    api(
-        &k,
-        Method::POST,
-        "/api/v1/facilities",
-        Some(json!({"name": "lan", "groups": ["user"], "services": ["passwd", "homes"]})),
-    )
-    .await;
-    for s in ["passwd", "homes"] {
-        let d = json!({"facility": "lan", "service": s, "destination": "local", "channel": "local"});
-        api(&k, Method::POST, "/api/v1/destinations", Some(d)).await;
-    }
+    local_facility(&k, "lan", &["passwd", "homes"]).await;
     let status = || {
         let out = k.cli(&["propagation", "status", "--json"]);
         crate::support::stdout_json(&out)
