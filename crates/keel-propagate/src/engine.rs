@@ -907,3 +907,64 @@ mod backoff_tests {
         assert_eq!(waits, [5, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560, 3600]);
     }
 }
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    /// docs/propagation.md's exit-code table is what the engine does: for every row, the
+    /// destination's status and the task's state from the agent's exit code (and its remarks).
+    #[test]
+    fn the_exit_code_table_in_the_docs_is_what_the_engine_does() {
+        let doc = include_str!("../../../docs/propagation.md");
+        let table = doc.split("### Exit codes").nth(1).expect("the exit-code table");
+        let table = table.split("\n#").next().unwrap_or_default();
+        let mut rows = 0;
+        for line in table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| code"))
+        {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let [_, code, meaning, dest, task, _] = cells[..] else {
+                panic!("a row of four cells: {line}");
+            };
+            let mut t = Task::new("lan", "passwd");
+            let r = match code {
+                "—" if meaning.contains("blocked") => denied(DestResult::pending(), "blocked"),
+                "—" => result(DestResult::pending(), &outcome(None, ""), &t, |_| Duration::ZERO),
+                c => {
+                    let code: i32 = c.parse().unwrap_or_else(|_| panic!("{line}"));
+                    let stderr = if meaning.contains("remarks") { "a remark" } else { "" };
+                    result(DestResult::pending(), &outcome(Some(code), stderr), &t, |_| {
+                        Duration::ZERO
+                    })
+                }
+            };
+            let status = serde_json::to_value(r.status).unwrap_or_default();
+            assert_eq!(status, dest, "{line}");
+            if !r.status.succeeded() && !r.blocked_here() {
+                assert!(
+                    r.last_success.is_none() && r.failures == 1,
+                    "a failure is counted: {line}"
+                );
+            }
+            t.results.insert("local".into(), r);
+            assert!(
+                task.starts_with(final_state(&t).as_str()),
+                "{line}: {:?}",
+                final_state(&t)
+            );
+            rows += 1;
+        }
+        assert!(rows >= 17, "the table has every code: {rows} rows");
+    }
+
+    fn outcome(exit_code: Option<i32>, stderr: &str) -> Outcome {
+        Outcome {
+            exit_code,
+            stdout: String::new(),
+            stderr: stderr.to_owned(),
+            duration: Duration::ZERO,
+        }
+    }
+}
