@@ -32,7 +32,7 @@ impl FromRequestParts<AppState> for Caller {
             Ok(p) => Ok(Self(Some(p))),
             Err(reason) => {
                 // The token itself is never logged; its refusal is.
-                tracing::warn!(%reason, path = %parts.uri.path(), "token refused");
+                crate::refused!(WARN, %reason, path = %parts.uri.path(), "token refused");
                 Err(ApiError::Unauthorized("invalid, revoked or expired token"))
             }
         }

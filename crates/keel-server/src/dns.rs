@@ -283,20 +283,18 @@ enum Decision {
     Ignore,
 }
 
-/// Decides a request from the Snapshot alone: never waits on anything.
+/// Decides a request from the Snapshot alone: never waits on anything. Only a query is ever
+/// answered: a packet with the reply bit set, or one that does not parse as a query, gets
+/// silence — an answer to an answer is how two servers (or keel's DNS and a forged TFTP packet)
+/// would bounce packets at each other without end.
 fn decide(zones: &Zones, snap: &Snapshot, packet: &[u8], udp: bool) -> Decision {
+    // The QR bit (RFC 1035 4.1.1), read before parsing: replies are never answered.
+    if packet.get(2).is_none_or(|flags| flags & 0x80 != 0) {
+        return Decision::Ignore;
+    }
     let req = match Message::from_vec(packet) {
         Ok(m) if m.metadata.message_type == MessageType::Query => m,
-        Ok(_) => return Decision::Ignore,
-        Err(_) => {
-            // Answer FORMERR when at least the id is readable.
-            let (Some(a), Some(b)) = (packet.first(), packet.get(1)) else {
-                return Decision::Ignore;
-            };
-            let mut m = Message::new(u16::from_be_bytes([*a, *b]), MessageType::Response, OpCode::Query);
-            m.metadata.response_code = ResponseCode::FormErr;
-            return m.to_vec().map_or(Decision::Ignore, Decision::Reply);
-        }
+        _ => return Decision::Ignore,
     };
     let Some(resp) = answer(zones, snap, &req) else {
         return Decision::Forward(req, packet.to_vec());
@@ -564,12 +562,46 @@ mod fuzz {
         ]
     }
 
+    /// Issue 31: keel's DNS answered FORMERR to anything it could not parse, replies included, so a
+    /// forged packet started a DNS↔TFTP (or keel↔keel) exchange without end. A query is answered;
+    /// a reply, and what does not parse as a query, get silence.
+    #[test]
+    fn only_queries_are_answered() {
+        let zones = Zones::new(DnsConfig::default(), &Pools::default());
+        let snap = Snapshot::default();
+        let query = keel_testkit::dns_query(7, "gw.prolo");
+        assert!(matches!(decide(&zones, &snap, &query, true), Decision::Reply(_)));
+        let mut reply = query.clone();
+        reply[2] |= 0x80;
+        assert!(matches!(decide(&zones, &snap, &reply, true), Decision::Ignore));
+        for garbage in [
+            &b"\x00\x05\x00\x00server busy\x00"[..],
+            b"\x12",
+            b"\x12\x34\x01\x00\x00",
+        ] {
+            assert!(
+                matches!(decide(&zones, &snap, garbage, true), Decision::Ignore),
+                "{garbage:?}"
+            );
+        }
+    }
+
     proptest! {
         #[test]
         fn fuzz_dns_query_handler(p in packet()) {
             let zones = Zones::new(DnsConfig::default(), &Pools::default());
-            if let Decision::Reply(out) = decide(&zones, &Snapshot::default(), &p, true) {
-                prop_assert!(out.len() <= 1232, "{} bytes over UDP", out.len());
+            let reply_bit = p.get(2).is_some_and(|f| f & 0x80 != 0);
+            match decide(&zones, &Snapshot::default(), &p, true) {
+                Decision::Reply(out) => {
+                    prop_assert!(out.len() <= 1232, "{} bytes over UDP", out.len());
+                    prop_assert!(!reply_bit, "an answer to an answer");
+                    // What keel sends is itself an answer: keel never answers it.
+                    prop_assert!(out[2] & 0x80 != 0, "a reply without its reply bit");
+                    let again = decide(&zones, &Snapshot::default(), &out, true);
+                    prop_assert!(matches!(again, Decision::Ignore), "keel answered its own answer");
+                }
+                Decision::Forward(..) => prop_assert!(!reply_bit),
+                Decision::Ignore => {}
             }
         }
     }

@@ -15,6 +15,8 @@ mod auth;
 pub mod dns;
 mod error;
 pub mod homes;
+#[doc(hidden)]
+pub mod log_limit;
 mod map;
 mod metrics;
 pub mod netboot;
@@ -138,7 +140,7 @@ impl AppState {
         let client = self.config.client_addr.client(peer, headers);
         let allowed = client.is_none_or(|ip| self.register_limit.allow(ip));
         if !allowed {
-            tracing::warn!(?client, "self-registration refused: too many from this address");
+            crate::refused!(WARN, ?client, "self-registration refused: too many from this address");
         }
         allowed
     }

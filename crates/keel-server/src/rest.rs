@@ -413,7 +413,7 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
         ));
     }
     if let Some(wait) = crate::auth::Throttle::attempt(&st.db, &login).await {
-        tracing::warn!(login = %crate::auth::shown(&login), "password change refused: too many tries");
+        crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: too many tries");
         return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
     }
     let user = st.db.snapshot().user(&login).cloned();
@@ -426,7 +426,7 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
         .await
         .unwrap_or(false);
     let Some(user) = user.filter(|_| ok) else {
-        tracing::warn!(login = %crate::auth::shown(&login), "password change refused: wrong login or password");
+        crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: wrong login or password");
         return Err(ApiError::Unauthorized("wrong login or password"));
     };
     let patch = keel_model::UserPatch {

@@ -152,7 +152,7 @@ impl RpcSecret {
         if check_timeauth(self.secret.expose(), token, method) {
             Ok(self.principal.clone())
         } else {
-            tracing::warn!(%method, "RPC call with a bad or expired hmac refused");
+            crate::refused!(WARN, %method, "RPC call with a bad or expired hmac refused");
             Err(ApiError::Forbidden("BadToken: the hmac is wrong or has expired".into()))
         }
     }

@@ -42,33 +42,128 @@ pub struct TftpConfig {
 /// The default bound on transfers from one address.
 pub const MAX_PER_SOURCE: usize = 4;
 
-/// Transfers running per source address; an entry leaves with its last transfer.
+/// What one source address may make keel hold and send: transfers at once (`max_per_source`),
+/// one "busy" answer every [`BUSY_EVERY`], and — until it has acknowledged a block, which a
+/// forged source never does — [`UNPROVEN_BYTES_PER_MINUTE`]. So a request forged from a victim's
+/// address makes keel send that victim a few packets a minute at most, whatever the request and
+/// whether or not the victim's port is open (a transfer that ends at once frees its slot, not its
+/// budget). Many PXE ROMs send no options, so a client cannot be asked to prove itself first: its
+/// first block is the proof's price.
 #[derive(Default)]
-struct PerSource(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+struct Sources(parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, Source>>);
+
+#[derive(Default)]
+struct Source {
+    transfers: usize,
+    /// The current minute of the unproven budget, and the bytes sent in it.
+    window: Option<std::time::Instant>,
+    unproven_bytes: usize,
+    /// Proven (it acknowledged a block) until then.
+    proven_until: Option<std::time::Instant>,
+    last_busy: Option<std::time::Instant>,
+}
+
+/// Bytes a minute keel sends a source that has not acknowledged anything: a first block, an
+/// OACK or an error a few times over; a booting machine proves itself within its first block.
+const UNPROVEN_BYTES_PER_MINUTE: usize = 16 * 1024;
+/// How long an acknowledgement counts.
+const PROVEN_FOR: Duration = Duration::from_secs(600);
+/// At most one "busy" a source, this often.
+const BUSY_EVERY: Duration = Duration::from_secs(5);
+/// Sources remembered at most; past it, unknown sources are ignored until old entries expire.
+const MAX_SOURCES: usize = 65_536;
 
 /// One transfer counted for its source until dropped.
-struct SourceSlot(Arc<PerSource>, std::net::IpAddr);
+struct SourceSlot(Arc<Sources>, std::net::IpAddr);
 
-impl PerSource {
+impl Source {
+    fn idle(&self, now: std::time::Instant) -> bool {
+        self.transfers == 0
+            && self
+                .window
+                .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60))
+            && self.proven_until.is_none_or(|p| p <= now)
+            && self.last_busy.is_none_or(|b| now.duration_since(b) >= BUSY_EVERY)
+    }
+}
+
+impl Sources {
+    /// The entry of `ip`, making room for it if need be; `None` when every entry is in use.
+    fn entry(
+        map: &mut std::collections::HashMap<std::net::IpAddr, Source>,
+        ip: std::net::IpAddr,
+    ) -> Option<&mut Source> {
+        if !map.contains_key(&ip) && map.len() >= MAX_SOURCES {
+            let now = std::time::Instant::now();
+            map.retain(|_, s| !s.idle(now));
+            if map.len() >= MAX_SOURCES {
+                return None;
+            }
+        }
+        Some(map.entry(ip).or_default())
+    }
+
     fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
         let mut m = self.0.lock();
-        let n = m.entry(ip).or_insert(0);
-        if *n >= max {
+        let s = Self::entry(&mut m, ip)?;
+        if s.transfers >= max {
             return None;
         }
-        *n += 1;
+        s.transfers += 1;
         Some(SourceSlot(self.clone(), ip))
+    }
+
+    /// Whether `bytes` may go to `ip` now: always once it is proven; else out of its budget.
+    fn charge(&self, ip: std::net::IpAddr, bytes: usize) -> bool {
+        let now = std::time::Instant::now();
+        let mut m = self.0.lock();
+        let Some(s) = Self::entry(&mut m, ip) else {
+            return false;
+        };
+        if s.proven_until.is_some_and(|p| p > now) {
+            return true;
+        }
+        if s.window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60))
+        {
+            s.window = Some(now);
+            s.unproven_bytes = 0;
+        }
+        if s.unproven_bytes + bytes > UNPROVEN_BYTES_PER_MINUTE {
+            return false;
+        }
+        s.unproven_bytes += bytes;
+        true
+    }
+
+    /// `ip` acknowledged a block: it is who it says it is.
+    fn proven(&self, ip: std::net::IpAddr) {
+        if let Some(s) = Self::entry(&mut self.0.lock(), ip) {
+            s.proven_until = Some(std::time::Instant::now() + PROVEN_FOR);
+        }
+    }
+
+    /// Whether `ip` may be told "busy" now (and it is charged for it).
+    fn may_say_busy(&self, ip: std::net::IpAddr, bytes: usize) -> bool {
+        let now = std::time::Instant::now();
+        {
+            let mut m = self.0.lock();
+            let Some(s) = Self::entry(&mut m, ip) else {
+                return false;
+            };
+            if s.last_busy.is_some_and(|b| now.duration_since(b) < BUSY_EVERY) {
+                return false;
+            }
+            s.last_busy = Some(now);
+        }
+        self.charge(ip, bytes)
     }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut m = (self.0).0.lock();
-        if let Some(n) = m.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.1);
-            }
+        if let Some(s) = (self.0).0.lock().get_mut(&self.1) {
+            s.transfers = s.transfers.saturating_sub(1);
         }
     }
 }
@@ -164,34 +259,40 @@ fn resolve(root: &Path, name: &str) -> Option<PathBuf> {
 }
 
 /// Serves read requests on `socket` until the process ends; `ended` hears how each one ended.
+///
+/// Only a request (RRQ, or a WRQ to refuse) is answered, and never from the listening port: any
+/// other packet (an ACK, an ERROR, DATA, garbage) gets silence — answering it is how two servers,
+/// or keel's DNS and TFTP, would bounce packets at each other without end.
 pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket, ended: impl Fn(Outcome) + Send + Sync + 'static) {
     let ended = Arc::new(ended);
     let mut buf = vec![0u8; 2048];
     // A bound on transfers at once (each holds a socket and a file): a flood of requests gets
     // "busy" answers, not a descriptor shortage for the rest of keel.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_transfers.max(1)));
-    let per_source = Arc::new(PerSource::default());
+    let sources = Arc::new(Sources::default());
     loop {
         let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        let Some(source) = per_source.take(peer.ip(), cfg.max_per_source.max(1)) else {
-            tracing::warn!(%peer, max = cfg.max_per_source, "tftp: too many transfers from this address; request refused");
-            let _ = socket.send_to(&error(0, "server busy: try again"), peer).await;
-            ended(Outcome::Busy);
+        if !matches!(opcode(&buf[..n]), Some(RRQ | WRQ)) {
+            tracing::trace!(%peer, "tftp: not a request, ignored");
+            continue;
+        }
+        let local = socket.local_addr().ok();
+        let Some(source) = sources.take(peer.ip(), cfg.max_per_source.max(1)) else {
+            crate::refused!(WARN, %peer, max = cfg.max_per_source, "tftp: too many transfers from this address; request refused");
+            busy(&sources, local, peer, &ended);
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = cfg.max_transfers, "tftp: too many transfers running; request refused");
-            let _ = socket.send_to(&error(0, "server busy: try again"), peer).await;
-            ended(Outcome::Busy);
+            crate::refused!(WARN, %peer, max = cfg.max_transfers, "tftp: too many transfers running; request refused");
+            busy(&sources, local, peer, &ended);
             continue;
         };
         let packet = buf[..n].to_vec();
-        let local = socket.local_addr().ok();
-        let (cfg, ended) = (cfg.clone(), ended.clone());
+        let (cfg, ended, sources) = (cfg.clone(), ended.clone(), sources.clone());
         tokio::spawn(async move {
-            let outcome = match transfer(&cfg, local, peer, &packet).await {
+            let outcome = match transfer(&cfg, &sources, local, peer, &packet).await {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::debug!(%peer, %e, "tftp transfer ended");
@@ -205,6 +306,40 @@ pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket, ended: impl Fn(Outco
     }
 }
 
+/// The opcode of a packet, if it has one.
+fn opcode(p: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.first()?, *p.get(1)?]))
+}
+
+/// Tells `peer` "busy" — from a socket of its own, as a transfer's error would come, at most once
+/// every [`BUSY_EVERY`] and within the source's budget; otherwise the request gets silence.
+fn busy(
+    sources: &Sources,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    ended: &Arc<impl Fn(Outcome) + Send + Sync + 'static>,
+) {
+    let packet = error(0, "server busy: try again");
+    if !sources.may_say_busy(peer.ip(), packet.len()) {
+        ended(Outcome::Dropped);
+        return;
+    }
+    ended(Outcome::Busy);
+    tokio::spawn(async move {
+        if let Ok(sock) = UdpSocket::bind(ephemeral(local)).await {
+            let _ = sock.send_to(&packet, peer).await;
+        }
+    });
+}
+
+/// An address to bind a transfer's socket to: the listening address's, on a port of its own.
+fn ephemeral(local: Option<SocketAddr>) -> SocketAddr {
+    match local {
+        Some(l) => SocketAddr::new(l.ip(), 0),
+        None => ([0, 0, 0, 0], 0).into(),
+    }
+}
+
 /// How a transfer ended, for the log and `keel_tftp_transfers_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -214,6 +349,9 @@ pub enum Outcome {
     Refused,
     /// Too many transfers (in all or from this address): answered "busy".
     Busy,
+    /// Not answered: a source that has acknowledged nothing used up its budget, or was told
+    /// "busy" a moment ago (a forged request must not make keel send its victim more).
+    Dropped,
     /// The transfer broke off (timeout, the client's error, I/O).
     Failed,
 }
@@ -224,6 +362,7 @@ impl Outcome {
             Self::Sent => "sent",
             Self::Refused => "refused",
             Self::Busy => "busy",
+            Self::Dropped => "dropped",
             Self::Failed => "failed",
         }
     }
@@ -231,32 +370,30 @@ impl Outcome {
 
 async fn transfer(
     cfg: &TftpConfig,
+    sources: &Sources,
     local: Option<SocketAddr>,
     peer: SocketAddr,
     packet: &[u8],
 ) -> std::io::Result<Outcome> {
-    let bind: SocketAddr = match local {
-        Some(l) => SocketAddr::new(l.ip(), 0),
-        None => ([0, 0, 0, 0], 0).into(),
-    };
-    let sock = UdpSocket::bind(bind).await?;
+    let sock = UdpSocket::bind(ephemeral(local)).await?;
     sock.connect(peer).await?;
+    // Until the client acknowledges, what it costs to answer comes out of its source's budget.
+    let unproven = |p: &[u8]| sources.charge(peer.ip(), p.len());
+    let refuse = async |p: Vec<u8>| -> std::io::Result<Outcome> {
+        if !unproven(&p) {
+            return Ok(Outcome::Dropped);
+        }
+        sock.send(&p).await?;
+        Ok(Outcome::Refused)
+    };
     let req = match parse(packet) {
         Parsed::Read(r) => r,
-        Parsed::Write => {
-            sock.send(&error(2, "access violation: this server is read-only"))
-                .await?;
-            return Ok(Outcome::Refused);
-        }
-        Parsed::Bad(why) => {
-            sock.send(&error(4, why)).await?;
-            return Ok(Outcome::Refused);
-        }
+        Parsed::Write => return refuse(error(2, "access violation: this server is read-only")).await,
+        Parsed::Bad(why) => return refuse(error(4, why)).await,
     };
     let Some(path) = resolve(&cfg.root, &req.file) else {
-        tracing::info!(%peer, file = %req.file, "tftp: refused or not found");
-        sock.send(&error(1, "file not found")).await?;
-        return Ok(Outcome::Refused);
+        crate::refused!(INFO, %peer, file = %req.file, "tftp: refused or not found");
+        return refuse(error(1, "file not found")).await;
     };
     let mut file = tokio::fs::File::open(&path).await?;
     let size = file.metadata().await?.len();
@@ -267,7 +404,8 @@ async fn transfer(
         .timeout
         .map_or(cfg.timeout, |t| cfg.timeout.min(Duration::from_secs(t)));
     tracing::debug!(%peer, file = %req.file, size, blksize, "tftp read");
-    if req.blksize.is_some() || req.tsize || req.timeout.is_some() {
+    let negotiated = req.blksize.is_some() || req.tsize || req.timeout.is_some();
+    if negotiated {
         let mut oack = OACK.to_be_bytes().to_vec();
         let mut opt = |k: &str, v: String| {
             oack.extend_from_slice(k.as_bytes());
@@ -284,11 +422,15 @@ async fn transfer(
         if let Some(t) = req.timeout {
             opt("timeout", t.to_string());
         }
-        // The OACK is acknowledged as block 0. Sent once: until the client has acknowledged
-        // something, it may be a spoofed address, and resends would reflect traffic at it.
+        // The OACK is acknowledged as block 0. Sent once, out of the budget: until the client has
+        // acknowledged something, it may be a forged address, and resends would reflect at it.
+        if !unproven(&oack) {
+            return Ok(Outcome::Dropped);
+        }
         send_until_acked(&sock, &oack, 0, timeout, 1).await?;
+        sources.proven(peer.ip());
     }
-    let mut acked = req.blksize.is_some() || req.tsize || req.timeout.is_some();
+    let mut acked = negotiated;
     let mut block: u16 = 1;
     let mut data = vec![0u8; blksize];
     loop {
@@ -297,8 +439,15 @@ async fn transfer(
         packet.extend_from_slice(&DATA.to_be_bytes());
         packet.extend_from_slice(&block.to_be_bytes());
         packet.extend_from_slice(&data[..n]);
-        // The first block (when no OACK came before it) is sent once, like the OACK.
+        // The first block (when no OACK came before it) is sent once, out of the budget, like
+        // the OACK.
+        if !acked && !unproven(&packet) {
+            return Ok(Outcome::Dropped);
+        }
         send_until_acked(&sock, &packet, block, timeout, if acked { TRIES } else { 1 }).await?;
+        if !acked {
+            sources.proven(peer.ip());
+        }
         acked = true;
         if n < blksize {
             return Ok(Outcome::Sent); // a short block ends the transfer
@@ -392,12 +541,78 @@ mod tests {
         // It never ACKs: its transfer holds the only slot.
         let second = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         second.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
-        let (n, _) = tokio::time::timeout(Duration::from_secs(2), second.recv_from(&mut buf))
+        let (n, from) = tokio::time::timeout(Duration::from_secs(2), second.recv_from(&mut buf))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..2], &ERROR.to_be_bytes());
         assert!(String::from_utf8_lossy(&buf[4..n]).contains("busy"));
+        assert_ne!(
+            from, addr,
+            "an error comes from a port of its own, never the listening one"
+        );
+    }
+
+    /// Issue 31: keel's TFTP answered "busy" from its listening port to any packet — an ACK, an
+    /// ERROR, one byte — which a forged packet turned into an endless exchange with keel's DNS.
+    /// Only a request is answered: the first answer this client gets is its request's block.
+    #[tokio::test]
+    async fn what_is_not_a_request_gets_silence() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), b"hello").unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let cfg = Arc::new(TftpConfig {
+            root: root.path().to_owned(),
+            timeout: Duration::from_secs(5),
+            max_transfers: 1,
+            max_per_source: 1,
+        });
+        tokio::spawn(serve(cfg, server, |_| ()));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for junk in [
+            &[0u8, 4, 0, 1][..],
+            &[0, 5, 0, 0, b'x', 0],
+            &[0, 3, 0, 1, 1, 2],
+            &[7],
+            &[0, 9, 9],
+            b"garbage",
+        ] {
+            client.send_to(junk, addr).await.unwrap();
+        }
+        client.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
+        let mut buf = [0u8; 600];
+        let (n, from) = client.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            &buf[..n],
+            b"\x00\x03\x00\x01hello",
+            "the block, not an answer to the junk"
+        );
+        assert_ne!(from, addr);
+    }
+
+    /// Issue 31: a request forged from a victim's address made keel send the victim its first
+    /// block every time, past the per-source limit when the victim's port was closed. Until a
+    /// source acknowledges something, what keel sends it a minute is bounded.
+    #[test]
+    fn an_unproven_source_has_a_budget_and_an_acknowledging_one_has_none() {
+        let sources = Sources::default();
+        let victim: std::net::IpAddr = [192, 0, 2, 7].into();
+        let sent = (0..100).take_while(|_| sources.charge(victim, 516)).count();
+        assert_eq!(
+            sent,
+            UNPROVEN_BYTES_PER_MINUTE / 516,
+            "first blocks a forged source can draw a minute"
+        );
+        let client: std::net::IpAddr = [192, 0, 2, 8].into();
+        assert!(sources.charge(client, 516));
+        sources.proven(client);
+        assert!(
+            (0..1000).all(|_| sources.charge(client, 516)),
+            "a real client is not held back"
+        );
+        assert!(sources.may_say_busy([192, 0, 2, 9].into(), 30));
+        assert!(!sources.may_say_busy([192, 0, 2, 9].into(), 30), "one busy at a time");
     }
 
     /// Issue 19: one address cannot hold every slot, and a request that is never acknowledged

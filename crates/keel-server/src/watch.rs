@@ -577,7 +577,7 @@ pub(crate) async fn poll(
             .find_map(|(k, v)| (k == "hmac").then_some(v))
             .unwrap_or_default();
         if !crate::rpc::check_timeauth(secret.expose(), &hmac, "None") {
-            tracing::warn!("/poll with a bad or expired hmac refused");
+            crate::refused!(WARN, "/poll with a bad or expired hmac refused");
             return ApiError::Forbidden("BadToken: the hmac is wrong or has expired".into()).into_response();
         }
     }

@@ -188,7 +188,7 @@ pub(crate) async fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
         .map(|c| c.0.ip())?;
     let peer = crate::presence::canonical(peer);
     if !st.web.sso_proxies.iter().any(|n| n.contains(&peer)) {
-        tracing::warn!(%peer, "X-SSO-User ignored: not from one of [web] sso_proxies");
+        crate::refused!(WARN, %peer, "X-SSO-User ignored: not from one of [web] sso_proxies");
         return None;
     }
     let login = parts.headers.get("x-sso-user")?.to_str().ok()?.trim();
@@ -275,12 +275,12 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
     }
     if !check_password(&st, &login, password).await {
         let login = crate::auth::shown(&login);
-        tracing::warn!(%login, "web login refused: wrong login or password");
+        crate::refused!(WARN, %login, "web login refused: wrong login or password");
         return render_login(&st, next, login, "Wrong login or password.".into());
     }
     crate::auth::Throttle::succeeded(&st.db, &login).await;
     let Some(role) = role_of(&st, &login) else {
-        tracing::warn!(%login, "web login refused: neither an admin nor a facility manager");
+        crate::refused!(WARN, %login, "web login refused: neither an admin nor a facility manager");
         return render_login(
             &st,
             next,
@@ -384,7 +384,7 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
     }
     if !check_password(&st, &login, f.get("old").unwrap_or("").to_owned()).await {
         let login = crate::auth::shown(&login);
-        tracing::warn!(%login, "web password change refused: wrong login or password");
+        crate::refused!(WARN, %login, "web password change refused: wrong login or password");
         return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
     }
     crate::auth::Throttle::succeeded(&st.db, &login).await;

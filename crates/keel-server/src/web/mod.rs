@@ -156,7 +156,7 @@ impl Me {
         if self.is_admin() {
             Ok(())
         } else {
-            tracing::warn!(login = %self.login, %what, "web: refused (not an admin)");
+            crate::refused!(WARN, login = %self.login, %what, "web: refused (not an admin)");
             Err(WebError::Forbidden(format!("{what} is for admins (group root)")))
         }
     }
@@ -227,7 +227,7 @@ impl IntoResponse for WebError {
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
             Self::Csrf => {
-                tracing::warn!("web: form refused: missing or wrong CSRF token");
+                crate::refused!(WARN, "web: form refused: missing or wrong CSRF token");
                 (
                     StatusCode::FORBIDDEN,
                     "Form refused",

@@ -320,7 +320,7 @@ fn runs(st: &AppState, me: &Me, f: &Form) -> Result<String, WebError> {
         return Err(WebError::NotFound(format!("facility {facility}")));
     }
     if !visible(me, &facility) {
-        tracing::warn!(login = %me.login, %facility, "web: refused (not a manager of this facility)");
+        crate::refused!(WARN, login = %me.login, %facility, "web: refused (not a manager of this facility)");
         return Err(WebError::Forbidden(format!(
             "{} does not manage facility {facility}",
             me.login

@@ -45,7 +45,7 @@ pub(super) async fn serve_http(
             () = &mut stop => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = limits.max_connections, "connection closed: [http] max_connections reached");
+            keel_server::refused!(WARN, %peer, max = limits.max_connections, "connection closed: [http] max_connections reached");
             continue; // dropped: closed at once
         };
         let _ = stream.set_nodelay(true);

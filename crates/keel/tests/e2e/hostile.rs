@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::presence::{add_user, login};
-use crate::support::{req, Keel};
+use crate::support::{eventually, req, Keel};
 
 /// 2,000 connections from loopback, half idle and half sending a request head a byte at a time,
 /// do not stop `/healthz`, nginx's `/sso` or a presence login; keel's memory stays bounded, and
@@ -195,4 +195,95 @@ fn raise_own_open_file_limit(want: u64) {
         lim.current = Some(want);
         setrlimit(Resource::Nofile, lim).expect("raise the open-file limit");
     }
+}
+
+/// Sends `payload` to `to` as a UDP datagram that seems to come from `from` (a raw socket: the
+/// test forges the source port of one of keel's own services; needs CAP_NET_RAW, as CI has).
+fn forge_udp(from: std::net::SocketAddr, to: std::net::SocketAddr, payload: &[u8]) {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP))
+        .expect("a raw socket (the forging tests need root or CAP_NET_RAW)");
+    let len = u16::try_from(8 + payload.len()).unwrap();
+    let mut packet = Vec::with_capacity(8 + payload.len());
+    packet.extend_from_slice(&from.port().to_be_bytes());
+    packet.extend_from_slice(&to.port().to_be_bytes());
+    packet.extend_from_slice(&len.to_be_bytes());
+    packet.extend_from_slice(&[0, 0]); // no checksum (IPv4 allows it)
+    packet.extend_from_slice(payload);
+    sock.send_to(&packet, &to.into()).expect("send the forged packet");
+}
+
+/// What keel's DNS and TFTP have answered so far (DNS answers of every code, TFTP outcomes).
+async fn udp_answers(k: &Keel) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", k.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("keel_dns_answers_total") || l.starts_with("keel_tftp_transfers_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Issue 31: keel's DNS answered FORMERR to anything unparsable and its TFTP answered "busy" from
+/// its listening port to anything: 30 packets forged from one's address to the other started an
+/// exchange of ~86,000 packets a second. Forged between keel's own DNS and TFTP, and between two
+/// keel servers, packets now die out: the answers stay bounded by the packets sent.
+#[tokio::test]
+async fn forged_packets_between_keels_dns_and_tftp_die_out() {
+    let a = Keel::start(&[]);
+    let b = Keel::start(&[]);
+    let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    let (dns_a, tftp_a, dns_b, tftp_b) = (addr(&a.dns), addr(&a.tftp), addr(&b.dns), addr(&b.tftp));
+    // Before: a real query is answered (the counters count).
+    let before = udp_answers(&a).await + udp_answers(&b).await;
+    let mut query = keel_testkit::dns_query(1, "gw.prolo");
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.send_to(&query, dns_a).unwrap();
+    let mut buf = [0u8; 1500];
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    client.recv_from(&mut buf).expect("a real query is answered");
+    // The forgeries: every pairing of the two services, each kind of packet that started it.
+    let busy = b"\x00\x05\x00\x00server busy: try again\x00";
+    let rrq = b"\x00\x01nothing\x00octet\x00";
+    let ack = b"\x00\x04\x00\x01";
+    let mut sent = 1u64;
+    for _ in 0..5 {
+        for (from, to) in [
+            (dns_a, tftp_a),
+            (tftp_a, dns_a),
+            (dns_a, tftp_b),
+            (dns_b, dns_a),
+            (tftp_b, dns_a),
+        ] {
+            for payload in [&busy[..], rrq, ack, &query[..], b"\x12"] {
+                forge_udp(from, to, payload);
+                sent += 1;
+            }
+        }
+        query[0] ^= 1; // another id: 0 and 1 read as TFTP opcodes too
+    }
+    // Wait until both servers are quiet (their counters stop moving), then count.
+    let mut last = u64::MAX;
+    eventually(30, "keel's DNS and TFTP quiet again", async || {
+        let now = udp_answers(&a).await + udp_answers(&b).await;
+        let quiet = now == last;
+        last = now;
+        if !quiet {
+            // sleep-ok: a counter's rate is sampled over time; 1.5 s outlasts a TFTP transfer's
+            // wait for an ACK (1 s), which ends, and is counted, that late.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        }
+        quiet
+    })
+    .await;
+    let answered = last - before;
+    assert!(
+        answered <= sent,
+        "{answered} answers to {sent} packets: an answer was answered (it was 259,235 FORMERR in 3 s)"
+    );
 }
