@@ -17,6 +17,7 @@ pub enum Records {
     Destinations,
     Settings,
     Tokens,
+    Roles,
 }
 
 impl Records {
@@ -30,6 +31,7 @@ impl Records {
             Self::Destinations => "destinations",
             Self::Settings => "settings",
             Self::Tokens => "tokens",
+            Self::Roles => "roles",
         }
     }
 

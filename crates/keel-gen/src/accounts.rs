@@ -176,10 +176,26 @@ pub fn automount(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenErro
     let mut users = input.users.clone();
     users.sort_by(|a, b| a.login.cmp(&b.login));
     for u in users {
-        let Some(n) = u.hfs else { continue };
-        let server = a.server.replace("{hfs}", &n.to_string());
-        keel_model::Hostname::parse("server", &server)
-            .map_err(|e| GenError::new("auto.home", u.login.as_str(), "automount.server", e.message))?;
+        // A user's home is on the machine with the role `hfs/N`, never on whatever machine is
+        // named like it; a user whose HFS has no machine yet gets no entry (the task's notes say so).
+        let Some((n, hfs)) = u.hfs.and_then(|n| Some((n, *input.hfs_servers.get(&n)?))) else {
+            continue;
+        };
+        let server = a
+            .server
+            .replace("{hfs}", &n.to_string())
+            .replace("{host}", hfs.hostname.as_str())
+            .replace("{ip}", &hfs.ip.to_string());
+        let valid = keel_model::propagation::check_fqdn("server", &server).is_ok()
+            || server.parse::<std::net::Ipv4Addr>().is_ok();
+        if !valid {
+            return Err(GenError::new(
+                "auto.home",
+                u.login.as_str(),
+                "automount.server",
+                format!("{server:?} is neither a host name nor an IPv4 address"),
+            ));
+        }
         let sep = if a.options.is_empty() { "" } else { " " };
         let _ = writeln!(
             out,

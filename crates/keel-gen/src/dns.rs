@@ -88,7 +88,7 @@ pub fn dns(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
     soa(&mut forward, opts, input.serial);
     for m in &machines {
         check::machine_names("zone", m)?;
-        for name in m.names() {
+        for name in input.names_of(m) {
             let _ = writeln!(forward, "{name} IN A {}", m.ip);
         }
     }

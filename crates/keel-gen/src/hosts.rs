@@ -16,7 +16,7 @@ pub fn hosts(input: &Input<'_>, opts: &Options) -> Result<Vec<File>, GenError> {
     for m in machines {
         check::machine_names("hosts", m)?;
         let _ = write!(out, "{}", m.ip);
-        for name in m.names() {
+        for name in input.names_of(m) {
             let _ = write!(out, " {name}.{} {name}", opts.zone);
         }
         out.push('\n');

@@ -44,6 +44,25 @@ pub struct Input<'a> {
     pub contest_mode: bool,
     /// The facility's HFS number, when it is a home file server's (`homes` under the export root).
     pub hfs: Option<u32>,
+    /// keel's service names (`mdb`, `sso`…) each machine answers to by its roles, by machine id:
+    /// `hosts` and `dns` write them beside its own names.
+    pub service_names: BTreeMap<u64, Vec<&'static str>>,
+    /// The machine with the role `hfs/N`, by N: where `automount` mounts those users' homes from.
+    pub hfs_servers: BTreeMap<u32, &'a Machine>,
+}
+
+impl Input<'_> {
+    /// Every name `m` answers to in keel's zone: its hostname and aliases, then the service names
+    /// its roles give it (each once).
+    pub fn names_of(&self, m: &Machine) -> Vec<String> {
+        let mut names: Vec<String> = m.names().map(ToString::to_string).collect();
+        for s in self.service_names.get(&m.id).into_iter().flatten() {
+            if !names.iter().any(|n| n == s) {
+                names.push((*s).to_owned());
+            }
+        }
+        names
+    }
 }
 
 /// A group as it appears on hosts.
@@ -115,7 +134,8 @@ fn groups_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeM
 pub struct AutomountOptions {
     /// Where an HFS keeps the homes (and what it exports).
     pub export_root: String,
-    /// The HFS of number N as machines reach it (`{hfs}` is replaced).
+    /// How machines reach the home file server of HFS N, the machine with the role `hfs/N`:
+    /// `{host}` is its hostname, `{ip}` its address, `{hfs}` N (default `{host}`).
     pub server: String,
     /// autofs mount options of each entry.
     pub options: String,
@@ -125,7 +145,7 @@ impl Default for AutomountOptions {
     fn default() -> Self {
         Self {
             export_root: "/export/home".into(),
-            server: "hfs{hfs}".into(),
+            server: "{host}".into(),
             options: "-fstype=nfs,rw,hard,nosuid,nodev".into(),
         }
     }

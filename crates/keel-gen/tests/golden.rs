@@ -27,6 +27,10 @@ fn input<'a>(users: &'a [User], machines: &'a [Machine]) -> Input<'a> {
         sessions: Vec::new(),
         contest_mode: false,
         hfs: None,
+        // gw's roles give it `sso` (and `mdb`, which is already an alias: written once); rfs0 is
+        // HFS 1's server; HFS 0 has none, so its users get no automount entry.
+        service_names: [(1, vec!["mdb", "sso"])].into_iter().collect(),
+        hfs_servers: [(1, &machines[1])].into_iter().collect(),
     }
 }
 

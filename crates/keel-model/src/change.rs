@@ -20,10 +20,12 @@ pub enum Kind {
     Session,
     /// Internal high-water marks (uids); never sent on watch streams.
     Counter,
+    /// A role given to a machine (gateway, rfs/N, hfs/N, service/NAME).
+    Role,
 }
 
 impl Kind {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Machine,
         Self::Switch,
         Self::Setting,
@@ -33,6 +35,7 @@ impl Kind {
         Self::Destination,
         Self::Session,
         Self::Counter,
+        Self::Role,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Kind {
             Self::Destination => "destination",
             Self::Session => "session",
             Self::Counter => "counter",
+            Self::Role => "role",
         }
     }
 

@@ -172,6 +172,12 @@ impl MachinePatch {
                 "a machine registering itself has a one-label name (no dots)",
             ));
         }
+        if let Some(why) = self.hostname.as_ref().and_then(|h| crate::role::reserved(h.as_str())) {
+            return Err(ValidationError::new(
+                "hostname",
+                format!("{why}: only an organiser may give a machine that name"),
+            ));
+        }
         self.mtype = Some(mtype);
         self.aliases = None;
         Ok(self)

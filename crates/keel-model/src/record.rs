@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{Counter, Destination, Facility, Host, Kind, Machine, Session, Setting, Switch, User};
+use crate::{Counter, Destination, Facility, Host, Kind, Machine, RoleRecord, Session, Setting, Switch, User};
 
 /// A record kind the store can write: its key, its version and the unique values it claims.
 pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -60,3 +60,4 @@ record!(Destination, Kind::Destination, |d| key: d.key(), uniques: Vec::new());
 record!(Session, Kind::Session, |s| key: s.login.to_string(), uniques: {
     vec![("session_login", s.login.to_string()), ("session_host", s.hostname.to_string())]
 });
+record!(RoleRecord, Kind::Role, |r| key: r.role.clone(), uniques: Vec::new());

@@ -63,6 +63,9 @@ pub struct Snapshot {
     /// Sessions by login, and the login on each machine (by hostname).
     sessions: OrdMap<String, Arc<Session>>,
     session_by_host: HashMap<String, String>,
+    /// Roles by key (`gateway`, `rfs/1`), and the keys of each machine's roles.
+    roles: OrdMap<String, crate::RoleRecord>,
+    roles_by_machine: OrdMap<u64, imbl::OrdSet<String>>,
 }
 
 impl Snapshot {
@@ -148,6 +151,7 @@ impl Snapshot {
                 self.destinations.insert(key, d);
             }
             Kind::Session => self.put_session(Session::deserialize(v)?),
+            Kind::Role => self.put_role(crate::RoleRecord::deserialize(v)?),
         }
         Ok(())
     }
@@ -189,7 +193,67 @@ impl Snapshot {
             Kind::Session => {
                 self.remove_session(key);
             }
+            Kind::Role => self.remove_role(key),
         }
+    }
+
+    fn put_role(&mut self, r: crate::RoleRecord) {
+        self.remove_role(&r.role.clone());
+        crate::claims::add(&mut self.roles_by_machine, r.machine, &r.role);
+        self.roles.insert(r.role.clone(), r);
+    }
+
+    fn remove_role(&mut self, key: &str) {
+        if let Some(old) = self.roles.remove(key) {
+            crate::claims::remove(&mut self.roles_by_machine, &old.machine, key);
+        }
+    }
+
+    /// Every role given, by key.
+    pub fn roles(&self) -> impl Iterator<Item = &crate::RoleRecord> {
+        self.roles.values()
+    }
+
+    /// The record of `role`, if it is given.
+    pub fn role(&self, role: &crate::MachineRole) -> Option<&crate::RoleRecord> {
+        self.roles.get(&role.key())
+    }
+
+    /// The machine that has `role`.
+    pub fn machine_with(&self, role: &crate::MachineRole) -> Option<&Machine> {
+        self.role(role).and_then(|r| self.machine(r.machine))
+    }
+
+    /// The roles of machine `id`.
+    pub fn roles_of(&self, id: u64) -> impl Iterator<Item = crate::MachineRole> + '_ {
+        self.roles_by_machine
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| crate::MachineRole::parse("role", k).ok())
+    }
+
+    /// The machines keel itself runs on: those with the gateway role.
+    pub fn gateways(&self) -> impl Iterator<Item = &Machine> {
+        self.machine_with(&crate::MachineRole::Gateway).into_iter()
+    }
+
+    /// The machine a name in keel's zone answers with: its hostname or an alias, else a service
+    /// name (`mdb`) by its role.
+    pub fn machine_answering(&self, name: &str) -> Option<&Machine> {
+        self.machine_by_name(name).or_else(|| {
+            let service = crate::role::SERVICE_NAMES.iter().find(|s| **s == name)?;
+            self.machine_with(&crate::MachineRole::Service(service))
+        })
+    }
+
+    /// The service names (`mdb`, `sso`, …) machine `id` answers to by its roles: DNS and the hosts
+    /// files give them its address.
+    pub fn service_names_of(&self, id: u64) -> impl Iterator<Item = &'static str> + '_ {
+        self.roles_of(id).filter_map(|r| match r {
+            crate::MachineRole::Service(s) => Some(s),
+            _ => None,
+        })
     }
 
     fn index_host(&mut self, h: &Host) {
@@ -503,8 +567,13 @@ impl Snapshot {
             ))
         };
         for (i, name) in m.names().enumerate() {
+            let field = if i == 0 { "hostname" } else { "aliases" };
             if let Some(&other) = self.by_name.get(name).filter(|&&o| o != m.id) {
-                return taken(if i == 0 { "hostname" } else { "aliases" }, name.to_string(), other);
+                return taken(field, name.to_string(), other);
+            }
+            // A service name given to another machine by its role is that machine's too.
+            if let Some(other) = self.machine_answering(name.as_str()).filter(|o| o.id != m.id) {
+                return taken(field, name.to_string(), other.id);
             }
         }
         if let Some(&other) = self.by_mac.get(&m.mac).filter(|&&o| o != m.id) {

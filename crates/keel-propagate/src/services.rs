@@ -131,6 +131,8 @@ pub async fn generate(
                     .collect(),
                 contest_mode: snap.flag("contest_mode"),
                 hfs: facility.hfs,
+                service_names: service_names(snap),
+                hfs_servers: hfs_servers(snap),
             };
             b.generate(&input, opts).map_err(|e| e.to_string())
         }
@@ -148,10 +150,45 @@ pub async fn generate(
     }
 }
 
+/// The service names each machine answers to by its roles, by machine id.
+fn service_names(snap: &Snapshot) -> BTreeMap<u64, Vec<&'static str>> {
+    let mut out: BTreeMap<u64, Vec<&'static str>> = BTreeMap::new();
+    for r in snap.roles() {
+        if let Some(keel_model::MachineRole::Service(name)) = r.role() {
+            out.entry(r.machine).or_default().push(name);
+        }
+    }
+    out
+}
+
+/// The machine of each `hfs/N` role, by N.
+fn hfs_servers(snap: &Snapshot) -> BTreeMap<u32, &keel_model::Machine> {
+    snap.roles()
+        .filter_map(|r| match r.role()? {
+            keel_model::MachineRole::Hfs(n) => Some((n, snap.machine(r.machine)?)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// What the task's status should say besides its state: for `dhcp` and `dns`, each machine whose
 /// address is outside today's pools (it keeps it; `keel machine renumber` moves it) and what its
-/// files then lack.
+/// files then lack; for `automount`, each HFS number users have that no machine serves.
 pub fn notes(service: &Service, snap: &Snapshot, pools: &keel_model::Pools) -> Vec<String> {
+    if matches!(service, Service::BuiltIn(BuiltIn::Automount)) {
+        let servers = hfs_servers(snap);
+        let orphans: std::collections::BTreeSet<u32> = snap
+            .users()
+            .filter_map(|u| u.hfs)
+            .filter(|n| !servers.contains_key(n))
+            .collect();
+        return orphans
+            .into_iter()
+            .map(|n| {
+                format!("no machine has the role hfs/{n}: its users get no home entry (keel role set hfs/{n} MACHINE)")
+            })
+            .collect();
+    }
     let what = match service {
         Service::BuiltIn(BuiltIn::Dhcp) => "no DHCP subnet serves its reservation",
         Service::BuiltIn(BuiltIn::Dns) => "it has no PTR record (no reverse zone holds it)",

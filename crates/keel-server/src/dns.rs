@@ -233,7 +233,7 @@ pub fn answer(zones: &Zones, snap: &Snapshot, req: &Message) -> Option<Message> 
         Place::Forward(host) => {
             resp.metadata.authoritative = true;
             let dynamic = || zones.cfg.dynamic.as_ref().and_then(|d| d.address(snap, host));
-            match snap.machine_by_name(host).map(|m| m.ip).or_else(dynamic) {
+            match snap.machine_answering(host).map(|m| m.ip).or_else(dynamic) {
                 Some(ip) if wants(RecordType::A) => {
                     resp.add_answer(Record::from_rdata(q.name().clone(), ttl, RData::A(A(ip))));
                 }

@@ -194,6 +194,11 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
         )
         .route("/users/{login}/move-home", post(homes::move_home))
         .route("/passwd", post(rest::passwd))
+        .route("/roles", get(rest::list_roles))
+        .route(
+            "/roles/{role}",
+            get(rest::get_role).put(rest::put_role).delete(rest::delete_role),
+        )
         .route("/settings", get(rest::list_settings))
         .route("/settings/{key}", get(rest::get_setting).put(rest::put_setting))
         .route("/changes", get(rest::list_changes))

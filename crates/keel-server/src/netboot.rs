@@ -40,6 +40,27 @@ pub struct NetbootConfig {
     pub install: String,
     /// The type of a machine that registers itself ([`MachinePatch::self_registered`]).
     pub self_registration_type: MachineType,
+    /// Names a machine registering itself may not take, besides keel-model's reserved ones: the
+    /// site's own (`[dns] ns`), and prefixes (the DHCP range's dynamic names, `dhcp-…`).
+    pub reserved_names: Vec<String>,
+    pub reserved_prefixes: Vec<String>,
+}
+
+impl NetbootConfig {
+    /// Refuses a name a machine registering itself may not take on this site.
+    pub fn check_self_registered_name(&self, patch: &MachinePatch) -> Result<(), keel_model::ValidationError> {
+        let Some(h) = &patch.hostname else { return Ok(()) };
+        let name = h.as_str();
+        if self.reserved_names.iter().any(|r| r == name)
+            || self.reserved_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        {
+            return Err(keel_model::ValidationError::new(
+                "hostname",
+                format!("{name} is one of this site's own names: only an organiser may give it"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for NetbootConfig {
@@ -54,6 +75,8 @@ impl Default for NetbootConfig {
             cmdline: String::new(),
             install: "echo No installer is configured ([netboot] install).\nshell".into(),
             self_registration_type: MachineType::User,
+            reserved_names: Vec::new(),
+            reserved_prefixes: Vec::new(),
         }
     }
 }
@@ -153,8 +176,9 @@ pub(crate) async fn boot(State(st): State<AppState>, Path(mac): Path<String>, he
         BootMode::Local => script(render(cfg, "local", &vars, &[])),
         BootMode::Install => script(render(cfg, "install", &vars, &[("install", &cfg.install)])),
         BootMode::Nfsroot => {
-            // Its RFS is the machine named exactly `rfsN` (rfs1 is not rfs10).
-            let Some(rfs) = snap.machine_by_name(&format!("rfs{}", m.rfs)) else {
+            // Its RFS is the machine an admin gave the role `rfs/N`: never a name, which any
+            // machine registering itself could take.
+            let Some(rfs) = snap.machine_with(&keel_model::MachineRole::Rfs(m.rfs)) else {
                 return script(render(cfg, "no-rfs", &vars, &[]));
             };
             let n = m.rfs.to_string();
@@ -202,6 +226,7 @@ pub(crate) async fn register(
     }
     let patch = match MachinePatch::from_fields(Fields::from_map(map, Strictness::Lenient))
         .and_then(|p| p.self_registered(cfg.self_registration_type))
+        .and_then(|p| cfg.check_self_registered_name(&p).map(|()| p))
     {
         Ok(p) => p,
         Err(e) => return refuse(vec![format!("{}: {}", e.field, e.message)]),

@@ -310,6 +310,63 @@ pub(crate) async fn put_setting(
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 
+// ---- roles ----
+
+/// A role as the API shows it: the machine by its hostname too.
+fn role_json(snap: &keel_model::Snapshot, r: &keel_model::RoleRecord) -> Value {
+    json!({
+        "role": r.role,
+        "machine": snap.machine(r.machine).map(|m| m.hostname.to_string()),
+        "machine_id": r.machine,
+        "version": r.version,
+    })
+}
+
+fn parse_role(s: &str) -> Result<keel_model::MachineRole, ApiError> {
+    Ok(keel_model::MachineRole::parse("role", s)?)
+}
+
+pub(crate) async fn list_roles(State(st): State<AppState>, caller: Caller) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let snap = st.db.snapshot();
+    let list: Vec<Value> = snap.roles().map(|r| role_json(&snap, r)).collect();
+    Ok(Json(list).into_response())
+}
+
+pub(crate) async fn get_role(State(st): State<AppState>, caller: Caller, Path(role): Path<String>) -> ApiResult {
+    caller.reader(st.config.open_reads)?;
+    let role = parse_role(&role)?;
+    let snap = st.db.snapshot();
+    let r = snap
+        .role(&role)
+        .ok_or_else(|| ApiError::NotFound(format!("role {role} (no machine has it)")))?;
+    Ok(with_etag(StatusCode::OK, r.version, role_json(&snap, r)))
+}
+
+/// `PUT /api/v1/roles/{role}` `{"machine": NAME}`, with `If-Match` (`"0"` for a role not given
+/// yet): gives the role to that machine.
+pub(crate) async fn put_role(
+    State(st): State<AppState>,
+    g: Guarded,
+    Path(role): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let role = parse_role(&role)?;
+    let mut f = json_fields(&body)?;
+    let machine = f
+        .opt_str("machine")?
+        .ok_or_else(|| ApiError::invalid("machine", "is required"))?;
+    f.finish()?;
+    let r = st.db.set_role(&g.who, &role, &machine, Some(g.version)).await?;
+    Ok(with_etag(StatusCode::OK, r.version, role_json(&st.db.snapshot(), &r)))
+}
+
+pub(crate) async fn delete_role(State(st): State<AppState>, g: Guarded, Path(role): Path<String>) -> ApiResult {
+    let role = parse_role(&role)?;
+    st.db.remove_role(&g.who, &role, g.version).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 // ---- users ----
 
 pub(crate) async fn list_users(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {

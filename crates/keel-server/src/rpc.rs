@@ -436,6 +436,7 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
     let mut patch = MachinePatch::from_fields(Fields::from_map(named, Strictness::Lenient))?;
     if !principal.is_admin() {
         patch = patch.self_registered(state.config.netboot.self_registration_type)?;
+        state.config.netboot.check_self_registered_name(&patch)?;
     }
     if let (Some(h), Some(mac)) = (&patch.hostname, &patch.mac) {
         if let Some(m) = snap.machine_by_mac(mac).filter(|m| &m.hostname == h) {

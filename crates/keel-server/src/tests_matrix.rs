@@ -32,6 +32,7 @@ fn sample(path: &str) -> String {
     path.replace("{name}", "gw")
         .replace("{login}", "alice")
         .replace("{key}", "contest_mode")
+        .replace("{role}", "gateway")
         .replace("{id}", "nosuch")
         .replace("{facility}", "a")
         .replace("{service}", "passwd")

@@ -479,6 +479,7 @@ fn record_lines(snap: &Snapshot, kind: Kind, seq: u64) -> Box<dyn Iterator<Item 
         Kind::Facility => lines(kind, seq, snap.facilities()),
         Kind::Destination => lines(kind, seq, snap.destinations()),
         Kind::Session => lines(kind, seq, snap.sessions()),
+        Kind::Role => lines(kind, seq, snap.roles()),
     }
 }
 

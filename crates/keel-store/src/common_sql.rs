@@ -240,6 +240,22 @@ macro_rules! common_sql {
                     Ok(())
                 }
 
+                async fn meta_flag(&self, key: &str) -> Result<bool, StoreError> {
+                    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM meta WHERE key = $1")
+                        .bind(key)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    Ok(n > 0)
+                }
+
+                async fn clear_meta_flag(&self, key: &str) -> Result<(), StoreError> {
+                    sqlx::query("DELETE FROM meta WHERE key = $1")
+                        .bind(key)
+                        .execute(&self.pool)
+                        .await?;
+                    Ok(())
+                }
+
                 /// Made on first use; when two servers race, both read back the one that was stored.
                 async fn meta_secret(&self, key: &str) -> Result<String, StoreError> {
                     if !crate::web_session::SECRETS.contains(&key) {

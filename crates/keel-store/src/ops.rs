@@ -154,6 +154,12 @@ impl Db {
                 if let Some(session) = s.session_on(old.hostname.as_str()) {
                     writes.push(Write::delete(session, Some(session.version)));
                 }
+                // Its roles go with it: no role points at a machine that is gone.
+                for role in s.roles_of(old.id).collect::<Vec<_>>() {
+                    if let Some(r) = s.role(&role) {
+                        writes.push(Write::delete(r, Some(r.version)));
+                    }
+                }
                 writes.push(Write::delete(old, Some(if_version)));
                 Ok(writes)
             })
@@ -246,6 +252,131 @@ impl Db {
             .await?;
         decode(&changes)
     }
+}
+
+impl Db {
+    /// Gives `role` to the machine named `machine` (admins only: roles decide what other machines
+    /// boot, mount and resolve, and what keel counts as its own host). `if_version`: 0 for a role
+    /// not given yet, else the version of its record.
+    pub async fn set_role(
+        &self,
+        who: &Principal,
+        role: &keel_model::MachineRole,
+        machine: &str,
+        if_version: Option<u64>,
+    ) -> Result<keel_model::RoleRecord, StoreError> {
+        if !who.is_admin() {
+            return Err(StoreError::Forbidden(format!(
+                "{} may not give roles: admins only",
+                who.name
+            )));
+        }
+        let changes = self
+            .write(who, |s, _| {
+                let m = find_machine(s, machine)?;
+                if let keel_model::MachineRole::Service(name) = role {
+                    if let Some(other) = s.machine_by_name(name).filter(|o| o.id != m.id) {
+                        return Err(ValidationError::new(
+                            "machine",
+                            format!(
+                                "{name} is the name of machine {}: rename it, or give it the role",
+                                other.hostname
+                            ),
+                        )
+                        .into());
+                    }
+                }
+                let current = s.role(role).map_or(0, |r| r.version);
+                if let Some(v) = if_version {
+                    check_version(current, v)?;
+                }
+                let r = keel_model::RoleRecord {
+                    role: role.key(),
+                    machine: m.id,
+                    version: current,
+                };
+                Ok(vec![Write::put(&r, Some(current), false)?])
+            })
+            .await?;
+        decode(&changes)
+    }
+
+    /// Takes `role` back (admins only).
+    pub async fn remove_role(
+        &self,
+        who: &Principal,
+        role: &keel_model::MachineRole,
+        if_version: u64,
+    ) -> Result<keel_model::RoleRecord, StoreError> {
+        if !who.is_admin() {
+            return Err(StoreError::Forbidden(format!(
+                "{} may not take roles back: admins only",
+                who.name
+            )));
+        }
+        self.delete_one(who, if_version, |s| {
+            s.role(role).ok_or_else(|| StoreError::NotFound(format!("role {role}")))
+        })
+        .await
+    }
+
+    /// Before roles were records, netboot took "the machine named rfsN" as RFS N, automount
+    /// "hfsN", the DNS the aliases `mdb`, `sso`…, and `gw` was keel's host. Once, on a database
+    /// from then, each such machine is given that role (logged, as `keel (roles)`), so an
+    /// existing site boots, mounts and resolves as before; an admin changes them from then on.
+    pub async fn migrate_roles(&self) -> Result<usize, StoreError> {
+        const PENDING: &str = "roles_from_names";
+        if !self.store().meta_flag(PENDING).await? {
+            return Ok(0);
+        }
+        let who = Principal {
+            name: "keel (roles)".into(),
+            ..Principal::system()
+        };
+        let changes = self
+            .write(&who, |s, _| {
+                let mut writes = Vec::new();
+                let mut given = std::collections::BTreeSet::new();
+                for m in s.machines() {
+                    for name in m.names() {
+                        let Some(role) = role_by_old_name(name.as_str()) else {
+                            continue;
+                        };
+                        if s.role(&role).is_none() && given.insert(role.key()) {
+                            let r = keel_model::RoleRecord {
+                                role: role.key(),
+                                machine: m.id,
+                                version: 0,
+                            };
+                            writes.push(Write::put(&r, Some(0), false)?);
+                        }
+                    }
+                }
+                Ok(writes)
+            })
+            .await?;
+        self.store().clear_meta_flag(PENDING).await?;
+        Ok(changes.len())
+    }
+}
+
+/// The role a machine name meant before roles were records.
+fn role_by_old_name(name: &str) -> Option<keel_model::MachineRole> {
+    use keel_model::MachineRole;
+    let number = |prefix: &str| name.strip_prefix(prefix).and_then(|n| n.parse::<u32>().ok());
+    if name == "gw" {
+        return Some(MachineRole::Gateway);
+    }
+    if let Some(n) = number("rfs") {
+        return Some(MachineRole::Rfs(n));
+    }
+    if let Some(n) = number("hfs") {
+        return Some(MachineRole::Hfs(n));
+    }
+    keel_model::role::SERVICE_NAMES
+        .iter()
+        .find(|s| **s == name)
+        .map(|s| MachineRole::Service(s))
 }
 
 fn find_user<'s>(s: &'s Snapshot, login: &str) -> Result<&'s User, StoreError> {

@@ -120,6 +120,10 @@ pub trait Credentials {
     /// A random secret kept in `meta` under `key` (one of `web_session::SECRETS`), made on first
     /// use: the same for every server on the database.
     async fn meta_secret(&self, key: &str) -> Result<String, StoreError>;
+    /// Whether `meta` holds `key` (a one-time job a migration marked as pending).
+    async fn meta_flag(&self, key: &str) -> Result<bool, StoreError>;
+    /// Removes `key` from `meta` (the job is done).
+    async fn clear_meta_flag(&self, key: &str) -> Result<(), StoreError>;
 }
 
 /// The propagation engine's own rows (serials, results), outside the change log.

@@ -852,3 +852,70 @@ async fn a_large_commit_is_checkpointed_in_the_background() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// Issue 31: roles became records. A database from before (machines, no roles) is marked by the
+/// migration and its machines named rfsN, hfsN, gw or after a service get those roles once; a
+/// database made since is never marked, so no name ever gives a role again.
+#[tokio::test]
+async fn names_give_roles_once_and_only_on_a_database_from_before_roles() {
+    use keel_model::MachineRole;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+    let who = Principal::system();
+    let named = |name: &str, n: u8| {
+        let mut p = machine(n);
+        p.hostname = Some(keel_model::Hostname::parse("hostname", name).unwrap());
+        p
+    };
+    // A database made now: names are names.
+    let fresh = Backend::sqlite();
+    let db = open(&fresh).await;
+    db.create_machine(&who, named("rfs2", 1)).await.unwrap();
+    assert_eq!(db.migrate_roles().await.unwrap(), 0);
+    assert!(db.snapshot().machine_with(&MachineRole::Rfs(2)).is_none());
+    drop(db);
+
+    // A database from before roles: the migrations up to 7, machines, then the rest.
+    let old_dir = tempfile::tempdir().unwrap();
+    let old_path = old_dir.path().join("keel.db");
+    let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&old_path).create_if_missing(true))
+        .await
+        .unwrap();
+    let before_8 = sqlx::migrate::Migrator {
+        migrations: crate::sqlite::MIGRATOR
+            .iter()
+            .filter(|m| m.version < 8)
+            .cloned()
+            .collect(),
+        ignore_missing: false,
+        locking: true,
+        no_tx: false,
+    };
+    before_8.run(&pool).await.unwrap();
+    let Backend::Sqlite(dir) = &fresh else { unreachable!() };
+    let copy = format!(
+        "ATTACH DATABASE '{}' AS src; \
+         INSERT INTO objects (kind, key, version, data) SELECT kind, key, version, data FROM src.objects; \
+         INSERT INTO uniques SELECT * FROM src.uniques; INSERT INTO changes SELECT * FROM src.changes; \
+         UPDATE counter SET seq = (SELECT seq FROM src.counter); DETACH DATABASE src;",
+        dir.path().join("keel.db").display()
+    );
+    sqlx::raw_sql(&copy).execute(&pool).await.unwrap();
+    pool.close().await;
+    let open_old = || async {
+        let store = SqliteStore::open(&old_path).await.unwrap();
+        Db::open(Arc::new(store), Pools::default()).await.unwrap()
+    };
+    let db = open_old().await;
+    assert_eq!(db.migrate_roles().await.unwrap(), 1, "rfs2 becomes RFS 2, in the log");
+    let rfs = db
+        .snapshot()
+        .machine_with(&MachineRole::Rfs(2))
+        .map(|m| m.hostname.to_string());
+    assert_eq!(rfs.as_deref(), Some("rfs2"));
+    let role = db.snapshot().role(&MachineRole::Rfs(2)).cloned().unwrap();
+    db.remove_role(&who, &MachineRole::Rfs(2), role.version).await.unwrap();
+    drop(db);
+    let db = open_old().await;
+    assert_eq!(db.migrate_roles().await.unwrap(), 0, "once: a role taken back stays so");
+    assert!(db.snapshot().machine_with(&MachineRole::Rfs(2)).is_none());
+}

@@ -91,6 +91,9 @@ enum Command {
     /// Site-wide settings (contest_mode, allow_self_registration).
     #[command(subcommand, alias = "settings")]
     Setting(cmd::setting::SettingCmd),
+    /// Roles of machines: the gateway, the RFS and HFS of each number, keel's service names.
+    #[command(subcommand, alias = "roles")]
+    Role(cmd::role::RoleCmd),
     /// Propagation hosts: list, show, add, remove.
     #[command(subcommand, alias = "hosts")]
     Host(cmd::propagation::HostCmd),
@@ -340,6 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Propagation(c) => cmd::propagation::propagation(&cli.client()?, c, json).await,
         Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
+        Command::Role(c) => cmd::role::run(&cli.client()?, c, json).await,
         Command::Users(c) => cmd::users::run(&cli.client()?, c, json).await,
         Command::Passwd(a) => cmd::passwd::run(&cli.client()?, a, json).await,
         Command::Log(a) => cmd::log::run(&cli.client()?, a, json).await,

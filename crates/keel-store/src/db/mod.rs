@@ -363,5 +363,6 @@ pub fn records_of(s: &Snapshot, kind: Kind) -> Vec<serde_json::Value> {
         Kind::Facility => s.facilities().map(|m| v(serde_json::to_value(m))).collect(),
         Kind::Destination => s.destinations().map(|m| v(serde_json::to_value(m))).collect(),
         Kind::Session => s.sessions().map(|m| v(serde_json::to_value(m))).collect(),
+        Kind::Role => s.roles().map(|m| v(serde_json::to_value(m))).collect(),
     }
 }

@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod passwd;
 pub mod propagation;
 pub mod reload;
+pub mod role;
 pub mod setting;
 pub mod switch;
 pub mod token;

@@ -289,7 +289,11 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
         explicit: flags.tftp_listen.is_some() || file.tftp.listen.is_some(),
         config: file.tftp.config(&data_dir),
     });
-    let netboot = file.netboot.config(&data_dir);
+    let mut netboot = file.netboot.config(&data_dir);
+    // The site's own names a machine registering itself may not take: the name its NS records
+    // give, and the DHCP range's names for unknown machines (`dhcp-192-168-0-99`).
+    netboot.reserved_names = vec![file.dns.ns.clone().unwrap_or_else(|| gen.dns.ns.clone())];
+    netboot.reserved_prefixes = vec![format!("{}-", gen.dns.unknown_prefix)];
     if let Some(dir) = &netboot.templates_dir {
         if !dir.is_dir() {
             found.add("netboot.templates", format!("{} is not a directory", dir.display()));

@@ -276,6 +276,8 @@ impl NetbootFile {
             cmdline: self.cmdline.clone().unwrap_or(d.cmdline),
             install: self.install.clone().unwrap_or(d.install),
             self_registration_type: self.self_registration_type.unwrap_or(d.self_registration_type),
+            reserved_names: Vec::new(),
+            reserved_prefixes: Vec::new(),
         }
     }
 }

@@ -6,9 +6,11 @@ use keel_store::Db;
 use serde_json::{json, Value};
 
 fn machines() -> Vec<Value> {
+    // gw's roles (below) make it keel's host, RFS 1, HFS 1 and every service name; its aliases
+    // are what prologin's mdb listed for it (prologin's clients read them).
     let mut list = vec![json!({
         "hostname": "gw", "mac": "52:54:00:00:01:fe", "ip": "192.168.1.254", "mtype": "service", "room": "other",
-        "aliases": ["mdb", "udb", "mdbsync", "netboot", "sso", "map", "presencesync", "rfs1", "hfs1"],
+        "aliases": ["mdb", "udb", "mdbsync", "netboot", "sso", "map", "presencesync"],
         "rfs": 1, "hfs": 1
     })];
     for (i, room) in [(1, "pasteur"), (2, "pasteur"), (3, "pasteur"), (4, "alt")] {
@@ -48,6 +50,20 @@ pub async fn load(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
     }
     for s in switches() {
         db.create_switch(&who, Fields::new(s, Strictness::Strict)?).await?;
+    }
+    let roles = [
+        keel_model::MachineRole::Gateway,
+        keel_model::MachineRole::Rfs(1),
+        keel_model::MachineRole::Hfs(1),
+    ]
+    .into_iter()
+    .chain(
+        keel_model::role::SERVICE_NAMES
+            .iter()
+            .map(|s| keel_model::MachineRole::Service(s)),
+    );
+    for role in roles {
+        db.set_role(&who, &role, "gw", Some(0)).await?;
     }
     // keel's own host, as a `local` destination, receives the zones, the DHCP config, /etc/hosts
     // and the firewall's ruleset (files only: the example agent has no hooks, so nothing is loaded).

@@ -51,6 +51,14 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
         tokio::spawn(shared::follow(db.clone(), pg.clone()));
     }
     data_dir::ensure_admin_token(&db, &cfg.data_dir).await?;
+    match db.migrate_roles().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            roles = n,
+            "machines named rfsN, hfsN, gw or after a service name were given that role once (keel role list): from now on only roles count, never names"
+        ),
+        Err(e) => return Err(e).context("cannot give the old names' roles"),
+    }
     if cfg.example_site {
         example::load(&db, &cfg.data_dir)
             .await

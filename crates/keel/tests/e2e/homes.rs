@@ -110,14 +110,29 @@ async fn a_first_login_creates_the_home_on_the_machines_hfs_before_it_answers() 
         assert_eq!(u64::from(m.uid()), zoe["uid"].as_u64().unwrap());
     }
     assert_eq!(user(&k, "zoe").await["hfs"], 1);
-    // The machines' automount map points there.
+    // The machines' automount map points there: to the machine with the role hfs/1 (gw).
     let map = root.join("etc/auto.home");
     eventually(30, "zoe in the machines' auto.home", async || {
         std::fs::read_to_string(&map)
             .unwrap_or_default()
-            .contains("zoe -fstype=nfs,rw,hard,nosuid,nodev hfs1:/export/home/zoe\n")
+            .contains("zoe -fstype=nfs,rw,hard,nosuid,nodev gw:/export/home/zoe\n")
     })
     .await;
+    // HFS 2 is the machine an admin gives the role, whatever it is called.
+    cli_ok(
+        &k,
+        &[
+            "machine",
+            "add",
+            "--hostname",
+            "nas2",
+            "--mac",
+            "52:54:00:00:05:02",
+            "--mtype",
+            "service",
+        ],
+    );
+    cli_ok(&k, &["role", "set", "hfs/2", "nas2"]);
 
     // An edit cannot move a home…
     let (status, e) = req(
@@ -151,7 +166,7 @@ async fn a_first_login_creates_the_home_on_the_machines_hfs_before_it_answers() 
     eventually(30, "the map follows the move", async || {
         std::fs::read_to_string(&map)
             .unwrap_or_default()
-            .contains("hfs2:/export/home/zoe\n")
+            .contains("nas2:/export/home/zoe\n")
     })
     .await;
     // The move is in the log, by whom.

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::support::Keel;
 
-fn curl(args: &[&str]) -> (String, String) {
+pub fn curl(args: &[&str]) -> (String, String) {
     let out = Command::new("curl")
         .args(["-sS", "-D", "-"])
         .args(args)
@@ -19,7 +19,7 @@ fn curl(args: &[&str]) -> (String, String) {
     (head.to_owned(), body.to_owned())
 }
 
-fn boot(k: &Keel, mac: &str) -> String {
+pub fn boot(k: &Keel, mac: &str) -> String {
     curl(&[&format!("{}/boot/{mac}", k.url)]).1
 }
 
@@ -42,12 +42,14 @@ async fn each_machine_gets_the_script_of_its_state_and_boot_mode() {
         s.contains("/boot/files/rfs1/vmlinuz") && s.contains("/boot/files/rfs1/initrd.img"),
         "{s}"
     );
-    // rfs10 is another machine: rfs1 must not match it (the original matched by substring).
+    // RFS 10 is the machine with the role rfs/10 (the original matched names by substring).
     add(
         &k,
-        json!({"hostname": "srv10", "mac": "52:54:00:00:03:10", "mtype": "service", "aliases": ["rfs10"]}),
+        json!({"hostname": "srv10", "mac": "52:54:00:00:03:10", "mtype": "service"}),
     )
     .await;
+    let out = k.cli(&["role", "set", "rfs/10", "srv10"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let m10 = add(
         &k,
         json!({"hostname": "r09p01", "mac": "52:54:00:00:09:01", "mtype": "user", "rfs": 10}),

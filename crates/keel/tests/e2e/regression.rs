@@ -242,3 +242,61 @@ async fn r30_a_missing_token_is_explained_and_tilde_is_expanded() {
     let out = cli(&["machine", "list"], "token_file = \"~/token\"\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+// See: issue 31 (with self-registration open, an anonymous machine registered as `rfs2` became
+// the NFS root of every machine with rfs 2, and `localhost`, `wpad`, `ip6-localhost`… went into
+// DNS and every host's /etc/hosts). Roles are records now; special names are an organiser's.
+#[tokio::test]
+async fn r31_a_self_registered_machine_takes_no_role_and_no_special_name() {
+    use crate::netboot::{boot, curl};
+    let k = Keel::start(&["--example-site"]);
+    run(&k, &["setting", "set", "allow_self_registration", "true"]);
+    let register = |name: &str, mac: &str| {
+        curl(&[&format!(
+            "{}/register?mac={mac}&hostname={name}&room=alt&rfs=2&hfs=1&mtype=user",
+            k.url
+        )])
+        .1
+    };
+    // A harmless name registers (the route works)…
+    let ok = register("rfs2", "52:54:00:31:00:01");
+    assert!(ok.contains("registered rfs2"), "{ok}");
+    // …but a machine of RFS 2 does not boot from it: no machine has the role rfs/2.
+    let pc = json!({"hostname": "r31p01", "mac": "52:54:00:31:00:02", "mtype": "user", "rfs": 2});
+    crate::propagation::api(&k, reqwest::Method::POST, "/api/v1/machines", Some(pc)).await;
+    let script = boot(&k, "52:54:00:31:00:02");
+    assert!(
+        script.contains("no machine has that role") && !script.contains("nfsroot="),
+        "{script}"
+    );
+    // Names other software resolves, keel's service names and the site's own are refused.
+    for (i, name) in [
+        "wpad",
+        "localhost",
+        "ip6-localhost",
+        "mdb",
+        "hostmaster",
+        "dhcp-192-168-0-99",
+        "gw",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let answer = register(name, &format!("52:54:00:31:01:{i:02x}"));
+        assert!(
+            answer.contains("refused") && answer.contains("hostname"),
+            "{name}: {answer}"
+        );
+    }
+    let (status, _) = crate::dns::dig(&k, &["wpad.prolo", "A"]);
+    assert_eq!(status, "NXDOMAIN");
+    // The organiser gives the role: now RFS 2 is that machine, whatever it is called.
+    let srv = json!({"hostname": "nfs2", "mac": "52:54:00:31:00:03", "mtype": "service"});
+    let srv = crate::propagation::api(&k, reqwest::Method::POST, "/api/v1/machines", Some(srv)).await;
+    run(&k, &["role", "set", "rfs/2", "nfs2"]);
+    let script = boot(&k, "52:54:00:31:00:02");
+    assert!(
+        script.contains(&format!("nfsroot={}:", srv["ip"].as_str().unwrap())),
+        "{script}"
+    );
+}

@@ -27,6 +27,7 @@ fn key(kind: Kind, data: &Value) -> String {
         Kind::User | Kind::Session => data["login"].to_string(),
         Kind::Host | Kind::Facility => data["name"].to_string(),
         Kind::Destination => format!("{}/{}/{}", data["facility"], data["service"], data["destination"]),
+        Kind::Role => data["role"].to_string(),
     }
 }
 
