@@ -342,6 +342,7 @@ async fn setup_db(dir: &Path, all: &[User], names: &[String]) -> anyhow::Result<
             destination: n.clone(),
             channel: Channel::Ssh,
             blocked: false,
+            claimed_by: None,
             version: 0,
         };
         db.put_destination(&who, d, 0, &services).await?;

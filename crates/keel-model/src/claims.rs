@@ -9,7 +9,7 @@
 //! - the machine it names (`Host::machine`), as `Snapshot::machine_by_name` reads it (a parsed
 //!   `Hostname`), so that the hosts of a machine found by one of its names, a dotted prefix of the
 //!   claim, or its address are `hosts_by_machine` of that machine's names;
-//! - a destination by the host it sends to: `destinations_by_host`.
+//! - a destination by the host it sends to, and that host's first label: `destinations_by_host`.
 //!
 //! Machines are not indexed here: they are resolved when a claim is judged, so a renamed
 //! machine needs no update of this index.
@@ -47,11 +47,15 @@ impl ClaimIndex {
     }
 
     pub(crate) fn add_destination(&mut self, d: &Destination) {
-        add(&mut self.destinations_by_host, d.host(), &d.key());
+        for k in destination_keys(d) {
+            add(&mut self.destinations_by_host, k, &d.key());
+        }
     }
 
     pub(crate) fn remove_destination(&mut self, d: &Destination) {
-        remove(&mut self.destinations_by_host, &d.host(), &d.key());
+        for k in destination_keys(d) {
+            remove(&mut self.destinations_by_host, &k, &d.key());
+        }
     }
 
     /// Hosts answering to `name` (or to `name` as a first label) by their own names.
@@ -64,7 +68,8 @@ impl ClaimIndex {
         self.hosts_by_machine.get(name).into_iter().flatten()
     }
 
-    /// Destinations sending to `host` (as `Destination::host` spells it).
+    /// Destinations sending to `host` (as `Destination::host` spells it), or to a dotted name
+    /// whose first label `host` is.
     pub(crate) fn destinations_to(&self, host: &str) -> impl Iterator<Item = &String> {
         self.destinations_by_host.get(host).into_iter().flatten()
     }
@@ -78,6 +83,17 @@ fn own_names(h: &Host) -> OrdSet<String> {
         keys.insert(full.split('.').next().unwrap_or_default().to_owned());
         keys.insert(full);
     }
+    keys
+}
+
+/// A destination's host, and its first label (a bare claim reaches it through the search domain).
+fn destination_keys(d: &Destination) -> OrdSet<String> {
+    let host = d.host();
+    let mut keys = OrdSet::new();
+    if host.parse::<std::net::IpAddr>().is_err() {
+        keys.insert(host.split('.').next().unwrap_or_default().to_owned());
+    }
+    keys.insert(host);
     keys
 }
 

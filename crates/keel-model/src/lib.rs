@@ -3,6 +3,7 @@
 mod change;
 mod claims;
 mod error;
+pub mod identity;
 pub mod input;
 pub mod login;
 mod machine;

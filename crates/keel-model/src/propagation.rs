@@ -88,6 +88,11 @@ pub struct Destination {
     pub channel: Channel,
     #[serde(default)]
     pub blocked: bool,
+    /// The facility manager who added it (set by the store, never taken from a request); none
+    /// when an admin did. The engine resolves such a destination at every send, as ssh will, and
+    /// refuses to send where it leads to keel's own host or a machine outside the facility.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
     #[serde(default)]
     pub version: u64,
 }
@@ -202,11 +207,8 @@ pub fn destination_host(d: &str) -> String {
     } else {
         d
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.to_string(),
-        Err(_) => host,
-    }
+    // One spelling for every address glibc and OpenSSH read (`127.1`, `0x7f.1`, `::ffff:…`).
+    crate::identity::canonical_host(host)
 }
 
 /// Every name a host answers to, normalized: its name, aliases, and its machine's names (bare

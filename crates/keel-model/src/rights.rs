@@ -6,8 +6,11 @@
 
 use std::collections::BTreeSet;
 
+use std::net::IpAddr;
+
+use crate::identity::{is_self_address, is_self_name, parse_address};
 use crate::propagation::{destination_host, host_names};
-use crate::{Host, Principal, Role, Snapshot, ValidationError};
+use crate::{Host, MachineRole, Principal, Role, Snapshot, ValidationError};
 
 /// Why a principal may not make a change to propagation's records.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,28 +93,45 @@ impl Snapshot {
     }
 
     /// Invariant 7's second half: a manager claims a name only if it is free or already theirs.
-    /// "Theirs or free" is judged on every spelling that could reach another facility's host: the
-    /// name, a bare name equal to a host's first label (it resolves through the search domain), an IPv4-mapped
-    /// address as IPv4, a site machine's names and address (the gateway where keel runs is one), and
-    /// loopback, which is keel's own host.
-    pub fn may_claim(&self, who: &Principal, field: &str, name: &str) -> Result<(), RightsError> {
+    /// Decided on what the name reaches, never on its spelling: it is read as every client reads
+    /// it (`destination_host`: `127.1`, `0x7f.1`, `::ffff:…` are their address), then refused if
+    /// it is keel's own host — loopback, unspecified, a name every host resolves to itself
+    /// (`localhost`, `ip6-loopback`), one of keel's addresses (`own`), the machine with the
+    /// gateway role — or another facility's: a host by its names, aliases, first labels or its
+    /// machine's names and address, a destination (bare names reach dotted ones through the search
+    /// domain, and back), or a site machine that is no host of theirs.
+    pub fn may_claim(&self, who: &Principal, field: &str, name: &str, own: &[IpAddr]) -> Result<(), RightsError> {
         if who.role == Role::Admin {
             return Ok(());
         }
-        let name = canonical_claim(&destination_host(name));
+        let name = destination_host(name);
         let refuse = |why: String| Err(RightsError::Forbidden(format!("{field}: {name:?} {why}")));
-        if is_loopback(&name) {
+        let address = parse_address(&name);
+        if is_self_name(&name) || address.is_some_and(|ip| is_self_address(ip) || own.contains(&ip)) {
             return refuse("is keel's own host; only admins send there".into());
         }
         let mut owners = self.owners_of(&name);
-        if !name.contains(['.', ':']) {
-            // A bare name reaches whichever host the search domain completes it to.
+        let first = name.split('.').next().unwrap_or_default();
+        if address.is_none() {
+            // A bare name reaches whichever host or destination the search domain completes it
+            // to, and a bare destination reaches the dotted names it completes to.
             owners.extend(
                 self.claims()
-                    .hosts_named(&name)
+                    .hosts_named(first)
                     .filter_map(|h| self.host(h))
-                    .filter(|h| host_short_names(h).contains(&name))
+                    .filter(|h| !name.contains('.') && host_short_names(h).contains(&name))
                     .map(|h| h.facility.clone()),
+            );
+            owners.extend(
+                self.claims()
+                    .destinations_to(first)
+                    .filter_map(|k| self.destination(k))
+                    .filter(|d| {
+                        let host = d.host();
+                        let short = host.split('.').next().unwrap_or_default();
+                        (name.contains('.') && host == first) || (!name.contains('.') && short == name)
+                    })
+                    .map(|d| d.facility.clone()),
             );
         }
         let theirs = |f: &str| self.facility(f).is_some_and(|f| f.is_managed_by(&who.name));
@@ -123,14 +143,22 @@ impl Snapshot {
                 who.name
             ));
         }
-        // A site machine that is no host of theirs (keel's own gateway included) is not theirs either.
-        let machine = name
-            .parse::<std::net::Ipv4Addr>()
-            .ok()
-            .and_then(|ip| self.machine_by_ip(ip))
-            .or_else(|| self.machine_by_name(&name))
-            .or_else(|| self.machine_by_name(name.split('.').next().unwrap_or_default()));
+        // A site machine: keel's own (the gateway role) never; another only through a host of
+        // theirs that an admin linked to it.
+        let machine = address
+            .and_then(|ip| match ip {
+                IpAddr::V4(v4) => self.machine_by_ip(v4),
+                IpAddr::V6(_) => None,
+            })
+            .or_else(|| self.machine_answering(&name))
+            .or_else(|| self.machine_answering(first));
         if let Some(m) = machine {
+            if self.roles_of(m.id).any(|r| r == MachineRole::Gateway) {
+                return refuse(format!(
+                    "is machine {}, keel's own host (the gateway role); only admins send there",
+                    m.hostname
+                ));
+            }
             let own_host = self
                 .claims()
                 .hosts_on_machine(&m.hostname)
@@ -145,27 +173,74 @@ impl Snapshot {
         }
         Ok(())
     }
-}
 
-/// An IPv4-mapped IPv6 address as the IPv4 address it is.
-fn canonical_claim(name: &str) -> String {
-    match name
-        .parse::<std::net::Ipv6Addr>()
-        .ok()
-        .and_then(|v6| v6.to_ipv4_mapped())
-    {
-        Some(v4) => v4.to_string(),
-        None => name.to_owned(),
+    /// Why a destination of `facility` that a manager added may not be sent to at `ip` (what its
+    /// name resolves to now, as ssh resolves it), if it may not: keel's own host — loopback,
+    /// unspecified, one of keel's addresses, the machine with the gateway role — or a site machine
+    /// that is no host of the facility. `None`: send.
+    pub fn refuses_send(&self, facility: &str, ip: IpAddr, own: &[IpAddr]) -> Option<String> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if is_self_address(ip) || own.contains(&ip) {
+            return Some(format!("{ip} is keel's own host"));
+        }
+        let IpAddr::V4(v4) = ip else { return None };
+        let m = self.machine_by_ip(v4)?;
+        if self.roles_of(m.id).any(|r| r == MachineRole::Gateway) {
+            return Some(format!(
+                "{ip} is machine {}, keel's own host (the gateway role)",
+                m.hostname
+            ));
+        }
+        let linked = self
+            .claims()
+            .hosts_on_machine(&m.hostname)
+            .filter_map(|h| self.host(h))
+            .any(|h| h.facility == facility && h.machine.as_deref() == Some(m.hostname.as_str()));
+        (!linked).then(|| {
+            format!(
+                "{ip} is machine {}, which is no host of facility {facility}",
+                m.hostname
+            )
+        })
     }
-}
 
-fn is_loopback(name: &str) -> bool {
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name.starts_with("localhost.")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+    /// A host's link to a machine (`Host::machine`) is what lets its facility's managers send to
+    /// that machine's names: a manager may link a host only to a machine an admin already linked
+    /// to a host of that facility (an admin assigns machines to facilities), and never to keel's
+    /// own host. Unchanged links pass.
+    pub fn may_link(&self, who: &Principal, host: &Host, before: Option<&Host>) -> Result<(), RightsError> {
+        let Some(name) = host.machine.as_deref() else {
+            return Ok(());
+        };
+        if who.role == Role::Admin || before.is_some_and(|b| b.machine.as_deref() == Some(name)) {
+            return Ok(());
+        }
+        let refuse = |why: &str| {
+            Err(RightsError::Forbidden(format!(
+                "machine: {} may not link host {} to machine {name}: {why}",
+                who.name, host.name
+            )))
+        };
+        let Some(m) = self.machine_by_name(name) else {
+            return Ok(()); // refused as unknown by the store's own check, with its field
+        };
+        if self.roles_of(m.id).any(|r| r == MachineRole::Gateway) {
+            return refuse("it is keel's own host");
+        }
+        let assigned = self
+            .claims()
+            .hosts_on_machine(&m.hostname)
+            .filter_map(|h| self.host(h))
+            .any(|h| h.facility == host.facility && h.name != host.name);
+        if assigned {
+            Ok(())
+        } else {
+            refuse("no admin has assigned it to the facility (a host of the facility linked to it)")
+        }
+    }
 }
 
 /// The first labels of a host's own names (`b1` of `b1.example.org`).
@@ -185,39 +260,73 @@ mod tests {
     use crate::{Change, Kind, Op};
 
     /// The rule as a pass over every host and destination: what the claim index must agree with.
-    fn may_claim_by_scan(s: &Snapshot, who: &Principal, name: &str) -> bool {
-        let name = canonical_claim(&destination_host(name));
-        if is_loopback(&name) {
+    fn may_claim_by_scan(s: &Snapshot, who: &Principal, name: &str, own: &[IpAddr]) -> bool {
+        let name = destination_host(name);
+        let address = parse_address(&name);
+        if is_self_name(&name) || address.is_some_and(|ip| is_self_address(ip) || own.contains(&ip)) {
             return false;
         }
+        let first = name.split('.').next().unwrap_or_default();
         let mut owners = BTreeSet::new();
         for h in s.hosts() {
             if s.holds(h, &name) {
                 owners.insert(h.facility.clone());
             }
-            if !name.contains(['.', ':']) && host_short_names(h).contains(&name) {
+            if address.is_none() && !name.contains('.') && host_short_names(h).contains(&name) {
                 owners.insert(h.facility.clone());
             }
         }
-        owners.extend(
-            s.destinations()
-                .filter(|d| d.host() == name)
-                .map(|d| d.facility.clone()),
-        );
+        for d in s.destinations() {
+            let host = d.host();
+            let short = host.split('.').next().unwrap_or_default();
+            let bare_match = address.is_none()
+                && host.parse::<IpAddr>().is_err()
+                && ((name.contains('.') && host == first) || (!name.contains('.') && short == name));
+            if host == name || bare_match {
+                owners.insert(d.facility.clone());
+            }
+        }
         let theirs = |f: &str| s.facility(f).is_some_and(|f| f.is_managed_by(&who.name));
         if !owners.iter().all(|f| theirs(f)) {
             return false;
         }
-        let machine = name
-            .parse()
-            .ok()
-            .and_then(|ip| s.machine_by_ip(ip))
-            .or_else(|| s.machine_by_name(&name))
-            .or_else(|| s.machine_by_name(name.split('.').next().unwrap_or_default()));
+        let machine = address
+            .and_then(|ip| match ip {
+                IpAddr::V4(v4) => s.machine_by_ip(v4),
+                IpAddr::V6(_) => None,
+            })
+            .or_else(|| s.machine_answering(&name))
+            .or_else(|| s.machine_answering(first));
         machine.is_none_or(|m| {
-            s.hosts()
-                .any(|h| h.machine.as_deref() == Some(m.hostname.as_str()) && theirs(&h.facility))
+            !s.roles_of(m.id).any(|r| r == MachineRole::Gateway)
+                && s.hosts()
+                    .any(|h| h.machine.as_deref() == Some(m.hostname.as_str()) && theirs(&h.facility))
         })
+    }
+
+    /// Other spellings of the same destination: case, a trailing dot, `user@`, `:port`, and for
+    /// an IPv4 address its other `inet_aton` forms (integer, hex, octal, short) and IPv4-mapped.
+    fn spellings(name: &str) -> Vec<String> {
+        let mut out = vec![
+            name.to_ascii_uppercase(),
+            format!("{name}."),
+            format!("root@{name}"),
+            format!("{name}:22"),
+        ];
+        if let Ok(ip) = name.parse::<std::net::Ipv4Addr>() {
+            let n = u32::from(ip);
+            let o = ip.octets();
+            out.extend([
+                n.to_string(),
+                format!("0x{n:x}"),
+                format!("{}.{}", o[0], n & 0xff_ffff),
+                format!("{}.{}.{}", o[0], o[1], n & 0xffff),
+                o.iter().map(|b| format!("0{b:o}")).collect::<Vec<_>>().join("."),
+                format!("::ffff:{ip}"),
+                format!("[::ffff:{ip}]:22"),
+            ]);
+        }
+        out
     }
 
     /// Names drawn from a few labels, so that hosts, machines, destinations and claims collide.
@@ -229,7 +338,11 @@ mod tests {
             "[A-C]",
             "10\\.0\\.0\\.[1-3]",
             "::ffff:10\\.0\\.0\\.[1-3]",
+            "127\\.0\\.[0-1]\\.[1-2]",
+            "192\\.168\\.1\\.25[45]",
             Just("localhost".to_owned()),
+            Just("ip6-loopback".to_owned()),
+            Just("0.0.0.0".to_owned()),
         ]
     }
 
@@ -258,6 +371,10 @@ mod tests {
             hostname: String,
             alias: Option<String>,
         },
+        /// The gateway role (keel's own host) given to machine `id`.
+        Gateway {
+            id: u8,
+        },
     }
 
     fn edit() -> impl Strategy<Value = Edit> {
@@ -275,6 +392,7 @@ mod tests {
                 .prop_map(|(facility, service, destination)| Edit::NoDestination { facility, service, destination }),
             3 => (1u8..4, "[abc]", proptest::option::of("[abc][0-9]?"))
                 .prop_map(|(id, hostname, alias)| Edit::Machine { id, hostname, alias }),
+            1 => (1u8..4).prop_map(|id| Edit::Gateway { id }),
         ]
     }
 
@@ -346,6 +464,10 @@ mod tests {
                                    "faulty_reason": "", "version": 1});
                     put(&mut s, Kind::Machine, id.to_string(), Some(m));
                 }
+                Edit::Gateway { id } => {
+                    let r = json!({"role": "gateway", "machine": id, "version": 1});
+                    put(&mut s, Kind::Role, "gateway".into(), Some(r));
+                }
             }
         }
         s
@@ -371,9 +493,17 @@ mod tests {
                 let by_pass: Vec<String> = s.destinations().filter(|d| d.facility == f).map(|d| d.key()).collect();
                 prop_assert_eq!(by_index, by_pass);
             }
+            let own: [IpAddr; 1] = ["192.168.1.255".parse().unwrap()];
             for (claim, manager) in claims {
                 let who = Principal { name: format!("m{manager}"), role: Role::Manager, facilities: Vec::new(), host: None };
-                prop_assert_eq!(s.may_claim(&who, "name", &claim).is_ok(), may_claim_by_scan(&s, &who, &claim), "{}", claim);
+                let decided = s.may_claim(&who, "name", &claim, &own).is_ok();
+                prop_assert_eq!(decided, may_claim_by_scan(&s, &who, &claim, &own), "{}", claim);
+                // Issue 31: every spelling of the same destination gets the same decision.
+                let canonical = destination_host(&claim);
+                prop_assert_eq!(s.may_claim(&who, "name", &canonical, &own).is_ok(), decided, "{}", canonical);
+                for other in spellings(&canonical) {
+                    prop_assert_eq!(s.may_claim(&who, "name", &other, &own).is_ok(), decided, "{} as {}", canonical, other);
+                }
             }
         }
     }

@@ -679,7 +679,7 @@ impl Inner {
         id: &TaskId,
         svc: &Service,
         facility: &Facility,
-        snap: &Snapshot,
+        snap: &Arc<Snapshot>,
         files: &Prepared,
         task: &Task,
         force: bool,
@@ -725,13 +725,18 @@ impl Inner {
                     continue;
                 }
             };
-            let Some(cmd) = self.sender.command(&d) else {
-                continue;
-            };
             let inner = self.clone();
             let timeout = self.cfg.send_timeout;
+            let snap = Arc::clone(snap);
             sends.spawn(async move {
                 let _permit = inner.sends.acquire().await;
+                let to = match inner.checked_address(&snap, &d).await {
+                    Ok(to) => to,
+                    Err(why) => return (d.destination, last, refused(why)),
+                };
+                let Some(cmd) = inner.sender.command(&d, to.as_ref()) else {
+                    return (d.destination, last, refused("no way to send there".into()));
+                };
                 let bytes = (head.len() + tail.len()) as u64;
                 let out = send::run(cmd, head, tail, timeout).await;
                 if out.exit_code.is_some() {
@@ -765,6 +770,41 @@ impl Inner {
 
     fn backoff(&self, failures: u32) -> Duration {
         backoff(self.cfg.retry_min, self.cfg.retry_max, failures)
+    }
+
+    /// For an ssh destination a facility manager added: where it leads now, resolved as ssh will
+    /// (its config's HostName, then DNS), checked — never keel's own host, loopback or a machine
+    /// outside the facility — and pinned, so ssh connects to the address that was checked.
+    /// Admins' destinations are theirs to aim (`None`: ssh resolves the name itself).
+    async fn checked_address(&self, snap: &Snapshot, d: &Destination) -> Result<Option<send::Resolved>, String> {
+        if d.channel != keel_model::Channel::Ssh || d.claimed_by.is_none() {
+            return Ok(None);
+        }
+        let Some(ssh) = self.sender.ssh() else {
+            return Ok(None);
+        };
+        let resolved = send::resolve_ssh(ssh, &d.destination).await?;
+        let own = self.db.own_addresses();
+        for ip in &resolved.addresses {
+            let why = snap
+                .refuses_send(&d.facility, *ip, &own)
+                .or_else(|| send::is_local(*ip).then(|| format!("{ip} is one of keel's own addresses")));
+            if let Some(why) = why {
+                return Err(format!("{} resolves to {}", d.destination, why));
+            }
+        }
+        Ok(Some(resolved))
+    }
+}
+
+/// What a send keel refused to make looks like: the agent never ran.
+fn refused(why: String) -> Outcome {
+    tracing::warn!(%why, "propagation: send refused");
+    Outcome {
+        exit_code: None,
+        stdout: String::new(),
+        stderr: format!("keel refused to send: {why}"),
+        duration: Duration::ZERO,
     }
 }
 

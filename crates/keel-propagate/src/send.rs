@@ -25,7 +25,82 @@ pub struct Outcome {
 
 /// A way of delivering a bundle.
 pub trait Sender: Send + Sync {
-    fn command(&self, d: &Destination) -> Option<Command>;
+    /// The command that delivers to `d`; with `to`, ssh connects to that address (what the
+    /// destination resolved to when it was checked) rather than resolving the name again.
+    fn command(&self, d: &Destination, to: Option<&Resolved>) -> Option<Command>;
+    /// The ssh settings, for resolving a destination as ssh will.
+    fn ssh(&self) -> Option<&SshConfig> {
+        None
+    }
+}
+
+/// Where ssh connects for a destination: the host name its config gives (`HostName`), the
+/// addresses the system resolver gives for it, and the port.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub host: String,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub port: u16,
+}
+
+/// Resolves `dest` as ssh will: `ssh -G` with the site's config (its `HostName`, `Port`), then the
+/// system resolver. An error says why it could not.
+pub async fn resolve_ssh(cfg: &SshConfig, dest: &str) -> Result<Resolved, String> {
+    let (user, host, port) = split_destination(dest);
+    let mut c = Command::new(&cfg.program);
+    c.arg("-G");
+    if let Some(f) = &cfg.config_file {
+        c.arg("-F").arg(f);
+    }
+    for o in &cfg.options {
+        c.arg("-o").arg(o);
+    }
+    if let Some(p) = port {
+        c.arg("-p").arg(p);
+    }
+    if let Some(u) = user {
+        c.arg("-l").arg(u);
+    }
+    c.arg(host).stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(10), c.output())
+        .await
+        .map_err(|_| "ssh -G timed out".to_owned())?
+        .map_err(|e| format!("cannot run ssh -G: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh -G {dest}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ').map(str::trim))
+    };
+    let name = field("hostname").unwrap_or(host).to_owned();
+    let port: u16 = field("port").and_then(|p| p.parse().ok()).unwrap_or(22);
+    // What ssh would connect to: glibc reads `127.1` as 127.0.0.1, and so does this.
+    let addresses: Vec<std::net::IpAddr> = match keel_model::identity::parse_address(&name) {
+        Some(ip) => vec![ip],
+        None => tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot resolve {name}: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if addresses.is_empty() {
+        return Err(format!("{name} resolves to no address"));
+    }
+    Ok(Resolved {
+        host: name,
+        addresses,
+        port,
+    })
+}
+
+/// Whether `ip` is one of this host's own addresses (it can be bound).
+pub fn is_local(ip: std::net::IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// The `ssh` channel's settings (the `[propagation.ssh]` table).
@@ -78,7 +153,7 @@ pub struct Senders {
 }
 
 impl Sender for Senders {
-    fn command(&self, d: &Destination) -> Option<Command> {
+    fn command(&self, d: &Destination, to: Option<&Resolved>) -> Option<Command> {
         match d.channel {
             Channel::Local => {
                 let (prog, args) = self.local.split_first()?;
@@ -86,13 +161,17 @@ impl Sender for Senders {
                 c.args(args);
                 Some(c)
             }
-            Channel::Ssh => Some(self.ssh_command(&d.destination)),
+            Channel::Ssh => Some(self.ssh_command(&d.destination, to)),
         }
+    }
+
+    fn ssh(&self) -> Option<&SshConfig> {
+        Some(&self.ssh)
     }
 }
 
 impl Senders {
-    fn ssh_command(&self, dest: &str) -> Command {
+    fn ssh_command(&self, dest: &str, to: Option<&Resolved>) -> Command {
         let s = &self.ssh;
         let mut c = Command::new(&s.program);
         c.args(["-o", "BatchMode=yes"]);
@@ -116,6 +195,14 @@ impl Senders {
         }
         for o in &s.options {
             c.arg("-o").arg(o);
+        }
+        if let Some(r) = to {
+            // The address that was checked, not a second resolution that could differ; the host
+            // key is still the name's.
+            if let Some(ip) = r.addresses.first() {
+                c.arg("-o").arg(format!("HostName={ip}"));
+                c.arg("-o").arg(format!("HostKeyAlias={}", r.host));
+            }
         }
         let (user, host, port) = split_destination(dest);
         if let Some(p) = port {

@@ -47,6 +47,7 @@ async fn setup(db: &Db, services: &[&str], custom: &BTreeMap<String, CustomServi
             destination: "local".into(),
             channel: Channel::Local,
             blocked: false,
+            claimed_by: None,
             version: 0,
         };
         db.put_destination(&who, d, 0, &known).await.unwrap();

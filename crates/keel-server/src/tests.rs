@@ -798,6 +798,7 @@ async fn destinations_of_one_facility_are_exactly_its_own() {
                 destination: format!("root@{h}.{f}.example.org"),
                 channel: keel_model::Channel::Ssh,
                 blocked: false,
+                claimed_by: None,
                 version: 0,
             };
             st.db.put_destination(&who, d, 0, &services).await.unwrap();

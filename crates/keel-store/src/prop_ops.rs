@@ -61,20 +61,28 @@ fn found<R>(r: Option<&R>, what: impl FnOnce() -> String) -> Result<&R, StoreErr
 impl Db {
     /// Creates (`if_version` 0) or replaces (at `if_version`) a host.
     pub async fn put_host(&self, who: &Principal, h: Host, if_version: u64) -> Result<Host, StoreError> {
+        let own = self.own_addresses();
         let changes = self
             .write(who, |s, _| {
                 s.may_manage(who, &h.facility)?;
-                match (s.host(&h.name), if_version) {
+                let before = s.host(&h.name);
+                match (before, if_version) {
                     (Some(old), v) => {
-                        check_version(old.version, v)?;
+                        // Rights first: a host of another facility is refused without a word about
+                        // it (its version included); a create over one's own is a conflict.
                         s.may_manage(who, &old.facility)?;
+                        if v == 0 {
+                            return Err(StoreError::Conflict(format!("host {} already exists", h.name)));
+                        }
+                        check_version(old.version, v)?;
                     }
                     (None, 0) => {}
                     (None, _) => return Err(StoreError::NotFound(format!("host {}", h.name))),
                 }
                 for n in std::iter::once(&h.name).chain(&h.aliases) {
-                    s.may_claim(who, "name", n)?;
+                    s.may_claim(who, "name", n, &own)?;
                 }
+                s.may_link(who, &h, before)?;
                 check_host(s, &h)?;
                 Ok(vec![Write::put(&h, Some(if_version), false)?])
             })
@@ -160,6 +168,8 @@ impl Db {
         if_version: u64,
         services: &BTreeSet<String>,
     ) -> Result<Destination, StoreError> {
+        let own = self.own_addresses();
+        let mut d = d;
         let changes = self
             .write(who, |s, _| {
                 s.may_manage(who, &d.facility)?;
@@ -168,10 +178,14 @@ impl Db {
                 }
                 check_destination(d.channel, &d.destination)?;
                 match (s.destination(&d.key()), if_version) {
-                    (Some(old), v) => check_version(old.version, v)?,
+                    (Some(old), v) => {
+                        check_version(old.version, v)?;
+                        d.claimed_by.clone_from(&old.claimed_by);
+                    }
                     (None, 0) => {
+                        d.claimed_by = (!who.is_admin()).then(|| who.name.clone());
                         if d.channel == keel_model::Channel::Ssh {
-                            s.may_claim(who, "destination", &d.destination)?;
+                            s.may_claim(who, "destination", &d.destination, &own)?;
                         } else if !who.is_admin() {
                             return Err(forbidden(who, "add a local destination (it runs on keel's own host)"));
                         }

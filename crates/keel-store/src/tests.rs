@@ -511,6 +511,7 @@ mod propagation_rights {
             destination: d.into(),
             channel: Channel::Ssh,
             blocked: false,
+            claimed_by: None,
             version: 0,
         }
     }
@@ -645,6 +646,7 @@ mod manager_reach {
             destination: d.into(),
             channel: Channel::Ssh,
             blocked: false,
+            claimed_by: None,
             version: 0,
         }
     }

@@ -31,6 +31,8 @@ pub struct Db {
     /// Replaced whole by a reload of keel.toml ([`Db::set_pools`]); a write plans against the
     /// pools current when it starts.
     pools: ArcSwap<Pools>,
+    /// keel's own addresses (where it listens): no facility manager sends there, in any spelling.
+    own_addresses: ArcSwap<Vec<std::net::IpAddr>>,
     db_id: String,
     tokens: TokenCache,
     /// Where each pool's lowest-free search may start; reset whenever an address is freed.
@@ -49,6 +51,7 @@ impl Db {
             queued: std::sync::atomic::AtomicUsize::new(0),
             changes,
             pools: ArcSwap::from_pointee(pools),
+            own_addresses: ArcSwap::from_pointee(Vec::new()),
             db_id,
             tokens: TokenCache::default(),
             alloc_hints: parking_lot::Mutex::new(keel_model::AllocHints::default()),
@@ -67,6 +70,16 @@ impl Db {
 
     pub fn db_id(&self) -> &str {
         &self.db_id
+    }
+
+    /// keel's own addresses, for the rights rules (`Snapshot::may_claim`).
+    pub fn own_addresses(&self) -> Arc<Vec<std::net::IpAddr>> {
+        self.own_addresses.load_full()
+    }
+
+    /// Where keel listens (set at start): a manager may never make these a destination.
+    pub fn set_own_addresses(&self, addresses: Vec<std::net::IpAddr>) {
+        self.own_addresses.store(Arc::new(addresses));
     }
 
     /// The pools machines and users are given addresses and uids from.

@@ -88,6 +88,7 @@ pub async fn load(db: &Db, dir: &std::path::Path) -> anyhow::Result<()> {
             destination: "local".into(),
             channel: keel_model::Channel::Local,
             blocked: false,
+            claimed_by: None,
             version: 0,
         };
         db.put_destination(&who, d, 0, &services).await?;

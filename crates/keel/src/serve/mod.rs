@@ -65,6 +65,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
             .context("cannot load the example site")?;
     }
     reload::report_outside_pools(&db);
+    db.set_own_addresses(own_addresses(&cfg));
     tokio::spawn(trim_log_forever(db.clone(), cfg.keep_changes, cfg.keep_days));
     if cfg.server.presence.secret.is_none() {
         let secret = data_dir::read_or_create_secret(&cfg.presence_secret_file)?;
@@ -151,6 +152,27 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
     }
     tracing::info!("keel stopped");
     Ok(())
+}
+
+/// keel's own addresses, as its configuration names them (a wildcard names none: the engine's
+/// check that an address is not local covers it at send time). No facility manager may make one
+/// a destination.
+fn own_addresses(cfg: &ServeConfig) -> Vec<std::net::IpAddr> {
+    let listens = [
+        Some(cfg.listen),
+        cfg.tls.as_ref().map(|t| t.listen),
+        cfg.dns.as_ref().map(|d| d.listen),
+        cfg.tftp.as_ref().map(|t| t.listen),
+    ];
+    let mut own: Vec<std::net::IpAddr> = listens
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .collect();
+    own.sort();
+    own.dedup();
+    own
 }
 
 /// Binds `[tls] listen` and serves HTTPS there until the stop signal; says what clients trust.

@@ -300,3 +300,182 @@ async fn r31_a_self_registered_machine_takes_no_role_and_no_special_name() {
         "{script}"
     );
 }
+
+/// A manager token for facility `a`, which has a user to send and the `passwd` service.
+async fn manager_of_a(k: &Keel) -> String {
+    let api = crate::propagation::api;
+    api(
+        k,
+        reqwest::Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "a", "managers": ["mgr-a"], "groups": ["user"], "services": ["passwd"]})),
+    )
+    .await;
+    let out = run(
+        k,
+        &["token", "create", "--name", "mgr-a", "--role", "manager", "--json"],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+// See: issue 31 (a manager linked a harmless host name to machine `gw`, then had `root@gw`,
+// `root@192.168.1.254`, `root@gw.prolo` and `root@mdb` accepted, and keel's own host received
+// their facility's accounts; `127.1`, `2130706433`, `0x7f.1`, `0`, `3232236030`, `192.168.510`,
+// `0300.0250.1.0376`, `ip6-localhost`, `ip6-loopback` reached loopback and the gateway). Rights
+// are decided on what a name reaches.
+#[tokio::test]
+async fn r31_a_manager_never_reaches_keels_host_or_loopback_in_any_spelling() {
+    use reqwest::Method;
+    let k = Keel::start(&["--example-site"]);
+    let mgr = manager_of_a(&k).await;
+    let as_mgr = async |method: Method, path: &str, body: Value| {
+        crate::support::req(&k, Some(&mgr), method, path, Some(body), &[]).await
+    };
+    let dest = |d: &str| json!({"facility": "a", "service": "passwd", "destination": d, "channel": "ssh"});
+    // What a manager may do, first: a free name of their own.
+    let (status, v) = as_mgr(Method::POST, "/api/v1/destinations", dest("root@host1.example.org")).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = as_mgr(
+        Method::POST,
+        "/api/v1/hosts",
+        json!({"name": "harmless.example.org", "facility": "a"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    // A host linked to keel's own host is refused: machines are linked by admins.
+    let (status, v) = as_mgr(
+        Method::POST,
+        "/api/v1/hosts",
+        json!({"name": "harmless2.example.org", "facility": "a", "machine": "gw"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+    for spelling in [
+        "root@gw",
+        "root@192.168.1.254",
+        "root@gw.prolo",
+        "root@mdb",
+        "root@GW.",
+        "127.1",
+        "2130706433",
+        "0x7f.1",
+        "0",
+        "3232236030",
+        "192.168.510",
+        "0300.0250.1.0376",
+        "ip6-localhost",
+        "ip6-loopback",
+        "localhost",
+        "root@[::1]",
+        "[::ffff:127.0.0.1]:22",
+        "root@[::ffff:192.168.1.254]",
+    ] {
+        let (status, v) = as_mgr(Method::POST, "/api/v1/destinations", dest(spelling)).await;
+        assert_eq!(status, 403, "{spelling}: {v}");
+    }
+    let (status, _) = crate::support::req(
+        &k,
+        Some(&mgr),
+        Method::GET,
+        "/api/v1/propagation/bundle?service=passwd&facility=a&destination=root@gw",
+        None,
+        &[],
+    )
+    .await;
+    assert!(status == 403 || status == 404, "no bundle for root@gw: {status}");
+    // A machine an admin assigns (a host of the facility linked to it) is theirs to reach.
+    run(
+        &k,
+        &[
+            "machine",
+            "add",
+            "--hostname",
+            "srv5",
+            "--mac",
+            "52:54:00:31:05:05",
+            "--mtype",
+            "service",
+        ],
+    );
+    run(
+        &k,
+        &[
+            "host",
+            "add",
+            "srv5.example.org",
+            "--facility",
+            "a",
+            "--machine",
+            "srv5",
+        ],
+    );
+    let (status, v) = as_mgr(Method::POST, "/api/v1/destinations", dest("root@srv5")).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = as_mgr(
+        Method::POST,
+        "/api/v1/hosts",
+        json!({"name": "srv5-alt.example.org", "facility": "a", "machine": "srv5"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    // A create over another facility's host names no version of it (it answered 412 with one).
+    run(&k, &["facility", "add", "b"]);
+    run(&k, &["host", "add", "b1.example.org", "--facility", "b"]);
+    let (status, v) = as_mgr(
+        Method::POST,
+        "/api/v1/hosts",
+        json!({"name": "b1.example.org", "facility": "a"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{v}");
+}
+
+// See: issue 31 (names can resolve elsewhere than they say: the site's ssh_config or DNS). A
+// manager's destination is resolved at every send as ssh resolves it, and keel refuses to send
+// where it leads to keel's own host.
+#[tokio::test]
+async fn r31_a_managers_destination_that_resolves_to_keels_host_is_not_sent_to() {
+    crate::support::require_tool("ssh");
+    let dir = tempfile::tempdir().unwrap();
+    let ssh_config = dir.path().join("ssh_config");
+    std::fs::write(&ssh_config, "Host sneaky.example.org\n  HostName 127.0.0.1\n").unwrap();
+    let config = format!(
+        "[propagation]\ndebounce_ms = 100\nretry_min_secs = 60\n[propagation.ssh]\nconfig_file = \"{}\"\ncontrol_persist = \"\"\nconnect_timeout_secs = 2\n",
+        ssh_config.display()
+    );
+    let k = Keel::start_with_config(&config, &[]);
+    let mgr = manager_of_a(&k).await;
+    let dest =
+        json!({"facility": "a", "service": "passwd", "destination": "root@sneaky.example.org", "channel": "ssh"});
+    let (status, v) = crate::support::req(
+        &k,
+        Some(&mgr),
+        reqwest::Method::POST,
+        "/api/v1/destinations",
+        Some(dest),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "the name itself is free: {v}");
+    crate::propagation::api(
+        &k,
+        reqwest::Method::POST,
+        "/api/v1/users",
+        Some(json!({"login": "zoe", "group": "user"})),
+    )
+    .await;
+    eventually_refused(&k).await;
+}
+
+async fn eventually_refused(k: &Keel) {
+    crate::support::eventually(30, "the send refused, as an error", async || {
+        let (_, results) = crate::propagation::task_state(k, "a", "passwd").await;
+        let r = &results["root@sneaky.example.org"];
+        r["status"] == "ERROR"
+            && r["stderr"]
+                .as_str()
+                .is_some_and(|e| e.contains("keel refused to send") && e.contains("keel's own host"))
+    })
+    .await;
+}
