@@ -411,21 +411,56 @@ pub async fn serve(db: Arc<Db>, zones: LiveZones, udp: UdpSocket, tcp: TcpListen
         tokio::spawn(async move { serve_udp(&db, &zones, &udp, &fwd, &answered).await });
     }
     let conns = Arc::new(tokio::sync::Semaphore::new(max_tcp.max(1)));
+    // One address holds at most an eighth of the connections: a client that opens them and never
+    // reads fills its own share, not everyone's.
+    let per_source = (max_tcp / 8).max(1);
+    let by_source = Arc::new(parking_lot::Mutex::new(std::collections::HashMap::<
+        std::net::IpAddr,
+        usize,
+    >::new()));
     loop {
         let Ok((stream, peer)) = tcp.accept().await else {
             // Out of descriptors, most likely: let connections close rather than spin.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
+        let ip = peer.ip();
+        {
+            let mut by = by_source.lock();
+            let n = by.entry(ip).or_insert(0);
+            if *n >= per_source {
+                crate::refused!(DEBUG, %peer, per_source, "DNS over TCP: this address holds its share, closed");
+                continue;
+            }
+            *n += 1;
+        }
         let Ok(slot) = conns.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "DNS over TCP: connection cap reached, closed");
+            crate::refused!(DEBUG, %peer, "DNS over TCP: connection cap reached, closed");
+            release_source(&by_source, ip);
             continue; // dropped: closed at once
         };
-        let (db, zones, fwd, answered) = (db.clone(), zones.clone(), fwd.clone(), answered.clone());
+        let (db, zones, fwd, answered, by) = (
+            db.clone(),
+            zones.clone(),
+            fwd.clone(),
+            answered.clone(),
+            by_source.clone(),
+        );
         tokio::spawn(async move {
-            serve_tcp(&db, &zones, &fwd, stream, peer.ip(), &answered).await;
+            serve_tcp(&db, &zones, &fwd, stream, ip, &answered).await;
             drop(slot);
+            release_source(&by, ip);
         });
+    }
+}
+
+fn release_source(by: &parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>, ip: std::net::IpAddr) {
+    let mut by = by.lock();
+    if let Some(n) = by.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            by.remove(&ip);
+        }
     }
 }
 
@@ -497,7 +532,10 @@ async fn serve_tcp(
         let Some(out) = out else { return };
         answered(rcode(&out));
         let Ok(n) = u16::try_from(out.len()) else { return };
-        if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&out).await.is_err() {
+        let mut framed = n.to_be_bytes().to_vec();
+        framed.extend_from_slice(&out);
+        // A client that pipelines queries and reads no answer is cut, not waited for.
+        if !matches!(tokio::time::timeout(idle, stream.write_all(&framed)).await, Ok(Ok(()))) {
             return;
         }
     }

@@ -81,9 +81,9 @@ pub struct AppState {
     watch_lines: Arc<watch::LineCache>,
     /// Self-registrations per source address and minute.
     register_limit: Arc<auth::RateLimit>,
-    /// Open watch and `/poll` streams, at most `watch.max_subscribers` (an anonymous `/poll`
-    /// client holds one as long as it stays connected).
-    subscriber_slots: Arc<tokio::sync::Semaphore>,
+    /// Open watch and `/poll` streams, at most `watch.max_subscribers`, shared out between
+    /// streams with a credential and anonymous ones (`watch::StreamSlots`).
+    stream_slots: Arc<watch::StreamSlots>,
     /// Becomes true when the server stops: open streams end (with a reason line) so that the
     /// graceful shutdown does not wait on them forever.
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -125,7 +125,7 @@ impl AppState {
             presence: Arc::new(presence::Presence::new(config.presence.clone())),
             web_sessions: Arc::new(web::Sessions::default()),
             web: Arc::new(config.web.clone()),
-            subscriber_slots: Arc::new(tokio::sync::Semaphore::new(config.watch.max_subscribers.max(1))),
+            stream_slots: Arc::new(watch::StreamSlots::new(config.watch.max_subscribers)),
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
             register_limit: Arc::new(auth::RateLimit::per_minute(REGISTRATIONS_PER_MINUTE)),

@@ -114,11 +114,14 @@ enum Start {
 pub(crate) async fn watch(
     State(st): State<AppState>,
     caller: Caller,
+    crate::presence::Peer(peer): crate::presence::Peer,
+    headers: axum::http::HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.reader(st.config.open_reads)?;
     let params = Params::parse(q.as_deref())?;
-    let guard = Subscribed::new(&st)?;
+    let anonymous = caller.0.is_none().then(|| st.config.client_addr.client(peer, &headers));
+    let guard = Subscribed::new(&st, anonymous)?;
     let rx = st.db.subscribe(); // before the Snapshot: no change can fall between the two
     let snap = st.db.snapshot();
     let start = decide_start(&st, &params, &snap).await?;
@@ -227,33 +230,100 @@ impl Shared {
     }
 }
 
-/// An open stream: it holds one of the server's subscriber slots and counts in the metrics for
-/// as long as it lives.
-struct Subscribed(
-    Arc<crate::metrics::Metrics>,
-    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
-);
+/// Who may hold the server's watch and `/poll` streams: half of `max_subscribers` for streams
+/// with a token (admins, agents, sync clients with a token) or a signed `/poll`, half for
+/// anonymous ones, of which one address holds at most `ANONYMOUS_PER_SOURCE` — an anonymous
+/// client that opens stream after stream (heartbeats keep them from ever stalling) fills its own
+/// share, never an admin's watch.
+pub(crate) struct StreamSlots {
+    authenticated: Arc<tokio::sync::Semaphore>,
+    anonymous: Arc<tokio::sync::Semaphore>,
+    by_source: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// Anonymous streams one address may hold.
+pub(crate) const ANONYMOUS_PER_SOURCE: usize = 16;
+
+impl StreamSlots {
+    pub(crate) fn new(max: usize) -> Self {
+        let max = max.max(2);
+        Self {
+            authenticated: Arc::new(tokio::sync::Semaphore::new(max - max / 2)),
+            anonymous: Arc::new(tokio::sync::Semaphore::new(max / 2)),
+            by_source: parking_lot::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+/// An open stream: it holds one of the server's stream slots (and its source's count) and counts
+/// in the metrics for as long as it lives.
+struct Subscribed {
+    st: AppState,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    anonymous_from: Option<std::net::IpAddr>,
+}
 
 impl Subscribed {
-    fn new(st: &AppState) -> Result<Self, ApiError> {
-        let slot = st.subscriber_slots.clone().try_acquire_owned().map_err(|_| {
-            tracing::warn!(
-                max = st.config.watch.max_subscribers,
-                "watch or /poll stream refused: too many open"
-            );
+    /// A slot for a stream: `anonymous_from` is the client's address when it gave no credential.
+    fn new(st: &AppState, anonymous_from: Option<Option<std::net::IpAddr>>) -> Result<Self, ApiError> {
+        let slots = &st.stream_slots;
+        let full = |what: &str| {
+            crate::refused!(WARN, max = st.config.watch.max_subscribers, %what, "watch or /poll stream refused: its share is held");
             ApiError::Unavailable(format!(
-                "{} watch and /poll streams are open, the most this server serves ([watch] max_subscribers)",
-                st.config.watch.max_subscribers
+                "{what}: the streams this server keeps for them are open ([watch] max_subscribers)"
             ))
-        })?;
+        };
+        let (slot, source) = match anonymous_from {
+            None => (
+                slots
+                    .authenticated
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| full("streams with a credential"))?,
+                None,
+            ),
+            Some(source) => {
+                if let Some(ip) = source {
+                    let mut by = slots.by_source.lock();
+                    let n = by.entry(ip).or_insert(0);
+                    if *n >= ANONYMOUS_PER_SOURCE {
+                        return Err(full("anonymous streams from this address"));
+                    }
+                    *n += 1;
+                }
+                match slots.anonymous.clone().try_acquire_owned() {
+                    Ok(slot) => (slot, source),
+                    Err(_) => {
+                        release(st, source);
+                        return Err(full("anonymous streams"));
+                    }
+                }
+            }
+        };
         st.metrics.watch_subscribers.inc();
-        Ok(Self(st.metrics.clone(), slot))
+        Ok(Self {
+            st: st.clone(),
+            _slot: slot,
+            anonymous_from: source,
+        })
+    }
+}
+
+fn release(st: &AppState, source: Option<std::net::IpAddr>) {
+    let Some(ip) = source else { return };
+    let mut by = st.stream_slots.by_source.lock();
+    if let Some(n) = by.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            by.remove(&ip);
+        }
     }
 }
 
 impl Drop for Subscribed {
     fn drop(&mut self) {
-        self.0.watch_subscribers.dec();
+        self.st.metrics.watch_subscribers.dec();
+        release(&self.st, self.anonymous_from);
     }
 }
 
@@ -569,6 +639,7 @@ impl LineCache {
 /// of `{"type":"update","data":…}`, then one array line per batch of changes. No heartbeats.
 pub(crate) async fn poll(
     State(st): State<AppState>,
+    crate::presence::Peer(peer): crate::presence::Peer,
     uri: axum::extract::OriginalUri,
     headers: axum::http::HeaderMap,
 ) -> Response {
@@ -586,7 +657,14 @@ pub(crate) async fn poll(
         crate::rpc::Service::Udb => Kind::User,
         crate::rpc::Service::Mdb => Kind::Machine,
     };
-    let guard = match Subscribed::new(&st) {
+    // A signed /poll (its hmac checked above) is a sync client's, not anyone's.
+    let anonymous = st
+        .config
+        .watch
+        .subscriber_secret
+        .is_none()
+        .then(|| st.config.client_addr.client(peer, &headers));
+    let guard = match Subscribed::new(&st, anonymous) {
         Ok(g) => g,
         Err(e) => return e.into_response(),
     };

@@ -359,7 +359,7 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
         example_site: flags.example_site,
         workers,
         database,
-        http: file.http.limits(),
+        http: file.http.limits(proxies(file)),
         pools,
         log_level,
         keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
@@ -371,6 +371,15 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
         tftp,
         tls,
     })
+}
+
+/// The proxies that speak for many clients: their connections have a share of their own.
+fn proxies(file: &FileConfig) -> Vec<ipnet::IpNet> {
+    let mut p = file.sso.client_addr().trusted_proxies;
+    if file.web.trust_sso.unwrap_or(false) {
+        p.extend(file.web.sso_proxies.clone().unwrap_or_default());
+    }
+    p
 }
 
 fn parse_default(s: &str) -> SocketAddr {

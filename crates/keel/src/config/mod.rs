@@ -119,22 +119,46 @@ pub struct HttpFile {
     pub header_timeout_secs: Option<u64>,
     /// Seconds to send a request's body once its headers are in (default 30).
     pub body_timeout_secs: Option<u64>,
+    /// Seconds a response may stay unread before its connection is closed (default 30): a client
+    /// that stops reading (a kernel download, a watch stream) holds nothing for long.
+    pub write_timeout_secs: Option<u64>,
+    /// Connections one address may hold at once (default 256); a trusted proxy's
+    /// (`[sso] trusted_proxies`, `[web] sso_proxies`: nginx speaks for many) `max_per_proxy`
+    /// (default 2048).
+    pub max_per_source: Option<usize>,
+    pub max_per_proxy: Option<usize>,
+    /// The last connections of `max_connections` (default 256) go only to addresses that hold
+    /// fewer than 4: whoever floods, the others still get in.
+    pub reserve: Option<usize>,
 }
 
 /// What `serve_http` enforces on each connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_connections: usize,
     pub header_timeout: std::time::Duration,
     pub body_timeout: std::time::Duration,
+    pub write_timeout: std::time::Duration,
+    pub max_per_source: usize,
+    pub max_per_proxy: usize,
+    pub reserve: usize,
+    /// The addresses of the proxies (their share is `max_per_proxy`).
+    pub proxies: Vec<ipnet::IpNet>,
 }
 
 impl HttpFile {
-    pub fn limits(&self) -> HttpLimits {
+    pub fn limits(&self, proxies: Vec<ipnet::IpNet>) -> HttpLimits {
+        let secs = |v: Option<u64>, d| std::time::Duration::from_secs(v.unwrap_or(d).max(1));
+        let max_connections = self.max_connections.unwrap_or(4096).max(1);
         HttpLimits {
-            max_connections: self.max_connections.unwrap_or(4096).max(1),
-            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs.unwrap_or(10).max(1)),
-            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs.unwrap_or(30).max(1)),
+            max_connections,
+            header_timeout: secs(self.header_timeout_secs, 10),
+            body_timeout: secs(self.body_timeout_secs, 30),
+            write_timeout: secs(self.write_timeout_secs, 30),
+            max_per_source: self.max_per_source.unwrap_or(256).max(1),
+            max_per_proxy: self.max_per_proxy.unwrap_or(2048).max(1),
+            reserve: self.reserve.unwrap_or(256).min(max_connections / 2),
+            proxies,
         }
     }
 }

@@ -1,7 +1,5 @@
 //! The HTTP/1.1 accept loop: keel-server's router behind hyper, with the `[http]` limits.
 
-use std::sync::Arc;
-
 /// Serves HTTP/1.1 until `stop` resolves, then lets open requests finish for up to 10 s.
 ///
 /// hyper's own HTTP/1 connection, not `axum::serve`: that one detects HTTP/2 on every connection,
@@ -29,7 +27,8 @@ pub(super) async fn serve_http(
     http.max_buf_size(8192)
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let shares = super::shares::Shares::new(limits.clone());
+    let write_timeout = limits.write_timeout;
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -44,11 +43,15 @@ pub(super) async fn serve_http(
             },
             () = &mut stop => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            keel_server::refused!(WARN, %peer, max = limits.max_connections, "connection closed: [http] max_connections reached");
-            continue; // dropped: closed at once
+        let slot = match shares.take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                keel_server::refused!(WARN, %peer, ?full, "connection closed: its share of [http] max_connections is held");
+                continue; // dropped: closed at once
+            }
         };
         let _ = stream.set_nodelay(true);
+        let stream = super::shares::WriteDeadline::new(stream, write_timeout);
         // The peer's address, for presence (a machine speaks only for itself) and SSO's proxy
         // check; the body must arrive within its deadline.
         let over_tls = tls.is_some();

@@ -22,6 +22,7 @@ mod http;
 pub(crate) mod notify;
 pub mod reload;
 mod shared;
+mod shares;
 mod tls;
 mod udp;
 
@@ -128,7 +129,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
         }
     };
     let signal = shutdown_signal()?;
-    let limits = cfg.http;
+    let limits = cfg.http.clone();
     let live = reload::Live {
         db: db.clone(),
         state,
@@ -197,7 +198,7 @@ async fn start_https(
             tls.fingerprint
         );
     }
-    let limits = cfg.http;
+    let limits = cfg.http.clone();
     let cert = tls.cert.clone();
     let task = tokio::spawn(async move {
         let stopped = async move {

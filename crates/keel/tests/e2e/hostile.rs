@@ -287,3 +287,136 @@ async fn forged_packets_between_keels_dns_and_tftp_die_out() {
         "{answered} answers to {sent} packets: an answer was answered (it was 259,235 FORMERR in 3 s)"
     );
 }
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.2: another client).
+async fn connect_from(from: [u8; 4], addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(std::net::SocketAddr::from((from, 0)))?;
+    sock.connect(addr.parse().unwrap()).await
+}
+
+/// What another client (127.0.0.1) must still get, each within 5 s: health, nginx's SSO, a
+/// presence login, DNS over UDP and TCP, and an admin's watch stream.
+async fn others_are_served(k: &Keel, login: &str) {
+    let five = Duration::from_secs(5);
+    let client = reqwest::Client::builder()
+        .timeout(five)
+        .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
+        .build()
+        .unwrap();
+    let health = client.get(format!("{}/healthz", k.url)).send().await.expect("/healthz");
+    assert_eq!(health.status(), 200);
+    let sso = client
+        .get(format!("{}/sso", k.url))
+        .header("X-Real-IP", "192.168.0.1")
+        .send()
+        .await
+        .expect("/sso");
+    assert!(sso.status().as_u16() < 500, "{}", sso.status());
+    let (status, v) = req(
+        k,
+        Some(&k.token),
+        Method::POST,
+        "/api/v1/sessions",
+        Some(json!({"login": login, "hostname": "r00p01"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201, "a presence login: {v}");
+    req(
+        k,
+        Some(&k.token),
+        Method::DELETE,
+        &format!("/api/v1/sessions/{login}"),
+        None,
+        &[],
+    )
+    .await;
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(five)).unwrap();
+    udp.send_to(&keel_testkit::dns_query(9, "gw.prolo"), &k.dns).unwrap();
+    let mut buf = [0u8; 512];
+    udp.recv_from(&mut buf).expect("DNS over UDP");
+    let mut tcp = tokio::time::timeout(five, connect_from([127, 0, 0, 1], &k.dns))
+        .await
+        .expect("DNS over TCP in time")
+        .expect("DNS over TCP");
+    let q = keel_testkit::dns_query(10, "gw.prolo");
+    let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, &framed).await.unwrap();
+    let mut len = [0u8; 2];
+    tokio::time::timeout(five, tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut len))
+        .await
+        .expect("a DNS over TCP answer in time")
+        .expect("a DNS over TCP answer");
+    let watch = client
+        .get(format!("{}/api/v1/watch", k.url))
+        .bearer_auth(&k.token)
+        .send()
+        .await
+        .expect("an admin's watch");
+    assert_eq!(watch.status(), 200, "an admin's watch stream");
+}
+
+/// Issue 31: one client (127.0.0.2) flooding each pooled resource — idle HTTP connections,
+/// anonymous `/poll` streams, DNS-over-TCP connections it never reads — fills its own share,
+/// and another client's health, SSO, presence login, DNS and an admin's watch still answer.
+#[tokio::test]
+async fn one_source_flooding_each_resource_leaves_the_others_their_share() {
+    raise_own_open_file_limit(4096);
+    // Small pools, so that one client could take all of each without its share.
+    let k = Keel::start_with_config(
+        "[presence]\nrecovery_secs = 0\n[watch]\nmax_subscribers = 40\n[http]\nmax_connections = 300\n",
+        &["--example-site"],
+    );
+    add_user(&k, "alice", "user").await;
+    let addr = k.url.trim_start_matches("http://").to_owned();
+    others_are_served(&k, "alice").await;
+
+    // Idle connections, twice the whole pool: it keeps its share (up to the reserve).
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        if let Ok(s) = connect_from([127, 0, 0, 2], &addr).await {
+            held.push(s);
+        }
+    }
+    others_are_served(&k, "alice").await;
+    drop(held);
+
+    // Anonymous /poll streams: its share (16), then 503; an admin's watch has its own.
+    let flooder = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for _ in 0..45 {
+        let r = flooder.get(format!("{}/mdb/poll", k.url)).send().await.unwrap();
+        if r.status() == 503 {
+            refused += 1;
+        } else {
+            streams.push(r);
+        }
+    }
+    assert!(
+        refused > 0 && streams.len() <= 16,
+        "{} streams held, {refused} refused",
+        streams.len()
+    );
+    others_are_served(&k, "alice").await;
+    drop(streams);
+
+    // DNS over TCP: connections that pipeline queries and never read an answer.
+    let mut dns = Vec::new();
+    for _ in 0..200 {
+        if let Ok(mut s) = connect_from([127, 0, 0, 2], &k.dns).await {
+            let q = keel_testkit::dns_query(1, "gw.prolo");
+            let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+            framed.extend_from_slice(&q);
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut s, &framed.repeat(50)).await;
+            dns.push(s);
+        }
+    }
+    others_are_served(&k, "alice").await;
+}
