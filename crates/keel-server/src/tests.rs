@@ -477,13 +477,14 @@ async fn poll_checks_the_subscriber_signature_when_a_secret_is_set() {
 }
 
 /// Issue 19: watch and `/poll` streams are bounded by `[watch] max_subscribers`: beyond it a new
-/// one is a 503 at once; a closed one gives its slot back.
+/// one is a 503 at once; a closed one gives its slot back. Issue 31: anonymous streams fill
+/// their half, never the streams with a token.
 #[tokio::test]
 async fn streams_beyond_max_subscribers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = state(&dir).await;
     let mut config = (*st.config).clone();
-    config.watch.max_subscribers = 2;
+    config.watch.max_subscribers = 4;
     st = AppState::new(st.db.clone(), config);
     let poll = || get("/poll", "mdb");
     let first = app(st.clone()).oneshot(poll()).await.unwrap();
@@ -491,6 +492,27 @@ async fn streams_beyond_max_subscribers_are_refused() {
     assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
     let third = app(st.clone()).oneshot(poll()).await.unwrap();
     assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (secret, _) = st
+        .db
+        .create_token(keel_store::NewToken {
+            name: "watcher".into(),
+            role: keel_model::Role::Readonly,
+            facilities: vec![],
+            host: None,
+            expires: None,
+        })
+        .await
+        .unwrap();
+    let watch = Request::get("/api/v1/watch")
+        .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+        .body(Body::empty())
+        .unwrap();
+    let with_token = app(st.clone()).oneshot(watch).await.unwrap();
+    assert_eq!(
+        with_token.status(),
+        StatusCode::OK,
+        "a stream with a token has its own share"
+    );
     // Read the first stream's snapshot, so its task is past its first send and waits for
     // changes; then the client goes: its slot comes back without any change happening.
     let mut body = first.into_body().into_data_stream();
