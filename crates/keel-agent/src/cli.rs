@@ -73,8 +73,12 @@ pub struct PresenceArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PresenceAction {
-    /// pam_exec hook: PAM_TYPE open_session logs PAM_USER in, close_session logs them out.
+    /// pam_exec hook: PAM_TYPE auth (with expose_authtok) trades the password on stdin for a
+    /// proof, open_session logs PAM_USER in with it, close_session logs them out.
     Pam,
+    /// Trade a user's password (read from stdin) for the proof the next `open` presents (what
+    /// `pam` does at authentication).
+    Prove { login: String },
     /// Log a user in on this machine (what `pam` does at session open).
     Open { login: String },
     /// Log a user out (what `pam` does at session close).
@@ -194,12 +198,25 @@ fn presence(args: &PresenceArgs) -> ExitCode {
         }
         ExitCode::SUCCESS // a logout is never blocked
     };
+    // Never refuses: the password itself is pam_unix's to judge; without a proof, the session
+    // step gets keel's refusal (or the unreachable policy) and says why.
+    let prove = |login: &str| -> ExitCode {
+        if p::uid_of(login).is_some_and(|u| u < cfg.min_uid) {
+            return ExitCode::SUCCESS;
+        }
+        if let Err(e) = p::prove(&cfg, login, &read_password()) {
+            eprintln!("keel-agent presence: no proof for {login}: {e}");
+        }
+        ExitCode::SUCCESS
+    };
     match &args.action {
         PresenceAction::Open { login } => open(login),
         PresenceAction::Close { login } => close(login),
+        PresenceAction::Prove { login } => prove(login),
         PresenceAction::Pam => {
             let user = std::env::var("PAM_USER").unwrap_or_default();
             match std::env::var("PAM_TYPE").as_deref() {
+                Ok("auth") => prove(&user),
                 Ok("open_session") => open(&user),
                 Ok("close_session") => close(&user),
                 _ => ExitCode::SUCCESS, // other PAM phases are not presence's business
@@ -209,10 +226,23 @@ fn presence(args: &PresenceArgs) -> ExitCode {
     }
 }
 
+/// The password on stdin: pam_exec's `expose_authtok` writes it NUL-terminated; by hand it ends
+/// with a newline. At most 4 KiB is read (PAM's own limit is 512 bytes).
+fn read_password() -> String {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    let _ = std::io::stdin().lock().take(4096).read_to_end(&mut buf);
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+    text.strip_suffix('\n').map(str::to_owned).unwrap_or(text)
+}
+
 fn pam_fallback() -> ExitCode {
     let user = std::env::var("PAM_USER").unwrap_or_default();
     let local = crate::presence::uid_of(&user).is_some_and(|u| u < 1000);
-    if local || std::env::var("PAM_TYPE").as_deref() == Ok("close_session") {
+    // Authentication is pam_unix's to decide, a logout never blocks: only a session open is refused.
+    let phase = std::env::var("PAM_TYPE").unwrap_or_default();
+    if local || phase == "auth" || phase == "close_session" {
         ExitCode::SUCCESS
     } else {
         println!("Login refused: this machine's presence configuration is broken; ask an organiser");

@@ -1,8 +1,10 @@
 //! `keel-agent presence`: the machine side of presence (the original's *presenced*).
 //!
-//! - `pam`: run by `pam_exec` at session open and close. At open it asks keel to log the user in
-//!   on this machine; a refusal prints keel's reason (pam_exec's `stdout` shows it) and fails the
-//!   session. When keel cannot be reached, a per-group policy decides.
+//! - `pam`: run by `pam_exec` at authentication, session open and close. At authentication
+//!   (`expose_authtok`) it sends the password the person typed to keel over HTTPS and keeps the
+//!   one-time proof keel answers (root's, in `proof_dir`); at open it asks keel to log the user in
+//!   on this machine with that proof; a refusal prints keel's reason (pam_exec's `stdout` shows
+//!   it) and fails the session. When keel cannot be reached, a per-group policy decides.
 //! - `heartbeat`: every `interval_secs`, tells keel who utmp says is logged in here.
 //!
 //! Configuration: `/etc/keel/presence.toml` (see `contrib/presence.toml`). Machines booted from
@@ -58,6 +60,9 @@ pub struct PresenceConfig {
     /// The policy when keel is unreachable, by the host's group name; `default` for the rest.
     #[serde(default = "default_policy")]
     pub unreachable: BTreeMap<String, Unreachable>,
+    /// Where the proof of the `auth` step waits for the `session` step (root's, 0700).
+    #[serde(default = "default_proof_dir")]
+    pub proof_dir: PathBuf,
 }
 
 fn default_secret_file() -> PathBuf {
@@ -74,6 +79,9 @@ fn default_utmp() -> PathBuf {
 }
 fn default_state() -> PathBuf {
     "/var/lib/keel-agent/presence.json".into()
+}
+fn default_proof_dir() -> PathBuf {
+    "/run/keel-agent/proofs".into()
 }
 fn default_min_uid() -> u32 {
     1000
@@ -221,10 +229,84 @@ pub enum Verdict {
     Refuse(String),
 }
 
-/// Session open: ask keel; apply the policy if keel cannot be reached.
+/// A proof waits at most this long for its session step (keel's own limit is 120 s).
+const PROOF_TTL: Duration = Duration::from_secs(120);
+
+/// The `auth` step: `password` (what the person typed, from pam_exec's `expose_authtok`) for a
+/// proof keel issues, kept for the `session` step. Only over HTTPS with the site CA: a password
+/// never crosses the network in clear.
+pub fn prove(cfg: &PresenceConfig, login: &str, password: &str) -> Result<(), PresenceError> {
+    let path = proof_path(cfg, login)?;
+    if !cfg.url.starts_with("https://") {
+        return Err(PresenceError::Config {
+            path: "url".into(),
+            message: "a password goes to keel only over https:// (keel's [tls] listen, with ca_file)".into(),
+        });
+    }
+    let body = json!({"login": login, "hostname": cfg.hostname(), "password": password});
+    let r = call(cfg, "POST", routes::PROOFS, Some(body))?;
+    let proof = match r.body["proof"].as_str() {
+        Some(p) if r.status == 201 => p.to_owned(),
+        _ => {
+            return Err(PresenceError::Server {
+                status: r.status,
+                message: message(&r.body, "no proof"),
+            })
+        }
+    };
+    keep_proof(&path, &proof).map_err(|message| PresenceError::Config {
+        path: path.display().to_string(),
+        message,
+    })
+}
+
+/// Where `login`'s proof waits: a file named after the login, which must look like one
+/// (PAM_USER is whatever was typed at the prompt: no `/`, no `..`, nothing but a-z, 0-9, `_`).
+fn proof_path(cfg: &PresenceConfig, login: &str) -> Result<PathBuf, PresenceError> {
+    let plain = login
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain || login.is_empty() || login.len() > 31 {
+        return Err(PresenceError::Config {
+            path: "PAM_USER".into(),
+            message: format!("not a keel login: {:?}", login.chars().take(32).collect::<String>()),
+        });
+    }
+    Ok(cfg.proof_dir.join(login))
+}
+
+fn keep_proof(path: &Path, proof: &str) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let private = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        // Open to others (made by someone else, or by hand): narrowed before a proof goes in.
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)));
+    private.map_err(|e| format!("{}: {e}", dir.display()))?;
+    crate::fsops::write_atomic(path, proof.as_bytes(), 0o600).map_err(|f| f.message)
+}
+
+/// The proof the `auth` step left for `login`, taken (removed) whether used or not; none if it
+/// is older than a proof lives.
+fn take_proof(cfg: &PresenceConfig, login: &str) -> Option<String> {
+    let path = proof_path(cfg, login).ok()?;
+    let fresh = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < PROOF_TTL);
+    let proof = std::fs::read_to_string(&path).ok();
+    let _ = std::fs::remove_file(&path);
+    proof.filter(|_| fresh).map(|p| p.trim().to_owned())
+}
+
+/// Session open: ask keel (with the `auth` step's proof, if any); apply the policy if keel
+/// cannot be reached.
 pub fn open(cfg: &PresenceConfig, login: &str, groups: &[String]) -> Verdict {
     let host = cfg.hostname();
-    let body = json!({"login": login, "hostname": host});
+    let body = json!({"login": login, "hostname": host, "proof": take_proof(cfg, login)});
     match call(cfg, "POST", routes::SESSIONS, Some(body)) {
         Ok(r) if r.status == 201 || r.status == 200 => Verdict::Allow(format!("{login} logged in on {host}")),
         Ok(r) if r.status == 423 => Verdict::Refuse(message(&r.body, "refused")),
@@ -382,6 +464,44 @@ mod tests {
         assert!(!refused(&["user"]));
         remember(&c, true);
         assert!(refused(&["user"]));
+    }
+
+    #[test]
+    fn a_password_goes_only_over_https_and_a_proof_only_to_its_login() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.proof_dir = dir.path().join("proofs");
+        let e = prove(&c, "alice", "pw").unwrap_err().to_string();
+        assert!(e.contains("https://"), "{e}");
+        for bad in ["../etc/passwd", "a/b", "", ".", "..", "Alice", "a\0b", &"x".repeat(40)] {
+            assert!(proof_path(&c, bad).is_err(), "{bad:?}");
+        }
+        let path = proof_path(&c, "alice").unwrap();
+        keep_proof(&path, "1.2.3").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&c.proof_dir), mode(&path)), (0o700, 0o600));
+        assert_eq!(take_proof(&c, "bob"), None);
+        assert_eq!(take_proof(&c, "alice").as_deref(), Some("1.2.3"));
+        assert_eq!(take_proof(&c, "alice"), None, "taken once");
+        // One left behind by an auth step long ago is not presented.
+        keep_proof(&path, "4.5.6").unwrap();
+        let old = std::time::SystemTime::now() - PROOF_TTL - Duration::from_secs(1);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(take_proof(&c, "alice"), None);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/presence.toml");
+        let c = PresenceConfig::load(&example).unwrap();
+        assert!(c.url.starts_with("https://"), "proofs need HTTPS: {}", c.url);
     }
 
     #[test]

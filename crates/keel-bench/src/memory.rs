@@ -79,6 +79,7 @@ pub(crate) fn measure(n: u32) -> anyhow::Result<RecordBytes> {
                 login: Login::parse("login", &data::login(0, i))?,
                 hostname: Hostname::parse("hostname", &data::hostname(i))?,
                 since: "2026-12-05T08:00:00Z".into(),
+                proven: true,
                 version: u64::from(i) + 1,
             });
         }

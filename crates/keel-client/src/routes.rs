@@ -72,6 +72,8 @@ pub struct InvalidKey(pub String);
 
 /// Presence: `POST` opens a session (the machine's secret authenticates it).
 pub const SESSIONS: &str = "/api/v1/sessions";
+/// Presence: `POST` trades the password a person typed on a machine for a one-time proof.
+pub const PROOFS: &str = "/api/v1/proofs";
 /// Presence: `POST` says which sessions a machine still has.
 pub const SESSIONS_HEARTBEAT: &str = "/api/v1/sessions/heartbeat";
 

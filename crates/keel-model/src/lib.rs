@@ -26,12 +26,12 @@ pub use error::{ValidationError, ValidationErrors};
 pub use machine::{check_chassis, check_room, BootMode, Machine, MachinePatch, MachineType, Switch};
 pub use names::{Hostname, Mac};
 pub use pool::{reverse_zone, Pool, Pools};
-pub use principal::{Principal, Role};
+pub use principal::{ManagerName, Principal, PrincipalKind, Role};
 pub use propagation::{Channel, Destination, Facility, Host};
 pub use record::Record;
 pub use rights::RightsError;
 pub use role::{MachineRole, RoleRecord};
-pub use session::{Decision, Refusal, Session};
+pub use session::{Decision, ProofPolicy, Refusal, Session};
 pub use setting::{Setting, SettingSpec, SETTINGS};
 pub use snapshot::{AllocHints, ApplyError, Snapshot};
 pub use user::{

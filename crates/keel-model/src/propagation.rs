@@ -27,9 +27,9 @@ pub struct Host {
 #[serde(deny_unknown_fields)]
 pub struct Facility {
     pub name: String,
-    /// Principal names (token names) that manage this facility.
+    /// Who manages this facility: API tokens and user logins, each named as such.
     #[serde(default)]
-    pub managers: Vec<String>,
+    pub managers: Vec<crate::ManagerName>,
     /// Users of these groups are received…
     #[serde(default)]
     pub groups: Vec<Group>,
@@ -57,13 +57,15 @@ impl Facility {
         listed && self.hfs.is_none_or(|n| u.hfs == Some(n))
     }
 
-    pub fn is_managed_by(&self, principal: &str) -> bool {
-        self.managers.iter().any(|m| m == principal)
+    /// Whether this facility lists `p` among its managers (by namespace and name, never by
+    /// spelling alone: user `alice` is not token `alice`).
+    pub fn is_managed_by(&self, p: &crate::Principal) -> bool {
+        p.manager_name().is_some_and(|m| self.managers.contains(&m))
     }
 
     /// Whether `p` may act on this facility: an admin, or a manager it lists.
     pub fn is_run_by(&self, p: &crate::Principal) -> bool {
-        p.is_admin() || (p.role == crate::Role::Manager && self.is_managed_by(&p.name))
+        p.is_admin() || (p.role == crate::Role::Manager && self.is_managed_by(p))
     }
 }
 

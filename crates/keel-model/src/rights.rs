@@ -134,7 +134,7 @@ impl Snapshot {
                     .map(|d| d.facility.clone()),
             );
         }
-        let theirs = |f: &str| self.facility(f).is_some_and(|f| f.is_managed_by(&who.name));
+        let theirs = |f: &str| self.facility(f).is_some_and(|f| f.is_managed_by(who));
         let foreign: Vec<String> = owners.into_iter().filter(|f| !theirs(f)).collect();
         if !foreign.is_empty() {
             return refuse(format!(
@@ -286,7 +286,7 @@ mod tests {
                 owners.insert(d.facility.clone());
             }
         }
-        let theirs = |f: &str| s.facility(f).is_some_and(|f| f.is_managed_by(&who.name));
+        let theirs = |f: &str| s.facility(f).is_some_and(|f| f.is_managed_by(who));
         if !owners.iter().all(|f| theirs(f)) {
             return false;
         }
@@ -495,7 +495,7 @@ mod tests {
             }
             let own: [IpAddr; 1] = ["192.168.1.255".parse().unwrap()];
             for (claim, manager) in claims {
-                let who = Principal { name: format!("m{manager}"), role: Role::Manager, facilities: Vec::new(), host: None };
+                let who = Principal::token(&format!("m{manager}"), Role::Manager);
                 let decided = s.may_claim(&who, "name", &claim, &own).is_ok();
                 prop_assert_eq!(decided, may_claim_by_scan(&s, &who, &claim, &own), "{}", claim);
                 // Issue 31: every spelling of the same destination gets the same decision.

@@ -20,6 +20,10 @@ pub struct Session {
     pub hostname: Hostname,
     /// RFC 3339, UTC: when the session was opened (or rebuilt by a heartbeat).
     pub since: String,
+    /// Opened with proof from the person (their password, checked by keel; or an admin's
+    /// token), not with the machines' shared secret alone. See [`ProofPolicy`].
+    #[serde(default)]
+    pub proven: bool,
     #[serde(default)]
     pub version: u64,
 }
@@ -48,6 +52,10 @@ pub enum Refusal {
     Recovering {
         seconds: u64,
     },
+    /// `[presence] proof` wants proof of the person's password, and none (or a wrong one) came.
+    ProofNeeded {
+        login: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -70,6 +78,10 @@ impl fmt::Display for Refusal {
                 f,
                 "keel restarted and is recovering sessions: logins are refused for {seconds} more second(s)"
             ),
+            Self::ProofNeeded { login } => write!(
+                f,
+                "keel needs proof of {login}'s password for this session, and this machine sent none that holds: log in again with your password"
+            ),
         }
     }
 }
@@ -86,7 +98,66 @@ impl Refusal {
             Self::LoggedInElsewhere { .. } => "logged_in_elsewhere",
             Self::MachineInUse { .. } => "machine_in_use",
             Self::Recovering { .. } => "recovering",
+            Self::ProofNeeded { .. } => "proof_needed",
         }
+    }
+}
+
+/// Which sessions need proof from the person (`[presence] proof`): the machines' shared secret
+/// is on every netbooted machine, so with it alone a contestant could log *anyone* in on their
+/// own seat and the SSO would vouch for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProofPolicy {
+    /// The secret and the machine's address suffice (keel before issue 31; older data dirs).
+    Off,
+    /// Users with a password need proof of it; users without one (keys, Kerberos) log in as
+    /// under `off`.
+    Password,
+    /// Every session a machine opens needs proof: a user without a password is logged in by an
+    /// admin's token only.
+    #[default]
+    Required,
+}
+
+impl ProofPolicy {
+    pub const ALL: [Self; 3] = [Self::Off, Self::Password, Self::Required];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Password => "password",
+            Self::Required => "required",
+        }
+    }
+
+    /// Whether a session of `user` opened by a machine needs proof.
+    pub fn needs_proof(self, user: &crate::User) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Password => !user.password_hash.is_empty(),
+            Self::Required => true,
+        }
+    }
+
+    /// Whether this session may stay open and be vouched for (heartbeats, SSO).
+    pub fn holds(self, snap: &Snapshot, session: &Session) -> bool {
+        session.proven || snap.user(session.login.as_str()).is_none_or(|u| !self.needs_proof(u))
+    }
+}
+
+impl fmt::Display for ProofPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProofPolicy {
+    type Err = crate::ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            crate::ValidationError::new("proof", format!("must be off, password or required (got {s:?})"))
+        })
     }
 }
 
@@ -132,6 +203,7 @@ impl Snapshot {
             login: user.login.clone(),
             hostname: machine.hostname.clone(),
             since: now.to_owned(),
+            proven: false,
             version: 0,
         }))
     }

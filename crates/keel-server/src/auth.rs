@@ -120,6 +120,42 @@ impl Throttle {
     }
 }
 
+/// What checking a password someone typed found.
+pub(crate) enum PasswordCheck {
+    Right,
+    Wrong,
+    /// Too many wrong tries of this login lately: not checked; try again after this.
+    Wait(std::time::Duration),
+}
+
+/// Checks `login`'s password, throttled ([`Throttle`]): the one path of the password pages, the
+/// password API and presence proofs. An unknown login, and a user without a password, cost the
+/// same work as a wrong password and answer the same.
+pub(crate) async fn check_password(st: &crate::AppState, login: &str, password: String) -> PasswordCheck {
+    if let Some(wait) = Throttle::attempt(&st.db, login).await {
+        return PasswordCheck::Wait(wait);
+    }
+    let stored = st
+        .db
+        .snapshot()
+        .user(login)
+        .map(|u| u.password_hash.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| DUMMY_HASH.to_owned());
+    let right = tokio::task::spawn_blocking(move || keel_password::verify(&password, &stored))
+        .await
+        .unwrap_or(false);
+    if !right {
+        return PasswordCheck::Wrong;
+    }
+    Throttle::succeeded(&st.db, login).await;
+    PasswordCheck::Right
+}
+
+/// A valid hash of a password nobody has, to verify against when the login is unknown.
+const DUMMY_HASH: &str =
+    "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
+
 /// The throttle's key for a login: fixed-size, whatever was sent.
 fn key(login: &str) -> String {
     use sha2::Digest;

@@ -21,6 +21,7 @@ mod map;
 mod metrics;
 pub mod netboot;
 pub mod presence;
+mod proof;
 mod propagation;
 mod rest;
 mod routes;
@@ -232,7 +233,11 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
             get(propagation::get_destination).delete(propagation::delete_destination),
         )
         .route("/sessions", get(presence::list).post(presence::login))
-        .route("/sessions/heartbeat", post(presence::heartbeat))
+        .route(
+            "/sessions/heartbeat",
+            post(presence::heartbeat).delete(presence::logout_heartbeat_user),
+        )
+        .route("/proofs", post(presence::issue_proof))
         .route("/sessions/{login}", axum::routing::delete(presence::logout))
         .route("/propagation", get(propagation::status))
         .route("/propagation/force", post(propagation::force))

@@ -24,6 +24,8 @@ use serde_json::json;
 
 use crate::{ApiError, AppState, Caller};
 
+pub use keel_model::ProofPolicy;
+
 /// The header a machine sends its site secret in.
 pub const SECRET_HEADER: &str = "x-keel-presence-secret";
 
@@ -38,6 +40,12 @@ pub struct PresenceConfig {
     pub secret: Option<crate::Secret>,
     /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
     pub map_public: bool,
+    /// Which sessions need proof of the person's password (module `proof`).
+    pub proof: keel_model::ProofPolicy,
+    /// Whose client-address header presence believes (`[presence] trusted_proxies`, default
+    /// none: machines call keel directly). Not `[sso]`'s: nginx on keel's host speaks for the
+    /// SSO's clients, but a local user there must not speak for a machine.
+    pub client_addr: ClientAddrConfig,
 }
 
 impl Default for PresenceConfig {
@@ -48,6 +56,11 @@ impl Default for PresenceConfig {
             secret: None,
             // keel.toml's default is true (`[presence] map_public`); a bare server shows nothing.
             map_public: false,
+            proof: keel_model::ProofPolicy::Required,
+            client_addr: ClientAddrConfig {
+                trusted_proxies: Vec::new(),
+                ..ClientAddrConfig::default()
+            },
         }
     }
 }
@@ -126,6 +139,7 @@ pub struct Presence {
     config: arc_swap::ArcSwap<PresenceConfig>,
     started: Instant,
     seen: parking_lot::Mutex<HashMap<String, Instant>>,
+    pub(crate) proofs: crate::proof::Proofs,
 }
 
 impl Presence {
@@ -134,6 +148,7 @@ impl Presence {
             config: arc_swap::ArcSwap::from_pointee(config),
             started: Instant::now(),
             seen: parking_lot::Mutex::new(HashMap::new()),
+            proofs: crate::proof::Proofs::default(),
         }
     }
 
@@ -146,6 +161,11 @@ impl Presence {
     /// window stays counted from the start.
     pub fn reconfigure(&self, config: PresenceConfig) {
         self.config.store(Arc::new(config));
+    }
+
+    /// The machine calling: its address, or what a proxy `[presence] trusted_proxies` lists says.
+    fn client(&self, peer: Peer, headers: &HeaderMap) -> Option<IpAddr> {
+        self.config().client_addr.client(peer.0, headers)
     }
 
     fn seen(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Instant>> {
@@ -267,7 +287,7 @@ fn authorize(
     if let Some(admin) = admin {
         return Ok(admin);
     }
-    let client = st.config.client_addr.client(peer.0, headers);
+    let client = st.presence.client(peer, headers);
     let snap = st.db.snapshot();
     let machine = snap
         .machine_by_name(hostname)
@@ -283,6 +303,7 @@ fn authorize(
     Ok(Principal {
         name: format!("machine {}", machine.hostname),
         role: Role::Agent,
+        kind: keel_model::PrincipalKind::Keel,
         facilities: Vec::new(),
         host: Some(machine.hostname.to_string()),
     })
@@ -293,6 +314,8 @@ fn authorize(
 pub struct LoginBody {
     login: String,
     hostname: String,
+    /// What `POST /api/v1/proofs` answered for this login on this machine.
+    proof: Option<String>,
 }
 
 /// `POST /api/v1/sessions`: 201 with the session, 200 if already logged in there, 423 with why not.
@@ -305,12 +328,18 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let admin = credential(&st, &caller, &headers)?;
     let body: LoginBody = crate::json_body(&body)?;
+    let by_admin = admin.is_some();
     let who = authorize(&st, admin, &headers, peer, &body.hostname)?;
     if let Some(seconds) = st.presence.recovering() {
         st.metrics.presence_refused();
         return Err(ApiError::Refused(Refusal::Recovering { seconds }));
     }
-    let opened = st.db.open_session(&who, &body.login, &body.hostname).await;
+    let proven = by_admin || proven(&st, &body).await;
+    let policy = st.presence.config().proof;
+    let opened = st
+        .db
+        .open_session(&who, &body.login, &body.hostname, proven, policy)
+        .await;
     let (status, s) = match opened {
         Ok(Opened::New { session, home }) => {
             if let Some(hfs) = home {
@@ -333,6 +362,85 @@ pub async fn login(
     Ok((status, Json(s)).into_response())
 }
 
+/// Whether the login carries a proof keel issued for this login on this machine, unused. The
+/// hostname is the machine's own name (the body may name it by an alias).
+async fn proven(st: &AppState, body: &LoginBody) -> bool {
+    let Some(proof) = &body.proof else {
+        return false;
+    };
+    let snap = st.db.snapshot();
+    let Some(machine) = snap.machine_by_name(&body.hostname) else {
+        return false;
+    };
+    let ok = st
+        .presence
+        .proofs
+        .take(st, proof, &body.login, machine.hostname.as_str())
+        .await;
+    if !ok {
+        crate::refused!(WARN, login = %crate::auth::shown(&body.login), hostname = %machine.hostname, "presence proof refused: not keel's, expired, taken or another's");
+    }
+    ok
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofBody {
+    login: String,
+    hostname: String,
+    password: String,
+}
+
+/// `POST /api/v1/proofs`: the PAM `auth` line's call with the password the person typed; 201
+/// with a proof the `session` line presents, 401 for a wrong login or password, 429 while the
+/// login's tries are throttled. A machine asks only for itself (address and secret).
+pub async fn issue_proof(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    peer: Peer,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let admin = credential(&st, &caller, &headers)?;
+    let body: ProofBody = crate::json_body(&body)?;
+    authorize(&st, admin, &headers, peer, &body.hostname)?;
+    let login = crate::auth::shown(&body.login);
+    match crate::auth::check_password(&st, &body.login, body.password).await {
+        crate::auth::PasswordCheck::Right => {}
+        crate::auth::PasswordCheck::Wait(wait) => {
+            crate::refused!(WARN, %login, "presence proof refused: too many tries");
+            return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
+        }
+        crate::auth::PasswordCheck::Wrong => {
+            crate::refused!(WARN, %login, hostname = %crate::auth::shown(&body.hostname), "presence proof refused: wrong login or password");
+            return Err(ApiError::Unauthorized("wrong login or password"));
+        }
+    }
+    let snap = st.db.snapshot();
+    let host = snap
+        .machine_by_name(&body.hostname)
+        .map(|m| m.hostname.to_string())
+        .unwrap_or_default();
+    let proof = st.presence.proofs.issue(&st, &body.login, &host).await?;
+    let expires_secs = crate::proof::TTL_MS / 1000;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"proof": proof, "expires_secs": expires_secs})),
+    )
+        .into_response())
+}
+
+/// `DELETE /api/v1/sessions/heartbeat`: the logout of a user whose login is `heartbeat` (the
+/// heartbeat's own route would otherwise answer 405 for it).
+pub async fn logout_heartbeat_user(
+    st: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    peer: Peer,
+) -> Result<StatusCode, ApiError> {
+    logout(st, caller, headers, peer, Path("heartbeat".to_owned())).await
+}
+
 /// `DELETE /api/v1/sessions/{login}`: 204 (also when there was no session: logging out twice is
 /// not an error).
 pub async fn logout(
@@ -349,7 +457,7 @@ pub async fn logout(
         (Some(_), _) => None,
         (None, Some(s)) => Some(s.hostname.to_string()),
         (None, None) => {
-            let client = st.config.client_addr.client(peer.0, &headers);
+            let client = st.presence.client(peer, &headers);
             let own = match client {
                 Some(IpAddr::V4(ip)) => snap.machine_by_ip(ip).map(|m| m.hostname.to_string()),
                 _ => None,
@@ -394,9 +502,12 @@ pub async fn heartbeat(
         .machine_by_name(&body.hostname)
         .map(|m| m.hostname.to_string())
         .unwrap_or_default();
-    let (mut refreshed, mut unknown) = (Vec::new(), Vec::new());
+    let policy = st.presence.config().proof;
+    let (mut refreshed, mut unknown, mut unproven) = (Vec::new(), Vec::new(), Vec::new());
     for login in &body.logins {
         match snap.session(login) {
+            // The machine's word keeps only a session the person proved (`[presence] proof`).
+            Some(s) if s.hostname.as_str() == host && !policy.holds(&snap, s) => unproven.push(login.clone()),
             Some(s) if s.hostname.as_str() == host => {
                 st.presence.touch(login);
                 refreshed.push(login.clone());
@@ -407,7 +518,7 @@ pub async fn heartbeat(
     let mut rebuilt = Vec::new();
     let mut refused = Vec::new();
     if st.presence.recovering().is_some() && !unknown.is_empty() {
-        let (opened, no) = st.db.rebuild_sessions(&who, &host, &unknown).await?;
+        let (opened, no) = st.db.rebuild_sessions(&who, &host, &unknown, policy).await?;
         for s in opened {
             st.presence.touch(s.login.as_str());
             tracing::info!(login = %s.login, hostname = %s.hostname, "session rebuilt from a heartbeat");
@@ -427,6 +538,7 @@ pub async fn heartbeat(
         "rebuilt": rebuilt,
         "refused": refused,
         "ignored": unknown,
+        "unproven": unproven,
         "contest_mode": snap.flag("contest_mode"),
         "timeout_secs": st.presence.config().timeout.as_secs(),
     })))

@@ -469,21 +469,18 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
             "must be a SHA-512-crypt hash ($6$salt$…)",
         ));
     }
-    if let Some(wait) = crate::auth::Throttle::attempt(&st.db, &login).await {
-        crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: too many tries");
-        return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
+    match crate::auth::check_password(&st, &login, old).await {
+        crate::auth::PasswordCheck::Right => {}
+        crate::auth::PasswordCheck::Wait(wait) => {
+            crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: too many tries");
+            return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
+        }
+        crate::auth::PasswordCheck::Wrong => {
+            crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: wrong login or password");
+            return Err(ApiError::Unauthorized("wrong login or password"));
+        }
     }
-    let user = st.db.snapshot().user(&login).cloned();
-    // The same answer, and the same work, for an unknown login and a wrong password.
-    let stored = user
-        .as_ref()
-        .map_or(DUMMY_HASH, |u| u.password_hash.as_str())
-        .to_owned();
-    let ok = tokio::task::spawn_blocking(move || keel_password::verify(&old, &stored))
-        .await
-        .unwrap_or(false);
-    let Some(user) = user.filter(|_| ok) else {
-        crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: wrong login or password");
+    let Some(user) = st.db.snapshot().user(&login).cloned() else {
         return Err(ApiError::Unauthorized("wrong login or password"));
     };
     let patch = keel_model::UserPatch {
@@ -495,15 +492,10 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
         name: format!("user:{login}"),
         ..keel_model::Principal::anonymous()
     };
-    crate::auth::Throttle::succeeded(&st.db, &login).await;
     st.db.edit_user(&who, &login, user.version, patch).await?;
     tracing::info!(%login, "password changed by its user");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
-
-/// A valid hash of a password nobody has, to verify against when the login is unknown.
-pub(crate) const DUMMY_HASH: &str =
-    "$6$saltsalt$W8/of8d2LyqjgMBUekC8rz9KqwXuk/zM2UFVSqjBrgi3iOHzUpki1KXdE9sy4UjXzKwFKfQDgDGi8qHdDVLoh/";
 
 // ---- change log ----
 

@@ -42,8 +42,10 @@ pub fn decide(st: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> (&'st
         return (AUTHENTICATED, Some(login.clone()));
     }
     match session {
-        Some(s) => (AUTHENTICATED, Some(s.login.to_string())),
-        None => (LOGGED_OUT, None),
+        // A session the machine opened without the person's proof, where `[presence] proof`
+        // wants one (opened before the policy changed), is vouched for by nobody.
+        Some(s) if st.presence.config().proof.holds(&snap, s) => (AUTHENTICATED, Some(s.login.to_string())),
+        _ => (LOGGED_OUT, None),
     }
 }
 

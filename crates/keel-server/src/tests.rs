@@ -578,7 +578,7 @@ async fn query_private_is_for_admins_and_signed_calls_and_ansible_groups_the_mac
     st.db.create_user(&who, patch).await.unwrap();
     let web = keel_model::Facility {
         name: "web".into(),
-        managers: vec!["Manager".into()],
+        managers: vec![keel_model::ManagerName::Token("Manager".into())],
         groups: vec![keel_model::Group::User],
         ..keel_model::Facility::default()
     };

@@ -58,7 +58,7 @@ async fn site(dir: &tempfile::TempDir) -> (AppState, BTreeMap<&'static str, Stri
     let services = ["passwd".to_string()].into();
     let a = Facility {
         name: "a".into(),
-        managers: vec!["mgr-a".into()],
+        managers: vec![keel_model::ManagerName::Token("mgr-a".into())],
         services: vec!["passwd".into()],
         ..Facility::default()
     };

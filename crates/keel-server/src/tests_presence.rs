@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use keel_model::input::{Fields, Strictness};
-use keel_model::{MachinePatch, Pools, Principal, UserPatch};
+use keel_model::{MachinePatch, Pools, Principal, ProofPolicy, UserPatch};
 use keel_store::{Db, SqliteStore};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -18,7 +18,17 @@ use crate::{app, AppState, ServerConfig};
 
 const SECRET: &str = "0123456789abcdef0123";
 
+/// Each user's password on the test site: `pw-<login>`.
+fn password(login: &str) -> String {
+    format!("pw-{login}")
+}
+
+/// A site under the default `[presence] proof` (required): users have passwords.
 async fn site(dir: &tempfile::TempDir, recovery: Duration) -> AppState {
+    site_with(dir, recovery, ProofPolicy::Required).await
+}
+
+async fn site_with(dir: &tempfile::TempDir, recovery: Duration, proof: ProofPolicy) -> AppState {
     let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
     let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
     let who = Principal::system();
@@ -37,7 +47,8 @@ async fn site(dir: &tempfile::TempDir, recovery: Duration) -> AppState {
         db.create_machine(&who, patch).await.unwrap();
     }
     for (login, group) in [("alice", "user"), ("bob", "user"), ("carol", "orga")] {
-        let v = json!({"login": login, "group": group});
+        let hash = keel_password::hash(&password(login)).unwrap();
+        let v = json!({"login": login, "group": group, "password_hash": hash});
         let patch = UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
         db.create_user(&who, patch).await.unwrap();
     }
@@ -46,6 +57,7 @@ async fn site(dir: &tempfile::TempDir, recovery: Duration) -> AppState {
         presence: PresenceConfig {
             recovery,
             secret: Some(SECRET.into()),
+            proof,
             ..PresenceConfig::default()
         },
         ..ServerConfig::default()
@@ -82,7 +94,23 @@ async fn send(st: &AppState, req: Request<Body>) -> (StatusCode, Value) {
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
+/// What the PAM `auth` line does: the person's password for a proof (`None` if refused).
+async fn prove(st: &AppState, login: &str, host: &str, pw: &str) -> Option<String> {
+    let body = json!({"login": login, "hostname": host, "password": pw});
+    let (status, body) = send(st, post(&ip(st, host), "/api/v1/proofs", body, SECRET)).await;
+    (status == StatusCode::CREATED).then(|| body["proof"].as_str().unwrap().to_owned())
+}
+
+/// A login as a machine's PAM lines make it: `auth` (a proof, when the password is right),
+/// then `session` with that proof.
 async fn login(st: &AppState, login: &str, host: &str) -> (StatusCode, Value) {
+    let proof = prove(st, login, host, &password(login)).await;
+    let body = json!({"login": login, "hostname": host, "proof": proof});
+    send(st, post(&ip(st, host), "/api/v1/sessions", body, SECRET)).await
+}
+
+/// A login with the machine secret alone, as keel took them before proofs.
+async fn login_unproven(st: &AppState, login: &str, host: &str) -> (StatusCode, Value) {
     let body = json!({"login": login, "hostname": host});
     send(st, post(&ip(st, host), "/api/v1/sessions", body, SECRET)).await
 }
@@ -232,7 +260,8 @@ async fn concurrent_logins_are_decided_once() {
 #[tokio::test]
 async fn recovery_rebuilds_from_heartbeats_and_holds_logins() {
     let dir = tempfile::tempdir().unwrap();
-    let st = site(&dir, Duration::from_secs(60)).await;
+    // Rebuilding takes the machine's word alone: only where proofs are off.
+    let st = site_with(&dir, Duration::from_secs(60), ProofPolicy::Off).await;
     let (status, body) = login(&st, "alice", "pc1").await;
     assert_eq!(
         (status, body["reason"].as_str()),
@@ -314,5 +343,182 @@ async fn sso_answers_each_status() {
     assert_eq!(
         sso(&st, sso_req("127.0.0.1", Some(&screen), false)).await,
         (s("authenticated"), Some(s("carol")))
+    );
+}
+
+/// Issue 31: with `[presence] proof`, the machine secret and address alone open no session — a
+/// contestant who read the secret from the NFS root cannot log someone else in on their seat.
+#[tokio::test]
+async fn r31_the_machine_secret_alone_cannot_open_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, Duration::ZERO).await;
+    let (status, body) = login_unproven(&st, "alice", "pc1").await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::LOCKED, Some("proof_needed")),
+        "{body}"
+    );
+    // A wrong password gets no proof; an unknown login neither, with the same answer.
+    assert!(prove(&st, "alice", "pc1", "not-her-password").await.is_none());
+    assert!(prove(&st, "zed", "pc1", "pw-zed").await.is_none());
+    // A proof is for its login and its machine, once.
+    let proof = prove(&st, "alice", "pc1", &password("alice")).await.unwrap();
+    let with = |login: &str, host: &str, proof: &str| {
+        let body = json!({"login": login, "hostname": host, "proof": proof});
+        post(&ip(&st, host), "/api/v1/sessions", body, SECRET)
+    };
+    let (status, body) = send(&st, with("bob", "pc1", &proof)).await;
+    assert_eq!(
+        body["reason"], "proof_needed",
+        "alice's proof is not bob's: {status} {body}"
+    );
+    let (status, body) = send(&st, with("alice", "pc2", &proof)).await;
+    assert_eq!(
+        body["reason"], "proof_needed",
+        "nor for another machine: {status} {body}"
+    );
+    let forged = format!("{}0", &proof[..proof.len() - 1]);
+    let (status, body) = send(&st, with("alice", "pc1", &forged)).await;
+    assert_eq!(
+        body["reason"], "proof_needed",
+        "a changed proof is nobody's: {status} {body}"
+    );
+    assert_eq!(send(&st, with("alice", "pc1", &proof)).await.0, StatusCode::CREATED);
+    assert!(st.db.snapshot().session("alice").unwrap().proven);
+    // Taken once: after a logout, the same proof opens nothing.
+    let pc1 = ip(&st, "pc1");
+    let del = from(
+        &pc1,
+        Request::delete("/api/v1/sessions/alice")
+            .header("x-keel-presence-secret", SECRET)
+            .body(Body::empty())
+            .unwrap(),
+    );
+    assert_eq!(send(&st, del).await.0, StatusCode::NO_CONTENT);
+    let (status, body) = send(&st, with("alice", "pc1", &proof)).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::LOCKED, Some("proof_needed"))
+    );
+    // Another machine cannot ask for a proof for pc1, even with the right password.
+    let body = json!({"login": "alice", "hostname": "pc1", "password": password("alice")});
+    let (status, _) = send(&st, post(&ip(&st, "pc2"), "/api/v1/proofs", body, SECRET)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// Sessions opened on the machine's word alone (before `[presence] proof` was turned on) are
+/// neither kept by heartbeats nor vouched for by the SSO; a proven login on the same seat
+/// proves them.
+#[tokio::test]
+async fn heartbeats_and_sso_keep_only_proven_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site_with(&dir, Duration::ZERO, ProofPolicy::Off).await;
+    assert_eq!(login_unproven(&st, "alice", "pc1").await.0, StatusCode::CREATED);
+    let pc1 = ip(&st, "pc1");
+    assert_eq!(
+        sso(&st, sso_req("127.0.0.1", Some(&pc1), false)).await.0,
+        "authenticated"
+    );
+    st.presence.reconfigure(PresenceConfig {
+        proof: ProofPolicy::Required,
+        ..(*st.presence.config()).clone()
+    });
+    let hb = json!({"hostname": "pc1", "logins": ["alice"]});
+    let (_, body) = send(&st, post(&pc1, "/api/v1/sessions/heartbeat", hb.clone(), SECRET)).await;
+    assert_eq!(
+        (body["refreshed"].clone(), body["unproven"].clone()),
+        (json!([]), json!(["alice"])),
+        "{body}"
+    );
+    assert_eq!(
+        sso(&st, sso_req("127.0.0.1", Some(&pc1), false)).await.0,
+        "logged-out machine"
+    );
+    assert_eq!(
+        login(&st, "alice", "pc1").await.0,
+        StatusCode::OK,
+        "the same seat, now proven"
+    );
+    let (_, body) = send(&st, post(&pc1, "/api/v1/sessions/heartbeat", hb, SECRET)).await;
+    assert_eq!(body["refreshed"], json!(["alice"]), "{body}");
+    assert_eq!(
+        sso(&st, sso_req("127.0.0.1", Some(&pc1), false)).await.0,
+        "authenticated"
+    );
+}
+
+/// `password`: a user with no password (keys, Kerberos) is logged in on the machine's word; a
+/// user with one needs its proof. Heartbeats never rebuild a session that needs a proof.
+#[tokio::test]
+async fn the_password_policy_asks_proof_of_users_who_have_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site_with(&dir, Duration::from_secs(60), ProofPolicy::Password).await;
+    let who = Principal::system();
+    let v = json!({"login": "dan", "group": "orga"});
+    let patch = UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_user(&who, patch).await.unwrap();
+    let pc1 = ip(&st, "pc1");
+    let hb = json!({"hostname": "pc1", "logins": ["alice"]});
+    let (_, body) = send(&st, post(&pc1, "/api/v1/sessions/heartbeat", hb, SECRET)).await;
+    assert_eq!(body["refused"][0]["reason"], "proof_needed", "{body}");
+    let staff1 = ip(&st, "staff1");
+    let hb = json!({"hostname": "staff1", "logins": ["dan"]});
+    let (_, body) = send(&st, post(&staff1, "/api/v1/sessions/heartbeat", hb, SECRET)).await;
+    assert_eq!(body["rebuilt"], json!(["dan"]), "{body}");
+}
+
+/// A login may be `heartbeat`: its logout is not eaten by the heartbeat's route (405 before).
+#[tokio::test]
+async fn r31_a_user_named_heartbeat_can_be_logged_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, Duration::ZERO).await;
+    let who = Principal::system();
+    let hash = keel_password::hash(&password("heartbeat")).unwrap();
+    let v = json!({"login": "heartbeat", "group": "orga", "password_hash": hash});
+    let patch = UserPatch::from_fields(Fields::new(v, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_user(&who, patch).await.unwrap();
+    assert_eq!(login(&st, "heartbeat", "staff1").await.0, StatusCode::CREATED);
+    let del = from(
+        &ip(&st, "staff1"),
+        Request::delete("/api/v1/sessions/heartbeat")
+            .header("x-keel-presence-secret", SECRET)
+            .body(Body::empty())
+            .unwrap(),
+    );
+    assert_eq!(send(&st, del).await.0, StatusCode::NO_CONTENT);
+    assert!(st.db.snapshot().session("heartbeat").is_none());
+}
+
+/// Issue 31: loopback is `[sso]`'s proxy (nginx on keel's host), not presence's: a local user on
+/// keel's host with the presence secret and an `X-Real-IP` header is no machine, unless
+/// `[presence] trusted_proxies` lists them.
+#[tokio::test]
+async fn r31_loopback_speaks_for_no_machine_unless_presence_trusts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, Duration::ZERO).await;
+    let pc1 = ip(&st, "pc1");
+    let through = |peer: &str| {
+        let body = json!({"login": "alice", "hostname": "pc1", "password": password("alice")});
+        let mut req = post(peer, "/api/v1/proofs", body, SECRET);
+        req.headers_mut().insert("x-real-ip", pc1.parse().unwrap());
+        req
+    };
+    assert_eq!(send(&st, through("127.0.0.1")).await.0, StatusCode::FORBIDDEN);
+    st.presence.reconfigure(PresenceConfig {
+        client_addr: crate::presence::ClientAddrConfig {
+            trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+            ..crate::presence::ClientAddrConfig::default()
+        },
+        ..(*st.presence.config()).clone()
+    });
+    assert_eq!(
+        send(&st, through("127.0.0.1")).await.0,
+        StatusCode::CREATED,
+        "a listed proxy"
+    );
+    assert_eq!(
+        send(&st, through("127.0.0.2")).await.0,
+        StatusCode::FORBIDDEN,
+        "and only it"
     );
 }

@@ -27,7 +27,7 @@ async fn site(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
         db.create_user(&who, patch).await.unwrap();
     }
     let services = keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
-    for (name, managers) in [("fa", vec!["mgr".to_owned()]), ("fb", vec![])] {
+    for (name, managers) in [("fa", vec!["user:mgr".parse().unwrap()]), ("fb", vec![])] {
         let f = Facility {
             name: name.into(),
             managers,
@@ -348,4 +348,28 @@ async fn a_session_loses_its_rights_with_its_user() {
     let services = keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
     st.db.put_facility(&who, fa, v, &services).await.unwrap();
     assert_eq!(send(&st, get("/propagation", &mgr)).await.status, StatusCode::SEE_OTHER);
+}
+
+/// Issue 31: one principal namespace. A facility that lists the *token* `mgr` (`token:mgr`, or a
+/// bare `mgr` as facilities listed tokens before) does not make the *user* `mgr` its manager on
+/// these pages; `user:mgr` does.
+#[tokio::test]
+async fn r31_a_login_spelled_like_a_managers_token_manages_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    assert!(login(&st, "mgr", "/propagation").await.is_ok(), "user:mgr manages fa");
+    let who = Principal::system();
+    let services: std::collections::BTreeSet<String> =
+        keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
+    for spelled in ["token:mgr", "mgr"] {
+        let mut fa = st.db.snapshot().facility("fa").unwrap().clone();
+        let v = fa.version;
+        fa.managers = vec![spelled.parse().unwrap()];
+        st.db.put_facility(&who, fa, v, &services).await.unwrap();
+        let refused = login(&st, "mgr", "/propagation").await.unwrap_err();
+        assert!(refused.body.contains("for admins and facility managers"), "{spelled}");
+    }
+    // The facility's record says which namespace each manager is in.
+    let stored = serde_json::to_value(st.db.snapshot().facility("fa").unwrap()).unwrap();
+    assert_eq!(stored["managers"], json!(["token:mgr"]));
 }

@@ -29,7 +29,7 @@ pub use presence_ops::Opened;
 pub use sqlite::SqliteStore;
 pub use store::{ChangeLog, Copying, Credentials, EngineState, Loaded, Records, Sharing, Store, Write};
 pub use token::{AuthError, NewToken, TokenRow};
-pub use web_session::{LoginFailures, WebSession, WEB_SSO_KEY};
+pub use web_session::{LoginFailures, WebSession, PRESENCE_PROOF_KEY, WEB_SSO_KEY};
 
 /// The current time as RFC 3339 UTC (what the change log records).
 pub fn now_rfc3339() -> String {

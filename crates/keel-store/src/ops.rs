@@ -320,6 +320,16 @@ impl Db {
         .await
     }
 
+    /// `[presence] proof` when keel.toml does not set it: `off` for a database made before
+    /// proofs (its machines' PAM lines have no `auth` step yet), `required` otherwise.
+    pub async fn default_proof_policy(&self) -> Result<keel_model::ProofPolicy, StoreError> {
+        Ok(if self.store().meta_flag("presence_proof_off").await? {
+            keel_model::ProofPolicy::Off
+        } else {
+            keel_model::ProofPolicy::Required
+        })
+    }
+
     /// Before roles were records, netboot took "the machine named rfsN" as RFS N, automount
     /// "hfsN", the DNS the aliases `mdb`, `sso`…, and `gw` was keel's host. Once, on a database
     /// from then, each such machine is given that role (logged, as `keel (roles)`), so an

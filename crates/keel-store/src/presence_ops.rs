@@ -2,7 +2,7 @@
 //! writer lock, against the Snapshot (so two logins racing for one user or one machine can never
 //! both be accepted).
 
-use keel_model::{Decision, Principal, Refusal, Session, Snapshot, User};
+use keel_model::{Decision, Principal, ProofPolicy, Refusal, Session, Snapshot, User};
 
 use crate::ops::record;
 use crate::store::Write;
@@ -20,13 +20,37 @@ pub enum Opened {
 
 impl Db {
     /// Logs `login` in on `hostname`, or says why not. A user without a home yet gets the
-    /// machine's HFS on this login, when a facility serves that HFS (docs/homes.md).
-    pub async fn open_session(&self, who: &Principal, login: &str, hostname: &str) -> Result<Opened, StoreError> {
-        let mut existing = None;
+    /// machine's HFS on this login, when a facility serves that HFS (docs/homes.md). `proven`:
+    /// the caller holds proof from the person (or is an admin); without it, `policy` decides
+    /// against the user as this commit sees them. A proven login on a session opened unproven
+    /// makes it proven.
+    pub async fn open_session(
+        &self,
+        who: &Principal,
+        login: &str,
+        hostname: &str,
+        proven: bool,
+        policy: ProofPolicy,
+    ) -> Result<Opened, StoreError> {
+        let (mut existing, mut upgraded) = (None, false);
         let mut home = None;
         let changes = self
             .write(who, |s, _| match s.decide_login(login, hostname, &now_rfc3339()) {
-                Ok(Decision::Open(new)) => {
+                _ if !proven && s.user(login).is_some_and(|u| policy.needs_proof(u)) => {
+                    Err(StoreError::Refused(Refusal::ProofNeeded {
+                        login: login.to_owned(),
+                    }))
+                }
+                Ok(Decision::Already(old)) if proven && !old.proven => {
+                    let now_proven = Session {
+                        proven: true,
+                        ..old.clone()
+                    };
+                    upgraded = true;
+                    Ok(vec![Write::put(&now_proven, Some(old.version), false)?])
+                }
+                Ok(Decision::Open(mut new)) => {
+                    new.proven = proven;
                     let mut writes = Vec::with_capacity(2);
                     if let Some(user) = first_home(s, login, hostname) {
                         home = user.hfs;
@@ -45,6 +69,7 @@ impl Db {
             .await?;
         match existing {
             Some(s) => Ok(Opened::Existing(s)),
+            None if upgraded => Ok(Opened::Existing(record(&changes, false)?)),
             None => Ok(Opened::New {
                 session: record(&changes, false)?,
                 home,
@@ -108,6 +133,7 @@ impl Db {
         who: &Principal,
         hostname: &str,
         logins: &[String],
+        policy: ProofPolicy,
     ) -> Result<(Vec<Session>, Vec<(String, Refusal)>), StoreError> {
         let mut refused = Vec::new();
         let changes = self
@@ -116,6 +142,12 @@ impl Db {
                 let mut next = s.clone();
                 let mut writes = Vec::new();
                 for login in logins {
+                    // A heartbeat is the machine's word only: it never rebuilds a session that
+                    // needs the person's proof.
+                    if next.user(login).is_some_and(|u| policy.needs_proof(u)) {
+                        refused.push((login.clone(), Refusal::ProofNeeded { login: login.clone() }));
+                        continue;
+                    }
                     match next.decide_login(login, hostname, &now) {
                         Ok(Decision::Open(new)) => {
                             writes.push(Write::put(&new, Some(0), false)?);

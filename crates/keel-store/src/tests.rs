@@ -473,18 +473,13 @@ mod propagation_rights {
     use crate::StoreError;
 
     fn manager(name: &str) -> Principal {
-        Principal {
-            name: name.into(),
-            role: Role::Manager,
-            facilities: Vec::new(),
-            host: None,
-        }
+        Principal::token(name, Role::Manager)
     }
 
     fn facility(name: &str, manager: &str) -> Facility {
         Facility {
             name: name.into(),
-            managers: vec![manager.into()],
+            managers: vec![keel_model::ManagerName::Token(manager.into())],
             groups: Vec::new(),
             members: Vec::new(),
             services: vec!["passwd".into()],
@@ -631,12 +626,7 @@ mod manager_reach {
     use crate::StoreError;
 
     fn who(name: &str) -> Principal {
-        Principal {
-            name: name.into(),
-            role: Role::Manager,
-            facilities: Vec::new(),
-            host: None,
-        }
+        Principal::token(name, Role::Manager)
     }
 
     fn dest(d: &str) -> Destination {
@@ -660,7 +650,7 @@ mod manager_reach {
         for (name, m) in [("a", "alice"), ("b", "bob")] {
             let f = Facility {
                 name: name.into(),
-                managers: vec![m.into()],
+                managers: vec![keel_model::ManagerName::Token(m.into())],
                 services: vec!["passwd".into()],
                 ..Facility::default()
             };
@@ -770,7 +760,9 @@ async fn sessions_follow_their_machine_through_rename_and_delete() {
     )
     .unwrap();
     db.create_user(&who, alice).await.unwrap();
-    db.open_session(&who, "alice", "h1").await.unwrap();
+    db.open_session(&who, "alice", "h1", true, keel_model::ProofPolicy::Required)
+        .await
+        .unwrap();
     let m = db.snapshot().machine_by_name("h1").unwrap().clone();
     let renamed = db
         .edit_machine(&who, "h1", m.version, patch(json!({"hostname": "h1b"})))
@@ -873,6 +865,11 @@ async fn names_give_roles_once_and_only_on_a_database_from_before_roles() {
     let db = open(&fresh).await;
     db.create_machine(&who, named("rfs2", 1)).await.unwrap();
     assert_eq!(db.migrate_roles().await.unwrap(), 0);
+    // Likewise presence proofs (migration 9): required on a database made now…
+    assert_eq!(
+        db.default_proof_policy().await.unwrap(),
+        keel_model::ProofPolicy::Required
+    );
     assert!(db.snapshot().machine_with(&MachineRole::Rfs(2)).is_none());
     drop(db);
 
@@ -908,6 +905,8 @@ async fn names_give_roles_once_and_only_on_a_database_from_before_roles() {
         Db::open(Arc::new(store), Pools::default()).await.unwrap()
     };
     let db = open_old().await;
+    // …off on one from before, whose machines have no PAM auth line yet.
+    assert_eq!(db.default_proof_policy().await.unwrap(), keel_model::ProofPolicy::Off);
     assert_eq!(db.migrate_roles().await.unwrap(), 1, "rfs2 becomes RFS 2, in the log");
     let rfs = db
         .snapshot()

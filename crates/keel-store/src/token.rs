@@ -30,6 +30,7 @@ impl TokenRow {
         Principal {
             name: self.name.clone(),
             role: self.role,
+            kind: keel_model::PrincipalKind::Token,
             facilities: self.facilities.clone(),
             host: self.host.clone(),
         }

@@ -15,8 +15,12 @@ pub struct WebSession {
 /// session): in the database, so a page from one server and its form posted to another agree.
 pub const WEB_SSO_KEY: &str = "web_sso_key";
 
+/// The key of presence proofs' MAC (keel-server's `proof`): in the database, so a proof one
+/// server issued is taken by another.
+pub const PRESENCE_PROOF_KEY: &str = "presence_proof_key";
+
 /// The secrets `Store::meta_secret` makes on demand; no other key of `meta` is ever handed out.
-pub(crate) const SECRETS: [&str; 1] = [WEB_SSO_KEY];
+pub(crate) const SECRETS: [&str; 2] = [WEB_SSO_KEY, PRESENCE_PROOF_KEY];
 
 /// Tries of one login's password since its last right one, this one included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use keel_model::Group;
 use serde::Deserialize;
 
 use super::{html, Errors, Form, Me, Nav, WebError, WebRole};
+use crate::auth::{check_password, PasswordCheck};
 use crate::AppState;
 
 const COOKIE: &str = "keel_session";
@@ -172,9 +173,12 @@ fn role_of(st: &AppState, login: &str) -> Option<WebRole> {
     if user.group == Group::Root {
         return Some(WebRole::Admin);
     }
+    // Only a facility that lists this *user* (`user:LOGIN`) makes them its manager here; a token
+    // spelled like their login does not (issue 31).
+    let me = keel_model::Principal::user(login, keel_model::Role::Manager);
     let managed: Vec<String> = snap
         .facilities()
-        .filter(|f| f.managers.iter().any(|m| m == login))
+        .filter(|f| f.is_managed_by(&me))
         .map(|f| f.name.clone())
         .collect();
     (!managed.is_empty()).then_some(WebRole::Manager(managed))
@@ -268,17 +272,19 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
     }
     let login = f.get("login").unwrap_or("").to_owned();
     let password = f.get("password").unwrap_or("").to_owned();
-    if let Some(wait) = crate::auth::Throttle::attempt(&st.db, &login).await {
-        let login = crate::auth::shown(&login);
-        let msg = format!("Too many wrong passwords: try again in {} s.", wait.as_secs() + 1);
-        return render_login(&st, next, login, msg);
+    match check_password(&st, &login, password).await {
+        PasswordCheck::Right => {}
+        PasswordCheck::Wait(wait) => {
+            let login = crate::auth::shown(&login);
+            let msg = format!("Too many wrong passwords: try again in {} s.", wait.as_secs() + 1);
+            return render_login(&st, next, login, msg);
+        }
+        PasswordCheck::Wrong => {
+            let login = crate::auth::shown(&login);
+            crate::refused!(WARN, %login, "web login refused: wrong login or password");
+            return render_login(&st, next, login, "Wrong login or password.".into());
+        }
     }
-    if !check_password(&st, &login, password).await {
-        let login = crate::auth::shown(&login);
-        crate::refused!(WARN, %login, "web login refused: wrong login or password");
-        return render_login(&st, next, login, "Wrong login or password.".into());
-    }
-    crate::auth::Throttle::succeeded(&st.db, &login).await;
     let Some(role) = role_of(&st, &login) else {
         crate::refused!(WARN, %login, "web login refused: neither an admin nor a facility manager");
         return render_login(
@@ -300,20 +306,6 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
-}
-
-/// The same answer, and the same work, for an unknown login and a wrong password.
-async fn check_password(st: &AppState, login: &str, password: String) -> bool {
-    let stored = st
-        .db
-        .snapshot()
-        .user(login)
-        .map(|u| u.password_hash.clone())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| crate::rest::DUMMY_HASH.to_owned());
-    tokio::task::spawn_blocking(move || keel_password::verify(&password, &stored))
-        .await
-        .unwrap_or(false)
 }
 
 pub(crate) async fn logout(State(st): State<AppState>, me: Me, headers: HeaderMap, body: Bytes) -> Response {
@@ -374,20 +366,22 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
     if new != again {
         return render_password(&st, login, Errors::one("again", "the two new passwords differ"), false);
     }
-    if let Some(wait) = crate::auth::Throttle::attempt(&st.db, &login).await {
-        let login = crate::auth::shown(&login);
-        let e = Errors::one(
-            "old",
-            format!("too many wrong passwords: try again in {} s", wait.as_secs() + 1),
-        );
-        return render_password(&st, login, e, false);
+    match check_password(&st, &login, f.get("old").unwrap_or("").to_owned()).await {
+        PasswordCheck::Right => {}
+        PasswordCheck::Wait(wait) => {
+            let login = crate::auth::shown(&login);
+            let e = Errors::one(
+                "old",
+                format!("too many wrong passwords: try again in {} s", wait.as_secs() + 1),
+            );
+            return render_password(&st, login, e, false);
+        }
+        PasswordCheck::Wrong => {
+            let login = crate::auth::shown(&login);
+            crate::refused!(WARN, %login, "web password change refused: wrong login or password");
+            return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
+        }
     }
-    if !check_password(&st, &login, f.get("old").unwrap_or("").to_owned()).await {
-        let login = crate::auth::shown(&login);
-        crate::refused!(WARN, %login, "web password change refused: wrong login or password");
-        return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
-    }
-    crate::auth::Throttle::succeeded(&st.db, &login).await;
     let new = new.to_owned();
     let hash = match tokio::task::spawn_blocking(move || keel_password::hash(&new)).await {
         Ok(Ok(h)) => h,
@@ -401,12 +395,7 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
         password_changed: Some(true),
         ..Default::default()
     };
-    let who = keel_model::Principal {
-        name: login.clone(),
-        role: keel_model::Role::Readonly,
-        facilities: Vec::new(),
-        host: None,
-    };
+    let who = keel_model::Principal::user(&login, keel_model::Role::Readonly);
     match st.db.edit_user(&who, &login, user.version, patch).await {
         Ok(_) => {
             tracing::info!(%login, "password changed on the web page");

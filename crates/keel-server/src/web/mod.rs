@@ -129,17 +129,10 @@ impl Me {
     /// The principal the change log records for this person's writes.
     pub(crate) fn principal(&self) -> Principal {
         match &self.role {
-            WebRole::Admin => Principal {
-                name: self.login.clone(),
-                role: Role::Admin,
-                facilities: Vec::new(),
-                host: None,
-            },
+            WebRole::Admin => Principal::user(&self.login, Role::Admin),
             WebRole::Manager(f) => Principal {
-                name: self.login.clone(),
-                role: Role::Manager,
                 facilities: f.clone(),
-                host: None,
+                ..Principal::user(&self.login, Role::Manager)
             },
         }
     }

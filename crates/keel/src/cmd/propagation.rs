@@ -65,9 +65,10 @@ pub enum FacilityCmd {
 
 #[derive(Debug, clap::Args)]
 pub struct FacilityFields {
-    /// Principals (token names) managing it.
+    /// Who manages it: API tokens and user logins, each named as such (`token:NAME`,
+    /// `user:LOGIN`; a bare name is a token's).
     #[arg(long, value_delimiter = ',')]
-    managers: Option<Vec<String>>,
+    managers: Option<Vec<keel_model::ManagerName>>,
     /// Groups whose users it receives: user, orga, root.
     #[arg(long, value_delimiter = ',')]
     groups: Option<Vec<Group>>,
@@ -253,7 +254,7 @@ pub async fn facility(c: &Client, cmd: &FacilityCmd, json: bool) -> anyhow::Resu
             let members: Vec<&str> = f.members.iter().map(Login::as_str).collect();
             vec![
                 f.name.clone(),
-                f.managers.join(","),
+                f.managers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
                 groups.join(","),
                 members.join(","),
                 f.services.join(","),

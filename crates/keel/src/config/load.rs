@@ -109,6 +109,9 @@ pub struct ServeConfig {
     pub server: ServerConfig,
     /// Where the presence secret is (made on first start when it is the default file).
     pub presence_secret_file: PathBuf,
+    /// `[presence] proof` as the file sets it; unset, the database's age decides
+    /// (`Db::default_proof_policy`).
+    pub presence_proof: Option<keel_model::ProofPolicy>,
     pub propagation: Option<Propagation>,
     pub dns: Option<Listener<keel_server::dns::DnsConfig>>,
     pub tftp: Option<Listener<keel_server::tftp::TftpConfig>>,
@@ -366,6 +369,7 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
         keep_days: file.log.keep_days,
         server,
         presence_secret_file,
+        presence_proof: file.presence.proof,
         propagation,
         dns,
         tftp,
@@ -516,6 +520,12 @@ fn presence(file: &FileConfig, secret_file: &Path, found: &mut Found) -> Option<
         recovery: file.presence.recovery_secs.map_or(timeout, Duration::from_secs),
         secret,
         map_public: file.presence.map_public.unwrap_or(true),
+        // Unset: `keel serve` asks the database (ServeConfig::presence_proof).
+        proof: file.presence.proof.unwrap_or_default(),
+        client_addr: keel_server::presence::ClientAddrConfig {
+            trusted_proxies: file.presence.trusted_proxies.clone().unwrap_or_default(),
+            ..file.sso.client_addr()
+        },
     })
 }
 

@@ -235,13 +235,21 @@ pub struct PresenceFile {
     pub secret_file: Option<PathBuf>,
     /// `/map` without a token (default true: the site's network sees who sits where).
     pub map_public: Option<bool>,
+    /// Which sessions a machine opens only with proof of the person's password: `off`,
+    /// `password` (users who have one), `required` (default for a data directory made by this
+    /// version; `off` for an older one).
+    pub proof: Option<keel_model::ProofPolicy>,
+    /// Proxies whose client-address header presence believes (default none: machines call keel
+    /// directly; `[sso] trusted_proxies` is nginx's, not the machines').
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
 /// `[sso]`: nginx `auth_request` answers.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SsoFile {
-    /// The header nginx puts the client's address in (default `X-Real-IP`); presence reads it too.
+    /// The header nginx puts the client's address in (default `X-Real-IP`); presence reads it
+    /// too, from its own `trusted_proxies`.
     pub client_header: Option<String>,
     /// Peers whose client header is believed (default 127.0.0.1 and ::1).
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,

@@ -39,6 +39,30 @@ pub use data_dir::{lock_data_dir, private_data_dir};
 pub use database::redact;
 pub use tls::check_certificate;
 
+/// Facilities listed managers by bare name before names had namespaces; a bare name is a token's
+/// (what the API always said). One that names no token but a user's login was probably meant for
+/// that user's web pages, which it no longer opens: say so once at start.
+async fn report_user_like_managers(db: &Db) {
+    let tokens: std::collections::BTreeSet<String> = match db.store().tokens().await {
+        Ok(rows) => rows.into_iter().map(|t| t.name).collect(),
+        Err(e) => return tracing::warn!(%e, "cannot read tokens to check facilities' managers"),
+    };
+    let snap = db.snapshot();
+    for f in snap.facilities() {
+        for m in &f.managers {
+            if let keel_model::ManagerName::Token(name) = m {
+                if !tokens.contains(name) && snap.user(name).is_some() {
+                    tracing::warn!(
+                        facility = %f.name,
+                        manager = %m,
+                        "this manager is a token's name and no token has it, but a user has this login: to let that user manage the facility on the web, list user:{name}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyhow::Result<()> {
     private_data_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
@@ -66,8 +90,25 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
             .context("cannot load the example site")?;
     }
     reload::report_outside_pools(&db);
+    report_user_like_managers(&db).await;
     db.set_own_addresses(own_addresses(&cfg));
     tokio::spawn(trim_log_forever(db.clone(), cfg.keep_changes, cfg.keep_days));
+    let proof_default = db
+        .default_proof_policy()
+        .await
+        .context("cannot read the database's presence proof default")?;
+    cfg.server.presence.proof = cfg.presence_proof.unwrap_or(proof_default);
+    tracing::info!(
+        proof = %cfg.server.presence.proof,
+        from = if cfg.presence_proof.is_some() { "keel.toml" } else { "the data directory's age" },
+        "presence proof"
+    );
+    if cfg.server.presence.proof != keel_model::ProofPolicy::Off && cfg.tls.is_none() {
+        tracing::warn!(
+            proof = %cfg.server.presence.proof,
+            "machines send a password for a presence proof only over HTTPS, and keel has no [tls] listen: their logins will be refused (proof_needed). Set [tls] listen (docs/tls.md), or [presence] proof = \"off\""
+        );
+    }
     if cfg.server.presence.secret.is_none() {
         let secret = data_dir::read_or_create_secret(&cfg.presence_secret_file)?;
         cfg.server.presence.secret = Some(secret.into());
@@ -136,6 +177,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
         zones,
         cert,
         logging,
+        proof_default,
     };
     reload::listen(live, cfg)?;
     // Migrated, listening (HTTP, HTTPS, DNS, TFTP) and propagating: what Type=notify waits for.

@@ -6,7 +6,7 @@
 //!   and users outside the new pools keep their addresses and uids and are counted in the log;
 //! - `[propagation.services]` and `[propagation.generators]` (the firewall's settings among them):
 //!   the engine's services and options, every task planned once;
-//! - `[presence]`: timeout, recovery, secret, map_public;
+//! - `[presence]`: timeout, recovery, secret, map_public, proof, trusted_proxies;
 //! - `[logging] level`;
 //! - the TLS certificate, read again from its files (a renewed certificate needs no restart);
 //!
@@ -45,6 +45,8 @@ pub(in crate::serve) struct Live {
     pub zones: Option<LiveZones>,
     pub cert: Option<Arc<LiveCert>>,
     pub logging: crate::logging::Logging,
+    /// `[presence] proof` when the file does not set it (the database's age decides, once).
+    pub proof_default: keel_model::ProofPolicy,
 }
 
 /// The outcome of one reload, as DATA_DIR/reload.json holds it.
@@ -213,6 +215,7 @@ impl Live {
     /// Presence's settings, and its secret read again (a rotated secret applies without a restart).
     fn reload_presence(&self, running: &mut ServeConfig, new: &ServeConfig, report: &mut Report) {
         let mut presence = new.server.presence.clone();
+        presence.proof = new.presence_proof.unwrap_or(self.proof_default);
         if presence.secret.is_none() {
             match super::data_dir::read_or_create_secret(&new.presence_secret_file) {
                 Ok(s) => presence.secret = Some(s.into()),
@@ -226,7 +229,9 @@ impl Live {
         let same = before.timeout == presence.timeout
             && before.recovery == presence.recovery
             && before.map_public == presence.map_public
-            && before.secret == presence.secret;
+            && before.secret == presence.secret
+            && before.proof == presence.proof
+            && before.client_addr.trusted_proxies == presence.client_addr.trusted_proxies;
         if !same {
             report.applied.push("presence settings".into());
         }

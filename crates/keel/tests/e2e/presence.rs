@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::propagation::{agent_bin, api, public_key, AgentHost};
 use crate::support::eventually;
-use crate::support::{req, require_tool, Keel};
+use crate::support::{req, require_tool, wait_for_file, Keel};
 
 /// Pools on loopback, so that curl's `--interface 127.0.5.x` is a machine's address.
 pub const LOOPBACK_POOLS: &str = "[pools.user]\nnetwork = \"127.0.5.0/24\"\n[pools.orga]\nnetwork = \"127.0.6.0/24\"\n\
@@ -61,6 +61,13 @@ pub async fn add_user(k: &Keel, login: &str, group: &str) {
         Some(json!({"login": login, "group": group})),
     )
     .await;
+}
+
+/// A user whose password is `pw-<login>` (what the PAM test types).
+async fn add_user_with_password(k: &Keel, login: &str, group: &str) {
+    let hash = keel_password::hash(&format!("pw-{login}")).unwrap();
+    let body = json!({"login": login, "group": group, "password_hash": hash});
+    api(k, Method::POST, "/api/v1/users", Some(body)).await;
 }
 
 pub async fn login(k: &Keel, login: &str, hostname: &str) -> (u16, Value) {
@@ -383,12 +390,21 @@ async fn firewall_follows_logins_and_contest_mode_inside_a_network_namespace() {
     assert!(rules.contains("keel-drop: ") && rules.contains("@internet"), "{rules}");
 }
 
-/// A machine's presence.toml (in `dir`, with its utmp and state file there) for keel `k`.
+/// A machine's presence.toml (in `dir`, with its utmp, state file and proofs there) for keel `k`.
 pub fn presence_toml(k: &Keel, dir: &Path, hostname: &str) -> PathBuf {
+    presence_toml_at(k, &k.url, dir, hostname)
+}
+
+/// The same, calling keel at `url` (its HTTPS listener: with the site CA keel made).
+fn presence_toml_at(k: &Keel, url: &str, dir: &Path, hostname: &str) -> PathBuf {
     let cfg = dir.join("presence.toml");
+    let ca = if url.starts_with("https://") {
+        format!("ca_file = \"{}\"\n", k.data().join("tls/ca.pem").display())
+    } else {
+        String::new()
+    };
     let text = format!(
-        "url = \"{}\"\nsecret_file = \"{}\"\nhostname = \"{hostname}\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\n",
-        k.url,
+        "url = \"{url}\"\n{ca}secret_file = \"{}\"\nhostname = \"{hostname}\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\nproof_dir = \"{t}/proofs\"\n",
         k.data().join(files::PRESENCE_SECRET).display(),
         t = dir.display()
     );
@@ -399,15 +415,33 @@ pub fn presence_toml(k: &Keel, dir: &Path, hostname: &str) -> PathBuf {
 /// `keel-agent presence` as pam_exec runs it; the machine is 127.0.0.1 so its calls come from
 /// its own address.
 fn pam(cfg: &Path, kind: &str, user: &str) -> (bool, String) {
-    let out = Command::new(agent_bin())
+    pam_with(cfg, kind, user, b"")
+}
+
+/// The same, with `stdin` as pam_exec gives it (`expose_authtok`: the password, NUL-terminated).
+fn pam_with(cfg: &Path, kind: &str, user: &str, stdin: &[u8]) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(agent_bin())
         .args(["presence", "--presence-config"])
         .arg(cfg)
         .arg("pam")
         .env("PAM_TYPE", kind)
         .env("PAM_USER", user)
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A login at the machine's prompt: PAM's `auth` step with the password typed, then `session`.
+fn pam_login(cfg: &Path, user: &str, password: &str) -> (bool, String) {
+    let (ok, said) = pam_with(cfg, "auth", user, format!("{password}\0").as_bytes());
+    assert!(ok, "the auth step never refuses: {said}");
+    pam(cfg, "open_session", user)
 }
 
 pub fn heartbeat(cfg: &Path) -> (bool, Value) {
@@ -423,20 +457,32 @@ pub fn heartbeat(cfg: &Path) -> (bool, Value) {
     )
 }
 
+/// Runs with `[presence] proof` as a new data directory has it (required): the machine's PAM
+/// lines send the password typed over HTTPS for a proof, the session presents it.
 #[tokio::test]
 async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_alive() {
     let pools = LOOPBACK_POOLS.replace("127.0.5.0/24", "127.0.0.0/24");
     let mut k = Keel::start_with_config(
-        &format!("{pools}[presence]\ntimeout_secs = 2\nrecovery_secs = 0\n"),
+        &format!("{pools}[presence]\ntimeout_secs = 2\nrecovery_secs = 0\n[tls]\nlisten = \"127.0.0.1:0\"\n"),
         &[],
     );
     add_machine(&k, "pc1", "user", "127.0.0.1").await;
     add_machine(&k, "pc2", "user", "127.0.0.2").await;
-    add_user(&k, "alice", "user").await;
-    add_user(&k, "bob", "user").await;
+    add_user_with_password(&k, "alice", "user").await;
+    add_user_with_password(&k, "bob", "user").await;
+    let tls = wait_for_file(&k.data().join("tls.addr"), Duration::from_secs(30), || false).expect("tls.addr");
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = presence_toml(&k, tmp.path(), "pc1");
-    assert!(pam(&cfg, "open_session", "alice").0);
+    let cfg = presence_toml_at(&k, &format!("https://{}", tls.trim()), tmp.path(), "pc1");
+    // The machine's secret alone opens nothing, nor does a wrong password.
+    let (ok, said) = pam(&cfg, "open_session", "alice");
+    assert!(!ok && said.contains("proof of alice's password"), "{said}");
+    let (ok, said) = pam_login(&cfg, "alice", "pw-bob");
+    assert!(!ok && said.contains("proof of alice's password"), "{said}");
+    assert!(pam_login(&cfg, "alice", "pw-alice").0);
+    assert!(
+        !tmp.path().join("proofs/alice").exists(),
+        "a proof is used once, then gone"
+    );
     assert_eq!(
         k.admin()
             .call::<Value>(Method::GET, "/api/v1/sessions", None, None)
@@ -445,7 +491,7 @@ async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_ali
             .value[0]["hostname"],
         "pc1"
     );
-    let (ok, said) = pam(&cfg, "open_session", "bob");
+    let (ok, said) = pam_login(&cfg, "bob", "pw-bob");
     assert!(!ok && said.contains("pc1 is in use by alice"), "{said}");
     // utmp says alice is here: heartbeats keep her session past the 2 s timeout.
     let me = std::process::id() as i32;
@@ -470,7 +516,7 @@ async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_ali
     assert!(login(&k, "alice", "pc1").await.0 == 201);
     // keel unreachable: the default policy lets users of unknown groups in, and says why.
     k.kill9();
-    let (ok, _) = pam(&cfg, "open_session", "bob");
+    let (ok, _) = pam_login(&cfg, "bob", "pw-bob");
     assert!(ok);
     assert!(pam(&cfg, "close_session", "bob").0, "a logout is never blocked");
 }
@@ -480,7 +526,8 @@ async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_ali
 #[tokio::test]
 async fn a_restart_never_logs_everyone_out_and_heartbeats_rebuild_sessions() {
     let pools = LOOPBACK_POOLS.replace("127.0.5.0/24", "127.0.0.0/24");
-    let toml = format!("{pools}[presence]\ntimeout_secs = 3\nrecovery_secs = 3\n");
+    // `password`: these users have none (keys, Kerberos), so the machines' word is what counts.
+    let toml = format!("{pools}[presence]\ntimeout_secs = 3\nrecovery_secs = 3\nproof = \"password\"\n");
     let mut k = Keel::start_with_config(&toml, &[]);
     add_machine(&k, "pc1", "user", "127.0.0.1").await;
     add_machine(&k, "pc2", "user", "127.0.0.2").await;
