@@ -164,8 +164,9 @@ fn report(data: &Path) -> Option<Value> {
 }
 
 /// Under systemd (stderr is the journal stream `$JOURNAL_STREAM` names) each line carries its
-/// syslog priority and no timestamp or colour of keel's own; a login holding a newline and an
-/// escape code is logged as one line, escaped.
+/// syslog priority and no timestamp or colour of keel's own; a web login and a TFTP file name
+/// holding a newline and an escape code are each logged as one line, escaped (issue 31: one
+/// field formatter for every value, whoever set it).
 #[tokio::test]
 async fn journal_lines_carry_their_priority_and_no_logged_value_forges_a_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,8 +227,14 @@ async fn journal_lines_carry_their_priority_and_no_logged_value_forges_a_line() 
         .await
         .unwrap();
     assert_eq!(sent.status(), 200, "the form answered (a refusal page)");
-    eventually(20, "the refusal logged", async || {
-        std::fs::read_to_string(&log).unwrap().contains("web login refused")
+    // The same in a TFTP file name (a request from anyone on the LAN).
+    let tftp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rrq = vec![0, 1];
+    rrq.extend_from_slice(b"y\nFORGED tftp root\x1b[2J\0octet\0");
+    tftp.send_to(&rrq, &p.tftp).unwrap();
+    eventually(20, "both refusals logged", async || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.contains("web login refused") && text.contains("tftp: refused or not found")
     })
     .await;
     let text = std::fs::read_to_string(&log).unwrap();
@@ -239,6 +246,8 @@ async fn journal_lines_carry_their_priority_and_no_logged_value_forges_a_line() 
     let refused = lines.iter().find(|l| l.contains("web login refused")).unwrap();
     assert!(refused.starts_with("<4>"), "a warning at priority 4: {refused}");
     assert!(refused.contains("x\\nFORGED root logged in\\e[2J"), "{refused}");
+    let tftp = lines.iter().find(|l| l.contains("tftp: refused")).unwrap();
+    assert!(tftp.contains("y\\nFORGED tftp root\\e[2J"), "{tftp}");
     assert!(
         !text.lines().any(|l| l.starts_with("FORGED")) && !text.contains('\x1b'),
         "no line forged, no escape code written: {text}"
