@@ -267,28 +267,37 @@ mod tests {
         }]
     }
 
-    fn raw_tar(members: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    /// A tar as an attacker writes it: any name (a name over 100 bytes through a GNU long-name
+    /// member), any member type.
+    pub(super) fn raw_tar(members: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
         let mut t = tar::Builder::new(Vec::new());
         for (name, kind, data) in members {
+            let bytes = name.as_bytes();
+            if bytes.len() > 100 {
+                let mut long = tar::Header::new_gnu();
+                long.set_entry_type(tar::EntryType::GNULongName);
+                long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+                long.set_size(bytes.len() as u64 + 1);
+                long.set_cksum();
+                t.append(&long, [bytes, b"\0"].concat().as_slice()).unwrap();
+            }
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*kind);
             h.set_size(data.len() as u64);
             h.set_mode(0o644);
-            if kind.is_symlink() {
-                h.set_size(0);
-                t.append_link(&mut h, name, "/etc/shadow").unwrap();
-            } else {
-                // set_path refuses "..": write the name bytes directly, as an attacker would.
-                let bytes = name.as_bytes();
-                h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
-                h.set_cksum();
-                t.append(&h, *data).unwrap();
+            if kind.is_symlink() || *kind == tar::EntryType::Link {
+                h.as_old_mut().linkname[..11].copy_from_slice(b"/etc/shadow");
             }
+            // set_path refuses "..": write the name bytes directly, as an attacker would.
+            let short = &bytes[..bytes.len().min(100)];
+            h.as_old_mut().name[..short.len()].copy_from_slice(short);
+            h.set_cksum();
+            t.append(&h, *data).unwrap();
         }
         t.into_inner().unwrap()
     }
 
-    fn signed(key: &SecretKey, m: &serde_json::Value) -> (Vec<u8>, [u8; 64]) {
+    pub(super) fn signed(key: &SecretKey, m: &serde_json::Value) -> (Vec<u8>, [u8; 64]) {
         let json = serde_json::to_vec(m).unwrap();
         let sig = key.sign(&json);
         (json, sig)
@@ -513,6 +522,138 @@ mod fuzz {
                 // then it must be exactly the bundle that was signed.
                 prop_assert_eq!(opened.files.get("passwd").map(|d| d.to_vec()), Some(b"alice:x:10001:10000::/home/alice:/bin/sh\n".to_vec()));
                 prop_assert_eq!(opened.manifest.serial, 1);
+            }
+        }
+    }
+
+    /// A member of a hostile archive: its name, type, contents, and how the manifest lists it.
+    #[derive(Debug, Clone)]
+    struct Member {
+        name: String,
+        kind: u8,
+        data: Vec<u8>,
+        listed: bool,
+        size_lie: bool,
+    }
+
+    fn member() -> impl Strategy<Value = Member> {
+        let name = prop_oneof![
+            4 => "[a-z]{1,6}(/[a-z]{1,6}){0,24}",
+            1 => "(\\.\\./)+[a-z]{1,4}",
+            1 => "/[a-z]{1,6}(/[a-z]{1,6}){0,3}",
+            1 => "[a-z]{1,4}//[a-z]{1,4}|\\.|[a-z]/\\./[a-z]",
+            1 => "MANIFEST\\.(json|sig|x)",
+            1 => any::<String>().prop_map(|s| s.chars().take(120).collect()),
+        ];
+        let data = prop_oneof![
+            8 => proptest::collection::vec(any::<u8>(), 0..256),
+            // A member as big as the limit allows, and bigger (a tar bomb, once compressed).
+            1 => (0usize..(96 << 10)).prop_map(|n| vec![0u8; n]),
+        ];
+        (name, 0u8..8, data, any::<bool>(), proptest::bool::weighted(0.05)).prop_map(
+            |(name, kind, data, listed, size_lie)| Member {
+                name,
+                kind,
+                data,
+                listed,
+                size_lie,
+            },
+        )
+    }
+
+    fn kind_of(k: u8) -> tar::EntryType {
+        match k {
+            0 => tar::EntryType::Symlink,
+            1 => tar::EntryType::Link,
+            2 => tar::EntryType::Directory,
+            3 => tar::EntryType::Fifo,
+            _ => tar::EntryType::Regular,
+        }
+    }
+
+    /// The manifest a signer would write for `members` (those listed), with `padding` more
+    /// entries naming nothing (a huge manifest), signed by `key`.
+    fn manifest_for(key: &SecretKey, members: &[Member], padding: usize) -> (Vec<u8>, [u8; 64]) {
+        let mut files: Vec<serde_json::Value> = members
+            .iter()
+            .filter(|m| m.listed)
+            .map(|m| {
+                let size = m.data.len() as u64 + u64::from(m.size_lie);
+                serde_json::json!({"path": m.name, "mode": 0o644, "size": size, "sha256": crate::sha256_hex(&m.data)})
+            })
+            .collect();
+        files.extend(
+            (0..padding)
+                .map(|i| serde_json::json!({"path": format!("p/{i}"), "mode": 0o644, "size": 0, "sha256": "00"})),
+        );
+        let m = serde_json::json!({
+            "format": crate::FORMAT, "service": "passwd", "version": Version::new(1, 0),
+            "facility": "lan", "destination": "h.prolo", "run_id": "r", "created": "now",
+            "serial": 1, "files": files,
+        });
+        super::tests::signed(key, &m)
+    }
+
+    /// The generator is not vacuous: without anything hostile, what it builds opens, plain or
+    /// compressed.
+    #[test]
+    fn the_hostile_archive_builder_makes_a_bundle_that_opens_when_nothing_is_hostile() {
+        let key = SecretKey::generate().unwrap();
+        let good = Member {
+            name: "etc/passwd".into(),
+            kind: 7,
+            data: b"alice:x:10001:10000::/home/alice:/bin/sh\n".to_vec(),
+            listed: true,
+            size_lie: false,
+        };
+        let (json, sig) = manifest_for(&key, std::slice::from_ref(&good), 0);
+        let tar = super::tests::raw_tar(&[
+            ("MANIFEST.json", tar::EntryType::Regular, &json),
+            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+            (&good.name, kind_of(good.kind), &good.data),
+        ]);
+        let b = Bundle::open(&tar, &[key.public()], Limits::default()).unwrap();
+        assert_eq!(&b.files["etc/passwd"][..], &good.data[..]);
+        let zst = zstd::stream::encode_all(&tar[..], 1).unwrap();
+        assert!(Bundle::open(&zst, &[key.public()], Limits::default()).is_ok());
+    }
+
+    proptest! {
+        /// Issue 31: signed archives an attacker with the key's trust could never make keel
+        /// send, but a compromised path could deliver — deep and escaping paths, links, devices,
+        /// duplicate and unlisted members, lying sizes, huge manifests, tar and zstd bombs — are
+        /// refused or open within the limits, never past them.
+        #[test]
+        fn fuzz_hostile_bundle_archives(
+            members in proptest::collection::vec(member(), 0..20),
+            padding in prop_oneof![8 => Just(0usize), 1 => 0usize..5_000],
+            encoding in 0u8..4,
+        ) {
+            let key = SecretKey::generate().unwrap();
+            let limits = Limits { max_files: 16, max_total_bytes: 64 << 10 };
+            let (json, sig) = manifest_for(&key, &members, padding);
+            let mut entries: Vec<(&str, tar::EntryType, &[u8])> = vec![
+                ("MANIFEST.json", tar::EntryType::Regular, &json),
+                ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+            ];
+            entries.extend(members.iter().map(|m| (m.name.as_str(), kind_of(m.kind), m.data.as_slice())));
+            let tar = super::tests::raw_tar(&entries);
+            let raw = match encoding {
+                0 => tar,
+                1 => zstd::bulk::compress(&tar, 1).unwrap(),
+                2 => zstd::stream::encode_all(&tar[..], 1).unwrap(),
+                // A bomb: the archive, then megabytes of zeros in the same stream.
+                _ => zstd::stream::encode_all(&[tar, vec![0u8; 1 << 20]].concat()[..], 1).unwrap(),
+            };
+            if let Ok(b) = Bundle::open(&raw, &[key.public()], limits) {
+                prop_assert!(b.files.len() <= limits.max_files);
+                prop_assert!(b.files.values().map(|d| d.len() as u64).sum::<u64>() <= limits.max_total_bytes);
+                for (path, data) in &b.files {
+                    prop_assert!(check_rel_path(path).is_ok(), "{:?} opened", path);
+                    let m = members.iter().find(|m| &m.name == path).unwrap();
+                    prop_assert!(m.listed && !m.size_lie && kind_of(m.kind).is_file());
+                    prop_assert_eq!(&data[..], &m.data[..]);
+                }
             }
         }
     }

@@ -120,6 +120,38 @@ pub(crate) async fn move_home(
     Ok((StatusCode::OK, Json(moved.public_json())).into_response())
 }
 
+/// What of keel's own environment a hook sees: where programs and the keel user's home are, and
+/// the locale. Nothing else — keel's environment may hold a database URL with its password, and
+/// systemd's `NOTIFY_SOCKET`, which a hook must not speak on.
+const HOOK_PASSES: [&str; 7] = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ"];
+
+/// Where a hook looks for programs when keel has no PATH (systemd always gives one).
+const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The hook's whole environment: [`HOOK_PASSES`] from keel's (`keel_env`), then the move, each
+/// value a login or a number (the model's checks): nothing a shell would read twice.
+fn hook_env(
+    user: &keel_model::User,
+    from: u32,
+    to: u32,
+    keel_env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<(String, std::ffi::OsString)> {
+    let mut env: Vec<(String, std::ffi::OsString)> = HOOK_PASSES
+        .iter()
+        .filter_map(|k| keel_env(k).map(|v| ((*k).to_owned(), v)))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), HOOK_PATH.into()));
+    }
+    env.extend([
+        ("KEEL_LOGIN".into(), user.login.as_str().into()),
+        ("KEEL_UID".into(), user.uid.to_string().into()),
+        ("KEEL_FROM_HFS".into(), from.to_string().into()),
+        ("KEEL_TO_HFS".into(), to.to_string().into()),
+    ]);
+    env
+}
+
 /// The hook, with the move in its environment; its failure (exit code, stderr's end) is the error.
 async fn run_hook(
     hook: &[String],
@@ -133,10 +165,8 @@ async fn run_hook(
         .ok_or_else(|| ApiError::Failed("[homes] move_hook is empty".into()))?;
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args)
-        .env("KEEL_LOGIN", user.login.as_str())
-        .env("KEEL_UID", user.uid.to_string())
-        .env("KEEL_FROM_HFS", from.to_string())
-        .env("KEEL_TO_HFS", to.to_string())
+        .env_clear()
+        .envs(hook_env(user, from, to, |k| std::env::var_os(k)))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let out = tokio::time::timeout(timeout, cmd.output())
@@ -165,4 +195,93 @@ async fn run_hook(
         "the move hook failed ({}); nothing recorded: {tail}",
         out.status
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn user(login: &str, uid: u32) -> keel_model::User {
+        keel_model::User {
+            login: keel_model::Login::parse("login", login).unwrap(),
+            firstname: "$(reboot)\n".into(),
+            lastname: "`id`;".into(),
+            group: keel_model::Group::User,
+            uid,
+            shell: "/bin/sh".into(),
+            ssh_keys: Vec::new(),
+            password_hash: String::new(),
+            password_changed: false,
+            hfs: Some(1),
+            version: 1,
+        }
+    }
+
+    proptest! {
+        /// Issue 31: whatever keel's own environment holds, and whoever the user is, the hook sees
+        /// only the passed-through names and the move, each value the record's own.
+        #[test]
+        fn fuzz_move_home_environment(
+            login in "[a-z_][a-z0-9_]{0,30}",
+            uid in any::<u32>(),
+            from in any::<u32>(),
+            to in any::<u32>(),
+            keel_env in proptest::collection::btree_map("[A-Z_]{1,12}|NOTIFY_SOCKET|KEEL_DATABASE|PATH|HOME|LD_PRELOAD|KEEL_LOGIN", any::<String>(), 0..12),
+        ) {
+            let env = hook_env(&user(&login, uid), from, to, |k| keel_env.get(k).map(OsString::from));
+            let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.to_str().unwrap().to_owned());
+            for (name, value) in &env {
+                let ours = name.starts_with("KEEL_");
+                prop_assert!(ours || HOOK_PASSES.contains(&name.as_str()), "{} reached the hook", name);
+                if !ours && name != "PATH" {
+                    let theirs = keel_env.get(name).map(OsString::from);
+                    prop_assert_eq!(Some(value), theirs.as_ref());
+                }
+            }
+            prop_assert_eq!(env.iter().filter(|(n, _)| n == "KEEL_LOGIN").count(), 1, "keel's own KEEL_LOGIN never shadows the move's");
+            prop_assert_eq!(get("KEEL_LOGIN"), Some(login));
+            prop_assert_eq!(get("KEEL_UID").map(|u| u.parse::<u32>().unwrap()), Some(uid));
+            prop_assert_eq!(get("KEEL_FROM_HFS").map(|u| u.parse::<u32>().unwrap()), Some(from));
+            prop_assert_eq!(get("KEEL_TO_HFS").map(|u| u.parse::<u32>().unwrap()), Some(to));
+            prop_assert!(get("PATH").is_some());
+        }
+    }
+
+    /// The real hook, run as keel runs it: its environment is the move and the passed-through
+    /// names, not the test process's own (`CARGO_*`, here; a database URL, under keel).
+    #[tokio::test]
+    async fn the_hook_runs_with_the_move_and_nothing_else_of_keels() {
+        assert!(
+            std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+            "cargo gives tests its variables"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let hook = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            format!("env > {}", out.display()),
+        ];
+        run_hook(&hook, Duration::from_secs(10), &user("zoe", 10_001), 1, 2)
+            .await
+            .unwrap();
+        let seen = std::fs::read_to_string(&out).unwrap();
+        for want in [
+            "KEEL_LOGIN=zoe",
+            "KEEL_UID=10001",
+            "KEEL_FROM_HFS=1",
+            "KEEL_TO_HFS=2",
+            "PATH=",
+        ] {
+            assert!(seen.lines().any(|l| l.starts_with(want)), "{want} missing: {seen}");
+        }
+        assert!(
+            !seen.contains("CARGO_"),
+            "keel's own environment reached the hook: {seen}"
+        );
+    }
 }
