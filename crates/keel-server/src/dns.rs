@@ -624,6 +624,71 @@ mod fuzz {
         }
     }
 
+    /// What a client writes on a DNS-over-TCP connection: framed packets (each length right,
+    /// short or long), and raw bytes.
+    fn tcp_stream() -> impl Strategy<Value = Vec<u8>> {
+        let frame = (packet(), -3i32..3).prop_map(|(p, off)| {
+            let len = u16::try_from((i32::try_from(p.len()).unwrap_or(0) + off).max(0)).unwrap_or(u16::MAX);
+            [&len.to_be_bytes()[..], &p[..]].concat()
+        });
+        prop_oneof![
+            3 => proptest::collection::vec(frame, 0..4).prop_map(|f| f.concat()),
+            1 => proptest::collection::vec(any::<u8>(), 0..300),
+        ]
+    }
+
+    /// Issue 31, from the wire: `PROPTEST_CASES` connections to keel's DNS over TCP, each
+    /// writing any bytes then closing its side. Every framed answer read back is an answer (its
+    /// reply bit set), no connection is held, and a plain query still gets its answer after.
+    #[tokio::test]
+    async fn fuzz_dns_over_tcp_from_the_wire() {
+        use proptest::strategy::ValueTree as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        let store = keel_store::SqliteStore::open(&dir.path().join("keel.db"))
+            .await
+            .unwrap();
+        let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
+        let zones: LiveZones = Arc::new(arc_swap::ArcSwap::from_pointee(Zones::new(
+            DnsConfig::default(),
+            &Pools::default(),
+        )));
+        let (udp, tcp) = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        tokio::spawn(serve(db, zones, udp, tcp, Arc::new(|_| ())));
+        let exchange = |bytes: Vec<u8>| async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let _ = c.write_all(&bytes).await;
+            let _ = c.shutdown().await;
+            let mut back = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut back)).await;
+            (read.is_ok(), back)
+        };
+        let mut runner = proptest::test_runner::TestRunner::default();
+        let strategy = tcp_stream();
+        for _ in 0..runner.config().cases {
+            let bytes = strategy.new_tree(&mut runner).unwrap().current();
+            let (closed, mut back) = exchange(bytes.clone()).await;
+            assert!(closed, "keel held a connection whose client had closed: {bytes:?}");
+            while back.len() >= 2 {
+                let n = usize::from(u16::from_be_bytes([back[0], back[1]]));
+                assert!(back.len() >= 2 + n && n >= 12, "a cut answer");
+                assert!(back[2 + 2] & 0x80 != 0, "an answer without its reply bit");
+                back.drain(..2 + n);
+            }
+            assert!(back.is_empty(), "bytes outside a frame: {back:?}");
+        }
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.add_query(hickory_proto::op::Query::query(fqdn("gw.prolo"), RecordType::A));
+        let q = q.to_vec().unwrap();
+        let framed = [&u16::try_from(q.len()).unwrap().to_be_bytes()[..], &q[..]].concat();
+        let (_, back) = exchange(framed).await;
+        assert!(
+            back.len() > 14 && back[2 + 2] & 0x80 != 0,
+            "a plain query answered after: {back:?}"
+        );
+    }
+
     proptest! {
         #[test]
         fn fuzz_dns_query_handler(p in packet()) {

@@ -730,4 +730,97 @@ mod fuzz {
             }
         }
     }
+
+    /// A packet a LAN could send keel's TFTP port: garbage, requests for files that exist or
+    /// not (with any options), WRQs, and the ACK, ERROR, DATA and OACK packets of someone
+    /// else's transfer.
+    fn wire_packet() -> impl Strategy<Value = Vec<u8>> {
+        let opts = proptest::collection::vec(
+            prop_oneof!["blksize|tsize|timeout|windowsize|x", "[0-9]{0,6}|-1|abc"],
+            0..6,
+        );
+        let request = (
+            1u16..=2,
+            prop_oneof![Just("boot.ipxe".to_owned()), "[a-z./]{0,12}"],
+            prop_oneof!["octet|netascii|OCTET|mail", ".{0,4}"],
+            opts,
+        )
+            .prop_map(|(op, file, mode, opts)| {
+                let mut p = op.to_be_bytes().to_vec();
+                for part in [file, mode].iter().chain(&opts) {
+                    p.extend_from_slice(part.as_bytes());
+                    p.push(0);
+                }
+                p
+            });
+        let other = (3u16..=6, any::<u16>(), proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(op, n, rest)| [&op.to_be_bytes()[..], &n.to_be_bytes()[..], &rest[..]].concat());
+        prop_oneof![
+            2 => proptest::collection::vec(any::<u8>(), 0..600),
+            2 => other,
+            1 => request,
+        ]
+    }
+
+    /// Issue 31, from the wire: a client that never acknowledges anything (a forged source)
+    /// sends `PROPTEST_CASES` packets of every kind. Nothing ever comes back from the listening
+    /// port, and what keel sends that source stays within its budget for unproven sources.
+    #[tokio::test]
+    async fn fuzz_tftp_from_the_wire() {
+        use proptest::strategy::ValueTree as _;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("boot.ipxe"), vec![b'x'; 3000]).unwrap();
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let cfg = Arc::new(TftpConfig {
+            root: root.path().to_owned(),
+            timeout: Duration::from_millis(20),
+            max_transfers: 8,
+            max_per_source: 4,
+        });
+        let ended = Arc::new(tokio::sync::Semaphore::new(0));
+        let count = ended.clone();
+        tokio::spawn(serve(cfg, server, move |_| count.add_permits(1)));
+        let client = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let heard = Arc::new(parking_lot::Mutex::new(Vec::<(SocketAddr, usize)>::new()));
+        let listener = {
+            let (client, heard) = (client.clone(), heard.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 70_000];
+                while let Ok((n, from)) = client.recv_from(&mut buf).await {
+                    heard.lock().push((from, n));
+                }
+            })
+        };
+        let mut runner = proptest::test_runner::TestRunner::default();
+        let (cases, strategy, started) = (runner.config().cases, wire_packet(), std::time::Instant::now());
+        // First a plain request of a file that exists: the test hears what it must bound.
+        client.send_to(b"\0\x01boot.ipxe\0octet\0", addr).await.unwrap();
+        let mut requests = 1u32;
+        for i in 0..cases {
+            let p = strategy.new_tree(&mut runner).unwrap().current();
+            requests += u32::from(matches!(opcode(&p), Some(RRQ | WRQ)));
+            client.send_to(&p, addr).await.unwrap();
+            // Every request ends once (served, busy, or dropped): wait for each batch's before
+            // sending more, so no socket buffer overflows and nothing goes untested.
+            if i % 64 == 63 || i + 1 == cases {
+                let all = tokio::time::timeout(Duration::from_secs(30), ended.acquire_many(requests)).await;
+                all.expect("every request ended").unwrap().forget();
+                requests = 0;
+            }
+        }
+        listener.abort();
+        let heard = heard.lock().clone();
+        assert!(!heard.is_empty(), "the first request's block came back");
+        assert!(
+            heard.iter().all(|(from, _)| *from != addr),
+            "an answer from the listening port"
+        );
+        let minutes = usize::try_from(started.elapsed().as_secs() / 60).unwrap() + 1;
+        let bytes: usize = heard.iter().map(|(_, n)| n).sum();
+        assert!(
+            bytes <= UNPROVEN_BYTES_PER_MINUTE * minutes,
+            "{bytes} bytes to a source that never acknowledged, in {minutes} minute(s)"
+        );
+    }
 }
