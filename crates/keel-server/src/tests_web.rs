@@ -373,3 +373,174 @@ async fn r31_a_login_spelled_like_a_managers_token_manages_nothing() {
     let stored = serde_json::to_value(st.db.snapshot().facility("fa").unwrap()).unwrap();
     assert_eq!(stored["managers"], json!(["token:mgr"]));
 }
+
+/// The fuzz tests' generator: `PROPTEST_CASES` values of `strategy` (without shrinking: a failure
+/// prints the value).
+fn fuzz_values<S: proptest::strategy::Strategy>(strategy: S) -> impl Iterator<Item = S::Value> {
+    use proptest::strategy::ValueTree as _;
+    let mut runner = proptest::test_runner::TestRunner::default();
+    (0..runner.config().cases).map(move |_| strategy.new_tree(&mut runner).unwrap().current())
+}
+
+/// Issue 31: every field a user or an API client sets, shown on the pages, is escaped. Each case
+/// writes a value — a unique marker, then markup (`<>"'&`, spaces, `=`, `/`) — into the first
+/// name, last name or shell of a user, or the name of the token that made the change; the pages
+/// that show them must hold its escaped form and never the raw one.
+#[tokio::test]
+async fn fuzz_web_fields_are_escaped() {
+    use proptest::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    let (cookie, _) = login(&st, "root1", "/").await.unwrap();
+    // Ends with a letter: a value ending in `&` would be a prefix of its own escaped form.
+    let markup = "[<>\"'&][<>\"'& a-z=/]{0,24}z";
+    for (i, (field, markup)) in fuzz_values((0u8..4, markup)).enumerate() {
+        let marker = format!("fz{i}q");
+        let value = match field {
+            2 => format!("/{marker}{}", markup.replace(' ', "")),
+            // The model trims names: what it stores is what the pages must show.
+            _ => format!("{marker}{}", markup.trim_end()),
+        };
+        let mut who = Principal::token("fuzz", keel_model::Role::Admin);
+        let mut patch = UserPatch::default();
+        match field {
+            0 => patch.firstname = Some(value.clone()),
+            1 => patch.lastname = Some(value.clone()),
+            2 => patch.shell = Some(value.clone()),
+            _ => {
+                who.name.clone_from(&value);
+                // Something else changes, so that there is a change to log (its name without the
+                // marker, which the markup of the page around it would follow).
+                patch.firstname = Some(format!("n{i}"));
+            }
+        }
+        let version = st.db.snapshot().user("zoe").unwrap().version;
+        st.db.edit_user(&who, "zoe", version, patch).await.unwrap();
+        let escaped = askama::filters::escape(&value, askama::filters::Html)
+            .unwrap()
+            .to_string();
+        let mut shown = false;
+        // The page that shows the field, and every page every 16th case (the change log is the
+        // costly one).
+        let pages: &[&str] = match (i % 16, field) {
+            (0, _) => &["/users/zoe", "/users", "/log"],
+            (_, 3) => &["/log"],
+            _ => &["/users/zoe"],
+        };
+        for page in pages {
+            let body = send(&st, get(page, &cookie)).await.body;
+            if let Some(at) = body.find(&value) {
+                let around = &body[at.saturating_sub(200)..(at + 200).min(body.len())];
+                panic!("{page} shows {value:?} raw: …{around}…");
+            }
+            shown |= body.contains(&escaped);
+        }
+        assert!(shown, "{value:?} is shown, escaped, on some page");
+    }
+}
+
+/// What the refusal page of a form without its token says.
+const CSRF_REFUSED: &str = "CSRF token missing or wrong";
+
+/// Issue 31: every form of the pages needs its own CSRF token. Each case posts a form of random
+/// fields to one of the pages' forms with a session cookie (or, for the login and password
+/// forms, the login cookie) and a token that is not the form's — absent, empty, random, another
+/// session's, the right one cut, changed or lengthened: 403, and nothing changes. The same forms
+/// with the right token get past the check.
+#[tokio::test]
+async fn fuzz_web_forms_need_their_token() {
+    use proptest::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    let who = Principal::system();
+    let m = json!({"hostname": "pc1", "mac": "02:00:00:00:00:01", "mtype": "user", "room": "r1"});
+    let patch = keel_model::MachinePatch::from_fields(Fields::new(m, Strictness::Strict).unwrap()).unwrap();
+    st.db.create_machine(&who, patch).await.unwrap();
+    let (cookie, _) = login(&st, "root1", "/").await.unwrap();
+    let (other, _) = login(&st, "root1", "/").await.unwrap();
+    let token_of = |cookie: &str| {
+        let st = st.clone();
+        let cookie = cookie.to_owned();
+        async move { csrf_of(&send(&st, get("/users/new", &cookie)).await.body) }
+    };
+    let (right, others) = (token_of(&cookie).await, token_of(&other).await);
+    assert_ne!(right, others);
+    let page = send(&st, get("/login", "")).await;
+    let login_token = cookie_value(&page.cookies, "keel_login");
+    let forms = [
+        "/machines/new",
+        "/machines/bulk",
+        "/machines/pc1",
+        "/machines/pc1/delete",
+        "/users/new",
+        "/users/zoe",
+        "/users/zoe/reset",
+        "/switches/new",
+        "/switches/sw1",
+        "/settings",
+        "/propagation/force",
+        "/propagation/block",
+        "/logout",
+        "/login",
+        "/password",
+    ];
+    let field = "csrf|login|password|new|again|old|hostname|mac|room|mtype|firstname|group|key|value|facility|service|blocked|[a-z]{1,6}";
+    let fields = proptest::collection::vec((field, ".{0,12}"), 0..6);
+    let bad_token = |right: &str, others: &str| {
+        let (right, others) = (right.to_owned(), others.to_owned());
+        prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            "[0-9a-f]{0,80}".prop_map(Some),
+            Just(Some(others)),
+            (0..right.len()).prop_map({
+                let r = right.clone();
+                move |n| Some(r[..n].to_owned())
+            }),
+            (0..right.len(), "[g-z]").prop_map({
+                let r = right.clone();
+                move |(i, c)| Some(format!("{}{c}{}", &r[..i], &r[i + 1..]))
+            }),
+            "[0-9a-f]{1,4}".prop_map(move |s| Some(format!("{right}{s}"))),
+        ]
+    };
+    let seq = st.db.snapshot().seq();
+    let cases = (
+        0..forms.len(),
+        fields,
+        bad_token(&right, &others),
+        bad_token(&login_token, &others),
+    );
+    for (form, fields, bad, bad_login) in fuzz_values(cases) {
+        let path = forms[form];
+        let (cookies, token) = match path {
+            "/login" | "/password" => (format!("keel_login={login_token}"), bad_login),
+            _ => (cookie.clone(), bad),
+        };
+        let mut body = form_urlencoded::Serializer::new(String::new());
+        if let Some(t) = &token {
+            body.append_pair("csrf", t);
+        }
+        for (k, v) in fields.iter().filter(|(k, _)| k != "csrf") {
+            body.append_pair(k, v);
+        }
+        let r = send(&st, post(path, &cookies, &body.finish())).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path} with {token:?}: {}", r.body);
+        assert!(
+            r.body.contains(CSRF_REFUSED),
+            "{path}: refused, but not for its token: {}",
+            r.body
+        );
+    }
+    assert_eq!(st.db.snapshot().seq(), seq, "a refused form changed something");
+    // With the form's own token, each form gets past the check (the logout last: it ends the
+    // session).
+    for path in forms {
+        let (cookies, token) = match path {
+            "/login" | "/password" => (format!("keel_login={login_token}"), &login_token),
+            _ => (cookie.clone(), &right),
+        };
+        let r = send(&st, post(path, &cookies, &format!("csrf={token}"))).await;
+        assert!(!r.body.contains(CSRF_REFUSED), "{path} with its token: {}", r.body);
+    }
+}

@@ -185,3 +185,182 @@ mod tests {
         }
     }
 }
+
+/// Issue 31: the TLS listener against what a LAN can send it — any bytes, a real ClientHello cut,
+/// flipped or followed by junk — and a flood of handshakes that never finish.
+#[cfg(test)]
+mod fuzz {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use proptest::strategy::ValueTree as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use crate::config::HttpLimits;
+
+    const DEADLINE: Duration = Duration::from_secs(2);
+
+    fn limits() -> HttpLimits {
+        HttpLimits {
+            max_connections: 64,
+            header_timeout: DEADLINE,
+            body_timeout: DEADLINE,
+            write_timeout: DEADLINE,
+            max_per_source: 16,
+            max_per_proxy: 16,
+            reserve: 8,
+            proxies: Vec::new(),
+        }
+    }
+
+    /// keel's HTTPS listener on its own site CA, serving `/healthz`; its address and the client
+    /// configuration that trusts it.
+    async fn listener(dir: &std::path::Path) -> (SocketAddr, Arc<rustls::ClientConfig>) {
+        let cfg = crate::config::Tls {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            files: None,
+            names: Some(vec!["127.0.0.1".into()]),
+            redirect_web: false,
+        };
+        let tls = super::super::tls::load(&cfg, dir).unwrap();
+        let ca = keel_client::tls::Trust::CaFile(dir.join("tls/ca.pem"));
+        let client = Arc::new(keel_client::tls::client_config(&ca).unwrap());
+        let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(super::serve_http(
+            socket,
+            app,
+            limits(),
+            Some(tls.acceptor),
+            std::future::pending(),
+        ));
+        (addr, client)
+    }
+
+    async fn connect_from(source: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::from((source, 0))).unwrap();
+        let stream = s.connect(to).await.unwrap();
+        // Closed with a reset: a million cases leave no TIME_WAIT behind to run out of ports.
+        stream.set_zero_linger().unwrap();
+        stream
+    }
+
+    /// A real client's GET /healthz over TLS from `source`: its status line.
+    async fn healthz(source: [u8; 4], to: SocketAddr, client: &Arc<rustls::ClientConfig>) -> String {
+        let tcp = connect_from(source, to).await;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(client.clone())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut back = String::new();
+        let _ = tls.read_to_string(&mut back).await;
+        back.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// The first flight of a real TLS client.
+    fn client_hello(client: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut c = rustls::ClientConnection::new(client.clone(), name).unwrap();
+        let mut out = Vec::new();
+        c.write_tls(&mut out).unwrap();
+        out
+    }
+
+    fn flight(hello: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let len = hello.len();
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..600),
+            (0..len, 1u8..=255).prop_map({
+                let h = hello.clone();
+                move |(i, x)| {
+                    let mut h = h.clone();
+                    h[i] ^= x;
+                    h
+                }
+            }),
+            (0..len).prop_map({
+                let h = hello.clone();
+                move |n| h[..n].to_vec()
+            }),
+            proptest::collection::vec(any::<u8>(), 1..300).prop_map(move |junk| [&hello[..], &junk[..]].concat()),
+            // A record header claiming a handshake of any length, then bytes.
+            (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(n, b)| [
+                &[0x16, 0x03, 0x01][..],
+                &n.to_be_bytes()[..],
+                &b[..]
+            ]
+            .concat()),
+        ]
+    }
+
+    #[tokio::test]
+    async fn fuzz_tls_handshakes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, client) = listener(dir.path()).await;
+        assert!(
+            healthz([127, 0, 0, 1], addr, &client).await.contains("200"),
+            "a real client first"
+        );
+        let mut runner = proptest::test_runner::TestRunner::default();
+        let strategy = flight(client_hello(&client));
+        for _ in 0..runner.config().cases {
+            let bytes = strategy.new_tree(&mut runner).unwrap().current();
+            let mut c = connect_from([127, 0, 0, 1], addr).await;
+            let _ = c.write_all(&bytes).await;
+            let _ = c.shutdown().await;
+            let mut back = Vec::new();
+            let read = tokio::time::timeout(DEADLINE * 3, c.read_to_end(&mut back)).await;
+            assert!(
+                read.is_ok(),
+                "keel held a connection past its handshake deadline: {bytes:?}"
+            );
+        }
+        assert!(
+            healthz([127, 0, 0, 1], addr, &client).await.contains("200"),
+            "and after"
+        );
+    }
+
+    /// One address opens its whole share of connections and sends half a ClientHello on each:
+    /// another address is served meanwhile; each stalled one is closed at the handshake deadline,
+    /// and the flooding address is served again.
+    #[tokio::test]
+    async fn a_flood_of_unfinished_handshakes_is_cut_at_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, client) = listener(dir.path()).await;
+        let hello = client_hello(&client);
+        let mut stalled = Vec::new();
+        for _ in 0..limits().max_per_source {
+            let mut c = connect_from([127, 0, 0, 1], addr).await;
+            c.write_all(&hello[..hello.len() / 2]).await.unwrap();
+            stalled.push(c);
+        }
+        let mut over = connect_from([127, 0, 0, 1], addr).await;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(DEADLINE, over.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "over its share: closed at once");
+        assert!(
+            healthz([127, 0, 0, 2], addr, &client).await.contains("200"),
+            "another address meanwhile"
+        );
+        for mut c in stalled {
+            let closed = tokio::time::timeout(DEADLINE * 3, c.read(&mut buf)).await;
+            assert!(
+                matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+                "a stalled handshake outlived its deadline"
+            );
+        }
+        assert!(
+            healthz([127, 0, 0, 1], addr, &client).await.contains("200"),
+            "its share is free again"
+        );
+    }
+}
