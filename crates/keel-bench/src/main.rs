@@ -12,6 +12,7 @@ use clap::Parser;
 
 mod data;
 mod dns;
+mod flood;
 mod mdb;
 mod memory;
 mod output;
@@ -58,6 +59,10 @@ enum Suite {
     /// Two servers on one PostgreSQL (started by the bench): writes/s, commit → other server's
     /// watch; SQLite beside it.
     Postgres,
+    /// Fair shares: one source floods each pooled resource (HTTP connections, /poll streams,
+    /// DNS over TCP, TLS handshakes) for `--duration` s; another's /healthz, /sso, presence
+    /// login, DNS and admin watch latencies.
+    Flood,
     /// Growth with the site: single writes and lookups, imports, snapshots and RSS at 1k, 10k and
     /// 100k users (`--users`, machines in proportion to `--machines`), on SQLite and PostgreSQL.
     /// Not part of `all` (it takes minutes).
@@ -216,6 +221,13 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             crate::presence::print(&report);
         }
         out.insert("presence".into(), serde_json::to_value(&report)?);
+    }
+    if matches!(args.suite, Suite::Flood | Suite::All) {
+        let report = crate::flood::run(&dir.join("flood"), args.duration).await?;
+        if !json {
+            crate::flood::print(&report);
+        }
+        out.insert("flood".into(), serde_json::to_value(&report)?);
     }
     if args.suite == Suite::Scale {
         let users = u32::try_from(args.users.unwrap_or(100_000))?;

@@ -388,7 +388,6 @@ fn fuzz_values<S: proptest::strategy::Strategy>(strategy: S) -> impl Iterator<It
 /// that show them must hold its escaped form and never the raw one.
 #[tokio::test]
 async fn fuzz_web_fields_are_escaped() {
-    use proptest::prelude::*;
     let dir = tempfile::tempdir().unwrap();
     let st = site(&dir, false).await;
     let (cookie, _) = login(&st, "root1", "/").await.unwrap();

@@ -2,12 +2,15 @@
 //! [`TestPg`], a throwaway PostgreSQL on a free loopback port (keel-store's tests, the end-to-end
 //! tests, `keel bench postgres`), and [`Sshd`], an OpenSSH server on loopback with its own keys
 //! (the end-to-end tests, `keel bench propagation`); [`KeelProcess`], a real `keel serve` on
-//! loopback (the end-to-end tests and every benchmark); and `dns_query`, the bytes of a DNS query.
+//! loopback (the end-to-end tests and every benchmark); `dns_query`, the bytes of a DNS query;
+//! and [`flood`], one source flooding keel and another's probes (the hostile test, `keel bench
+//! flood`).
 //! Plain blocking processes (`eventually` alone runs on the caller's tokio); a missing program is an error
 //! naming its Debian package, never a skip.
 
 #![forbid(unsafe_code)]
 
+pub mod flood;
 mod keel;
 mod pg;
 mod sshd;

@@ -11,13 +11,14 @@ use serde_json::json;
 
 use crate::presence::{add_user, login};
 use crate::support::{eventually, req, Keel};
+use keel_testkit::flood;
 
 /// 2,000 connections from loopback, half idle and half sending a request head a byte at a time,
 /// do not stop `/healthz`, nginx's `/sso` or a presence login; keel's memory stays bounded, and
 /// a write made meanwhile is there afterwards.
 #[tokio::test]
 async fn idle_and_slow_connections_leave_room_for_health_sso_and_presence() {
-    raise_own_open_file_limit(4096);
+    keel_testkit::flood::raise_open_file_limit(4096).unwrap();
     // No recovery window after the start: logins are taken at once.
     let k = Keel::start_with_config("[presence]\nrecovery_secs = 0\n", &["--example-site"]);
     add_user(&k, "alice", "user").await;
@@ -186,17 +187,6 @@ fn rss_kib(k: &Keel) -> u64 {
 }
 
 /// This test process holds thousands of sockets itself.
-fn raise_own_open_file_limit(want: u64) {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    let max = lim.maximum.unwrap_or(u64::MAX);
-    assert!(max >= want, "the hard open-file limit ({max}) is below {want}");
-    if lim.current.is_some_and(|c| c < want) {
-        lim.current = Some(want);
-        setrlimit(Resource::Nofile, lim).expect("raise the open-file limit");
-    }
-}
-
 /// Sends `payload` to `to` as a UDP datagram that seems to come from `from` (a raw socket: the
 /// test forges the source port of one of keel's own services; needs CAP_NET_RAW, as CI has).
 fn forge_udp(from: std::net::SocketAddr, to: std::net::SocketAddr, payload: &[u8]) {
@@ -288,135 +278,59 @@ async fn forged_packets_between_keels_dns_and_tftp_die_out() {
     );
 }
 
-/// A TCP connection to `addr` from the loopback address `from` (127.0.0.2: another client).
-async fn connect_from(from: [u8; 4], addr: &str) -> std::io::Result<tokio::net::TcpStream> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.bind(std::net::SocketAddr::from((from, 0)))?;
-    sock.connect(addr.parse().unwrap()).await
+/// Where the flood test's keel listens, for keel-testkit's floods and probes.
+fn target(k: &Keel, login: &str) -> flood::Target {
+    flood::Target {
+        http: k.url.trim_start_matches("http://").parse().unwrap(),
+        https: None,
+        dns: k.dns.parse().unwrap(),
+        token: k.token.clone(),
+        login: login.into(),
+        hostname: "r00p01".into(),
+        name: "gw.prolo".into(),
+    }
 }
 
 /// What another client (127.0.0.1) must still get, each within 5 s: health, nginx's SSO, a
 /// presence login, DNS over UDP and TCP, and an admin's watch stream.
-async fn others_are_served(k: &Keel, login: &str) {
-    let five = Duration::from_secs(5);
-    let client = reqwest::Client::builder()
-        .timeout(five)
-        .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
-        .build()
-        .unwrap();
-    let health = client.get(format!("{}/healthz", k.url)).send().await.expect("/healthz");
-    assert_eq!(health.status(), 200);
-    let sso = client
-        .get(format!("{}/sso", k.url))
-        .header("X-Real-IP", "192.168.0.1")
-        .send()
-        .await
-        .expect("/sso");
-    assert!(sso.status().as_u16() < 500, "{}", sso.status());
-    let (status, v) = req(
-        k,
-        Some(&k.token),
-        Method::POST,
-        "/api/v1/sessions",
-        Some(json!({"login": login, "hostname": "r00p01"})),
-        &[],
-    )
-    .await;
-    assert_eq!(status, 201, "a presence login: {v}");
-    req(
-        k,
-        Some(&k.token),
-        Method::DELETE,
-        &format!("/api/v1/sessions/{login}"),
-        None,
-        &[],
-    )
-    .await;
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(five)).unwrap();
-    udp.send_to(&keel_testkit::dns_query(9, "gw.prolo"), &k.dns).unwrap();
-    let mut buf = [0u8; 512];
-    udp.recv_from(&mut buf).expect("DNS over UDP");
-    let mut tcp = tokio::time::timeout(five, connect_from([127, 0, 0, 1], &k.dns))
-        .await
-        .expect("DNS over TCP in time")
-        .expect("DNS over TCP");
-    let q = keel_testkit::dns_query(10, "gw.prolo");
-    let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
-    framed.extend_from_slice(&q);
-    tokio::io::AsyncWriteExt::write_all(&mut tcp, &framed).await.unwrap();
-    let mut len = [0u8; 2];
-    tokio::time::timeout(five, tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut len))
-        .await
-        .expect("a DNS over TCP answer in time")
-        .expect("a DNS over TCP answer");
-    let watch = client
-        .get(format!("{}/api/v1/watch", k.url))
-        .bearer_auth(&k.token)
-        .send()
-        .await
-        .expect("an admin's watch");
-    assert_eq!(watch.status(), 200, "an admin's watch stream");
+async fn others_are_served(t: &flood::Target) {
+    for p in flood::Probe::ALL {
+        if let Err(e) = flood::probe(p, [127, 0, 0, 1], t).await {
+            panic!("{e}");
+        }
+    }
 }
 
 /// Issue 31: one client (127.0.0.2) flooding each pooled resource — idle HTTP connections,
 /// anonymous `/poll` streams, DNS-over-TCP connections it never reads — fills its own share,
-/// and another client's health, SSO, presence login, DNS and an admin's watch still answer.
+/// and another client's health, SSO, presence login, DNS and an admin's watch still answer
+/// (`keel bench flood` times them).
 #[tokio::test]
 async fn one_source_flooding_each_resource_leaves_the_others_their_share() {
-    raise_own_open_file_limit(4096);
+    flood::raise_open_file_limit(4096).unwrap();
     // Small pools, so that one client could take all of each without its share.
     let k = Keel::start_with_config(
         "[presence]\nrecovery_secs = 0\n[watch]\nmax_subscribers = 40\n[http]\nmax_connections = 300\n",
         &["--example-site"],
     );
     add_user(&k, "alice", "user").await;
-    let addr = k.url.trim_start_matches("http://").to_owned();
-    others_are_served(&k, "alice").await;
-
-    // Idle connections, twice the whole pool: it keeps its share (up to the reserve).
-    let mut held = Vec::new();
-    for _ in 0..600 {
-        if let Ok(s) = connect_from([127, 0, 0, 2], &addr).await {
-            held.push(s);
-        }
-    }
-    others_are_served(&k, "alice").await;
+    let t = target(&k, "alice");
+    others_are_served(&t).await;
+    // Twice the whole pool of idle connections: it keeps its share (up to the reserve).
+    let held = flood::start(flood::Flood::IdleHttp(600), [127, 0, 0, 2], &t).await;
+    others_are_served(&t).await;
     drop(held);
-
     // Anonymous /poll streams: its share (16), then 503; an admin's watch has its own.
-    let flooder = reqwest::Client::builder()
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .build()
-        .unwrap();
-    let mut streams = Vec::new();
-    let mut refused = 0;
-    for _ in 0..45 {
-        let r = flooder.get(format!("{}/mdb/poll", k.url)).send().await.unwrap();
-        if r.status() == 503 {
-            refused += 1;
-        } else {
-            streams.push(r);
-        }
-    }
+    let held = flood::start(flood::Flood::AnonymousPolls(45), [127, 0, 0, 2], &t).await;
     assert!(
-        refused > 0 && streams.len() <= 16,
-        "{} streams held, {refused} refused",
-        streams.len()
+        held.refused > 0 && held.streams.len() <= 16,
+        "{} streams held, {} refused",
+        held.streams.len(),
+        held.refused
     );
-    others_are_served(&k, "alice").await;
-    drop(streams);
-
+    others_are_served(&t).await;
+    drop(held);
     // DNS over TCP: connections that pipeline queries and never read an answer.
-    let mut dns = Vec::new();
-    for _ in 0..200 {
-        if let Ok(mut s) = connect_from([127, 0, 0, 2], &k.dns).await {
-            let q = keel_testkit::dns_query(1, "gw.prolo");
-            let mut framed = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
-            framed.extend_from_slice(&q);
-            let _ = tokio::io::AsyncWriteExt::write_all(&mut s, &framed.repeat(50)).await;
-            dns.push(s);
-        }
-    }
-    others_are_served(&k, "alice").await;
+    let _held = flood::start(flood::Flood::DnsNonReaders(200), [127, 0, 0, 2], &t).await;
+    others_are_served(&t).await;
 }
