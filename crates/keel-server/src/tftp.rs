@@ -518,21 +518,33 @@ mod tests {
         p
     }
 
-    /// With every slot taken (a client that never acknowledges), the next request is told "busy"
-    /// at once; the first transfer is not disturbed.
-    #[tokio::test]
-    async fn a_request_beyond_the_limit_is_refused_as_busy() {
+    /// A TFTP server on loopback serving one file, with these limits; `ended` is called at the
+    /// end of each transfer. The directory lives as long as the returned guard.
+    pub(super) async fn start(
+        file: (&str, &[u8]),
+        timeout: Duration,
+        (max_transfers, max_per_source): (usize, usize),
+        ended: impl Fn(Outcome) + Send + Sync + 'static,
+    ) -> (tempfile::TempDir, SocketAddr) {
         let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("f"), vec![7u8; 4096]).unwrap();
+        std::fs::write(root.path().join(file.0), file.1).unwrap();
         let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = server.local_addr().unwrap();
         let cfg = Arc::new(TftpConfig {
             root: root.path().to_owned(),
-            timeout: Duration::from_secs(5),
-            max_transfers: 1,
-            max_per_source: 4,
+            timeout,
+            max_transfers,
+            max_per_source,
         });
-        tokio::spawn(serve(cfg, server, |_| ()));
+        tokio::spawn(serve(cfg, server, ended));
+        (root, addr)
+    }
+
+    /// With every slot taken (a client that never acknowledges), the next request is told "busy"
+    /// at once; the first transfer is not disturbed.
+    #[tokio::test]
+    async fn a_request_beyond_the_limit_is_refused_as_busy() {
+        let (_root, addr) = start(("f", &[7u8; 4096]), Duration::from_secs(5), (1, 4), |_| ()).await;
         let slow = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         slow.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
         let mut buf = [0u8; 600];
@@ -558,17 +570,7 @@ mod tests {
     /// Only a request is answered: the first answer this client gets is its request's block.
     #[tokio::test]
     async fn what_is_not_a_request_gets_silence() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("f"), b"hello").unwrap();
-        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let cfg = Arc::new(TftpConfig {
-            root: root.path().to_owned(),
-            timeout: Duration::from_secs(5),
-            max_transfers: 1,
-            max_per_source: 1,
-        });
-        tokio::spawn(serve(cfg, server, |_| ()));
+        let (_root, addr) = start(("f", b"hello"), Duration::from_secs(5), (1, 1), |_| ()).await;
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         for junk in [
             &[0u8, 4, 0, 1][..],
@@ -619,18 +621,8 @@ mod tests {
     /// (a spoofed source) gets its first packet once, never resent at the victim.
     #[tokio::test]
     async fn one_source_is_bounded_and_an_unacknowledged_first_block_is_not_resent() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("f"), vec![7u8; 4096]).unwrap();
-        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
         let timeout = Duration::from_millis(200);
-        let cfg = Arc::new(TftpConfig {
-            root: root.path().to_owned(),
-            timeout,
-            max_transfers: 10,
-            max_per_source: 1,
-        });
-        tokio::spawn(serve(cfg, server, |_| ()));
+        let (_root, addr) = start(("f", &[7u8; 4096]), timeout, (10, 1), |_| ()).await;
         let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         silent.send_to(&rrq(&["f", "octet"]), addr).await.unwrap();
         let mut buf = [0u8; 600];
@@ -768,19 +760,15 @@ mod fuzz {
     #[tokio::test]
     async fn fuzz_tftp_from_the_wire() {
         use proptest::strategy::ValueTree as _;
-        let root = tempfile::tempdir().unwrap();
-        std::fs::write(root.path().join("boot.ipxe"), vec![b'x'; 3000]).unwrap();
-        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = server.local_addr().unwrap();
-        let cfg = Arc::new(TftpConfig {
-            root: root.path().to_owned(),
-            timeout: Duration::from_millis(20),
-            max_transfers: 8,
-            max_per_source: 4,
-        });
         let ended = Arc::new(tokio::sync::Semaphore::new(0));
         let count = ended.clone();
-        tokio::spawn(serve(cfg, server, move |_| count.add_permits(1)));
+        let (_root, addr) = super::tests::start(
+            ("boot.ipxe", &[b'x'; 3000]),
+            Duration::from_millis(20),
+            (8, 4),
+            move |_| count.add_permits(1),
+        )
+        .await;
         let client = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let heard = Arc::new(parking_lot::Mutex::new(Vec::<(SocketAddr, usize)>::new()));
         let listener = {

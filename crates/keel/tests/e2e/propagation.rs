@@ -47,6 +47,13 @@ impl AgentHost {
         self.dir.join("agent.toml")
     }
 
+    /// Takes `text` out of the agent's config (a whitelist line: the host then refuses).
+    pub fn drop_from_config(&self, text: &str) {
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        assert!(config.contains(text), "{text} not in {config}");
+        std::fs::write(self.config(), config.replace(text, "")).unwrap();
+    }
+
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.dir.join("root").join(rel)).unwrap_or_default()
     }
@@ -232,11 +239,7 @@ async fn a_local_destination_receives_users_of_its_facility_and_honours_blocks()
     })
     .await;
     // A host that does not list `local` refuses it, and the result says DENIED.
-    std::fs::write(
-        host.config(),
-        std::fs::read_to_string(host.config()).unwrap().replace(whitelist, ""),
-    )
-    .unwrap();
+    host.drop_from_config(whitelist);
     add_user(&k, "erin", "user").await;
     eventually(20, "DENIED by the agent's whitelist", async || {
         let r = task_state(&k, "lan", "passwd").await.1;
@@ -940,11 +943,7 @@ async fn every_outcome_reaches_status_metrics_and_the_alert_as_what_it_is() {
     .await;
 
     // 2: the host's whitelist refuses: DENIED there, and the task is an ERROR, counted.
-    std::fs::write(
-        host.config(),
-        std::fs::read_to_string(host.config()).unwrap().replace(whitelist, ""),
-    )
-    .unwrap();
+    host.drop_from_config(whitelist);
     add_user(&k, "dora", "user").await;
     eventually(30, "passwd refused by the host", async || {
         let (state, r) = result_of(&status(), "passwd");
