@@ -24,8 +24,10 @@ pub(crate) const TTL_MS: i64 = 120_000;
 /// The database key the proofs' MAC key is stored under.
 const KEY_NAME: &str = keel_store::PRESENCE_PROOF_KEY;
 
-/// Taken proofs, bounded: more unexpired proofs than this means a machine is minting them in a
-/// loop (each costs a right password): the oldest are forgotten first.
+/// Taken proofs, bounded. Each costs a right password (a slow hash, throttled), so more unexpired
+/// proofs than this within [`TTL_MS`] means a machine is minting them in a loop: past it, expired
+/// ones are forgotten, and if none has expired a proof is refused (forgetting an unexpired one
+/// would let it be replayed).
 const MAX_TAKEN: usize = 100_000;
 
 #[derive(Default)]
@@ -70,12 +72,21 @@ impl Proofs {
         if expiry < now || !crate::auth::same_secret(ours.as_bytes(), sent.as_bytes()) {
             return false;
         }
-        let mut taken = self.taken.lock();
-        if taken.len() >= MAX_TAKEN {
-            taken.retain(|_, until| *until >= now);
-        }
-        taken.insert(ours, expiry).is_none()
+        remember(&mut self.taken.lock(), MAX_TAKEN, ours, expiry, now)
     }
+}
+
+/// Notes `mac` as taken until `expiry`: false if it was taken before, or if `max` unexpired
+/// proofs are taken already.
+fn remember(taken: &mut HashMap<String, i64>, max: usize, mac: String, expiry: i64, now: i64) -> bool {
+    if taken.len() >= max {
+        taken.retain(|_, until| *until >= now);
+        if taken.len() >= max {
+            tracing::warn!("presence proofs: {max} taken within {TTL_MS} ms; refusing until some expire");
+            return false;
+        }
+    }
+    taken.insert(mac, expiry).is_none()
 }
 
 fn mac(key: &str, login: &str, hostname: &str, expiry: i64, nonce: &str) -> String {
@@ -93,6 +104,20 @@ fn mac(key: &str, login: &str, hostname: &str, expiry: i64, nonce: &str) -> Stri
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_proof_is_taken_once_and_a_full_memory_forgets_only_the_expired() {
+        let mut taken = std::collections::HashMap::new();
+        assert!(super::remember(&mut taken, 2, "a".into(), 10, 0));
+        assert!(!super::remember(&mut taken, 2, "a".into(), 10, 0), "replayed");
+        assert!(super::remember(&mut taken, 2, "b".into(), 20, 0));
+        // Full, none expired: refused rather than forgetting one that could then be replayed.
+        assert!(!super::remember(&mut taken, 2, "c".into(), 30, 5));
+        assert!(taken.contains_key("a") && taken.contains_key("b"));
+        // Once "a" has expired it is forgotten, and there is room; "b" is still remembered.
+        assert!(super::remember(&mut taken, 2, "c".into(), 30, 11));
+        assert!(!taken.contains_key("a") && taken.contains_key("b"));
+    }
+
     #[test]
     fn the_mac_binds_every_field() {
         let base = super::mac("k", "alice", "pc1", 5, "n");

@@ -241,12 +241,7 @@ mod fuzz {
     }
 
     async fn connect_from(source: [u8; 4], to: SocketAddr) -> tokio::net::TcpStream {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind(SocketAddr::from((source, 0))).unwrap();
-        let stream = s.connect(to).await.unwrap();
-        // Closed with a reset: a million cases leave no TIME_WAIT behind to run out of ports.
-        stream.set_zero_linger().unwrap();
-        stream
+        keel_testkit::flood::connect_from(source, to).await.unwrap()
     }
 
     /// A real client's GET /healthz over TLS from `source`: its status line.
