@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all local: a second
-/// source without a second machine). Closed with a reset when dropped: floods and million-case
-/// fuzz runs leave no TIME_WAIT behind to run out of ports.
+/// source without a second machine). Dropped open, it is closed with a reset: a flood's
+/// thousands of sockets leave no TIME_WAIT behind (one that saw both sides close still does).
 pub async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.bind(SocketAddr::from((from, 0)))?;
