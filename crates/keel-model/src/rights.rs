@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::identity::{is_self_address, is_self_name, parse_address};
 use crate::propagation::{destination_host, host_names};
-use crate::{Host, MachineRole, Principal, Role, Snapshot, ValidationError};
+use crate::{Destination, Host, MachineRole, Principal, Role, Snapshot, ValidationError};
 
 /// Why a principal may not make a change to propagation's records.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,6 +205,30 @@ impl Snapshot {
                 m.hostname
             )
         })
+    }
+
+    /// The ssh destinations of managed facilities that the engine sends to unchecked
+    /// (`claimed_by` unset: an admin's, or a manager's from before keel recorded it) and that a
+    /// manager of their facility could not claim today, with why: one a manager may have aimed at
+    /// keel's own host or another's machine before issue 31. keel names them at start.
+    pub fn unchecked_destinations(&self, own: &[IpAddr]) -> Vec<(&Destination, String)> {
+        let mut out = Vec::new();
+        for d in self.destinations() {
+            if d.channel != crate::Channel::Ssh || d.claimed_by.is_some() {
+                continue;
+            }
+            let Some(manager) = self.facility(&d.facility).and_then(|f| f.managers.first()) else {
+                continue;
+            };
+            let who = match manager {
+                crate::ManagerName::Token(name) => Principal::token(name, Role::Manager),
+                crate::ManagerName::User(login) => Principal::user(login.as_str(), Role::Manager),
+            };
+            if let Err(e) = self.may_claim(&who, "destination", &d.destination, own) {
+                out.push((d, e.to_string()));
+            }
+        }
+        out
     }
 
     /// A host's link to a machine (`Host::machine`) is what lets its facility's managers send to
@@ -471,6 +495,50 @@ mod tests {
             }
         }
         s
+    }
+
+    /// Issue 31: destinations from before `claimed_by` are sent to unchecked; keel names at start
+    /// those a manager of their facility could not claim today (the gateway, loopback in any
+    /// spelling, another's machine), and not the others.
+    #[test]
+    fn unchecked_destinations_are_the_ones_a_manager_could_not_claim_today() {
+        let dest = |destination: &str| Edit::Destination {
+            facility: 0,
+            service: 0,
+            destination: destination.into(),
+        };
+        let s = site(&[
+            Edit::Machine {
+                id: 1,
+                hostname: "gw".into(),
+                alias: None,
+            },
+            Edit::Gateway { id: 1 },
+            Edit::Machine {
+                id: 2,
+                hostname: "pc2".into(),
+                alias: None,
+            },
+            dest("root@gw"),
+            dest("root@127.1"),
+            dest("root@10.0.0.2"),
+            dest("root@far.example.org"),
+        ]);
+        let found: Vec<&str> = s
+            .unchecked_destinations(&[])
+            .iter()
+            .map(|(d, _)| d.destination.as_str())
+            .collect();
+        assert_eq!(found, ["root@10.0.0.2", "root@127.1", "root@gw"]);
+        // Recorded as a manager's: the engine checks it at every send, nothing to name at start.
+        let mut checked = s.clone();
+        let mut d = s.destinations().find(|d| d.destination == "root@gw").unwrap().clone();
+        d.claimed_by = Some("m0".into());
+        let after = serde_json::to_value(&d).unwrap();
+        checked
+            .apply(&change(99, Kind::Destination, String::new(), Some(after)))
+            .unwrap();
+        assert_eq!(checked.unchecked_destinations(&[]).len(), 2);
     }
 
     proptest! {

@@ -63,6 +63,24 @@ async fn report_user_like_managers(db: &Db) {
     }
 }
 
+/// Names the ssh destinations of managed facilities that keel sends to unchecked (made by an
+/// admin, or by a manager before keel recorded who added each) and that a manager of their
+/// facility could not claim today: a manager may have aimed one at keel's own host or another's
+/// machine before issue 31. Every start, until an admin removes it or links a host of the
+/// facility to that machine: the two cannot be told apart afterwards.
+fn report_unchecked_destinations(db: &Db) {
+    let snap = db.snapshot();
+    for (d, why) in snap.unchecked_destinations(&db.own_addresses()) {
+        tracing::warn!(
+            facility = %d.facility,
+            service = %d.service,
+            destination = %d.destination,
+            %why,
+            "an ssh destination of a managed facility reaches what its managers may not (made by an admin, or by a manager before keel checked): still sent to; an admin removes it (keel destination rm) or links a host of the facility to that machine"
+        );
+    }
+}
+
 pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyhow::Result<()> {
     private_data_dir(&cfg.data_dir)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
@@ -92,6 +110,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
     reload::report_outside_pools(&db);
     report_user_like_managers(&db).await;
     db.set_own_addresses(own_addresses(&cfg));
+    report_unchecked_destinations(&db);
     tokio::spawn(trim_log_forever(db.clone(), cfg.keep_changes, cfg.keep_days));
     let proof_default = db
         .default_proof_policy()

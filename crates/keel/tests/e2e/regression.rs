@@ -327,7 +327,7 @@ async fn manager_of_a(k: &Keel) -> String {
 #[tokio::test]
 async fn r31_a_manager_never_reaches_keels_host_or_loopback_in_any_spelling() {
     use reqwest::Method;
-    let k = Keel::start(&["--example-site"]);
+    let mut k = Keel::start(&["--example-site"]);
     let mgr = manager_of_a(&k).await;
     let as_mgr = async |method: Method, path: &str, body: Value| {
         crate::support::req(&k, Some(&mgr), method, path, Some(body), &[]).await
@@ -429,6 +429,26 @@ async fn r31_a_manager_never_reaches_keels_host_or_loopback_in_any_spelling() {
     )
     .await;
     assert_eq!(status, 403, "{v}");
+    // An admin's destination to keel's own host in a managed facility is sent to unchecked, like
+    // one a manager made before keel recorded who did: keel names it at every start.
+    let warning = "reaches what its managers may not";
+    assert!(!k.log().contains(warning), "nothing to name at the first start");
+    run(
+        &k,
+        &[
+            "destination",
+            "add",
+            "--facility",
+            "a",
+            "--service",
+            "passwd",
+            "root@gw",
+        ],
+    );
+    k.restart(&[]);
+    let log = k.log();
+    let named: Vec<&str> = log.lines().filter(|l| l.contains(warning)).collect();
+    assert!(named.len() == 1 && named[0].contains("root@gw"), "{named:?}");
 }
 
 // See: issue 31 (names can resolve elsewhere than they say: the site's ssh_config or DNS). A
