@@ -181,7 +181,7 @@ fn check_ids(cfg: &Config, file: &str, host: &HostLines, new: &[(&str, &str)]) -
     Ok(())
 }
 
-/// The account files' own consistency, whatever the server sent (DESIGN invariant 10, third
+/// The account files' own consistency, whatever the server sent (invariant 10, third
 /// layer): a name once per file, and every name of shadow and every member of a group an account
 /// of passwd. A second `admin1` line slipped into shadow through some field would otherwise be
 /// the one `getspnam` finds first.

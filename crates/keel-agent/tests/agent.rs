@@ -673,7 +673,7 @@ fn the_example_config_loads_once_given_a_key() {
 
 /// Issue 19's contestant: a hash that smuggled a second `admin1` line (and a `zz` line) into
 /// shadow. The generators and the model refuse it first; the agent, given such a bundle validly
-/// signed, must refuse it too and write nothing (DESIGN invariant 10, third layer).
+/// signed, must refuse it too and write nothing (invariant 10, third layer).
 #[test]
 fn account_files_with_injected_lines_are_refused() {
     let ok = accounts(&[("alice", 10001), ("admin1", 11001)]);

@@ -1,4 +1,4 @@
-//! DESIGN invariant 10 as a property: whatever the data — unicode, control characters, the
+//! Invariant 10 as a property: whatever the data — unicode, control characters, the
 //! separators of every format, huge values, the injection of issue 19 — every generated file
 //! holds exactly one record per keel record, or the value was refused on the way. Three layers
 //! are exercised on their own:

@@ -19,7 +19,7 @@ pub mod service;
 mod write;
 
 pub use keel_model::propagation::destination_host;
-/// The model's own checks, for the agent's re-parsing of what it applies (DESIGN invariant 10).
+/// The model's own checks, for the agent's re-parsing of what it applies (invariant 10).
 pub use keel_model::{check_ssh_key, Hostname};
 pub use key::{KeyError, PublicKey, SecretKey};
 pub use manifest::{check_rel_path, FileEntry, Manifest, Version, FORMAT};

@@ -1,4 +1,4 @@
-//! The generators' own refusal (DESIGN invariant 10, second layer): a value the target format
+//! The generators' own refusal (invariant 10, second layer): a value the target format
 //! cannot hold as one field of one record is a [`GenError`] naming the record and field, never
 //! written, whatever the model let through (an old database, a bug, a value a later model change
 //! forgot). The model refuses the same values first; the agent re-parses after.

@@ -1,7 +1,7 @@
 //! Who may do what to propagation's records — pure rules over the Snapshot, like
 //! `Snapshot::decide_login` for presence. An admin does anything; a facility manager acts only
 //! inside the facilities that name them as manager, and may claim a host or destination name only
-//! if nobody holds it yet or it already belongs to a facility they manage (DESIGN invariant 7).
+//! if nobody holds it yet or it already belongs to a facility they manage (invariant 7).
 //! keel-store calls these inside the write, against the Snapshot the write commits on.
 
 use std::collections::BTreeSet;

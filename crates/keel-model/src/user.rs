@@ -97,7 +97,7 @@ pub struct UidRange {
 }
 
 /// The uid pools of the three groups. A uid is never reused: the next one is above every uid the
-/// pool ever gave (a deleted user's files must not pass to a newcomer, DESIGN.md invariant 9).
+/// pool ever gave (a deleted user's files must not pass to a newcomer, invariant 9).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UidPools {

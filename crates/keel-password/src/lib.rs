@@ -1,6 +1,6 @@
 //! Passwords: generation, SHA-512-crypt hashing, verification.
 //!
-//! One hash per user, `$6$` with 5000 rounds (DESIGN.md invariant 5): shadow and PAM read it, the
+//! One hash per user, `$6$` with 5000 rounds (invariant 5): shadow and PAM read it, the
 //! web login verifies it. The CLI generates and hashes at import; the server only receives hashes.
 
 /// Characters a generated password may use: like `pwgen -B`, none that is easily mistaken for

@@ -1,4 +1,4 @@
-//! The authorization matrix (DESIGN invariant 11): every path the router serves, with every
+//! The authorization matrix (invariant 11): every path the router serves, with every
 //! method, asked by every actor that holds a credential of HTTP, against the table of
 //! `docs/security.md`. The paths come from the router itself (`app_with_paths`): a new route
 //! without a line there fails this test, which prints the line to add.

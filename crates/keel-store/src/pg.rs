@@ -2,7 +2,7 @@
 //!
 //! The same tables as SQLite (migrations in `migrations/postgres`). A commit takes its seqs by
 //! updating the counter row, whose row lock makes writers on every server commit one after the
-//! other in seq order (DESIGN.md invariant 8); records being replaced are read `FOR UPDATE` in the
+//! other in seq order (invariant 8); records being replaced are read `FOR UPDATE` in the
 //! same transaction, so version checks hold across servers; the unique values table refuses what
 //! a stale Snapshot let through. Each commit ends with `NOTIFY keel_changes`, which other servers
 //! LISTEN to — as a wake-up only: they read the log itself, so a lost notification loses nothing.

@@ -1,7 +1,7 @@
 //! One SQLite commit in two round trips (for up to about 1,000 records), whatever it writes:
 //!
 //! 1. `BEGIN IMMEDIATE; UPDATE counter … RETURNING seq;` plus a `SELECT` of each record being
-//!    replaced — the seqs are taken from the counter row inside the transaction (DESIGN.md 8);
+//!    replaced — the seqs are taken from the counter row inside the transaction (invariant 8);
 //! 2. every record, unique value and Change row, as multi-row statements in one batch (more
 //!    batches for a large import), the last batch ending with `COMMIT`.
 //!
