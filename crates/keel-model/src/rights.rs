@@ -153,16 +153,14 @@ impl Snapshot {
             .or_else(|| self.machine_answering(&name))
             .or_else(|| self.machine_answering(first));
         if let Some(m) = machine {
-            if self.roles_of(m.id).any(|r| r == MachineRole::Gateway) {
+            if self.is_gateway(m) {
                 return refuse(format!(
                     "is machine {}, keel's own host (the gateway role); only admins send there",
                     m.hostname
                 ));
             }
             let own_host = self
-                .claims()
-                .hosts_on_machine(&m.hostname)
-                .filter_map(|h| self.host(h))
+                .hosts_linked_to(m)
                 .any(|h| h.machine.as_deref() == Some(m.hostname.as_str()) && theirs(&h.facility));
             if !own_host {
                 return refuse(format!(
@@ -188,16 +186,14 @@ impl Snapshot {
         }
         let IpAddr::V4(v4) = ip else { return None };
         let m = self.machine_by_ip(v4)?;
-        if self.roles_of(m.id).any(|r| r == MachineRole::Gateway) {
+        if self.is_gateway(m) {
             return Some(format!(
                 "{ip} is machine {}, keel's own host (the gateway role)",
                 m.hostname
             ));
         }
         let linked = self
-            .claims()
-            .hosts_on_machine(&m.hostname)
-            .filter_map(|h| self.host(h))
+            .hosts_linked_to(m)
             .any(|h| h.facility == facility && h.machine.as_deref() == Some(m.hostname.as_str()));
         (!linked).then(|| {
             format!(
@@ -251,19 +247,29 @@ impl Snapshot {
         let Some(m) = self.machine_by_name(name) else {
             return Ok(()); // refused as unknown by the store's own check, with its field
         };
-        if self.roles_of(m.id).any(|r| r == MachineRole::Gateway) {
+        if self.is_gateway(m) {
             return refuse("it is keel's own host");
         }
         let assigned = self
-            .claims()
-            .hosts_on_machine(&m.hostname)
-            .filter_map(|h| self.host(h))
+            .hosts_linked_to(m)
             .any(|h| h.facility == host.facility && h.name != host.name);
         if assigned {
             Ok(())
         } else {
             refuse("no admin has assigned it to the facility (a host of the facility linked to it)")
         }
+    }
+}
+
+impl Snapshot {
+    /// Whether `m` is keel's own host (the machine with the gateway role).
+    fn is_gateway(&self, m: &crate::Machine) -> bool {
+        self.roles_of(m.id).any(|r| r == MachineRole::Gateway)
+    }
+
+    /// The hosts the claim index files under the hostname of `m` (each caller checks the link).
+    fn hosts_linked_to<'a>(&'a self, m: &'a crate::Machine) -> impl Iterator<Item = &'a Host> + 'a {
+        self.claims().hosts_on_machine(&m.hostname).filter_map(|h| self.host(h))
     }
 }
 
