@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accounts::{automount, homes, passwd, root_ssh};
 pub use check::GenError;
-pub use dhcp::{dhcp, DhcpFormat, DhcpOptions};
+pub use dhcp::{dhcp, site_network as dhcp_site_network, DhcpFormat, DhcpOptions};
 pub use dns::{dns, dynamic_address, dynamic_name};
 pub use firewall::{allowed, firewall, FirewallOptions};
 pub use hosts::hosts;
@@ -36,7 +36,7 @@ pub struct Input<'a> {
     pub reverse_zones: Vec<String>,
     /// The zones' serial: the seq of the last machine change (`dns`).
     pub serial: u64,
-    /// The pools' networks (`dhcp` subnets; the `firewall`'s site).
+    /// The pools' networks (the `dhcp` site network holds them; the `firewall`'s site).
     pub networks: Vec<ipnet::Ipv4Net>,
     /// Who is logged in where: each session's machine and user (`firewall`).
     pub sessions: Vec<(&'a Machine, &'a User)>,

@@ -14,6 +14,12 @@ pub struct Pool {
     pub network: Ipv4Net,
     #[serde(default)]
     pub reserved: Vec<Ipv4Addr>,
+    /// The DHCP range for unknown machines (`first`, `last`) when it lies in this pool: its
+    /// addresses are leased to machines being registered, so none is ever a machine's. Set from
+    /// `[propagation.generators.dhcp] unknown_range` when the config is loaded, never written
+    /// under `[pools]` (one setting, one place).
+    #[serde(skip)]
+    pub dynamic: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl Pool {
@@ -21,12 +27,18 @@ impl Pool {
         Self {
             network: network.trunc(),
             reserved: Vec::new(),
+            dynamic: None,
         }
     }
 
     /// True if `ip` may be given to a machine of this pool.
     pub fn admits(&self, ip: Ipv4Addr) -> bool {
-        self.network.contains(&ip) && !self.is_edge(ip) && !self.reserved.contains(&ip)
+        self.network.contains(&ip) && !self.is_edge(ip) && !self.reserved.contains(&ip) && !self.is_dynamic(ip)
+    }
+
+    /// True if `ip` is in the DHCP range for unknown machines.
+    pub fn is_dynamic(&self, ip: Ipv4Addr) -> bool {
+        self.dynamic.is_some_and(|(first, last)| first <= ip && ip <= last)
     }
 
     fn is_edge(&self, ip: Ipv4Addr) -> bool {
@@ -53,10 +65,15 @@ impl Pool {
             if used.peek() != Some(&ip) && self.admits(ip) {
                 return Some(ip);
             }
-            if candidate == last {
+            // The dynamic range is passed in one step: its size costs nothing (invariant 13).
+            let next = match self.dynamic {
+                Some((_, end)) if self.is_dynamic(ip) => u32::from(end),
+                _ => candidate,
+            };
+            if next >= last {
                 return None;
             }
-            candidate += 1;
+            candidate = next + 1;
         }
     }
 }
@@ -97,10 +114,24 @@ impl Pools {
         }
     }
 
+    pub fn of_mut(&mut self, mtype: MachineType) -> &mut Pool {
+        match mtype {
+            MachineType::User => &mut self.user,
+            MachineType::Orga => &mut self.orga,
+            MachineType::Cluster => &mut self.cluster,
+            MachineType::Service => &mut self.service,
+        }
+    }
+
     /// Checks that an explicitly given address belongs to the type's pool.
     pub fn check(&self, mtype: MachineType, ip: Ipv4Addr) -> Result<(), ValidationError> {
         let pool = self.of(mtype);
-        if pool.admits(ip) {
+        if pool.is_dynamic(ip) {
+            Err(ValidationError::new(
+                "ip",
+                format!("{ip} is in the DHCP range for unknown machines ([propagation.generators.dhcp] unknown_range): it is never a machine's"),
+            ))
+        } else if pool.admits(ip) {
             Ok(())
         } else {
             Err(ValidationError::new(
@@ -175,6 +206,7 @@ mod tests {
         Pool {
             network: net.parse().unwrap(),
             reserved: reserved.iter().map(|r| r.parse().unwrap()).collect(),
+            dynamic: None,
         }
     }
 
@@ -190,13 +222,20 @@ mod tests {
     }
 
     proptest! {
-        /// Allocation never returns a used address, never one outside the pool, and returns the lowest.
+        /// Allocation never returns a used address, never one outside the pool or in its DHCP
+        /// range for unknown machines, and returns the lowest.
         #[test]
-        fn allocation_is_lowest_free(used in proptest::collection::btree_set(0u32..64, 0..64), prefix in 26u8..=30) {
-            let p = Pool::new(Ipv4Net::new(Ipv4Addr::new(10, 1, 2, 0), prefix).unwrap());
+        fn allocation_is_lowest_free(
+            used in proptest::collection::btree_set(0u32..64, 0..64),
+            prefix in 26u8..=30,
+            dynamic in proptest::option::of((0u8..64, 0u8..8)),
+        ) {
+            let mut p = Pool::new(Ipv4Net::new(Ipv4Addr::new(10, 1, 2, 0), prefix).unwrap());
+            p.dynamic = dynamic.map(|(first, len)| (Ipv4Addr::new(10, 1, 2, first), Ipv4Addr::new(10, 1, 2, first.saturating_add(len))));
             let used: BTreeSet<Ipv4Addr> = used.into_iter().map(|o| Ipv4Addr::new(10, 1, 2, o as u8)).collect();
             let got = p.lowest_free(used.iter().copied());
-            let expect = p.network.hosts().find(|ip| !used.contains(ip));
+            let in_range = |ip: &Ipv4Addr| p.dynamic.is_some_and(|(f, l)| f <= *ip && *ip <= l);
+            let expect = p.network.hosts().find(|ip| !used.contains(ip) && !in_range(ip));
             prop_assert_eq!(got, expect);
             if let Some(ip) = got {
                 prop_assert!(p.admits(ip));

@@ -197,18 +197,21 @@ pub fn notes(service: &Service, snap: &Snapshot, pools: &keel_model::Pools) -> V
     let networks = pools.networks();
     snap.machines_outside(pools)
         .map(|m| {
-            let pool = pools.of(m.mtype).network;
+            let pool = pools.of(m.mtype);
             let served = networks.iter().any(|n| n.contains(&m.ip));
+            let (whose, why) = if pool.is_dynamic(m.ip) {
+                (
+                    "inside the DHCP range for unknown machines of",
+                    "the range may lease it to another machine",
+                )
+            } else if served {
+                ("outside today's", "another pool's network still holds it")
+            } else {
+                ("outside today's", what)
+            };
             format!(
-                "machine {} has {}, outside today's {} pool {pool}: {}; `keel machine renumber` moves it",
-                m.hostname,
-                m.ip,
-                m.mtype,
-                if served {
-                    "another pool's network still holds it"
-                } else {
-                    what
-                }
+                "machine {} has {}, {whose} {} pool {}: {why}; `keel machine renumber` moves it",
+                m.hostname, m.ip, m.mtype, pool.network
             )
         })
         .collect()

@@ -258,8 +258,9 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
             );
         }
     }
-    let pools = file.pools.clone().unwrap_or_default();
+    let mut pools = file.pools.clone().unwrap_or_default();
     check_pools(&pools, found);
+    check_dhcp(&mut pools, &file.propagation.generators.dhcp, found);
     let log_level = file.logging.level.clone().unwrap_or_else(|| "info".to_owned());
     found.ok("logging.level", crate::logging::parse_level(&log_level));
     let gen = &file.propagation.generators;
@@ -434,6 +435,40 @@ fn check_pools(pools: &keel_model::Pools, found: &mut Found) {
                     ),
                 );
             }
+        }
+    }
+}
+
+/// The DHCP range for unknown machines lies inside one pool's network (that pool never allocates
+/// it) and an explicit site network holds every pool, router and the range: a range outside every
+/// pool was silently left out of dhcpd.conf before (issue 32).
+fn check_dhcp(pools: &mut keel_model::Pools, dhcp: &keel_gen::DhcpOptions, found: &mut Found) {
+    const KEY: &str = "propagation.generators.dhcp.unknown_range";
+    if let Some((first, last)) = dhcp.unknown_range {
+        let inside =
+            |n: &ipnet::Ipv4Net| n.contains(&first) && n.contains(&last) && first > n.network() && last < n.broadcast();
+        if first > last {
+            found.add(KEY, format!("starts at {first}, after its end {last}"));
+        } else if let Some(net) = pools.networks().into_iter().find(inside) {
+            for t in keel_model::MachineType::ALL {
+                let pool = pools.of_mut(t);
+                if pool.network == net {
+                    pool.dynamic = Some((first, last));
+                }
+            }
+        } else {
+            found.add(
+                KEY,
+                format!(
+                    "{first}–{last} is not inside one pool's network (between its network and broadcast addresses): unknown machines would get no address; pools: {}",
+                    pools.networks().iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+    if dhcp.site_network.is_some() {
+        if let Err(why) = keel_gen::dhcp_site_network(&pools.networks(), dhcp) {
+            found.add("propagation.generators.dhcp.site_network", why);
         }
     }
 }
@@ -614,6 +649,41 @@ mod tests {
         );
         let shown = errors[0].to_string();
         assert!(shown.contains("keel.toml:4: [dns] zone: "), "{shown}");
+    }
+
+    /// Regression (issue 32): a range for unknown machines outside every pool was dropped from
+    /// dhcpd.conf without a word; now it is refused, and a range inside a pool is never allocated.
+    #[test]
+    fn the_unknown_range_lies_in_a_pool_which_never_allocates_it() {
+        let range = |r: &str| format!("[propagation.generators.dhcp]\nunknown_range = {r}\n");
+        let cfg = load_text(&range("[\"192.168.1.100\", \"192.168.1.249\"]")).unwrap();
+        let service = cfg.pools.of(keel_model::MachineType::Service);
+        assert!(service.admits("192.168.1.99".parse().unwrap()));
+        assert!(!service.admits("192.168.1.100".parse().unwrap()));
+        let refused = cfg
+            .pools
+            .check(keel_model::MachineType::Service, "192.168.1.150".parse().unwrap());
+        assert!(refused.unwrap_err().message.contains("unknown machines"));
+        for bad in [
+            "[\"192.168.250.1\", \"192.168.250.250\"]",
+            "[\"192.168.1.200\", \"192.168.1.100\"]",
+            "[\"192.168.1.0\", \"192.168.1.10\"]",
+            "[\"192.168.1.250\", \"192.168.2.10\"]",
+        ] {
+            let e = load_text(&range(bad)).unwrap_err().0;
+            assert_eq!(
+                (e.len(), e[0].key.as_str(), e[0].line),
+                (1, "propagation.generators.dhcp.unknown_range", Some(2)),
+                "{bad}: {e:#?}"
+            );
+        }
+        let site = |n: &str| format!("[propagation.generators.dhcp]\nsite_network = \"{n}\"\n");
+        assert!(load_text(&site("192.168.0.0/22")).is_ok());
+        let e = load_text(&site("192.168.0.0/23")).unwrap_err().0;
+        assert!(
+            e[0].message.contains("does not hold the pool network 192.168.2.0/24"),
+            "{e:#?}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! checked again by the same `config::load` a start uses; a file with errors changes nothing (they
 //! are logged and reported); otherwise what can change live changes —
 //!
-//! - `[pools]`: later writes allocate from the new pools; the DNS's reverse zones follow; machines
+//! - `[pools]` (and `[propagation.generators.dhcp] unknown_range`, never allocated): later writes
+//!   allocate from the new pools; the DNS's reverse zones follow; machines
 //!   and users outside the new pools keep their addresses and uids and are counted in the log;
 //! - `[propagation.services]` and `[propagation.generators]` (the firewall's settings among them):
 //!   the engine's services and options, every task planned once;
@@ -147,7 +148,9 @@ impl Live {
         }
         report.kept = later;
         let touched = |prefix: &str| now.iter().any(|k| k == prefix || k.starts_with(&format!("{prefix}.")));
-        if touched("pools") {
+        // The DHCP range for unknown machines is part of the pools (never allocated), so a change
+        // of `[propagation.generators.dhcp]` can change them too.
+        if new.pools != running.pools {
             self.db.set_pools(new.pools.clone());
             running.pools = new.pools.clone();
             report_outside_pools(&self.db);

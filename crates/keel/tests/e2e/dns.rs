@@ -5,7 +5,7 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::Keel;
+use crate::support::{req, Keel};
 
 /// `dig` against keel; returns (status, answer lines of `+noall +answer`).
 pub fn dig(k: &Keel, args: &[&str]) -> (String, Vec<String>) {
@@ -125,15 +125,14 @@ async fn the_unknown_range_has_names_like_the_bind_zone() {
     ] {
         assert_eq!(dig(&k, &[name, "A"]).0, "NXDOMAIN", "{name}");
     }
-    // A machine registered at an address of the range takes it over.
+    // No machine is given an address of the range (issue 32): the DHCP server leases them.
     let body = json!({"hostname": "late", "mac": "52:54:00:12:34:99", "mtype": "user", "ip": "192.168.0.205"});
-    k.admin()
-        .call::<serde_json::Value>(Method::POST, "/api/v1/machines", Some(&body), None)
-        .await
-        .unwrap();
-    assert_eq!(dig(&k, &["dhcp-192-168-0-205.prolo", "A"]).0, "NXDOMAIN");
-    let (_, ptr) = dig(&k, &["-x", "192.168.0.205"]);
-    assert_eq!(ptr, ["205.0.168.192.in-addr.arpa. 60 IN PTR late.prolo."]);
+    let (status, answer) = req(&k, Some(&k.token), Method::POST, "/api/v1/machines", Some(body), &[]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].to_string().contains("unknown machines"), "{answer}");
+    let body = json!({"hostname": "late", "mac": "52:54:00:12:34:99", "mtype": "user", "ip": "192.168.0.199"});
+    assert_eq!(req(&k, Some(&k.token), Method::POST, "/api/v1/machines", Some(body), &[]).await.0, 201);
+    assert_eq!(dig(&k, &["dhcp-192-168-0-205.prolo", "A"]).0, "NOERROR");
 }
 
 /// The SOA serial of a zone file.
