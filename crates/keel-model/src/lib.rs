@@ -32,7 +32,7 @@ pub use record::Record;
 pub use rights::RightsError;
 pub use role::{MachineRole, RoleRecord};
 pub use session::{Decision, ProofPolicy, Refusal, Session};
-pub use setting::{Setting, SettingSpec, SETTINGS};
+pub use setting::{canonical_time, rfc3339, Setting, SettingSpec, SETTINGS};
 pub use snapshot::{AllocHints, ApplyError, Snapshot};
 pub use user::{
     check_ssh_key, is_sha512_crypt, Counter, Group, Login, UidPools, UidRange, User, UserPatch, SHA512_ROUNDS,

@@ -465,6 +465,12 @@ impl Snapshot {
         self.setting(key).map(|s| s.as_bool()).unwrap_or(false)
     }
 
+    /// Whether machines may register themselves at `now` (RFC 3339, as `rfc3339` writes it):
+    /// `allow_self_registration` on, or its end time still ahead.
+    pub fn registration_open(&self, now: &str) -> bool {
+        self.setting("allow_self_registration").is_ok_and(|s| s.on_at(now))
+    }
+
     /// Decides a new machine from a patch: allocates its address if none is given, checks its pool
     /// and that none of its names, MAC or IP is taken.
     pub fn new_machine(&self, patch: MachinePatch, id: u64, pools: &Pools) -> Result<Machine, ValidationError> {

@@ -1,6 +1,6 @@
 //! `GET /map`: rooms → machines → who is logged in, updating live. `GET /map.json?since=SEQ`
 //! answers at once when the state is newer than `SEQ`, else waits (up to 25 s) for the next
-//! machine or session change: the page long-polls it, so it follows logins within a round trip.
+//! machine, session or setting change (whether registration is open is on the map too): the page long-polls it, so it follows logins within a round trip.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,6 +29,15 @@ struct Seat {
 struct MapData {
     seq: u64,
     rooms: BTreeMap<String, Vec<Seat>>,
+    registration: Registration,
+}
+
+/// Whether machines may register themselves now, and until when (None: until an organiser
+/// closes it): the organisers installing the room see it on the map.
+#[derive(Debug, Serialize)]
+struct Registration {
+    open: bool,
+    until: Option<String>,
 }
 
 fn map_of(snap: &Snapshot) -> MapData {
@@ -41,7 +50,16 @@ fn map_of(snap: &Snapshot) -> MapData {
             login: snap.session_on(m.hostname.as_str()).map(|s| s.login.to_string()),
         });
     }
-    MapData { seq: snap.seq(), rooms }
+    let setting = snap.setting("allow_self_registration").ok();
+    let registration = Registration {
+        open: snap.registration_open(&keel_store::now_rfc3339()),
+        until: setting.as_ref().and_then(|s| s.until()).map(str::to_owned),
+    };
+    MapData {
+        seq: snap.seq(),
+        rooms,
+        registration,
+    }
 }
 
 fn check(st: &AppState, caller: &Caller) -> Result<(), ApiError> {
@@ -71,7 +89,7 @@ pub(crate) async fn data(
             let wait = async {
                 loop {
                     match rx.recv().await {
-                        Ok(c) if matches!(c.kind, Kind::Machine | Kind::Session) => return,
+                        Ok(c) if matches!(c.kind, Kind::Machine | Kind::Session | Kind::Setting) => return,
                         Ok(_) => {}
                         // Lagged: something changed, answer now. Closed: the server stops.
                         Err(_) => return,

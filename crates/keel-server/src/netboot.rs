@@ -162,8 +162,12 @@ pub(crate) async fn boot(State(st): State<AppState>, Path(mac): Path<String>, he
     };
     let snap = st.db.snapshot();
     let Some(m) = snap.machine_by_mac(&mac) else {
-        let vars = [("base", base), ("mac", mac.to_string())];
-        if !snap.flag("allow_self_registration") {
+        let vars = [
+            ("base", base),
+            ("mac", mac.to_string()),
+            ("until", registration_until(&snap)),
+        ];
+        if !snap.registration_open(&keel_store::now_rfc3339()) {
             return script(render(cfg, "unknown", &vars, &[]));
         }
         return script(render(cfg, "register", &vars, &[("switches", &switch_table(&snap))]));
@@ -218,7 +222,7 @@ pub(crate) async fn register(
             &[("errors", &errors.join("\n"))],
         ))
     };
-    if !st.db.snapshot().flag("allow_self_registration") {
+    if !st.db.snapshot().registration_open(&keel_store::now_rfc3339()) {
         return refuse(vec!["registration is closed: an organiser must add this machine".into()]);
     }
     if !st.allow_registration(peer, &headers) {
@@ -243,6 +247,16 @@ pub(crate) async fn register(
             };
             refuse(lines)
         }
+    }
+}
+
+/// How long registration stays open, in words for the menu: `until 2026-06-01 18:00 UTC` or
+/// `until an organiser closes it`.
+fn registration_until(snap: &Snapshot) -> String {
+    let setting = snap.setting("allow_self_registration").ok();
+    match setting.as_ref().and_then(|s| s.until()) {
+        Some(end) => format!("until {} {} UTC", &end[..10], &end[11..16]),
+        None => "until an organiser closes it".into(),
     }
 }
 
@@ -285,4 +299,54 @@ pub(crate) async fn bootstrap(State(st): State<AppState>, headers: HeaderMap) ->
     let cfg = &st.config.netboot;
     let vars = [("base", base(cfg, &headers))];
     script(render(cfg, "bootstrap", &vars, &[("switches", &switch_table(&snap))]))
+}
+
+/// Closes self-registration when the end time it was opened with passes: keel writes `false`, so
+/// the change log says when it closed and the map and watchers hear it. Readers already compare the
+/// end with their own clock, so a machine is refused at the end time even before this write.
+pub async fn close_registration_when_due(st: AppState) {
+    const KEY: &str = "allow_self_registration";
+    let who = Principal {
+        name: "keel (registration end)".into(),
+        ..Principal::system()
+    };
+    loop {
+        let mut changes = st.db.subscribe();
+        let Ok(setting) = st.db.snapshot().setting(KEY) else {
+            return;
+        };
+        let due = setting.until().map(until);
+        tokio::select! {
+            () = async { tokio::time::sleep(due.unwrap_or_default()).await }, if due.is_some() => {
+                match st.db.set_setting(&who, KEY, serde_json::Value::Bool(false), Some(setting.version)).await {
+                    Ok(_) => tracing::info!(until = setting.until().unwrap_or(""), "self-registration closed: the time it was opened for ended"),
+                    // Someone changed it meanwhile (another server closed it, an admin reopened
+                    // it): look again.
+                    Err(keel_store::StoreError::VersionMismatch { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(%e, "cannot close self-registration at its end time; trying again in 5 s");
+                        tokio::select! {
+                            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                            () = st.stopping() => return,
+                        }
+                    }
+                }
+            }
+            r = changes.recv() => {
+                if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+            () = st.stopping() => return,
+        }
+    }
+}
+
+/// How long from now until `end` (RFC 3339); zero when it is past or unreadable.
+fn until(end: &str) -> std::time::Duration {
+    time::OffsetDateTime::parse(end, &time::format_description::well_known::Rfc3339)
+        .map(|t| t - time::OffsetDateTime::now_utc())
+        .ok()
+        .and_then(|d| std::time::Duration::try_from(d).ok())
+        .unwrap_or_default()
 }

@@ -305,9 +305,36 @@ pub(crate) async fn put_setting(
     let value = f
         .take_value("value")
         .ok_or_else(|| ApiError::invalid("value", "is required"))?;
+    let for_secs = f.opt_u32("for_secs")?;
     f.finish()?;
+    let value = match for_secs {
+        None => value,
+        Some(secs) => open_for(&key, &value, secs)?,
+    };
     let s = st.db.set_setting(&g.who, &key, value, Some(g.version)).await?;
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
+}
+
+/// The longest a setting may be turned on for at once (`for_secs`): 30 days.
+const MAX_FOR_SECS: u32 = 30 * 24 * 3600;
+
+/// `{"value": true, "for_secs": N}`: on until N seconds from now by this server's clock (the one
+/// that decides), stored as that end time.
+fn open_for(key: &str, value: &Value, secs: u32) -> Result<Value, ApiError> {
+    if value != &Value::Bool(true) {
+        return Err(ApiError::invalid("for_secs", "goes only with \"value\": true"));
+    }
+    if !keel_model::Setting::spec(key).is_ok_and(|s| s.until) {
+        return Err(ApiError::invalid("for_secs", format!("{key} has no end time")));
+    }
+    if !(1..=MAX_FOR_SECS).contains(&secs) {
+        return Err(ApiError::invalid(
+            "for_secs",
+            format!("must be between 1 and {MAX_FOR_SECS}"),
+        ));
+    }
+    let end = time::OffsetDateTime::now_utc() + time::Duration::seconds(i64::from(secs));
+    Ok(Value::String(keel_model::rfc3339(end)))
 }
 
 // ---- roles ----

@@ -422,8 +422,8 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
     let snap = state.db.snapshot();
     let principal = match who {
         Some(p) if p.is_admin() => p.clone(),
-        Some(p) if snap.flag("allow_self_registration") => p.clone(),
-        None if snap.flag("allow_self_registration") => Principal::anonymous(),
+        Some(p) if snap.registration_open(&keel_store::now_rfc3339()) => p.clone(),
+        None if snap.registration_open(&keel_store::now_rfc3339()) => Principal::anonymous(),
         Some(p) => return Err(ApiError::Forbidden(format!("{} may not register machines", p.name))),
         None => {
             return Err(ApiError::Unauthorized(

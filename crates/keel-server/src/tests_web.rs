@@ -159,6 +159,39 @@ fn csrf_of(body: &str) -> String {
         .to_owned()
 }
 
+/// Issue 32: self-registration turned on from the settings page for some hours holds its end time
+/// and shows it; contest_mode has no such choice.
+#[tokio::test]
+async fn self_registration_is_turned_on_for_hours_from_the_settings_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = site(&dir, false).await;
+    let (cookie, _) = login(&st, "root1", "/").await.unwrap();
+    let page = send(&st, get("/settings", &cookie)).await;
+    assert_eq!(page.body.matches("name=\"for_hours\"").count(), 1, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    let form = format!("csrf={csrf}&key=allow_self_registration&version=0&value=on&for_hours=2");
+    assert_eq!(
+        send(&st, post("/settings", &cookie, &form)).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let s = st.db.snapshot().setting("allow_self_registration").unwrap();
+    let end = s.until().unwrap().to_owned();
+    assert!(s.on_at(&keel_store::now_rfc3339()));
+    let hours = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
+    let left = hours(&end) - time::OffsetDateTime::now_utc();
+    assert!(
+        left > time::Duration::minutes(119) && left <= time::Duration::hours(2),
+        "{left}"
+    );
+    let page = send(&st, get("/settings", &cookie)).await;
+    assert!(
+        page.body
+            .contains(&format!("until {} {} UTC", &end[..10], &end[11..16])),
+        "{}",
+        page.body
+    );
+}
+
 #[tokio::test]
 async fn managers_see_and_act_on_their_facilities_only() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,13 +36,7 @@ pub fn now_rfc3339() -> String {
     rfc3339(time::OffsetDateTime::now_utc())
 }
 
-/// A time as RFC 3339 UTC with a fixed six-digit fraction, so that times compare as strings.
-pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&fmt)
-        .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".to_owned())
-}
+pub use keel_model::rfc3339;
 
 #[cfg(test)]
 mod tests;

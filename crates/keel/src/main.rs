@@ -91,6 +91,9 @@ enum Command {
     /// Site-wide settings (contest_mode, allow_self_registration).
     #[command(subcommand, alias = "settings")]
     Setting(cmd::setting::SettingCmd),
+    /// Self-registration of machines from the iPXE menu: open for a time, close, status.
+    #[command(subcommand)]
+    Registration(cmd::setting::RegistrationCmd),
     /// Roles of machines: the gateway, the RFS and HFS of each number, keel's service names.
     #[command(subcommand, alias = "roles")]
     Role(cmd::role::RoleCmd),
@@ -343,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Propagation(c) => cmd::propagation::propagation(&cli.client()?, c, json).await,
         Command::Setting(c) => cmd::setting::run(&cli.client()?, c, json).await,
+        Command::Registration(c) => cmd::setting::registration(&cli.client()?, c, json).await,
         Command::Role(c) => cmd::role::run(&cli.client()?, c, json).await,
         Command::Users(c) => cmd::users::run(&cli.client()?, c, json).await,
         Command::Passwd(a) => cmd::passwd::run(&cli.client()?, a, json).await,

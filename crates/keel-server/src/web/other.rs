@@ -162,6 +162,10 @@ pub(crate) async fn save_switch(
 pub(crate) struct SettingRow {
     pub key: &'static str,
     pub on: bool,
+    /// When it turns itself off (`2026-06-01 18:00 UTC`), or empty.
+    pub until: String,
+    /// It may be turned on for a time only.
+    pub timed: bool,
     pub help: &'static str,
     pub version: u64,
     /// Shown in red beside the switch.
@@ -182,9 +186,16 @@ fn settings_page(st: &AppState, me: &Me, error: String) -> Response {
         .iter()
         .map(|spec| {
             let s = snap.setting(spec.key).unwrap_or_else(|_| Setting::default_for(spec));
+            let on = s.on_at(&keel_store::now_rfc3339());
             SettingRow {
                 key: spec.key,
-                on: s.as_bool(),
+                on,
+                until: s
+                    .until()
+                    .filter(|_| on)
+                    .map(|t| format!("{} {} UTC", &t[..10], &t[11..16]))
+                    .unwrap_or_default(),
+                timed: spec.until,
                 help: spec.help,
                 version: s.version,
                 warning: match spec.key {
@@ -213,7 +224,19 @@ pub(crate) async fn settings(State(st): State<AppState>, me: Me) -> Result<Respo
 pub(crate) async fn save_setting(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = me.admin_form(&body, "changing settings")?;
     let key = f.get("key").unwrap_or("");
-    let value = serde_json::Value::Bool(f.get("value") == Some("on"));
+    let on = f.get("value") == Some("on");
+    // "Turn on for N hours": stored as the end time (the setting closes itself then).
+    let value = match f
+        .get("for_hours")
+        .and_then(|h| h.parse::<u8>().ok())
+        .filter(|h| on && *h > 0)
+    {
+        Some(hours) => {
+            let end = time::OffsetDateTime::now_utc() + time::Duration::hours(i64::from(hours));
+            serde_json::Value::String(keel_model::rfc3339(end))
+        }
+        None => serde_json::Value::Bool(on),
+    };
     let version = f.version();
     match st.db.set_setting(&me.principal(), key, value, Some(version)).await {
         Ok(s) => {

@@ -165,6 +165,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
         udp::start_tftp(tftp, &cfg.data_dir, state.metrics.clone()).await?;
     }
     tokio::spawn(keel_server::presence::run_expiry(state.clone()));
+    tokio::spawn(keel_server::netboot::close_registration_when_due(state.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;

@@ -131,7 +131,12 @@ async fn the_unknown_range_has_names_like_the_bind_zone() {
     assert_eq!(status, 400, "{answer}");
     assert!(answer["error"].to_string().contains("unknown machines"), "{answer}");
     let body = json!({"hostname": "late", "mac": "52:54:00:12:34:99", "mtype": "user", "ip": "192.168.0.199"});
-    assert_eq!(req(&k, Some(&k.token), Method::POST, "/api/v1/machines", Some(body), &[]).await.0, 201);
+    assert_eq!(
+        req(&k, Some(&k.token), Method::POST, "/api/v1/machines", Some(body), &[])
+            .await
+            .0,
+        201
+    );
     assert_eq!(dig(&k, &["dhcp-192-168-0-205.prolo", "A"]).0, "NOERROR");
 }
 

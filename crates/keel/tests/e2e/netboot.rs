@@ -173,3 +173,137 @@ async fn kernels_are_served_with_range_requests() {
         "{head}"
     );
 }
+
+fn cli_ok(k: &Keel, args: &[&str]) -> String {
+    let out = k.cli(args);
+    assert!(
+        out.status.success(),
+        "keel {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Day one (issue 32): `keel registration open --for` opens self-registration with an end time
+/// that the menu and the map show; the menu asks to confirm what was typed; at the end time keel
+/// closes it itself, in the change log; organisers' machines are added by an organiser, never
+/// through the form.
+#[tokio::test]
+async fn registration_opens_for_a_time_and_closes_itself() {
+    let k = Keel::start(&["--example-site"]);
+    let mac = "52:54:00:aa:bb:01";
+    let status =
+        |k: &Keel| -> Value { serde_json::from_str(&cli_ok(k, &["--json", "registration", "status"])).unwrap() };
+    assert_eq!(status(&k)["open"], false);
+    assert!(boot(&k, mac).contains("registration is closed"));
+    let said = cli_ok(&k, &["registration", "open", "--for", "1h"]);
+    assert!(said.starts_with("self-registration is open until 20"), "{said}");
+    let st = status(&k);
+    let until = st["until"].as_str().unwrap().to_owned();
+    assert_eq!(st["open"], true);
+    // The menu says until when, and shows what was typed before sending it.
+    let menu = boot(&k, mac);
+    let shown = format!("Registration is open until {} {} UTC.", &until[..10], &until[11..16]);
+    assert!(menu.contains(&shown), "{shown}\n{menu}");
+    assert!(
+        menu.contains("item send Yes, register ${hostname}") && menu.contains("goto keel_summary"),
+        "{menu}"
+    );
+    let (_, map) = curl(&[
+        &format!("{}/map.json", k.url),
+        "-H",
+        &format!("Authorization: Bearer {}", k.token),
+    ]);
+    let map: Value = serde_json::from_str(&map).unwrap();
+    assert_eq!(map["registration"], json!({"open": true, "until": until}));
+    // A machine asking for the orga type is refused in words; it registers as the site's type.
+    let register = |mtype: &str| {
+        curl(&[&format!(
+            "{}/register?mac={mac}&hostname=r06p01&room=alt&rfs=1&hfs=1{mtype}",
+            k.url
+        )])
+        .1
+    };
+    let refused = register("&mtype=orga");
+    assert!(
+        refused.contains("a machine registering itself is of type user"),
+        "{refused}"
+    );
+    let ok = register("");
+    assert!(ok.contains("registered r06p01"), "{ok}");
+    let m: Value = k.admin().get("/api/v1/machines/r06p01").await.unwrap();
+    assert_eq!(m["mtype"], "user");
+    // The organisers' path: an organiser adds theirs, registration open or not.
+    cli_ok(
+        &k,
+        &[
+            "machine",
+            "add",
+            "--hostname",
+            "orga02",
+            "--mac",
+            "52:54:00:aa:bb:02",
+            "--mtype",
+            "orga",
+            "--room",
+            "other",
+        ],
+    );
+    // A short opening: keel closes it at its end, and the log says who did.
+    cli_ok(&k, &["registration", "open", "--for", "1s"]);
+    crate::support::eventually(30, "registration closed by keel at its end time", async || {
+        status(&k)["open"] == false && !cli_ok(&k, &["setting", "get", "allow_self_registration"]).contains('Z')
+    })
+    .await;
+    let log = cli_ok(&k, &["log", "-n", "1"]);
+    assert!(log.contains("keel (registration end)"), "{log}");
+    assert!(boot(&k, "52:54:00:aa:bb:03").contains("registration is closed"));
+    let (_, refused) = curl(&[&format!(
+        "{}/register?mac=52:54:00:aa:bb:03&hostname=r06p02&room=alt&rfs=1&hfs=1",
+        k.url
+    )]);
+    assert!(refused.contains("registration is closed"), "{refused}");
+}
+
+/// `for_secs` goes with turning a timed setting on, within bounds; the same request without the
+/// bad part succeeds.
+#[tokio::test]
+async fn for_secs_is_refused_where_it_means_nothing() {
+    let k = Keel::start(&[]);
+    // Each PUT carries the version it read, as a client must.
+    let put = async |key: &str, body: Value| {
+        let path = format!("/api/v1/settings/{key}");
+        let (_, now) = crate::support::req(&k, Some(&k.token), Method::GET, &path, None, &[]).await;
+        let version = now["version"].to_string();
+        crate::support::req(
+            &k,
+            Some(&k.token),
+            Method::PUT,
+            &path,
+            Some(body),
+            &[("If-Match", &version)],
+        )
+        .await
+    };
+    assert_eq!(
+        put("allow_self_registration", json!({"value": true, "for_secs": 60}))
+            .await
+            .0,
+        200
+    );
+    for (key, body) in [
+        ("allow_self_registration", json!({"value": false, "for_secs": 60})),
+        ("allow_self_registration", json!({"value": true, "for_secs": 0})),
+        (
+            "allow_self_registration",
+            json!({"value": true, "for_secs": 99_999_999}),
+        ),
+        ("allow_self_registration", json!({"value": true, "for_secs": "an hour"})),
+        ("allow_self_registration", json!({"value": "tomorrow"})),
+        ("contest_mode", json!({"value": true, "for_secs": 60})),
+    ] {
+        let (status, answer) = put(key, body.clone()).await;
+        assert_eq!(status, 400, "{key} {body}: {answer}");
+    }
+    assert_eq!(put("contest_mode", json!({"value": true})).await.0, 200);
+}

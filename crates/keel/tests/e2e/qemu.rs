@@ -226,8 +226,13 @@ async fn a_qemu_guest_registers_with_its_switchs_room_rfs_and_hfs_through_the_ll
     let out = run_guest_typing(
         &k,
         mac,
-        // Enter on the menu's first item (register with the switch's values), then the hostname.
-        &[("room lab, RFS 1, HFS 3", "\r"), ("Hostname", "r09p09\r")],
+        // Enter on the menu's first item (register with the switch's values), the hostname, then
+        // Enter on the summary's "Yes, register r09p09".
+        &[
+            ("room lab, RFS 1, HFS 3", "\r"),
+            ("Hostname", "r09p09\r"),
+            ("Yes, register r09p09", "\r"),
+        ],
         "KEEL-CMDLINE:",
         Duration::from_secs(300),
     );
