@@ -86,6 +86,7 @@ fn the_debian_packages_hold_what_an_install_needs_pass_lintian_and_keel_service_
         "./usr/sbin/keel-agent",
         "./etc/keel/agent.toml",
         "./lib/systemd/system/keel-presence-heartbeat.service",
+        "./usr/share/pam-configs/keel-presence",
         "./usr/share/man/man8/keel-agent.8.gz",
         "./usr/share/man/man8/keel-agent-apply.8.gz",
     ] {
