@@ -221,8 +221,12 @@ pub(crate) struct StatusQuery {
 
 pub(crate) async fn status(State(st): State<AppState>, caller: Caller, Query(q): Query<StatusQuery>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
-    let tasks = engine(&st)?.status(q.facility.as_deref());
-    Ok(Json(json!({"idle": engine(&st)?.is_idle(), "tasks": to_json(&tasks)?})).into_response())
+    let engine = engine(&st)?;
+    let tasks = engine.status(q.facility.as_deref());
+    // `caught_up`: the engine has planned for every change committed so far (`keel propagation
+    // wait` needs it: right after a write, the tasks may not show it yet).
+    let body = json!({"idle": engine.is_idle(), "caught_up": engine.has_seen_all(), "tasks": to_json(&tasks)?});
+    Ok(Json(body).into_response())
 }
 
 /// `who` runs `facility`: an admin, or one of its managers.

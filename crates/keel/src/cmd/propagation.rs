@@ -152,6 +152,15 @@ pub enum PropagationCmd {
         #[arg(long, default_value_t = 600)]
         timeout: u64,
     },
+    /// Wait until propagation has caught up with every change made so far (a facility's tasks,
+    /// or all): exit 0 when each ended DONE or WARNING, 1 (with the table) when one failed.
+    Wait {
+        #[arg(long)]
+        facility: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Block a service on a facility, or on one destination (results show DENIED).
     Block(BlockArgs),
     /// Lift a block.
@@ -377,6 +386,9 @@ pub async fn propagation(c: &Client, cmd: &PropagationCmd, json: bool) -> anyhow
             no_wait,
             timeout,
         } => force(c, facility, service, !no_wait, Duration::from_secs(*timeout), json).await,
+        PropagationCmd::Wait { facility, timeout } => {
+            wait(c, facility.as_deref(), Duration::from_secs(*timeout), json).await
+        }
         PropagationCmd::Block(a) => block(c, a, true, json).await,
         PropagationCmd::Unblock(a) => block(c, a, false, json).await,
         PropagationCmd::Gen {
@@ -561,6 +573,39 @@ async fn force(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Polls until the engine has seen every change and none of the tasks is in flight.
+async fn wait(c: &Client, facility: Option<&str>, timeout: Duration, json: bool) -> anyhow::Result<()> {
+    use keel_propagate::TaskState;
+    let deadline = Instant::now() + timeout;
+    let tasks = loop {
+        let v = c.propagation_status(facility).await?;
+        let tasks: Vec<Task> = serde_json::from_value(v["tasks"].clone())?;
+        if v["caught_up"] == true && !tasks.iter().any(|t| t.state.in_flight()) {
+            break tasks;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "still propagating after {} s; see `keel propagation status`",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if json {
+        print_json(&tasks)?;
+    } else {
+        outln!("{}", status_table(&tasks, std::io::stdout().is_terminal()))?;
+    }
+    let failed = tasks
+        .iter()
+        .filter(|t| matches!(t.state, TaskState::Error | TaskState::Senderror | TaskState::Generror))
+        .count();
+    if failed > 0 {
+        anyhow::bail!("{failed} task(s) failed");
+    }
+    Ok(())
 }
 
 async fn block(c: &Client, a: &BlockArgs, blocked: bool, json: bool) -> anyhow::Result<()> {

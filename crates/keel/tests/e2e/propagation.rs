@@ -961,3 +961,51 @@ async fn every_outcome_reaches_status_metrics_and_the_alert_as_what_it_is() {
     })
     .await;
 }
+
+/// `keel propagation wait` returns once every change made so far has landed: right after a write
+/// it waits for the engine to see it (issue 32: the runbook's checks follow it, with no retry loop),
+/// and it exits 1 naming the failure when a task failed.
+#[tokio::test]
+async fn propagation_wait_returns_when_every_change_has_landed() {
+    let k = Keel::start(&["--example-site"]);
+    let hosts = k.data().join("example-agent/root/etc/hosts");
+    for n in 1..=3 {
+        let name = format!("wait{n}");
+        let mac = format!("52:54:00:77:00:0{n}");
+        let out = k.cli(&[
+            "machine",
+            "add",
+            "--hostname",
+            &name,
+            "--mac",
+            &mac,
+            "--mtype",
+            "service",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = k.cli(&["propagation", "wait", "--facility", "gw"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(&hosts).unwrap();
+        assert!(
+            text.contains(&format!(" {name}")),
+            "{name} not in hosts after wait:\n{text}"
+        );
+    }
+    // A task that fails: wait says so and exits 1.
+    let out = k.cli(&["propagation", "block", "--facility", "gw", "--service", "hosts"]);
+    assert!(out.status.success());
+    std::fs::write(k.data().join("example-agent/agent.toml"), "not toml at all [").unwrap();
+    let out = k.cli(&[
+        "propagation",
+        "force",
+        "--facility",
+        "gw",
+        "--service",
+        "dns",
+        "--no-wait",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = k.cli(&["propagation", "wait", "--facility", "gw", "--timeout", "120"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("task(s) failed"));
+}
