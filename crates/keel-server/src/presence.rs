@@ -526,7 +526,13 @@ pub async fn heartbeat(
         }
         refused = no
             .into_iter()
-            .map(|(login, r)| json!({"login": login, "reason": r.code(), "error": r.to_string()}))
+            .map(|(login, r)| {
+                // Someone logged in while keel was down, and keel cannot take the machine's word
+                // for it (a proof is needed, the seat is taken…): their SSO and internet wait
+                // for a new login. Said here, so an admin asked "why not me?" finds it.
+                tracing::warn!(%login, %host, reason = r.code(), "a session a heartbeat reports was not rebuilt");
+                json!({"login": login, "reason": r.code(), "error": r.to_string()})
+            })
             .collect();
         unknown.clear();
     }
