@@ -577,12 +577,15 @@ async fn force(
 
 /// Polls until the engine has seen every change and none of the tasks is in flight.
 async fn wait(c: &Client, facility: Option<&str>, timeout: Duration, json: bool) -> anyhow::Result<()> {
-    use keel_propagate::TaskState;
     let deadline = Instant::now() + timeout;
     let tasks = loop {
         let v = c.propagation_status(facility).await?;
         let tasks: Vec<Task> = serde_json::from_value(v["tasks"].clone())?;
-        if v["caught_up"] == true && !tasks.iter().any(|t| t.state.in_flight()) {
+        // A change the engine has seen may wait out its debounce in the queue while its task
+        // still shows the last run's state: only an idle engine has landed everything — unless
+        // a task failed, whose retries keep the queue busy (that answer is final enough).
+        let failed = tasks.iter().any(|t| failed(t.state));
+        if v["caught_up"] == true && !tasks.iter().any(|t| t.state.in_flight()) && (v["idle"] == true || failed) {
             break tasks;
         }
         if Instant::now() > deadline {
@@ -598,14 +601,16 @@ async fn wait(c: &Client, facility: Option<&str>, timeout: Duration, json: bool)
     } else {
         outln!("{}", status_table(&tasks, std::io::stdout().is_terminal()))?;
     }
-    let failed = tasks
-        .iter()
-        .filter(|t| matches!(t.state, TaskState::Error | TaskState::Senderror | TaskState::Generror))
-        .count();
+    let failed = tasks.iter().filter(|t| failed(t.state)).count();
     if failed > 0 {
         anyhow::bail!("{failed} task(s) failed");
     }
     Ok(())
+}
+
+fn failed(state: keel_propagate::TaskState) -> bool {
+    use keel_propagate::TaskState;
+    matches!(state, TaskState::Error | TaskState::Senderror | TaskState::Generror)
 }
 
 async fn block(c: &Client, a: &BlockArgs, blocked: bool, json: bool) -> anyhow::Result<()> {
