@@ -2,17 +2,22 @@
 # before use), free ports, ssh into a guest, waiting on a guest's condition. Source it; `say` and
 # `work` (a scratch directory) are the caller's.
 
+# drop_unreadable TAR: an interrupted or older run may have left a directory or a truncated file
+# under a cached root's name; it is removed, to be made again.
+drop_unreadable() {
+  if [ -e "$1" ] && ! { [ -f "$1" ] && tar -tf "$1" >/dev/null 2>&1; }; then
+    say "the cached root $1 is not a readable tar: making it again" >&2
+    rm -rf "$1"
+  fi
+}
+
 # cached_root NAME VARIANT INCLUDE: prints the path of a tar of a Debian bookworm root with
 # INCLUDE's packages, made once and kept in ~/.cache/keel-roots (keyed by variant and packages).
 cached_root() {
   local name="$1" variant="$2" include="$3" cache="$HOME/.cache/keel-roots"
   mkdir -p "$cache"
   local tar="$cache/$name-$(printf '%s %s' "$variant" "$include" | sha256sum | cut -c1-12).tar"
-  # An interrupted or older run may have left a directory or a truncated file under that name.
-  if [ -e "$tar" ] && ! { [ -f "$tar" ] && tar -tf "$tar" >/dev/null 2>&1; }; then
-    say "the cached root $tar is not a readable tar: making it again" >&2
-    rm -rf "$tar"
-  fi
+  drop_unreadable "$tar"
   if [ ! -e "$tar" ]; then
     say "making a Debian root with mmdebstrap ($name: $variant, $include)" >&2
     # mmdebstrap picks its output format from the file name unless told: `….tar.partial` would be
@@ -60,10 +65,7 @@ cached_command_root() {
   local name="$1" cmd="$2" cache="$HOME/.cache/keel-roots"
   mkdir -p "$cache"
   local tar="$cache/$name-$(printf '%s' "$cmd" | sha256sum | cut -c1-12).tar"
-  if [ -e "$tar" ] && ! { [ -f "$tar" ] && tar -tf "$tar" >/dev/null 2>&1; }; then
-    say "the cached root $tar is not a readable tar: making it again" >&2
-    rm -rf "$tar"
-  fi
+  drop_unreadable "$tar"
   if [ ! -e "$tar" ]; then
     say "making $name: $cmd" >&2
     rm -rf "$tar.partial"

@@ -8,17 +8,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{eventually, req, Keel};
-
-fn cli_ok(k: &Keel, args: &[&str]) -> String {
-    let out = k.cli(args);
-    assert!(
-        out.status.success(),
-        "keel {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::support::{cli_ok, eventually, req, Keel};
 
 async fn user(k: &Keel, login: &str) -> Value {
     k.admin().get(&format!("/api/v1/users/{login}")).await.unwrap()

@@ -6,7 +6,7 @@ use std::process::Command;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::Keel;
+use crate::support::{cli_ok, Keel};
 
 pub fn curl(args: &[&str]) -> (String, String) {
     let out = Command::new("curl")
@@ -172,16 +172,6 @@ async fn kernels_are_served_with_range_requests() {
         head.starts_with("HTTP/1.1 404") || head.starts_with("HTTP/1.1 400"),
         "{head}"
     );
-}
-
-fn cli_ok(k: &Keel, args: &[&str]) -> String {
-    let out = k.cli(args);
-    assert!(
-        out.status.success(),
-        "keel {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Day one (issue 32): `keel registration open --for` opens self-registration with an end time

@@ -186,6 +186,17 @@ impl Keel {
 }
 
 /// Fails the test unless `tool` is on PATH. Under CI a missing tool is a failure, never a skip.
+/// Runs a keel CLI command that must succeed; its stdout.
+pub fn cli_ok(k: &Keel, args: &[&str]) -> String {
+    let out = k.cli(args);
+    assert!(
+        out.status.success(),
+        "keel {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn require_tool(tool: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
