@@ -5,7 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use keel_bundle::{Bundle, BundleError, Limits, Version};
+use keel_bundle::{Bundle, BundleError, Limits};
+use keel_model::service::Version;
 
 use crate::config::Config;
 use crate::fsops::{self, Change, Journal};
@@ -73,7 +74,7 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         ));
     }
     // The shadow suite's lock, so passwd, useradd and friends never write alongside us.
-    let _pwd = if m.service == keel_bundle::service::PASSWD {
+    let _pwd = if m.service == keel_model::service::PASSWD {
         Some(pwd_lock(cfg)?)
     } else {
         None
@@ -239,7 +240,7 @@ fn check_version(cfg: &Config, service: &str, got: Version, out: &mut Out<'_>) -
         .services
         .get(service)
         .and_then(|s| s.version.as_deref()?.parse::<Version>().ok());
-    let built_in = keel_bundle::service::agent_major(service).map(|m| Version::new(m, 0));
+    let built_in = keel_model::service::agent_major(service).map(|m| Version::new(m, 0));
     let Some(want) = configured.or(built_in) else {
         return Ok(()); // a custom service without a pinned version
     };

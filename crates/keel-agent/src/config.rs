@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use keel_bundle::{PublicKey, Version};
+use keel_bundle::PublicKey;
+use keel_model::service::Version;
 use serde::Deserialize;
 
 /// The config file as written.

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use keel_bundle::{service, Bundle};
+use keel_bundle::Bundle;
+use keel_model::service;
 
 use crate::config::Config;
 use crate::fsops::{read_target, Change};

@@ -7,7 +7,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use keel_bundle::{build, File, Header, SecretKey, Version};
+use keel_bundle::{build, Header, SecretKey};
+use keel_model::service::{File, Version};
 
 struct Host {
     dir: tempfile::TempDir,

@@ -22,8 +22,9 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use keel_bundle::{build, File, Header, SecretKey, Version};
+use keel_bundle::{build, Header, SecretKey};
 use keel_model::input::{Fields, Strictness};
+use keel_model::service::{File, Version};
 use keel_model::{Group, Login, MachinePatch, User, UserPatch};
 use proptest::prelude::*;
 

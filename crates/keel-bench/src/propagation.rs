@@ -238,7 +238,7 @@ fn agent_apply(
     let bundle = |serial| {
         let h = keel_bundle::Header {
             service: "passwd",
-            version: keel_bundle::Version::new(1, 0),
+            version: keel_model::service::Version::new(1, 0),
             facility: "bench",
             destination: "h000",
             run_id: "bench",

@@ -15,16 +15,15 @@
 mod key;
 mod manifest;
 mod read;
-pub mod service;
 mod write;
 
 pub use keel_model::propagation::destination_host;
 /// The model's own checks, for the agent's re-parsing of what it applies (invariant 10).
 pub use keel_model::{check_ssh_key, Hostname};
 pub use key::{KeyError, PublicKey, SecretKey};
-pub use manifest::{check_rel_path, FileEntry, Manifest, Version, FORMAT};
+pub use manifest::{check_rel_path, FileEntry, Manifest, FORMAT};
 pub use read::{Bundle, BundleError, Limits};
-pub use write::{build, manifest as manifest_for, BuildError, Encoding, File, Header, Prepared};
+pub use write::{build, manifest as manifest_for, BuildError, Encoding, Header, Prepared};
 
 /// The lower-cased sha256 of `data`, in hex.
 pub fn sha256_hex(data: &[u8]) -> String {

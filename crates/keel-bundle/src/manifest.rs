@@ -1,60 +1,10 @@
 //! MANIFEST.json: what a bundle claims to be, and the checks on every name in it.
 
-use std::fmt;
-use std::str::FromStr;
-
+use keel_model::service::Version;
 use serde::{Deserialize, Serialize};
 
 /// The bundle format this crate writes and reads.
 pub const FORMAT: u32 = 1;
-
-/// A service's version, `major.minor`. Agents refuse another major; a minor difference is news.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Version {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl Version {
-    pub const fn new(major: u32, minor: u32) -> Self {
-        Self { major, minor }
-    }
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
-    }
-}
-
-impl FromStr for Version {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("version must be MAJOR.MINOR with decimal numbers (got {s:?})");
-        let (a, b) = s.split_once('.').ok_or_else(bad)?;
-        let num = |x: &str| {
-            if x.is_empty() || x.len() > 9 || !x.bytes().all(|c| c.is_ascii_digit()) {
-                Err(bad())
-            } else {
-                x.parse().map_err(|_| bad())
-            }
-        };
-        Ok(Self::new(num(a)?, num(b)?))
-    }
-}
-
-impl Serialize for Version {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Version {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
 
 /// One file of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -244,8 +244,9 @@ fn describe(kind: tar::EntryType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::write::{build, File, Header};
-    use crate::{SecretKey, Version};
+    use crate::write::{build, Header};
+    use crate::SecretKey;
+    use keel_model::service::{File, Version};
 
     fn header() -> Header<'static> {
         Header {
@@ -488,7 +489,8 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::{build, File, Header, SecretKey, Version};
+    use crate::{build, Header, SecretKey};
+    use keel_model::service::{File, Version};
 
     fn valid(key: &SecretKey) -> Vec<u8> {
         let h = Header {

@@ -1,15 +1,8 @@
 //! Building a signed bundle. The tar is deterministic: fixed owner and time, files in path order.
 
 use crate::manifest::{FileEntry, Manifest, FORMAT};
-use crate::{SecretKey, Version};
-
-/// A generated file, before it goes into a bundle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct File {
-    pub path: String,
-    pub mode: u32,
-    pub data: Vec<u8>,
-}
+use crate::SecretKey;
+use keel_model::service::{File, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use keel_bundle::File;
+use keel_model::service::File;
 use keel_model::{Group, User};
 
 use crate::check::{self, GenError};

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use keel_bundle::File;
+use keel_model::service::File;
 use keel_model::Machine;
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use keel_bundle::File;
+use keel_model::service::File;
 use keel_model::{Group, MachineType};
 use serde::{Deserialize, Serialize};
 

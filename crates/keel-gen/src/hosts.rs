@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use keel_bundle::File;
+use keel_model::service::File;
 
 use crate::check::{self, GenError};
 use crate::{file, Input, Options};

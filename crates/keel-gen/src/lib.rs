@@ -15,7 +15,7 @@ mod hosts;
 
 use std::collections::BTreeMap;
 
-use keel_bundle::{service, File, Version};
+use keel_model::service::{self, File, Version};
 use keel_model::{Group, Kind, Machine, User};
 use serde::{Deserialize, Serialize};
 

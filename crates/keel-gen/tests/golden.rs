@@ -35,7 +35,7 @@ fn input<'a>(users: &'a [User], machines: &'a [Machine]) -> Input<'a> {
 }
 
 /// Compares generated files with `tests/data/<dir>/`, or rewrites them under UPDATE_GOLDEN.
-fn check_golden(dir: &str, files: &[keel_bundle::File]) {
+fn check_golden(dir: &str, files: &[keel_model::service::File]) {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     for f in files {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -77,7 +77,7 @@ fn generators_match_golden_files() {
 
 /// Kea, and ISC with a range for unknown machines (the plain ISC file is in `dhcp/`); the
 /// firewall with people logged in, outside and during the contest.
-fn variants() -> Vec<(&'static str, Vec<keel_bundle::File>)> {
+fn variants() -> Vec<(&'static str, Vec<keel_model::service::File>)> {
     let (users, machines) = site();
     let mut input = input(&users, &machines);
     let mut opts = Options::default();

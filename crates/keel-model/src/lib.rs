@@ -15,6 +15,7 @@ pub mod query;
 mod record;
 mod rights;
 pub mod role;
+pub mod service;
 mod session;
 mod setting;
 mod snapshot;

@@ -13,9 +13,12 @@ use serde_json::Value;
 const MAP: &[(&str, &[&str])] = &[
     ("keel-model", &[]),
     ("keel-password", &[]),
+    ("keel-limits", &[]),
+    ("keel-tftp", &["keel-limits"]),
+    ("keel-dns", &["keel-model", "keel-gen", "keel-limits"]),
     ("keel-testkit", &["keel-client"]),
     ("keel-bundle", &["keel-model"]),
-    ("keel-gen", &["keel-model", "keel-bundle"]),
+    ("keel-gen", &["keel-model"]),
     ("keel-store", &["keel-model"]),
     ("keel-client", &["keel-model"]),
     ("keel-agent", &["keel-bundle", "keel-model", "keel-client"]),
@@ -32,11 +35,25 @@ const MAP: &[(&str, &[&str])] = &[
             "keel-password",
             "keel-propagate",
             "keel-store",
+            "keel-limits",
+        ],
+    ),
+    (
+        "keel-web",
+        &[
+            "keel-model",
+            "keel-gen",
+            "keel-limits",
+            "keel-password",
+            "keel-propagate",
+            "keel-server",
+            "keel-store",
         ],
     ),
     (
         "keel",
         &[
+            "keel-web",
             "keel-model",
             "keel-bundle",
             "keel-gen",
@@ -46,6 +63,9 @@ const MAP: &[(&str, &[&str])] = &[
             "keel-server",
             "keel-client",
             "keel-agent",
+            "keel-dns",
+            "keel-tftp",
+            "keel-limits",
         ],
     ),
     (
@@ -68,6 +88,9 @@ const HOST: &str = "x86_64-unknown-linux-gnu";
 
 /// Crates that do I/O or run async: none may be under keel-model or keel-gen.
 const IMPURE: &[&str] = &["tokio", "sqlx", "reqwest", "ureq", "hyper", "axum", "mio", "socket2"];
+
+/// Crates of the bundle (compression, signatures, archives): not under the pure generators.
+const BUNDLE_ONLY: &[&str] = &["zstd-sys", "ed25519-dalek", "tar"];
 
 /// Crates for benchmarks and tests: never under a binary that ships.
 const HARNESS: &[&str] = &["keel-bench", "keel-testkit", "nix", "proptest"];
@@ -171,6 +194,12 @@ fn dependencies_follow_the_architecture() {
         for bad in IMPURE.iter().filter(|b| all.contains(*b)) {
             problems.push(format!("{pure} pulls in {bad}: it must stay pure (no I/O, no async)"));
         }
+    }
+    let gen = g.transitive("keel-gen");
+    for bad in BUNDLE_ONLY.iter().filter(|b| gen.contains(*b)) {
+        problems.push(format!(
+            "keel-gen pulls in {bad}: the bundle's business, not the generators'"
+        ));
     }
     // What ships: the binaries carry no benchmark or test harness (a throwaway PostgreSQL, an
     // sshd launcher, epoll readers, property testing).

@@ -846,7 +846,7 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
 
 /// Hashes, lays out and compresses the files: milliseconds of CPU for a big service, so on a
 /// blocking thread.
-async fn prepare(files: Vec<keel_bundle::File>, encoding: Encoding) -> Result<Prepared, EngineError> {
+async fn prepare(files: Vec<keel_model::service::File>, encoding: Encoding) -> Result<Prepared, EngineError> {
     tokio::task::spawn_blocking(move || Prepared::new(&files, encoding))
         .await
         .map_err(|e| EngineError::Gen(e.to_string()))?

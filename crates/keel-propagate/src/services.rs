@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use keel_bundle::{File, Version};
 use keel_gen::BuiltIn;
+use keel_model::service::{File, Version};
 use keel_model::{Facility, Kind, Snapshot};
 use serde::Deserialize;
 

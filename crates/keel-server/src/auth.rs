@@ -1,6 +1,6 @@
 //! Who is calling: the bearer token, checked on every request that carries one.
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use keel_model::{Principal, Role};
@@ -14,10 +14,16 @@ use crate::{ApiError, AppState};
 #[derive(Debug, Clone)]
 pub struct Caller(pub Option<Principal>);
 
-impl FromRequestParts<AppState> for Caller {
+/// Any router whose state holds the server's (keel-web's pages and map too).
+impl<S> FromRequestParts<S> for Caller
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let state = AppState::from_ref(state);
         let Some(value) = parts.headers.get(AUTHORIZATION) else {
             return Ok(Self(None));
         };
@@ -32,7 +38,7 @@ impl FromRequestParts<AppState> for Caller {
             Ok(p) => Ok(Self(Some(p))),
             Err(reason) => {
                 // The token itself is never logged; its refusal is.
-                crate::refused!(WARN, %reason, path = %parts.uri.path(), "token refused");
+                keel_limits::refused!(WARN, %reason, path = %parts.uri.path(), "token refused");
                 Err(ApiError::Unauthorized("invalid, revoked or expired token"))
             }
         }
@@ -85,11 +91,11 @@ const FREE_FAILURES: u32 = 5;
 const FORGET_AFTER_MS: i64 = 3_600_000;
 
 /// Now, in Unix milliseconds: the times kept in the database and shared between servers.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn millis(d: std::time::Duration) -> i64 {
+pub fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -121,7 +127,7 @@ impl Throttle {
 }
 
 /// What checking a password someone typed found.
-pub(crate) enum PasswordCheck {
+pub enum PasswordCheck {
     Right,
     Wrong,
     /// Too many wrong tries of this login lately: not checked; try again after this.
@@ -131,7 +137,7 @@ pub(crate) enum PasswordCheck {
 /// Checks `login`'s password, throttled ([`Throttle`]): the one path of the password pages, the
 /// password API and presence proofs. An unknown login, and a user without a password, cost the
 /// same work as a wrong password and answer the same.
-pub(crate) async fn check_password(st: &crate::AppState, login: &str, password: String) -> PasswordCheck {
+pub async fn check_password(st: &crate::AppState, login: &str, password: String) -> PasswordCheck {
     if let Some(wait) = Throttle::attempt(&st.db, login).await {
         return PasswordCheck::Wait(wait);
     }
@@ -164,51 +170,8 @@ fn key(login: &str) -> String {
 
 /// A login as a stranger typed it, for a log line or a page: at most 32 characters (a real login
 /// has at most 31), so a huge one is neither logged nor stored whole.
-pub(crate) fn shown(login: &str) -> String {
+pub fn shown(login: &str) -> String {
     login.chars().take(32).collect()
 }
 
-pub(crate) use keel_store::token::same_secret;
-
-/// At most `limit` events per minute per address (self-registration while it is open): a
-/// misbehaving or hostile machine cannot fill the pools. In memory; bounded.
-pub(crate) struct RateLimit {
-    limit: u32,
-    seen: parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
-}
-
-impl RateLimit {
-    pub(crate) fn per_minute(limit: u32) -> Self {
-        Self {
-            limit,
-            seen: parking_lot::Mutex::new(std::collections::HashMap::new()),
-        }
-    }
-
-    /// Counts one event from `ip`; false once it is over the limit for the current minute.
-    pub(crate) fn allow(&self, ip: std::net::IpAddr) -> bool {
-        let minute = std::time::Duration::from_secs(60);
-        let mut seen = self.seen.lock();
-        if seen.len() > 100_000 {
-            seen.retain(|_, (start, _)| start.elapsed() < minute);
-        }
-        let e = seen.entry(ip).or_insert((std::time::Instant::now(), 0));
-        if e.0.elapsed() >= minute {
-            *e = (std::time::Instant::now(), 0);
-        }
-        e.1 += 1;
-        e.1 <= self.limit
-    }
-}
-
-#[cfg(test)]
-mod rate_tests {
-    #[test]
-    fn each_address_has_its_own_budget() {
-        let r = super::RateLimit::per_minute(3);
-        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        assert!((0..3).all(|_| r.allow(a)));
-        assert!(!r.allow(a));
-        assert!(r.allow(b));
-    }
-}
+pub use keel_store::token::same_secret;

@@ -67,7 +67,7 @@ impl ApiError {
     fn log(&self) {
         match self {
             Self::Internal(detail) => tracing::error!(%detail, "internal error"),
-            Self::Unauthorized(_) | Self::Forbidden(_) => crate::refused!(WARN, error = %self, "refused"),
+            Self::Unauthorized(_) | Self::Forbidden(_) => keel_limits::refused!(WARN, error = %self, "refused"),
             _ => {}
         }
     }

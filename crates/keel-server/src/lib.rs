@@ -1,6 +1,9 @@
-//! keel's HTTP server: the prologin-compatible RPC, the REST API, health and metrics.
+//! keel's HTTP API: the prologin-compatible RPC, the REST API, watch and `/poll`, presence, SSO,
+//! health and metrics.
 //!
-//! `app(state)` builds the whole router; it opens no socket, so handlers are tested with `oneshot`.
+//! [`routes`] are its routes with their state; [`finish`] wraps them — and the pages keel-web adds
+//! beside them — in the layers every route shares. `app(state)` is the API alone; it opens no
+//! socket, so handlers are tested with `oneshot`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,28 +14,65 @@ use axum::{middleware, Json, Router};
 use keel_store::Db;
 use serde_json::json;
 
-mod auth;
-pub mod dns;
+pub mod auth;
 mod error;
 pub mod homes;
-#[doc(hidden)]
-pub mod log_limit;
-mod map;
 mod metrics;
-pub mod netboot;
 pub mod presence;
 mod proof;
 mod propagation;
 mod rest;
-mod routes;
+pub mod routes;
 pub mod rpc;
 mod secret;
 pub mod sso;
-pub mod tftp;
 mod watch;
-pub mod web;
 
 pub use auth::Caller;
+
+/// What a machine registering itself (no token) may ask for on this site.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The type it gets ([`keel_model::MachinePatch::self_registered`]; `[netboot]
+    /// self_registration_type`).
+    pub machine_type: keel_model::MachineType,
+    /// Names it may not take, besides keel-model's reserved ones: the site's own (`[dns] ns`),
+    /// and prefixes (the DHCP range's dynamic names, `dhcp-…`).
+    pub reserved_names: Vec<String>,
+    pub reserved_prefixes: Vec<String>,
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Self {
+            machine_type: keel_model::MachineType::User,
+            reserved_names: Vec::new(),
+            reserved_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl Registration {
+    /// `patch` as an anonymous machine may have it, or why not.
+    pub fn admit(
+        &self,
+        patch: keel_model::MachinePatch,
+    ) -> Result<keel_model::MachinePatch, keel_model::ValidationError> {
+        let patch = patch.self_registered(self.machine_type)?;
+        if let Some(h) = &patch.hostname {
+            let name = h.as_str();
+            if self.reserved_names.iter().any(|r| r == name)
+                || self.reserved_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            {
+                return Err(keel_model::ValidationError::new(
+                    "hostname",
+                    format!("{name} is one of this site's own names: only an organiser may give it"),
+                ));
+            }
+        }
+        Ok(patch)
+    }
+}
 
 /// A request extension: the request came over keel's own TLS listener (web cookies are then
 /// `Secure` whatever `[web] secure_cookies` says).
@@ -59,13 +99,12 @@ pub struct ServerConfig {
     /// Where temporary files (backups in transit) go.
     pub data_dir: PathBuf,
     pub watch: WatchConfig,
-    pub netboot: netboot::NetbootConfig,
+    /// What a machine registering itself may ask for (RPC `register`, iPXE menu).
+    pub registration: Registration,
     pub presence: presence::PresenceConfig,
     /// Where a request's client address is read from when it comes through a proxy (SSO, presence).
     pub client_addr: presence::ClientAddrConfig,
     pub sso: sso::SsoConfig,
-    /// The web administration pages.
-    pub web: web::WebConfig,
     /// prologin's RPC shared secret (`hmac` field), if configured.
     pub rpc_secret: Option<rpc::RpcSecret>,
     /// Homes on home file servers.
@@ -81,7 +120,7 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     watch_lines: Arc<watch::LineCache>,
     /// Self-registrations per source address and minute.
-    register_limit: Arc<auth::RateLimit>,
+    register_limit: Arc<keel_limits::RateLimit>,
     /// Open watch and `/poll` streams, at most `watch.max_subscribers`, shared out between
     /// streams with a credential and anonymous ones (`watch::StreamSlots`).
     stream_slots: Arc<watch::StreamSlots>,
@@ -92,8 +131,6 @@ pub struct AppState {
     /// database, when this server holds the propagation lock).
     engine_slot: Arc<std::sync::OnceLock<keel_propagate::Engine>>,
     pub presence: Arc<presence::Presence>,
-    pub(crate) web_sessions: Arc<web::Sessions>,
-    pub(crate) web: Arc<web::WebConfig>,
 }
 
 impl AppState {
@@ -124,12 +161,10 @@ impl AppState {
             db,
             metrics: Arc::new(Metrics::default()),
             presence: Arc::new(presence::Presence::new(config.presence.clone())),
-            web_sessions: Arc::new(web::Sessions::default()),
-            web: Arc::new(config.web.clone()),
             stream_slots: Arc::new(watch::StreamSlots::new(config.watch.max_subscribers)),
             config: Arc::new(config),
             watch_lines: Arc::new(watch::LineCache::default()),
-            register_limit: Arc::new(auth::RateLimit::per_minute(REGISTRATIONS_PER_MINUTE)),
+            register_limit: Arc::new(keel_limits::RateLimit::per_minute(REGISTRATIONS_PER_MINUTE)),
             shutdown,
             engine_slot: Arc::new(std::sync::OnceLock::new()),
         }
@@ -137,17 +172,17 @@ impl AppState {
 
     /// Counts a self-registration from the client that sent it (behind nginx, the address the
     /// trusted proxy gives, not nginx's); false, with a warning, once it is over the limit.
-    pub(crate) fn allow_registration(&self, peer: Option<std::net::IpAddr>, headers: &axum::http::HeaderMap) -> bool {
+    pub fn allow_registration(&self, peer: Option<std::net::IpAddr>, headers: &axum::http::HeaderMap) -> bool {
         let client = self.config.client_addr.client(peer, headers);
         let allowed = client.is_none_or(|ip| self.register_limit.allow(ip));
         if !allowed {
-            crate::refused!(WARN, ?client, "self-registration refused: too many from this address");
+            keel_limits::refused!(WARN, ?client, "self-registration refused: too many from this address");
         }
         allowed
     }
 
     /// Resolves when the server is stopping (never, if nothing will stop it).
-    pub(crate) async fn stopping(&self) {
+    pub async fn stopping(&self) {
         let mut rx = self.shutdown.clone();
         if rx.wait_for(|stop| *stop).await.is_err() {
             std::future::pending::<()>().await;
@@ -155,14 +190,14 @@ impl AppState {
     }
 }
 
-/// The whole HTTP application.
+/// The API alone, in its layers (keel-web's `app` adds the pages beside it).
 pub fn app(state: AppState) -> Router {
-    app_with_paths(state).0
+    finish(&state, routes(&state)).0
 }
 
-/// The application and every path it serves (each `{param}` as written in the route), for the
-/// authorization matrix test.
-pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
+/// keel-server's routes, their state given: the REST API under `/api/v1`, the RPC and `/poll`
+/// under prologin's three prefixes, `/healthz` and `/metrics`.
+pub fn routes(state: &AppState) -> routes::Recorded<()> {
     let api = routes::Recorded::new("/api/v1")
         .route("/machines", get(rest::list_machines).post(rest::create_machine))
         .route(
@@ -245,7 +280,7 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
         .route("/propagation/bundle", get(propagation::gen_bundle))
         .route("/propagation/key", get(propagation::public_key))
         .map(|r| r.fallback(|| async { ApiError::NotFound("API route".into()) }));
-    let (router, paths) = routes::Recorded::new("")
+    routes::Recorded::new("")
         .nest(api)
         .route("/call/{method}", any(rpc::call))
         .route("/mdb/call/{method}", any(rpc::call))
@@ -253,18 +288,16 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
         .route("/poll", get(watch::poll))
         .route("/mdb/poll", get(watch::poll))
         .route("/udb/poll", get(watch::poll))
-        .route("/boot/{mac}", get(netboot::boot))
-        .route("/register", get(netboot::register))
-        .route("/bootstrap", get(netboot::bootstrap))
-        .nest_service(
-            "/boot/files",
-            tower_http::services::ServeDir::new(&state.config.netboot.files_dir),
-        )
-        .route("/map", get(map::page))
-        .route("/map.json", get(map::data))
-        .merge(web::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
+        .with_state(state.clone())
+}
+
+/// The whole application around `routes` (keel-server's and any beside them): the body limit,
+/// `Secure` cookies over TLS and the request metrics on each; then `/sso`, outside the metrics.
+/// Returns every path it serves (each `{param}` as written), for the authorization matrix test.
+pub fn finish(state: &AppState, routes: routes::Recorded<()>) -> (Router, Vec<String>) {
+    routes
         .map(|r| {
             r.layer(DefaultBodyLimit::max(BODY_LIMIT))
                 .layer(middleware::from_fn(secure_cookies_over_tls))
@@ -272,10 +305,13 @@ pub fn app_with_paths(state: AppState) -> (Router, Vec<String>) {
         })
         // nginx asks /sso on every request of every SSO site: it skips the per-route request
         // metrics (its answers are counted by status in `keel_sso_answers`) to keep its tail short.
-        .route("/sso", get(sso::sso))
-        .route("/sso/protect", get(sso::protect))
-        .into_parts();
-    (router.with_state(state), paths)
+        .merge(
+            routes::Recorded::new("")
+                .route("/sso", get(sso::sso))
+                .route("/sso/protect", get(sso::protect))
+                .with_state(state.clone()),
+        )
+        .into_parts()
 }
 
 /// A cookie set on a request that came over keel's TLS listener is `Secure`, whatever
@@ -316,9 +352,3 @@ mod tests;
 
 #[cfg(test)]
 mod tests_presence;
-
-#[cfg(test)]
-mod tests_web;
-
-#[cfg(test)]
-mod tests_matrix;

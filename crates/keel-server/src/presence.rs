@@ -17,6 +17,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use keel_limits::canonical;
 use keel_model::{Principal, Refusal, Role, Session};
 use keel_store::Opened;
 use serde::Deserialize;
@@ -107,14 +108,6 @@ impl ClientAddrConfig {
     /// The client: what a trusted proxy says, else the peer.
     pub(crate) fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         self.forwarded(peer, headers).ok().or(peer.map(canonical))
-    }
-}
-
-/// An IPv4 address in an IPv6 socket (`::ffff:a.b.c.d`) is that IPv4 address.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -378,7 +371,7 @@ async fn proven(st: &AppState, body: &LoginBody) -> bool {
         .take(st, proof, &body.login, machine.hostname.as_str())
         .await;
     if !ok {
-        crate::refused!(WARN, login = %crate::auth::shown(&body.login), hostname = %machine.hostname, "presence proof refused: not keel's, expired, taken or another's");
+        keel_limits::refused!(WARN, login = %crate::auth::shown(&body.login), hostname = %machine.hostname, "presence proof refused: not keel's, expired, taken or another's");
     }
     ok
 }
@@ -408,11 +401,11 @@ pub async fn issue_proof(
     match crate::auth::check_password(&st, &body.login, body.password).await {
         crate::auth::PasswordCheck::Right => {}
         crate::auth::PasswordCheck::Wait(wait) => {
-            crate::refused!(WARN, %login, "presence proof refused: too many tries");
+            keel_limits::refused!(WARN, %login, "presence proof refused: too many tries");
             return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
         }
         crate::auth::PasswordCheck::Wrong => {
-            crate::refused!(WARN, %login, hostname = %crate::auth::shown(&body.hostname), "presence proof refused: wrong login or password");
+            keel_limits::refused!(WARN, %login, hostname = %crate::auth::shown(&body.hostname), "presence proof refused: wrong login or password");
             return Err(ApiError::Unauthorized("wrong login or password"));
         }
     }

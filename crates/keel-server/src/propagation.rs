@@ -333,7 +333,7 @@ pub(crate) async fn gen_bundle(
     if !who.is_admin() {
         let key = format!("{}/{}/{}", q.facility, q.service, q.destination);
         if st.db.snapshot().destination(&key).is_none() {
-            crate::refused!(WARN, principal = %who.name, facility = %q.facility, service = %q.service, "bundle refused: not a destination of the facility");
+            keel_limits::refused!(WARN, principal = %who.name, facility = %q.facility, service = %q.service, "bundle refused: not a destination of the facility");
             return Err(ApiError::Forbidden(format!(
                 "{} may fetch a bundle only for a destination of facility {} for service {} (no destination {:?})",
                 who.name, q.facility, q.service, q.destination

@@ -499,11 +499,11 @@ pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult
     match crate::auth::check_password(&st, &login, old).await {
         crate::auth::PasswordCheck::Right => {}
         crate::auth::PasswordCheck::Wait(wait) => {
-            crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: too many tries");
+            keel_limits::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: too many tries");
             return Err(ApiError::TooManyAttempts(wait.as_secs() + 1));
         }
         crate::auth::PasswordCheck::Wrong => {
-            crate::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: wrong login or password");
+            keel_limits::refused!(WARN, login = %crate::auth::shown(&login), "password change refused: wrong login or password");
             return Err(ApiError::Unauthorized("wrong login or password"));
         }
     }

@@ -1,12 +1,12 @@
 //! A router that remembers its paths: every `route` is recorded as it is added, so
-//! [`crate::app_with_paths`] can list every path the application serves. The authorization matrix
+//! [`crate::finish`] can list every path the application serves. The authorization matrix
 //! test walks that list (never a hand-written one): a new route without a line in
 //! `docs/security.md` fails it.
 
 use axum::routing::MethodRouter;
 use axum::Router;
 
-pub(crate) struct Recorded<S> {
+pub struct Recorded<S> {
     router: Router<S>,
     prefix: &'static str,
     paths: Vec<String>,
@@ -14,7 +14,7 @@ pub(crate) struct Recorded<S> {
 
 impl<S: Clone + Send + Sync + 'static> Recorded<S> {
     /// A router whose paths will be served under `prefix` (where it is nested).
-    pub(crate) fn new(prefix: &'static str) -> Self {
+    pub fn new(prefix: &'static str) -> Self {
         Self {
             router: Router::new(),
             prefix,
@@ -22,14 +22,14 @@ impl<S: Clone + Send + Sync + 'static> Recorded<S> {
         }
     }
 
-    pub(crate) fn route(mut self, path: &str, method_router: MethodRouter<S>) -> Self {
+    pub fn route(mut self, path: &str, method_router: MethodRouter<S>) -> Self {
         self.paths.push(format!("{}{path}", self.prefix));
         self.router = self.router.route(path, method_router);
         self
     }
 
     /// A service under `path` and everything below it (recorded as `path/{*rest}`).
-    pub(crate) fn nest_service<T>(mut self, path: &str, service: T) -> Self
+    pub fn nest_service<T>(mut self, path: &str, service: T) -> Self
     where
         T: tower::Service<axum::extract::Request, Error = std::convert::Infallible> + Clone + Send + Sync + 'static,
         T::Response: axum::response::IntoResponse,
@@ -41,26 +41,35 @@ impl<S: Clone + Send + Sync + 'static> Recorded<S> {
     }
 
     /// `other`'s routes under its prefix.
-    pub(crate) fn nest(mut self, other: Recorded<S>) -> Self {
+    pub fn nest(mut self, other: Recorded<S>) -> Self {
         self.paths.extend(other.paths);
         self.router = self.router.nest(other.prefix, other.router);
         self
     }
 
     /// `other`'s routes beside these (same prefix).
-    pub(crate) fn merge(mut self, other: Recorded<S>) -> Self {
+    pub fn merge(mut self, other: Recorded<S>) -> Self {
         self.paths.extend(other.paths);
         self.router = self.router.merge(other.router);
         self
     }
 
     /// Layers, fallbacks: whatever changes the router but adds no path.
-    pub(crate) fn map(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
+    pub fn map(mut self, f: impl FnOnce(Router<S>) -> Router<S>) -> Self {
         self.router = f(self.router);
         self
     }
 
-    pub(crate) fn into_parts(self) -> (Router<S>, Vec<String>) {
+    /// The same routes with their state given (so that routers of different states can be merged).
+    pub fn with_state<S2>(self, state: S) -> Recorded<S2> {
+        Recorded {
+            router: self.router.with_state(state),
+            prefix: self.prefix,
+            paths: self.paths,
+        }
+    }
+
+    pub fn into_parts(self) -> (Router<S>, Vec<String>) {
         (self.router, self.paths)
     }
 }

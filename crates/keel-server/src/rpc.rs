@@ -152,7 +152,7 @@ impl RpcSecret {
         if check_timeauth(self.secret.expose(), token, method) {
             Ok(self.principal.clone())
         } else {
-            crate::refused!(WARN, %method, "RPC call with a bad or expired hmac refused");
+            keel_limits::refused!(WARN, %method, "RPC call with a bad or expired hmac refused");
             Err(ApiError::Forbidden("BadToken: the hmac is wrong or has expired".into()))
         }
     }
@@ -435,8 +435,7 @@ async fn register(state: &AppState, who: Option<&Principal>, named: Map<String, 
     named.remove("ip"); // the pool decides the address of a registered machine
     let mut patch = MachinePatch::from_fields(Fields::from_map(named, Strictness::Lenient))?;
     if !principal.is_admin() {
-        patch = patch.self_registered(state.config.netboot.self_registration_type)?;
-        state.config.netboot.check_self_registered_name(&patch)?;
+        patch = state.config.registration.admit(patch)?;
     }
     if let (Some(h), Some(mac)) = (&patch.hostname, &patch.mac) {
         if let Some(m) = snap.machine_by_mac(mac).filter(|m| &m.hostname == h) {

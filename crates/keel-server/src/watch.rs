@@ -268,7 +268,7 @@ impl Subscribed {
     fn new(st: &AppState, anonymous_from: Option<Option<std::net::IpAddr>>) -> Result<Self, ApiError> {
         let slots = &st.stream_slots;
         let full = |what: &str| {
-            crate::refused!(WARN, max = st.config.watch.max_subscribers, %what, "watch or /poll stream refused: its share is held");
+            keel_limits::refused!(WARN, max = st.config.watch.max_subscribers, %what, "watch or /poll stream refused: its share is held");
             ApiError::Unavailable(format!(
                 "{what}: the streams this server keeps for them are open ([watch] max_subscribers)"
             ))
@@ -649,7 +649,7 @@ pub(crate) async fn poll(
             .find_map(|(k, v)| (k == "hmac").then_some(v))
             .unwrap_or_default();
         if !crate::rpc::check_timeauth(secret.expose(), &hmac, "None") {
-            crate::refused!(WARN, "/poll with a bad or expired hmac refused");
+            keel_limits::refused!(WARN, "/poll with a bad or expired hmac refused");
             return ApiError::Forbidden("BadToken: the hmac is wrong or has expired".into()).into_response();
         }
     }

@@ -107,14 +107,16 @@ pub struct ServeConfig {
     /// What keel-server's routes need. The presence secret is `None` here when its file is yet
     /// to be made (first start): `keel serve` makes it.
     pub server: ServerConfig,
+    /// What keel-web's pages and iPXE menus need.
+    pub pages: keel_web::Config,
     /// Where the presence secret is (made on first start when it is the default file).
     pub presence_secret_file: PathBuf,
     /// `[presence] proof` as the file sets it; unset, the database's age decides
     /// (`Db::default_proof_policy`).
     pub presence_proof: Option<keel_model::ProofPolicy>,
     pub propagation: Option<Propagation>,
-    pub dns: Option<Listener<keel_server::dns::DnsConfig>>,
-    pub tftp: Option<Listener<keel_server::tftp::TftpConfig>>,
+    pub dns: Option<Listener<keel_dns::DnsConfig>>,
+    pub tftp: Option<Listener<keel_tftp::TftpConfig>>,
     pub tls: Option<Tls>,
 }
 
@@ -293,11 +295,17 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
         explicit: flags.tftp_listen.is_some() || file.tftp.listen.is_some(),
         config: file.tftp.config(&data_dir),
     });
-    let mut netboot = file.netboot.config(&data_dir);
-    // The site's own names a machine registering itself may not take: the name its NS records
-    // give, and the DHCP range's names for unknown machines (`dhcp-192-168-0-99`).
-    netboot.reserved_names = vec![file.dns.ns.clone().unwrap_or_else(|| gen.dns.ns.clone())];
-    netboot.reserved_prefixes = vec![format!("{}-", gen.dns.unknown_prefix)];
+    let netboot = file.netboot.config(&data_dir);
+    let registration = keel_server::Registration {
+        machine_type: file
+            .netboot
+            .self_registration_type
+            .unwrap_or(keel_model::MachineType::User),
+        // The site's own names a machine registering itself may not take: the name its NS
+        // records give, and the DHCP range's names for unknown machines (`dhcp-192-168-0-99`).
+        reserved_names: vec![file.dns.ns.clone().unwrap_or_else(|| gen.dns.ns.clone())],
+        reserved_prefixes: vec![format!("{}-", gen.dns.unknown_prefix)],
+    };
     if let Some(dir) = &netboot.templates_dir {
         if !dir.is_dir() {
             found.add("netboot.templates", format!("{} is not a directory", dir.display()));
@@ -343,13 +351,12 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
             subscriber_secret,
             ..file.watch.config()
         },
-        netboot,
+        registration,
         presence: presence?,
         client_addr: file.sso.client_addr(),
         sso: keel_server::sso::SsoConfig {
             overrides: file.sso.overrides.clone(),
         },
-        web: web?,
         rpc_secret,
         homes: file.homes.config(),
         access_log: file.log.access.unwrap_or(false),
@@ -369,6 +376,7 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
         keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
         keep_days: file.log.keep_days,
         server,
+        pages: keel_web::Config { web: web?, netboot },
         presence_secret_file,
         presence_proof: file.presence.proof,
         propagation,

@@ -202,8 +202,8 @@ pub struct WebFile {
 }
 
 impl WebFile {
-    pub fn config(&self) -> anyhow::Result<keel_server::web::WebConfig> {
-        let d = keel_server::web::WebConfig::default();
+    pub fn config(&self) -> anyhow::Result<keel_web::WebConfig> {
+        let d = keel_web::WebConfig::default();
         let sso_proxies = match (self.trust_sso.unwrap_or(false), &self.sso_proxies) {
             (false, _) => Vec::new(),
             (true, Some(p)) if !p.is_empty() => p.clone(),
@@ -212,7 +212,7 @@ impl WebFile {
                  (loopback is not trusted by default: any local user could claim a login through it)"
             ),
         };
-        Ok(keel_server::web::WebConfig {
+        Ok(keel_web::WebConfig {
             secure_cookies: self.secure_cookies.unwrap_or(d.secure_cookies),
             sso_proxies,
             idle: self
@@ -296,9 +296,9 @@ pub struct NetbootFile {
 }
 
 impl NetbootFile {
-    pub fn config(&self, data_dir: &Path) -> keel_server::netboot::NetbootConfig {
-        let d = keel_server::netboot::NetbootConfig::default();
-        keel_server::netboot::NetbootConfig {
+    pub fn config(&self, data_dir: &Path) -> keel_web::netboot::NetbootConfig {
+        let d = keel_web::netboot::NetbootConfig::default();
+        keel_web::netboot::NetbootConfig {
             files_dir: self.files_dir.clone().unwrap_or_else(|| data_dir.join("boot")),
             templates_dir: self.templates.clone(),
             base_url: self.base_url.clone().map(|u| u.trim_end_matches('/').to_owned()),
@@ -307,9 +307,6 @@ impl NetbootFile {
             nfs_path: self.nfs_path.clone().unwrap_or(d.nfs_path),
             cmdline: self.cmdline.clone().unwrap_or(d.cmdline),
             install: self.install.clone().unwrap_or(d.install),
-            self_registration_type: self.self_registration_type.unwrap_or(d.self_registration_type),
-            reserved_names: Vec::new(),
-            reserved_prefixes: Vec::new(),
         }
     }
 }
@@ -363,11 +360,8 @@ pub struct DnsFile {
 impl DnsFile {
     /// With the generators' options: the built-in DNS names the unknown machines' DHCP range as
     /// the `dns` service does for BIND. The error names its key (`dns.zone`, `dns.ns`).
-    pub fn config(
-        &self,
-        generators: &keel_gen::Options,
-    ) -> Result<keel_server::dns::DnsConfig, keel_model::ValidationError> {
-        let d = keel_server::dns::DnsConfig::default();
+    pub fn config(&self, generators: &keel_gen::Options) -> Result<keel_dns::DnsConfig, keel_model::ValidationError> {
+        let d = keel_dns::DnsConfig::default();
         let zone = self
             .zone
             .clone()
@@ -377,7 +371,7 @@ impl DnsFile {
         keel_model::propagation::check_fqdn("dns.zone", &zone)?;
         let ns = self.ns.clone().unwrap_or(d.ns);
         keel_model::Hostname::parse("dns.ns", &ns)?;
-        Ok(keel_server::dns::DnsConfig {
+        Ok(keel_dns::DnsConfig {
             zone,
             ttl: self.ttl.unwrap_or(d.ttl),
             ns,
@@ -390,7 +384,7 @@ impl DnsFile {
                 .dhcp
                 .unknown_range
                 .filter(|_| generators.dns.unknown_names)
-                .map(|(first, last)| keel_server::dns::DynamicNames {
+                .map(|(first, last)| keel_dns::DynamicNames {
                     first,
                     last,
                     prefix: generators.dns.unknown_prefix.clone(),
@@ -400,10 +394,10 @@ impl DnsFile {
 }
 
 impl TftpFile {
-    pub fn config(&self, data_dir: &Path) -> keel_server::tftp::TftpConfig {
-        keel_server::tftp::TftpConfig {
-            max_transfers: self.max_transfers.unwrap_or(keel_server::tftp::MAX_TRANSFERS),
-            max_per_source: self.max_per_source.unwrap_or(keel_server::tftp::MAX_PER_SOURCE),
+    pub fn config(&self, data_dir: &Path) -> keel_tftp::TftpConfig {
+        keel_tftp::TftpConfig {
+            max_transfers: self.max_transfers.unwrap_or(keel_tftp::MAX_TRANSFERS),
+            max_per_source: self.max_per_source.unwrap_or(keel_tftp::MAX_PER_SOURCE),
             root: self.root.clone().unwrap_or_else(|| data_dir.join("tftp")),
             timeout: Duration::from_millis(self.retransmit_ms.unwrap_or(1000).max(10)),
         }

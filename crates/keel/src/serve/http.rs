@@ -46,7 +46,7 @@ pub(super) async fn serve_http(
         let slot = match shares.take(peer.ip()) {
             Ok(slot) => slot,
             Err(full) => {
-                keel_server::refused!(WARN, %peer, ?full, "connection closed: its share of [http] max_connections is held");
+                keel_limits::refused!(WARN, %peer, ?full, "connection closed: its share of [http] max_connections is held");
                 continue; // dropped: closed at once
             }
         };

@@ -133,7 +133,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
         cfg.server.presence.secret = Some(secret.into());
     }
     // Where kernels and initrds go (served at /boot/files/).
-    let _ = std::fs::create_dir_all(&cfg.server.netboot.files_dir);
+    let _ = std::fs::create_dir_all(&cfg.pages.netboot.files_dir);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut state = AppState::with_shutdown(db.clone(), cfg.server.clone(), stop_rx);
     if let Some(p) = &cfg.propagation {
@@ -165,7 +165,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
         udp::start_tftp(tftp, &cfg.data_dir, state.metrics.clone()).await?;
     }
     tokio::spawn(keel_server::presence::run_expiry(state.clone()));
-    tokio::spawn(keel_server::netboot::close_registration_when_due(state.clone()));
+    tokio::spawn(keel_web::netboot::close_registration_when_due(state.clone()));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -173,7 +173,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
     std::fs::write(cfg.data_dir.join(files::LISTEN_ADDR), addr.to_string())?;
     tracing::info!(%addr, machines = db.snapshot().machine_count(), seq = db.snapshot().seq(), "keel is serving");
     println!("keel: serving on http://{addr} (data in {})", cfg.data_dir.display());
-    let mut app = keel_server::app(state.clone());
+    let mut app = keel_web::app(keel_web::WebState::new(state.clone(), cfg.pages.clone()));
     let (https, cert) = match &cfg.tls {
         Some(t) => {
             let (task, port, cert) = start_https(&cfg, t, app.clone(), stop_tx.subscribe()).await?;
@@ -274,7 +274,7 @@ async fn start_https(
 /// The web login's cookie is `Secure` by default, which a browser never sends back over plain
 /// HTTP from another machine: say so at start rather than let the login fail silently.
 fn warn_plain_http(cfg: &ServeConfig, addr: std::net::SocketAddr) {
-    if addr.ip().is_loopback() || !cfg.server.web.secure_cookies {
+    if addr.ip().is_loopback() || !cfg.pages.web.secure_cookies {
         return;
     }
     tracing::warn!(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use keel_client::data_dir as files;
-use keel_server::dns::LiveZones;
+use keel_dns::LiveZones;
 use keel_server::AppState;
 use keel_store::Db;
 use serde::{Deserialize, Serialize};
@@ -197,7 +197,7 @@ impl Live {
             return;
         };
         dns.config.dynamic.clone_from(&new_dns.config.dynamic);
-        let next = keel_server::dns::Zones::new(dns.config.clone(), &self.db.pools());
+        let next = keel_dns::Zones::new(dns.config.clone(), &self.db.pools());
         zones.store(Arc::new(next));
     }
 

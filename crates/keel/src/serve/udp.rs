@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use keel_client::data_dir as files;
-use keel_server::dns::LiveZones;
+use keel_dns::LiveZones;
 use keel_store::Db;
 
 use crate::config::Listener;
@@ -16,27 +16,31 @@ use crate::config::Listener;
 /// an address asked for is an error.
 pub(super) async fn start_dns(
     db: &Arc<Db>,
-    dns: &Listener<keel_server::dns::DnsConfig>,
+    dns: &Listener<keel_dns::DnsConfig>,
     data_dir: &Path,
     metrics: Arc<keel_server::Metrics>,
 ) -> anyhow::Result<Option<LiveZones>> {
-    let zones = keel_server::dns::Zones::new(dns.config.clone(), &db.pools());
+    let zones = keel_dns::Zones::new(dns.config.clone(), &db.pools());
     let zones: LiveZones = Arc::new(arc_swap::ArcSwap::from_pointee(zones));
-    let bound = keel_server::dns::bind(dns.listen).await;
+    let bound = keel_dns::bind(dns.listen).await;
     let Some((udp, tcp)) = optional(bound, "DNS", dns.listen, dns.explicit, "[dns] listen or --dns-listen")? else {
         return Ok(None);
     };
     let addr = udp.local_addr()?;
     std::fs::write(data_dir.join(files::DNS_ADDR), addr.to_string())?;
     tracing::info!(%addr, zone = %dns.config.zone, "DNS is serving (UDP and TCP)");
-    let answered: keel_server::dns::Answered = Arc::new(move |rcode| metrics.dns_answered(rcode));
-    tokio::spawn(keel_server::dns::serve(db.clone(), zones.clone(), udp, tcp, answered));
+    let answered: keel_dns::Answered = Arc::new(move |rcode| metrics.dns_answered(rcode));
+    let snapshots: keel_dns::SnapshotSource = {
+        let db = db.clone();
+        Arc::new(move || db.snapshot())
+    };
+    tokio::spawn(keel_dns::serve(snapshots, zones.clone(), udp, tcp, answered));
     Ok(Some(zones))
 }
 
 /// Starts the read-only TFTP server, on the same terms as the DNS.
 pub(super) async fn start_tftp(
-    tftp: &Listener<keel_server::tftp::TftpConfig>,
+    tftp: &Listener<keel_tftp::TftpConfig>,
     data_dir: &Path,
     metrics: Arc<keel_server::Metrics>,
 ) -> anyhow::Result<()> {
@@ -57,7 +61,7 @@ pub(super) async fn start_tftp(
     std::fs::write(data_dir.join(files::TFTP_ADDR), addr.to_string())?;
     tracing::info!(%addr, root = %root.display(), "TFTP is serving (read-only)");
     let config = Arc::new(tftp.config.clone());
-    tokio::spawn(keel_server::tftp::serve(config, sock, move |o| metrics.tftp_ended(o)));
+    tokio::spawn(keel_tftp::serve(config, sock, move |o| metrics.tftp_ended(o.as_str())));
     Ok(())
 }
 

@@ -311,15 +311,15 @@ fn ssh_apply(ssh_config: &Path, host: &str, bundle: &[u8]) -> (i32, String) {
     )
 }
 
-fn signed(key: &keel_bundle::SecretKey, version: keel_bundle::Version, serial: u64, passwd: &str) -> Vec<u8> {
+fn signed(key: &keel_bundle::SecretKey, version: keel_model::service::Version, serial: u64, passwd: &str) -> Vec<u8> {
     let files = [
         ("passwd", passwd.to_owned()),
         ("group", "user:x:10000:\n".into()),
         ("shadow", String::new()),
     ];
-    let files: Vec<keel_bundle::File> = files
+    let files: Vec<keel_model::service::File> = files
         .iter()
-        .map(|(p, d)| keel_bundle::File {
+        .map(|(p, d)| keel_model::service::File {
             path: (*p).into(),
             mode: 0o644,
             data: d.clone().into_bytes(),
@@ -490,7 +490,7 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
     let key_text = std::fs::read_to_string(k.data().join(files::BUNDLE_KEY)).unwrap();
     let key = keel_bundle::SecretKey::from_base64(&key_text).unwrap();
     let stranger = keel_bundle::SecretKey::generate().unwrap();
-    let v1 = keel_bundle::Version::new(1, 0);
+    let v1 = keel_model::service::Version::new(1, 0);
     let good = signed(&key, v1, 5_000_000, "zed:x:10500:10000::/home/zed:/bin/sh\n");
     let mut tampered = good.clone();
     let at = tampered.windows(3).position(|w| w == b"zed").unwrap();
@@ -517,7 +517,7 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
             "wrong major",
             signed(
                 &key,
-                keel_bundle::Version::new(2, 0),
+                keel_model::service::Version::new(2, 0),
                 5_000_000,
                 "y:x:10502:10000::/:/bin/sh\n",
             ),

@@ -14,7 +14,6 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, NS, PTR, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use keel_model::{Pools, Snapshot};
-use keel_store::Db;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -320,14 +319,14 @@ fn error_reply(req: &Message, code: ResponseCode) -> Option<Vec<u8>> {
 /// What bounds forwarding: the clients it serves, a per-source rate, and the forwards in flight.
 struct Forwarding {
     slots: Arc<tokio::sync::Semaphore>,
-    rate: crate::auth::RateLimit,
+    rate: keel_limits::RateLimit,
 }
 
 impl Forwarding {
     fn new(cfg: &DnsConfig) -> Self {
         Self {
             slots: Arc::new(tokio::sync::Semaphore::new(cfg.max_forwards.max(1))),
-            rate: crate::auth::RateLimit::per_minute(cfg.forward_per_minute),
+            rate: keel_limits::RateLimit::per_minute(cfg.forward_per_minute),
         }
     }
 
@@ -338,7 +337,7 @@ impl Forwarding {
         client: std::net::IpAddr,
         req: &Message,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Option<Vec<u8>>> {
-        let client = crate::presence::canonical(client);
+        let client = keel_limits::canonical(client);
         let allowed = zones.forward_clients.iter().any(|n| n.contains(&client));
         if zones.cfg.upstream.is_empty() || !allowed || !self.rate.allow(client) {
             return Err(error_reply(req, ResponseCode::Refused));
@@ -399,8 +398,11 @@ fn rcode(answer: &[u8]) -> u8 {
     answer.get(3).map_or(0, |b| b & 0x0F)
 }
 
+/// Where each query reads the Snapshot current at that moment (keel-server's `Db::snapshot`).
+pub type SnapshotSource = Arc<dyn Fn() -> Arc<Snapshot> + Send + Sync>;
+
 /// Serves DNS on `udp` and `tcp` until the process ends.
-pub async fn serve(db: Arc<Db>, zones: LiveZones, udp: UdpSocket, tcp: TcpListener, answered: Answered) {
+pub async fn serve(db: SnapshotSource, zones: LiveZones, udp: UdpSocket, tcp: TcpListener, answered: Answered) {
     let udp = Arc::new(udp);
     let (fwd, max_tcp) = {
         let first = zones.load();
@@ -429,13 +431,13 @@ pub async fn serve(db: Arc<Db>, zones: LiveZones, udp: UdpSocket, tcp: TcpListen
             let mut by = by_source.lock();
             let n = by.entry(ip).or_insert(0);
             if *n >= per_source {
-                crate::refused!(DEBUG, %peer, per_source, "DNS over TCP: this address holds its share, closed");
+                keel_limits::refused!(DEBUG, %peer, per_source, "DNS over TCP: this address holds its share, closed");
                 continue;
             }
             *n += 1;
         }
         let Ok(slot) = conns.clone().try_acquire_owned() else {
-            crate::refused!(DEBUG, %peer, "DNS over TCP: connection cap reached, closed");
+            keel_limits::refused!(DEBUG, %peer, "DNS over TCP: connection cap reached, closed");
             release_source(&by_source, ip);
             continue; // dropped: closed at once
         };
@@ -466,14 +468,14 @@ fn release_source(by: &parking_lot::Mutex<std::collections::HashMap<std::net::Ip
 
 /// Answers on the socket's own task; a forward runs on a task of its own, holding a slot, and
 /// sends its answer itself when the upstream gives one.
-async fn serve_udp(db: &Db, live: &LiveZones, udp: &Arc<UdpSocket>, fwd: &Forwarding, answered: &Answered) {
+async fn serve_udp(db: &SnapshotSource, live: &LiveZones, udp: &Arc<UdpSocket>, fwd: &Forwarding, answered: &Answered) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
             continue;
         };
         let zones = live.load_full();
-        let out = match decide(&zones, &db.snapshot(), &buf[..n], true) {
+        let out = match decide(&zones, &db(), &buf[..n], true) {
             Decision::Reply(out) => Some(out),
             Decision::Ignore => None,
             Decision::Forward(req, packet) => match fwd.admit(&zones, from.ip(), &req) {
@@ -500,7 +502,7 @@ async fn serve_udp(db: &Db, live: &LiveZones, udp: &Arc<UdpSocket>, fwd: &Forwar
 
 /// RFC 7766: length-prefixed messages, several per connection, closed after 10 s idle.
 async fn serve_tcp(
-    db: &Db,
+    db: &SnapshotSource,
     live: &LiveZones,
     fwd: &Forwarding,
     mut stream: tokio::net::TcpStream,
@@ -521,7 +523,7 @@ async fn serve_tcp(
             return;
         }
         let zones = live.load_full();
-        let out = match decide(&zones, &db.snapshot(), &packet, false) {
+        let out = match decide(&zones, &db(), &packet, false) {
             Decision::Reply(out) => Some(out),
             Decision::Ignore => None,
             Decision::Forward(req, packet) => match fwd.admit(&zones, peer, &req) {
@@ -644,11 +646,8 @@ mod fuzz {
     async fn fuzz_dns_over_tcp_from_the_wire() {
         use proptest::strategy::ValueTree as _;
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let dir = tempfile::tempdir().unwrap();
-        let store = keel_store::SqliteStore::open(&dir.path().join("keel.db"))
-            .await
-            .unwrap();
-        let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
+        let snapshot = Arc::new(Snapshot::default());
+        let db: SnapshotSource = Arc::new(move || snapshot.clone());
         let zones: LiveZones = Arc::new(arc_swap::ArcSwap::from_pointee(Zones::new(
             DnsConfig::default(),
             &Pools::default(),

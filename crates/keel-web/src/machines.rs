@@ -10,7 +10,7 @@ use keel_model::{Machine, MachinePatch, MachineType, Snapshot};
 use serde::Deserialize;
 
 use super::{html, saved, Errors, Form, Me, Nav, TextField, WebError};
-use crate::AppState;
+use crate::WebState;
 
 /// Rows per page: a 10,000-machine site is 200 pages, each rendered from the Snapshot in
 /// milliseconds.
@@ -90,9 +90,9 @@ fn row(snap: &Snapshot, m: &Machine) -> Row {
     }
 }
 
-pub(crate) async fn list(State(st): State<AppState>, me: Me, Query(q): Query<ListQuery>) -> Result<Response, WebError> {
+pub(crate) async fn list(State(st): State<WebState>, me: Me, Query(q): Query<ListQuery>) -> Result<Response, WebError> {
     me.admin("the machines page")?;
-    let snap = st.db.snapshot();
+    let snap = st.app.db.snapshot();
     let mut found: Vec<&Machine> = snap.machines().filter(|m| matches(m, &q)).collect();
     match q.sort.as_str() {
         "ip" => found.sort_by_key(|m| m.ip),
@@ -266,10 +266,10 @@ fn patch(f: &Form, edit: bool) -> Result<MachinePatch, keel_store::StoreError> {
     Ok(MachinePatch::from_fields(Fields::new(v, Strictness::Lenient)?)?)
 }
 
-pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+pub(crate) async fn create(State(st): State<WebState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = me.admin_form(&body, "adding machines")?;
     let result = match patch(&f, false) {
-        Ok(p) => st.db.create_machine(&me.principal(), p).await,
+        Ok(p) => st.app.db.create_machine(&me.principal(), p).await,
         Err(e) => Err(e),
     };
     saved(
@@ -279,8 +279,9 @@ pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> R
     )
 }
 
-fn find(st: &AppState, name: &str) -> Result<Machine, WebError> {
-    st.db
+fn find(st: &WebState, name: &str) -> Result<Machine, WebError> {
+    st.app
+        .db
         .snapshot()
         .machine_by_name(name)
         .cloned()
@@ -288,7 +289,7 @@ fn find(st: &AppState, name: &str) -> Result<Machine, WebError> {
 }
 
 pub(crate) async fn edit_page(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     Path(name): Path<String>,
 ) -> Result<Response, WebError> {
@@ -303,7 +304,7 @@ pub(crate) async fn edit_page(
 }
 
 pub(crate) async fn save(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     Path(name): Path<String>,
     body: Bytes,
@@ -311,7 +312,7 @@ pub(crate) async fn save(
     let f = me.admin_form(&body, "editing machines")?;
     let version = f.version();
     let result = match patch(&f, true) {
-        Ok(p) => st.db.edit_machine(&me.principal(), &name, version, p).await,
+        Ok(p) => st.app.db.edit_machine(&me.principal(), &name, version, p).await,
         Err(e) => Err(e),
     };
     saved(
@@ -333,7 +334,7 @@ struct ConfirmPage {
 }
 
 pub(crate) async fn delete_page(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     Path(name): Path<String>,
 ) -> Result<Response, WebError> {
@@ -353,14 +354,14 @@ pub(crate) async fn delete_page(
 }
 
 pub(crate) async fn delete(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, WebError> {
     let f = me.admin_form(&body, "deleting machines")?;
     let version = f.version();
-    match st.db.delete_machine(&me.principal(), &name, version).await {
+    match st.app.db.delete_machine(&me.principal(), &name, version).await {
         Ok(m) => Ok(Redirect::to(&format!("/machines?done=deleted+{}", m.hostname)).into_response()),
         Err(keel_store::StoreError::VersionMismatch { .. }) => Err(WebError::Forbidden(format!(
             "{name} changed since you opened it: nothing was deleted. Look at it again first."
@@ -370,7 +371,7 @@ pub(crate) async fn delete(
 }
 
 /// Bulk actions on the checked rows: mark faulty (with a reason), clear faulty, delete.
-pub(crate) async fn bulk(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+pub(crate) async fn bulk(State(st): State<WebState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = me.admin_form(&body, "bulk actions on machines")?;
     let names = f.all("pick");
     let action = f.get("action").unwrap_or("");
@@ -395,9 +396,9 @@ pub(crate) async fn bulk(State(st): State<AppState>, me: Me, body: Bytes) -> Res
                     }),
                     ..MachinePatch::default()
                 };
-                st.db.edit_machine(&who, name, m.version, p).await.map(|_| ())
+                st.app.db.edit_machine(&who, name, m.version, p).await.map(|_| ())
             }
-            "delete" => st.db.delete_machine(&who, name, m.version).await.map(|_| ()),
+            "delete" => st.app.db.delete_machine(&who, name, m.version).await.map(|_| ()),
             other => return Err(WebError::Forbidden(format!("unknown bulk action {other:?}"))),
         };
         if r.is_ok() {

@@ -13,10 +13,11 @@ use keel_store::{Db, SqliteStore};
 use serde_json::json;
 use tower::ServiceExt;
 
-use crate::web::WebConfig;
-use crate::{app, AppState, ServerConfig};
+use keel_server::{AppState, ServerConfig};
 
-async fn site(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
+use crate::{app, Config, WebConfig, WebState};
+
+async fn site(dir: &tempfile::TempDir, trust_sso: bool) -> WebState {
     let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
     let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
     let who = Principal::system();
@@ -44,15 +45,18 @@ async fn site(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
 }
 
 /// Another server (or the same one restarted) on the site's database.
-async fn reopened(dir: &tempfile::TempDir, trust_sso: bool) -> AppState {
+async fn reopened(dir: &tempfile::TempDir, trust_sso: bool) -> WebState {
     let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
     let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
     state_on(dir, db, trust_sso)
 }
 
-fn state_on(dir: &tempfile::TempDir, db: Arc<Db>, trust_sso: bool) -> AppState {
+fn state_on(dir: &tempfile::TempDir, db: Arc<Db>, trust_sso: bool) -> WebState {
     let config = ServerConfig {
         data_dir: dir.path().to_owned(),
+        ..ServerConfig::default()
+    };
+    let pages = Config {
         web: WebConfig {
             sso_proxies: if trust_sso {
                 vec!["127.0.0.1/32".parse().unwrap()]
@@ -61,9 +65,9 @@ fn state_on(dir: &tempfile::TempDir, db: Arc<Db>, trust_sso: bool) -> AppState {
             },
             ..WebConfig::default()
         },
-        ..ServerConfig::default()
+        ..Config::default()
     };
-    AppState::new(db, config)
+    WebState::new(AppState::new(db, config), pages)
 }
 
 #[derive(Debug)]
@@ -74,7 +78,7 @@ struct Resp {
     body: String,
 }
 
-async fn send(st: &AppState, req: Request<Body>) -> Resp {
+async fn send(st: &WebState, req: Request<Body>) -> Resp {
     let resp = app(st.clone()).oneshot(req).await.unwrap();
     let h = |n| {
         resp.headers()
@@ -132,7 +136,7 @@ fn cookie_value(cookies: &[String], name: &str) -> String {
 }
 
 /// Logs in; the session cookie, or the login page's answer when refused.
-async fn login(st: &AppState, who: &str, next: &str) -> Result<(String, String), Resp> {
+async fn login(st: &WebState, who: &str, next: &str) -> Result<(String, String), Resp> {
     let page = send(st, get("/login", "")).await;
     let token = cookie_value(&page.cookies, "keel_login");
     assert!(page.body.contains(&token));
@@ -174,7 +178,7 @@ async fn self_registration_is_turned_on_for_hours_from_the_settings_page() {
         send(&st, post("/settings", &cookie, &form)).await.status,
         StatusCode::SEE_OTHER
     );
-    let s = st.db.snapshot().setting("allow_self_registration").unwrap();
+    let s = st.app.db.snapshot().setting("allow_self_registration").unwrap();
     let end = s.until().unwrap().to_owned();
     assert!(s.on_at(&keel_store::now_rfc3339()));
     let hours = |t: &str| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap();
@@ -220,6 +224,7 @@ async fn managers_see_and_act_on_their_facilities_only() {
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert!(st
+        .app
         .db
         .snapshot()
         .facility("fa")
@@ -230,6 +235,7 @@ async fn managers_see_and_act_on_their_facilities_only() {
     let r = send(&st, post("/propagation/block", &cookie, "facility=fa&service=hosts")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(st
+        .app
         .db
         .snapshot()
         .facility("fa")
@@ -282,7 +288,7 @@ async fn nginx_sso_login_is_taken_only_when_trusted_and_from_the_proxy() {
         send(&st, via_sso(ok, "root1", [127, 0, 0, 1])).await.status,
         StatusCode::SEE_OTHER
     );
-    assert!(st.db.snapshot().user("newbie").is_some());
+    assert!(st.app.db.snapshot().user("newbie").is_some());
     assert_eq!(
         send(&st, sso("root1", [10, 0, 0, 9])).await.status,
         StatusCode::SEE_OTHER,
@@ -338,7 +344,7 @@ async fn sessions_outlive_a_restart_and_end_everywhere_at_logout() {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(secret.as_bytes()))
     };
-    assert!(a.db.store().web_session(&stored).await.unwrap().is_some());
+    assert!(a.app.db.store().web_session(&stored).await.unwrap().is_some());
     let forged = send(&a, get("/users", &format!("keel_session={stored}"))).await;
     assert_eq!(forged.status, StatusCode::SEE_OTHER);
     assert_eq!(
@@ -358,7 +364,7 @@ async fn sessions_outlive_a_restart_and_end_everywhere_at_logout() {
         send(&b, via_sso(form, "root1", [127, 0, 0, 1])).await.status,
         StatusCode::SEE_OTHER
     );
-    assert!(b.db.snapshot().user("viab").is_some());
+    assert!(b.app.db.snapshot().user("viab").is_some());
 }
 
 /// Issue 19: a web session holds no role of its own: the user's is read on every request, so a
@@ -372,14 +378,14 @@ async fn a_session_loses_its_rights_with_its_user() {
     assert_eq!(send(&st, get("/users", &root)).await.status, StatusCode::OK);
     assert_eq!(send(&st, get("/propagation", &mgr)).await.status, StatusCode::OK);
     let who = Principal::system();
-    let v = st.db.snapshot().user("root1").unwrap().version;
-    st.db.delete_user(&who, "root1", v).await.unwrap();
+    let v = st.app.db.snapshot().user("root1").unwrap().version;
+    st.app.db.delete_user(&who, "root1", v).await.unwrap();
     assert_eq!(send(&st, get("/users", &root)).await.status, StatusCode::SEE_OTHER);
-    let mut fa = st.db.snapshot().facility("fa").unwrap().clone();
+    let mut fa = st.app.db.snapshot().facility("fa").unwrap().clone();
     let v = fa.version;
     fa.managers.clear();
     let services = keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
-    st.db.put_facility(&who, fa, v, &services).await.unwrap();
+    st.app.db.put_facility(&who, fa, v, &services).await.unwrap();
     assert_eq!(send(&st, get("/propagation", &mgr)).await.status, StatusCode::SEE_OTHER);
 }
 
@@ -395,15 +401,15 @@ async fn r31_a_login_spelled_like_a_managers_token_manages_nothing() {
     let services: std::collections::BTreeSet<String> =
         keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect();
     for spelled in ["token:mgr", "mgr"] {
-        let mut fa = st.db.snapshot().facility("fa").unwrap().clone();
+        let mut fa = st.app.db.snapshot().facility("fa").unwrap().clone();
         let v = fa.version;
         fa.managers = vec![spelled.parse().unwrap()];
-        st.db.put_facility(&who, fa, v, &services).await.unwrap();
+        st.app.db.put_facility(&who, fa, v, &services).await.unwrap();
         let refused = login(&st, "mgr", "/propagation").await.unwrap_err();
         assert!(refused.body.contains("for admins and facility managers"), "{spelled}");
     }
     // The facility's record says which namespace each manager is in.
-    let stored = serde_json::to_value(st.db.snapshot().facility("fa").unwrap()).unwrap();
+    let stored = serde_json::to_value(st.app.db.snapshot().facility("fa").unwrap()).unwrap();
     assert_eq!(stored["managers"], json!(["token:mgr"]));
 }
 
@@ -446,8 +452,8 @@ async fn fuzz_web_fields_are_escaped() {
                 patch.firstname = Some(format!("n{i}"));
             }
         }
-        let version = st.db.snapshot().user("zoe").unwrap().version;
-        st.db.edit_user(&who, "zoe", version, patch).await.unwrap();
+        let version = st.app.db.snapshot().user("zoe").unwrap().version;
+        st.app.db.edit_user(&who, "zoe", version, patch).await.unwrap();
         let escaped = askama::filters::escape(&value, askama::filters::Html)
             .unwrap()
             .to_string();
@@ -487,7 +493,7 @@ async fn fuzz_web_forms_need_their_token() {
     let who = Principal::system();
     let m = json!({"hostname": "pc1", "mac": "02:00:00:00:00:01", "mtype": "user", "room": "r1"});
     let patch = keel_model::MachinePatch::from_fields(Fields::new(m, Strictness::Strict).unwrap()).unwrap();
-    st.db.create_machine(&who, patch).await.unwrap();
+    st.app.db.create_machine(&who, patch).await.unwrap();
     let (cookie, _) = login(&st, "root1", "/").await.unwrap();
     let (other, _) = login(&st, "root1", "/").await.unwrap();
     let token_of = |cookie: &str| {
@@ -536,7 +542,7 @@ async fn fuzz_web_forms_need_their_token() {
             "[0-9a-f]{1,4}".prop_map(move |s| Some(format!("{right}{s}"))),
         ]
     };
-    let seq = st.db.snapshot().seq();
+    let seq = st.app.db.snapshot().seq();
     let cases = (
         0..forms.len(),
         fields,
@@ -564,7 +570,7 @@ async fn fuzz_web_forms_need_their_token() {
             r.body
         );
     }
-    assert_eq!(st.db.snapshot().seq(), seq, "a refused form changed something");
+    assert_eq!(st.app.db.snapshot().seq(), seq, "a refused form changed something");
     // With the form's own token, each form gets past the check (the logout last: it ends the
     // session).
     for path in forms {

@@ -12,7 +12,9 @@ use axum::Json;
 use keel_model::{Kind, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, AppState, Caller};
+use keel_server::{ApiError, Caller};
+
+use crate::WebState;
 
 const PAGE: &str = include_str!("../templates/map/map.html");
 const WAIT: Duration = Duration::from_secs(25);
@@ -62,11 +64,11 @@ fn map_of(snap: &Snapshot) -> MapData {
     }
 }
 
-fn check(st: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    caller.reader(st.presence.config().map_public || st.config.open_reads)
+fn check(st: &WebState, caller: &Caller) -> Result<(), ApiError> {
+    caller.reader(st.app.presence.config().map_public || st.app.config.open_reads)
 }
 
-pub(crate) async fn page(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn page(State(st): State<WebState>, caller: Caller) -> Result<Response, ApiError> {
     check(&st, &caller)?;
     Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE).into_response())
 }
@@ -78,14 +80,14 @@ pub(crate) struct Since {
 }
 
 pub(crate) async fn data(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     caller: Caller,
     Query(q): Query<Since>,
 ) -> Result<Response, ApiError> {
     check(&st, &caller)?;
-    let mut rx = st.db.subscribe();
+    let mut rx = st.app.db.subscribe();
     if let Some(since) = q.since {
-        if st.db.snapshot().seq() <= since {
+        if st.app.db.snapshot().seq() <= since {
             let wait = async {
                 loop {
                     match rx.recv().await {
@@ -99,10 +101,10 @@ pub(crate) async fn data(
             tokio::select! {
                 () = wait => {}
                 () = tokio::time::sleep(WAIT) => {}
-                () = st.stopping() => {}
+                () = st.app.stopping() => {}
             }
         }
     }
-    let body = map_of(&st.db.snapshot());
+    let body = map_of(&st.app.db.snapshot());
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keel_model::{Setting, SETTINGS};
 
 use super::{html, saved, Errors, Form, Me, Nav, TextField, WebError, WebRole};
-use crate::AppState;
+use crate::WebState;
 
 pub(crate) struct SwitchRow {
     pub name: String,
@@ -26,9 +26,9 @@ struct SwitchesPage {
     rows: Vec<SwitchRow>,
 }
 
-pub(crate) async fn switches(State(st): State<AppState>, me: Me) -> Result<Response, WebError> {
+pub(crate) async fn switches(State(st): State<WebState>, me: Me) -> Result<Response, WebError> {
     me.admin("the switches page")?;
-    let snap = st.db.snapshot();
+    let snap = st.app.db.snapshot();
     let rows = snap
         .switches()
         .map(|s| SwitchRow {
@@ -93,12 +93,12 @@ pub(crate) async fn new_switch(me: Me) -> Result<Response, WebError> {
     Ok(switch_page(&me, None, &[], 0, Errors::default()))
 }
 
-pub(crate) async fn create_switch(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+pub(crate) async fn create_switch(State(st): State<WebState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = me.admin_form(&body, "adding switches")?;
     let fields = keel_model::input::Fields::new(f.json(&SWITCH_FIELDS), keel_model::input::Strictness::Lenient)
         .map_err(keel_store::StoreError::from);
     let r = match fields {
-        Ok(fields) => st.db.create_switch(&me.principal(), fields).await,
+        Ok(fields) => st.app.db.create_switch(&me.principal(), fields).await,
         Err(e) => Err(e),
     };
     saved(
@@ -109,12 +109,13 @@ pub(crate) async fn create_switch(State(st): State<AppState>, me: Me, body: Byte
 }
 
 pub(crate) async fn edit_switch(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, WebError> {
     me.admin("editing switches")?;
     let s = st
+        .app
         .db
         .snapshot()
         .switch(&name)
@@ -130,7 +131,7 @@ pub(crate) async fn edit_switch(
 }
 
 pub(crate) async fn save_switch(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     axum::extract::Path(name): axum::extract::Path<String>,
     body: Bytes,
@@ -138,7 +139,7 @@ pub(crate) async fn save_switch(
     let f = me.admin_form(&body, "editing switches")?;
     let version = f.version();
     let r = if f.get("delete") == Some("on") {
-        st.db.delete_switch(&me.principal(), &name, version).await
+        st.app.db.delete_switch(&me.principal(), &name, version).await
     } else {
         let mut v = f.json(&SWITCH_FIELDS[1..]);
         v["name"] = name.clone().into();
@@ -148,7 +149,7 @@ pub(crate) async fn save_switch(
             }
         }
         match keel_model::input::Fields::new(v, keel_model::input::Strictness::Lenient) {
-            Ok(fields) => st.db.edit_switch(&me.principal(), &name, version, fields).await,
+            Ok(fields) => st.app.db.edit_switch(&me.principal(), &name, version, fields).await,
             Err(e) => Err(e.into()),
         }
     };
@@ -180,8 +181,8 @@ struct SettingsPage {
     error: String,
 }
 
-fn settings_page(st: &AppState, me: &Me, error: String) -> Response {
-    let snap = st.db.snapshot();
+fn settings_page(st: &WebState, me: &Me, error: String) -> Response {
+    let snap = st.app.db.snapshot();
     let rows = SETTINGS
         .iter()
         .map(|spec| {
@@ -216,12 +217,12 @@ fn settings_page(st: &AppState, me: &Me, error: String) -> Response {
     })
 }
 
-pub(crate) async fn settings(State(st): State<AppState>, me: Me) -> Result<Response, WebError> {
+pub(crate) async fn settings(State(st): State<WebState>, me: Me) -> Result<Response, WebError> {
     me.admin("the settings page")?;
     Ok(settings_page(&st, &me, String::new()))
 }
 
-pub(crate) async fn save_setting(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+pub(crate) async fn save_setting(State(st): State<WebState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = me.admin_form(&body, "changing settings")?;
     let key = f.get("key").unwrap_or("");
     let on = f.get("value") == Some("on");
@@ -238,7 +239,7 @@ pub(crate) async fn save_setting(State(st): State<AppState>, me: Me, body: Bytes
         None => serde_json::Value::Bool(on),
     };
     let version = f.version();
-    match st.db.set_setting(&me.principal(), key, value, Some(version)).await {
+    match st.app.db.set_setting(&me.principal(), key, value, Some(version)).await {
         Ok(s) => {
             tracing::info!(by = %me.login, key = %s.key, value = %s.value, "setting changed on the web page");
             Ok(Redirect::to("/settings").into_response())
@@ -288,15 +289,15 @@ fn visible(me: &Me, facility: &str) -> bool {
     }
 }
 
-pub(crate) async fn propagation(State(st): State<AppState>, me: Me) -> Result<Response, WebError> {
-    let snap = st.db.snapshot();
+pub(crate) async fn propagation(State(st): State<WebState>, me: Me) -> Result<Response, WebError> {
+    let snap = st.app.db.snapshot();
     let facilities: Vec<String> = snap
         .facilities()
         .filter(|f| visible(&me, &f.name))
         .map(|f| f.name.clone())
         .collect();
     let mut rows = Vec::new();
-    if let Some(engine) = st.engine() {
+    if let Some(engine) = st.app.engine() {
         for t in engine.status(None).into_iter().filter(|t| visible(&me, &t.facility)) {
             let blocked_service = snap
                 .facility(&t.facility)
@@ -332,18 +333,18 @@ pub(crate) async fn propagation(State(st): State<AppState>, me: Me) -> Result<Re
         nav: me.nav(),
         rows,
         facilities,
-        engine: st.engine().is_some(),
+        engine: st.app.engine().is_some(),
     }))
 }
 
 /// The facility a form names, if this person runs it (refused and logged otherwise).
-fn runs(st: &AppState, me: &Me, f: &Form) -> Result<String, WebError> {
+fn runs(st: &WebState, me: &Me, f: &Form) -> Result<String, WebError> {
     let facility = f.get("facility").unwrap_or("").to_owned();
-    if st.db.snapshot().facility(&facility).is_none() {
+    if st.app.db.snapshot().facility(&facility).is_none() {
         return Err(WebError::NotFound(format!("facility {facility}")));
     }
     if !visible(me, &facility) {
-        crate::refused!(WARN, login = %me.login, %facility, "web: refused (not a manager of this facility)");
+        keel_limits::refused!(WARN, login = %me.login, %facility, "web: refused (not a manager of this facility)");
         return Err(WebError::Forbidden(format!(
             "{} does not manage facility {facility}",
             me.login
@@ -352,10 +353,11 @@ fn runs(st: &AppState, me: &Me, f: &Form) -> Result<String, WebError> {
     Ok(facility)
 }
 
-pub(crate) async fn force(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+pub(crate) async fn force(State(st): State<WebState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = Form::checked(&body, &me)?;
     let facility = runs(&st, &me, &f)?;
     let engine = st
+        .app
         .engine()
         .ok_or_else(|| WebError::Forbidden("propagation is switched off on this server".into()))?;
     let service = f.get("service").filter(|s| !s.is_empty());
@@ -367,14 +369,14 @@ pub(crate) async fn force(State(st): State<AppState>, me: Me, body: Bytes) -> Re
 }
 
 /// Blocks or unblocks a service on a facility, or one destination.
-pub(crate) async fn block(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+pub(crate) async fn block(State(st): State<WebState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = Form::checked(&body, &me)?;
     let facility = runs(&st, &me, &f)?;
     let service = f.get("service").unwrap_or("").to_owned();
     let blocked = f.get("blocked") == Some("on");
     let who = me.principal();
-    let snap = st.db.snapshot();
-    let services: BTreeSet<String> = st.engine().map_or_else(
+    let snap = st.app.db.snapshot();
+    let services: BTreeSet<String> = st.app.engine().map_or_else(
         || keel_gen::BuiltIn::ALL.iter().map(|b| b.name().to_owned()).collect(),
         keel_propagate::Engine::service_names,
     );
@@ -387,7 +389,7 @@ pub(crate) async fn block(State(st): State<AppState>, me: Me, body: Bytes) -> Re
                 .ok_or_else(|| WebError::NotFound(format!("destination {key}")))?;
             let version = dest.version;
             dest.blocked = blocked;
-            st.db.put_destination(&who, dest, version, &services).await?;
+            st.app.db.put_destination(&who, dest, version, &services).await?;
         }
         None => {
             let mut fac = snap
@@ -399,7 +401,7 @@ pub(crate) async fn block(State(st): State<AppState>, me: Me, body: Bytes) -> Re
             if blocked {
                 fac.blocked.push(service.clone());
             }
-            st.db.put_facility(&who, fac, version, &services).await?;
+            st.app.db.put_facility(&who, fac, version, &services).await?;
         }
     }
     tracing::info!(by = %me.login, %facility, %service, blocked, "propagation block changed on the web page");

@@ -16,9 +16,11 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keel_model::input::{Fields, Strictness};
-use keel_model::{BootMode, Mac, Machine, MachinePatch, MachineType, Principal, Snapshot};
+use keel_model::{BootMode, Mac, Machine, MachinePatch, Principal, Snapshot};
 
-use crate::{ApiError, AppState};
+use keel_server::ApiError;
+
+use crate::WebState;
 
 /// How scripts are made (the `[netboot]` table of keel.toml).
 #[derive(Debug, Clone)]
@@ -38,29 +40,6 @@ pub struct NetbootConfig {
     pub cmdline: String,
     /// iPXE lines for `install` machines.
     pub install: String,
-    /// The type of a machine that registers itself ([`MachinePatch::self_registered`]).
-    pub self_registration_type: MachineType,
-    /// Names a machine registering itself may not take, besides keel-model's reserved ones: the
-    /// site's own (`[dns] ns`), and prefixes (the DHCP range's dynamic names, `dhcp-…`).
-    pub reserved_names: Vec<String>,
-    pub reserved_prefixes: Vec<String>,
-}
-
-impl NetbootConfig {
-    /// Refuses a name a machine registering itself may not take on this site.
-    pub fn check_self_registered_name(&self, patch: &MachinePatch) -> Result<(), keel_model::ValidationError> {
-        let Some(h) = &patch.hostname else { return Ok(()) };
-        let name = h.as_str();
-        if self.reserved_names.iter().any(|r| r == name)
-            || self.reserved_prefixes.iter().any(|p| name.starts_with(p.as_str()))
-        {
-            return Err(keel_model::ValidationError::new(
-                "hostname",
-                format!("{name} is one of this site's own names: only an organiser may give it"),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl Default for NetbootConfig {
@@ -74,9 +53,6 @@ impl Default for NetbootConfig {
             nfs_path: "/export/nfsroot".into(),
             cmdline: String::new(),
             install: "echo No installer is configured ([netboot] install).\nshell".into(),
-            self_registration_type: MachineType::User,
-            reserved_names: Vec::new(),
-            reserved_prefixes: Vec::new(),
         }
     }
 }
@@ -154,13 +130,13 @@ fn machine_vars(m: &Machine, base: &str) -> Vec<(&'static str, String)> {
 }
 
 /// `GET /boot/{mac}`: the machine's script, by its state and boot mode.
-pub(crate) async fn boot(State(st): State<AppState>, Path(mac): Path<String>, headers: HeaderMap) -> Response {
-    let cfg = &st.config.netboot;
+pub(crate) async fn boot(State(st): State<WebState>, Path(mac): Path<String>, headers: HeaderMap) -> Response {
+    let cfg = &st.netboot;
     let base = base(cfg, &headers);
     let Ok(mac) = Mac::parse("mac", &mac) else {
         return ApiError::invalid("mac", "is not a MAC address").into_response();
     };
-    let snap = st.db.snapshot();
+    let snap = st.app.db.snapshot();
     let Some(m) = snap.machine_by_mac(&mac) else {
         let vars = [
             ("base", base),
@@ -199,12 +175,12 @@ pub(crate) async fn boot(State(st): State<AppState>, Path(mac): Path<String>, he
 /// `GET /register?hostname&mac&rfs&hfs&room&mtype`, from the registration script. Answers a
 /// script: the machine's boot on success, the refusal's reasons in words otherwise.
 pub(crate) async fn register(
-    State(st): State<AppState>,
-    crate::presence::Peer(peer): crate::presence::Peer,
+    State(st): State<WebState>,
+    keel_server::presence::Peer(peer): keel_server::presence::Peer,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let cfg = &st.config.netboot;
+    let cfg = &st.netboot;
     let base = base(cfg, &headers);
     let mut map = serde_json::Map::new();
     for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
@@ -222,20 +198,19 @@ pub(crate) async fn register(
             &[("errors", &errors.join("\n"))],
         ))
     };
-    if !st.db.snapshot().registration_open(&keel_store::now_rfc3339()) {
+    if !st.app.db.snapshot().registration_open(&keel_store::now_rfc3339()) {
         return refuse(vec!["registration is closed: an organiser must add this machine".into()]);
     }
-    if !st.allow_registration(peer, &headers) {
+    if !st.app.allow_registration(peer, &headers) {
         return refuse(vec!["too many registrations from this address: wait a minute".into()]);
     }
     let patch = match MachinePatch::from_fields(Fields::from_map(map, Strictness::Lenient))
-        .and_then(|p| p.self_registered(cfg.self_registration_type))
-        .and_then(|p| cfg.check_self_registered_name(&p).map(|()| p))
+        .and_then(|p| st.app.config.registration.admit(p))
     {
         Ok(p) => p,
         Err(e) => return refuse(vec![format!("{}: {}", e.field, e.message)]),
     };
-    match st.db.create_machine(&Principal::anonymous(), patch).await {
+    match st.app.db.create_machine(&Principal::anonymous(), patch).await {
         Ok(m) => script(format!(
             "#!ipxe\necho keel: registered {} ({}).\nchain {base}/boot/{}\n",
             m.hostname, m.ip, m.mac
@@ -291,12 +266,12 @@ fn wants_json(headers: &HeaderMap) -> bool {
 /// `GET /bootstrap`: what prologin's iPXE image chains to. A script that sets the switch table and
 /// chains to the machine's own `/boot/<mac>` (whose registration menu reads the table); the same
 /// table as JSON for a caller that sends `Accept: application/json`.
-pub(crate) async fn bootstrap(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    let snap = st.db.snapshot();
+pub(crate) async fn bootstrap(State(st): State<WebState>, headers: HeaderMap) -> Response {
+    let snap = st.app.db.snapshot();
     if wants_json(&headers) {
         return Json(snap.switches().collect::<Vec<_>>()).into_response();
     }
-    let cfg = &st.config.netboot;
+    let cfg = &st.netboot;
     let vars = [("base", base(cfg, &headers))];
     script(render(cfg, "bootstrap", &vars, &[("switches", &switch_table(&snap))]))
 }
@@ -304,7 +279,7 @@ pub(crate) async fn bootstrap(State(st): State<AppState>, headers: HeaderMap) ->
 /// Closes self-registration when the end time it was opened with passes: keel writes `false`, so
 /// the change log says when it closed and the map and watchers hear it. Readers already compare the
 /// end with their own clock, so a machine is refused at the end time even before this write.
-pub async fn close_registration_when_due(st: AppState) {
+pub async fn close_registration_when_due(st: keel_server::AppState) {
     const KEY: &str = "allow_self_registration";
     let who = Principal {
         name: "keel (registration end)".into(),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::machines::PAGE;
 use super::{html, saved, Errors, Form, Me, Nav, TextField, WebError};
-use crate::AppState;
+use crate::WebState;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -54,9 +54,9 @@ fn matches(u: &User, q: &ListQuery) -> bool {
         && (q.group.is_empty() || u.group.as_str() == q.group)
 }
 
-pub(crate) async fn list(State(st): State<AppState>, me: Me, Query(q): Query<ListQuery>) -> Result<Response, WebError> {
+pub(crate) async fn list(State(st): State<WebState>, me: Me, Query(q): Query<ListQuery>) -> Result<Response, WebError> {
     me.admin("the users page")?;
-    let snap = st.db.snapshot();
+    let snap = st.app.db.snapshot();
     let found: Vec<&User> = snap.users().filter(|u| matches(u, &q)).collect();
     let pages = found.len().div_ceil(PAGE).max(1);
     let page = q.page.clamp(1, pages);
@@ -178,10 +178,10 @@ pub(crate) async fn new_page(me: Me) -> Result<Response, WebError> {
     Ok(form_page(&me, None, u, Errors::default()))
 }
 
-pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> Result<Response, WebError> {
+pub(crate) async fn create(State(st): State<WebState>, me: Me, body: Bytes) -> Result<Response, WebError> {
     let f = me.admin_form(&body, "adding users")?;
     let result = match patch(&f, false) {
-        Ok(p) => st.db.create_user(&me.principal(), p).await,
+        Ok(p) => st.app.db.create_user(&me.principal(), p).await,
         Err(e) => Err(e),
     };
     saved(
@@ -191,8 +191,9 @@ pub(crate) async fn create(State(st): State<AppState>, me: Me, body: Bytes) -> R
     )
 }
 
-fn find(st: &AppState, login: &str) -> Result<User, WebError> {
-    st.db
+fn find(st: &WebState, login: &str) -> Result<User, WebError> {
+    st.app
+        .db
         .snapshot()
         .user(login)
         .cloned()
@@ -200,7 +201,7 @@ fn find(st: &AppState, login: &str) -> Result<User, WebError> {
 }
 
 pub(crate) async fn edit_page(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     Path(login): Path<String>,
 ) -> Result<Response, WebError> {
@@ -210,7 +211,7 @@ pub(crate) async fn edit_page(
 }
 
 pub(crate) async fn save(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     Path(login): Path<String>,
     body: Bytes,
@@ -218,7 +219,7 @@ pub(crate) async fn save(
     let f = me.admin_form(&body, "editing users")?;
     let version = f.version();
     let result = match patch(&f, true) {
-        Ok(p) => st.db.edit_user(&me.principal(), &login, version, p).await,
+        Ok(p) => st.app.db.edit_user(&me.principal(), &login, version, p).await,
         Err(e) => Err(e),
     };
     saved(
@@ -245,7 +246,7 @@ struct SheetPage {
 /// Resets a password: a new one is generated and hashed here, the hash stored, and the password
 /// shown once on a printable sheet (never stored, never logged).
 pub(crate) async fn reset(
-    State(st): State<AppState>,
+    State(st): State<WebState>,
     me: Me,
     Path(login): Path<String>,
     body: Bytes,
@@ -266,7 +267,7 @@ pub(crate) async fn reset(
         password_changed: Some(false),
         ..UserPatch::default()
     };
-    match st.db.edit_user(&me.principal(), &login, version, p).await {
+    match st.app.db.edit_user(&me.principal(), &login, version, p).await {
         Ok(_) => {}
         Err(keel_store::StoreError::VersionMismatch { .. }) => {
             return Err(WebError::Forbidden(format!(

@@ -12,8 +12,8 @@ use keel_model::Group;
 use serde::Deserialize;
 
 use super::{html, Errors, Form, Me, Nav, WebError, WebRole};
-use crate::auth::{check_password, PasswordCheck};
-use crate::AppState;
+use crate::WebState;
+use keel_server::auth::{check_password, PasswordCheck};
 
 const COOKIE: &str = "keel_session";
 const LOGIN_COOKIE: &str = "keel_login";
@@ -53,7 +53,7 @@ fn random() -> String {
 
 /// A presented token equals the expected one (an empty one never does).
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    !a.is_empty() && crate::auth::same_secret(a.as_bytes(), b.as_bytes())
+    !a.is_empty() && keel_server::auth::same_secret(a.as_bytes(), b.as_bytes())
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -69,7 +69,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// A `Set-Cookie` for keel's pages: HttpOnly, SameSite=Strict, for `path` only, Secure when the
 /// site is served over HTTPS; `max_age` 0 removes it.
-fn set_cookie(st: &AppState, name: &str, value: &str, path: &str, max_age: u64) -> Option<HeaderValue> {
+fn set_cookie(st: &WebState, name: &str, value: &str, path: &str, max_age: u64) -> Option<HeaderValue> {
     let c = cookie::Cookie::build((name, value))
         .path(path)
         .http_only(true)
@@ -82,16 +82,16 @@ fn set_cookie(st: &AppState, name: &str, value: &str, path: &str, max_age: u64) 
 
 impl Sessions {
     /// A new session; returns the cookie's secret. Sessions unused for longer than `idle` go.
-    async fn open(&self, st: &AppState, login: &str, role: &WebRole, idle: Duration) -> Result<String, WebError> {
+    async fn open(&self, st: &WebState, login: &str, role: &WebRole, idle: Duration) -> Result<String, WebError> {
         let secret = random();
         if secret.is_empty() {
             return Err(WebError::Internal("the system's random generator failed".into()));
         }
         let role = serde_json::to_string(role).map_err(|e| WebError::Internal(e.to_string()))?;
-        let now = crate::auth::now_ms();
-        let store = st.db.store();
+        let now = keel_server::auth::now_ms();
+        let store = st.app.db.store();
         store
-            .end_web_sessions(None, now.saturating_sub(crate::auth::millis(idle)))
+            .end_web_sessions(None, now.saturating_sub(keel_server::auth::millis(idle)))
             .await
             .map_err(|e| WebError::Internal(e.to_string()))?;
         let row = keel_store::WebSession {
@@ -107,10 +107,10 @@ impl Sessions {
         Ok(secret)
     }
 
-    pub(crate) async fn session_of(&self, st: &AppState, headers: &HeaderMap, idle: Duration) -> Option<Me> {
+    pub(crate) async fn session_of(&self, st: &WebState, headers: &HeaderMap, idle: Duration) -> Option<Me> {
         let secret = cookie(headers, COOKIE).filter(|s| !s.is_empty())?;
         let id = session_id(&secret);
-        let store = st.db.store();
+        let store = st.app.db.store();
         let row = match store.web_session(&id).await {
             Ok(row) => row?,
             Err(e) => {
@@ -118,9 +118,9 @@ impl Sessions {
                 return None;
             }
         };
-        let now = crate::auth::now_ms();
+        let now = keel_server::auth::now_ms();
         let unused = now.saturating_sub(row.last_ms);
-        if unused > crate::auth::millis(idle) {
+        if unused > keel_server::auth::millis(idle) {
             let _ = store.end_web_sessions(Some(&id), 0).await;
             return None;
         }
@@ -143,18 +143,18 @@ impl Sessions {
         })
     }
 
-    async fn close(&self, st: &AppState, headers: &HeaderMap) {
+    async fn close(&self, st: &WebState, headers: &HeaderMap) {
         if let Some(secret) = cookie(headers, COOKIE).filter(|s| !s.is_empty()) {
-            if let Err(e) = st.db.store().end_web_sessions(Some(&session_id(&secret)), 0).await {
+            if let Err(e) = st.app.db.store().end_web_sessions(Some(&session_id(&secret)), 0).await {
                 tracing::error!(%e, "cannot end a web session");
             }
         }
     }
 
-    async fn sso_key(&self, st: &AppState) -> Option<String> {
+    async fn sso_key(&self, st: &WebState) -> Option<String> {
         let key = self
             .sso_key
-            .get_or_try_init(|| st.db.store().meta_secret(keel_store::WEB_SSO_KEY))
+            .get_or_try_init(|| st.app.db.store().meta_secret(keel_store::WEB_SSO_KEY))
             .await;
         match key {
             Ok(k) => Some(k.clone()),
@@ -167,8 +167,8 @@ impl Sessions {
 }
 
 /// Who may use the pages: admins (group root) and facility managers.
-fn role_of(st: &AppState, login: &str) -> Option<WebRole> {
-    let snap = st.db.snapshot();
+fn role_of(st: &WebState, login: &str) -> Option<WebRole> {
+    let snap = st.app.db.snapshot();
     let user = snap.user(login)?;
     if user.group == Group::Root {
         return Some(WebRole::Admin);
@@ -185,14 +185,14 @@ fn role_of(st: &AppState, login: &str) -> Option<WebRole> {
 }
 
 /// nginx's SSO, when trusted: the login it puts in `X-SSO-User` (only from a trusted proxy).
-pub(crate) async fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
+pub(crate) async fn from_sso(parts: &Parts, st: &WebState) -> Option<Me> {
     let peer = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())?;
-    let peer = crate::presence::canonical(peer);
+    let peer = keel_limits::canonical(peer);
     if !st.web.sso_proxies.iter().any(|n| n.contains(&peer)) {
-        crate::refused!(WARN, %peer, "X-SSO-User ignored: not from one of [web] sso_proxies");
+        keel_limits::refused!(WARN, %peer, "X-SSO-User ignored: not from one of [web] sso_proxies");
         return None;
     }
     let login = parts.headers.get("x-sso-user")?.to_str().ok()?.trim();
@@ -208,7 +208,7 @@ pub(crate) async fn from_sso(parts: &Parts, st: &AppState) -> Option<Me> {
     })
 }
 
-fn session_cookie(st: &AppState, id: &str, max_age: u64) -> Option<HeaderValue> {
+fn session_cookie(st: &WebState, id: &str, max_age: u64) -> Option<HeaderValue> {
     set_cookie(st, COOKIE, id, "/", max_age)
 }
 
@@ -243,12 +243,12 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-pub(crate) async fn login_page(State(st): State<AppState>, Query(q): Query<Next>) -> Response {
+pub(crate) async fn login_page(State(st): State<WebState>, Query(q): Query<Next>) -> Response {
     render_login(&st, safe_next(q.next.as_deref()), String::new(), String::new())
 }
 
 /// The login form, with a fresh double-submit token in its own cookie (there is no session yet).
-fn render_login(st: &AppState, next: String, login: String, error: String) -> Response {
+fn render_login(st: &WebState, next: String, login: String, error: String) -> Response {
     let csrf = random();
     let mut r = html(&LoginPage {
         nav: Nav::default(),
@@ -263,7 +263,7 @@ fn render_login(st: &AppState, next: String, login: String, error: String) -> Re
     r
 }
 
-pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn login(State(st): State<WebState>, headers: HeaderMap, body: Bytes) -> Response {
     let f = Form::parse(&body);
     let next = safe_next(f.get("next"));
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
@@ -272,21 +272,21 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
     }
     let login = f.get("login").unwrap_or("").to_owned();
     let password = f.get("password").unwrap_or("").to_owned();
-    match check_password(&st, &login, password).await {
+    match check_password(&st.app, &login, password).await {
         PasswordCheck::Right => {}
         PasswordCheck::Wait(wait) => {
-            let login = crate::auth::shown(&login);
+            let login = keel_server::auth::shown(&login);
             let msg = format!("Too many wrong passwords: try again in {} s.", wait.as_secs() + 1);
             return render_login(&st, next, login, msg);
         }
         PasswordCheck::Wrong => {
-            let login = crate::auth::shown(&login);
-            crate::refused!(WARN, %login, "web login refused: wrong login or password");
+            let login = keel_server::auth::shown(&login);
+            keel_limits::refused!(WARN, %login, "web login refused: wrong login or password");
             return render_login(&st, next, login, "Wrong login or password.".into());
         }
     }
     let Some(role) = role_of(&st, &login) else {
-        crate::refused!(WARN, %login, "web login refused: neither an admin nor a facility manager");
+        keel_limits::refused!(WARN, %login, "web login refused: neither an admin nor a facility manager");
         return render_login(
             &st,
             next,
@@ -308,7 +308,7 @@ pub(crate) async fn login(State(st): State<AppState>, headers: HeaderMap, body: 
     r
 }
 
-pub(crate) async fn logout(State(st): State<AppState>, me: Me, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn logout(State(st): State<WebState>, me: Me, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = Form::checked(&body, &me) {
         return e.into_response();
     }
@@ -331,11 +331,11 @@ struct PasswordPage {
     done: bool,
 }
 
-pub(crate) async fn password_page(State(st): State<AppState>) -> Response {
+pub(crate) async fn password_page(State(st): State<WebState>) -> Response {
     render_password(&st, String::new(), Errors::default(), false)
 }
 
-fn render_password(st: &AppState, login: String, errors: Errors, done: bool) -> Response {
+fn render_password(st: &WebState, login: String, errors: Errors, done: bool) -> Response {
     let csrf = random();
     let mut r = html(&PasswordPage {
         nav: Nav::default(),
@@ -352,7 +352,7 @@ fn render_password(st: &AppState, login: String, errors: Errors, done: bool) -> 
 
 /// `/password`: anyone changes their own password with the current one. The new one is hashed
 /// here and dropped; only the hash is stored (and neither is logged).
-pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn password(State(st): State<WebState>, headers: HeaderMap, body: Bytes) -> Response {
     let f = Form::parse(&body);
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if !f.get("csrf").is_some_and(|t| same(t, &expected)) {
@@ -366,10 +366,10 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
     if new != again {
         return render_password(&st, login, Errors::one("again", "the two new passwords differ"), false);
     }
-    match check_password(&st, &login, f.get("old").unwrap_or("").to_owned()).await {
+    match check_password(&st.app, &login, f.get("old").unwrap_or("").to_owned()).await {
         PasswordCheck::Right => {}
         PasswordCheck::Wait(wait) => {
-            let login = crate::auth::shown(&login);
+            let login = keel_server::auth::shown(&login);
             let e = Errors::one(
                 "old",
                 format!("too many wrong passwords: try again in {} s", wait.as_secs() + 1),
@@ -377,8 +377,8 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
             return render_password(&st, login, e, false);
         }
         PasswordCheck::Wrong => {
-            let login = crate::auth::shown(&login);
-            crate::refused!(WARN, %login, "web password change refused: wrong login or password");
+            let login = keel_server::auth::shown(&login);
+            keel_limits::refused!(WARN, %login, "web password change refused: wrong login or password");
             return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
         }
     }
@@ -387,7 +387,7 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
         Ok(Ok(h)) => h,
         _ => return WebError::Internal("hashing failed".into()).into_response(),
     };
-    let Some(user) = st.db.snapshot().user(&login).cloned() else {
+    let Some(user) = st.app.db.snapshot().user(&login).cloned() else {
         return render_password(&st, login, Errors::one("old", "wrong login or password"), false);
     };
     let patch = keel_model::UserPatch {
@@ -396,7 +396,7 @@ pub(crate) async fn password(State(st): State<AppState>, headers: HeaderMap, bod
         ..Default::default()
     };
     let who = keel_model::Principal::user(&login, keel_model::Role::Readonly);
-    match st.db.edit_user(&who, &login, user.version, patch).await {
+    match st.app.db.edit_user(&who, &login, user.version, patch).await {
         Ok(_) => {
             tracing::info!(%login, "password changed on the web page");
             render_password(&st, String::new(), Errors::default(), true)

@@ -1,33 +1,95 @@
-//! The web administration pages, server-rendered (askama templates in `templates/web/`, checked
-//! at compile time) with no JavaScript needed.
+//! What keel renders for people and machines that browse it: the web administration pages, the
+//! live map, and the iPXE menus network-booted machines follow. It sits above keel-server: its
+//! handlers share the server's state ([`WebState`] holds an [`AppState`]), its `Caller` and
+//! `ApiError`, and [`app`] builds the combined router — keel-server's routes and these — in
+//! keel-server's layers. The authorization matrix test (`tests_matrix.rs`) walks that router.
 //!
-//! Who may log in: users of group `root` (admins) and users named as a facility's manager
-//! (they see the propagation of their facilities only). Everyone else — contestants included — may
-//! use one page, `/password`. Sessions live in memory (a restart logs admins out, nothing else) and
-//! ride an HTTP-only, SameSite=Strict cookie; every form carries the session's CSRF token, checked
-//! before anything else. Pages go through the same `Db` mutations as the API, so the same
-//! validation rules and the same change log apply.
+//! The pages are server-rendered (askama templates in `templates/web/`, checked at compile time)
+//! with no JavaScript needed. Who may log in: users of group `root` (admins) and users named as a
+//! facility's manager (they see the propagation of their facilities only). Everyone else —
+//! contestants included — may use one page, `/password`. Sessions live in the store and ride an
+//! HTTP-only, SameSite=Strict cookie; every form carries the session's CSRF token, checked before
+//! anything else. Pages go through the same `Db` mutations as the API, so the same validation
+//! rules and the same change log apply.
 
 mod auth;
 mod log;
 mod machines;
+mod map;
+pub mod netboot;
 mod other;
 mod users;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use askama::Template;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use axum::Router;
 use keel_model::{Principal, Role};
-
-use crate::AppState;
+use keel_server::routes::Recorded;
+use keel_server::AppState;
 
 pub(crate) use auth::Sessions;
+
+/// What the pages and menus are configured with (`[web]`, `[netboot]`).
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub web: WebConfig,
+    pub netboot: netboot::NetbootConfig,
+}
+
+/// The state of keel-web's handlers: the server's, and what only the pages hold.
+#[derive(Clone)]
+pub struct WebState {
+    pub app: AppState,
+    pub(crate) web: Arc<WebConfig>,
+    pub(crate) netboot: Arc<netboot::NetbootConfig>,
+    pub(crate) web_sessions: Arc<Sessions>,
+}
+
+impl FromRef<WebState> for AppState {
+    fn from_ref(st: &WebState) -> Self {
+        st.app.clone()
+    }
+}
+
+impl WebState {
+    pub fn new(app: AppState, config: Config) -> Self {
+        Self {
+            app,
+            web: Arc::new(config.web),
+            netboot: Arc::new(config.netboot),
+            web_sessions: Arc::new(Sessions::default()),
+        }
+    }
+}
+
+/// The whole HTTP application: keel-server's routes and keel-web's, in keel-server's layers.
+pub fn app(state: WebState) -> Router {
+    app_with_paths(state).0
+}
+
+/// The application and every path it serves (each `{param}` as written in the route), for the
+/// authorization matrix test.
+pub fn app_with_paths(state: WebState) -> (Router, Vec<String>) {
+    let files = tower_http::services::ServeDir::new(&state.netboot.files_dir);
+    let ours = Recorded::new("")
+        .route("/boot/{mac}", get(netboot::boot))
+        .route("/register", get(netboot::register))
+        .route("/bootstrap", get(netboot::bootstrap))
+        .nest_service("/boot/files", files)
+        .route("/map", get(map::page))
+        .route("/map.json", get(map::data))
+        .merge(routes())
+        .with_state(state.clone());
+    keel_server::finish(&state.app, keel_server::routes(&state.app).merge(ours))
+}
 
 /// `[web]` settings.
 #[derive(Debug, Clone)]
@@ -53,11 +115,11 @@ impl Default for WebConfig {
     }
 }
 
-const CSS: &str = include_str!("../../templates/web/keel.css");
+const CSS: &str = include_str!("../templates/web/keel.css");
 
-/// The web routes (merged into the app at `/`).
-pub(crate) fn routes() -> crate::routes::Recorded<AppState> {
-    crate::routes::Recorded::new("")
+/// The administration pages' routes.
+fn routes() -> Recorded<WebState> {
+    Recorded::new("")
         .route("/", get(home))
         .route("/static/keel.css", get(css))
         .route("/login", get(auth::login_page).post(auth::login))
@@ -149,7 +211,7 @@ impl Me {
         if self.is_admin() {
             Ok(())
         } else {
-            crate::refused!(WARN, login = %self.login, %what, "web: refused (not an admin)");
+            keel_limits::refused!(WARN, login = %self.login, %what, "web: refused (not an admin)");
             Err(WebError::Forbidden(format!("{what} is for admins (group root)")))
         }
     }
@@ -163,10 +225,10 @@ impl Me {
     }
 }
 
-impl FromRequestParts<AppState> for Me {
+impl FromRequestParts<WebState> for Me {
     type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Response> {
+    async fn from_request_parts(parts: &mut Parts, st: &WebState) -> Result<Self, Response> {
         if let Some(me) = st.web_sessions.session_of(st, &parts.headers, st.web.idle).await {
             return Ok(me);
         }
@@ -220,7 +282,7 @@ impl IntoResponse for WebError {
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, "Not allowed", m),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
             Self::Csrf => {
-                crate::refused!(WARN, "web: form refused: missing or wrong CSRF token");
+                keel_limits::refused!(WARN, "web: form refused: missing or wrong CSRF token");
                 (
                     StatusCode::FORBIDDEN,
                     "Form refused",
@@ -407,3 +469,12 @@ pub(crate) fn saved<T>(
         },
     }
 }
+
+#[cfg(test)]
+mod tests_web;
+
+#[cfg(test)]
+mod tests_matrix;
+
+#[cfg(test)]
+mod tests_netboot;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{html, Me, Nav, WebError};
-use crate::AppState;
+use crate::WebState;
 
 const PAGE: u64 = 50;
 
@@ -70,14 +70,15 @@ pub(crate) fn diff(before: Option<&Value>, after: Option<&Value>) -> Vec<Field> 
         .collect()
 }
 
-pub(crate) async fn page(State(st): State<AppState>, me: Me, Query(q): Query<LogQuery>) -> Result<Response, WebError> {
+pub(crate) async fn page(State(st): State<WebState>, me: Me, Query(q): Query<LogQuery>) -> Result<Response, WebError> {
     me.admin("the change log")?;
-    let last = st.db.snapshot().seq();
+    let last = st.app.db.snapshot().seq();
     let pages = last.div_ceil(PAGE).max(1);
     let page = q.page.clamp(1, pages);
     let upto = last.saturating_sub((page - 1) * PAGE);
     let from = upto.saturating_sub(PAGE);
     let mut changes = st
+        .app
         .db
         .store()
         .changes_since(from, u32::try_from(upto - from).unwrap_or(50))

@@ -19,8 +19,10 @@ use keel_model::{Facility, MachinePatch, Pools, Principal, Role, UserPatch};
 use keel_store::{Db, NewToken, SqliteStore};
 use tower::ServiceExt;
 
-use crate::presence::{PresenceConfig, SECRET_HEADER};
-use crate::{app_with_paths, AppState, ServerConfig};
+use keel_server::presence::{PresenceConfig, SECRET_HEADER};
+use keel_server::{AppState, ServerConfig};
+
+use crate::{app_with_paths, WebState};
 
 const SECURITY_MD: &str = include_str!("../../../docs/security.md");
 const SECRET: &str = "0123456789abcdef0123";
@@ -42,7 +44,7 @@ fn sample(path: &str) -> String {
         .replace("{*rest}", "x")
 }
 
-async fn site(dir: &tempfile::TempDir) -> (AppState, BTreeMap<&'static str, String>) {
+async fn site(dir: &tempfile::TempDir) -> (WebState, BTreeMap<&'static str, String>) {
     let store = SqliteStore::open(&dir.path().join("keel.db")).await.unwrap();
     let db = Arc::new(Db::open(Arc::new(store), Pools::default()).await.unwrap());
     let system = Principal::system();
@@ -92,14 +94,17 @@ async fn site(dir: &tempfile::TempDir) -> (AppState, BTreeMap<&'static str, Stri
         },
         ..ServerConfig::default()
     };
-    (AppState::new(db, config), tokens)
+    (
+        WebState::new(AppState::new(db, config), crate::Config::default()),
+        tokens,
+    )
 }
 
 /// The actor's verdict for one request: `Some(true)` past authorization, `Some(false)` refused,
 /// `None` the path does not serve this method.
-async fn ask(st: &AppState, tokens: &BTreeMap<&str, String>, actor: &str, method: &Method, uri: &str) -> Option<bool> {
+async fn ask(st: &WebState, tokens: &BTreeMap<&str, String>, actor: &str, method: &Method, uri: &str) -> Option<bool> {
     // Every actor speaks from the machine gw's address (a machine speaks only for itself).
-    let gw = SocketAddr::new(st.db.snapshot().machine_by_name("gw").unwrap().ip.into(), 40000);
+    let gw = SocketAddr::new(st.app.db.snapshot().machine_by_name("gw").unwrap().ip.into(), 40000);
     let mut req = Request::builder()
         .method(method.clone())
         .uri(uri)

@@ -280,12 +280,12 @@ pub async fn serve(cfg: Arc<TftpConfig>, socket: UdpSocket, ended: impl Fn(Outco
         }
         let local = socket.local_addr().ok();
         let Some(source) = sources.take(peer.ip(), cfg.max_per_source.max(1)) else {
-            crate::refused!(WARN, %peer, max = cfg.max_per_source, "tftp: too many transfers from this address; request refused");
+            keel_limits::refused!(WARN, %peer, max = cfg.max_per_source, "tftp: too many transfers from this address; request refused");
             busy(&sources, local, peer, &ended);
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            crate::refused!(WARN, %peer, max = cfg.max_transfers, "tftp: too many transfers running; request refused");
+            keel_limits::refused!(WARN, %peer, max = cfg.max_transfers, "tftp: too many transfers running; request refused");
             busy(&sources, local, peer, &ended);
             continue;
         };
@@ -392,7 +392,7 @@ async fn transfer(
         Parsed::Bad(why) => return refuse(error(4, why)).await,
     };
     let Some(path) = resolve(&cfg.root, &req.file) else {
-        crate::refused!(INFO, %peer, file = %req.file, "tftp: refused or not found");
+        keel_limits::refused!(INFO, %peer, file = %req.file, "tftp: refused or not found");
         return refuse(error(1, "file not found")).await;
     };
     let mut file = tokio::fs::File::open(&path).await?;
