@@ -46,10 +46,12 @@ pub enum AgentCommand {
     CheckConfig,
     /// Presence on a machine: the PAM hook and the heartbeat (reads /etc/keel/presence.toml,
     /// not agent.toml).
+    #[cfg(feature = "presence")]
     Presence(PresenceArgs),
 }
 
 /// Tells keel who is logged in on this machine.
+#[cfg(feature = "presence")]
 ///
 /// `pam` is for pam_exec at session open and close:
 ///     session required pam_exec.so stdout quiet /usr/sbin/keel-agent presence pam
@@ -71,6 +73,7 @@ pub struct PresenceArgs {
     pub action: PresenceAction,
 }
 
+#[cfg(feature = "presence")]
 #[derive(Debug, Clone, Subcommand)]
 pub enum PresenceAction {
     /// pam_exec hook: PAM_TYPE auth (with expose_authtok) trades the password on stdin for a
@@ -93,6 +96,7 @@ pub enum PresenceAction {
 /// Runs the agent as the command line asked; the process's exit code.
 pub fn run(args: &AgentArgs) -> ExitCode {
     match &args.command {
+        #[cfg(feature = "presence")]
         AgentCommand::Presence(p) => return presence(p),
         AgentCommand::Relay { socket } => {
             let code = crate::relay::relay(
@@ -139,7 +143,9 @@ fn execute(args: &AgentArgs, out: &mut Out<'_>) -> Code {
             ));
             Code::Ok
         }
-        AgentCommand::Presence(_) | AgentCommand::Relay { .. } => Code::Ok,
+        #[cfg(feature = "presence")]
+        AgentCommand::Presence(_) => Code::Ok,
+        AgentCommand::Relay { .. } => Code::Ok,
     }
 }
 
@@ -166,6 +172,7 @@ fn framed_apply(args: &AgentArgs) -> ExitCode {
     ExitCode::from(code as u8)
 }
 
+#[cfg(feature = "presence")]
 /// `keel-agent presence …`: 0 when the session may go on, 1 when refused or on error.
 fn presence(args: &PresenceArgs) -> ExitCode {
     use crate::presence::{self as p, Verdict};
@@ -226,6 +233,7 @@ fn presence(args: &PresenceArgs) -> ExitCode {
     }
 }
 
+#[cfg(feature = "presence")]
 /// The password on stdin: pam_exec's `expose_authtok` writes it NUL-terminated; by hand it ends
 /// with a newline. At most 4 KiB is read (PAM's own limit is 512 bytes).
 fn read_password() -> String {
@@ -237,6 +245,7 @@ fn read_password() -> String {
     text.strip_suffix('\n').map(str::to_owned).unwrap_or(text)
 }
 
+#[cfg(feature = "presence")]
 fn pam_fallback() -> ExitCode {
     let user = std::env::var("PAM_USER").unwrap_or_default();
     let local = crate::presence::uid_of(&user).is_some_and(|u| u < 1000);
@@ -250,6 +259,7 @@ fn pam_fallback() -> ExitCode {
     }
 }
 
+#[cfg(feature = "presence")]
 fn heartbeat(cfg: &crate::presence::PresenceConfig, once: bool) -> ExitCode {
     loop {
         match crate::presence::heartbeat(cfg) {

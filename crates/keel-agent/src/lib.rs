@@ -9,9 +9,11 @@ pub mod config;
 mod fsops;
 mod hooks;
 pub mod out;
+#[cfg(feature = "presence")]
 pub mod presence;
 pub mod relay;
 mod services;
+#[cfg(feature = "presence")]
 pub mod utmp;
 
 pub use apply::apply;

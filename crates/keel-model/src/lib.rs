@@ -2,6 +2,7 @@
 
 mod change;
 mod claims;
+mod decide;
 mod error;
 pub mod identity;
 pub mod input;
@@ -23,6 +24,7 @@ mod user;
 pub mod wire;
 
 pub use change::{Change, Kind, Op};
+pub use decide::Decision;
 pub use error::{ValidationError, ValidationErrors};
 pub use machine::{check_chassis, check_room, BootMode, Machine, MachinePatch, MachineType, Switch};
 pub use names::{Hostname, Mac};
@@ -32,7 +34,7 @@ pub use propagation::{Channel, Destination, Facility, Host};
 pub use record::Record;
 pub use rights::RightsError;
 pub use role::{MachineRole, RoleRecord};
-pub use session::{Decision, ProofPolicy, Refusal, Session};
+pub use session::{ProofPolicy, Refusal, Session};
 pub use setting::{canonical_time, rfc3339, Setting, SettingSpec, SETTINGS};
 pub use snapshot::{AllocHints, ApplyError, Snapshot};
 pub use user::{

@@ -262,3 +262,36 @@ fn api_paths_live_in_the_client_and_the_server() {
         found.join("\n")
     );
 }
+
+/// The server binary has one HTTP client stack (reqwest, through keel-client): keel embeds the
+/// agent without its presence client (ureq). Asked of `cargo tree -p keel`, which resolves keel's
+/// features alone (`cargo metadata` unifies the whole workspace's).
+#[test]
+fn the_server_binary_has_one_http_client() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+            "-p",
+            "keel",
+        ])
+        .arg("--manifest-path")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+        .output()
+        .expect("cargo tree");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tree = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        tree.lines().any(|l| l.starts_with("reqwest ")),
+        "keel's client stack is reqwest:\n{tree}"
+    );
+    let second: Vec<&str> = tree.lines().filter(|l| l.starts_with("ureq ")).collect();
+    assert!(second.is_empty(), "keel links a second HTTP client: {second:?}");
+}

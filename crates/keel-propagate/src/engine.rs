@@ -24,6 +24,8 @@ use tokio::sync::{broadcast, Notify, Semaphore};
 use crate::send::{self, Outcome, Sender};
 use crate::services::{self, Service};
 use crate::state::{task_key, DestResult, DestStatus, Task, TaskState};
+use crate::EngineError;
+use crate::{GenError, ResolveError};
 
 /// How the engine behaves (the `[propagation]` table of keel.toml).
 #[derive(Debug, Clone)]
@@ -57,21 +59,6 @@ impl Default for EngineConfig {
             encoding: Encoding::Zstd,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("generating: {0}")]
-    Gen(String),
-    /// A wait for a task ran out of time (the task goes on).
-    #[error("{0}")]
-    Timeout(String),
-    #[error(transparent)]
-    Store(#[from] keel_store::StoreError),
 }
 
 type TaskId = (String, String);
@@ -321,9 +308,7 @@ impl Engine {
             .services
             .get(service)
             .ok_or_else(|| EngineError::NotFound(format!("service {service}")))?;
-        let files = services::generate(svc, &snap, &self.inner.db.pools(), f, &generation.gen)
-            .await
-            .map_err(EngineError::Gen)?;
+        let files = services::generate(svc, &snap, &self.inner.db.pools(), f, &generation.gen).await?;
         let serial = self.next_serial(facility, service).await?;
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         // A plain tar: this one is for people to look into.
@@ -580,7 +565,7 @@ impl Inner {
             created: &created,
             serial,
         };
-        build(&self.key, &h).map_err(|e| EngineError::Gen(e.to_string()))
+        build(&self.key, &h).map_err(|e| EngineError::Gen(e.into()))
     }
 
     async fn save(&self, t: &Task) -> Result<(), EngineError> {
@@ -633,7 +618,7 @@ impl Inner {
                 tracing::warn!(task = %task_key(&id.0, &id.1), error = %e, "GEN failed");
                 let t = self.updated(id, |t| {
                     t.state = TaskState::Generror;
-                    t.error = Some(e);
+                    t.error = Some(e.to_string());
                     t.finished = Some(now());
                 });
                 self.save_logged(&t).await;
@@ -732,7 +717,7 @@ impl Inner {
                 let _permit = inner.sends.acquire().await;
                 let to = match inner.checked_address(&snap, &d).await {
                     Ok(to) => to,
-                    Err(why) => return (d.destination, last, refused(why)),
+                    Err(why) => return (d.destination, last, refused(why.to_string())),
                 };
                 let Some(cmd) = inner.sender.command(&d, to.as_ref()) else {
                     return (d.destination, last, refused("no way to send there".into()));
@@ -776,7 +761,7 @@ impl Inner {
     /// (its config's HostName, then DNS), checked — never keel's own host, loopback or a machine
     /// outside the facility — and pinned, so ssh connects to the address that was checked.
     /// Admins' destinations are theirs to aim (`None`: ssh resolves the name itself).
-    async fn checked_address(&self, snap: &Snapshot, d: &Destination) -> Result<Option<send::Resolved>, String> {
+    async fn checked_address(&self, snap: &Snapshot, d: &Destination) -> Result<Option<send::Resolved>, ResolveError> {
         if d.channel != keel_model::Channel::Ssh || d.claimed_by.is_none() {
             return Ok(None);
         }
@@ -790,7 +775,10 @@ impl Inner {
                 .refuses_send(&d.facility, *ip, &own)
                 .or_else(|| send::is_local(*ip).then(|| format!("{ip} is one of keel's own addresses")));
             if let Some(why) = why {
-                return Err(format!("{} resolves to {}", d.destination, why));
+                return Err(ResolveError::Refused {
+                    destination: d.destination.clone(),
+                    why,
+                });
             }
         }
         Ok(Some(resolved))
@@ -847,10 +835,10 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
 /// Hashes, lays out and compresses the files: milliseconds of CPU for a big service, so on a
 /// blocking thread.
 async fn prepare(files: Vec<keel_model::service::File>, encoding: Encoding) -> Result<Prepared, EngineError> {
-    tokio::task::spawn_blocking(move || Prepared::new(&files, encoding))
+    let prepared = tokio::task::spawn_blocking(move || Prepared::new(&files, encoding))
         .await
-        .map_err(|e| EngineError::Gen(e.to_string()))?
-        .map_err(|e| EngineError::Gen(e.to_string()))
+        .map_err(GenError::from)?;
+    Ok(prepared.map_err(GenError::from)?)
 }
 
 fn denied(mut r: DestResult, why: &str) -> DestResult {

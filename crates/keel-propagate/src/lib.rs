@@ -5,11 +5,13 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+mod error;
 pub mod send;
 pub mod services;
 pub mod state;
 
-pub use engine::{status_of, Engine, EngineConfig, EngineError};
+pub use engine::{status_of, Engine, EngineConfig};
+pub use error::{EngineError, GenError, ResolveError, ServiceError};
 pub use send::{Senders, SshConfig};
 pub use services::{registry, CustomService, Service};
 pub use state::{DestResult, DestStatus, Task, TaskState};

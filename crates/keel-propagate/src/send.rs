@@ -45,7 +45,8 @@ pub struct Resolved {
 
 /// Resolves `dest` as ssh will: `ssh -G` with the site's config (its `HostName`, `Port`), then the
 /// system resolver. An error says why it could not.
-pub async fn resolve_ssh(cfg: &SshConfig, dest: &str) -> Result<Resolved, String> {
+pub async fn resolve_ssh(cfg: &SshConfig, dest: &str) -> Result<Resolved, crate::ResolveError> {
+    use crate::ResolveError;
     let (user, host, port) = split_destination(dest);
     let mut c = Command::new(&cfg.program);
     c.arg("-G");
@@ -64,13 +65,13 @@ pub async fn resolve_ssh(cfg: &SshConfig, dest: &str) -> Result<Resolved, String
     c.arg(host).stdin(std::process::Stdio::null());
     let out = tokio::time::timeout(Duration::from_secs(10), c.output())
         .await
-        .map_err(|_| "ssh -G timed out".to_owned())?
-        .map_err(|e| format!("cannot run ssh -G: {e}"))?;
+        .map_err(|_| ResolveError::Timeout)?
+        .map_err(ResolveError::Run)?;
     if !out.status.success() {
-        return Err(format!(
-            "ssh -G {dest}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(ResolveError::Ssh {
+            destination: dest.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |k: &str| {
@@ -84,12 +85,15 @@ pub async fn resolve_ssh(cfg: &SshConfig, dest: &str) -> Result<Resolved, String
         Some(ip) => vec![ip],
         None => tokio::net::lookup_host((name.as_str(), port))
             .await
-            .map_err(|e| format!("cannot resolve {name}: {e}"))?
+            .map_err(|source| ResolveError::Lookup {
+                name: name.clone(),
+                source,
+            })?
             .map(|a| a.ip())
             .collect(),
     };
     if addresses.is_empty() {
-        return Err(format!("{name} resolves to no address"));
+        return Err(ResolveError::NoAddress(name));
     }
     Ok(Resolved {
         host: name,

@@ -10,6 +10,8 @@ use keel_model::service::{File, Version};
 use keel_model::{Facility, Kind, Snapshot};
 use serde::Deserialize;
 
+use crate::{GenError, ServiceError};
+
 /// A custom service from keel.toml: `[propagation.services.NAME]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,22 +88,23 @@ impl Service {
 }
 
 /// Every service, by name.
-pub fn registry(custom: &BTreeMap<String, CustomService>) -> Result<BTreeMap<String, Service>, String> {
+pub fn registry(custom: &BTreeMap<String, CustomService>) -> Result<BTreeMap<String, Service>, ServiceError> {
     let mut all: BTreeMap<String, Service> = BuiltIn::ALL
         .into_iter()
         .map(|b| (b.name().to_owned(), Service::BuiltIn(b)))
         .collect();
     for (name, c) in custom {
-        keel_model::propagation::check_name("propagation.services", name).map_err(|e| e.to_string())?;
+        keel_model::propagation::check_name("propagation.services", name)?;
         if all.contains_key(name) {
-            return Err(format!("propagation.services.{name}: a built-in service has that name"));
+            return Err(ServiceError::BuiltInName(name.clone()));
         }
         if c.command.is_empty() {
-            return Err(format!("propagation.services.{name}.command: must name a program"));
+            return Err(ServiceError::NoProgram(name.clone()));
         }
-        c.version
-            .parse::<Version>()
-            .map_err(|e| format!("propagation.services.{name}.version: {e}"))?;
+        c.version.parse::<Version>().map_err(|reason| ServiceError::Version {
+            name: name.clone(),
+            reason,
+        })?;
         all.insert(name.clone(), Service::Custom(name.clone(), c.clone()));
     }
     Ok(all)
@@ -114,7 +117,7 @@ pub async fn generate(
     pools: &keel_model::Pools,
     facility: &Facility,
     opts: &keel_gen::Options,
-) -> Result<Vec<File>, String> {
+) -> Result<Vec<File>, GenError> {
     let users: Vec<_> = snap.users().filter(|u| facility.receives(u)).collect();
     match service {
         Service::BuiltIn(b) => {
@@ -134,7 +137,7 @@ pub async fn generate(
                 service_names: service_names(snap),
                 hfs_servers: hfs_servers(snap),
             };
-            b.generate(&input, opts).map_err(|e| e.to_string())
+            Ok(b.generate(&input, opts)?)
         }
         Service::Custom(_, c) => {
             let data = serde_json::json!({
@@ -145,7 +148,7 @@ pub async fn generate(
                 "settings": snap.settings(),
                 "seq": snap.seq(),
             });
-            custom(c, serde_json::to_vec(&data).map_err(|e| e.to_string())?).await
+            custom(c, serde_json::to_vec(&data)?).await
         }
     }
 }
@@ -217,9 +220,14 @@ pub fn notes(service: &Service, snap: &Snapshot, pools: &keel_model::Pools) -> V
         .collect()
 }
 
-async fn custom(c: &CustomService, input: Vec<u8>) -> Result<Vec<File>, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let (prog, args) = c.command.split_first().ok_or("no command")?;
+async fn custom(c: &CustomService, input: Vec<u8>) -> Result<Vec<File>, GenError> {
+    let dir = tempfile::tempdir()?;
+    let Some((prog, args)) = c.command.split_first() else {
+        return Err(GenError::Failed {
+            code: "no command".into(),
+            stderr: String::new(),
+        });
+    };
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(args).arg(dir.path()).env("KEEL_OUT_DIR", dir.path());
     let out = crate::send::run(
@@ -233,7 +241,10 @@ async fn custom(c: &CustomService, input: Vec<u8>) -> Result<Vec<File>, String> 
         let code = out
             .exit_code
             .map_or_else(|| "no exit code".to_owned(), |c| format!("exit code {c}"));
-        return Err(format!("generator failed ({code}): {}", out.stderr.trim()));
+        return Err(GenError::Failed {
+            code,
+            stderr: out.stderr.trim().to_owned(),
+        });
     }
     let mut files = Vec::new();
     collect(dir.path(), dir.path(), &mut files)?;
@@ -242,30 +253,29 @@ async fn custom(c: &CustomService, input: Vec<u8>) -> Result<Vec<File>, String> 
 }
 
 /// Every regular file under `dir`, as bundle files; links and other types are refused.
-fn collect(root: &Path, dir: &Path, out: &mut Vec<File>) -> Result<(), String> {
+fn collect(root: &Path, dir: &Path, out: &mut Vec<File>) -> Result<(), GenError> {
     use std::os::unix::fs::PermissionsExt;
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for e in entries {
-        let e = e.map_err(|e| e.to_string())?;
-        let path = e.path();
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| e.to_string())?;
-        let rel = path
-            .strip_prefix(root)
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
+    for e in std::fs::read_dir(dir)? {
+        let path = e?.path();
+        let meta = std::fs::symlink_metadata(&path)?;
+        // Under `root` by construction (read_dir of a directory under it).
+        let rel = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+        let bad = |reason: String| GenError::BadFile {
+            path: rel.clone(),
+            reason,
+        };
         if meta.is_dir() {
             collect(root, &path, out)?;
         } else if meta.is_file() {
-            keel_bundle::check_rel_path(&rel).map_err(|e| format!("generated file {rel:?}: {e}"))?;
-            let data = std::fs::read(&path).map_err(|e| format!("{rel}: {e}"))?;
+            keel_bundle::check_rel_path(&rel).map_err(|e| bad(e.to_string()))?;
+            let data = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
             out.push(File {
                 path: rel,
                 mode: meta.permissions().mode() & 0o777,
                 data,
             });
         } else {
-            return Err(format!("generated {rel:?} is not a regular file (links are refused)"));
+            return Err(bad("not a regular file (links are refused)".into()));
         }
     }
     Ok(())

@@ -355,7 +355,8 @@ fn engine_error(e: keel_propagate::EngineError) -> ApiError {
     match e {
         keel_propagate::EngineError::NotFound(w) => ApiError::NotFound(w),
         keel_propagate::EngineError::Invalid(m) => ApiError::invalid("service", m),
-        keel_propagate::EngineError::Gen(m) | keel_propagate::EngineError::Timeout(m) => ApiError::Failed(m),
+        keel_propagate::EngineError::Gen(e) => ApiError::Failed(e.to_string()),
+        keel_propagate::EngineError::Timeout(m) => ApiError::Failed(m),
         keel_propagate::EngineError::Store(s) => s.into(),
     }
 }

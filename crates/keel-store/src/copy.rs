@@ -4,7 +4,7 @@
 //! into an empty database in one transaction.
 
 use crate::codec::to_u64;
-use crate::{Store, StoreError, TokenRow};
+use crate::{StoreError, TokenRow};
 
 /// An object row: (kind, key, version, data).
 pub type ObjectRow = (String, String, i64, String);
@@ -34,13 +34,6 @@ pub type ChangeRow = (
     Option<String>,
     Option<String>,
 );
-
-/// Copies everything `from` holds into `to`, which must be empty.
-pub async fn copy(from: &dyn Store, to: &dyn Store) -> Result<Dump, StoreError> {
-    let dump = from.export().await?;
-    to.import(&dump).await?;
-    Ok(dump)
-}
 
 /// The same reads on either backend (the SQL is the same; the connection types are not).
 macro_rules! export_body {

@@ -252,7 +252,7 @@ impl Copying for PgStore {
     async fn backup(&self, dest: &Path) -> Result<(), StoreError> {
         // A consistent copy as an SQLite file: what `keel restore` and `keel migrate-db` read.
         let to = crate::SqliteStore::open_single(dest).await?;
-        crate::copy::copy(self, &to).await?;
+        crate::store::copy(self, &to).await?;
         to.close().await;
         Ok(())
     }

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use keel_model::{Change, Kind, Op, Record};
 use serde_json::Value;
 
+use crate::copy::Dump;
 use crate::{StoreError, TokenRow};
 
 /// One record write inside a commit.
@@ -141,9 +142,9 @@ pub trait Copying {
     /// Writes a consistent copy of the whole database to `dest` (an SQLite file) while serving.
     async fn backup(&self, dest: &Path) -> Result<(), StoreError>;
     /// Every row, read in one consistent view (`keel migrate-db`).
-    async fn export(&self) -> Result<crate::copy::Dump, StoreError>;
+    async fn export(&self) -> Result<Dump, StoreError>;
     /// Writes every row of `dump` into this database, which must be empty; all or nothing.
-    async fn import(&self, dump: &crate::copy::Dump) -> Result<(), StoreError>;
+    async fn import(&self, dump: &Dump) -> Result<(), StoreError>;
 }
 
 /// Several servers on one database: nothing to do for one server (the defaults).
@@ -189,4 +190,11 @@ pub trait WriterLock: Send {
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
     /// Rolls back whatever is uncommitted and releases the lock.
     async fn release(self: Box<Self>);
+}
+
+/// Copies everything `from` holds into `to`, which must be empty.
+pub(crate) async fn copy(from: &dyn Store, to: &dyn Store) -> Result<Dump, StoreError> {
+    let dump = from.export().await?;
+    to.import(&dump).await?;
+    Ok(dump)
 }

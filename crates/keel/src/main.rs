@@ -18,6 +18,7 @@ mod cmd;
 mod config;
 mod conntrack;
 mod logging;
+#[cfg(feature = "man")]
 mod man;
 mod output;
 mod private_file;
@@ -136,6 +137,7 @@ enum Command {
         args: Vec<std::ffi::OsString>,
     },
     /// Write the manual pages (keel(1) and one per command, keel-agent(8), keel.toml(5)) into DIR.
+    #[cfg(feature = "man")]
     #[command(hide = true)]
     Man { dir: PathBuf },
     /// Print shell completions.
@@ -361,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { .. } => Ok(()), // run by main(): it becomes keel-bench
         Command::MigrateDb(a) => cmd::migrate::run(a, json).await,
+        #[cfg(feature = "man")]
         Command::Man { dir } => man::run(dir),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
