@@ -765,6 +765,7 @@ fn block_files_are_reparsed() {
 /// run — staged files, temp files beside the targets, the journal, locks — and none is created
 /// with a mode wider than 0600 (the target's own mode comes only once the data is written).
 #[test]
+#[cfg_attr(not(has_strace), ignore = "needs strace, not installed here (.ci/run installs it)")]
 fn no_file_is_created_readable_by_others() {
     let found = Command::new("sh")
         .args(["-c", "command -v strace"])

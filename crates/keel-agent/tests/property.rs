@@ -329,6 +329,7 @@ mod machines {
         #![proptest_config(ProptestConfig::with_cases(cases(12)))]
 
         #[test]
+        #[cfg_attr(not(all(has_named_checkzone, has_named_checkconf, has_dhcpd, has_kea_dhcp4)), ignore = "needs named-checkzone, named-checkconf, dhcpd, kea-dhcp4, not installed here (.ci/run installs it)")]
         fn accepted_names_make_files_the_real_checkers_load(
             raw in prop::collection::vec((name(), prop::collection::vec(name(), 0..3), name()), 1..6)
         ) {

@@ -29,6 +29,10 @@ fn run(cmd: &str, args: &[&str], file: &Path) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_named_checkzone, has_named_checkconf)),
+    ignore = "needs named-checkzone, named-checkconf, not installed here (.ci/run installs it)"
+)]
 fn zones_pass_named_checkzone_and_the_fragment_named_checkconf() {
     let entries = std::fs::read_dir(data("dns"))
         .unwrap()
@@ -44,6 +48,10 @@ fn zones_pass_named_checkzone_and_the_fragment_named_checkconf() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_dhcpd, has_kea_dhcp4)),
+    ignore = "needs dhcpd, kea-dhcp4, not installed here (.ci/run installs it)"
+)]
 fn dhcp_configs_pass_dhcpd_and_kea() {
     run("dhcpd", &["-q", "-t", "-cf"], &data("dhcp/dhcpd.conf"));
     run("dhcpd", &["-q", "-t", "-cf"], &data("dhcp-isc-unknown/dhcpd.conf"));
@@ -54,6 +62,10 @@ fn dhcp_configs_pass_dhcpd_and_kea() {
 /// touches this machine's firewall even by mistake; applying them twice in a row works too (the
 /// table is replaced, not added to).
 #[test]
+#[cfg_attr(
+    not(all(has_nft, has_unshare)),
+    ignore = "needs nft, unshare, not installed here (.ci/run installs it)"
+)]
 fn firewall_rulesets_pass_nft_check_and_apply_twice() {
     for dir in ["firewall", "firewall-open", "firewall-contest"] {
         let f = data(dir).join("keel.nft");
@@ -76,6 +88,10 @@ fn firewall_rulesets_pass_nft_check_and_apply_twice() {
 /// only, so a private mount namespace puts a master map naming ours there (nothing of this
 /// machine's autofs configuration is touched).
 #[test]
+#[cfg_attr(
+    not(all(has_automount, has_unshare)),
+    ignore = "needs automount, unshare, not installed here (.ci/run installs it)"
+)]
 fn the_automount_map_is_read_by_autofs() {
     let dir = tempfile::tempdir().unwrap();
     let master = dir.path().join("auto.master");
@@ -145,14 +161,15 @@ impl Segment {
 
     /// Starts `cmd` in the server namespace.
     fn serve(&mut self, cmd: &[&str], env: &[(&str, &Path)]) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.names[0]])
-            .args(cmd)
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("server.log")).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (see .ci/run)", cmd[0]));
+        let child = keel_testkit::guard::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.names[0]])
+                .args(cmd)
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(self.dir.path().join("server.log")).unwrap()),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e} (see .ci/run)", cmd[0]));
         self.server = Some(child);
     }
 
@@ -226,6 +243,10 @@ fn serves_the_site(lease: impl Fn(&str) -> String) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_dhcpd, has_ip, has_busybox, has_unshare)),
+    ignore = "needs dhcpd, ip, busybox, unshare, not installed here (.ci/run installs it)"
+)]
 fn isc_dhcpd_serves_the_site_on_one_segment() {
     let mut seg = Segment::new("isc");
     let leases = seg.dir.path().join("leases");
@@ -250,6 +271,10 @@ fn isc_dhcpd_serves_the_site_on_one_segment() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_kea_dhcp4, has_ip, has_busybox, has_unshare)),
+    ignore = "needs kea-dhcp4, ip, busybox, unshare, not installed here (.ci/run installs it)"
+)]
 fn kea_serves_the_site_on_one_segment() {
     let mut seg = Segment::new("kea");
     let text = std::fs::read_to_string(data("dhcp-kea/kea-dhcp4.conf")).unwrap();

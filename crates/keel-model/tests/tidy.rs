@@ -14,6 +14,7 @@ const MAP: &[(&str, &[&str])] = &[
     ("keel-model", &[]),
     ("keel-password", &[]),
     ("keel-limits", &[]),
+    ("keel-probe", &[]),
     ("keel-tftp", &["keel-limits"]),
     ("keel-dns", &["keel-model", "keel-gen", "keel-limits"]),
     ("keel-testkit", &["keel-client"]),
@@ -294,4 +295,104 @@ fn the_server_binary_has_one_http_client() {
     );
     let second: Vec<&str> = tree.lines().filter(|l| l.starts_with("ureq ")).collect();
     assert!(second.is_empty(), "keel links a second HTTP client: {second:?}");
+}
+
+/// The repository's root.
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every file under `dir` (not `target`, `.git` or other hidden directories), recursively.
+fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p.is_dir() {
+            if name != "target" && !name.starts_with('.') || name == ".ci" || name == ".cargo" {
+                files(&p, out);
+            }
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// The test code of a Rust file: all of it under `tests/`, in `tests*.rs` and in keel-testkit
+/// (but its wait helpers); elsewhere what follows an inline `#[cfg(test)] mod … {`.
+fn test_code(path: &std::path::Path, text: &str) -> Option<String> {
+    let p = path.to_string_lossy();
+    if p.contains("/keel-testkit/src/wait.rs") {
+        return None;
+    }
+    let name = path.file_name()?.to_string_lossy();
+    if p.contains("/tests/") || name.starts_with("tests") || p.contains("/keel-testkit/") {
+        return Some(text.to_owned());
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .windows(2)
+        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod ") && w[1].ends_with('{'))?;
+    // Keep the line numbers: blank lines for what comes before.
+    Some("\n".repeat(start) + &lines[start..].join("\n"))
+}
+
+/// Tests wait on conditions (keel-testkit's `eventually`, `wait_until`), never on a guessed
+/// duration: a sleep elsewhere in test code needs a `// sleep-ok: why` just above it.
+#[test]
+fn tests_sleep_only_in_the_wait_helpers_or_say_why() {
+    let mut all = Vec::new();
+    files(&root().join("crates"), &mut all);
+    let mut problems = Vec::new();
+    for path in all.iter().filter(|p| p.extension().is_some_and(|e| e == "rs")) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let Some(code) = test_code(path, &text) else { continue };
+        let lines: Vec<&str> = code.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            // Spelled in parts so that this line is not one of them.
+            let sleeps = ["thread::", "time::", ""]
+                .iter()
+                .map(|m| [m, "sleep("].concat())
+                .any(|s| line.contains(&s) && (s.len() > 6 || line.contains("(Duration")));
+            if !sleeps || line.trim_start().starts_with("//") {
+                continue;
+            }
+            let said = lines[i.saturating_sub(4)..i].iter().any(|l| l.contains("// sleep-ok:"));
+            if !said {
+                problems.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "a test sleeps for a guessed time: wait on a condition (keel_testkit::eventually / wait_until), \
+         or say why time itself must pass with `// sleep-ok: why` above it:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// Nothing in the project refers to a file outside the repository (the first design and the
+/// style guide lived beside it once; what the code relies on is in ARCHITECTURE.md and docs/).
+#[test]
+fn nothing_refers_to_a_file_outside_the_repository() {
+    // Spelled in two parts so that this file does not name them itself.
+    let outside = [
+        ["..", "/shared"].concat(),
+        ["DESIGN", ".md"].concat(),
+        ["STYLE", ".md"].concat(),
+    ];
+    let mut all = Vec::new();
+    files(&root(), &mut all);
+    let mut problems = Vec::new();
+    for path in &all {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            if let Some(o) = outside.iter().find(|o| line.contains(o.as_str())) {
+                problems.push(format!("{}:{}: names {o}", path.display(), i + 1));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -10,6 +10,7 @@ pub mod copy;
 mod db;
 mod error;
 mod fault;
+mod migrations;
 mod ops;
 pub mod pg;
 mod presence_ops;

@@ -20,8 +20,6 @@ use crate::commit_plan::{batches, plan, ChunkRows, Planned};
 use crate::store::{Copying, Sharing, Write};
 use crate::{fault, now_rfc3339, StoreError};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
 /// The channel commits notify on.
 pub const CHANNEL: &str = "keel_changes";
 
@@ -41,7 +39,7 @@ impl PgStore {
             .max_connections(8)
             .connect_with(connect_options(url)?)
             .await?;
-        match MIGRATOR.run(&pool).await {
+        match crate::migrations::postgres().run(&pool).await {
             Ok(()) => {}
             // Migrations only add (tables, columns with defaults, indexes): an older server keeps
             // working beside a newer one's schema, but never runs a schema it does not know.

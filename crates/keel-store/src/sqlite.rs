@@ -12,8 +12,6 @@ use sqlx::{Row, SqlitePool};
 use crate::store::{Copying, Sharing, Write};
 use crate::StoreError;
 
-pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     /// Wakes the checkpointer (see `checkpointer`); it stops when the store is dropped.
@@ -74,7 +72,7 @@ impl SqliteStore {
             .min_connections(1)
             .connect_with(opts)
             .await?;
-        MIGRATOR.run(&pool).await?;
+        crate::migrations::sqlite().run(&pool).await?;
         sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('db_id', ?)")
             .bind(uuid::Uuid::new_v4().to_string())
             .execute(&pool)

@@ -62,8 +62,7 @@ impl KeelProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child = command
-            .spawn()
+        let child = crate::guard::spawn(&mut command)
             .map_err(|e| Error::msg(format!("cannot start {}: {e}", cmd.keel.display())))?;
         let mut process = Self {
             child: Some(child),

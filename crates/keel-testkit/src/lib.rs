@@ -21,6 +21,8 @@ pub use pg::TestPg;
 pub use sshd::Sshd;
 pub use wait::{eventually, wait_until};
 
+pub mod guard;
+
 /// A DNS query for `name` (type A, class IN, recursion desired), as a client sends it over UDP
 /// (RFC 1035 4.1): what the DNS tests and `keel bench dns` ask keel without a resolver library.
 pub fn dns_query(id: u16, name: &str) -> Vec<u8> {

@@ -1,5 +1,7 @@
 //! A throwaway PostgreSQL server for tests and benchmarks: `initdb` in a temporary directory, then
-//! `postgres` on a free loopback port, stopped (and its files removed) when dropped. Uses Debian's
+//! `postgres` on a free loopback port, stopped (and its files removed) when dropped. A test binary
+//! shares one ([`TestPg::shared`]) and gives each test a database of its own
+//! ([`TestPg::fresh_database`]); it dies with the test binary (keel-testkit's guard). Uses Debian's
 //! `postgresql` package (`/usr/lib/postgresql/<version>/bin`). PostgreSQL refuses to run as root:
 //! as root it runs as the `postgres` user.
 
@@ -85,16 +87,16 @@ impl TestPg {
         for _ in 0..5 {
             let port = rand_port();
             let log = dir.join("postgres.log");
-            let child = as_pg(&bin.join("postgres"))
-                .arg("-D")
+            let mut cmd = as_pg(&bin.join("postgres"));
+            cmd.arg("-D")
                 .arg(&data)
                 .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
                 .arg(&dir)
-                .args(["-c", "fsync=on", "-c", "max_connections=100"])
+                .args(["-c", "fsync=on", "-c", "max_connections=200"])
                 .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .map_err(|e| Error::msg(format!("postgres: {e}")))?;
+                .stderr(std::fs::File::create(&log)?);
+            let child =
+                crate::guard::spawn_cleaning(&mut cmd, Some(&dir)).map_err(|e| Error::msg(format!("postgres: {e}")))?;
             let mut child = child;
             if wait_ready(&mut child, &bin, port, Duration::from_secs(30)) {
                 return Ok(Self { child, dir, port });
@@ -132,6 +134,23 @@ impl TestPg {
             )));
         }
         Ok(self.url(name))
+    }
+
+    /// The test binary's cluster, started on first use and never stopped by it: it dies with
+    /// the test binary, and its files with it (the guard's watchdog).
+    pub fn shared() -> Result<&'static TestPg> {
+        static SHARED: std::sync::OnceLock<std::result::Result<TestPg, String>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| TestPg::start().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::msg(e.clone()))
+    }
+
+    /// A new database with a name no other test of this binary has; its URL.
+    pub fn fresh_database(&self) -> Result<String> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.database(&format!("test{n}"))
     }
 
     pub fn url(&self, name: &str) -> String {

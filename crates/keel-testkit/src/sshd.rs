@@ -72,14 +72,15 @@ impl Sshd {
         );
         std::fs::write(dir.join("sshd_config"), config)?;
         let log = std::fs::File::create(dir.join("sshd.log"))?;
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(dir.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| Error::msg(format!("cannot start sshd: {e}")))?;
+        let child = crate::guard::spawn(
+            Command::new(sshd)
+                .args(["-D", "-e", "-f"])
+                .arg(dir.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log),
+        )
+        .map_err(|e| Error::msg(format!("cannot start sshd: {e}")))?;
         let s = Self {
             child,
             port,

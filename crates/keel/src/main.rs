@@ -362,7 +362,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::backup::restore(&cli.data_dir(file.as_ref()), a, json).await
         }
         Command::Bench { .. } => Ok(()), // run by main(): it becomes keel-bench
-        Command::MigrateDb(a) => cmd::migrate::run(a, json).await,
+        Command::MigrateDb(a) => {
+            let file = client_target::server_file(cli.config.as_deref())?;
+            cmd::migrate::run(a, &cli.data_dir(file.as_ref()), json).await
+        }
         #[cfg(feature = "man")]
         Command::Man { dir } => man::run(dir),
         Command::Completions { shell } => {

@@ -9,7 +9,7 @@ CREATE TABLE meta (
 
 -- The one row whose update hands out sequence numbers inside the writing transaction. Updating it
 -- takes its row lock, so writers on any number of servers commit one after the other, in seq
--- order (DESIGN.md invariant 8): a watcher never sees seq N+1 committed before N.
+-- order (ARCHITECTURE.md invariant 8): a watcher never sees seq N+1 committed before N.
 CREATE TABLE counter (
     id  INTEGER PRIMARY KEY CHECK (id = 1),
     seq BIGINT NOT NULL

@@ -10,7 +10,7 @@ CREATE TABLE meta (
 );
 
 -- The one row whose update hands out sequence numbers inside the writing transaction
--- (DESIGN.md invariant 8: commit order equals seq order).
+-- (ARCHITECTURE.md invariant 8: commit order equals seq order).
 CREATE TABLE counter (
     id  INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL

@@ -1,8 +1,10 @@
 //! `keel migrate-db`: moves a site between backends (SQLite ↔ PostgreSQL) with nothing lost —
 //! every record, unique value, the whole Change log (same seqs), tokens, propagation state and
 //! the database id — then reads the copy back and checks it equals the original, row for row.
+//! Offline, like `keel restore`: it holds the data directory's lock (and that of the directory
+//! of an SQLite file it reads or writes), so it refuses while a server runs there.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,7 +13,7 @@ use serde_json::json;
 
 use crate::outln;
 use crate::output::print_json;
-use crate::serve::redact;
+use crate::serve::{lock_data_dir, redact};
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
@@ -25,7 +27,7 @@ pub struct MigrateArgs {
 }
 
 async fn open(spec: &str, create: bool) -> anyhow::Result<Arc<dyn Store>> {
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+    if is_postgres(spec) {
         return Ok(Arc::new(
             PgStore::open(spec)
                 .await
@@ -46,7 +48,35 @@ async fn open(spec: &str, create: bool) -> anyhow::Result<Arc<dyn Store>> {
     ))
 }
 
-pub async fn run(args: &MigrateArgs, json: bool) -> anyhow::Result<()> {
+/// The locks of the directories a migration touches: the data directory (when there is one) and
+/// the directory of each SQLite file — a `keel serve` there holds the same lock.
+fn lock_all(data_dir: &Path, args: &MigrateArgs) -> anyhow::Result<Vec<std::fs::File>> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if data_dir.is_dir() {
+        dirs.push(data_dir.to_owned());
+    }
+    for spec in [&args.from, &args.to] {
+        if is_postgres(spec) {
+            continue;
+        }
+        let parent = Path::new(spec).parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = parent.unwrap_or(Path::new(".")).to_owned();
+        let same = |d: &PathBuf| d.canonicalize().ok() == dir.canonicalize().ok();
+        if dir.is_dir() && !dirs.iter().any(same) {
+            dirs.push(dir);
+        }
+    }
+    dirs.iter()
+        .map(|d| lock_data_dir(d).context("stop keel before migrating its database"))
+        .collect()
+}
+
+fn is_postgres(spec: &str) -> bool {
+    spec.starts_with("postgres://") || spec.starts_with("postgresql://")
+}
+
+pub async fn run(args: &MigrateArgs, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let _locks = lock_all(data_dir, args)?;
     let from = open(&args.from, false).await?;
     let to = open(&args.to, true).await?;
     eprintln!("keel: reading {}", redact(&args.from));

@@ -76,6 +76,10 @@ fn in_app(db: &std::path::Path, login: &str) -> bool {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_django, has_sqlite3)),
+    ignore = "needs Django (KEEL_DJANGO_PYTHON), sqlite3, not installed here (.ci/run installs it)"
+)]
 async fn a_keel_user_appears_in_a_django_app_and_logs_in_by_sso_and_by_form() {
     let k = Keel::start(&["--example-site"]);
     let dir = tempfile::tempdir().unwrap();
@@ -103,11 +107,12 @@ async fn a_keel_user_appears_in_a_django_app_and_logs_in_by_sso_and_by_form() {
     ];
     run(&env, &["migrate", "-v", "0"]);
     let sync = Sync(
-        manage(&env, &["keel_sync"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python"),
+        keel_testkit::guard::spawn(
+            manage(&env, &["keel_sync"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        )
+        .expect("python"),
     );
     // The example site's admin arrives with the snapshot: the sync is following.
     wait_until(30, "the snapshot in the app", || in_app(&db, "admin"));

@@ -39,6 +39,7 @@ pub fn dig(k: &Keel, args: &[&str]) -> (String, Vec<String>) {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_dig), ignore = "needs dig, not installed here (.ci/run installs it)")]
 async fn dig_gets_a_ptr_and_nxdomain_from_the_live_snapshot() {
     let k = Keel::start(&["--example-site"]);
     // The docs' check: mdb.prolo is gw's alias.
@@ -89,6 +90,7 @@ async fn dig_gets_a_ptr_and_nxdomain_from_the_live_snapshot() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_dig), ignore = "needs dig, not installed here (.ci/run installs it)")]
 async fn names_outside_the_zones_go_to_the_upstream_resolver() {
     // The upstream is another keel, authoritative for its own zone.
     let up_cfg = "[dns]\nzone = \"upstream.test\"\n";
@@ -109,6 +111,7 @@ async fn names_outside_the_zones_go_to_the_upstream_resolver() {
 /// The unknown machines' DHCP range has names, as the `dns` service writes them for BIND:
 /// `dhcp-A-B-C-D` for each free address, both ways; a registered machine's address is its own.
 #[tokio::test]
+#[cfg_attr(not(has_dig), ignore = "needs dig, not installed here (.ci/run installs it)")]
 async fn the_unknown_range_has_names_like_the_bind_zone() {
     let cfg = "[propagation.generators.dhcp]\nunknown_range = [\"192.168.0.200\", \"192.168.0.210\"]\n";
     let k = Keel::start_with_config(cfg, &["--example-site"]);
@@ -151,6 +154,10 @@ fn serial(zone: &str) -> u64 {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_named_checkzone),
+    ignore = "needs named-checkzone, not installed here (.ci/run installs it)"
+)]
 async fn the_dns_service_ships_checked_zones_and_reloads_a_few_times_for_a_big_import() {
     use crate::propagation::task_state;
     use crate::support::eventually;
@@ -267,6 +274,7 @@ async fn the_dns_service_ships_checked_zones_and_reloads_a_few_times_for_a_big_i
 /// own answers. 50 queries for outside names are sent and reach the dead upstream (so they are
 /// in flight, each waiting its 2 s); an authoritative query asked then is answered all the same.
 #[tokio::test]
+#[cfg_attr(not(has_dig), ignore = "needs dig, not installed here (.ci/run installs it)")]
 async fn a_dead_upstream_does_not_delay_authoritative_answers() {
     let dead = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let k = Keel::start_with_config(
@@ -294,6 +302,7 @@ async fn a_dead_upstream_does_not_delay_authoritative_answers() {
 /// keel forwards only for its client networks: it is no open resolver. The same query from an
 /// allowed network is forwarded (`names_outside_the_zones_go_to_the_upstream_resolver`).
 #[tokio::test]
+#[cfg_attr(not(has_dig), ignore = "needs dig, not installed here (.ci/run installs it)")]
 async fn outside_names_are_refused_to_clients_outside_forward_clients() {
     let up_cfg = "[dns]\nzone = \"upstream.test\"\n";
     let upstream = Keel::start_with_config(up_cfg, &["--example-site"]);

@@ -8,7 +8,7 @@ use keel_model::{Change, Kind, Op};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{wait_for_file, Keel};
+use crate::support::{eventually, wait_for_file, Keel};
 
 fn reg(i: u32) -> Value {
     json!({"args": [format!("m{i}"), format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff), 1, 1, "pasteur", "user"]})
@@ -67,15 +67,19 @@ async fn kill9_during_registrations_loses_no_acknowledged_write() {
         &[("KEEL_FAULT", "hang_in_commit:150"), ("KEEL_FAULT_MARKER", &marker_s)],
     );
     let acked = Arc::new(parking_lot::Mutex::new(BTreeSet::new()));
+    // Requests each writer has sent and not heard back from (at most one each).
+    let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..4u32 {
-        let (client, acked) = (k.admin(), acked.clone());
+        let (client, acked, waiting) = (k.admin(), acked.clone(), waiting.clone());
         writers.push(tokio::spawn(async move {
             for i in (w * 1000)..(w * 1000 + 1000) {
-                match client
+                waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = client
                     .call::<Value>(Method::POST, "/call/register", Some(&reg(i)), None)
-                    .await
-                {
+                    .await;
+                waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                match answer {
                     Ok(_) => {
                         acked.lock().insert(format!("m{i}"));
                     }
@@ -88,8 +92,11 @@ async fn kill9_during_registrations_loses_no_acknowledged_write() {
         .await
         .unwrap();
     assert!(hit.is_some(), "the fault point was never reached");
-    // More writers are queued behind the one hanging inside its transaction.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The other writers are queued behind the one hanging inside its transaction.
+    eventually(30, "every writer waiting on its request", async || {
+        waiting.load(std::sync::atomic::Ordering::SeqCst) == 4
+    })
+    .await;
     k.kill9();
     for w in writers {
         w.await.unwrap();
@@ -147,9 +154,7 @@ async fn backup_under_load_restores_consistently() {
         }
         240
     });
-    while k.seq().await < 40 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(60, "40 registrations committed", async || k.seq().await >= 40).await;
     let file = k.dir.path().join("backup.db");
     let out = k.cli(&["backup", file.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

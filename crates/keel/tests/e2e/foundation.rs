@@ -8,6 +8,7 @@ use crate::support::{req, require_tool, Keel};
 
 /// The README's first command serves the example site; `curl …/call/query` lists `gw`.
 #[tokio::test]
+#[cfg_attr(not(has_curl), ignore = "needs curl, not installed here (.ci/run installs it)")]
 async fn example_site_answers_curl_query() {
     require_tool("curl");
     let k = Keel::start(&["--example-site"]);
@@ -289,6 +290,10 @@ async fn writes_need_a_valid_admin_token() {
 /// failures in a row, bytes sent), DNS answers by rcode, TFTP requests by outcome — each seen
 /// after the real thing happened (the example site's propagation, dig, curl over TFTP).
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_curl, has_dig)),
+    ignore = "needs curl, dig, not installed here (.ci/run installs it)"
+)]
 async fn metrics_show_propagation_dns_and_tftp() {
     let k = Keel::start(&["--example-site"]);
     let metrics = || async {

@@ -32,6 +32,7 @@ async fn add(k: &Keel, body: Value) -> Value {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_curl), ignore = "needs curl, not installed here (.ci/run installs it)")]
 async fn each_machine_gets_the_script_of_its_state_and_boot_mode() {
     let k = Keel::start(&["--example-site"]);
     // The example's user machines boot rfs1, which is gw (192.168.1.254).
@@ -103,6 +104,10 @@ async fn each_machine_gets_the_script_of_its_state_and_boot_mode() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_curl, has_dig)),
+    ignore = "needs curl, dig, not installed here (.ci/run installs it)"
+)]
 async fn an_unknown_machine_registers_from_the_ipxe_prompt() {
     let k = Keel::start(&["--example-site"]);
     let mac = "52:54:00:aa:bb:cc";
@@ -151,6 +156,7 @@ async fn an_unknown_machine_registers_from_the_ipxe_prompt() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_curl), ignore = "needs curl, not installed here (.ci/run installs it)")]
 async fn kernels_are_served_with_range_requests() {
     let k = Keel::start(&[]);
     let dir = k.data().join("boot/rfs1");
@@ -179,6 +185,7 @@ async fn kernels_are_served_with_range_requests() {
 /// closes it itself, in the change log; organisers' machines are added by an organiser, never
 /// through the form.
 #[tokio::test]
+#[cfg_attr(not(has_curl), ignore = "needs curl, not installed here (.ci/run installs it)")]
 async fn registration_opens_for_a_time_and_closes_itself() {
     let k = Keel::start(&["--example-site"]);
     let mac = "52:54:00:aa:bb:01";

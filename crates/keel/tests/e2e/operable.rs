@@ -367,3 +367,28 @@ async fn after_a_pool_change_only_renumber_moves_an_address() {
     let zoe = k.admin().get::<Value>("/api/v1/users/zoe").await.unwrap();
     assert_eq!(zoe["uid"], 20001, "kept");
 }
+
+/// `keel migrate-db` opens the database file itself: like `keel restore` it holds the data
+/// directory's lock, so it refuses while a server runs there (invariant 15) and writes nothing;
+/// the same migration once keel is stopped goes through.
+#[tokio::test]
+async fn migrate_db_refuses_while_keel_serves_its_database() {
+    let mut k = Keel::start(&["--example-site"]);
+    let db = k.data().join(keel_client::data_dir::DB);
+    let copy = k.dir.path().join("copy.db");
+    let args = [
+        "migrate-db",
+        "--from",
+        db.to_str().unwrap(),
+        "--to",
+        copy.to_str().unwrap(),
+    ];
+    let out = k.cli(&args);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("stop keel"), "{said}");
+    assert!(!copy.exists(), "nothing is written while keel serves");
+    k.stop();
+    let out = k.cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(copy.exists());
+}

@@ -15,10 +15,10 @@ use crate::support::eventually;
 use crate::support::{machine_rows, req, Keel};
 use keel_testkit::TestPg;
 
-fn pg() -> (TestPg, String) {
-    let pg = TestPg::start().unwrap_or_else(|e| panic!("{e}"));
-    let url = pg.database("keel").unwrap_or_else(|e| panic!("{e}"));
-    (pg, url)
+/// A new database on the test binary's PostgreSQL cluster.
+fn pg() -> String {
+    let pg = TestPg::shared().unwrap_or_else(|e| panic!("{e}"));
+    pg.fresh_database().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Collects a watcher's change seqs (after its snapshot) until it has seen `until`.
@@ -51,8 +51,12 @@ async fn engine_here(k: &Keel) -> bool {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_initdb),
+    ignore = "needs PostgreSQL, not installed here (.ci/run installs it)"
+)]
 async fn two_servers_share_one_database_and_one_propagation_engine() {
-    let (_pg, url) = pg();
+    let url = pg();
     let a = Keel::start(&["--database", &url]);
     let b = Keel::start_sharing(&["--database", &url], &a.token);
     // Writes on both, at once.
@@ -110,6 +114,10 @@ async fn two_servers_share_one_database_and_one_propagation_engine() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(has_initdb),
+    ignore = "needs PostgreSQL, not installed here (.ci/run installs it)"
+)]
 async fn migrate_db_round_trips_a_large_site_exactly() {
     let toml = format!(
         "{}[pools.uids.user]\nfirst = 100000\nlast = 199999\n[pools.uids.orga]\nfirst = 11001\nlast = 11999\n\
@@ -132,7 +140,7 @@ async fn migrate_db_round_trips_a_large_site_exactly() {
     let before_machines = api(&k, Method::GET, "/api/v1/machines", None).await;
     let before_seq = k.seq().await;
     k.stop();
-    let (_pg, url) = pg();
+    let url = pg();
     let db = k.data().join(files::DB);
     let out = k.cli(&["--json", "migrate-db", "--from", db.to_str().unwrap(), "--to", &url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -157,9 +165,13 @@ async fn migrate_db_round_trips_a_large_site_exactly() {
 
 /// A machine's heartbeats may reach either server: neither closes a session the other hears from.
 #[tokio::test]
+#[cfg_attr(
+    not(has_initdb),
+    ignore = "needs PostgreSQL, not installed here (.ci/run installs it)"
+)]
 async fn heartbeats_to_one_server_keep_sessions_alive_on_both() {
     use crate::presence::{add_machine, add_user, heartbeat, login, presence_toml, LOOPBACK_POOLS};
-    let (_pg, url) = pg();
+    let url = pg();
     let pools = LOOPBACK_POOLS.replace("127.0.5.0/24", "127.0.0.0/24");
     // The site's one presence secret, shared by both servers (docs/postgres.md).
     let tmp = tempfile::tempdir().unwrap();
@@ -193,6 +205,8 @@ async fn heartbeats_to_one_server_keep_sessions_alive_on_both() {
     for _ in 0..10 {
         let (ok, answer) = heartbeat(&cfg);
         assert!(ok, "{answer}");
+        // sleep-ok: time itself is under test — the sessions must outlive their timeout while
+        // heartbeats come every half second.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let on_a = api(&a, Method::GET, "/api/v1/sessions", None).await;

@@ -140,15 +140,16 @@ fn nginx(dir: &Path, keel_port: u16, port: u16) -> Guard {
         .unwrap();
     assert!(copy.success());
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nginx");
+    let child = keel_testkit::guard::spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .expect("nginx");
     let g = Guard(child);
     if keel_testkit::wait_until(Duration::from_secs(5), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -162,6 +163,10 @@ fn nginx(dir: &Path, keel_port: u16, port: u16) -> Guard {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_nginx, has_curl)),
+    ignore = "needs nginx, curl, not installed here (.ci/run installs it)"
+)]
 async fn sso_through_a_real_nginx_answers_each_status_and_never_passes_a_forged_login() {
     let toml = format!("{LOOPBACK_POOLS}[presence]\nrecovery_secs = 0\n");
     let mut k = Keel::start_with_config(&toml, &[]);
@@ -228,9 +233,7 @@ impl Netns {
     pub fn new() -> Self {
         require_tool("unshare");
         require_tool("nsenter");
-        let child = Command::new("unshare")
-            .args(["-n", "sleep", "600"])
-            .spawn()
+        let child = keel_testkit::guard::spawn(Command::new("unshare").args(["-n", "sleep", "600"]))
             .expect("unshare -n (needs root or user namespaces)");
         let ns = Self(Guard(child));
         // The namespace exists once unshare has exec'd sleep.
@@ -308,6 +311,10 @@ pub async fn firewall_site(ns: &Netns, tmp: &Path, extra: &str) -> (Keel, AgentH
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_nft, has_conntrack, has_unshare, has_nsenter)),
+    ignore = "needs nft, conntrack, unshare, nsenter, not installed here (.ci/run installs it)"
+)]
 async fn firewall_follows_logins_and_contest_mode_inside_a_network_namespace() {
     let ns = Netns::new();
     let tmp = tempfile::tempdir().unwrap();
@@ -503,6 +510,8 @@ async fn pam_hook_logs_in_refuses_with_a_reason_and_heartbeats_keep_sessions_ali
     for _ in 0..8 {
         let (ok, answer) = heartbeat(&cfg);
         assert!(ok && answer["refreshed"] == json!(["alice"]), "{answer}");
+        // sleep-ok: time itself is under test — the session must outlive the 2 s timeout while
+        // heartbeats come every half second.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(login(&k, "alice", "pc2").await.0 == 423, "still logged in on pc1");
@@ -650,6 +659,10 @@ async fn conntrack_log_attributes_recorded_flows() {
 
 /// `/map` in a real headless Chromium: rooms, machines, who sits where, following logins live.
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_chromium, has_chromedriver)),
+    ignore = "needs chromium, chromedriver, not installed here (.ci/run installs it)"
+)]
 async fn the_map_shows_who_sits_where_and_follows_logins_live() {
     let k = Keel::start_with_config(
         &format!("{}[presence]\nrecovery_secs = 0\n", crate::support::BIG_POOLS),

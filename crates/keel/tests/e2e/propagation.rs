@@ -366,6 +366,10 @@ fn hostile(key: &keel_bundle::SecretKey, name: &str, kind: tar::EntryType) -> Ve
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_sshd, has_ssh, has_ssh_keygen)),
+    ignore = "needs sshd, ssh, ssh-keygen, not installed here (.ci/run installs it)"
+)]
 async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users() {
     let tmp = tempfile::tempdir().unwrap();
     let sshd = keel_testkit::Sshd::start(&tmp.path().join("sshd")).unwrap();
@@ -820,6 +824,10 @@ fn alert_fires(series: &str, value: f64, labels: &[(&str, &str)]) -> Result<(), 
 /// never a last success — until fixed; a remark on stderr with exit 0 is a WARNING that succeeded;
 /// the host's whitelist refusal (2) makes the task ERROR; an admin's block leaves it DONE.
 #[tokio::test]
+#[cfg_attr(
+    not(has_promtool),
+    ignore = "needs promtool, not installed here (.ci/run installs it)"
+)]
 async fn every_outcome_reaches_status_metrics_and_the_alert_as_what_it_is() {
     crate::support::require_tool("promtool");
     let agents = tempfile::tempdir().unwrap();

@@ -74,18 +74,19 @@ fn run_guest(k: &Keel, mac: &str, until: &str, timeout: Duration) -> String {
 fn run_guest_typing(k: &Keel, mac: &str, typing: &[(&str, &str)], until: &str, timeout: Duration) -> String {
     let tftp_port = k.tftp.rsplit(':').next().unwrap();
     let qemu = "qemu-system-x86_64";
-    let mut child = Command::new(qemu)
-        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-boot", "n"])
-        .args([
-            "-netdev",
-            &format!("user,id=n0,bootfile=tftp://10.0.2.2:{tftp_port}/boot.ipxe"),
-        ])
-        .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64 (Debian packages qemu-system-x86 and ipxe-qemu) must be installed");
+    let mut child = keel_testkit::guard::spawn(
+        Command::new(qemu)
+            .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-boot", "n"])
+            .args([
+                "-netdev",
+                &format!("user,id=n0,bootfile=tftp://10.0.2.2:{tftp_port}/boot.ipxe"),
+            ])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .expect("qemu-system-x86_64 (Debian packages qemu-system-x86 and ipxe-qemu) must be installed");
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -163,6 +164,10 @@ fn prepare(k: &Keel) {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_qemu_system_x86_64, has_busybox)),
+    ignore = "needs qemu-system-x86_64, busybox, not installed here (.ci/run installs it)"
+)]
 fn a_qemu_guest_boots_its_rfs_kernel_through_keel() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("keel.toml");
@@ -190,6 +195,10 @@ fn a_qemu_guest_boots_its_rfs_kernel_through_keel() {
 /// in `keel_chassis` by the embedded script, before the registration reads it (on an LLDP-enabled
 /// iPXE it reads `${netX.lldp/chassisid}` instead).
 #[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    not(all(has_qemu_system_x86_64, has_busybox)),
+    ignore = "needs qemu-system-x86_64, busybox, not installed here (.ci/run installs it)"
+)]
 async fn a_qemu_guest_registers_with_its_switchs_room_rfs_and_hfs_through_the_lldp_menu() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("keel.toml");

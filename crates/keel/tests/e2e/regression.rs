@@ -247,6 +247,10 @@ async fn r30_a_missing_token_is_explained_and_tilde_is_expanded() {
 // the NFS root of every machine with rfs 2, and `localhost`, `wpad`, `ip6-localhost`… went into
 // DNS and every host's /etc/hosts). Roles are records now; special names are an organiser's.
 #[tokio::test]
+#[cfg_attr(
+    not(all(has_curl, has_dig)),
+    ignore = "needs curl, dig, not installed here (.ci/run installs it)"
+)]
 async fn r31_a_self_registered_machine_takes_no_role_and_no_special_name() {
     use crate::netboot::{boot, curl};
     let k = Keel::start(&["--example-site"]);
@@ -455,6 +459,7 @@ async fn r31_a_manager_never_reaches_keels_host_or_loopback_in_any_spelling() {
 // manager's destination is resolved at every send as ssh resolves it, and keel refuses to send
 // where it leads to keel's own host.
 #[tokio::test]
+#[cfg_attr(not(has_ssh), ignore = "needs ssh, not installed here (.ci/run installs it)")]
 async fn r31_a_managers_destination_that_resolves_to_keels_host_is_not_sent_to() {
     crate::support::require_tool("ssh");
     let dir = tempfile::tempdir().unwrap();

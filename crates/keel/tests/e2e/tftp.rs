@@ -80,6 +80,7 @@ async fn lossy_proxy(server: SocketAddr) -> SocketAddr {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_curl), ignore = "needs curl, not installed here (.ci/run installs it)")]
 async fn a_mebibyte_arrives_byte_for_byte_even_through_loss_and_duplicates() {
     // Resends after 100 ms, so that ~40 lost packets cost seconds, not a minute.
     let cfg_dir = tempfile::tempdir().unwrap();
@@ -117,6 +118,7 @@ async fn a_mebibyte_arrives_byte_for_byte_even_through_loss_and_duplicates() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(has_curl), ignore = "needs curl, not installed here (.ci/run installs it)")]
 async fn paths_outside_the_root_and_writes_are_refused() {
     let k = Keel::start(&[]);
     payload(&k);

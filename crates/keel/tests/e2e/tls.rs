@@ -32,6 +32,10 @@ fn sha256_of_pem(path: &std::path::Path) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_curl, has_openssl)),
+    ignore = "needs curl, openssl, not installed here (.ci/run installs it)"
+)]
 fn https_with_the_site_ca_and_clients_that_check_it() {
     let k = Keel::start_with_config(
         "[tls]\nlisten = \"127.0.0.1:0\"\n[web]\nsecure_cookies = false\n",
@@ -134,15 +138,8 @@ fn https_with_the_site_ca_and_clients_that_check_it() {
             ),
         )
         .unwrap();
-        let out = Command::new(KEEL)
-            .args([
-                "agent",
-                "presence",
-                "--presence-config",
-                cfg.to_str().unwrap(),
-                "open",
-                "zoe",
-            ])
+        let out = Command::new(crate::propagation::agent_bin())
+            .args(["presence", "--presence-config", cfg.to_str().unwrap(), "open", "zoe"])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
@@ -186,6 +183,7 @@ fn https_with_the_site_ca_and_clients_that_check_it() {
 /// `[tls] redirect_web`: a browser on the plain listener's pages goes to HTTPS; machines' routes
 /// (RPC, netboot, the API) keep answering over plain HTTP.
 #[test]
+#[cfg_attr(not(has_curl), ignore = "needs curl, not installed here (.ci/run installs it)")]
 fn pages_move_to_https_when_asked_and_machines_stay_on_http() {
     let k = Keel::start_with_config(
         "[tls]\nlisten = \"127.0.0.1:0\"\nredirect_web = true\n",

@@ -295,20 +295,22 @@ async fn poll_is_prologin_compatible() {
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut lines: Vec<Value> = Vec::new();
-    let admin = k.admin();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        admin
-            .call::<Value>(
-                Method::POST,
-                "/api/v1/machines",
-                Some(&json!({"hostname": "new", "mac": "02:00:00:00:00:aa", "mtype": "user"})),
-                None,
-            )
-            .await
-            .unwrap();
-    });
+    let mut written = false;
     while lines.len() < 2 {
+        // The change comes once the snapshot line is read: it is then in the live phase, whatever
+        // the timing.
+        if lines.len() == 1 && !written {
+            written = true;
+            k.admin()
+                .call::<Value>(
+                    Method::POST,
+                    "/api/v1/machines",
+                    Some(&json!({"hostname": "new", "mac": "02:00:00:00:00:aa", "mtype": "user"})),
+                    None,
+                )
+                .await
+                .unwrap();
+        }
         let chunk = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut stream))
             .await
             .expect("a line in time")
