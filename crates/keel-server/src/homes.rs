@@ -75,6 +75,7 @@ fn yes() -> bool {
 
 /// `POST /api/v1/users/{login}/move-home` (admins): runs the site's move hook, then records the
 /// new HFS. A failed hook changes nothing.
+#[utoipa::path(post, path = "/users/{login}/move-home", tag = "users", params(("login" = String, Path)))]
 pub(crate) async fn move_home(
     State(st): State<AppState>,
     caller: Caller,

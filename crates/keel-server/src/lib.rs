@@ -9,15 +9,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use axum::{middleware, Json, Router};
 use keel_store::Db;
 use serde_json::json;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub mod auth;
 mod error;
 pub mod homes;
 mod metrics;
+mod openapi;
 pub mod presence;
 mod proof;
 mod propagation;
@@ -80,6 +83,7 @@ impl Registration {
 pub struct OverTls;
 pub use error::ApiError;
 pub use metrics::Metrics;
+pub use openapi::description as openapi_description;
 pub use secret::Secret;
 pub use watch::WatchConfig;
 
@@ -195,93 +199,70 @@ pub fn app(state: AppState) -> Router {
     finish(&state, routes(&state)).0
 }
 
+/// The REST API (under `/api/v1` once nested) and its OpenAPI description, both made from the
+/// handlers' `#[utoipa::path]`: a route is described where it is served, once.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(rest::list_machines, rest::create_machine))
+        .routes(routes!(rest::import_machines).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)))
+        .routes(routes!(rest::renumber_machines))
+        .routes(routes!(
+            rest::get_machine,
+            rest::patch_machine,
+            rest::put_machine,
+            rest::delete_machine
+        ))
+        .routes(routes!(rest::list_switches, rest::create_switch))
+        .routes(routes!(rest::get_switch, rest::patch_switch, rest::delete_switch))
+        .routes(routes!(rest::list_users, rest::create_user))
+        .routes(routes!(rest::import_users).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)))
+        .routes(routes!(rest::get_user, rest::patch_user, rest::delete_user))
+        .routes(routes!(homes::move_home))
+        .routes(routes!(rest::passwd))
+        .routes(routes!(rest::list_roles))
+        .routes(routes!(rest::get_role, rest::put_role, rest::delete_role))
+        .routes(routes!(rest::list_settings))
+        .routes(routes!(rest::get_setting, rest::put_setting))
+        .routes(routes!(rest::list_changes))
+        .routes(routes!(rest::list_tokens, rest::create_token))
+        .routes(routes!(rest::revoke_token))
+        .routes(routes!(rest::backup))
+        .routes(routes!(watch::watch))
+        .routes(routes!(propagation::list_hosts, propagation::create_host))
+        .routes(routes!(
+            propagation::get_host,
+            propagation::put_host,
+            propagation::delete_host
+        ))
+        .routes(routes!(propagation::list_facilities, propagation::create_facility))
+        .routes(routes!(
+            propagation::get_facility,
+            propagation::put_facility,
+            propagation::delete_facility
+        ))
+        .routes(routes!(propagation::list_destinations, propagation::create_destination))
+        .routes(routes!(propagation::get_destination, propagation::delete_destination))
+        .routes(routes!(presence::list, presence::login))
+        .routes(routes!(presence::heartbeat, presence::logout_heartbeat_user))
+        .routes(routes!(presence::issue_proof))
+        .routes(routes!(presence::logout))
+        .routes(routes!(propagation::status))
+        .routes(routes!(propagation::force))
+        .routes(routes!(propagation::block))
+        .routes(routes!(propagation::gen_bundle))
+        .routes(routes!(propagation::public_key))
+        .routes(routes!(openapi::openapi_json))
+        .split_for_parts();
+    let router = router.fallback(|| async { ApiError::NotFound("API route".into()) });
+    (router, doc)
+}
+
 /// keel-server's routes, their state given: the REST API under `/api/v1`, the RPC and `/poll`
 /// under prologin's three prefixes, `/healthz` and `/metrics`.
 pub fn routes(state: &AppState) -> routes::Recorded<()> {
-    let api = routes::Recorded::new("/api/v1")
-        .route("/machines", get(rest::list_machines).post(rest::create_machine))
-        .route(
-            "/machines/import",
-            post(rest::import_machines).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
-        )
-        .route("/machines/renumber", post(rest::renumber_machines))
-        .route(
-            "/machines/{name}",
-            get(rest::get_machine)
-                .patch(rest::patch_machine)
-                .put(rest::put_machine)
-                .delete(rest::delete_machine),
-        )
-        .route("/switches", get(rest::list_switches).post(rest::create_switch))
-        .route(
-            "/switches/{name}",
-            get(rest::get_switch)
-                .patch(rest::patch_switch)
-                .delete(rest::delete_switch),
-        )
-        .route("/users", get(rest::list_users).post(rest::create_user))
-        .route(
-            "/users/import",
-            post(rest::import_users).layer(DefaultBodyLimit::max(IMPORT_BODY_LIMIT)),
-        )
-        .route(
-            "/users/{login}",
-            get(rest::get_user).patch(rest::patch_user).delete(rest::delete_user),
-        )
-        .route("/users/{login}/move-home", post(homes::move_home))
-        .route("/passwd", post(rest::passwd))
-        .route("/roles", get(rest::list_roles))
-        .route(
-            "/roles/{role}",
-            get(rest::get_role).put(rest::put_role).delete(rest::delete_role),
-        )
-        .route("/settings", get(rest::list_settings))
-        .route("/settings/{key}", get(rest::get_setting).put(rest::put_setting))
-        .route("/changes", get(rest::list_changes))
-        .route("/tokens", get(rest::list_tokens).post(rest::create_token))
-        .route("/tokens/{id}", axum::routing::delete(rest::revoke_token))
-        .route("/backup", get(rest::backup))
-        .route("/watch", get(watch::watch))
-        .route("/hosts", get(propagation::list_hosts).post(propagation::create_host))
-        .route(
-            "/hosts/{name}",
-            get(propagation::get_host)
-                .put(propagation::put_host)
-                .delete(propagation::delete_host),
-        )
-        .route(
-            "/facilities",
-            get(propagation::list_facilities).post(propagation::create_facility),
-        )
-        .route(
-            "/facilities/{name}",
-            get(propagation::get_facility)
-                .put(propagation::put_facility)
-                .delete(propagation::delete_facility),
-        )
-        .route(
-            "/destinations",
-            get(propagation::list_destinations).post(propagation::create_destination),
-        )
-        .route(
-            "/destinations/{facility}/{service}/{destination}",
-            get(propagation::get_destination).delete(propagation::delete_destination),
-        )
-        .route("/sessions", get(presence::list).post(presence::login))
-        .route(
-            "/sessions/heartbeat",
-            post(presence::heartbeat).delete(presence::logout_heartbeat_user),
-        )
-        .route("/proofs", post(presence::issue_proof))
-        .route("/sessions/{login}", axum::routing::delete(presence::logout))
-        .route("/propagation", get(propagation::status))
-        .route("/propagation/force", post(propagation::force))
-        .route("/propagation/block", post(propagation::block))
-        .route("/propagation/bundle", get(propagation::gen_bundle))
-        .route("/propagation/key", get(propagation::public_key))
-        .map(|r| r.fallback(|| async { ApiError::NotFound("API route".into()) }));
+    let (api, doc) = api();
     routes::Recorded::new("")
-        .nest(api)
+        .nest_documented("/api/v1", api, &doc)
         .route("/call/{method}", any(rpc::call))
         .route("/mdb/call/{method}", any(rpc::call))
         .route("/udb/call/{method}", any(rpc::call))

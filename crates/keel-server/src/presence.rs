@@ -312,6 +312,7 @@ pub struct LoginBody {
 }
 
 /// `POST /api/v1/sessions`: 201 with the session, 200 if already logged in there, 423 with why not.
+#[utoipa::path(post, path = "/sessions", tag = "sessions")]
 pub async fn login(
     State(st): State<AppState>,
     caller: Caller,
@@ -387,6 +388,7 @@ pub struct ProofBody {
 /// `POST /api/v1/proofs`: the PAM `auth` line's call with the password the person typed; 201
 /// with a proof the `session` line presents, 401 for a wrong login or password, 429 while the
 /// login's tries are throttled. A machine asks only for itself (address and secret).
+#[utoipa::path(post, path = "/proofs", tag = "proofs")]
 pub async fn issue_proof(
     State(st): State<AppState>,
     caller: Caller,
@@ -425,6 +427,7 @@ pub async fn issue_proof(
 
 /// `DELETE /api/v1/sessions/heartbeat`: the logout of a user whose login is `heartbeat` (the
 /// heartbeat's own route would otherwise answer 405 for it).
+#[utoipa::path(delete, path = "/sessions/heartbeat", tag = "sessions")]
 pub async fn logout_heartbeat_user(
     st: State<AppState>,
     caller: Caller,
@@ -436,6 +439,7 @@ pub async fn logout_heartbeat_user(
 
 /// `DELETE /api/v1/sessions/{login}`: 204 (also when there was no session: logging out twice is
 /// not an error).
+#[utoipa::path(delete, path = "/sessions/{login}", tag = "sessions", params(("login" = String, Path)))]
 pub async fn logout(
     State(st): State<AppState>,
     caller: Caller,
@@ -477,6 +481,7 @@ pub struct HeartbeatBody {
 
 /// `POST /api/v1/sessions/heartbeat`: refreshes the machine's sessions it lists; during recovery,
 /// also rebuilds the ones keel does not know (obeying the login rules).
+#[utoipa::path(post, path = "/sessions/heartbeat", tag = "sessions")]
 pub async fn heartbeat(
     State(st): State<AppState>,
     caller: Caller,
@@ -544,6 +549,7 @@ pub async fn heartbeat(
 }
 
 /// `GET /api/v1/sessions`: who is logged in where.
+#[utoipa::path(get, path = "/sessions", tag = "sessions")]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<Vec<Session>>, ApiError> {
     caller.reader(st.config.open_reads)?;
     Ok(Json(st.db.snapshot().sessions().cloned().collect()))

@@ -69,16 +69,19 @@ fn same_name(path: &str, body: &str) -> Result<(), ApiError> {
 
 // ---- hosts ----
 
+#[utoipa::path(get, path = "/hosts", tag = "hosts")]
 pub(crate) async fn list_hosts(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     Ok(Json(to_json(&st.db.snapshot().hosts().collect::<Vec<_>>())?).into_response())
 }
 
+#[utoipa::path(get, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)))]
 pub(crate) async fn get_host(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     one(st.db.snapshot().host(&name), || format!("host {name}"))
 }
 
+#[utoipa::path(post, path = "/hosts", tag = "hosts")]
 pub(crate) async fn create_host(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let h: Host = body(&b)?;
@@ -86,6 +89,7 @@ pub(crate) async fn create_host(State(st): State<AppState>, caller: Caller, b: B
     written(StatusCode::CREATED, &h)
 }
 
+#[utoipa::path(put, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)))]
 pub(crate) async fn put_host(
     State(st): State<AppState>,
     caller: Caller,
@@ -100,6 +104,7 @@ pub(crate) async fn put_host(
     written(StatusCode::OK, &h)
 }
 
+#[utoipa::path(delete, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)))]
 pub(crate) async fn delete_host(
     State(st): State<AppState>,
     caller: Caller,
@@ -112,16 +117,19 @@ pub(crate) async fn delete_host(
 
 // ---- facilities ----
 
+#[utoipa::path(get, path = "/facilities", tag = "facilities")]
 pub(crate) async fn list_facilities(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     Ok(Json(to_json(&st.db.snapshot().facilities().collect::<Vec<_>>())?).into_response())
 }
 
+#[utoipa::path(get, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)))]
 pub(crate) async fn get_facility(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     one(st.db.snapshot().facility(&name), || format!("facility {name}"))
 }
 
+#[utoipa::path(post, path = "/facilities", tag = "facilities")]
 pub(crate) async fn create_facility(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let f: Facility = body(&b)?;
@@ -129,6 +137,7 @@ pub(crate) async fn create_facility(State(st): State<AppState>, caller: Caller, 
     written(StatusCode::CREATED, &f)
 }
 
+#[utoipa::path(put, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)))]
 pub(crate) async fn put_facility(
     State(st): State<AppState>,
     caller: Caller,
@@ -143,6 +152,7 @@ pub(crate) async fn put_facility(
     written(StatusCode::OK, &f)
 }
 
+#[utoipa::path(delete, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)))]
 pub(crate) async fn delete_facility(
     State(st): State<AppState>,
     caller: Caller,
@@ -164,6 +174,7 @@ pub(crate) struct DestFilter {
     service: Option<String>,
 }
 
+#[utoipa::path(get, path = "/destinations", tag = "destinations")]
 pub(crate) async fn list_destinations(
     State(st): State<AppState>,
     caller: Caller,
@@ -181,6 +192,7 @@ pub(crate) async fn list_destinations(
     Ok(Json(to_json(&list)?).into_response())
 }
 
+#[utoipa::path(get, path = "/destinations/{facility}/{service}/{destination}", tag = "destinations", params(("facility" = String, Path), ("service" = String, Path), ("destination" = String, Path)))]
 pub(crate) async fn get_destination(
     State(st): State<AppState>,
     caller: Caller,
@@ -191,6 +203,7 @@ pub(crate) async fn get_destination(
     one(st.db.snapshot().destination(&key), || format!("destination {key}"))
 }
 
+#[utoipa::path(post, path = "/destinations", tag = "destinations")]
 pub(crate) async fn create_destination(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let d: Destination = body(&b)?;
@@ -198,6 +211,7 @@ pub(crate) async fn create_destination(State(st): State<AppState>, caller: Calle
     written(StatusCode::CREATED, &d)
 }
 
+#[utoipa::path(delete, path = "/destinations/{facility}/{service}/{destination}", tag = "destinations", params(("facility" = String, Path), ("service" = String, Path), ("destination" = String, Path)))]
 pub(crate) async fn delete_destination(
     State(st): State<AppState>,
     caller: Caller,
@@ -219,6 +233,7 @@ pub(crate) struct StatusQuery {
     facility: Option<String>,
 }
 
+#[utoipa::path(get, path = "/propagation", tag = "propagation")]
 pub(crate) async fn status(State(st): State<AppState>, caller: Caller, Query(q): Query<StatusQuery>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let engine = engine(&st)?;
@@ -252,6 +267,7 @@ pub(crate) struct ForceBody {
     service: Option<String>,
 }
 
+#[utoipa::path(post, path = "/propagation/force", tag = "propagation")]
 pub(crate) async fn force(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let req: ForceBody = body(&b)?;
@@ -279,6 +295,7 @@ fn yes() -> bool {
     true
 }
 
+#[utoipa::path(post, path = "/propagation/block", tag = "propagation")]
 pub(crate) async fn block(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let req: BlockBody = body(&b)?;
@@ -321,6 +338,7 @@ pub(crate) struct GenQuery {
 /// The signed bundle GEN would send, as a tar. A manager gets one only for a destination of
 /// their own facility: a signed bundle names its destination, and one made out for any other
 /// name is a credential for whichever host answers to it.
+#[utoipa::path(get, path = "/propagation/bundle", tag = "propagation")]
 pub(crate) async fn gen_bundle(
     State(st): State<AppState>,
     caller: Caller,
@@ -347,6 +365,7 @@ pub(crate) async fn gen_bundle(
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response())
 }
 
+#[utoipa::path(get, path = "/propagation/key", tag = "propagation")]
 pub(crate) async fn public_key(State(st): State<AppState>) -> ApiResult {
     Ok(Json(json!({"public_key": engine(&st)?.public_key().to_string()})).into_response())
 }

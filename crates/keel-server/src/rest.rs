@@ -81,6 +81,7 @@ fn filters_of(query: Option<&str>) -> Map<String, Value> {
 
 /// The machines, filtered Django-style; `outside_pools=true` keeps those whose address is not
 /// one their type's pool hands out today (the pools changed since: `keel machine renumber`).
+#[utoipa::path(get, path = "/machines", tag = "machines")]
 pub(crate) async fn list_machines(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let mut query = filters_of(q.as_deref());
@@ -112,6 +113,7 @@ pub(crate) async fn list_machines(State(st): State<AppState>, caller: Caller, Ra
 /// `POST /api/v1/machines/renumber`: `{"machines": [names]}` (default: every machine outside
 /// today's pools) and `"dry_run"`; each moves to the lowest free address of its type's pool, all
 /// in one commit or none.
+#[utoipa::path(post, path = "/machines/renumber", tag = "machines")]
 pub(crate) async fn renumber_machines(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let mut fields = json_fields(&body)?;
@@ -139,6 +141,7 @@ pub(crate) async fn renumber_machines(State(st): State<AppState>, caller: Caller
     Ok(Json(json!({ "dry_run": dry_run, "moved": moved })).into_response())
 }
 
+#[utoipa::path(get, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
 pub(crate) async fn get_machine(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
@@ -148,6 +151,7 @@ pub(crate) async fn get_machine(State(st): State<AppState>, caller: Caller, Path
     Ok(with_etag(StatusCode::OK, m.version, to_json(m)?))
 }
 
+#[utoipa::path(post, path = "/machines", tag = "machines")]
 pub(crate) async fn create_machine(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let patch = MachinePatch::from_fields(json_fields(&body)?)?;
@@ -159,6 +163,7 @@ pub(crate) async fn create_machine(State(st): State<AppState>, caller: Caller, b
     Ok(resp)
 }
 
+#[utoipa::path(patch, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
 pub(crate) async fn patch_machine(
     State(st): State<AppState>,
     g: Guarded,
@@ -171,6 +176,7 @@ pub(crate) async fn patch_machine(
 }
 
 /// PUT replaces: the required fields must all be there.
+#[utoipa::path(put, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
 pub(crate) async fn put_machine(st: State<AppState>, g: Guarded, name: Path<String>, body: Bytes) -> ApiResult {
     let probe = MachinePatch::from_fields(json_fields(&body)?)?;
     for (field, given) in [
@@ -185,6 +191,7 @@ pub(crate) async fn put_machine(st: State<AppState>, g: Guarded, name: Path<Stri
     patch_machine(st, g, name, body).await
 }
 
+#[utoipa::path(delete, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
 pub(crate) async fn delete_machine(State(st): State<AppState>, g: Guarded, Path(name): Path<String>) -> ApiResult {
     st.db.delete_machine(&g.who, &name, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -209,6 +216,7 @@ fn numbered_rows<T>(
 }
 
 /// `POST /api/v1/machines/import`: `{"machines": [{"line": N, ...fields}, ...]}`, all or nothing.
+#[utoipa::path(post, path = "/machines/import", tag = "machines")]
 pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let mut fields = json_fields(&body)?;
@@ -232,12 +240,14 @@ pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, 
 
 // ---- switches ----
 
+#[utoipa::path(get, path = "/switches", tag = "switches")]
 pub(crate) async fn list_switches(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
     Ok(Json(to_json(&snap.switches().collect::<Vec<_>>())?).into_response())
 }
 
+#[utoipa::path(get, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)))]
 pub(crate) async fn get_switch(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
@@ -247,12 +257,14 @@ pub(crate) async fn get_switch(State(st): State<AppState>, caller: Caller, Path(
     Ok(with_etag(StatusCode::OK, s.version, to_json(s)?))
 }
 
+#[utoipa::path(post, path = "/switches", tag = "switches")]
 pub(crate) async fn create_switch(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let s = st.db.create_switch(who, json_fields(&body)?).await?;
     Ok(with_etag(StatusCode::CREATED, s.version, to_json(&s)?))
 }
 
+#[utoipa::path(patch, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)))]
 pub(crate) async fn patch_switch(
     State(st): State<AppState>,
     g: Guarded,
@@ -263,6 +275,7 @@ pub(crate) async fn patch_switch(
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 
+#[utoipa::path(delete, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)))]
 pub(crate) async fn delete_switch(State(st): State<AppState>, g: Guarded, Path(name): Path<String>) -> ApiResult {
     st.db.delete_switch(&g.who, &name, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -270,6 +283,7 @@ pub(crate) async fn delete_switch(State(st): State<AppState>, g: Guarded, Path(n
 
 // ---- settings ----
 
+#[utoipa::path(get, path = "/settings", tag = "settings")]
 pub(crate) async fn list_settings(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let list: Vec<Value> = st
@@ -285,6 +299,7 @@ pub(crate) async fn list_settings(State(st): State<AppState>, caller: Caller) ->
     Ok(Json(Value::Array(list)).into_response())
 }
 
+#[utoipa::path(get, path = "/settings/{key}", tag = "settings", params(("key" = String, Path)))]
 pub(crate) async fn get_setting(State(st): State<AppState>, caller: Caller, Path(key): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let s = st
@@ -295,6 +310,7 @@ pub(crate) async fn get_setting(State(st): State<AppState>, caller: Caller, Path
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 
+#[utoipa::path(put, path = "/settings/{key}", tag = "settings", params(("key" = String, Path)))]
 pub(crate) async fn put_setting(
     State(st): State<AppState>,
     g: Guarded,
@@ -353,6 +369,7 @@ fn parse_role(s: &str) -> Result<keel_model::MachineRole, ApiError> {
     Ok(keel_model::MachineRole::parse("role", s)?)
 }
 
+#[utoipa::path(get, path = "/roles", tag = "roles")]
 pub(crate) async fn list_roles(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
@@ -360,6 +377,7 @@ pub(crate) async fn list_roles(State(st): State<AppState>, caller: Caller) -> Ap
     Ok(Json(list).into_response())
 }
 
+#[utoipa::path(get, path = "/roles/{role}", tag = "roles", params(("role" = String, Path)))]
 pub(crate) async fn get_role(State(st): State<AppState>, caller: Caller, Path(role): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let role = parse_role(&role)?;
@@ -372,6 +390,7 @@ pub(crate) async fn get_role(State(st): State<AppState>, caller: Caller, Path(ro
 
 /// `PUT /api/v1/roles/{role}` `{"machine": NAME}`, with `If-Match` (`"0"` for a role not given
 /// yet): gives the role to that machine.
+#[utoipa::path(put, path = "/roles/{role}", tag = "roles", params(("role" = String, Path)))]
 pub(crate) async fn put_role(
     State(st): State<AppState>,
     g: Guarded,
@@ -388,6 +407,7 @@ pub(crate) async fn put_role(
     Ok(with_etag(StatusCode::OK, r.version, role_json(&st.db.snapshot(), &r)))
 }
 
+#[utoipa::path(delete, path = "/roles/{role}", tag = "roles", params(("role" = String, Path)))]
 pub(crate) async fn delete_role(State(st): State<AppState>, g: Guarded, Path(role): Path<String>) -> ApiResult {
     let role = parse_role(&role)?;
     st.db.remove_role(&g.who, &role, g.version).await?;
@@ -396,6 +416,7 @@ pub(crate) async fn delete_role(State(st): State<AppState>, g: Guarded, Path(rol
 
 // ---- users ----
 
+#[utoipa::path(get, path = "/users", tag = "users")]
 pub(crate) async fn list_users(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let filters = parse_filters::<keel_model::User>(filters_of(q.as_deref()))?;
@@ -408,6 +429,7 @@ pub(crate) async fn list_users(State(st): State<AppState>, caller: Caller, RawQu
     Ok(Json(list).into_response())
 }
 
+#[utoipa::path(get, path = "/users/{login}", tag = "users", params(("login" = String, Path)))]
 pub(crate) async fn get_user(State(st): State<AppState>, caller: Caller, Path(login): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
@@ -418,6 +440,7 @@ pub(crate) async fn get_user(State(st): State<AppState>, caller: Caller, Path(lo
 }
 
 /// `POST /api/v1/users`: a password is accepted only as its SHA-512-crypt hash.
+#[utoipa::path(post, path = "/users", tag = "users")]
 pub(crate) async fn create_user(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let patch = keel_model::UserPatch::from_fields(json_fields(&body)?)?;
@@ -425,6 +448,7 @@ pub(crate) async fn create_user(State(st): State<AppState>, caller: Caller, body
     Ok(with_etag(StatusCode::CREATED, u.version, u.public_json()))
 }
 
+#[utoipa::path(patch, path = "/users/{login}", tag = "users", params(("login" = String, Path)))]
 pub(crate) async fn patch_user(
     State(st): State<AppState>,
     g: Guarded,
@@ -436,6 +460,7 @@ pub(crate) async fn patch_user(
     Ok(with_etag(StatusCode::OK, u.version, u.public_json()))
 }
 
+#[utoipa::path(delete, path = "/users/{login}", tag = "users", params(("login" = String, Path)))]
 pub(crate) async fn delete_user(State(st): State<AppState>, g: Guarded, Path(login): Path<String>) -> ApiResult {
     st.db.delete_user(&g.who, &login, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -443,6 +468,7 @@ pub(crate) async fn delete_user(State(st): State<AppState>, g: Guarded, Path(log
 
 /// `POST /api/v1/users/import`: `{"on_existing": "refuse|update|ignore", "dry_run": bool,
 /// "users": [{"line": N, …fields}]}` — all or nothing, every bad line named.
+#[utoipa::path(post, path = "/users/import", tag = "users")]
 pub(crate) async fn import_users(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let mut fields = json_fields(&body)?;
@@ -478,6 +504,7 @@ pub(crate) async fn import_users(State(st): State<AppState>, caller: Caller, bod
 /// `POST /api/v1/passwd {"login","old_password","new_password_hash"}`: a user changes their own
 /// password. The old one is checked against its hash (never stored nor logged); the new one
 /// arrives hashed. No token: knowing the old password is the authentication.
+#[utoipa::path(post, path = "/passwd", tag = "passwd")]
 pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult {
     let mut f = json_fields(&body)?;
     let login = f
@@ -551,6 +578,7 @@ fn default_limit() -> u32 {
     100
 }
 
+#[utoipa::path(get, path = "/changes", tag = "changes")]
 pub(crate) async fn list_changes(
     State(st): State<AppState>,
     caller: Caller,
@@ -574,11 +602,13 @@ pub(crate) async fn list_changes(
 
 // ---- tokens ----
 
+#[utoipa::path(get, path = "/tokens", tag = "tokens")]
 pub(crate) async fn list_tokens(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.admin()?;
     Ok(Json(to_json(&st.db.store().tokens().await?)?).into_response())
 }
 
+#[utoipa::path(post, path = "/tokens", tag = "tokens")]
 pub(crate) async fn create_token(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     caller.admin()?;
     let mut f = json_fields(&body)?;
@@ -618,6 +648,7 @@ pub(crate) async fn create_token(State(st): State<AppState>, caller: Caller, bod
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(delete, path = "/tokens/{id}", tag = "tokens", params(("id" = String, Path)))]
 pub(crate) async fn revoke_token(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult {
     caller.admin()?;
     if st.db.revoke_token(&id).await? {
@@ -630,6 +661,7 @@ pub(crate) async fn revoke_token(State(st): State<AppState>, caller: Caller, Pat
 // ---- backup ----
 
 /// `GET /api/v1/backup`: a consistent copy of the live database, as an SQLite file.
+#[utoipa::path(get, path = "/backup", tag = "backup")]
 pub(crate) async fn backup(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.admin()?;
     let dir = st.config.data_dir.join("backups.tmp");

@@ -40,6 +40,15 @@ impl<S: Clone + Send + Sync + 'static> Recorded<S> {
         self
     }
 
+    /// An API router nested at `prefix`, its paths recorded from its OpenAPI description (the
+    /// description's paths are relative to `prefix`, its server URL).
+    pub fn nest_documented(mut self, prefix: &str, router: Router<S>, doc: &utoipa::openapi::OpenApi) -> Self {
+        self.paths
+            .extend(doc.paths.paths.keys().map(|p| format!("{}{prefix}{p}", self.prefix)));
+        self.router = self.router.nest(prefix, router);
+        self
+    }
+
     /// `other`'s routes under its prefix.
     pub fn nest(mut self, other: Recorded<S>) -> Self {
         self.paths.extend(other.paths);

@@ -739,3 +739,46 @@ async fn destinations_of_one_facility_are_exactly_its_own() {
     let (_, none) = send(&st, get("/api/v1/destinations?facility=a&service=hosts", "keel")).await;
     assert!(listed(none).is_empty());
 }
+
+/// docs/api.md and the OpenAPI description name the same REST routes: each described path is in
+/// docs/api.md (the REST table, or a section of its own), and each path of the REST table is
+/// described.
+#[test]
+fn docs_api_md_names_every_described_route_and_no_other() {
+    const API_MD: &str = include_str!("../../../docs/api.md");
+    let doc: Value = serde_json::from_str(crate::openapi_description()).unwrap();
+    let described: std::collections::BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let named = |p: &str| {
+        [
+            format!("`{p}`"),
+            format!("`{p}?"),
+            format!("/api/v1{p}`"),
+            format!("/api/v1{p}?"),
+            format!("/api/v1{p} "),
+        ]
+        .iter()
+        .any(|s| API_MD.contains(s.as_str()))
+    };
+    let missing: Vec<&String> = described.iter().filter(|p| !named(p)).collect();
+    assert!(missing.is_empty(), "described but not in docs/api.md: {missing:?}");
+    let table = API_MD
+        .split("| route | methods |")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .next()
+        .unwrap();
+    let in_table: Vec<String> = table
+        .lines()
+        .filter_map(|l| l.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(|t| t.split('?').next().unwrap_or(t).to_owned())
+        })
+        .filter(|t| t.starts_with('/'))
+        .collect();
+    let unknown: Vec<&String> = in_table.iter().filter(|p| !described.contains(*p)).collect();
+    assert!(unknown.is_empty(), "in docs/api.md's table but not served: {unknown:?}");
+}

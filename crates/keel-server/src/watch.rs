@@ -111,6 +111,7 @@ enum Start {
     Snapshot,
 }
 
+#[utoipa::path(get, path = "/watch", tag = "watch")]
 pub(crate) async fn watch(
     State(st): State<AppState>,
     caller: Caller,

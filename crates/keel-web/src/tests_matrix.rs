@@ -216,3 +216,33 @@ async fn every_route_answers_each_actor_as_docs_security_md_says() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The `/api/v1` rows of docs/security.md's matrix are exactly the operations of the OpenAPI
+/// description, which is made from the handlers themselves: a route cannot be served, described
+/// or secured without the other two.
+#[test]
+fn the_api_rows_of_the_matrix_are_the_openapi_descriptions_operations() {
+    let doc: serde_json::Value = serde_json::from_str(keel_server::openapi_description()).unwrap();
+    assert_eq!(
+        doc["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true),
+        "{doc}"
+    );
+    let mut described = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            described.insert((method.to_uppercase(), format!("/api/v1{path}")));
+        }
+    }
+    assert!(described.len() > 50, "{described:?}");
+    let in_matrix: std::collections::BTreeSet<(String, String)> = documented()
+        .into_keys()
+        .filter(|(_, p)| p.starts_with("/api/v1/"))
+        .collect();
+    let missing: Vec<_> = described.difference(&in_matrix).collect();
+    let extra: Vec<_> = in_matrix.difference(&described).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "described but not in docs/security.md: {missing:?}\nin docs/security.md but not described: {extra:?}"
+    );
+}
