@@ -107,19 +107,17 @@ async fn a_new_user_schedules_the_user_services_only() {
     }
     keel_testkit::eventually(20, "the engine saw the burst", async || e.has_seen_all()).await;
     let state = |s: &str| e.status(None).into_iter().find(|t| t.service == s).unwrap().state;
-    assert_eq!(
-        (state("passwd"), state("homes")),
-        (TaskState::Planned, TaskState::Planned)
-    );
+    assert_eq!(state("passwd"), TaskState::Planned);
     assert_eq!(state("hosts"), TaskState::Done, "hosts does not depend on users");
-    // The window ends now: each planned task runs once.
-    for service in ["passwd", "homes"] {
-        e.schedule("lan", Some(service), false).unwrap();
-    }
+    // `homes` keeps its own short debounce (a first login waits on it): it runs by itself, once
+    // or more as the burst's commits come (regression: this test asserted it still planned, which
+    // a loaded machine's slower commits outlasted).
+    keel_testkit::eventually(20, "homes ran on its own debounce", async || serials(&e)["homes"] >= 2).await;
+    // The window ends now: the planned task runs once for the whole burst.
+    e.schedule("lan", Some("passwd"), false).unwrap();
     settle(&e).await;
     let after = serials(&e);
     assert_eq!(after["passwd"], 2, "{after:?}");
-    assert_eq!(after["homes"], 2, "{after:?}");
     assert_eq!(after["hosts"], 1, "hosts does not depend on users: {after:?}");
     assert!(e.status(None).iter().all(|t| t.state == TaskState::Done));
 }
