@@ -229,33 +229,27 @@ fn dependencies_follow_the_architecture() {
 /// method per route) only: every other crate's code calls those methods. Tests may name paths.
 #[test]
 fn api_paths_live_in_the_client_and_the_server() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut found = Vec::new();
-    for krate in std::fs::read_dir(root.join("crates")).unwrap() {
+    for krate in std::fs::read_dir(root().join("crates")).unwrap() {
         let krate = krate.unwrap().path();
         let name = krate.file_name().unwrap().to_string_lossy().into_owned();
         if name == "keel-server" || name == "keel-client" {
             continue;
         }
-        let mut todo = vec![krate.join("src")];
-        while let Some(dir) = todo.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for e in entries {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    todo.push(p);
-                } else if p.extension().is_some_and(|x| x == "rs")
-                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tests"))
-                {
-                    // (`tests*.rs` files are test modules: they may name paths.)
-                    let text = std::fs::read_to_string(&p).unwrap();
-                    // Unit tests at the end of a file may name paths; the code above them may not.
-                    let code = text.split("#[cfg(test)]").next().unwrap_or("");
-                    for (i, line) in code.lines().enumerate() {
-                        if line.contains("\"/api/v1") {
-                            found.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
-                        }
-                    }
+        let mut sources = Vec::new();
+        files(&krate.join("src"), &mut sources);
+        // (`tests*.rs` files are test modules: they may name paths.)
+        let code_files = sources.iter().filter(|p| {
+            p.extension().is_some_and(|x| x == "rs")
+                && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tests"))
+        });
+        for p in code_files {
+            let text = std::fs::read_to_string(p).unwrap();
+            // Unit tests at the end of a file may name paths; the code above them may not.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            for (i, line) in code.lines().enumerate() {
+                if line.contains("\"/api/v1") {
+                    found.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
                 }
             }
         }
