@@ -49,13 +49,6 @@ impl<S: Clone + Send + Sync + 'static> Recorded<S> {
         self
     }
 
-    /// `other`'s routes under its prefix.
-    pub fn nest(mut self, other: Recorded<S>) -> Self {
-        self.paths.extend(other.paths);
-        self.router = self.router.nest(other.prefix, other.router);
-        self
-    }
-
     /// `other`'s routes beside these (same prefix).
     pub fn merge(mut self, other: Recorded<S>) -> Self {
         self.paths.extend(other.paths);
