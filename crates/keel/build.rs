@@ -2,6 +2,7 @@
 //! program is missing here is ignored with its reason, and under CI it runs (and fails).
 fn main() {
     keel_probe::programs(&[
+        "ansible-inventory",
         "busybox",
         "chromedriver",
         "chromium",
@@ -20,6 +21,7 @@ fn main() {
         "openssl",
         "pdftotext",
         "promtool",
+        "python3",
         "qemu-system-x86_64",
         "sqlite3",
         "ssh",

@@ -359,7 +359,7 @@ async fn start_engine(
 ) -> anyhow::Result<(Engine, f64)> {
     let cfg = EngineConfig {
         debounce: Duration::ZERO,
-        encoding,
+        compress: encoding == Encoding::Zstd,
         retry_min: Duration::from_secs(3600),
         ..EngineConfig::default()
     };

@@ -17,19 +17,27 @@ use keel_model::{Pools, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-/// How the DNS answers (the `[dns]` table of keel.toml).
-#[derive(Debug, Clone)]
+/// The `[dns]` table of keel.toml: where the built-in DNS listens and how it answers. Its
+/// `Default` is the one place these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct DnsConfig {
-    /// The forward zone, without a trailing dot.
+    /// Serve DNS.
+    pub enabled: bool,
+    /// UDP and TCP address (production: 0.0.0.0:53, with CAP_NET_BIND_SERVICE). keel starts
+    /// without DNS when the default address is taken; one given here must be bound.
+    pub listen: SocketAddr,
+    /// The forward zone (A records for every hostname and alias), without a trailing dot.
     pub zone: String,
     /// TTL of every answer, and the SOA's negative-caching minimum.
     pub ttl: u32,
     /// The hostname (a machine) named in NS records, with its address as glue.
     pub ns: String,
-    /// Resolvers for names outside keel's zones; none: such queries are REFUSED.
+    /// Resolvers (`ip:port`) for names outside keel's zones; none: such queries are REFUSED.
     pub upstream: Vec<SocketAddr>,
     /// Who may have names outside keel's zones forwarded (a resolver open to all is an
     /// amplifier). Empty: loopback and the pools' networks.
+    #[schemars(with = "Vec<String>")]
     pub forward_clients: Vec<ipnet::IpNet>,
     /// Forwarded queries in flight at once; over it a query gets SERVFAIL at once. Forwards run
     /// on their own tasks: a dead upstream never delays an authoritative answer.
@@ -39,8 +47,21 @@ pub struct DnsConfig {
     /// DNS-over-TCP connections at once; over it a new one is closed at once.
     pub max_tcp: usize,
     /// Names for the free addresses of the unknown machines' DHCP range, as the `dns` service
-    /// writes them for BIND (`<prefix>-A-B-C-D`).
+    /// writes them for BIND (`<prefix>-A-B-C-D`): derived from `[propagation.generators]`.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub dynamic: Option<DynamicNames>,
+}
+
+impl DnsConfig {
+    /// The zone as answered (lower case, no trailing dot) and the NS name checked; the error
+    /// names its key (`dns.zone`, `dns.ns`).
+    pub fn normalize(&mut self) -> Result<(), keel_model::ValidationError> {
+        self.zone = self.zone.trim_end_matches('.').to_ascii_lowercase();
+        keel_model::propagation::check_fqdn("dns.zone", &self.zone)?;
+        keel_model::Hostname::parse("dns.ns", &self.ns)?;
+        Ok(())
+    }
 }
 
 /// The DHCP range for unknown machines, and the prefix of its addresses' names.
@@ -70,6 +91,8 @@ impl DynamicNames {
 impl Default for DnsConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5353)),
             zone: "prolo".into(),
             ttl: 60,
             ns: "gw".into(),

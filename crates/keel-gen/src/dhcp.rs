@@ -24,7 +24,7 @@ use crate::check::{self, GenError};
 use crate::{file, Input, Options};
 
 /// Which DHCP server the files are for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DhcpFormat {
     /// ISC dhcpd: `dhcpd.conf`.
@@ -34,22 +34,26 @@ pub enum DhcpFormat {
 }
 
 /// How the `dhcp` service writes its configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DhcpOptions {
+    /// The DHCP server the files are for: `isc` (dhcpd.conf) or `kea` (kea-dhcp4.conf).
     pub format: DhcpFormat,
     /// The TFTP server PXE firmware loads iPXE from (keel's).
     pub tftp_server: Ipv4Addr,
-    /// iPXE for BIOS and for UEFI firmware, on that TFTP server.
+    /// iPXE for BIOS firmware, on that TFTP server.
     pub bios_file: String,
+    /// iPXE for UEFI firmware, on that TFTP server.
     pub uefi_file: String,
     /// What iPXE fetches: keel's netboot script for this MAC.
     pub boot_url: String,
+    /// The resolvers machines are given (keel's DNS).
     pub dns_servers: Vec<Ipv4Addr>,
     /// The site's gateways (`option routers`): machines route through these.
     pub routers: Vec<Ipv4Addr>,
     /// The network of the site's one segment: every pool's network, the routers and the unknown
     /// range lie in it, and machines get its mask. None: the smallest network holding them all.
+    #[schemars(with = "Option<String>")]
     pub site_network: Option<Ipv4Net>,
     /// Lease of known machines, seconds.
     pub lease_secs: u32,

@@ -20,7 +20,7 @@ use crate::check::{self, GenError};
 use crate::{file, Input, Options};
 
 /// `[propagation.generators.firewall]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct FirewallOptions {
     /// keel's table (family `inet`).

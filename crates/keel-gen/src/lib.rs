@@ -66,10 +66,12 @@ impl Input<'_> {
 }
 
 /// A group as it appears on hosts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostGroup {
+    /// The group's name on hosts.
     pub name: String,
+    /// Its gid on hosts.
     pub gid: u32,
     /// Groups the host already has (`sudo`, `wheel`, `adm`…) that this group's users join. The
     /// agent adds them to the host's own line, keeps the host's own members, and skips a group
@@ -79,7 +81,7 @@ pub struct HostGroup {
 }
 
 /// Site choices the generators follow (the `[propagation.generators]` table of keel.toml).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// Homes are `<home_root>/<login>`.
@@ -89,6 +91,7 @@ pub struct Options {
     /// keel's groups on hosts. `root` is not called `root` there by default: that name and gid 0
     /// belong to the host. Each group and each of its keys given replaces only that default.
     #[serde(deserialize_with = "groups_over_defaults")]
+    #[schemars(with = "BTreeMap<Group, HostGroup>")]
     pub groups: BTreeMap<Group, HostGroup>,
     /// The DNS zone machines live in (`hosts` writes `name.zone name aliases…`).
     pub zone: String,
@@ -129,7 +132,7 @@ fn groups_over_defaults<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeM
 
 /// Homes of diskless machines (docs/homes.md): each user's home is on one HFS, exported from
 /// `<export_root>/<login>` and mounted by autofs at `<home_root>/<login>` on the machines.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AutomountOptions {
     /// Where an HFS keeps the homes (and what it exports).
@@ -152,11 +155,12 @@ impl Default for AutomountOptions {
 }
 
 /// How the `dns` service writes its zones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DnsOptions {
     /// The machine named in NS and SOA records.
     pub ns: String,
+    /// TTL of the zones' records.
     pub ttl: u32,
     /// Where the zone files are on the BIND host (named.conf.keel names them there); the agent's
     /// `[services.dns] dir` must be the same directory.
@@ -164,6 +168,7 @@ pub struct DnsOptions {
     /// A and PTR records for every free address of the DHCP range for unknown machines
     /// (`dhcp.unknown_range`), named `<unknown_prefix>-A-B-C-D`.
     pub unknown_names: bool,
+    /// The first label of those names' prefix.
     pub unknown_prefix: String,
 }
 

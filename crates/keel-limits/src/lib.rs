@@ -2,6 +2,7 @@
 //! budget ([`refused!`]), events are counted per source address ([`RateLimit`]). No keel
 //! dependency: the TFTP and DNS servers and the HTTP server share these.
 
+pub mod duration;
 #[doc(hidden)]
 pub mod log_limit;
 

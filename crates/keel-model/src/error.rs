@@ -1,6 +1,7 @@
 use std::fmt;
 
 /// A value that failed validation: which field, why, and (for imports) which line.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub struct ValidationError {
     pub field: String,

@@ -9,6 +9,8 @@ pub mod input;
 pub mod login;
 mod machine;
 mod names;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod pool;
 mod principal;
 pub mod propagation;

@@ -10,7 +10,8 @@ use crate::input::{check_text, Fields};
 use crate::{Hostname, Mac, ValidationError};
 
 /// What a machine is for; each type has its IP pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MachineType {
     User,
@@ -51,11 +52,13 @@ impl FromStr for MachineType {
 }
 
 /// A machine of the site. `id` is stable across renames; `version` is the seq of its last change.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     pub id: u64,
     pub hostname: Hostname,
     pub aliases: Vec<Hostname>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Ipv4))]
     pub ip: Ipv4Addr,
     pub mac: Mac,
     pub mtype: MachineType,
@@ -71,6 +74,7 @@ pub struct Machine {
 }
 
 /// What `GET /boot/{mac}` gives a machine.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BootMode {
@@ -331,6 +335,7 @@ fn check_aliases(m: &Machine) -> Result<(), ValidationError> {
 }
 
 /// A network switch: lets a booting machine inherit its room and servers (from LLDP).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Switch {
     pub name: Hostname,

@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 use crate::{MachineType, ValidationError};
 
 /// One pool: a network, minus its network and broadcast addresses and the reserved ones.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
+    /// The pool's network (required when the pool is given).
+    #[schemars(with = "String")]
     pub network: Ipv4Net,
+    /// Addresses of the network never given to a machine.
     #[serde(default)]
     pub reserved: Vec<Ipv4Addr>,
     /// The DHCP range for unknown machines (`first`, `last`) when it lies in this pool: its
@@ -19,6 +22,7 @@ pub struct Pool {
     /// `[propagation.generators.dhcp] unknown_range` when the config is loaded, never written
     /// under `[pools]` (one setting, one place).
     #[serde(skip)]
+    #[schemars(skip)]
     pub dynamic: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
@@ -80,12 +84,16 @@ impl Pool {
 
 /// The pools of the four machine types (user and orga may share one network). Each one given
 /// replaces its default alone: `[pools.user]` or `[pools.uids.user]` by itself is a whole config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Pools {
+    /// Contestants' machines.
     pub user: Pool,
+    /// Organisers' machines (may share the user network).
     pub orga: Pool,
+    /// Cluster machines.
     pub cluster: Pool,
+    /// Servers (RFS, HFS, web servers).
     pub service: Pool,
     /// uid pools of the user groups (`[pools.uids.user] first = 10001, last = 10999`, …).
     pub uids: crate::UidPools,

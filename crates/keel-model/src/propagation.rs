@@ -9,6 +9,7 @@ use crate::{Group, Login, ValidationError};
 
 /// A propagation target: a name (FQDN), the facility it belongs to, and optionally the Machine it
 /// is (then the machine's names are the host's too).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
@@ -23,6 +24,7 @@ pub struct Host {
 }
 
 /// A named set of hosts with its managers, the users it receives and the services it runs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Facility {
@@ -70,6 +72,7 @@ impl Facility {
 }
 
 /// How a destination is reached.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
@@ -80,6 +83,7 @@ pub enum Channel {
 }
 
 /// Where a facility's service goes.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {

@@ -10,6 +10,7 @@ use crate::{Hostname, Login};
 
 /// A user logged in on a machine. Keyed by login (one session per user); the machine's hostname
 /// is a unique value too (one user per machine).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Session {
@@ -103,7 +104,7 @@ impl Refusal {
 /// Which sessions need proof from the person (`[presence] proof`): the machines' shared secret
 /// is on every netbooted machine, so with it alone a contestant could log *anyone* in on their
 /// own seat and the SSO would vouch for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProofPolicy {
     /// The secret and the machine's address suffice (keel before issue 31; older data dirs).

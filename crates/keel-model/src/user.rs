@@ -52,7 +52,8 @@ impl fmt::Display for Login {
 }
 
 /// A user's group: contestants, organisers, or root admins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Group {
     User,
@@ -89,20 +90,25 @@ impl FromStr for Group {
 }
 
 /// A range of uids, both ends included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UidRange {
+    /// The first uid of the range.
     pub first: u32,
+    /// The last uid of the range (included).
     pub last: u32,
 }
 
 /// The uid pools of the three groups. A uid is never reused: the next one is above every uid the
 /// pool ever gave (a deleted user's files must not pass to a newcomer, invariant 9).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UidPools {
+    /// Contestants' uids.
     pub user: UidRange,
+    /// Organisers' uids.
     pub orga: UidRange,
+    /// Roots' uids.
     pub root: UidRange,
 }
 
@@ -215,7 +221,7 @@ pub struct User {
 impl User {
     /// The user as read APIs show it: everything but the hash, and whether there is one.
     pub fn public_json(&self) -> serde_json::Value {
-        crate::wire::public_record(crate::Kind::User, &serde_json::to_value(self).unwrap_or_default())
+        serde_json::to_value(crate::wire::PublicUser::from(self)).unwrap_or_default()
     }
 }
 

@@ -248,6 +248,45 @@ impl Queryable for User {
     }
 }
 
+/// A user as the REST API answers it (`GET /api/v1/users/{login}`): every field but the password's
+/// hash, and whether there is one. The watch stream shows users the same way ([`public_record`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PublicUser {
+    pub login: crate::Login,
+    pub firstname: String,
+    pub lastname: String,
+    pub group: crate::Group,
+    pub uid: u32,
+    pub shell: String,
+    pub ssh_keys: Vec<String>,
+    /// The user has a password (its hash is never shown).
+    pub has_password: bool,
+    /// True once the user chose their own password.
+    pub password_changed: bool,
+    /// The home file server (`hfsN`) the user's home lives on; null until assigned.
+    pub hfs: Option<u32>,
+    pub version: u64,
+}
+
+impl From<&crate::User> for PublicUser {
+    fn from(u: &crate::User) -> Self {
+        Self {
+            login: u.login.clone(),
+            firstname: u.firstname.clone(),
+            lastname: u.lastname.clone(),
+            group: u.group,
+            uid: u.uid,
+            shell: u.shell.clone(),
+            ssh_keys: u.ssh_keys.clone(),
+            has_password: !u.password_hash.is_empty(),
+            password_changed: u.password_changed,
+            hfs: u.hfs,
+            version: u.version,
+        }
+    }
+}
+
 /// A record as read APIs and watchers may see it: a user's password hash is replaced by
 /// `has_password`; other records are unchanged.
 pub fn public_record(kind: crate::Kind, data: &Value) -> Value {
@@ -324,6 +363,30 @@ impl<D: Serialize> WatchLine<D> {
 mod tests {
     use super::*;
     use crate::MachineType;
+
+    /// A user reads the same on the REST API (`PublicUser`, whose schema the OpenAPI description
+    /// gives) and on the watch stream (`public_record`): no hash, `has_password`.
+    #[test]
+    fn the_public_user_is_the_watch_streams_user() {
+        for hash in ["", "$6$salt$hash"] {
+            let u = User {
+                login: crate::Login::parse("login", "alice").unwrap(),
+                firstname: "Alice".into(),
+                lastname: "Liddell".into(),
+                group: crate::Group::User,
+                uid: 10001,
+                shell: "/bin/bash".into(),
+                ssh_keys: vec!["ssh-ed25519 AAAA".into()],
+                password_hash: hash.into(),
+                password_changed: true,
+                hfs: Some(2),
+                version: 9,
+            };
+            let watched = public_record(crate::Kind::User, &serde_json::to_value(&u).unwrap());
+            assert_eq!(u.public_json(), watched);
+            assert!(!u.public_json().to_string().contains("$6$"));
+        }
+    }
 
     /// The borrowed serializer and the owned record agree exactly.
     #[test]

@@ -25,7 +25,7 @@ const MAP: &[(&str, &[&str])] = &[
     ("keel-agent", &["keel-bundle", "keel-model", "keel-client"]),
     (
         "keel-propagate",
-        &["keel-model", "keel-bundle", "keel-gen", "keel-store"],
+        &["keel-model", "keel-bundle", "keel-gen", "keel-store", "keel-limits"],
     ),
     (
         "keel-server",
@@ -392,4 +392,87 @@ fn nothing_refers_to_a_file_outside_the_repository() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Every keel.toml default is written once, in its config type's `Default` (issue 33): a config
+/// type (one deriving `JsonSchema` with `#[serde(default…)]`) has its `Default` in its own file
+/// and nowhere else, and the code that loads keel.toml (`crates/keel/src/config/`) merges no
+/// default of its own (a literal in `unwrap_or`/`map_or`). docs/keel.md, keel.toml(5) and
+/// `keel serve --print-defaults` are made from those types (keel's `config::reference`).
+#[test]
+fn keel_toml_defaults_live_in_their_config_types() {
+    let mut all = Vec::new();
+    files(&root().join("crates"), &mut all);
+    let sources: Vec<(std::path::PathBuf, String)> = all
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect();
+    let mut types = Vec::new();
+    for (path, text) in &sources {
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let l = line.trim();
+            if !(l.starts_with("#[derive(") && l.contains("JsonSchema")) {
+                continue;
+            }
+            let attrs = lines[i + 1..].iter().take_while(|l| l.trim_start().starts_with("#["));
+            let defaulted = attrs.clone().any(|a| a.contains("#[serde(default"));
+            let name = lines[i + 1..]
+                .iter()
+                .find_map(|l| l.trim().strip_prefix("pub struct "))
+                .and_then(|rest| rest.split([' ', '{', '<']).next());
+            if let (true, Some(name)) = (defaulted, name) {
+                types.push((path.clone(), name.to_owned(), l.contains("Default")));
+            }
+        }
+    }
+    assert!(types.len() > 20, "found {} config types", types.len());
+    let mut problems = Vec::new();
+    for (home, name, derived) in &types {
+        let needle = format!("impl Default for {name} {{");
+        let impls: Vec<&std::path::PathBuf> = sources
+            .iter()
+            .filter(|(_, text)| text.contains(&needle))
+            .map(|(p, _)| p)
+            .collect();
+        match (derived, impls.as_slice()) {
+            (true, []) => {}
+            (false, [only]) if *only == home => {}
+            _ => problems.push(format!(
+                "{name} ({}): its Default must be beside it, once; found in {impls:?}",
+                home.display()
+            )),
+        }
+    }
+    let merge = ["unwrap_or(", "map_or(", "unwrap_or_else(||"];
+    // (reference.rs renders the defaults; it decides none.)
+    let loading = |p: &std::path::Path| {
+        let p = p.to_string_lossy();
+        p.contains("crates/keel/src/config/") && !p.ends_with("reference.rs")
+    };
+    for (path, text) in sources.iter().filter(|(p, _)| loading(p)) {
+        let code = match test_code(path, text) {
+            Some(tests) => &text[..text.len() - tests.trim_start_matches('\n').len()],
+            None => text.as_str(),
+        };
+        for (i, line) in code.lines().enumerate() {
+            let literal = merge.iter().any(|m| {
+                line.split(m).skip(1).map(str::trim_start).any(|rest| {
+                    !rest.starts_with("\"\")") && rest.starts_with(|c: char| c.is_ascii_digit() || c == '"')
+                })
+            });
+            if literal {
+                problems.push(format!("{}:{}: {}", path.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "a keel.toml default is written outside its config type's Default:\n{}",
+        problems.join("\n")
+    );
 }

@@ -9,6 +9,7 @@
 //! every task, and destinations whose last result already holds the current digest are skipped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,27 +28,72 @@ use crate::state::{task_key, DestResult, DestStatus, Task, TaskState};
 use crate::EngineError;
 use crate::{GenError, ResolveError};
 
-/// How the engine behaves (the `[propagation]` table of keel.toml).
-#[derive(Debug, Clone)]
+/// The `[propagation]` table of keel.toml: the engine that pushes services to destinations. Its
+/// `Default` is the one place these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
+    /// Run the engine.
+    pub enabled: bool,
+    /// Wait this long after a change before generating, so a burst becomes one run.
+    #[serde(rename = "debounce_ms", with = "keel_limits::duration::millis")]
+    #[schemars(with = "u64")]
     pub debounce: Duration,
     /// Sends in flight at once, over all tasks.
     pub parallel: usize,
+    /// A send that takes longer is killed and counted as failed.
+    #[serde(rename = "send_timeout_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub send_timeout: Duration,
     /// How often failed destinations are looked at again.
+    #[serde(rename = "recheck_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub recheck: Duration,
-    /// How often everything is resent whatever its digest (None: never).
+    /// Resend everything this often, changed or not; 0: never.
+    #[serde(rename = "refresh_secs", with = "keel_limits::duration::secs_or_never")]
+    #[schemars(with = "u64")]
     pub refresh: Option<Duration>,
+    /// The first retry after a failure; each next one waits twice as long, up to `retry_max_secs`.
+    #[serde(rename = "retry_min_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub retry_min: Duration,
+    /// The longest wait between retries.
+    #[serde(rename = "retry_max_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub retry_max: Duration,
+    /// Send bundles zstd-compressed (a 10,000-user `passwd` goes from 2.2 to 0.9 MB). False only
+    /// while some destination still runs a keel-agent that reads plain tars only.
+    pub compress: bool,
+    /// The ed25519 key bundles are signed with, made at first start; a relative path is under
+    /// the data directory.
+    pub key_file: PathBuf,
+    /// The agent command for `local` destinations (default: `keel-agent apply`, the keel-agent
+    /// installed beside keel when there is one).
+    pub local_command: Option<Vec<String>>,
+    /// How `ssh` destinations are reached.
+    pub ssh: crate::SshConfig,
+    /// Site choices the built-in services' generators follow.
+    #[serde(rename = "generators")]
     pub gen: keel_gen::Options,
-    /// How bundles travel (zstd unless the site's agents predate it).
-    pub encoding: Encoding,
+    /// Custom services: `[propagation.services.NAME] command = [...]`.
+    pub services: BTreeMap<String, crate::CustomService>,
+}
+
+impl EngineConfig {
+    /// How bundles travel.
+    pub fn encoding(&self) -> Encoding {
+        if self.compress {
+            Encoding::Zstd
+        } else {
+            Encoding::Tar
+        }
+    }
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             debounce: Duration::from_secs(2),
             parallel: 64,
             send_timeout: Duration::from_secs(120),
@@ -55,8 +101,12 @@ impl Default for EngineConfig {
             refresh: Some(Duration::from_secs(86_400)),
             retry_min: Duration::from_secs(5),
             retry_max: Duration::from_secs(3600),
+            compress: true,
+            key_file: PathBuf::from("bundle.key"),
+            local_command: None,
+            ssh: crate::SshConfig::default(),
             gen: keel_gen::Options::default(),
-            encoding: Encoding::Zstd,
+            services: BTreeMap::new(),
         }
     }
 }
@@ -626,7 +676,7 @@ impl Inner {
             }
         };
         // Hashed and laid out once here, not once per destination.
-        let files = match prepare(files, self.cfg.encoding).await {
+        let files = match prepare(files, self.cfg.encoding()).await {
             Ok(f) => f,
             Err(e) => {
                 let t = self.updated(id, |t| {

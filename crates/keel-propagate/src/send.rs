@@ -108,14 +108,18 @@ pub fn is_local(ip: std::net::IpAddr) -> bool {
 }
 
 /// The `ssh` channel's settings (the `[propagation.ssh]` table).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SshConfig {
+    /// The OpenSSH client.
     pub program: String,
     /// `-F`: the site's ssh_config.
     pub config_file: Option<PathBuf>,
+    /// `UserKnownHostsFile`: the destinations' host keys (default: ssh's own).
     pub known_hosts: Option<PathBuf>,
+    /// `-i`: the key keel logs in with (default: ssh's own).
     pub identity: Option<PathBuf>,
+    /// `ConnectTimeout`, seconds.
     pub connect_timeout_secs: u64,
     /// What runs on the host (a fixed string from this config, never from data).
     pub remote_command: String,

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::{GenError, ServiceError};
 
 /// A custom service from keel.toml: `[propagation.services.NAME]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomService {
     /// The generator: run with the facility's data as JSON on stdin and the output directory as

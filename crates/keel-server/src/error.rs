@@ -6,7 +6,6 @@ use axum::Json;
 use keel_model::wire::RpcReply;
 use keel_model::{ValidationError, ValidationErrors};
 use keel_store::StoreError;
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -94,18 +93,40 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer of the REST API (its OpenAPI description's `ErrorBody`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    /// What went wrong, in words.
+    error: String,
+    /// The first invalid field (400).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    /// Every invalid field (400), each with its line in an import.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<ValidationError>>,
+    /// Why a session is refused (423): `unknown_machine`, `unknown_user`, `not_a_user_machine`,
+    /// `logged_in_elsewhere`, `machine_in_use`, `recovering`, `proof_needed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let status = self.status();
-        let mut body = json!({ "error": self.to_string() });
-        if let Self::Invalid(errors) = &self {
-            body["field"] = json!(errors.first().map(|e| e.field.clone()));
-            body["errors"] = json!(errors);
-        }
-        if let Self::Refused(r) = &self {
-            body["reason"] = json!(r.code());
-        }
+        let invalid = match &self {
+            Self::Invalid(errors) => Some(errors),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: self.to_string(),
+            field: invalid.and_then(|e| e.first()).map(|e| e.field.clone()),
+            errors: invalid.cloned(),
+            reason: match &self {
+                Self::Refused(r) => Some(r.code().to_owned()),
+                _ => None,
+            },
+        };
         let mut resp = (status, Json(body)).into_response();
         if let Self::TooManyAttempts(secs) | Self::RateLimited(secs) = &self {
             if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {

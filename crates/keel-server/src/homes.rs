@@ -12,16 +12,23 @@ use serde::Deserialize;
 
 use crate::{ApiError, AppState, Caller};
 
-/// `[homes]` of keel.toml.
-#[derive(Debug, Clone)]
+/// The `[homes]` table of keel.toml: homes on home file servers. Its `Default` is the one place
+/// these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct HomesConfig {
-    /// What moves a home's files between two HFS (e.g. a script running rsync); without it, a
-    /// move must say the files were copied by hand (`"copy": false`).
+    /// The program (and arguments) that moves a home's files between two HFS (e.g. a script
+    /// running rsync), run by `keel users move-home` with KEEL_LOGIN, KEEL_UID, KEEL_FROM_HFS,
+    /// KEEL_TO_HFS set; without it, a move must say the files were copied by hand.
     pub move_hook: Option<Vec<String>>,
     /// How long a move's hook may run.
+    #[serde(rename = "move_timeout_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub move_timeout: Duration,
-    /// How long a first login waits for its home to be created on the HFS: below the PAM hook's
+    /// How long a first login waits for its home to be created on its HFS: below the PAM hook's
     /// own timeout (keel-agent presence `timeout_secs`, default 5), or the machine gives up first.
+    #[serde(rename = "login_wait_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub login_wait: Duration,
 }
 
@@ -75,7 +82,7 @@ fn yes() -> bool {
 
 /// `POST /api/v1/users/{login}/move-home` (admins): runs the site's move hook, then records the
 /// new HFS. A failed hook changes nothing.
-#[utoipa::path(post, path = "/users/{login}/move-home", tag = "users", params(("login" = String, Path)))]
+#[utoipa::path(post, path = "/users/{login}/move-home", tag = "users", params(("login" = String, Path)), responses((status = 200, description = "the user, on its new HFS", body = keel_model::wire::PublicUser)))]
 pub(crate) async fn move_home(
     State(st): State<AppState>,
     caller: Caller,

@@ -96,7 +96,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub const IMPORT_BODY_LIMIT: usize = 64 * 1024 * 1024;
 
 /// What the server needs besides the database.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Serve REST reads without a token (the RPC `query` is always open, as in the original).
     pub open_reads: bool,
@@ -115,6 +115,24 @@ pub struct ServerConfig {
     pub homes: homes::HomesConfig,
     /// A line per request at info level, target `keel::access` (`[log] access`).
     pub access_log: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let sso = sso::SsoConfig::default();
+        Self {
+            open_reads: false,
+            data_dir: PathBuf::new(),
+            watch: WatchConfig::default(),
+            registration: Registration::default(),
+            presence: presence::PresenceConfig::default(),
+            client_addr: sso.client_addr(),
+            sso,
+            rpc_secret: None,
+            homes: homes::HomesConfig::default(),
+            access_log: false,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -253,6 +271,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(propagation::public_key))
         .routes(routes!(openapi::openapi_json))
         .split_for_parts();
+    let doc = openapi::complete(doc);
     let router = router.fallback(|| async { ApiError::NotFound("API route".into()) });
     (router, doc)
 }

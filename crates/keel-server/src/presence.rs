@@ -30,59 +30,82 @@ pub use keel_model::ProofPolicy;
 /// The header a machine sends its site secret in.
 pub const SECRET_HEADER: &str = "x-keel-presence-secret";
 
-/// Presence settings (`[presence]` in keel.toml).
-#[derive(Debug, Clone)]
+/// The `[presence]` table of keel.toml: sessions, their expiry, how machines prove who they are.
+/// Its `Default` is the one place these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct PresenceConfig {
     /// A session without a heartbeat for this long is closed.
+    #[serde(rename = "timeout_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub timeout: Duration,
-    /// How long after a start heartbeats rebuild sessions and logins wait (default: `timeout`).
-    pub recovery: Duration,
-    /// The secret machines present with their address; `None`: only admins' tokens are accepted.
-    pub secret: Option<crate::Secret>,
-    /// `/map` without a token (like the RPC `query`: the site's own network sees who sits where).
+    /// After a start, heartbeats rebuild sessions and logins wait this long (default:
+    /// `timeout_secs`).
+    #[serde(rename = "recovery_secs", with = "keel_limits::duration::opt_secs")]
+    #[schemars(with = "Option<u64>")]
+    pub recovery: Option<Duration>,
+    /// The site secret machines send with presence calls (at least 16 characters), made on first
+    /// start with mode 0600; a relative path is under the data directory.
+    pub secret_file: std::path::PathBuf,
+    /// `/map` without a token (the site's network sees who sits where).
     pub map_public: bool,
-    /// Which sessions need proof of the person's password (module `proof`).
-    pub proof: keel_model::ProofPolicy,
-    /// Whose client-address header presence believes (`[presence] trusted_proxies`, default
+    /// Which sessions a machine opens only with proof of the person's password: `off`,
+    /// `password` (users who have one), `required` (default for a data directory made since
+    /// issue 31; `off` for an older one).
+    #[serde(rename = "proof")]
+    pub proof_setting: Option<keel_model::ProofPolicy>,
+    /// Proxies whose client-address header (`[sso] client_header`) presence believes (default
     /// none: machines call keel directly). Not `[sso]`'s: nginx on keel's host speaks for the
     /// SSO's clients, but a local user there must not speak for a machine.
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The secret read from `secret_file`; `None`: only admins' tokens are accepted.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub secret: Option<crate::Secret>,
+    /// The policy in force: `proof` when set, else what the data directory's age gives.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub proof: keel_model::ProofPolicy,
+    /// `[sso] client_header` with `trusted_proxies`.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub client_addr: ClientAddrConfig,
+}
+
+impl PresenceConfig {
+    /// How long after a start heartbeats rebuild sessions.
+    pub fn recovery(&self) -> Duration {
+        self.recovery.unwrap_or(self.timeout)
+    }
 }
 
 impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
-            recovery: Duration::from_secs(30),
+            recovery: None,
+            secret_file: "presence.secret".into(),
+            map_public: true,
+            proof_setting: None,
+            trusted_proxies: Vec::new(),
             secret: None,
-            // keel.toml's default is true (`[presence] map_public`); a bare server shows nothing.
-            map_public: false,
             proof: keel_model::ProofPolicy::Required,
             client_addr: ClientAddrConfig {
                 trusted_proxies: Vec::new(),
-                ..ClientAddrConfig::default()
+                ..crate::sso::SsoConfig::default().client_addr()
             },
         }
     }
 }
 
 /// Proxies (nginx) whose client-address header is believed; any other peer is the client itself.
+/// Made from `[sso]` (and `[presence] trusted_proxies` for presence calls).
 #[derive(Debug, Clone)]
 pub struct ClientAddrConfig {
+    /// The header's name, lower case.
     pub header: String,
     pub trusted_proxies: Vec<ipnet::IpNet>,
-}
-
-impl Default for ClientAddrConfig {
-    fn default() -> Self {
-        Self {
-            header: "x-real-ip".into(),
-            trusted_proxies: vec![
-                "127.0.0.1/32".parse().unwrap_or_default(),
-                "::1/128".parse().unwrap_or_default(),
-            ],
-        }
-    }
 }
 
 impl ClientAddrConfig {
@@ -171,7 +194,7 @@ impl Presence {
 
     /// Seconds of recovery left after the start, if any.
     fn recovering(&self) -> Option<u64> {
-        let left = self.config().recovery.checked_sub(self.started.elapsed())?;
+        let left = self.config().recovery().checked_sub(self.started.elapsed())?;
         (!left.is_zero()).then(|| left.as_secs().max(1))
     }
 
@@ -312,7 +335,7 @@ pub struct LoginBody {
 }
 
 /// `POST /api/v1/sessions`: 201 with the session, 200 if already logged in there, 423 with why not.
-#[utoipa::path(post, path = "/sessions", tag = "sessions")]
+#[utoipa::path(post, path = "/sessions", operation_id = "open_session", tag = "sessions")]
 pub async fn login(
     State(st): State<AppState>,
     caller: Caller,
@@ -427,7 +450,12 @@ pub async fn issue_proof(
 
 /// `DELETE /api/v1/sessions/heartbeat`: the logout of a user whose login is `heartbeat` (the
 /// heartbeat's own route would otherwise answer 405 for it).
-#[utoipa::path(delete, path = "/sessions/heartbeat", tag = "sessions")]
+#[utoipa::path(
+    delete,
+    path = "/sessions/heartbeat",
+    operation_id = "close_session_of_heartbeat",
+    tag = "sessions"
+)]
 pub async fn logout_heartbeat_user(
     st: State<AppState>,
     caller: Caller,
@@ -439,7 +467,7 @@ pub async fn logout_heartbeat_user(
 
 /// `DELETE /api/v1/sessions/{login}`: 204 (also when there was no session: logging out twice is
 /// not an error).
-#[utoipa::path(delete, path = "/sessions/{login}", tag = "sessions", params(("login" = String, Path)))]
+#[utoipa::path(delete, path = "/sessions/{login}", operation_id = "close_session", tag = "sessions", params(("login" = String, Path)))]
 pub async fn logout(
     State(st): State<AppState>,
     caller: Caller,
@@ -549,7 +577,7 @@ pub async fn heartbeat(
 }
 
 /// `GET /api/v1/sessions`: who is logged in where.
-#[utoipa::path(get, path = "/sessions", tag = "sessions")]
+#[utoipa::path(get, path = "/sessions", operation_id = "list_sessions", tag = "sessions", responses((status = 200, description = "every session", body = Vec<keel_model::Session>)))]
 pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Json<Vec<Session>>, ApiError> {
     caller.reader(st.config.open_reads)?;
     Ok(Json(st.db.snapshot().sessions().cloned().collect()))

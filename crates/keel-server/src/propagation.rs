@@ -69,19 +69,19 @@ fn same_name(path: &str, body: &str) -> Result<(), ApiError> {
 
 // ---- hosts ----
 
-#[utoipa::path(get, path = "/hosts", tag = "hosts")]
+#[utoipa::path(get, path = "/hosts", tag = "hosts", responses((status = 200, description = "the records", body = Vec<keel_model::propagation::Host>)))]
 pub(crate) async fn list_hosts(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     Ok(Json(to_json(&st.db.snapshot().hosts().collect::<Vec<_>>())?).into_response())
 }
 
-#[utoipa::path(get, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)))]
+#[utoipa::path(get, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::propagation::Host)))]
 pub(crate) async fn get_host(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     one(st.db.snapshot().host(&name), || format!("host {name}"))
 }
 
-#[utoipa::path(post, path = "/hosts", tag = "hosts")]
+#[utoipa::path(post, path = "/hosts", tag = "hosts", responses((status = 201, description = "created", body = keel_model::propagation::Host)))]
 pub(crate) async fn create_host(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let h: Host = body(&b)?;
@@ -89,7 +89,7 @@ pub(crate) async fn create_host(State(st): State<AppState>, caller: Caller, b: B
     written(StatusCode::CREATED, &h)
 }
 
-#[utoipa::path(put, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)))]
+#[utoipa::path(put, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::propagation::Host)))]
 pub(crate) async fn put_host(
     State(st): State<AppState>,
     caller: Caller,
@@ -104,7 +104,7 @@ pub(crate) async fn put_host(
     written(StatusCode::OK, &h)
 }
 
-#[utoipa::path(delete, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)))]
+#[utoipa::path(delete, path = "/hosts/{name}", tag = "hosts", params(("name" = String, Path)), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_host(
     State(st): State<AppState>,
     caller: Caller,
@@ -117,19 +117,19 @@ pub(crate) async fn delete_host(
 
 // ---- facilities ----
 
-#[utoipa::path(get, path = "/facilities", tag = "facilities")]
+#[utoipa::path(get, path = "/facilities", tag = "facilities", responses((status = 200, description = "the records", body = Vec<keel_model::propagation::Facility>)))]
 pub(crate) async fn list_facilities(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     Ok(Json(to_json(&st.db.snapshot().facilities().collect::<Vec<_>>())?).into_response())
 }
 
-#[utoipa::path(get, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)))]
+#[utoipa::path(get, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::propagation::Facility)))]
 pub(crate) async fn get_facility(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     one(st.db.snapshot().facility(&name), || format!("facility {name}"))
 }
 
-#[utoipa::path(post, path = "/facilities", tag = "facilities")]
+#[utoipa::path(post, path = "/facilities", tag = "facilities", responses((status = 201, description = "created", body = keel_model::propagation::Facility)))]
 pub(crate) async fn create_facility(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let f: Facility = body(&b)?;
@@ -137,7 +137,7 @@ pub(crate) async fn create_facility(State(st): State<AppState>, caller: Caller, 
     written(StatusCode::CREATED, &f)
 }
 
-#[utoipa::path(put, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)))]
+#[utoipa::path(put, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::propagation::Facility)))]
 pub(crate) async fn put_facility(
     State(st): State<AppState>,
     caller: Caller,
@@ -152,7 +152,7 @@ pub(crate) async fn put_facility(
     written(StatusCode::OK, &f)
 }
 
-#[utoipa::path(delete, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)))]
+#[utoipa::path(delete, path = "/facilities/{name}", tag = "facilities", params(("name" = String, Path)), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_facility(
     State(st): State<AppState>,
     caller: Caller,
@@ -174,7 +174,7 @@ pub(crate) struct DestFilter {
     service: Option<String>,
 }
 
-#[utoipa::path(get, path = "/destinations", tag = "destinations")]
+#[utoipa::path(get, path = "/destinations", tag = "destinations", responses((status = 200, description = "the records", body = Vec<keel_model::propagation::Destination>)))]
 pub(crate) async fn list_destinations(
     State(st): State<AppState>,
     caller: Caller,
@@ -192,7 +192,7 @@ pub(crate) async fn list_destinations(
     Ok(Json(to_json(&list)?).into_response())
 }
 
-#[utoipa::path(get, path = "/destinations/{facility}/{service}/{destination}", tag = "destinations", params(("facility" = String, Path), ("service" = String, Path), ("destination" = String, Path)))]
+#[utoipa::path(get, path = "/destinations/{facility}/{service}/{destination}", tag = "destinations", params(("facility" = String, Path), ("service" = String, Path), ("destination" = String, Path)), responses((status = 200, description = "the record", body = keel_model::propagation::Destination)))]
 pub(crate) async fn get_destination(
     State(st): State<AppState>,
     caller: Caller,
@@ -203,7 +203,7 @@ pub(crate) async fn get_destination(
     one(st.db.snapshot().destination(&key), || format!("destination {key}"))
 }
 
-#[utoipa::path(post, path = "/destinations", tag = "destinations")]
+#[utoipa::path(post, path = "/destinations", tag = "destinations", responses((status = 201, description = "created", body = keel_model::propagation::Destination)))]
 pub(crate) async fn create_destination(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let d: Destination = body(&b)?;
@@ -211,7 +211,7 @@ pub(crate) async fn create_destination(State(st): State<AppState>, caller: Calle
     written(StatusCode::CREATED, &d)
 }
 
-#[utoipa::path(delete, path = "/destinations/{facility}/{service}/{destination}", tag = "destinations", params(("facility" = String, Path), ("service" = String, Path), ("destination" = String, Path)))]
+#[utoipa::path(delete, path = "/destinations/{facility}/{service}/{destination}", tag = "destinations", params(("facility" = String, Path), ("service" = String, Path), ("destination" = String, Path)), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_destination(
     State(st): State<AppState>,
     caller: Caller,
@@ -233,7 +233,7 @@ pub(crate) struct StatusQuery {
     facility: Option<String>,
 }
 
-#[utoipa::path(get, path = "/propagation", tag = "propagation")]
+#[utoipa::path(get, path = "/propagation", operation_id = "propagation_status", tag = "propagation")]
 pub(crate) async fn status(State(st): State<AppState>, caller: Caller, Query(q): Query<StatusQuery>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let engine = engine(&st)?;
@@ -267,7 +267,12 @@ pub(crate) struct ForceBody {
     service: Option<String>,
 }
 
-#[utoipa::path(post, path = "/propagation/force", tag = "propagation")]
+#[utoipa::path(
+    post,
+    path = "/propagation/force",
+    operation_id = "force_propagation",
+    tag = "propagation"
+)]
 pub(crate) async fn force(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let req: ForceBody = body(&b)?;
@@ -295,7 +300,12 @@ fn yes() -> bool {
     true
 }
 
-#[utoipa::path(post, path = "/propagation/block", tag = "propagation")]
+#[utoipa::path(
+    post,
+    path = "/propagation/block",
+    operation_id = "block_propagation",
+    tag = "propagation"
+)]
 pub(crate) async fn block(State(st): State<AppState>, caller: Caller, b: Bytes) -> ApiResult {
     let who = writer(&caller)?;
     let req: BlockBody = body(&b)?;
@@ -338,7 +348,7 @@ pub(crate) struct GenQuery {
 /// The signed bundle GEN would send, as a tar. A manager gets one only for a destination of
 /// their own facility: a signed bundle names its destination, and one made out for any other
 /// name is a credential for whichever host answers to it.
-#[utoipa::path(get, path = "/propagation/bundle", tag = "propagation")]
+#[utoipa::path(get, path = "/propagation/bundle", operation_id = "get_bundle", tag = "propagation", responses((status = 200, description = "the signed bundle", content_type = "application/x-tar")))]
 pub(crate) async fn gen_bundle(
     State(st): State<AppState>,
     caller: Caller,
@@ -365,7 +375,12 @@ pub(crate) async fn gen_bundle(
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response())
 }
 
-#[utoipa::path(get, path = "/propagation/key", tag = "propagation")]
+#[utoipa::path(
+    get,
+    path = "/propagation/key",
+    operation_id = "get_signing_key",
+    tag = "propagation"
+)]
 pub(crate) async fn public_key(State(st): State<AppState>) -> ApiResult {
     Ok(Json(json!({"public_key": engine(&st)?.public_key().to_string()})).into_response())
 }

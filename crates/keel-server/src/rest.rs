@@ -81,7 +81,7 @@ fn filters_of(query: Option<&str>) -> Map<String, Value> {
 
 /// The machines, filtered Django-style; `outside_pools=true` keeps those whose address is not
 /// one their type's pool hands out today (the pools changed since: `keel machine renumber`).
-#[utoipa::path(get, path = "/machines", tag = "machines")]
+#[utoipa::path(get, path = "/machines", tag = "machines", responses((status = 200, description = "the records", body = Vec<keel_model::Machine>)))]
 pub(crate) async fn list_machines(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let mut query = filters_of(q.as_deref());
@@ -141,7 +141,7 @@ pub(crate) async fn renumber_machines(State(st): State<AppState>, caller: Caller
     Ok(Json(json!({ "dry_run": dry_run, "moved": moved })).into_response())
 }
 
-#[utoipa::path(get, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
+#[utoipa::path(get, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::Machine)))]
 pub(crate) async fn get_machine(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
@@ -151,7 +151,7 @@ pub(crate) async fn get_machine(State(st): State<AppState>, caller: Caller, Path
     Ok(with_etag(StatusCode::OK, m.version, to_json(m)?))
 }
 
-#[utoipa::path(post, path = "/machines", tag = "machines")]
+#[utoipa::path(post, path = "/machines", tag = "machines", responses((status = 201, description = "created", body = keel_model::Machine)))]
 pub(crate) async fn create_machine(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let patch = MachinePatch::from_fields(json_fields(&body)?)?;
@@ -163,7 +163,7 @@ pub(crate) async fn create_machine(State(st): State<AppState>, caller: Caller, b
     Ok(resp)
 }
 
-#[utoipa::path(patch, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
+#[utoipa::path(patch, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::Machine)))]
 pub(crate) async fn patch_machine(
     State(st): State<AppState>,
     g: Guarded,
@@ -176,7 +176,7 @@ pub(crate) async fn patch_machine(
 }
 
 /// PUT replaces: the required fields must all be there.
-#[utoipa::path(put, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
+#[utoipa::path(put, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::Machine)))]
 pub(crate) async fn put_machine(st: State<AppState>, g: Guarded, name: Path<String>, body: Bytes) -> ApiResult {
     let probe = MachinePatch::from_fields(json_fields(&body)?)?;
     for (field, given) in [
@@ -191,7 +191,7 @@ pub(crate) async fn put_machine(st: State<AppState>, g: Guarded, name: Path<Stri
     patch_machine(st, g, name, body).await
 }
 
-#[utoipa::path(delete, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)))]
+#[utoipa::path(delete, path = "/machines/{name}", tag = "machines", params(("name" = String, Path)), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_machine(State(st): State<AppState>, g: Guarded, Path(name): Path<String>) -> ApiResult {
     st.db.delete_machine(&g.who, &name, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -240,14 +240,14 @@ pub(crate) async fn import_machines(State(st): State<AppState>, caller: Caller, 
 
 // ---- switches ----
 
-#[utoipa::path(get, path = "/switches", tag = "switches")]
+#[utoipa::path(get, path = "/switches", tag = "switches", responses((status = 200, description = "the records", body = Vec<keel_model::Switch>)))]
 pub(crate) async fn list_switches(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
     Ok(Json(to_json(&snap.switches().collect::<Vec<_>>())?).into_response())
 }
 
-#[utoipa::path(get, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)))]
+#[utoipa::path(get, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::Switch)))]
 pub(crate) async fn get_switch(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
@@ -257,14 +257,14 @@ pub(crate) async fn get_switch(State(st): State<AppState>, caller: Caller, Path(
     Ok(with_etag(StatusCode::OK, s.version, to_json(s)?))
 }
 
-#[utoipa::path(post, path = "/switches", tag = "switches")]
+#[utoipa::path(post, path = "/switches", tag = "switches", responses((status = 201, description = "created", body = keel_model::Switch)))]
 pub(crate) async fn create_switch(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let s = st.db.create_switch(who, json_fields(&body)?).await?;
     Ok(with_etag(StatusCode::CREATED, s.version, to_json(&s)?))
 }
 
-#[utoipa::path(patch, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)))]
+#[utoipa::path(patch, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)), responses((status = 200, description = "the record", body = keel_model::Switch)))]
 pub(crate) async fn patch_switch(
     State(st): State<AppState>,
     g: Guarded,
@@ -275,7 +275,7 @@ pub(crate) async fn patch_switch(
     Ok(with_etag(StatusCode::OK, s.version, to_json(&s)?))
 }
 
-#[utoipa::path(delete, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)))]
+#[utoipa::path(delete, path = "/switches/{name}", tag = "switches", params(("name" = String, Path)), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_switch(State(st): State<AppState>, g: Guarded, Path(name): Path<String>) -> ApiResult {
     st.db.delete_switch(&g.who, &name, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -416,7 +416,7 @@ pub(crate) async fn delete_role(State(st): State<AppState>, g: Guarded, Path(rol
 
 // ---- users ----
 
-#[utoipa::path(get, path = "/users", tag = "users")]
+#[utoipa::path(get, path = "/users", tag = "users", responses((status = 200, description = "the records", body = Vec<keel_model::wire::PublicUser>)))]
 pub(crate) async fn list_users(State(st): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let filters = parse_filters::<keel_model::User>(filters_of(q.as_deref()))?;
@@ -429,7 +429,7 @@ pub(crate) async fn list_users(State(st): State<AppState>, caller: Caller, RawQu
     Ok(Json(list).into_response())
 }
 
-#[utoipa::path(get, path = "/users/{login}", tag = "users", params(("login" = String, Path)))]
+#[utoipa::path(get, path = "/users/{login}", tag = "users", params(("login" = String, Path)), responses((status = 200, description = "the record", body = keel_model::wire::PublicUser)))]
 pub(crate) async fn get_user(State(st): State<AppState>, caller: Caller, Path(login): Path<String>) -> ApiResult {
     caller.reader(st.config.open_reads)?;
     let snap = st.db.snapshot();
@@ -440,7 +440,7 @@ pub(crate) async fn get_user(State(st): State<AppState>, caller: Caller, Path(lo
 }
 
 /// `POST /api/v1/users`: a password is accepted only as its SHA-512-crypt hash.
-#[utoipa::path(post, path = "/users", tag = "users")]
+#[utoipa::path(post, path = "/users", tag = "users", responses((status = 201, description = "created", body = keel_model::wire::PublicUser)))]
 pub(crate) async fn create_user(State(st): State<AppState>, caller: Caller, body: Bytes) -> ApiResult {
     let who = caller.admin()?;
     let patch = keel_model::UserPatch::from_fields(json_fields(&body)?)?;
@@ -448,7 +448,7 @@ pub(crate) async fn create_user(State(st): State<AppState>, caller: Caller, body
     Ok(with_etag(StatusCode::CREATED, u.version, u.public_json()))
 }
 
-#[utoipa::path(patch, path = "/users/{login}", tag = "users", params(("login" = String, Path)))]
+#[utoipa::path(patch, path = "/users/{login}", tag = "users", params(("login" = String, Path)), responses((status = 200, description = "the record", body = keel_model::wire::PublicUser)))]
 pub(crate) async fn patch_user(
     State(st): State<AppState>,
     g: Guarded,
@@ -460,7 +460,7 @@ pub(crate) async fn patch_user(
     Ok(with_etag(StatusCode::OK, u.version, u.public_json()))
 }
 
-#[utoipa::path(delete, path = "/users/{login}", tag = "users", params(("login" = String, Path)))]
+#[utoipa::path(delete, path = "/users/{login}", tag = "users", params(("login" = String, Path)), responses((status = 204, description = "deleted")))]
 pub(crate) async fn delete_user(State(st): State<AppState>, g: Guarded, Path(login): Path<String>) -> ApiResult {
     st.db.delete_user(&g.who, &login, g.version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -504,7 +504,7 @@ pub(crate) async fn import_users(State(st): State<AppState>, caller: Caller, bod
 /// `POST /api/v1/passwd {"login","old_password","new_password_hash"}`: a user changes their own
 /// password. The old one is checked against its hash (never stored nor logged); the new one
 /// arrives hashed. No token: knowing the old password is the authentication.
-#[utoipa::path(post, path = "/passwd", tag = "passwd")]
+#[utoipa::path(post, path = "/passwd", operation_id = "change_password", tag = "passwd")]
 pub(crate) async fn passwd(State(st): State<AppState>, body: Bytes) -> ApiResult {
     let mut f = json_fields(&body)?;
     let login = f
@@ -661,7 +661,7 @@ pub(crate) async fn revoke_token(State(st): State<AppState>, caller: Caller, Pat
 // ---- backup ----
 
 /// `GET /api/v1/backup`: a consistent copy of the live database, as an SQLite file.
-#[utoipa::path(get, path = "/backup", tag = "backup")]
+#[utoipa::path(get, path = "/backup", operation_id = "get_backup", tag = "backup", responses((status = 200, description = "a consistent SQLite copy of the database", content_type = "application/octet-stream")))]
 pub(crate) async fn backup(State(st): State<AppState>, caller: Caller) -> ApiResult {
     caller.admin()?;
     let dir = st.config.data_dir.join("backups.tmp");

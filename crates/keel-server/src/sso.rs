@@ -13,11 +13,41 @@ use axum::response::{IntoResponse, Response};
 use crate::presence::Peer;
 use crate::AppState;
 
-/// `[sso]` in keel.toml.
-#[derive(Debug, Clone, Default)]
+/// The `[sso]` table of keel.toml: nginx `auth_request` answers. Its `Default` is the one place
+/// these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct SsoConfig {
-    /// Machines that always map to a login (a display screen, a judge's machine), by hostname.
+    /// The header nginx puts the client's address in; presence reads it too, from its own
+    /// `trusted_proxies`.
+    pub client_header: String,
+    /// Peers whose client header is believed (nginx, as keel sees it).
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Machines that always map to a login (a display screen, a judge's machine):
+    /// `hostname = "login"`.
     pub overrides: HashMap<String, String>,
+}
+
+impl Default for SsoConfig {
+    fn default() -> Self {
+        let net = |n: &str| n.parse().unwrap_or_else(|_| unreachable!("constant network {n}"));
+        Self {
+            client_header: "X-Real-IP".into(),
+            trusted_proxies: vec![net("127.0.0.1/32"), net("::1/128")],
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+impl SsoConfig {
+    /// Where a request's client address is read from.
+    pub fn client_addr(&self) -> crate::presence::ClientAddrConfig {
+        crate::presence::ClientAddrConfig {
+            header: self.client_header.trim().to_ascii_lowercase(),
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
+    }
 }
 
 /// The statuses, exactly as the operators' debugging guide names them.

@@ -55,7 +55,7 @@ async fn site_with(dir: &tempfile::TempDir, recovery: Duration, proof: ProofPoli
     let mut config = ServerConfig {
         data_dir: dir.path().to_owned(),
         presence: PresenceConfig {
-            recovery,
+            recovery: Some(recovery),
             secret: Some(SECRET.into()),
             proof,
             ..PresenceConfig::default()
@@ -510,7 +510,7 @@ async fn r31_loopback_speaks_for_no_machine_unless_presence_trusts_it() {
     st.presence.reconfigure(PresenceConfig {
         client_addr: crate::presence::ClientAddrConfig {
             trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
-            ..crate::presence::ClientAddrConfig::default()
+            ..crate::sso::SsoConfig::default().client_addr()
         },
         ..(*st.presence.config()).clone()
     });

@@ -28,20 +28,28 @@ use tokio::sync::{broadcast, mpsc};
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
-/// How watch streams behave (from the server's configuration).
-#[derive(Debug, Clone)]
+/// The `[watch]` table of keel.toml: how the change feed's streams behave. Its `Default` is the
+/// one place these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct WatchConfig {
     /// A heartbeat line after this long without any other line.
+    #[serde(rename = "heartbeat_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub heartbeat: Duration,
     /// Chunks (of up to 64 KiB of lines) queued for one subscriber while it receives a snapshot
-    /// or a replay (default 16: 1 MiB, what a subscriber that stops reading can hold).
+    /// or a replay (16: 1 MiB, what a subscriber that stops reading can hold).
     pub buffer: usize,
-    /// A subscriber that accepts no line for this long is cut off.
+    /// A subscriber that accepts no line for this long while changes wait is cut off.
+    #[serde(rename = "stall_timeout_secs", with = "keel_limits::duration::secs")]
+    #[schemars(with = "u64")]
     pub stall_timeout: Duration,
     /// Watch and `/poll` streams open at once; over it a new one gets 503 at once.
     pub max_subscribers: usize,
-    /// prologin's sync subscriber secret: when set, `/poll` needs a valid timeauth `hmac` query
-    /// parameter (signed message `None`), as prologin's sync servers did.
+    /// prologin's sync subscriber secret (`[sync] subscriber_secret_file`): when set, `/poll`
+    /// needs a valid timeauth `hmac` query parameter, as prologin's sync servers did.
+    #[serde(skip)]
+    #[schemars(skip)]
     pub subscriber_secret: Option<crate::Secret>,
 }
 
@@ -111,7 +119,7 @@ enum Start {
     Snapshot,
 }
 
-#[utoipa::path(get, path = "/watch", tag = "watch")]
+#[utoipa::path(get, path = "/watch", tag = "watch", responses((status = 200, description = "the change feed, one JSON object per line", content_type = "application/x-ndjson")))]
 pub(crate) async fn watch(
     State(st): State<AppState>,
     caller: Caller,

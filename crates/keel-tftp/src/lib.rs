@@ -25,22 +25,43 @@ const OACK: u16 = 6;
 /// Sends of one block before the transfer is abandoned.
 const TRIES: u32 = 6;
 
-/// What a transfer needs to know.
-#[derive(Debug, Clone)]
+/// The `[tftp]` table of keel.toml: where the read-only TFTP server listens and what a transfer
+/// may hold. Its `Default` is the one place these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct TftpConfig {
-    /// The directory served.
+    /// Serve TFTP.
+    pub enabled: bool,
+    /// The UDP address (production: 0.0.0.0:69). keel starts without TFTP when the default
+    /// address is taken; one given here must be bound.
+    pub listen: SocketAddr,
+    /// The directory served (PXE firmware loads undionly.kpxe and ipxe.efi from it); a relative
+    /// path is under the data directory. Created if missing.
     pub root: PathBuf,
-    /// Resend timeout unless the client asks for another (`timeout` option).
+    /// Resend a block after this long, unless the client asks for another (`timeout` option).
+    #[serde(rename = "retransmit_ms", with = "keel_limits::duration::millis")]
+    #[schemars(with = "u64")]
     pub timeout: Duration,
-    /// Transfers at once, at most (each holds a socket and a file); more requests are told "busy".
+    /// Transfers at once, at most (each holds a socket and a file; a room of machines booting
+    /// together is a few hundred); more requests are told "busy".
     pub max_transfers: usize,
     /// Transfers at once from one address (a booting machine needs one or two): one host cannot
     /// take every slot.
     pub max_per_source: usize,
 }
 
-/// The default bound on transfers from one address.
-pub const MAX_PER_SOURCE: usize = 4;
+impl Default for TftpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 6969)),
+            root: PathBuf::from("tftp"),
+            timeout: Duration::from_secs(1),
+            max_transfers: 512,
+            max_per_source: 4,
+        }
+    }
+}
 
 /// What one source address may make keel hold and send: transfers at once (`max_per_source`),
 /// one "busy" answer every [`BUSY_EVERY`], and — until it has acknowledged a block, which a
@@ -167,9 +188,6 @@ impl Drop for SourceSlot {
         }
     }
 }
-
-/// The default bound on transfers at once: a room of machines booting together is a few hundred.
-pub const MAX_TRANSFERS: usize = 512;
 
 /// A parsed read request.
 #[derive(Debug, PartialEq, Eq)]
@@ -535,6 +553,7 @@ mod tests {
             timeout,
             max_transfers,
             max_per_source,
+            ..TftpConfig::default()
         });
         tokio::spawn(serve(cfg, server, ended));
         (root, addr)

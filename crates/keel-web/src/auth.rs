@@ -191,7 +191,7 @@ pub(crate) async fn from_sso(parts: &Parts, st: &WebState) -> Option<Me> {
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip())?;
     let peer = keel_limits::canonical(peer);
-    if !st.web.sso_proxies.iter().any(|n| n.contains(&peer)) {
+    if !st.web.vouching_proxies().iter().any(|n| n.contains(&peer)) {
         keel_limits::refused!(WARN, %peer, "X-SSO-User ignored: not from one of [web] sso_proxies");
         return None;
     }

@@ -91,24 +91,43 @@ pub fn app_with_paths(state: WebState) -> (Router, Vec<String>) {
     keel_server::finish(&state.app, keel_server::routes(&state.app).merge(ours))
 }
 
-/// `[web]` settings.
-#[derive(Debug, Clone)]
+/// The `[web]` table of keel.toml: the administration pages' sessions. Its `Default` is the one
+/// place these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct WebConfig {
     /// Mark the session cookie `Secure` (browsers then send it over HTTPS only; localhost is
-    /// exempt). Turn off for a site that serves the pages over plain HTTP on its LAN.
+    /// exempt). A site serving the pages over plain HTTP on its LAN sets false.
     pub secure_cookies: bool,
-    /// Take the login nginx's SSO vouches for (`X-SSO-User`) as a web login, from these
-    /// addresses only (empty: never). Not the presence's trusted proxies, which default to
-    /// loopback: a local user on keel's host must not be able to claim a login.
+    /// Take the login nginx's SSO vouches for (`X-SSO-User`) as a web login. Needs `sso_proxies`.
+    pub trust_sso: bool,
+    /// The addresses of the nginx that sets `X-SSO-User`: only they may vouch for a login. No
+    /// default, and not the presence's trusted proxies (loopback): a local user on keel's host
+    /// must not be able to claim a login.
+    #[schemars(with = "Vec<String>")]
     pub sso_proxies: Vec<ipnet::IpNet>,
     /// A session unused for this long ends.
+    #[serde(rename = "idle_hours", with = "keel_limits::duration::hours")]
+    #[schemars(with = "u64")]
     pub idle: Duration,
+}
+
+impl WebConfig {
+    /// The addresses whose `X-SSO-User` is a login: none unless `trust_sso`.
+    pub fn vouching_proxies(&self) -> &[ipnet::IpNet] {
+        if self.trust_sso {
+            &self.sso_proxies
+        } else {
+            &[]
+        }
+    }
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
         Self {
             secure_cookies: true,
+            trust_sso: false,
             sso_proxies: Vec::new(),
             idle: Duration::from_secs(8 * 3600),
         }
@@ -232,7 +251,7 @@ impl FromRequestParts<WebState> for Me {
         if let Some(me) = st.web_sessions.session_of(st, &parts.headers, st.web.idle).await {
             return Ok(me);
         }
-        if !st.web.sso_proxies.is_empty() {
+        if !st.web.vouching_proxies().is_empty() {
             if let Some(me) = auth::from_sso(parts, st).await {
                 return Ok(me);
             }

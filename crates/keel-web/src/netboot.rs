@@ -22,24 +22,32 @@ use keel_server::ApiError;
 
 use crate::WebState;
 
-/// How scripts are made (the `[netboot]` table of keel.toml).
-#[derive(Debug, Clone)]
+/// The `[netboot]` table of keel.toml: how the iPXE scripts of `GET /boot/{mac}` are made and
+/// where the files they load are. Its `Default` is the one place these defaults are written.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
 pub struct NetbootConfig {
-    /// Served under `/boot/files/` (kernels, initrds).
+    /// Kernels and initrds, served under `/boot/files/`; a relative path is under the data
+    /// directory.
     pub files_dir: PathBuf,
-    /// Site templates overriding the shipped ones.
+    /// A directory of site templates (`nfsroot.ipxe`, `local.ipxe`, …), each replacing the
+    /// shipped one of its name.
+    #[serde(rename = "templates")]
     pub templates_dir: Option<PathBuf>,
-    /// The URL machines reach keel at; default: from the request's Host header.
+    /// The http:// or https:// URL machines reach keel at (default: the request's Host).
     pub base_url: Option<String>,
-    /// Kernel and initrd of RFS N, relative to `files_dir` (`{rfs}` is replaced).
+    /// The kernel of RFS N, relative to `files_dir` (`{rfs}` is replaced).
     pub kernel: String,
+    /// The initrd of RFS N, relative to `files_dir` (`{rfs}` is replaced).
     pub initrd: String,
     /// The NFS export of an RFS (`{rfs}` is replaced).
     pub nfs_path: String,
     /// More kernel arguments.
     pub cmdline: String,
-    /// iPXE lines for `install` machines.
+    /// iPXE lines for machines in `install` mode.
     pub install: String,
+    /// The type of a machine that registers itself: never the machine's choice.
+    pub self_registration_type: keel_model::MachineType,
 }
 
 impl Default for NetbootConfig {
@@ -53,6 +61,7 @@ impl Default for NetbootConfig {
             nfs_path: "/export/nfsroot".into(),
             cmdline: String::new(),
             install: "echo No installer is configured ([netboot] install).\nshell".into(),
+            self_registration_type: keel_model::MachineType::User,
         }
     }
 }

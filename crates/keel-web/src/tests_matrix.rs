@@ -90,6 +90,8 @@ async fn site(dir: &tempfile::TempDir) -> (WebState, BTreeMap<&'static str, Stri
         data_dir: dir.path().to_owned(),
         presence: PresenceConfig {
             secret: Some(SECRET.into()),
+            // docs/security.md's rows show /map closed (its default opens it to anyone).
+            map_public: false,
             ..PresenceConfig::default()
         },
         ..ServerConfig::default()

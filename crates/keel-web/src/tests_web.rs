@@ -58,11 +58,8 @@ fn state_on(dir: &tempfile::TempDir, db: Arc<Db>, trust_sso: bool) -> WebState {
     };
     let pages = Config {
         web: WebConfig {
-            sso_proxies: if trust_sso {
-                vec!["127.0.0.1/32".parse().unwrap()]
-            } else {
-                Vec::new()
-            },
+            trust_sso,
+            sso_proxies: vec!["127.0.0.1/32".parse().unwrap()],
             ..WebConfig::default()
         },
         ..Config::default()

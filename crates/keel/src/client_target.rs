@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use crate::config::{expand_home, FileConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN, SYSTEM_CONFIG};
+use crate::config::{expand_home, FileConfig, SYSTEM_CONFIG};
 use keel_client::data_dir as files;
 
 /// Why a client command went without a token (the admin token's file could not be read).
@@ -125,7 +125,8 @@ pub fn resolve(given: &Given<'_>) -> anyhow::Result<Target> {
         Some(p) => read_cli_file(&p)?,
         None => CliFile::default(),
     };
-    let server = server_file(given.config)?;
+    // No server file: its defaults (keel on this host, at its default address).
+    let server = server_file(given.config)?.unwrap_or_default();
     let trust = match (given.ca_file, given.pin, &cli.ca_file, &cli.pin) {
         (Some(f), _, _, _) => Some(keel_client::tls::Trust::CaFile(f.to_path_buf())),
         (None, Some(p), _, _) => Some(keel_client::tls::Trust::Pin(p.to_owned())),
@@ -133,17 +134,12 @@ pub fn resolve(given: &Given<'_>) -> anyhow::Result<Target> {
         (None, None, None, Some(p)) => Some(keel_client::tls::Trust::Pin(p.clone())),
         (None, None, None, None) => None,
     };
-    let dir = given
-        .data_dir
-        .map(Path::to_path_buf)
-        .or_else(|| server.as_ref().and_then(|s| s.data_dir.clone()))
-        .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), |d| expand_home(&d));
+    let dir = expand_home(given.data_dir.unwrap_or(&server.data_dir));
     let url = given
         .url
         .map(str::to_owned)
         .or(cli.url)
-        .or_else(|| server.as_ref().and_then(|s| s.listen).map(|l| server_url(l, &dir)))
-        .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
+        .unwrap_or_else(|| server_url(server.listen, &dir));
     let token = match (given.token, &cli.token_file) {
         (Some(t), _) => Some(t.to_owned()),
         (None, Some(f)) => Some(first_line(&expand_home(f))?),
@@ -226,7 +222,8 @@ mod tests {
             ..Given::default()
         };
         std::fs::write(dir.path().join("empty.toml"), "").unwrap();
-        assert_eq!(resolve(&given).unwrap().url, format!("http://{DEFAULT_LISTEN}"));
+        let default = FileConfig::default().listen;
+        assert_eq!(resolve(&given).unwrap().url, format!("http://{default}"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod private_file;
 mod serve;
 mod sheet;
 
-use config::{FileConfig, Flags, DEFAULT_DATA_DIR};
+use config::{FileConfig, Flags};
 
 /// Exit status of `keel serve` when its configuration is invalid (sysexits' EX_CONFIG): the unit's
 /// `RestartPreventExitStatus=` keeps systemd from restarting into the same error.
@@ -140,6 +140,9 @@ enum Command {
     #[cfg(feature = "man")]
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// Print the REST API's OpenAPI 3.1 description (what GET /api/v1/openapi.json answers), or
+    /// with --python the typed Python client made from it (contrib/python/keel_api.py).
+    Openapi(cmd::openapi::OpenapiArgs),
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -154,15 +157,19 @@ struct ServeArgs {
     /// lock, no port.
     #[arg(long)]
     check: bool,
+    /// Print keel.toml with every key at its default, each under its documentation, and exit
+    /// (with --json: every key's section, name, default, kind and documentation).
+    #[arg(long, conflicts_with = "check")]
+    print_defaults: bool,
     /// Address to listen on for HTTP (port 0 picks a free port, written to DATA_DIR/listen.addr).
     #[arg(long, env = "KEEL_LISTEN")]
     listen: Option<std::net::SocketAddr>,
     /// Address of the built-in DNS, UDP and TCP (port 0: a free port, written to
-    /// DATA_DIR/dns.addr). Default 127.0.0.1:5353.
+    /// DATA_DIR/dns.addr). Default: [dns] listen.
     #[arg(long, env = "KEEL_DNS_LISTEN")]
     dns_listen: Option<std::net::SocketAddr>,
     /// Address of the read-only TFTP server (port 0: a free port, written to DATA_DIR/tftp.addr).
-    /// Default 127.0.0.1:6969.
+    /// Default: [tftp] listen.
     #[arg(long, env = "KEEL_TFTP_LISTEN")]
     tftp_listen: Option<std::net::SocketAddr>,
     /// Load a small example site into an empty database.
@@ -185,8 +192,8 @@ impl Cli {
     fn data_dir(&self, file: Option<&FileConfig>) -> PathBuf {
         self.data_dir
             .clone()
-            .or_else(|| file.and_then(|f| f.data_dir.clone()))
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+            .or_else(|| file.map(|f| f.data_dir.clone()))
+            .unwrap_or_else(|| FileConfig::default().data_dir)
     }
 
     /// What `config::load` takes from the command line (and, through clap, the `KEEL_*`
@@ -273,6 +280,9 @@ fn main() -> ExitCode {
 /// `keel serve`: the configuration checked whole before anything opens (`--check` stops there),
 /// then the server. An invalid configuration exits with [`EXIT_CONFIG`].
 fn serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
+    if args.print_defaults {
+        return print_defaults(cli.json);
+    }
     let cfg = match config::load(&cli.flags(Some(args))) {
         Ok(cfg) => cfg,
         Err(errors) => {
@@ -308,6 +318,29 @@ fn serve(cli: &Cli, args: &ServeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `keel serve --print-defaults`: keel.toml's reference, made from the config types.
+fn print_defaults(json: bool) -> ExitCode {
+    if json {
+        let keys: Vec<serde_json::Value> = config::reference::keys()
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "path": k.path(),
+                    "section": k.section,
+                    "key": k.name,
+                    "default": k.default,
+                    "kind": k.kind,
+                    "doc": k.doc,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(keys));
+    } else {
+        print!("{}", config::reference::default_toml());
+    }
+    ExitCode::SUCCESS
 }
 
 /// What `keel serve --check` prints: the file checked, or every error with its line.
@@ -368,6 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         #[cfg(feature = "man")]
         Command::Man { dir } => man::run(dir),
+        Command::Openapi(args) => cmd::openapi::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "keel", &mut std::io::stdout());
             Ok(())
@@ -446,7 +480,7 @@ mod tests {
         assert_eq!(from_file.http.max_connections, 7);
         assert_eq!(
             from_file.tftp.as_ref().unwrap().listen.to_string(),
-            crate::config::DEFAULT_TFTP_LISTEN,
+            keel_tftp::TftpConfig::default().listen.to_string(),
             "a default"
         );
         let from_flags = serve(&["--listen", "127.0.0.1:9002", "--data-dir", "/srv/from-flag"]);
@@ -466,13 +500,10 @@ mod tests {
         let parse = |t: &str| toml::from_str::<crate::config::FileConfig>(t);
         let d = keel_model::Pools::default();
         let cfg = parse("[pools.uids.user]\nfirst = 20001\nlast = 20999\n").unwrap();
-        let pools = cfg.pools.unwrap();
+        let pools = cfg.pools;
         assert_eq!((pools.uids.user.first, pools.uids.orga), (20001, d.uids.orga));
         assert_eq!(pools.user, d.user);
-        let pools = parse("[pools.user]\nnetwork = \"10.0.0.0/16\"\n")
-            .unwrap()
-            .pools
-            .unwrap();
+        let pools = parse("[pools.user]\nnetwork = \"10.0.0.0/16\"\n").unwrap().pools;
         assert_eq!(
             (pools.user.network.to_string(), &pools.service),
             ("10.0.0.0/16".into(), &d.service)
@@ -480,7 +511,7 @@ mod tests {
         let gen = parse("[propagation.generators.groups.root]\nmember_of = [\"adm\"]\n")
             .unwrap()
             .propagation
-            .generators;
+            .gen;
         let root = &gen.groups[&keel_model::Group::Root];
         assert_eq!(
             (root.name.as_str(), root.gid, root.member_of.as_slice()),
@@ -499,161 +530,5 @@ mod tests {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(names), "{bad:?}: {e}");
         }
-    }
-
-    /// Every key keel.toml has, by section: what serde expects (an unknown key's error lists
-    /// them), for the sections of fixed keys. Sections that are maps of names the site chooses
-    /// (`[propagation.services.NAME]`, `[sso.overrides]`, `groups`) are left out.
-    fn struct_keys() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-        const SECTIONS: [&str; 26] = [
-            "",
-            "http",
-            "pools",
-            "pools.user",
-            "pools.uids",
-            "pools.uids.user",
-            "watch",
-            "log",
-            "logging",
-            "propagation",
-            "propagation.ssh",
-            "propagation.generators",
-            "propagation.generators.automount",
-            "dns",
-            "propagation.generators.dns",
-            "propagation.generators.firewall",
-            "propagation.generators.dhcp",
-            "tftp",
-            "netboot",
-            "presence",
-            "sso",
-            "web",
-            "rpc",
-            "sync",
-            "tls",
-            "homes",
-        ];
-        // Keys that are tables: sections of their own, or maps of names the site chooses.
-        const TABLES: [&str; 8] = [
-            "pools.orga",
-            "pools.service",
-            "pools.cluster",
-            "pools.uids.orga",
-            "pools.uids.root",
-            "propagation.services",
-            "propagation.generators.groups",
-            "sso.overrides",
-        ];
-        let mut out = std::collections::BTreeMap::new();
-        for section in SECTIONS {
-            // The keys a section cannot do without, so that the unknown one is the error.
-            let required = match section {
-                "pools.user" => "network = \"10.0.0.0/8\"\n",
-                "pools.uids.user" => "first = 1\nlast = 2\n",
-                _ => "",
-            };
-            let probe = if section.is_empty() {
-                "zz_probe = 1\n".to_owned()
-            } else {
-                format!("[{section}]\n{required}zz_probe = 1\n")
-            };
-            let err = toml::from_str::<crate::config::FileConfig>(&probe)
-                .unwrap_err()
-                .to_string();
-            let expected = err
-                .split("expected ")
-                .nth(1)
-                .unwrap_or_else(|| panic!("[{section}]: {err}"));
-            let expected = expected.trim_start_matches("one of ").replace(" or ", ",");
-            let keys = expected
-                .split(',')
-                .map(|k| {
-                    k.trim()
-                        .trim_matches('`')
-                        .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                        .to_owned()
-                })
-                .filter(|k: &String| {
-                    let path = if section.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{section}.{k}")
-                    };
-                    !k.is_empty() && !SECTIONS.contains(&path.as_str()) && !TABLES.contains(&path.as_str())
-                })
-                .collect::<std::collections::BTreeSet<String>>();
-            if !keys.is_empty() {
-                out.insert(section.to_owned(), keys);
-            }
-        }
-        out
-    }
-
-    /// The keys a text lists, by section: `[section]` headers (also commented out) and `key =`
-    /// lines (also commented out) below them.
-    fn listed_keys(text: &str) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
-        let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
-        let mut section = String::new();
-        for line in text.lines() {
-            let l = line.trim_start_matches('#').trim();
-            if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-                section = h.to_owned();
-                continue;
-            }
-            if let Some((k, _)) = l.split_once(" = ") {
-                if k.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                    && !k.is_empty()
-                {
-                    out.entry(section.clone()).or_default().insert(k.to_owned());
-                }
-            }
-        }
-        out
-    }
-
-    /// contrib/keel.toml (which keel.toml(5) is made of) names every key keel reads, and nothing
-    /// keel does not read; docs/keel.md's key list says the same.
-    #[test]
-    fn the_example_config_and_the_docs_list_every_key() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let sample = listed_keys(&std::fs::read_to_string(root.join("contrib/keel.toml")).unwrap());
-        let docs = std::fs::read_to_string(root.join("docs/keel.md")).unwrap();
-        let docs_list = docs
-            .split("## CONFIGURATION KEYS")
-            .nth(1)
-            .expect("docs/keel.md has CONFIGURATION KEYS");
-        let docs_list = docs_list.split("\n## ").next().unwrap_or_default();
-        for (section, keys) in struct_keys() {
-            // A section the sample shows by one representative (pools.user for every pool type).
-            let sample_keys = sample.get(&section).cloned().unwrap_or_default();
-            assert_eq!(sample_keys, keys, "contrib/keel.toml [{section}] vs what keel reads");
-            let header = if section.is_empty() {
-                "top level".to_owned()
-            } else {
-                format!("`[{section}]`")
-            };
-            let line = docs_list
-                .lines()
-                .find(|l| l.starts_with(&format!("- {header}:")))
-                .unwrap_or_else(|| panic!("docs/keel.md CONFIGURATION KEYS has no line for {header}"));
-            let in_docs: std::collections::BTreeSet<String> = line
-                .split_once(':')
-                .map(|(_, rest)| {
-                    rest.split(',')
-                        .map(|k| k.trim().trim_end_matches('.').trim_matches('`').to_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
-            assert_eq!(in_docs, keys, "docs/keel.md {header} vs what keel reads");
-        }
-    }
-
-    #[test]
-    fn the_example_config_parses() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/keel.toml");
-        let cfg = crate::config::FileConfig::read(&path).unwrap_or_else(|e| panic!("{e:#}"));
-        assert_eq!(cfg.propagation.parallel, Some(64));
-        keel_propagate::registry(&cfg.propagation.services).unwrap_or_else(|e| panic!("{e}"));
     }
 }

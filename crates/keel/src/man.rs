@@ -42,9 +42,11 @@ fn keel_toml_5() -> String {
 .SH DESCRIPTION\n\\fBkeel serve\\fR reads /etc/keel/keel.toml (or \\fB\\-\\-config\\fR, \\fBKEEL_CONFIG\\fR); client\n\
 commands read it for the server's address and data directory. Every key is optional and defaults on\n\
 its own; an unknown key is an error naming it. Flags and \\fBKEEL_*\\fR variables override the file.\n\
-Below is the annotated example shipped as /usr/share/doc/keel/examples/keel.toml: every section and\n\
-key, with its default.\n.SH EXAMPLE\n.nf\n{body}\n.fi\n.SH SEE ALSO\n\\fBkeel\\fR(1), \\fBkeel\\-agent\\fR(8)\n",
+A relative path in \\fBroot\\fR, \\fBfiles_dir\\fR, \\fBsecret_file\\fR or \\fBkey_file\\fR is under \\fBdata_dir\\fR.\n\
+KEYS lists every key with its default (\\fBkeel serve \\-\\-print\\-defaults\\fR prints them as a file);\n\
+EXAMPLE is the annotated example site shipped as /usr/share/doc/keel/examples/keel.toml.\n{keys}.SH EXAMPLE\n.nf\n{body}\n.fi\n.SH SEE ALSO\n\\fBkeel\\fR(1), \\fBkeel\\-agent\\fR(8)\n",
         v = env!("CARGO_PKG_VERSION"),
+        keys = crate::config::reference::roff(),
         body = roff_verbatim(EXAMPLE_CONFIG)
     )
 }

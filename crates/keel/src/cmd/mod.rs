@@ -6,6 +6,7 @@ pub mod import;
 pub mod log;
 pub mod machine;
 pub mod migrate;
+pub mod openapi;
 pub mod passwd;
 pub mod propagation;
 pub mod reload;

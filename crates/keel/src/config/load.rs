@@ -16,9 +16,7 @@ use std::time::Duration;
 use keel_server::ServerConfig;
 use serde::Serialize;
 
-use super::{
-    FileConfig, HttpLimits, DEFAULT_DATA_DIR, DEFAULT_DNS_LISTEN, DEFAULT_LISTEN, DEFAULT_TFTP_LISTEN, SYSTEM_CONFIG,
-};
+use super::{FileConfig, HttpLimits, SYSTEM_CONFIG};
 
 /// What `load` reads besides the file: the command line, with the `KEEL_*` variables clap reads
 /// into the same fields (a flag wins over its variable).
@@ -109,8 +107,6 @@ pub struct ServeConfig {
     pub server: ServerConfig,
     /// What keel-web's pages and iPXE menus need.
     pub pages: keel_web::Config,
-    /// Where the presence secret is (made on first start when it is the default file).
-    pub presence_secret_file: PathBuf,
     /// `[presence] proof` as the file sets it; unset, the database's age decides
     /// (`Db::default_proof_policy`).
     pub presence_proof: Option<keel_model::ProofPolicy>,
@@ -207,7 +203,7 @@ pub fn load(flags: &Flags) -> Result<ServeConfig, ConfigErrors> {
     })?;
     let raw: toml::Table = toml::from_str(&text).unwrap_or_default();
     let mut found = Found::default();
-    let cfg = decide(&file, flags, &mut found);
+    let cfg = decide(file, &raw, flags, &mut found);
     if found.0.is_empty() {
         if let Some(mut cfg) = cfg {
             cfg.file = path;
@@ -220,39 +216,22 @@ pub fn load(flags: &Flags) -> Result<ServeConfig, ConfigErrors> {
     Err(ConfigErrors(errors))
 }
 
-/// Decides every value, recording what is wrong in `found`.
-fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeConfig> {
-    let data_dir = flags
-        .data_dir
-        .clone()
-        .or_else(|| file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let data_dir = expand_home(&data_dir);
-    let listen = flags
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| parse_default(DEFAULT_LISTEN));
+/// Decides every value, recording what is wrong in `found`. `raw` tells a key the file gives
+/// from one left at its default (an address asked for must be bound).
+fn decide(file: FileConfig, raw: &toml::Table, flags: &Flags, found: &mut Found) -> Option<ServeConfig> {
+    let data_dir = expand_home(flags.data_dir.as_ref().unwrap_or(&file.data_dir));
     let workers = flags.workers.or(file.workers);
     if workers == Some(0) {
         found.add(
-            if flags.workers.is_some() {
-                "--workers"
-            } else {
-                "workers"
-            },
+            flag_or_key(flags.workers.is_some(), "--workers", "workers"),
             "must be at least 1",
         );
     }
     let database = flags.database.clone().or_else(|| file.database.clone());
     if let Some(url) = &database {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            let key = if flags.database.is_some() {
-                "--database"
-            } else {
-                "database"
-            };
             found.add(
-                key,
+                flag_or_key(flags.database.is_some(), "--database", "database"),
                 format!(
                     "must be a postgres:// URL (got {:?}); SQLite in the data directory is the default",
                     crate::serve::redact(url)
@@ -260,52 +239,196 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
             );
         }
     }
-    let mut pools = file.pools.clone().unwrap_or_default();
+    let mut pools = file.pools.clone();
     check_pools(&pools, found);
-    check_dhcp(&mut pools, &file.propagation.generators.dhcp, found);
-    let log_level = file.logging.level.clone().unwrap_or_else(|| "info".to_owned());
-    found.ok("logging.level", crate::logging::parse_level(&log_level));
-    let gen = &file.propagation.generators;
-    let web = found.ok("web.trust_sso", file.web.config());
-    let dns = file
-        .dns
-        .enabled
-        .unwrap_or(true)
-        .then(|| {
-            let config = file
-                .dns
-                .config(gen)
-                .map_err(|e| found.add(&format!("dns.{}", e.field.trim_start_matches("dns.")), e.message))
-                .ok()?;
-            Some(Listener {
-                listen: flags
-                    .dns_listen
-                    .or(file.dns.listen)
-                    .unwrap_or_else(|| parse_default(DEFAULT_DNS_LISTEN)),
-                explicit: flags.dns_listen.is_some() || file.dns.listen.is_some(),
-                config,
-            })
-        })
-        .flatten();
-    let tftp = file.tftp.enabled.unwrap_or(true).then(|| Listener {
-        listen: flags
-            .tftp_listen
-            .or(file.tftp.listen)
-            .unwrap_or_else(|| parse_default(DEFAULT_TFTP_LISTEN)),
-        explicit: flags.tftp_listen.is_some() || file.tftp.listen.is_some(),
-        config: file.tftp.config(&data_dir),
-    });
-    let netboot = file.netboot.config(&data_dir);
+    check_dhcp(&mut pools, &file.propagation.gen.dhcp, found);
+    found.ok("logging.level", crate::logging::parse_level(&file.logging.level));
+    let web = web(&file, found);
+    let dns = dns(&file, raw, flags, found);
+    let tftp = tftp(&file, raw, flags, &data_dir, found);
+    let netboot = netboot(&file, &data_dir, found);
+    let gen = &file.propagation.gen;
+    let mut reserved_names = vec![file.dns.ns.clone(), gen.dns.ns.clone()];
+    reserved_names.dedup();
     let registration = keel_server::Registration {
-        machine_type: file
-            .netboot
-            .self_registration_type
-            .unwrap_or(keel_model::MachineType::User),
+        machine_type: file.netboot.self_registration_type,
         // The site's own names a machine registering itself may not take: the name its NS
         // records give, and the DHCP range's names for unknown machines (`dhcp-192-168-0-99`).
-        reserved_names: vec![file.dns.ns.clone().unwrap_or_else(|| gen.dns.ns.clone())],
+        reserved_names,
         reserved_prefixes: vec![format!("{}-", gen.dns.unknown_prefix)],
     };
+    let propagation = file
+        .propagation
+        .enabled
+        .then(|| propagation(&file, &data_dir, found))
+        .flatten();
+    let tls = file.tls.listen.map(|listen| Tls {
+        listen,
+        files: tls_files(&file, found),
+        names: file.tls.names.clone(),
+        redirect_web: file.tls.redirect_web,
+    });
+    let presence = presence(&file, &data_dir, found);
+    let rpc_secret = rpc_secret(&file, found);
+    let subscriber_secret = file
+        .sync
+        .subscriber_secret_file
+        .as_deref()
+        .and_then(|p| found.ok("sync.subscriber_secret_file", first_line(p, "sync subscriber secret")))
+        .map(Into::into);
+    let http = http(&file, found);
+    let homes = keel_server::homes::HomesConfig {
+        move_hook: file.homes.move_hook.clone().filter(|h| !h.is_empty()),
+        ..file.homes.clone()
+    };
+    let presence = presence?;
+    let server = ServerConfig {
+        open_reads: flags.open_reads || file.open_reads,
+        data_dir: data_dir.clone(),
+        watch: keel_server::WatchConfig {
+            subscriber_secret,
+            ..file.watch.clone()
+        },
+        registration,
+        client_addr: file.sso.client_addr(),
+        sso: file.sso.clone(),
+        rpc_secret,
+        homes,
+        access_log: file.log.access,
+        presence,
+    };
+    Some(ServeConfig {
+        file: None,
+        raw: toml::Table::new(),
+        flags: flags.clone(),
+        listen: flags.listen.unwrap_or(file.listen),
+        data_dir,
+        example_site: flags.example_site,
+        workers,
+        database,
+        http,
+        pools,
+        log_level: file.logging.level.clone(),
+        keep_changes: file.log.keep_changes,
+        keep_days: file.log.keep_days,
+        server,
+        pages: keel_web::Config { web: web?, netboot },
+        presence_proof: file.presence.proof_setting,
+        propagation,
+        dns,
+        tftp,
+        tls,
+    })
+}
+
+fn flag_or_key<'a>(from_flag: bool, flag: &'a str, key: &'a str) -> &'a str {
+    if from_flag {
+        flag
+    } else {
+        key
+    }
+}
+
+/// Whether the file gives `key` (a dotted path), rather than leaving it at its default.
+fn given(raw: &toml::Table, key: &str) -> bool {
+    let mut table = raw;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        match (table.get(part), parts.peek()) {
+            (Some(_), None) => return true,
+            (Some(toml::Value::Table(t)), Some(_)) => table = t,
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// A count or a duration a check needs above zero (a zero timeout would close every
+/// connection; zero connections would serve no one).
+fn at_least<T: PartialOrd + fmt::Debug>(found: &mut Found, key: &str, value: T, min: T, unit: &str) {
+    if value < min {
+        found.add(key, format!("must be at least {min:?}{unit}"));
+    }
+}
+
+fn web(file: &FileConfig, found: &mut Found) -> Option<keel_web::WebConfig> {
+    let web = file.web.clone();
+    if web.trust_sso && web.sso_proxies.is_empty() {
+        found.add(
+            "web.trust_sso",
+            "needs sso_proxies = [\"ADDRESS/32\", …]: the nginx that sets X-SSO-User \
+             (loopback is not trusted by default: any local user could claim a login through it)",
+        );
+        return None;
+    }
+    at_least(found, "web.idle_hours", web.idle, Duration::from_secs(3600), "");
+    Some(web)
+}
+
+fn dns(
+    file: &FileConfig,
+    raw: &toml::Table,
+    flags: &Flags,
+    found: &mut Found,
+) -> Option<Listener<keel_dns::DnsConfig>> {
+    if !file.dns.enabled {
+        return None;
+    }
+    let mut config = file.dns.clone();
+    config
+        .normalize()
+        .map_err(|e| found.add(&format!("dns.{}", e.field.trim_start_matches("dns.")), e.message))
+        .ok()?;
+    let gen = &file.propagation.gen;
+    // The built-in DNS names the unknown machines' DHCP range as the `dns` service does for BIND.
+    config.dynamic = gen
+        .dhcp
+        .unknown_range
+        .filter(|_| gen.dns.unknown_names)
+        .map(|(first, last)| keel_dns::DynamicNames {
+            first,
+            last,
+            prefix: gen.dns.unknown_prefix.clone(),
+        });
+    Some(Listener {
+        listen: flags.dns_listen.unwrap_or(config.listen),
+        explicit: flags.dns_listen.is_some() || given(raw, "dns.listen"),
+        config,
+    })
+}
+
+fn tftp(
+    file: &FileConfig,
+    raw: &toml::Table,
+    flags: &Flags,
+    data_dir: &Path,
+    found: &mut Found,
+) -> Option<Listener<keel_tftp::TftpConfig>> {
+    if !file.tftp.enabled {
+        return None;
+    }
+    let mut config = file.tftp.clone();
+    config.root = data_dir.join(&config.root);
+    at_least(
+        found,
+        "tftp.retransmit_ms",
+        config.timeout,
+        Duration::from_millis(10),
+        "",
+    );
+    at_least(found, "tftp.max_transfers", config.max_transfers, 1, "");
+    at_least(found, "tftp.max_per_source", config.max_per_source, 1, "");
+    Some(Listener {
+        listen: flags.tftp_listen.unwrap_or(config.listen),
+        explicit: flags.tftp_listen.is_some() || given(raw, "tftp.listen"),
+        config,
+    })
+}
+
+fn netboot(file: &FileConfig, data_dir: &Path, found: &mut Found) -> keel_web::netboot::NetbootConfig {
+    let mut netboot = file.netboot.clone();
+    netboot.files_dir = data_dir.join(&netboot.files_dir);
+    netboot.base_url = netboot.base_url.map(|u| u.trim_end_matches('/').to_owned());
     if let Some(dir) = &netboot.templates_dir {
         if !dir.is_dir() {
             found.add("netboot.templates", format!("{} is not a directory", dir.display()));
@@ -319,84 +442,35 @@ fn decide(file: &FileConfig, flags: &Flags, found: &mut Found) -> Option<ServeCo
             found.add("netboot.base_url", format!("{url:?} is not an http:// or https:// URL"));
         }
     }
-    let propagation = file
-        .propagation
-        .enabled
-        .unwrap_or(true)
-        .then(|| propagation(file, &data_dir, found))
-        .flatten();
-    let tls = file.tls.listen.map(|listen| Tls {
-        listen,
-        files: tls_files(file, found),
-        names: file.tls.names.clone(),
-        redirect_web: file.tls.redirect_web.unwrap_or(false),
-    });
-    let presence_secret_file = file
-        .presence
-        .secret_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join(keel_client::data_dir::PRESENCE_SECRET));
-    let presence = presence(file, &presence_secret_file, found);
-    let rpc_secret = rpc_secret(file, found);
-    let subscriber_secret = file
-        .sync
-        .subscriber_secret_file
-        .as_deref()
-        .and_then(|p| found.ok("sync.subscriber_secret_file", first_line(p, "sync subscriber secret")))
-        .map(Into::into);
-    let server = ServerConfig {
-        open_reads: flags.open_reads || file.open_reads.unwrap_or(false),
-        data_dir: data_dir.clone(),
-        watch: keel_server::WatchConfig {
-            subscriber_secret,
-            ..file.watch.config()
-        },
-        registration,
-        presence: presence?,
-        client_addr: file.sso.client_addr(),
-        sso: keel_server::sso::SsoConfig {
-            overrides: file.sso.overrides.clone(),
-        },
-        rpc_secret,
-        homes: file.homes.config(),
-        access_log: file.log.access.unwrap_or(false),
-    };
-    Some(ServeConfig {
-        file: None,
-        raw: toml::Table::new(),
-        flags: flags.clone(),
-        listen,
-        data_dir,
-        example_site: flags.example_site,
-        workers,
-        database,
-        http: file.http.limits(proxies(file)),
-        pools,
-        log_level,
-        keep_changes: file.log.keep_changes.unwrap_or(1_000_000),
-        keep_days: file.log.keep_days,
-        server,
-        pages: keel_web::Config { web: web?, netboot },
-        presence_secret_file,
-        presence_proof: file.presence.proof,
-        propagation,
-        dns,
-        tftp,
-        tls,
-    })
+    netboot
+}
+
+fn http(file: &FileConfig, found: &mut Found) -> HttpLimits {
+    let mut http = file.http.clone();
+    for (key, value) in [
+        ("http.max_connections", http.max_connections),
+        ("http.max_per_source", http.max_per_source),
+        ("http.max_per_proxy", http.max_per_proxy),
+    ] {
+        at_least(found, key, value, 1, "");
+    }
+    for (key, value) in [
+        ("http.header_timeout_secs", http.header_timeout),
+        ("http.body_timeout_secs", http.body_timeout),
+        ("http.write_timeout_secs", http.write_timeout),
+    ] {
+        at_least(found, key, value, Duration::from_secs(1), "");
+    }
+    http.reserve = http.reserve.min(http.max_connections / 2);
+    http.proxies = proxies(file);
+    http
 }
 
 /// The proxies that speak for many clients: their connections have a share of their own.
 fn proxies(file: &FileConfig) -> Vec<ipnet::IpNet> {
-    let mut p = file.sso.client_addr().trusted_proxies;
-    if file.web.trust_sso.unwrap_or(false) {
-        p.extend(file.web.sso_proxies.clone().unwrap_or_default());
-    }
+    let mut p = file.sso.trusted_proxies.clone();
+    p.extend(file.web.vouching_proxies().iter().copied());
     p
-}
-
-fn parse_default(s: &str) -> SocketAddr {
-    s.parse().unwrap_or_else(|_| unreachable!("constant address {s}"))
 }
 
 /// `~/…` in a path from the config, as a shell would expand it (HOME of the user keel runs as).
@@ -484,10 +558,7 @@ fn check_dhcp(pools: &mut keel_model::Pools, dhcp: &keel_gen::DhcpOptions, found
 fn propagation(file: &FileConfig, data_dir: &Path, found: &mut Found) -> Option<Propagation> {
     let p = &file.propagation;
     let services = found.ok("propagation.services", keel_propagate::registry(&p.services));
-    let key_file = p
-        .key_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join(keel_client::data_dir::BUNDLE_KEY));
+    let key_file = data_dir.join(&p.key_file);
     // Made on first start when missing; one that exists must be a key.
     if let Ok(text) = std::fs::read_to_string(&key_file) {
         if let Err(e) = keel_bundle::SecretKey::from_base64(&text) {
@@ -496,19 +567,19 @@ fn propagation(file: &FileConfig, data_dir: &Path, found: &mut Found) -> Option<
                 format!("{} is not a keel signing key: {e}", key_file.display()),
             );
         }
-    } else if p.key_file.is_some() && key_file.exists() {
+    } else if key_file.exists() {
         found.add("propagation.key_file", format!("cannot read {}", key_file.display()));
     }
-    if let Some(c) = &p.local_command {
-        if c.is_empty() {
-            found.add(
-                "propagation.local_command",
-                "is empty: give the program and its arguments",
-            );
-        }
+    if p.local_command.as_ref().is_some_and(Vec::is_empty) {
+        found.add(
+            "propagation.local_command",
+            "is empty: give the program and its arguments",
+        );
     }
+    at_least(found, "propagation.recheck_secs", p.recheck, Duration::from_secs(1), "");
+    at_least(found, "propagation.parallel", p.parallel, 1, "");
     Some(Propagation {
-        engine: p.engine_config(),
+        engine: p.clone(),
         services: services?,
         key_file,
         local_command: p.local_command.clone(),
@@ -535,9 +606,18 @@ fn tls_files(file: &FileConfig, found: &mut Found) -> Option<(PathBuf, PathBuf)>
     }
 }
 
-fn presence(file: &FileConfig, secret_file: &Path, found: &mut Found) -> Option<keel_server::presence::PresenceConfig> {
-    let timeout = Duration::from_secs(file.presence.timeout_secs.unwrap_or(30).max(1));
-    let secret = match std::fs::read_to_string(secret_file) {
+fn presence(file: &FileConfig, data_dir: &Path, found: &mut Found) -> Option<keel_server::presence::PresenceConfig> {
+    let mut presence = file.presence.clone();
+    presence.secret_file = data_dir.join(&presence.secret_file);
+    at_least(
+        found,
+        "presence.timeout_secs",
+        presence.timeout,
+        Duration::from_secs(1),
+        "",
+    );
+    let secret_file = &presence.secret_file;
+    presence.secret = match std::fs::read_to_string(secret_file) {
         Ok(text) => {
             let s = text.lines().next().unwrap_or("").trim().to_owned();
             if s.len() < 16 {
@@ -558,18 +638,13 @@ fn presence(file: &FileConfig, secret_file: &Path, found: &mut Found) -> Option<
             None
         }
     };
-    Some(keel_server::presence::PresenceConfig {
-        timeout,
-        recovery: file.presence.recovery_secs.map_or(timeout, Duration::from_secs),
-        secret,
-        map_public: file.presence.map_public.unwrap_or(true),
-        // Unset: `keel serve` asks the database (ServeConfig::presence_proof).
-        proof: file.presence.proof.unwrap_or_default(),
-        client_addr: keel_server::presence::ClientAddrConfig {
-            trusted_proxies: file.presence.trusted_proxies.clone().unwrap_or_default(),
-            ..file.sso.client_addr()
-        },
-    })
+    // Unset: `keel serve` asks the database (ServeConfig::presence_proof).
+    presence.proof = presence.proof_setting.unwrap_or_default();
+    presence.client_addr = keel_server::presence::ClientAddrConfig {
+        trusted_proxies: presence.trusted_proxies.clone(),
+        ..file.sso.client_addr()
+    };
+    Some(presence)
 }
 
 /// The first line of a secret file, which must not be empty.
@@ -588,7 +663,7 @@ fn rpc_secret(file: &FileConfig, found: &mut Found) -> Option<keel_server::rpc::
     Some(keel_server::rpc::RpcSecret {
         secret: secret.into(),
         principal: keel_model::Principal {
-            name: file.rpc.principal.clone().unwrap_or_else(|| "prologin-rpc".into()),
+            name: file.rpc.principal.clone(),
             ..keel_model::Principal::system()
         },
     })

@@ -129,7 +129,7 @@ pub async fn run(mut cfg: ServeConfig, logging: crate::logging::Logging) -> anyh
         );
     }
     if cfg.server.presence.secret.is_none() {
-        let secret = data_dir::read_or_create_secret(&cfg.presence_secret_file)?;
+        let secret = data_dir::read_or_create_secret(&cfg.server.presence.secret_file)?;
         cfg.server.presence.secret = Some(secret.into());
     }
     // Where kernels and initrds go (served at /boot/files/).

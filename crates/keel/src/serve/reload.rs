@@ -220,7 +220,7 @@ impl Live {
         let mut presence = new.server.presence.clone();
         presence.proof = new.presence_proof.unwrap_or(self.proof_default);
         if presence.secret.is_none() {
-            match super::data_dir::read_or_create_secret(&new.presence_secret_file) {
+            match super::data_dir::read_or_create_secret(&new.server.presence.secret_file) {
                 Ok(s) => presence.secret = Some(s.into()),
                 Err(e) => {
                     report.errors.push(format!("presence secret: {e:#}"));
@@ -240,7 +240,6 @@ impl Live {
         }
         self.state.presence.reconfigure(presence.clone());
         running.server.presence = presence;
-        running.presence_secret_file.clone_from(&new.presence_secret_file);
     }
 }
 

@@ -27,6 +27,7 @@
 // Test helpers may unwrap: a panic there is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod api_clients;
 mod browser;
 mod cli;
 mod django;

@@ -82,6 +82,8 @@ fn the_debian_packages_hold_what_an_install_needs_pass_lintian_and_keel_service_
         "./usr/share/bash-completion/completions/keel",
         "./usr/share/keel/nginx/sso/",
         "./usr/share/keel/prometheus/keel.rules.yml",
+        "./usr/share/keel/python/keel_api.py",
+        "./usr/share/keel/python/keel_inventory.py",
     ] {
         assert!(keel.lines().any(|l| l.ends_with(path)), "keel lacks {path}:\n{keel}");
     }

@@ -1,0 +1,1 @@
+../../python/keel_api.py
