@@ -1,7 +1,8 @@
 //! The names of the files `keel serve` keeps in its data directory, for everything on keel's host
 //! that reads them: the CLI finds the admin token there, scripts and tests the addresses actually
-//! bound (with port 0), the presence client its secret. One list, so that the server, the CLI, the
-//! tests and the benchmarks cannot disagree.
+//! bound (with port 0). One list, so that the server, the CLI, the tests and the benchmarks cannot
+//! disagree. (The files keel.toml can move — the presence secret, the signing key — are their
+//! config types' defaults: `[presence] secret_file`, `[propagation] key_file`.)
 
 /// The SQLite database (and its `-wal`, `-shm` beside it).
 pub const DB: &str = "keel.db";
@@ -17,9 +18,5 @@ pub const TLS_ADDR: &str = "tls.addr";
 pub const DNS_ADDR: &str = "dns.addr";
 /// Written once TFTP listens: its address.
 pub const TFTP_ADDR: &str = "tftp.addr";
-/// The presence site secret, made on first start.
-pub const PRESENCE_SECRET: &str = "presence.secret";
-/// The bundle signing key's default file.
-pub const BUNDLE_KEY: &str = "bundle.key";
 /// The outcome of the last reload (SIGHUP), which `keel reload` waits for.
 pub const RELOAD_STATUS: &str = "reload.json";

@@ -191,7 +191,10 @@ async fn heartbeats_to_one_server_keep_sessions_alive_on_both() {
     std::fs::write(
         &cfg,
         std::fs::read_to_string(&cfg).unwrap().replace(
-            &b.data().join(files::PRESENCE_SECRET).display().to_string(),
+            &b.data()
+                .join(keel_server::presence::PresenceConfig::default().secret_file)
+                .display()
+                .to_string(),
             &secret.display().to_string(),
         ),
     )

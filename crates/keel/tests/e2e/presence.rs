@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use keel_client::data_dir as files;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -412,7 +411,7 @@ fn presence_toml_at(k: &Keel, url: &str, dir: &Path, hostname: &str) -> PathBuf 
     };
     let text = format!(
         "url = \"{url}\"\n{ca}secret_file = \"{}\"\nhostname = \"{hostname}\"\nutmp_file = \"{t}/utmp\"\nstate_file = \"{t}/state.json\"\nproof_dir = \"{t}/proofs\"\n",
-        k.data().join(files::PRESENCE_SECRET).display(),
+        k.data().join(keel_server::presence::PresenceConfig::default().secret_file).display(),
         t = dir.display()
     );
     std::fs::write(&cfg, text).unwrap();

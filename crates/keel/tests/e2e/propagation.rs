@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use keel_client::data_dir as files;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -491,7 +490,7 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
     );
 
     // Hostile bundles over the same ssh path, each refused with its own code, host1 untouched.
-    let key_text = std::fs::read_to_string(k.data().join(files::BUNDLE_KEY)).unwrap();
+    let key_text = std::fs::read_to_string(k.data().join(keel_propagate::EngineConfig::default().key_file)).unwrap();
     let key = keel_bundle::SecretKey::from_base64(&key_text).unwrap();
     let stranger = keel_bundle::SecretKey::generate().unwrap();
     let v1 = keel_model::service::Version::new(1, 0);
