@@ -1,6 +1,6 @@
 //! The agent's command line, shared by the `keel-agent` binary and `keel agent`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,7 +31,8 @@ pub struct AgentArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum AgentCommand {
-    /// Apply the bundle read on stdin.
+    /// Apply the bundle read on stdin; or, when stdin opens with `KEEL-STREAM 1`, every bundle
+    /// of that stream, each answered in frames (module `stream`: one ssh session, many sends).
     Apply {
         /// Answer in frames on stdout (`O`/`E` lines, then `X code`), for the socket-activated
         /// root agent behind `relay` (keel-agent@.service).
@@ -110,17 +111,29 @@ pub fn run(args: &AgentArgs) -> ExitCode {
         AgentCommand::Apply { framed: true } => return framed_apply(args),
         _ => {}
     }
+    let mut stdin = std::io::stdin().lock();
+    // A stream (one ssh session, many bundles) or one bundle: the first bytes tell, and are kept.
+    let mut head = Vec::with_capacity(crate::stream::HELLO.len());
+    if matches!(args.command, AgentCommand::Apply { .. }) {
+        let _ = (&mut stdin)
+            .take(crate::stream::HELLO.len() as u64)
+            .read_to_end(&mut head);
+        if head == crate::stream::HELLO {
+            let code = crate::stream::serve(&args.config, &mut stdin, &mut std::io::stdout().lock());
+            return ExitCode::from(code as u8);
+        }
+    }
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
     let mut out = Out {
         info: &mut stdout,
         error: &mut stderr,
         name: "keel-agent".into(),
     };
-    ExitCode::from(execute(args, &mut out) as u8)
+    ExitCode::from(execute(args, &mut std::io::Cursor::new(head).chain(stdin), &mut out) as u8)
 }
 
-/// `apply` and `check-config` with their lines going to `out`.
-fn execute(args: &AgentArgs, out: &mut Out<'_>) -> Code {
+/// `apply` (of the bundle read from `input`) and `check-config` with their lines going to `out`.
+fn execute(args: &AgentArgs, input: &mut dyn Read, out: &mut Out<'_>) -> Code {
     let cfg = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -129,7 +142,7 @@ fn execute(args: &AgentArgs, out: &mut Out<'_>) -> Code {
         }
     };
     match args.command {
-        AgentCommand::Apply { .. } => crate::apply(&cfg, std::io::stdin().lock(), out),
+        AgentCommand::Apply { .. } => crate::apply(&cfg, input, out),
         AgentCommand::CheckConfig => {
             out.info(&format!(
                 "fqdn {}; accepts destinations {:?} and facilities {:?}; {} trusted key(s); root {}; state {}; hooks {}",
@@ -163,7 +176,7 @@ fn framed_apply(args: &AgentArgs) -> ExitCode {
             error: &mut error,
             name: "keel-agent".into(),
         };
-        execute(args, &mut out)
+        execute(args, &mut std::io::stdin().lock(), &mut out)
     };
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(&o).and_then(|()| stdout.write_all(&e));

@@ -79,6 +79,9 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
 }
 
+/// The largest bundle read when agent.toml sets no `max_bundle_bytes`.
+pub const DEFAULT_MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
@@ -155,7 +158,7 @@ impl Config {
             hooks_dir: file.hooks_dir.unwrap_or_else(|| conf_dir.join("agent.d")),
             root_dir,
             ignore_services: file.ignore_services,
-            max_bundle_bytes: file.max_bundle_bytes.unwrap_or(256 * 1024 * 1024),
+            max_bundle_bytes: file.max_bundle_bytes.unwrap_or(DEFAULT_MAX_BUNDLE_BYTES),
             passwd: file.passwd,
             skel,
             services: file.services,

@@ -13,6 +13,7 @@ pub mod out;
 pub mod presence;
 pub mod relay;
 mod services;
+pub mod stream;
 #[cfg(feature = "presence")]
 pub mod utmp;
 

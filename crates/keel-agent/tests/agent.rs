@@ -875,3 +875,62 @@ fn the_relay_gives_back_the_root_agents_output_and_exit_code() {
     assert_eq!(r.code, 8, "{}", r.stderr);
     assert!(r.stderr.contains("cannot reach the privileged agent"), "{}", r.stderr);
 }
+
+/// A stream (one process, one ssh session, many bundles: issue 34) runs each bundle as a whole
+/// `apply` of its own — a later serial applies, a replay is refused, a bundle for another host is
+/// refused — and answers each in frames; a frame above `max_bundle_bytes` ends the stream. A lone
+/// bundle on stdin (every other test here) is applied as before.
+#[test]
+fn a_stream_applies_each_bundle_as_a_run_of_its_own() {
+    let h = Host::new("max_bundle_bytes = 100000\n");
+    let mut stream = keel_agent::stream::HELLO.to_vec();
+    let frame = |stream: &mut Vec<u8>, bundle: Vec<u8>| {
+        stream.extend_from_slice(format!("B {}\n", bundle.len()).as_bytes());
+        stream.extend_from_slice(&bundle);
+    };
+    frame(
+        &mut stream,
+        h.bundle("hosts", 1, &[("hosts", "192.168.1.254 gw.prolo gw\n")]),
+    );
+    frame(
+        &mut stream,
+        h.bundle("hosts", 2, &[("hosts", "192.168.1.253 mdb.prolo mdb\n")]),
+    );
+    frame(
+        &mut stream,
+        h.bundle("hosts", 2, &[("hosts", "192.168.1.66 evil.prolo evil\n")]),
+    );
+    let other = bundle_as(
+        &h.key,
+        "hosts",
+        Version::new(1, 0),
+        "other.prolo",
+        3,
+        &[("hosts", "1.2.3.4 x\n")],
+    );
+    frame(&mut stream, other);
+    let r = h.apply(&stream);
+    assert_eq!(r.code, 0, "the stream ended well: {}{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("KEEL-STREAM 1 ready\n"), "{}", r.stdout);
+    let codes: Vec<&str> = r.stdout.lines().filter_map(|l| l.strip_prefix("X ")).collect();
+    assert_eq!(codes, ["0", "0", "6", "2"], "{}", r.stdout);
+    assert!(r.stdout.contains("E ") && r.stdout.contains("replay"), "{}", r.stdout);
+    let hosts = h.read("etc/hosts");
+    assert!(hosts.contains("192.168.1.253 mdb.prolo mdb") && !hosts.contains("evil") && !hosts.contains("1.2.3.4"));
+    assert!(r.stderr.is_empty(), "every line is a frame on stdout: {}", r.stderr);
+
+    // A frame above max_bundle_bytes: the stream ends with why, and the bundles before it stand.
+    let mut stream = keel_agent::stream::HELLO.to_vec();
+    frame(
+        &mut stream,
+        h.bundle("hosts", 3, &[("hosts", "192.168.1.252 udb.prolo udb\n")]),
+    );
+    stream.extend_from_slice(b"B 100001\n");
+    stream.extend_from_slice(&[0; 64]);
+    let r = h.apply(&stream);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let codes: Vec<&str> = r.stdout.lines().filter_map(|l| l.strip_prefix("X ")).collect();
+    assert_eq!(codes, ["0", "4"], "{}", r.stdout);
+    assert!(r.stdout.contains("above max_bundle_bytes"), "{}", r.stdout);
+    assert!(h.read("etc/hosts").contains("udb.prolo"));
+}
