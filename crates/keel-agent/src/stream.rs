@@ -1,8 +1,9 @@
 //! `keel-agent apply` on a stream: many bundles over one process and one ssh session, so that a
 //! change reaching a thousand hosts starts no process per send (issue 34). The engine opens the
-//! stream with [`HELLO`]; an agent that knows streams answers [`READY`] (an older one takes the
-//! line for a bundle, refuses it and exits: the engine then sends one bundle per process). Then,
-//! for each bundle, one frame in and the run's frames out:
+//! stream with [`HELLO`]; an agent that knows streams answers [`READY`]. (An older one reads its
+//! input whole before anything else and never answers: the engine, getting no `READY` within its
+//! connect timeout, closes the stream — that agent refuses the line as a bundle — and sends one
+//! bundle per process.) Then, for each bundle, one frame in and the run's frames out:
 //!
 //! ```text
 //! engine: B <length>\n<length bytes: the bundle, as on stdin>
