@@ -98,6 +98,10 @@ struct BenchArgs {
     /// Send plain tars, as `[propagation] compress = false` does (to see what compression gains).
     #[arg(long)]
     plain_tar: bool,
+    /// One ssh process per send, as `[propagation.ssh] streams = false` does (and keel did before
+    /// streams): to compare with one kept session per destination.
+    #[arg(long)]
+    no_streams: bool,
     /// Logins for the presence measurement (a LAN event's size; the contestants' uid pool holds 999).
     #[arg(long, default_value_t = 500)]
     logins: usize,
@@ -194,6 +198,7 @@ async fn run_suites(dir: &Path, args: &BenchArgs, json: bool) -> anyhow::Result<
             } else {
                 keel_bundle::Encoding::Zstd
             },
+            !args.no_streams,
         )
         .await?;
         if !json {

@@ -38,6 +38,8 @@ pub(crate) struct PropReport {
     pub unchanged_sent: usize,
     /// This process (the engine, and the bench's own users) after the warm run.
     pub engine_rss_mb: f64,
+    /// ssh sessions the engine keeps open after the warm run (`[propagation.ssh] streams`).
+    pub sessions_open: usize,
     /// The most file descriptors this process held open during the warm run, and after it.
     pub fds_peak: usize,
     pub fds_after: usize,
@@ -62,6 +64,7 @@ pub(crate) async fn run(
     n_dests: usize,
     remote: Option<&str>,
     encoding: Encoding,
+    streams: bool,
 ) -> anyhow::Result<PropReport> {
     std::fs::create_dir_all(dir)?;
     let dir = std::fs::canonicalize(dir)?;
@@ -104,6 +107,8 @@ pub(crate) async fn run(
         control_dir: Some(dir.join("ctl")),
         // Every destination is the same sshd: one master each, or they would share h000's.
         control_name: "%n".into(),
+        // A stand-in remote command (`cat >/dev/null`: the transfer alone) serves no stream.
+        streams: streams && remote.is_none(),
         ..SshConfig::default()
     };
     std::fs::create_dir_all(dir.join("ctl"))?;
@@ -129,6 +134,7 @@ pub(crate) async fn run(
     r.fds_peak = fds.stop();
     r.fds_after = open_fds();
     r.engine_rss_mb = crate::server::rss_mb(std::process::id())?;
+    r.sessions_open = engine.open_sessions();
     r.status_ms = status_ms(&engine);
     r.not_done += not_done(&engine, n_dests);
     r.first_failure = r.first_failure.or_else(|| first_failure(&engine));
@@ -492,6 +498,11 @@ pub(crate) fn print(r: &PropReport) {
         vec![
             "engine process: RSS, descriptors (warm run peak / after)".into(),
             format!("{:.1} MB, {} / {}", r.engine_rss_mb, r.fds_peak, r.fds_after),
+            String::new(),
+        ],
+        vec![
+            "ssh sessions kept open (one per destination)".into(),
+            r.sessions_open.to_string(),
             String::new(),
         ],
         vec![

@@ -139,6 +139,8 @@ struct Inner {
     finished: broadcast::Sender<Finished>,
     /// Bundle bytes handed to destinations' agents since the start (metrics).
     sent_bytes: std::sync::atomic::AtomicU64,
+    /// One session per ssh destination (`[propagation.ssh] streams`); none: a process per send.
+    channels: Option<crate::channel::Channels>,
 }
 
 /// The services the engine knows and the options their generators follow.
@@ -173,6 +175,14 @@ fn unix_now() -> u64 {
 }
 
 impl Engine {
+    /// The ssh sessions kept open, one per destination (`[propagation.ssh] streams`).
+    pub fn open_sessions(&self) -> usize {
+        self.inner
+            .channels
+            .as_ref()
+            .map_or(0, crate::channel::Channels::open_count)
+    }
+
     /// Loads the saved task states, plans every task once (to catch up with changes made while
     /// keel was down, and to resume tasks a crash interrupted), and starts the loop.
     pub async fn start(
@@ -203,11 +213,17 @@ impl Engine {
             services,
             gen: cfg.gen.clone(),
         });
+        // The hello waits for ssh to connect and the agent to start.
+        let channels = sender
+            .ssh()
+            .filter(|s| s.streams)
+            .map(|s| crate::channel::Channels::new(s.max_channels, Duration::from_secs(s.connect_timeout_secs + 5)));
         let inner = Arc::new(Inner {
             db,
             cfg,
             key,
             sender,
+            channels,
             generation,
             tasks: Mutex::new(tasks),
             queue: Mutex::new(BTreeMap::new()),
@@ -721,6 +737,15 @@ impl Inner {
     ) -> Option<Duration> {
         let dests: Vec<Destination> = snap.destinations_of(&id.0, &id.1).cloned().collect();
         let blocked_here = facility.blocked.contains(&id.1);
+        if let Some(channels) = &self.channels {
+            // A destination removed or blocked everywhere keeps no session open.
+            let live: std::collections::HashSet<&str> = snap
+                .destinations()
+                .filter(|d| !d.blocked)
+                .map(|d| d.destination.as_str())
+                .collect();
+            channels.retain(|key| live.contains(key.split('|').next().unwrap_or(key)));
+        }
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         self.update(id, |t| {
             t.state = TaskState::Sending;
@@ -769,11 +794,16 @@ impl Inner {
                     Ok(to) => to,
                     Err(why) => return (d.destination, last, refused(why.to_string())),
                 };
-                let Some(cmd) = inner.sender.command(&d, to.as_ref()) else {
-                    return (d.destination, last, refused("no way to send there".into()));
-                };
                 let bytes = (head.len() + tail.len()) as u64;
-                let out = send::run(cmd, head, tail, timeout).await;
+                let out = match inner.stream(&d, to.as_ref(), &head, &tail, timeout).await {
+                    Some(out) => out,
+                    None => {
+                        let Some(cmd) = inner.sender.command(&d, to.as_ref()) else {
+                            return (d.destination, last, refused("no way to send there".into()));
+                        };
+                        send::run(cmd, head, tail, timeout).await
+                    }
+                };
                 if out.exit_code.is_some() {
                     // The agent ran, so it read the bundle (or refused it having read it).
                     inner.sent_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
@@ -811,6 +841,32 @@ impl Inner {
     /// (its config's HostName, then DNS), checked — never keel's own host, loopback or a machine
     /// outside the facility — and pinned, so ssh connects to the address that was checked.
     /// Admins' destinations are theirs to aim (`None`: ssh resolves the name itself).
+    /// The send over `d`'s session, when it is an ssh destination and streams are on; `None`:
+    /// send one process (`local`, streams off, or an agent older than streams).
+    async fn stream(
+        &self,
+        d: &Destination,
+        to: Option<&send::Resolved>,
+        head: &[u8],
+        tail: &[u8],
+        timeout: Duration,
+    ) -> Option<Outcome> {
+        let channels = self
+            .channels
+            .as_ref()
+            .filter(|_| d.channel == keel_model::Channel::Ssh)?;
+        // One session per destination and the address it was checked at.
+        let at = to.and_then(|r| r.addresses.first()).map(ToString::to_string);
+        let key = format!("{}|{}", d.destination, at.unwrap_or_default());
+        match channels
+            .send(&key, || self.sender.command(d, to), head, tail, timeout)
+            .await
+        {
+            crate::channel::Sent::Done(out) => Some(out),
+            crate::channel::Sent::Plain => None,
+        }
+    }
+
     async fn checked_address(&self, snap: &Snapshot, d: &Destination) -> Result<Option<send::Resolved>, ResolveError> {
         if d.channel != keel_model::Channel::Ssh || d.claimed_by.is_none() {
             return Ok(None);

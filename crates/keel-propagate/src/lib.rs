@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod channel;
 mod engine;
 mod error;
 pub mod send;

@@ -133,6 +133,13 @@ pub struct SshConfig {
     pub control_name: String,
     /// More `-o` options, e.g. `StrictHostKeyChecking=accept-new`.
     pub options: Vec<String>,
+    /// Keep one ssh session per destination open, its agent serving a stream of bundles: a send
+    /// then starts no process (an agent older than streams is sent one process per bundle).
+    /// false: one ssh process per send.
+    pub streams: bool,
+    /// Sessions open at once, at most (each is an ssh client process and three descriptors);
+    /// beyond, an idle one is closed.
+    pub max_channels: usize,
 }
 
 impl Default for SshConfig {
@@ -148,6 +155,8 @@ impl Default for SshConfig {
             control_dir: None,
             control_name: "%C".into(),
             options: Vec::new(),
+            streams: true,
+            max_channels: 2048,
         }
     }
 }
@@ -238,9 +247,9 @@ fn split_destination(d: &str) -> (Option<&str>, &str, Option<&str>) {
 }
 
 /// Keeps at most this much of an agent's output per stream.
-const KEEP: usize = 16 * 1024;
+pub(crate) const KEEP: usize = 16 * 1024;
 
-fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(b);
     if s.len() <= KEEP {
         return s.into_owned();

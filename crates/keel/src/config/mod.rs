@@ -126,7 +126,7 @@ pub struct TlsConfig {
 pub struct HttpLimits {
     /// Connections open at once; over it a new one is closed at once. keel raises its open-file
     /// limit to the hard limit at start; the unit's LimitNOFILE must allow this plus the
-    /// database, DNS and TFTP.
+    /// database, DNS, TFTP and three per ssh session (`[propagation.ssh] max_channels`).
     pub max_connections: usize,
     /// Time to send a request's headers.
     #[serde(rename = "header_timeout_secs", with = "keel_limits::duration::secs")]

@@ -1016,3 +1016,110 @@ async fn propagation_wait_returns_when_every_change_has_landed() {
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stderr).contains("task(s) failed"));
 }
+
+/// Issue 34: an ssh destination's agent is started once and serves every later send over the
+/// same session; an agent older than streams (it reads its input whole first) gets one process
+/// per send, as before; a session that died while idle is reopened and the send goes through.
+#[tokio::test]
+#[cfg_attr(
+    not(all(has_sshd, has_ssh, has_ssh_keygen)),
+    ignore = "needs sshd, ssh, ssh-keygen, not installed here (.ci/run installs it)"
+)]
+async fn one_ssh_session_carries_every_send_and_an_older_agent_gets_a_process_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sshd = keel_testkit::Sshd::start(&tmp.path().join("sshd")).unwrap();
+    let names = ["new1", "old1"];
+    let cfgs: Vec<PathBuf> = names.iter().map(|n| tmp.path().join(n).join("agent.toml")).collect();
+    let pairs: Vec<(&str, &Path)> = names.iter().copied().zip(cfgs.iter().map(PathBuf::as_path)).collect();
+    let ssh_config = sshd.client_config(&pairs).unwrap();
+    // Every start of an agent is a line in `starts`, with its pid; old1's agent reads all its
+    // input before it runs, as agents before streams did.
+    let starts = tmp.path().join("starts");
+    let wrapper = tmp.path().join("agent-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$KEEL_AGENT_CONFIG $$\" >> {starts}\ncase \"$KEEL_AGENT_CONFIG\" in\n\
+             *old1*) cat > \"$KEEL_AGENT_CONFIG.in\"; exec {agent} apply < \"$KEEL_AGENT_CONFIG.in\" ;;\n\
+             *) exec {agent} apply ;;\nesac\n",
+            starts = starts.display(),
+            agent = agent_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[propagation]\ndebounce_ms = 100\nretry_min_secs = 1\nsend_timeout_secs = 30\n\
+         [propagation.ssh]\nconfig_file = \"{}\"\nremote_command = \"{}\"\ncontrol_persist = \"\"\nconnect_timeout_secs = 1\n",
+        ssh_config.display(),
+        wrapper.display()
+    );
+    let k = Keel::start_with_config(&config, &[]);
+    let pk = public_key(&k).await;
+    let hosts: Vec<AgentHost> = names
+        .iter()
+        .map(|n| AgentHost::new(tmp.path(), n, n, &pk, ""))
+        .collect();
+    api(
+        &k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": "lan", "groups": ["user"], "services": ["passwd"]})),
+    )
+    .await;
+    let out = k.cli(&[
+        "destination",
+        "add",
+        "--facility",
+        "lan",
+        "--service",
+        "passwd",
+        "new1",
+        "old1",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let starts_of = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("/{name}/")))
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+            .collect()
+    };
+    for login in ["alice", "bob"] {
+        add_user(&k, login, "user").await;
+        eventually(60, &format!("{login} on both hosts"), async || {
+            hosts
+                .iter()
+                .all(|h| h.read("etc/passwd").contains(&format!("{login}:x:")))
+        })
+        .await;
+    }
+    let r = task_state(&k, "lan", "passwd").await.1;
+    assert_eq!(
+        (&r["new1"]["status"], &r["old1"]["status"]),
+        (&json!("DONE"), &json!("DONE")),
+        "{r}"
+    );
+    assert_eq!(
+        starts_of("new1").len(),
+        1,
+        "one agent for every send: {:?}",
+        starts_of("new1")
+    );
+    // old1: the stream it did not answer, then one process per send (the stream is not tried
+    // again for an hour).
+    assert_eq!(starts_of("old1").len(), 3, "{:?}", starts_of("old1"));
+
+    // The session's agent dies while idle: the next send opens a new session and lands.
+    let pid = starts_of("new1")[0].clone();
+    let killed = std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
+    assert!(killed.success());
+    add_user(&k, "carol", "user").await;
+    eventually(60, "carol on new1", async || {
+        hosts[0].read("etc/passwd").contains("carol:x:")
+    })
+    .await;
+    assert_eq!(task_state(&k, "lan", "passwd").await.1["new1"]["status"], "DONE");
+    assert_eq!(starts_of("new1").len(), 2, "{:?}", starts_of("new1"));
+}
