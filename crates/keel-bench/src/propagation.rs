@@ -40,6 +40,11 @@ pub(crate) struct PropReport {
     pub engine_rss_mb: f64,
     /// ssh sessions the engine keeps open after the warm run (`[propagation.ssh] streams`).
     pub sessions_open: usize,
+    /// The ssh client processes this process keeps (the sessions' clients): how many, their RSS
+    /// summed (shared pages counted in each), and their PSS summed (shared pages divided).
+    pub ssh_clients: usize,
+    pub ssh_clients_rss_mb: f64,
+    pub ssh_clients_pss_mb: f64,
     /// The most file descriptors this process held open during the warm run, and after it.
     pub fds_peak: usize,
     pub fds_after: usize,
@@ -48,6 +53,37 @@ pub(crate) struct PropReport {
     pub not_done: usize,
     /// The first failure's status and stderr, when some destination is not DONE.
     pub first_failure: Option<String>,
+}
+
+/// This process's `ssh` children: how many, their summed RSS and PSS in MB.
+fn ssh_children() -> (usize, f64, f64) {
+    let me = std::process::id().to_string();
+    let kb = |text: &str, key: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (mut n, mut rss, mut pss) = (0, 0.0, 0.0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let dir = entry.path();
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim);
+        let name = status.lines().find_map(|l| l.strip_prefix("Name:")).map(str::trim);
+        if ppid != Some(me.as_str()) || name != Some("ssh") {
+            continue;
+        }
+        n += 1;
+        rss += kb(&status, "VmRSS:");
+        pss += kb(
+            &std::fs::read_to_string(dir.join("smaps_rollup")).unwrap_or_default(),
+            "Pss:",
+        );
+    }
+    (n, rss / 1024.0, pss / 1024.0)
 }
 
 /// `n` bench users, each with its own login, names and hash (`data::user`): logins counting up
@@ -135,6 +171,7 @@ pub(crate) async fn run(
     r.fds_after = open_fds();
     r.engine_rss_mb = crate::server::rss_mb(std::process::id())?;
     r.sessions_open = engine.open_sessions();
+    (r.ssh_clients, r.ssh_clients_rss_mb, r.ssh_clients_pss_mb) = ssh_children();
     r.status_ms = status_ms(&engine);
     r.not_done += not_done(&engine, n_dests);
     r.first_failure = r.first_failure.or_else(|| first_failure(&engine));
@@ -501,9 +538,12 @@ pub(crate) fn print(r: &PropReport) {
             String::new(),
         ],
         vec![
-            "ssh sessions kept open (one per destination)".into(),
-            r.sessions_open.to_string(),
-            String::new(),
+            "ssh sessions kept open; their ssh clients: RSS summed / PSS summed".into(),
+            format!(
+                "{}; {} clients: {:.0} MB / {:.0} MB",
+                r.sessions_open, r.ssh_clients, r.ssh_clients_rss_mb, r.ssh_clients_pss_mb
+            ),
+            "keel + clients < 150 MB at 1,000".into(),
         ],
         vec![
             format!("status of every task ({} results)", r.destinations),

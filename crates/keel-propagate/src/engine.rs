@@ -306,6 +306,10 @@ impl Engine {
     pub fn shutdown(&self) {
         self.inner.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.wake.notify_one();
+        // The sessions end with the engine (a send under way finishes first).
+        if let Some(channels) = &self.inner.channels {
+            channels.retain(|_| false);
+        }
     }
 
     /// Plans `facility`'s tasks (one service, or all it runs) now, sending even unchanged files.
