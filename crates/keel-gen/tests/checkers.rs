@@ -150,6 +150,22 @@ impl Segment {
         );
         seg.ip(srv, &["addr", "add", "192.168.1.254/22", "dev", "vs"]);
         seg.ip(srv, &["link", "set", "vs", "up"]);
+        // Regression (a cold CI run): Kea opens no socket on an interface that is not running,
+        // and a veth runs only once its peer is up too; it never tried again, so the client's
+        // discovers went unanswered. Both ends up, and the server's end running, before a server
+        // starts.
+        seg.ip(cli, &["link", "set", "vc", "up"]);
+        let running = || {
+            let out = Command::new("ip")
+                .args(["-n", srv, "link", "show", "vs"])
+                .output()
+                .expect("ip (iproute2): see .ci/run");
+            String::from_utf8_lossy(&out.stdout).contains("LOWER_UP")
+        };
+        assert!(
+            keel_testkit::wait_until(std::time::Duration::from_secs(10), running),
+            "the server's end of the veth never came up"
+        );
         seg
     }
 
