@@ -101,6 +101,7 @@ impl Channels {
                     Opened::Failed(out) => return Sent::Done(out),
                     Opened::Plain => {
                         self.plain.lock().insert(key.to_owned(), Instant::now());
+                        self.open.lock().remove(key);
                         return Sent::Plain;
                     }
                 }
@@ -133,9 +134,13 @@ impl Channels {
         self.open.lock().retain(|k, _| keep(k));
     }
 
-    /// Open sessions (for metrics and the benchmark).
+    /// Open sessions (for metrics and the benchmark); one busy opening counts.
     pub fn open_count(&self) -> usize {
-        self.open.lock().len()
+        self.open
+            .lock()
+            .values()
+            .filter(|s| s.try_lock().map_or(true, |c| c.is_some()))
+            .count()
     }
 
     /// The slot of `key`; at `max_open`, an idle session is closed first.
@@ -145,7 +150,12 @@ impl Channels {
             return s.clone();
         }
         if open.len() >= self.max_open {
-            let idle = open.iter().find(|(_, s)| s.try_lock().is_ok()).map(|(k, _)| k.clone());
+            // An empty slot (its session failed) first, else an idle session.
+            let empty = open
+                .iter()
+                .find(|(_, s)| s.try_lock().is_ok_and(|c| c.is_none()))
+                .map(|(k, _)| k.clone());
+            let idle = empty.or_else(|| open.iter().find(|(_, s)| s.try_lock().is_ok()).map(|(k, _)| k.clone()));
             if let Some(k) = idle {
                 open.remove(&k);
             }
