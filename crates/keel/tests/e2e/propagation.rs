@@ -102,6 +102,21 @@ fn local_config(agent: &Path, extra: &str) -> String {
     )
 }
 
+/// A facility `name` receiving `group`, running `passwd` on the ssh destinations `dests`.
+async fn passwd_facility(k: &Keel, name: &str, group: &str, dests: &[&str]) {
+    api(
+        k,
+        Method::POST,
+        "/api/v1/facilities",
+        Some(json!({"name": name, "groups": [group], "services": ["passwd"]})),
+    )
+    .await;
+    let mut args = vec!["destination", "add", "--facility", name, "--service", "passwd"];
+    args.extend_from_slice(dests);
+    let out = k.cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 async fn add_user(k: &Keel, login: &str, group: &str) {
     api(
         k,
@@ -394,43 +409,8 @@ async fn ssh_destinations_with_their_own_agents_each_get_their_facilitys_users()
         })
         .collect();
     let before3 = hosts[2].read("etc/passwd");
-    api(
-        &k,
-        Method::POST,
-        "/api/v1/facilities",
-        Some(json!({"name": "lan", "groups": ["user"], "services": ["passwd"]})),
-    )
-    .await;
-    api(
-        &k,
-        Method::POST,
-        "/api/v1/facilities",
-        Some(json!({"name": "staff", "groups": ["orga"], "services": ["passwd"]})),
-    )
-    .await;
-    let out = k.cli(&[
-        "destination",
-        "add",
-        "--facility",
-        "lan",
-        "--service",
-        "passwd",
-        "host1",
-        "root@host2",
-        "host3",
-        "unreachable",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = k.cli(&[
-        "destination",
-        "add",
-        "--facility",
-        "staff",
-        "--service",
-        "passwd",
-        "host4",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    passwd_facility(&k, "lan", "user", &["host1", "root@host2", "host3", "unreachable"]).await;
+    passwd_facility(&k, "staff", "orga", &["host4"]).await;
     add_user(&k, "alice", "user").await;
     add_user(&k, "olga", "orga").await;
     eventually(30, "alice on host1 and host2, olga on host4", async || {
@@ -1060,24 +1040,7 @@ async fn one_ssh_session_carries_every_send_and_an_older_agent_gets_a_process_ea
         .iter()
         .map(|n| AgentHost::new(tmp.path(), n, n, &pk, ""))
         .collect();
-    api(
-        &k,
-        Method::POST,
-        "/api/v1/facilities",
-        Some(json!({"name": "lan", "groups": ["user"], "services": ["passwd"]})),
-    )
-    .await;
-    let out = k.cli(&[
-        "destination",
-        "add",
-        "--facility",
-        "lan",
-        "--service",
-        "passwd",
-        "new1",
-        "old1",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    passwd_facility(&k, "lan", "user", &["new1", "old1"]).await;
     let starts_of = |name: &str| -> Vec<String> {
         std::fs::read_to_string(&starts)
             .unwrap_or_default()
