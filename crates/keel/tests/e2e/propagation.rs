@@ -1030,7 +1030,7 @@ async fn one_ssh_session_carries_every_send_and_an_older_agent_gets_a_process_ea
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let config = format!(
         "[propagation]\ndebounce_ms = 100\nretry_min_secs = 1\nsend_timeout_secs = 30\n\
-         [propagation.ssh]\nconfig_file = \"{}\"\nremote_command = \"{}\"\ncontrol_persist = \"\"\nconnect_timeout_secs = 1\n",
+         [propagation.ssh]\nconfig_file = \"{}\"\nremote_command = \"{}\"\ncontrol_persist = \"\"\nconnect_timeout_secs = 1\nstreams = true\n",
         ssh_config.display(),
         wrapper.display()
     );
