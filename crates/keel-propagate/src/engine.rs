@@ -214,10 +214,12 @@ impl Engine {
             gen: cfg.gen.clone(),
         });
         // The hello waits for ssh to connect and the agent to start.
-        let channels = sender
-            .ssh()
-            .filter(|s| s.streams)
-            .map(|s| crate::channel::Channels::new(s.max_channels, Duration::from_secs(s.connect_timeout_secs + 5)));
+        let channels = sender.ssh().filter(|s| s.streams).map(|s| {
+            crate::channel::Channels::new(
+                s.max_channels,
+                Duration::from_secs(s.connect_timeout_secs.saturating_add(5)),
+            )
+        });
         let inner = Arc::new(Inner {
             db,
             cfg,
