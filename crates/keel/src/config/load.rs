@@ -345,9 +345,9 @@ fn given(raw: &toml::Table, key: &str) -> bool {
 
 /// A count or a duration a check needs above zero (a zero timeout would close every
 /// connection; zero connections would serve no one).
-fn at_least<T: PartialOrd + fmt::Debug>(found: &mut Found, key: &str, value: T, min: T, unit: &str) {
+fn at_least<T: PartialOrd + fmt::Debug>(found: &mut Found, key: &str, value: T, min: T) {
     if value < min {
-        found.add(key, format!("must be at least {min:?}{unit}"));
+        found.add(key, format!("must be at least {min:?}"));
     }
 }
 
@@ -361,7 +361,7 @@ fn web(file: &FileConfig, found: &mut Found) -> Option<keel_web::WebConfig> {
         );
         return None;
     }
-    at_least(found, "web.idle_hours", web.idle, Duration::from_secs(3600), "");
+    at_least(found, "web.idle_hours", web.idle, Duration::from_secs(3600));
     Some(web)
 }
 
@@ -409,15 +409,9 @@ fn tftp(
     }
     let mut config = file.tftp.clone();
     config.root = data_dir.join(&config.root);
-    at_least(
-        found,
-        "tftp.retransmit_ms",
-        config.timeout,
-        Duration::from_millis(10),
-        "",
-    );
-    at_least(found, "tftp.max_transfers", config.max_transfers, 1, "");
-    at_least(found, "tftp.max_per_source", config.max_per_source, 1, "");
+    at_least(found, "tftp.retransmit_ms", config.timeout, Duration::from_millis(10));
+    at_least(found, "tftp.max_transfers", config.max_transfers, 1);
+    at_least(found, "tftp.max_per_source", config.max_per_source, 1);
     Some(Listener {
         listen: flags.tftp_listen.unwrap_or(config.listen),
         explicit: flags.tftp_listen.is_some() || given(raw, "tftp.listen"),
@@ -452,14 +446,14 @@ fn http(file: &FileConfig, found: &mut Found) -> HttpLimits {
         ("http.max_per_source", http.max_per_source),
         ("http.max_per_proxy", http.max_per_proxy),
     ] {
-        at_least(found, key, value, 1, "");
+        at_least(found, key, value, 1);
     }
     for (key, value) in [
         ("http.header_timeout_secs", http.header_timeout),
         ("http.body_timeout_secs", http.body_timeout),
         ("http.write_timeout_secs", http.write_timeout),
     ] {
-        at_least(found, key, value, Duration::from_secs(1), "");
+        at_least(found, key, value, Duration::from_secs(1));
     }
     http.reserve = http.reserve.min(http.max_connections / 2);
     http.proxies = proxies(file);
@@ -576,8 +570,8 @@ fn propagation(file: &FileConfig, data_dir: &Path, found: &mut Found) -> Option<
             "is empty: give the program and its arguments",
         );
     }
-    at_least(found, "propagation.recheck_secs", p.recheck, Duration::from_secs(1), "");
-    at_least(found, "propagation.parallel", p.parallel, 1, "");
+    at_least(found, "propagation.recheck_secs", p.recheck, Duration::from_secs(1));
+    at_least(found, "propagation.parallel", p.parallel, 1);
     Some(Propagation {
         engine: p.clone(),
         services: services?,
@@ -609,13 +603,7 @@ fn tls_files(file: &FileConfig, found: &mut Found) -> Option<(PathBuf, PathBuf)>
 fn presence(file: &FileConfig, data_dir: &Path, found: &mut Found) -> Option<keel_server::presence::PresenceConfig> {
     let mut presence = file.presence.clone();
     presence.secret_file = data_dir.join(&presence.secret_file);
-    at_least(
-        found,
-        "presence.timeout_secs",
-        presence.timeout,
-        Duration::from_secs(1),
-        "",
-    );
+    at_least(found, "presence.timeout_secs", presence.timeout, Duration::from_secs(1));
     let secret_file = &presence.secret_file;
     presence.secret = match std::fs::read_to_string(secret_file) {
         Ok(text) => {
