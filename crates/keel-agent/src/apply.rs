@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use keel_bundle::{Bundle, BundleError, Limits};
+use keel_bundle::{Bundle, BundleError, DeltaError, Limits};
 use keel_model::service::Version;
 
 use crate::config::Config;
@@ -30,8 +30,9 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         max_total_bytes: cfg.max_bundle_bytes,
         ..Limits::default()
     };
-    let bundle = Bundle::read_from(input, &cfg.trusted_keys, limits).map_err(refusal)?;
-    let m = &bundle.manifest;
+    let mut bundle = Bundle::read_from(input, &cfg.trusted_keys, limits).map_err(refusal)?;
+    // A copy (a few names and numbers): a delta's files are filled in further down.
+    let m = &bundle.manifest.clone();
     out.name = m.service.clone();
     check_whitelist(cfg, &m.destination, &m.facility)?;
     if cfg.ignore_services.iter().any(|s| s == &m.service) {
@@ -79,6 +80,10 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
     } else {
         None
     };
+    if bundle.is_delta() {
+        resolve(cfg, &mut bundle, &state)?;
+        out.info(&format!("a delta onto serial {}, the base held here", state.serial));
+    }
     let plan = services::plan(cfg, &bundle, &state)?;
     let mut env = hook_env(cfg, &bundle);
     let hook_dir = cfg.hooks_dir.join(format!("{}.d", m.service));
@@ -140,6 +145,30 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
     }
     Unfinished::clear(&unfinished)?;
     Ok(Code::Ok)
+}
+
+/// Turns a delta into the full state, onto the base it names only: the serial this host last
+/// applied, and its files as they are on disk now (`services::held`). Anything else is
+/// `BaseMismatch`, and the engine sends the full state.
+fn resolve(cfg: &Config, bundle: &mut Bundle, state: &State) -> Result<(), Fail> {
+    let on = bundle.manifest.base.as_ref().map_or(0, |b| b.serial);
+    if on != state.serial {
+        return Err(Fail::new(
+            Code::BaseMismatch,
+            format!(
+                "the delta is on serial {on}, this host last applied {}: the full state is needed",
+                state.serial
+            ),
+        ));
+    }
+    let service = bundle.manifest.service.clone();
+    match bundle.resolve(|path| services::held(cfg, &service, path, state))? {
+        Ok(()) => Ok(()),
+        Err(e @ DeltaError::Mismatch(_)) => {
+            Err(Fail::new(Code::BaseMismatch, format!("{e}: the full state is needed")))
+        }
+        Err(e) => Err(Fail::new(Code::BadBundle, e.to_string())),
+    }
 }
 
 /// A marker beside a service's state file: the serial whose files were applied but whose homes

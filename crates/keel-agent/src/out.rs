@@ -42,6 +42,10 @@ pub enum Code {
     WrongMajor = 200,
     /// A bundle format this agent does not read.
     UnknownFormat = 201,
+    /// A delta whose base is not what this host holds (another serial, or files that differ:
+    /// a reinstalled, restored or hand-edited host). Nothing changed; the engine sends the full
+    /// state in the same run.
+    BaseMismatch = 202,
 }
 
 impl Code {

@@ -58,12 +58,91 @@ fn text<'a>(b: &'a Bundle, name: &str) -> Result<&'a str, Fail> {
 pub(crate) fn plan(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
     match b.manifest.service.as_str() {
         service::PASSWD => passwd(cfg, b, state),
-        service::ROOT_SSH => block(cfg, b, "authorized_keys", "/root/.ssh/authorized_keys", 0o600),
-        service::HOSTS => block(cfg, b, "hosts", "/etc/hosts", 0o644),
-        service::AUTOMOUNT => block(cfg, b, "auto.home", "/etc/auto.home", 0o644),
         service::HOMES => homes(cfg, b),
-        _ => custom(cfg, b, state),
+        s => match BLOCKS.iter().find(|(name, ..)| *name == s) {
+            Some((_, file, target, mode)) => block(cfg, b, file, target, *mode),
+            None => custom(cfg, b, state),
+        },
     }
+}
+
+/// The account files of the passwd service: bundle file, fields per line, target, mode.
+const ACCOUNT_FILES: [(&str, usize, &str, u32); 3] = [
+    ("passwd", 7, "/etc/passwd", 0o644),
+    ("group", 4, "/etc/group", 0o644),
+    ("shadow", 9, "/etc/shadow", 0o640),
+];
+
+/// The marker-block services: service, bundle file, target, mode.
+const BLOCKS: [(&str, &str, &str, u32); 3] = [
+    (
+        service::ROOT_SSH,
+        "authorized_keys",
+        "/root/.ssh/authorized_keys",
+        0o600,
+    ),
+    (service::HOSTS, "hosts", "/etc/hosts", 0o644),
+    (service::AUTOMOUNT, "auto.home", "/etc/auto.home", 0o644),
+];
+
+/// The file `path` of `service` as keel last wrote it, read back from the host as it is now —
+/// a delta's base (`keel_model::service::patchable` says which files have one): keel's lines of
+/// an account file (the names the state says it manages, in the file's order), the lines of a
+/// marker block, a custom service's file. `None`: this host holds no such file. A hand edit of
+/// keel's lines shows here, so the delta is refused and the full state sent.
+pub(crate) fn held(cfg: &Config, service: &str, path: &str, state: &State) -> Result<Option<Vec<u8>>, Fail> {
+    if !service::patchable(service, path) {
+        return Ok(None);
+    }
+    let read = |target: &str| -> Result<Option<String>, Fail> {
+        read_target(&cfg.target(target))?
+            .map(|b| String::from_utf8(b).map_err(|_| data_err(format!("{target} is not UTF-8"))))
+            .transpose()
+    };
+    if service == service::PASSWD {
+        let Some((_, _, target, _)) = ACCOUNT_FILES.iter().find(|(f, ..)| *f == path) else {
+            return Ok(None);
+        };
+        let names: HashSet<&str> = state
+            .managed
+            .get(path)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let Some(current) = read(target)? else { return Ok(None) };
+        let mut out = String::with_capacity(current.len());
+        for (_, line) in lines(&current).into_iter().filter(|(n, _)| names.contains(n)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+        return Ok(Some(out.into_bytes()));
+    }
+    if let Some((_, _, target, _)) = BLOCKS.iter().find(|(s, ..)| *s == service) {
+        return Ok(read(target)?
+            .and_then(|current| block_body(&current))
+            .map(String::into_bytes));
+    }
+    let managed = state.managed.get("files").is_some_and(|f| f.iter().any(|p| p == path));
+    if !managed || keel_bundle::check_rel_path(path).is_err() {
+        return Ok(None);
+    }
+    read_target(&cfg.service_dir(service).join(path))
+}
+
+/// The lines between keel's markers, each ended by a newline; `None` without a whole block.
+fn block_body(current: &str) -> Option<String> {
+    let mut lines = current.lines();
+    lines.by_ref().find(|l| *l == BEGIN)?;
+    let mut body = String::new();
+    for l in lines {
+        if l == END {
+            return Some(body);
+        }
+        body.push_str(l);
+        body.push('\n');
+    }
+    None
 }
 
 /// A `name:…` line file (passwd, group, shadow) split into (name, line).
@@ -221,11 +300,7 @@ fn check_accounts(passwd: &[(&str, &str)], group: &[(&str, &str)], shadow: &[(&s
 
 fn passwd(cfg: &Config, b: &Bundle, state: &State) -> Result<Plan, Fail> {
     let mut plan = Plan::default();
-    let files = [
-        ("passwd", 7, "/etc/passwd", 0o644),
-        ("group", 4, "/etc/group", 0o644),
-        ("shadow", 9, "/etc/shadow", 0o640),
-    ];
+    let files = ACCOUNT_FILES;
     let mut parsed = Vec::with_capacity(files.len());
     for (file, fields, _, _) in files {
         let new = lines(text(b, file)?);

@@ -13,6 +13,36 @@ use keel_model::service::{File, Version};
 struct Host {
     dir: tempfile::TempDir,
     key: SecretKey,
+    deltas: Deltas,
+}
+
+/// With `KEEL_AGENT_TEST_DELTAS` naming a file (see `every_agent_test_passes_for_deltas`), the
+/// bundles a test makes with `Host::bundle` are deltas against what the host last applied of that
+/// service, and `Host::apply` falls back to the full state on exit 202, as the engine does; each
+/// delta applied and each fallback is logged to that file.
+#[derive(Default)]
+struct Deltas {
+    log: Option<PathBuf>,
+    /// Per service, the serial and files the host last applied.
+    applied: std::cell::RefCell<std::collections::HashMap<String, (u64, Vec<File>)>>,
+    /// What each bundle made here is: its service, serial, files and, for a delta, the full one.
+    made: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Made>>,
+}
+
+struct Made {
+    service: String,
+    serial: u64,
+    files: Vec<File>,
+    full: Option<Vec<u8>>,
+}
+
+impl Deltas {
+    fn note(&self, line: &str) {
+        if let Some(log) = &self.log {
+            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(log).unwrap();
+            writeln!(f, "{line}").unwrap();
+        }
+    }
 }
 
 struct Run {
@@ -30,7 +60,11 @@ impl Host {
     fn new(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = SecretKey::generate().unwrap();
-        let h = Self { dir, key };
+        let deltas = Deltas {
+            log: std::env::var_os("KEEL_AGENT_TEST_DELTAS").map(PathBuf::from),
+            ..Deltas::default()
+        };
+        let h = Self { dir, key, deltas };
         std::fs::create_dir_all(h.root().join("etc")).unwrap();
         std::fs::write(h.root().join("etc/passwd"), PASSWD).unwrap();
         std::fs::write(h.root().join("etc/group"), GROUP).unwrap();
@@ -65,7 +99,24 @@ impl Host {
     }
 
     fn bundle(&self, service: &str, serial: u64, files: &[(&str, &str)]) -> Vec<u8> {
-        bundle_as(&self.key, service, Version::new(1, 0), "host1.prolo", serial, files)
+        let full = bundle_as(&self.key, service, Version::new(1, 0), "host1.prolo", serial, files);
+        let files = files_of(files);
+        let base = self.deltas.applied.borrow().get(service).cloned();
+        let (bytes, full) = match base.filter(|_| self.deltas.log.is_some()) {
+            Some((base_serial, base)) => (
+                delta_as(&self.key, service, serial, base_serial, &base, &files),
+                Some(full),
+            ),
+            None => (full, None),
+        };
+        let made = Made {
+            service: service.into(),
+            serial,
+            files,
+            full,
+        };
+        self.deltas.made.borrow_mut().insert(bytes.clone(), made);
+        bytes
     }
 
     fn spawn(&self, bundle: &[u8]) -> std::process::Child {
@@ -85,6 +136,25 @@ impl Host {
     }
 
     fn apply(&self, bundle: &[u8]) -> Run {
+        let mut r = self.run(bundle);
+        let made = self.deltas.made.borrow();
+        let Some(made) = made.get(bundle) else { return r };
+        if let (Some(full), 202) = (&made.full, r.code) {
+            self.deltas
+                .note(&format!("fallback {}: {}", made.service, r.stderr.trim()));
+            r = self.run(full);
+        } else if made.full.is_some() && r.code == 0 {
+            self.deltas.note(&format!("delta {}", made.service));
+        }
+        // What the agent's state now holds (an applied run, finished or not).
+        if matches!(r.code, 0 | 9 | 100) && !r.stdout.contains("ignored") {
+            let last = (made.serial, made.files.clone());
+            self.deltas.applied.borrow_mut().insert(made.service.clone(), last);
+        }
+        r
+    }
+
+    fn run(&self, bundle: &[u8]) -> Run {
         let out = self.spawn(bundle).wait_with_output().unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
@@ -108,15 +178,38 @@ fn bundle_as(
     serial: u64,
     files: &[(&str, &str)],
 ) -> Vec<u8> {
-    let files: Vec<File> = files
+    build(key, &header(service, version, dest, serial), &files_of(files)).unwrap()
+}
+
+/// A delta of `service` at `serial` that turns `base` (what a host applied at `base_serial`) into
+/// `files`.
+fn delta_as(key: &SecretKey, service: &str, serial: u64, base_serial: u64, base: &[File], files: &[File]) -> Vec<u8> {
+    let delta = keel_bundle::Prepared::new(files, keel_bundle::Encoding::Zstd)
+        .and_then(|p| p.delta(files, base, |f| keel_model::service::patchable(service, f)))
+        .unwrap();
+    let (head, tail) = delta
+        .build_parts(
+            key,
+            &header(service, Version::new(1, 0), "host1.prolo", serial),
+            base_serial,
+        )
+        .unwrap();
+    [head, tail.to_vec()].concat()
+}
+
+fn files_of(files: &[(&str, &str)]) -> Vec<File> {
+    files
         .iter()
         .map(|(p, d)| File {
             path: (*p).into(),
             mode: 0o644,
             data: d.as_bytes().to_vec(),
         })
-        .collect();
-    let h = Header {
+        .collect()
+}
+
+fn header<'a>(service: &'a str, version: Version, dest: &'a str, serial: u64) -> Header<'a> {
+    Header {
         service,
         version,
         facility: "lan",
@@ -124,8 +217,7 @@ fn bundle_as(
         run_id: "test",
         created: "2026-01-01T00:00:00Z",
         serial,
-    };
-    build(key, &h, &files).unwrap()
+    }
 }
 
 fn accounts(users: &[(&str, u32)]) -> Vec<(&'static str, String)> {
@@ -933,4 +1025,94 @@ fn a_stream_applies_each_bundle_as_a_run_of_its_own() {
     assert_eq!(codes, ["0", "4"], "{}", r.stdout);
     assert!(r.stdout.contains("above max_bundle_bytes"), "{}", r.stdout);
     assert!(h.read("etc/hosts").contains("udb.prolo"));
+}
+
+/// Issue 34: a delta applies onto the exact base it names and nothing else — not onto another
+/// serial (one skipped), not onto files that differ from the base it was made against (a forged
+/// or stale base hash, a hand edit, wiped files): each is refused with 202 and changes nothing,
+/// and the full state then converges the host.
+#[test]
+fn a_delta_applies_only_onto_the_base_the_host_holds() {
+    let h = Host::new("");
+    let v1 = files_of(&refs(&accounts(&[("alice", 10001), ("bob", 10002)])));
+    let v2 = files_of(&refs(&accounts(&[("alice", 10001), ("bob", 10002), ("carol", 10003)])));
+    assert_eq!(
+        h.run(&build(&h.key, &header("passwd", Version::new(1, 0), "host1.prolo", 1), &v1).unwrap())
+            .code,
+        0
+    );
+    let on_disk = || [h.read("etc/passwd"), h.read("etc/group"), h.read("etc/shadow")];
+    let v1_disk = on_disk();
+    // The same change, on the wrong serial or against a base that is not v1.
+    let skipped = delta_as(&h.key, "passwd", 2, 0, &v1, &v2);
+    let mut forged_base = v1.clone();
+    forged_base[2].data.extend_from_slice(b"mallory:!::0:99999:7:::\n");
+    let forged = delta_as(&h.key, "passwd", 2, 1, &forged_base, &v2);
+    for (what, bundle) in [("skipped serial", &skipped), ("forged base hash", &forged)] {
+        let r = h.run(bundle);
+        assert_eq!(r.code, 202, "{what}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("full state"), "{what}: {}", r.stderr);
+        assert_eq!(on_disk(), v1_disk, "{what}: nothing changed");
+    }
+    // The right delta applies, and leaves what the full state leaves.
+    let good = delta_as(&h.key, "passwd", 2, 1, &v1, &v2);
+    let r = h.run(&good);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let twin = Host::new("");
+    assert_eq!(
+        twin.run(&build(&twin.key, &header("passwd", Version::new(1, 0), "host1.prolo", 1), &v1).unwrap())
+            .code,
+        0
+    );
+    let full2 = build(&twin.key, &header("passwd", Version::new(1, 0), "host1.prolo", 2), &v2).unwrap();
+    assert_eq!(twin.run(&full2).code, 0);
+    let full_disk = [twin.read("etc/passwd"), twin.read("etc/group"), twin.read("etc/shadow")];
+    assert_eq!(on_disk(), full_disk);
+    // A hand edit of keel's lines, or wiped files: the next delta is refused, the full state
+    // converges the host.
+    let v3 = files_of(&refs(&accounts(&[("alice", 10001), ("carol", 10003)])));
+    let full3 = build(&h.key, &header("passwd", Version::new(1, 0), "host1.prolo", 3), &v3).unwrap();
+    let delta3 = delta_as(&h.key, "passwd", 3, 2, &v2, &v3);
+    let shadow = h.read("etc/shadow").replace("alice:!:", "alice:$6$handmade:");
+    std::fs::write(h.root().join("etc/shadow"), &shadow).unwrap();
+    let r = h.run(&delta3);
+    assert_eq!(r.code, 202, "{}{}", r.stdout, r.stderr);
+    assert_eq!(h.read("etc/shadow"), shadow, "nothing changed");
+    assert_eq!(h.run(&full3).code, 0);
+    assert!(h.read("etc/shadow").contains("alice:!:") && !h.read("etc/passwd").contains("bob:"));
+    let v4 = files_of(&refs(&accounts(&[("alice", 10001), ("dave", 10004)])));
+    for f in ["etc/passwd", "etc/group", "etc/shadow"] {
+        std::fs::remove_file(h.root().join(f)).unwrap();
+    }
+    let r = h.run(&delta_as(&h.key, "passwd", 4, 3, &v3, &v4));
+    assert_eq!(r.code, 202, "wiped: {}{}", r.stdout, r.stderr);
+    let r = h.run(&build(&h.key, &header("passwd", Version::new(1, 0), "host1.prolo", 4), &v4).unwrap());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(h.read("etc/passwd").contains("dave:x:10004:"));
+}
+
+/// Issue 34: every test of this file again, with each bundle a test makes through `Host::bundle`
+/// sent as a delta against what the host last applied (the engine's way, falling back to the
+/// full state on 202) — and enough of them applied as deltas for that to mean something.
+#[test]
+fn every_agent_test_passes_for_deltas() {
+    if std::env::var_os("KEEL_AGENT_TEST_DELTAS").is_some() {
+        return; // the run below
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("deltas.log");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--skip", "every_agent_test_passes_for_deltas", "--test-threads", "2"])
+        .env("KEEL_AGENT_TEST_DELTAS", &log)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let applied = log.lines().filter(|l| l.starts_with("delta ")).count();
+    assert!(applied >= 5, "only {applied} deltas applied:\n{log}");
 }

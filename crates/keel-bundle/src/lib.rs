@@ -12,18 +12,20 @@
 
 #![forbid(unsafe_code)]
 
+pub mod delta;
 mod key;
 mod manifest;
 mod read;
 mod write;
 
+pub use delta::DeltaError;
 pub use keel_model::propagation::destination_host;
 /// The model's own checks, for the agent's re-parsing of what it applies (invariant 10).
 pub use keel_model::{check_ssh_key, Hostname};
 pub use key::{KeyError, PublicKey, SecretKey};
-pub use manifest::{check_rel_path, FileEntry, Manifest, FORMAT};
+pub use manifest::{check_rel_path, FileEntry, Manifest, FORMAT, FORMAT_DELTA};
 pub use read::{Bundle, BundleError, Limits};
-pub use write::{build, manifest as manifest_for, BuildError, Encoding, Header, Prepared};
+pub use write::{build, manifest as manifest_for, BuildError, Delta, Encoding, Header, Prepared};
 
 /// The lower-cased sha256 of `data`, in hex.
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -3,8 +3,12 @@
 use keel_model::service::Version;
 use serde::{Deserialize, Serialize};
 
-/// The bundle format this crate writes and reads.
+/// The format of a bundle that carries every file whole; every agent reads it.
 pub const FORMAT: u32 = 1;
+
+/// The format of a delta (a manifest with a `base`): an agent older than deltas refuses it as an
+/// unknown format (exit 201), and the engine then sends it the full state.
+pub const FORMAT_DELTA: u32 = 2;
 
 /// One file of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +37,11 @@ pub struct Manifest {
     pub created: String,
     /// Increases per (facility, service); an agent refuses a serial not above the last it applied.
     pub serial: u64,
+    /// Every file of the new state, whole: what the destination holds once this is applied.
     pub files: Vec<FileEntry>,
+    /// For a delta: the base its patched files apply onto (see [`crate::delta`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::delta::Base>,
 }
 
 impl Manifest {
@@ -46,8 +54,13 @@ impl Manifest {
 
     /// Checks every name and number; signature and file contents are checked by the reader.
     pub fn check(&self) -> Result<(), String> {
-        if self.format != FORMAT {
-            return Err(format!("format {} (this agent reads format {FORMAT})", self.format));
+        let want = if self.base.is_some() { FORMAT_DELTA } else { FORMAT };
+        if self.format != want {
+            return Err(format!(
+                "format {} with{} a base (expected {want})",
+                self.format,
+                if self.base.is_some() { "" } else { "out" }
+            ));
         }
         check_name("service", &self.service)?;
         check_name("facility", &self.facility)?;
@@ -61,20 +74,36 @@ impl Manifest {
             if f.mode > 0o777 {
                 return Err(format!("file {:?}: mode {:o} has bits beyond 0777", f.path, f.mode));
             }
-            if f.sha256.len() != 64
-                || !f
-                    .sha256
-                    .bytes()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-            {
+            if !is_sha256(&f.sha256) {
                 return Err(format!("file {:?}: sha256 must be 64 lower-case hex digits", f.path));
             }
             if !seen.insert(f.path.as_str()) {
                 return Err(format!("file {:?} is listed twice", f.path));
             }
         }
+        if let Some(base) = &self.base {
+            let mut patched = std::collections::BTreeSet::new();
+            for p in &base.files {
+                if !seen.contains(p.path.as_str()) || !patched.insert(p.path.as_str()) {
+                    return Err(format!("base: {:?} is not a listed file, or is patched twice", p.path));
+                }
+                let shas = std::iter::once(&p.base_sha256).chain(p.patch.as_ref().map(|r| &r.sha256));
+                if shas.into_iter().any(|s| !is_sha256(s)) {
+                    return Err(format!("base: {:?}: sha256 must be 64 lower-case hex digits", p.path));
+                }
+            }
+        }
         Ok(())
     }
+
+    /// The patch of `path`, if this is a delta that sends `path` as one.
+    pub fn patched(&self, path: &str) -> Option<&crate::delta::Patched> {
+        self.base.as_ref()?.files.iter().find(|p| p.path == path)
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
 }
 
 /// See [`Manifest::digest`].

@@ -5,6 +5,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 
+use crate::delta::DeltaError;
 use crate::manifest::{check_rel_path, Manifest};
 use crate::PublicKey;
 
@@ -71,8 +72,11 @@ pub enum BundleError {
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub manifest: Manifest,
-    /// Path → contents, for exactly the files the manifest lists (slices of the bundle read).
+    /// Path → contents, for exactly the files the manifest lists (slices of the bundle read) —
+    /// but those of a delta's [`patches`](Self::patches) until it is [resolved](Self::resolve).
     pub files: BTreeMap<String, Bytes>,
+    /// A delta's patches, by the path of the file each rebuilds; empty in a full bundle.
+    pub patches: BTreeMap<String, Bytes>,
 }
 
 impl Bundle {
@@ -103,30 +107,100 @@ impl Bundle {
             return Err(BundleError::BadSignature);
         }
         let manifest = parse_manifest(&json)?;
+        let mut patches = BTreeMap::new();
         for f in &manifest.files {
+            // A patched file's member is its patch (none when it is unchanged).
+            let (size, sha256) = match manifest.patched(&f.path) {
+                Some(p) => match &p.patch {
+                    Some(r) => (r.size, &r.sha256),
+                    None => continue,
+                },
+                None => (f.size, &f.sha256),
+            };
             let Some(data) = members.get(&f.path) else {
                 return Err(BundleError::File {
                     path: f.path.clone(),
                     reason: "listed in the manifest but missing".into(),
                 });
             };
-            if data.len() as u64 != f.size || crate::sha256_hex(data) != f.sha256 {
+            if data.len() as u64 != size || crate::sha256_hex(data) != *sha256 {
                 return Err(BundleError::File {
                     path: f.path.clone(),
                     reason: "contents do not match the manifest's size and sha256".into(),
                 });
             }
+            if manifest.patched(&f.path).is_some() {
+                patches.insert(f.path.clone(), data.clone());
+            }
         }
-        if let Some(extra) = members.keys().find(|p| !manifest.files.iter().any(|f| &f.path == *p)) {
+        let expected = |p: &String| {
+            manifest
+                .files
+                .iter()
+                .any(|f| &f.path == p && manifest.patched(p).is_none_or(|d| d.patch.is_some()))
+        };
+        if let Some(extra) = members.keys().find(|p| !expected(p)) {
             return Err(BundleError::File {
                 path: extra.clone(),
                 reason: "not listed in the manifest".into(),
             });
         }
+        members.retain(|p, _| !patches.contains_key(p));
         Ok(Self {
             manifest,
             files: members,
+            patches,
         })
+    }
+
+    /// Whether some files are still patches (a delta not yet [resolved](Self::resolve)).
+    pub fn is_delta(&self) -> bool {
+        self.manifest.base.is_some()
+    }
+
+    /// Turns a delta into whole files: `base(path)` gives the file as this host holds it now
+    /// (`None`: it cannot tell). Each must hash to the base the delta names, and each patched
+    /// result to the signed sha256 — or nothing changes and the error says why. A full bundle is
+    /// left as it is.
+    pub fn resolve<E>(
+        &mut self,
+        mut base: impl FnMut(&str) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<Result<(), DeltaError>, E> {
+        let Some(delta) = &self.manifest.base else {
+            return Ok(Ok(()));
+        };
+        let mut whole = BTreeMap::new();
+        for p in &delta.files {
+            let Some(held) = base(&p.path)? else {
+                return Ok(Err(DeltaError::Mismatch(format!("{}: not held here", p.path))));
+            };
+            if crate::sha256_hex(&held) != p.base_sha256 {
+                return Ok(Err(DeltaError::Mismatch(format!("{}: differs from the base", p.path))));
+            }
+            let entry = self.manifest.files.iter().find(|f| f.path == p.path);
+            let Some(entry) = entry else { continue }; // Manifest::check: every patched file is listed
+            let data = match self.patches.get(&p.path) {
+                Some(patch) => crate::delta::apply(&held, patch, entry.size).map_err(|reason| DeltaError::Patch {
+                    path: p.path.clone(),
+                    reason,
+                }),
+                None => Ok(held),
+            };
+            let data = match data {
+                Ok(d) if d.len() as u64 == entry.size && crate::sha256_hex(&d) == entry.sha256 => d,
+                Ok(_) => {
+                    return Ok(Err(DeltaError::Patch {
+                        path: p.path.clone(),
+                        reason: "the result does not match the manifest's size and sha256".into(),
+                    }))
+                }
+                Err(e) => return Ok(Err(e)),
+            };
+            whole.insert(p.path.clone(), Bytes::from(data));
+        }
+        self.files.append(&mut whole);
+        self.patches.clear();
+        Ok(Ok(()))
     }
 }
 
@@ -169,11 +243,12 @@ fn parse_manifest(json: &[u8]) -> Result<Manifest, BundleError> {
     let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| BundleError::Manifest(e.to_string()))?;
     // The format decides how to read the rest: a newer one is a protocol error, not garbage.
     match v.get("format").and_then(serde_json::Value::as_u64) {
-        Some(f) if f == u64::from(crate::FORMAT) => {}
+        Some(f) if f == u64::from(crate::FORMAT) || f == u64::from(crate::FORMAT_DELTA) => {}
         Some(f) => {
             return Err(BundleError::Format(format!(
-                "format {f}, this agent reads {}",
-                crate::FORMAT
+                "format {f}, this agent reads {} and {}",
+                crate::FORMAT,
+                crate::FORMAT_DELTA
             )))
         }
         None => return Err(BundleError::Manifest("no numeric \"format\" field".into())),
@@ -314,6 +389,147 @@ mod tests {
         assert_eq!(b.files["passwd"], files()[0].data);
     }
 
+    fn accounts(n: usize, changed: Option<usize>) -> Vec<File> {
+        let text = |f: &str| -> Vec<u8> {
+            (0..n)
+                .map(|i| {
+                    let pw = if Some(i) == changed { "new" } else { "old" };
+                    format!("u{i}:{f}{pw}:{}:100::/home/u{i}:/bin/sh\n", 10_000 + i)
+                })
+                .collect::<String>()
+                .into_bytes()
+        };
+        vec![
+            File {
+                path: "passwd".into(),
+                mode: 0o644,
+                data: text("x"),
+            },
+            File {
+                path: "shadow".into(),
+                mode: 0o640,
+                data: text("h"),
+            },
+            File {
+                path: "group-members".into(),
+                mode: 0o644,
+                data: b"sudo:u1\n".to_vec(),
+            },
+        ]
+    }
+
+    fn delta_bundle(k: &SecretKey, base: &[File], new: &[File], base_serial: u64) -> Vec<u8> {
+        let prepared = crate::Prepared::new(new, crate::Encoding::Zstd).unwrap();
+        let delta = prepared.delta(new, base, |p| p != "group-members").unwrap();
+        let (head, tail) = delta.build_parts(k, &header(), base_serial).unwrap();
+        [head, tail.to_vec()].concat()
+    }
+
+    fn held(files: &[File]) -> impl FnMut(&str) -> Result<Option<Vec<u8>>, ()> + '_ {
+        |p| Ok(files.iter().find(|f| f.path == p).map(|f| f.data.clone()))
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_full_state_onto_its_base_only() {
+        let k = SecretKey::generate().unwrap();
+        let (base, new) = (accounts(1000, None), accounts(1000, Some(500)));
+        let raw = delta_bundle(&k, &base, &new, 6);
+        let full = crate::Prepared::new(&new, crate::Encoding::Zstd).unwrap();
+        assert!(raw.len() < 1500, "a one-line change is small: {} bytes", raw.len());
+        let mut b = Bundle::open(&raw, &[k.public()], Limits::default()).unwrap();
+        assert!(b.is_delta() && b.manifest.format == crate::FORMAT_DELTA);
+        assert_eq!(b.manifest.base.as_ref().unwrap().serial, 6);
+        assert_eq!(
+            b.manifest.digest(),
+            full.digest(b.manifest.version),
+            "a delta's digest is its full state's"
+        );
+        assert_eq!(
+            b.files.keys().collect::<Vec<_>>(),
+            ["group-members"],
+            "only what travels whole"
+        );
+        let mut same = b.clone();
+        same.resolve(held(&base)).unwrap().unwrap();
+        for f in &new {
+            assert_eq!(same.files[&f.path], f.data, "{}", f.path);
+        }
+        // A host whose shadow is not the base (hand-edited, reinstalled): refused, unchanged.
+        let mut edited = base.clone();
+        edited[1].data.extend_from_slice(b"root:x:0:::::\n");
+        assert!(matches!(
+            b.resolve(held(&edited)).unwrap(),
+            Err(DeltaError::Mismatch(_))
+        ));
+        assert!(
+            b.patches.len() == 2 && !b.files.contains_key("passwd"),
+            "nothing changed"
+        );
+        assert!(matches!(
+            b.resolve(held(&base[..1])).unwrap(),
+            Err(DeltaError::Mismatch(_))
+        ));
+        b.resolve(held(&base)).unwrap().unwrap();
+        // An unchanged file has no member; a new one goes whole.
+        let mut grown = new.clone();
+        grown.push(File {
+            path: "extra".into(),
+            mode: 0o644,
+            data: b"x\n".to_vec(),
+        });
+        let mut b = Bundle::open(&delta_bundle(&k, &new, &grown, 7), &[k.public()], Limits::default()).unwrap();
+        assert!(b.patches.is_empty());
+        b.resolve(held(&new)).unwrap().unwrap();
+        assert_eq!(b.files.len(), 4);
+    }
+
+    #[test]
+    fn a_tampered_or_mislisted_delta_is_refused() {
+        let k = SecretKey::generate().unwrap();
+        let (base, new) = (accounts(50, None), accounts(50, Some(5)));
+        let prepared = crate::Prepared::new(&new, crate::Encoding::Tar).unwrap();
+        let raw = {
+            let (head, tail) = prepared
+                .delta(&new, &base, |_| true)
+                .unwrap()
+                .build_parts(&k, &header(), 6)
+                .unwrap();
+            [head, tail.to_vec()].concat()
+        };
+        let mut t = raw.clone();
+        let at = t.windows(6).position(|w| w == b"u5:hne").unwrap();
+        t[at] = b'v'; // inside the patch; the signature still fine
+        assert!(matches!(
+            Bundle::open(&t, &[k.public()], Limits::default()),
+            Err(BundleError::File { .. })
+        ));
+        // A base listing a path the manifest does not: refused before anything is read.
+        let b = Bundle::open(&raw, &[k.public()], Limits::default()).unwrap();
+        let mut m = serde_json::to_value(&b.manifest).unwrap();
+        m["base"]["files"][0]["path"] = "elsewhere".into();
+        let (json, sig) = signed(&k, &m);
+        let bad = raw_tar(&[
+            ("MANIFEST.json", tar::EntryType::Regular, &json),
+            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+        ]);
+        assert!(matches!(
+            Bundle::open(&bad, &[k.public()], Limits::default()),
+            Err(BundleError::Manifest(_))
+        ));
+        // A base in a format-1 manifest is refused: format 1 means whole files.
+        let mut m = serde_json::to_value(&b.manifest).unwrap();
+        m["format"] = 1.into();
+        let (json, sig) = signed(&k, &m);
+        let bad = raw_tar(&[
+            ("MANIFEST.json", tar::EntryType::Regular, &json),
+            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+        ]);
+        assert!(matches!(
+            Bundle::open(&bad, &[k.public()], Limits::default()),
+            Err(BundleError::Manifest(_))
+        ));
+    }
+
     #[test]
     fn untrusted_key_and_tampering_are_refused() {
         let k = SecretKey::generate().unwrap();
@@ -381,7 +597,7 @@ mod tests {
             Err(BundleError::File { .. })
         ));
         let mut v = serde_json::to_value(&b.manifest).unwrap();
-        v["format"] = 2.into();
+        v["format"] = 3.into();
         let (json, sig) = signed(&k, &v);
         let newer = raw_tar(&[
             ("MANIFEST.json", tar::EntryType::Regular, &json),

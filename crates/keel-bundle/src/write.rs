@@ -1,6 +1,7 @@
 //! Building a signed bundle. The tar is deterministic: fixed owner and time, files in path order.
 
-use crate::manifest::{FileEntry, Manifest, FORMAT};
+use crate::delta::{Base, PatchRef, Patched};
+use crate::manifest::{FileEntry, Manifest, FORMAT, FORMAT_DELTA};
 use crate::SecretKey;
 use keel_model::service::{File, Version};
 
@@ -89,8 +90,13 @@ impl Prepared {
 
     /// The manifest for these files under `h`.
     pub fn manifest(&self, h: &Header<'_>) -> Manifest {
+        self.manifest_on(h, None)
+    }
+
+    fn manifest_on(&self, h: &Header<'_>, base: Option<Base>) -> Manifest {
         Manifest {
-            format: FORMAT,
+            format: if base.is_some() { FORMAT_DELTA } else { FORMAT },
+            base,
             service: h.service.to_owned(),
             version: h.version,
             facility: h.facility.to_owned(),
@@ -117,9 +123,60 @@ impl Prepared {
         key: &SecretKey,
         h: &Header<'_>,
     ) -> Result<(Vec<u8>, std::sync::Arc<Vec<u8>>), BuildError> {
-        let m = self.manifest(h);
+        self.parts_of(key, &self.manifest(h))
+    }
+
+    /// The delta that turns `base` (the files as a destination holds them) into these `files`
+    /// (the ones this was prepared from): each file `patchable` says the destination can read
+    /// back goes as a patch when that is smaller, the rest whole. Built once for every
+    /// destination on that base.
+    pub fn delta(&self, files: &[File], base: &[File], patchable: impl Fn(&str) -> bool) -> Result<Delta, BuildError> {
+        let held: std::collections::HashMap<&str, &[u8]> =
+            base.iter().map(|f| (f.path.as_str(), f.data.as_slice())).collect();
+        let mut members: Vec<(&str, u32, Vec<u8>)> = Vec::new();
+        let mut patched = Vec::new();
+        let mut files: Vec<&File> = files.iter().collect();
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        for f in files {
+            let Some(old) = held.get(f.path.as_str()).filter(|_| patchable(&f.path)) else {
+                members.push((&f.path, f.mode, f.data.clone()));
+                continue;
+            };
+            let patch = (*old != f.data.as_slice()).then(|| crate::delta::diff(old, &f.data));
+            if patch.as_ref().is_some_and(|p| p.len() >= f.data.len()) {
+                members.push((&f.path, f.mode, f.data.clone())); // a rewrite: whole is smaller
+                continue;
+            }
+            patched.push(Patched {
+                path: f.path.clone(),
+                base_sha256: crate::sha256_hex(old),
+                patch: patch.as_ref().map(|p| PatchRef {
+                    size: p.len() as u64,
+                    sha256: crate::sha256_hex(p),
+                }),
+            });
+            if let Some(p) = patch {
+                members.push((&f.path, 0o600, p));
+            }
+        }
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, mode, data) in &members {
+            append(&mut tar, path, *mode, data)?;
+        }
+        let tail = std::sync::Arc::new(encode(self.encoding, tar.into_inner()?, ZSTD_LEVEL)?);
+        Ok(Delta {
+            full: Self {
+                entries: self.entries.clone(),
+                encoding: self.encoding,
+                tail,
+            },
+            patched,
+        })
+    }
+
+    fn parts_of(&self, key: &SecretKey, m: &Manifest) -> Result<(Vec<u8>, std::sync::Arc<Vec<u8>>), BuildError> {
         m.check().map_err(BuildError::Invalid)?;
-        let json = serde_json::to_vec_pretty(&m).map_err(|e| BuildError::Invalid(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(m).map_err(|e| BuildError::Invalid(e.to_string()))?;
         let sig = key.sign(&json);
         let mut tar = tar::Builder::new(Vec::with_capacity(json.len() + 3 * 512 + END));
         append(&mut tar, "MANIFEST.json", 0o644, &json)?;
@@ -128,6 +185,36 @@ impl Prepared {
         head.truncate(head.len() - END); // the archive goes on with the tail
                                          // A small frame per destination: a fast level is as good as any.
         Ok((encode(self.encoding, head, 1)?, self.tail.clone()))
+    }
+}
+
+/// A delta against one base, ready to be signed for each destination holding that base.
+#[derive(Debug, Clone)]
+pub struct Delta {
+    /// The new state's entries, and a tail of the whole files and the patches.
+    full: Prepared,
+    patched: Vec<Patched>,
+}
+
+impl Delta {
+    /// The bundle's two parts for a destination that last applied `base_serial` (see
+    /// [`Prepared::build_parts`]).
+    pub fn build_parts(
+        &self,
+        key: &SecretKey,
+        h: &Header<'_>,
+        base_serial: u64,
+    ) -> Result<(Vec<u8>, std::sync::Arc<Vec<u8>>), BuildError> {
+        let base = Base {
+            serial: base_serial,
+            files: self.patched.clone(),
+        };
+        self.full.parts_of(key, &self.full.manifest_on(h, Some(base)))
+    }
+
+    /// How many files travel as patches (the rest go whole).
+    pub fn patched_files(&self) -> usize {
+        self.patched.len()
     }
 }
 

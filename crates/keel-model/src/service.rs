@@ -80,3 +80,19 @@ pub const AGENT_BUILT_IN: [(&str, u32); 5] = [(PASSWD, 1), (ROOT_SSH, 1), (HOMES
 pub fn agent_major(service: &str) -> Option<u32> {
     AGENT_BUILT_IN.iter().find(|(n, _)| *n == service).map(|(_, m)| *m)
 }
+
+/// Whether the agent can read back, from the host as it is now, the file `path` of `service` as
+/// keel last sent it — so that the engine may send that file as a patch against it (a delta). The
+/// account files are keel's lines of /etc/passwd, group and shadow; a marker-block service's file
+/// is its block; a custom service's files are in its directory as sent. `group-members` and
+/// `homes` leave no such copy on the host: they always travel whole.
+pub fn patchable(service: &str, path: &str) -> bool {
+    match service {
+        PASSWD => matches!(path, "passwd" | "group" | "shadow"),
+        ROOT_SSH => path == "authorized_keys",
+        HOSTS => path == "hosts",
+        AUTOMOUNT => path == "auto.home",
+        HOMES => false,
+        _ => true,
+    }
+}

@@ -16,7 +16,8 @@ use std::time::Duration;
 // tokio's clock, not std's: tests can pause and advance it.
 use tokio::time::Instant;
 
-use keel_bundle::{Encoding, Prepared, SecretKey};
+use keel_bundle::{Delta, Encoding, Prepared, SecretKey};
+use keel_model::service::File;
 use keel_model::{Change, Destination, Facility, Kind, Snapshot};
 use keel_store::Db;
 use parking_lot::Mutex;
@@ -141,7 +142,25 @@ struct Inner {
     sent_bytes: std::sync::atomic::AtomicU64,
     /// One session per ssh destination (`[propagation.ssh] streams`); none: a process per send.
     channels: Option<crate::channel::Channels>,
+    /// Per task, its last few states (digest and files), newest last: what deltas are made against.
+    states: Mutex<BTreeMap<TaskId, std::collections::VecDeque<KeptState>>>,
+    /// Destinations whose agent answered a delta with "unknown format" (older than deltas), and
+    /// when: they get full states for an hour.
+    no_deltas: Mutex<std::collections::HashMap<String, Instant>>,
 }
+
+/// How many states of a task the engine keeps to make deltas against (a destination that last
+/// applied an older one gets the full state). A 10,000-user `passwd` state is about 2.2 MB.
+const KEPT_STATES: usize = 4;
+
+/// How long a destination whose agent refused a delta as an unknown format gets full states only.
+const NO_DELTAS_FOR: Duration = Duration::from_secs(3600);
+
+/// A task's state as kept for deltas: its digest and its files.
+type KeptState = (String, Arc<Vec<File>>);
+
+/// A bundle to send in its two parts (see [`Prepared::build_parts`]).
+type Parts = (Vec<u8>, Arc<Vec<u8>>);
 
 /// The services the engine knows and the options their generators follow.
 struct Generation {
@@ -236,6 +255,8 @@ impl Engine {
             seen: std::sync::atomic::AtomicU64::new(0),
             sent_bytes: std::sync::atomic::AtomicU64::new(0),
             finished: broadcast::channel(256).0,
+            states: Mutex::new(BTreeMap::new()),
+            no_deltas: Mutex::new(std::collections::HashMap::new()),
         });
         let engine = Self { inner };
         // Subscribed before the Snapshot is read: a change after it reaches the loop.
@@ -384,7 +405,7 @@ impl Engine {
         let serial = self.next_serial(facility, service).await?;
         let run_id = uuid::Uuid::new_v4().simple().to_string();
         // A plain tar: this one is for people to look into.
-        let files = prepare(files, Encoding::Tar).await?;
+        let files = prepare(Arc::new(files), Encoding::Tar).await?;
         self.inner
             .bundle(svc, facility, destination, serial, &run_id, |key, h| {
                 files.build(key, h)
@@ -698,7 +719,8 @@ impl Inner {
             }
         };
         // Hashed and laid out once here, not once per destination.
-        let files = match prepare(files, self.cfg.encoding()).await {
+        let new = Arc::new(files);
+        let files = match prepare(Arc::clone(&new), self.cfg.encoding()).await {
             Ok(f) => f,
             Err(e) => {
                 let t = self.updated(id, |t| {
@@ -727,7 +749,62 @@ impl Inner {
             tracing::error!(%e, "cannot save the task's serial; not sending");
             return Some(self.cfg.retry_min);
         }
-        self.send_all(id, svc, facility, &snap, &files, &task, force).await
+        self.keep_state(id, &digest, &new);
+        self.send_all(id, svc, facility, &snap, (&files, &new), &task, force)
+            .await
+    }
+
+    /// Remembers a task's state, to make deltas against once destinations hold it.
+    fn keep_state(&self, id: &TaskId, digest: &str, files: &Arc<Vec<File>>) {
+        let mut states = self.states.lock();
+        let kept = states.entry(id.clone()).or_default();
+        kept.retain(|(d, _)| d != digest);
+        kept.push_back((digest.to_owned(), Arc::clone(files)));
+        while kept.len() > KEPT_STATES {
+            kept.pop_front();
+        }
+    }
+
+    /// The state a destination holds (what its last success applied), if it is kept and the
+    /// destination takes deltas.
+    fn base_of(&self, id: &TaskId, last: &DestResult, destination: &str) -> Option<KeptState> {
+        if !last.status.succeeded() || last.digest.is_empty() {
+            return None;
+        }
+        let refused = self.no_deltas.lock().get(destination).copied();
+        if refused.is_some_and(|at| at.elapsed() < NO_DELTAS_FOR) {
+            return None;
+        }
+        let states = self.states.lock();
+        let (digest, files) = states.get(id)?.iter().find(|(d, _)| *d == last.digest)?;
+        Some((digest.clone(), Arc::clone(files)))
+    }
+
+    /// The delta from the state `base` to `new` for `svc`, made once per run and base.
+    async fn delta(
+        made: &mut std::collections::HashMap<String, Option<Arc<Delta>>>,
+        svc: &Service,
+        (files, new): (&Prepared, &Arc<Vec<File>>),
+        (digest, base): KeptState,
+    ) -> Option<Arc<Delta>> {
+        if let Some(d) = made.get(&digest) {
+            return d.clone();
+        }
+        let (files, new, service) = (files.clone(), Arc::clone(new), svc.name().to_owned());
+        let delta = tokio::task::spawn_blocking(move || {
+            files.delta(&new, &base, |p| keel_model::service::patchable(&service, p))
+        })
+        .await;
+        let delta = match delta {
+            Ok(Ok(d)) => Some(Arc::new(d)),
+            Ok(Err(e)) => {
+                tracing::error!(%e, "cannot build a delta; sending the full state");
+                None
+            }
+            Err(_) => None,
+        };
+        made.insert(digest, delta.clone());
+        delta
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -737,7 +814,7 @@ impl Inner {
         svc: &Service,
         facility: &Facility,
         snap: &Arc<Snapshot>,
-        files: &Prepared,
+        (files, new): (&Prepared, &Arc<Vec<File>>),
         task: &Task,
         force: bool,
     ) -> Option<Duration> {
@@ -758,6 +835,7 @@ impl Inner {
             t.results.retain(|k, _| dests.iter().any(|d| &d.destination == k));
         });
         let mut sends = tokio::task::JoinSet::new();
+        let mut deltas = std::collections::HashMap::new();
         for d in dests {
             let last = task
                 .results
@@ -781,18 +859,26 @@ impl Inner {
             if !force && last.holds(&task.digest) {
                 continue; // unchanged: nothing to send
             }
-            let parts = self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, |key, h| {
+            let full = self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, |key, h| {
                 files.build_parts(key, h)
             });
-            let (head, tail) = match parts {
-                Ok(b) => b,
-                Err(e) => {
+            let delta = match self.base_of(id, &last, &d.destination) {
+                Some(base) => Self::delta(&mut deltas, svc, (files, new), base).await,
+                None => None,
+            };
+            let delta = delta.map(|delta| {
+                self.bundle(svc, &id.0, &d.destination, task.serial, &run_id, |key, h| {
+                    delta.build_parts(key, h, last.serial)
+                })
+            });
+            let (full, delta) = match (full, delta.transpose()) {
+                (Ok(full), Ok(delta)) => (full, delta),
+                (Err(e), _) | (_, Err(e)) => {
                     tracing::error!(%e, "cannot build a bundle");
                     continue;
                 }
             };
             let inner = self.clone();
-            let timeout = self.cfg.send_timeout;
             let snap = Arc::clone(snap);
             sends.spawn(async move {
                 let _permit = inner.sends.acquire().await;
@@ -800,20 +886,7 @@ impl Inner {
                     Ok(to) => to,
                     Err(why) => return (d.destination, last, refused(why.to_string())),
                 };
-                let bytes = (head.len() + tail.len()) as u64;
-                let out = match inner.stream(&d, to.as_ref(), &head, &tail, timeout).await {
-                    Some(out) => out,
-                    None => {
-                        let Some(cmd) = inner.sender.command(&d, to.as_ref()) else {
-                            return (d.destination, last, refused("no way to send there".into()));
-                        };
-                        send::run(cmd, head, tail, timeout).await
-                    }
-                };
-                if out.exit_code.is_some() {
-                    // The agent ran, so it read the bundle (or refused it having read it).
-                    inner.sent_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-                }
+                let out = inner.send_state(&d, to.as_ref(), full, delta).await;
                 (d.destination, last, out)
             });
         }
@@ -841,6 +914,55 @@ impl Inner {
 
     fn backoff(&self, failures: u32) -> Duration {
         backoff(self.cfg.retry_min, self.cfg.retry_max, failures)
+    }
+
+    /// Sends the delta when there is one, and the full state when there is none or the agent
+    /// refused the delta — its base is not what the host holds (202), or it is older than deltas
+    /// (201) — in the same run: both carry the same serial and the same files.
+    async fn send_state(
+        &self,
+        d: &Destination,
+        to: Option<&send::Resolved>,
+        full: Parts,
+        delta: Option<Parts>,
+    ) -> Outcome {
+        let Some(delta) = delta else {
+            return self.send_one(d, to, full).await;
+        };
+        let refused = self.send_one(d, to, delta).await;
+        match refused.exit_code {
+            Some(202) => tracing::debug!(destination = %d.destination, "delta refused: base differs; full state"),
+            Some(201) => {
+                tracing::info!(destination = %d.destination, "agent older than deltas: full states for an hour");
+                self.no_deltas.lock().insert(d.destination.clone(), Instant::now());
+            }
+            _ => return refused,
+        }
+        let mut out = self.send_one(d, to, full).await;
+        // Why the full state went too, in the result's output (not its stderr: nothing failed).
+        out.stdout = format!("{}{}", refused.stderr, out.stdout);
+        out.duration += refused.duration;
+        out
+    }
+
+    /// One bundle to one destination, over its session or a process of its own.
+    async fn send_one(&self, d: &Destination, to: Option<&send::Resolved>, (head, tail): Parts) -> Outcome {
+        let timeout = self.cfg.send_timeout;
+        let bytes = (head.len() + tail.len()) as u64;
+        let out = match self.stream(d, to, &head, &tail, timeout).await {
+            Some(out) => out,
+            None => {
+                let Some(cmd) = self.sender.command(d, to) else {
+                    return refused("no way to send there".into());
+                };
+                send::run(cmd, head, tail, timeout).await
+            }
+        };
+        if out.exit_code.is_some() {
+            // The agent ran, so it read the bundle (or refused it having read it).
+            self.sent_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        out
     }
 
     /// For an ssh destination a facility manager added: where it leads now, resolved as ssh will
@@ -946,7 +1068,7 @@ fn backoff(min: Duration, max: Duration, failures: u32) -> Duration {
 
 /// Hashes, lays out and compresses the files: milliseconds of CPU for a big service, so on a
 /// blocking thread.
-async fn prepare(files: Vec<keel_model::service::File>, encoding: Encoding) -> Result<Prepared, EngineError> {
+async fn prepare(files: Arc<Vec<File>>, encoding: Encoding) -> Result<Prepared, EngineError> {
     let prepared = tokio::task::spawn_blocking(move || Prepared::new(&files, encoding))
         .await
         .map_err(GenError::from)?;

@@ -263,6 +263,89 @@ async fn a_local_destination_receives_users_of_its_facility_and_honours_blocks()
     assert!(!host.read("etc/passwd").contains("erin:"));
 }
 
+/// Issue 34: after its first full state a destination gets deltas; one whose files were edited
+/// by hand or wiped refuses the next delta (202) and converges on the full state in the same run —
+/// on the next change, on a force, and on the periodic refresh with no change at all.
+#[tokio::test]
+async fn a_wiped_or_hand_edited_destination_converges_on_the_next_change_refresh_or_force() {
+    let agents = tempfile::tempdir().unwrap();
+    let (k, host) = passwd_to_local(agents.path(), "").await;
+    let lands = async |what: &str, check: &dyn Fn(&str, &str) -> bool| landed(&k, &host, what, check).await;
+    // A change travels as a delta onto what the host holds.
+    add_user(&k, "bob", "user").await;
+    let said = lands("bob, as a delta", &|p, _| p.contains("bob:x:")).await;
+    assert!(said.contains("a delta onto serial"), "{said}");
+    // A hand edit of keel's lines: the next change's delta is refused, its full state lands.
+    let edited = host.read("etc/shadow").replace("alice:!:", "alice:$6$byhand:");
+    std::fs::write(host.dir.join("root/etc/shadow"), &edited).unwrap();
+    add_user(&k, "carol", "user").await;
+    let said = lands("carol, the hand edit undone", &|p, s| {
+        p.contains("carol:x:") && s.contains("alice:!:")
+    })
+    .await;
+    assert!(
+        said.contains("(code=202)") && said.contains("full state is needed"),
+        "{said}"
+    );
+    // Wiped: a force converges it.
+    std::fs::write(host.dir.join("root/etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let out = k.cli(&[
+        "propagation",
+        "force",
+        "--facility",
+        "lan",
+        "--service",
+        "passwd",
+        "--timeout",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = lands("the wiped passwd refilled", &|p, _| {
+        p.contains("alice:x:") && p.contains("carol:x:")
+    })
+    .await;
+    assert!(said.contains("(code=202)"), "{said}");
+    // Edited, then no change at all: the periodic refresh (every 2 s here) converges it.
+    let other = tempfile::tempdir().unwrap();
+    let (k, host) = passwd_to_local(other.path(), "refresh_secs = 2\n").await;
+    std::fs::write(
+        host.dir.join("root/etc/shadow"),
+        host.read("etc/shadow").replace("alice:!:", "alice:$6$byhand:"),
+    )
+    .unwrap();
+    landed(&k, &host, "the refresh undoing the edit", &|_, s| {
+        s.contains("alice:!:")
+    })
+    .await;
+}
+
+/// keel with `extra` in its [propagation], sending `passwd` of facility `lan` to a `local` agent
+/// under `dir`, once alice has landed there.
+async fn passwd_to_local(dir: &Path, extra: &str) -> (Keel, AgentHost) {
+    let cfg_path = dir.join("local/agent.toml");
+    let k = Keel::start_with_config(&local_config(&cfg_path, extra), &[]);
+    let whitelist = "dns_alias_whitelist = [\"keel.example.org\", \"local\"]\n";
+    let host = AgentHost::new(dir, "local", "keel.example.org", &public_key(&k).await, whitelist);
+    local_facility(&k, "lan", &["passwd"]).await;
+    add_user(&k, "alice", "user").await;
+    landed(&k, &host, "alice", &|p, _| p.contains("alice:x:")).await;
+    (k, host)
+}
+
+/// Waits until `lan`'s passwd is DONE with `check(passwd, shadow)` true at the local agent;
+/// returns what the agent said.
+async fn landed(k: &Keel, host: &AgentHost, what: &str, check: &dyn Fn(&str, &str) -> bool) -> String {
+    eventually(30, what, async || {
+        let (state, r) = task_state(k, "lan", "passwd").await;
+        state == "DONE" && r["local"]["exit_code"] == 0 && check(&host.read("etc/passwd"), &host.read("etc/shadow"))
+    })
+    .await;
+    task_state(k, "lan", "passwd").await.1["local"]["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[tokio::test]
 async fn kill9_of_keel_mid_propagation_resumes_after_restart() {
     let agents = tempfile::tempdir().unwrap();
