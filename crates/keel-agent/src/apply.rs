@@ -30,6 +30,8 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         max_total_bytes: cfg.max_bundle_bytes,
         ..Limits::default()
     };
+    // A stream runs many applies in one process: this run's fsyncs are the difference.
+    let (fsyncs_before, cpu_before) = (fsops::fsyncs(), cpu_now());
     let mut bundle = Bundle::read_from(input, &cfg.trusted_keys, limits).map_err(refusal)?;
     // A copy (a few names and numbers): a delta's files are filled in further down.
     let m = &bundle.manifest.clone();
@@ -124,8 +126,10 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
         out.info(note);
     }
     out.info(&format!(
-        "serial {} applied: {changed} file(s) changed{}",
+        "serial {} applied: {changed} file(s) changed, {} fsync(s), {:.1} ms CPU{}",
         m.serial,
+        fsops::fsyncs() - fsyncs_before,
+        (cpu_now() - cpu_before).as_secs_f64() * 1000.0,
         if plan.homes.is_empty() {
             String::new()
         } else {
@@ -169,6 +173,15 @@ fn resolve(cfg: &Config, bundle: &mut Bundle, state: &State) -> Result<(), Fail>
         }
         Err(e) => Err(Fail::new(Code::BadBundle, e.to_string())),
     }
+}
+
+/// The CPU time this process has used (user and system): a run's output says what it took.
+fn cpu_now() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    std::time::Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// A marker beside a service's state file: the serial whose files were applied but whose homes

@@ -92,7 +92,7 @@ fn stage(path: &Path, data: &[u8], mode: u32) -> Result<PathBuf, Fail> {
         }
         f.write_all(data)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()
+        synced(f.sync_all())
     })();
     if let Err(e) = done {
         let _ = fs::remove_file(&tmp);
@@ -110,7 +110,20 @@ fn publish(tmp: &Path, path: &Path) -> Result<(), Fail> {
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
+    synced(fs::File::open(dir)?.sync_all())
+}
+
+/// fsyncs made by this process: the run's output line says how many (what durability costs).
+static FSYNCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn synced(r: std::io::Result<()>) -> std::io::Result<()> {
+    FSYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    r
+}
+
+/// How many fsyncs this process has made so far.
+pub(crate) fn fsyncs() -> usize {
+    FSYNCS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn remove(path: &Path) -> Result<(), Fail> {

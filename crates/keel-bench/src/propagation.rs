@@ -56,6 +56,45 @@ pub(crate) struct PropReport {
     pub not_done: usize,
     /// The first failure's status and stderr, when some destination is not DONE.
     pub first_failure: Option<String>,
+    /// The warm forced run with every destination reinstalled (its files and agent state wiped):
+    /// each refuses the delta (202) and gets the full state in the same run.
+    pub warm_reinstalled: Change,
+    /// One user's password changed, after the warm runs (connections kept open).
+    pub password_change: Change,
+    /// One user added.
+    pub new_user: Change,
+    /// Another password change, h000 reinstalled just before: it must converge.
+    pub reinstalled_one: Change,
+    /// The filesystem the agents write their files on (`/proc/mounts`), whose fsyncs they count.
+    pub agents_fs: String,
+}
+
+/// What one run cost, measured around it.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct Change {
+    /// From the write to the last destination DONE.
+    pub secs: f64,
+    /// Bundle bytes keel handed the agents (a delta, or a refused delta and the full state).
+    pub bundle_bytes_per_dest: f64,
+    /// Bytes over loopback in both directions (every destination's ssh is on it), IP and TCP
+    /// headers included; and the same less 52 bytes per packet (IPv4 and TCP with timestamps):
+    /// the TCP payload.
+    pub wire_bytes_per_dest: f64,
+    pub tcp_payload_per_dest: f64,
+    /// CPU of this process (the engine) and of everything else on the machine (ssh, sshd, agents).
+    pub engine_cpu_ms: f64,
+    pub others_cpu_ms: f64,
+    /// Processes the machine started during the run (`/proc/stat`), per destination.
+    pub processes_per_dest: f64,
+    /// What the agents said: applies, of which deltas, refused deltas (202), their mean CPU per
+    /// apply and fsyncs per apply.
+    pub applies: usize,
+    pub deltas: usize,
+    pub refused_deltas: usize,
+    pub agent_cpu_ms: f64,
+    pub agent_fsyncs: f64,
+    /// Destinations not DONE after it.
+    pub not_done: usize,
 }
 
 /// This process's `ssh` children: how many, their summed RSS and PSS in MB.
@@ -180,9 +219,163 @@ pub(crate) async fn run(
     r.status_ms = status_ms(&engine);
     r.not_done += not_done(&engine, n_dests);
     r.first_failure = r.first_failure.or_else(|| first_failure(&engine));
+    r.agents_fs = filesystem_of(&dir.join("agents"));
+    if remote.is_none() {
+        eprintln!("bench: warm propagation to {n_dests} reinstalled destinations");
+        for n in &names {
+            reinstall(&dir.join("agents").join(n))?;
+        }
+        r.warm_reinstalled = measured(&engine, n_dests, async || timed(&engine, true).await.map(drop)).await?;
+        eprintln!("bench: one password change");
+        let mut changed = all[0].clone();
+        let hash = |i: usize| -> anyhow::Result<String> { Ok(crate::data::user(u32::try_from(i)?)?.password_hash) };
+        changed.password_hash = hash(n_users + 1)?;
+        r.password_change = measured(&engine, n_dests, async || put_user(&db, &engine, &changed, None).await).await?;
+        eprintln!("bench: one new user");
+        let added = crate::data::user(u32::try_from(n_users)?)?;
+        r.new_user = measured(&engine, n_dests, async || put_user(&db, &engine, &added, Some(0)).await).await?;
+        eprintln!("bench: one password change, h000 reinstalled just before");
+        reinstall(&dir.join("agents/h000"))?;
+        changed.password_hash = hash(n_users + 2)?;
+        r.reinstalled_one = measured(&engine, n_dests, async || put_user(&db, &engine, &changed, None).await).await?;
+        ensure!(
+            std::fs::read_to_string(dir.join("agents/h000/root/etc/passwd"))?
+                .lines()
+                .count()
+                == n_users + 2,
+            "the reinstalled h000 did not converge"
+        );
+        r.first_failure = r.first_failure.or_else(|| first_failure(&engine));
+    }
     engine.shutdown();
     drop(sshd);
     Ok(r)
+}
+
+/// A destination as reinstalled: its files back to the host's own, its agent state gone.
+fn reinstall(agent_dir: &Path) -> anyhow::Result<()> {
+    let state = agent_dir.join("root/var/lib/keel-agent");
+    if state.exists() {
+        std::fs::remove_dir_all(&state)?;
+    }
+    std::fs::write(agent_dir.join("root/etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n")?;
+    std::fs::write(agent_dir.join("root/etc/group"), "root:x:0:\n")?;
+    std::fs::write(agent_dir.join("root/etc/shadow"), "root:*:19000:0:99999:7:::\n")?;
+    Ok(())
+}
+
+/// Writes `u` and waits for the engine to have sent it everywhere.
+async fn put_user(db: &Db, engine: &Engine, u: &User, expected: Option<u64>) -> anyhow::Result<()> {
+    db.write(&Principal::system(), |_, _| Ok(vec![Write::put(u, expected, false)?]))
+        .await?;
+    // The engine plans on the change (debounce 0); settled = planned for it and idle again.
+    settle(engine).await
+}
+
+/// Runs `run` and measures around it (see [`Change`]).
+async fn measured(engine: &Engine, n: usize, run: impl AsyncFnOnce() -> anyhow::Result<()>) -> anyhow::Result<Change> {
+    let per = |x: f64| x / n.max(1) as f64;
+    let (lo, cpu, started, sent) = (loopback(), cpu_ms(), forks(), engine.bytes_sent());
+    let mine = process_cpu_ms();
+    let t = Instant::now();
+    run().await?;
+    let secs = t.elapsed().as_secs_f64();
+    let (engine_ms, all_ms) = (process_cpu_ms() - mine, cpu_ms() - cpu);
+    let (bytes, packets) = (loopback().0 - lo.0, loopback().1 - lo.1);
+    let mut c = Change {
+        secs,
+        bundle_bytes_per_dest: per((engine.bytes_sent() - sent) as f64),
+        wire_bytes_per_dest: per(bytes as f64),
+        tcp_payload_per_dest: per(bytes.saturating_sub(52 * packets) as f64),
+        engine_cpu_ms: engine_ms,
+        others_cpu_ms: (all_ms - engine_ms).max(0.0),
+        processes_per_dest: per((forks() - started) as f64),
+        not_done: not_done(engine, n),
+        ..Change::default()
+    };
+    let said: Vec<String> = engine
+        .status(Some("bench"))
+        .into_iter()
+        .flat_map(|t| t.results.into_values().map(|r| r.stdout))
+        .collect();
+    let (mut cpu_sum, mut fsync_sum) = (0.0, 0.0);
+    for out in &said {
+        let Some(line) = out.lines().find(|l| l.contains(" applied: ")) else {
+            continue;
+        };
+        c.applies += 1;
+        c.deltas += usize::from(out.contains("a delta onto serial"));
+        c.refused_deltas += usize::from(out.contains("(code=202)"));
+        let number_before = |what: &str| {
+            line.split(", ")
+                .find_map(|part| part.strip_suffix(what))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        fsync_sum += number_before(" fsync(s)");
+        cpu_sum += number_before(" ms CPU");
+    }
+    let applies = c.applies.max(1) as f64;
+    (c.agent_cpu_ms, c.agent_fsyncs) = (cpu_sum / applies, fsync_sum / applies);
+    Ok(c)
+}
+
+/// Loopback's transmitted bytes and packets (every packet on lo is sent once and received once).
+fn loopback() -> (u64, u64) {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/lo/statistics/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (read("tx_bytes"), read("tx_packets"))
+}
+
+/// The machine's CPU time (user, nice, system, irq, softirq) in ms, from `/proc/stat`.
+fn cpu_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let jiffies: u64 = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .enumerate()
+        .filter(|(i, _)| matches!(i, 0 | 1 | 2 | 5 | 6))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux.
+    jiffies as f64 * 10.0
+}
+
+/// This process's CPU time in ms.
+fn process_cpu_ms() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 * 1000.0 + t.tv_nsec as f64 / 1e6
+}
+
+/// Processes started on the machine since boot (`/proc/stat`'s `processes`).
+fn forks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The type of the filesystem `path` is on: the longest mount point of `/proc/mounts` above it.
+fn filesystem_of(path: &Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 2 && path.starts_with(f[1])).then(|| (f[1].len(), format!("{} ({} on {})", f[2], f[0], f[1])))
+        })
+        .max()
+        .map(|(_, fs)| fs)
+        .unwrap_or_default()
 }
 
 /// Descriptors open in this process now.
@@ -517,7 +710,7 @@ pub(crate) fn print(r: &PropReport) {
         ],
         vec![
             format!(
-                "warm ({}), bundle bytes per destination",
+                "warm forced run, nothing changed ({}), bundle bytes per destination",
                 if r.sessions_open > 0 {
                     "sessions kept open"
                 } else {
@@ -564,7 +757,69 @@ pub(crate) fn print(r: &PropReport) {
         ],
     ];
     println!("{}", table(&["measure", "result", "target"], rows));
+    if r.password_change.applies > 0 {
+        print_changes(r);
+    }
     if let Some(f) = &r.first_failure {
         println!("first failure: {f}");
     }
+}
+
+fn print_changes(r: &PropReport) {
+    let col = |c: &Change| {
+        vec![
+            format!("{:.2} s", c.secs),
+            format!(
+                "{:.0} B bundle; {:.0} B wire, {:.0} B TCP payload",
+                c.bundle_bytes_per_dest, c.wire_bytes_per_dest, c.tcp_payload_per_dest
+            ),
+            format!("{:.0} ms; others {:.0} ms", c.engine_cpu_ms, c.others_cpu_ms),
+            format!("{:.2}", c.processes_per_dest),
+            format!(
+                "{} ({} deltas, {} refused); {:.2} ms CPU, {:.1} fsyncs each",
+                c.applies, c.deltas, c.refused_deltas, c.agent_cpu_ms, c.agent_fsyncs
+            ),
+            c.not_done.to_string(),
+        ]
+    };
+    let names = [
+        "to the last DONE",
+        "per destination (both directions)",
+        "engine CPU; the rest of the machine",
+        "processes started per destination",
+        "agent applies (their own figures)",
+        "not DONE",
+    ];
+    let cols = [
+        col(&r.warm_reinstalled),
+        col(&r.password_change),
+        col(&r.new_user),
+        col(&r.reinstalled_one),
+    ];
+    let rows = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut row = vec![(*n).to_owned()];
+            row.extend(cols.iter().map(|c| c[i].clone()));
+            row
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "",
+                "all reinstalled (forced)",
+                "one password change",
+                "one new user",
+                "a password, h000 reinstalled",
+            ],
+            rows
+        )
+    );
+    println!(
+        "targets: one change to 1,000 destinations < 2 s, < 2 KB per destination, 0 processes per send. Agents write on {}.",
+        r.agents_fs
+    );
 }
