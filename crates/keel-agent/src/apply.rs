@@ -82,11 +82,12 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
     } else {
         None
     };
+    let disk = services::HostFiles::default();
     if bundle.is_delta() {
-        resolve(cfg, &mut bundle, &state)?;
+        resolve(cfg, &mut bundle, &state, &disk)?;
         out.info(&format!("a delta onto serial {}, the base held here", state.serial));
     }
-    let plan = services::plan(cfg, &bundle, &state)?;
+    let plan = services::plan(cfg, &bundle, &state, &disk)?;
     let mut env = hook_env(cfg, &bundle);
     let hook_dir = cfg.hooks_dir.join(format!("{}.d", m.service));
     let _staging = if hooks::any(&hook_dir) {
@@ -154,7 +155,7 @@ fn run(cfg: &Config, input: impl Read, out: &mut Out<'_>) -> Result<Code, Fail> 
 /// Turns a delta into the full state, onto the base it names only: the serial this host last
 /// applied, and its files as they are on disk now (`services::held`). Anything else is
 /// `BaseMismatch`, and the engine sends the full state.
-fn resolve(cfg: &Config, bundle: &mut Bundle, state: &State) -> Result<(), Fail> {
+fn resolve(cfg: &Config, bundle: &mut Bundle, state: &State, disk: &services::HostFiles) -> Result<(), Fail> {
     let on = bundle.manifest.base.as_ref().map_or(0, |b| b.serial);
     if on != state.serial {
         return Err(Fail::new(
@@ -166,7 +167,7 @@ fn resolve(cfg: &Config, bundle: &mut Bundle, state: &State) -> Result<(), Fail>
         ));
     }
     let service = bundle.manifest.service.clone();
-    match bundle.resolve(|path| services::held(cfg, &service, path, state))? {
+    match bundle.resolve(|path| services::held(cfg, &service, path, state, disk))? {
         Ok(()) => Ok(()),
         Err(e @ DeltaError::Mismatch(_)) => {
             Err(Fail::new(Code::BaseMismatch, format!("{e}: the full state is needed")))

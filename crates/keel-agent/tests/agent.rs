@@ -1116,3 +1116,29 @@ fn every_agent_test_passes_for_deltas() {
     let applied = log.lines().filter(|l| l.starts_with("delta ")).count();
     assert!(applied >= 5, "only {applied} deltas applied:\n{log}");
 }
+
+/// Issue 34: the lines a delta adds are re-parsed like a full bundle's (only they are checked one
+/// by one; the base they join was checked when it was applied), and the checks across lines still
+/// see the whole file: a malformed added line, or an added account whose uid the base already
+/// has, is refused and nothing changes.
+#[test]
+fn the_lines_a_delta_adds_are_checked_like_a_full_bundles() {
+    let h = Host::new("");
+    let v1 = files_of(&refs(&accounts(&[("alice", 10001), ("bob", 10002)])));
+    let full1 = build(&h.key, &header("passwd", Version::new(1, 0), "host1.prolo", 1), &v1).unwrap();
+    assert_eq!(h.run(&full1).code, 0);
+    let on_disk = || [h.read("etc/passwd"), h.read("etc/group"), h.read("etc/shadow")];
+    let before = on_disk();
+    let good = files_of(&refs(&accounts(&[("alice", 10001), ("bob", 10002), ("carol", 10003)])));
+    let mut malformed = good.clone();
+    malformed[2].data.extend_from_slice(b"carol:x\n");
+    let same_uid = files_of(&refs(&accounts(&[("alice", 10001), ("bob", 10002), ("carol", 10001)])));
+    for (what, files) in [("a malformed line", &malformed), ("a uid the base has", &same_uid)] {
+        let r = h.run(&delta_as(&h.key, "passwd", 2, 1, &v1, files));
+        assert_eq!(r.code, 50, "{what}: {}{}", r.stdout, r.stderr);
+        assert_eq!(on_disk(), before, "{what}: nothing changed");
+    }
+    let r = h.run(&delta_as(&h.key, "passwd", 2, 1, &v1, &good));
+    assert_eq!(r.code, 0, "the same delta without it: {}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("a delta onto serial 1"), "{}", r.stdout);
+}

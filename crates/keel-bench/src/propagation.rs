@@ -28,6 +28,8 @@ pub(crate) struct PropReport {
     pub gen_100k_ms: f64,
     pub agent_apply_ms: f64,
     pub agent_unchanged_ms: f64,
+    /// A delta of one changed password onto what the agent holds.
+    pub agent_delta_ms: f64,
     /// The mean of `bare_ssh_runs`: bare ssh measured just before and just after the cold run,
     /// so that the machine's drift over the run weighs on both sides of the ratio alike.
     pub bare_ssh_secs: f64,
@@ -161,7 +163,8 @@ pub(crate) async fn run(
     };
     let key = SecretKey::generate()?;
     eprintln!("bench: keel-agent apply of passwd for {n_users} users");
-    (r.agent_apply_ms, r.agent_unchanged_ms) = agent_apply(&dir.join("apply"), &agent, &key, &all, encoding)?;
+    (r.agent_apply_ms, r.agent_unchanged_ms, r.agent_delta_ms) =
+        agent_apply(&dir.join("apply"), &agent, &key, &all, encoding)?;
     eprintln!("bench: starting sshd and {n_dests} agents");
     let sshd = Sshd::start(&dir.join("sshd"))?;
     let names: Vec<String> = (0..n_dests).map(|i| format!("h{i:03}")).collect();
@@ -469,7 +472,7 @@ fn agent_apply(
     key: &SecretKey,
     all: &[User],
     encoding: Encoding,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, f64, f64)> {
     let input = keel_gen::Input {
         facility: "bench",
         users: all.iter().collect(),
@@ -490,6 +493,31 @@ fn agent_apply(
         keel_bundle::Prepared::new(&files, encoding)?.build(key, &h)
     };
     let (first, second) = (bundle(1)?, bundle(2)?);
+    // One password changed, as a delta onto serial 2.
+    let mut changed = files.clone();
+    let shadow = changed
+        .iter_mut()
+        .find(|f| f.path == "shadow")
+        .context("a shadow file")?;
+    // The first salt character of the first user's `$6$salt$hash`.
+    let at = shadow.data.iter().position(|&b| b == b':').context("a shadow line")? + 4;
+    shadow.data[at] = if shadow.data[at] == b'a' { b'b' } else { b'a' };
+    let delta = {
+        let h = keel_bundle::Header {
+            service: "passwd",
+            version: keel_model::service::Version::new(1, 0),
+            facility: "bench",
+            destination: "h000",
+            run_id: "bench",
+            created: "",
+            serial: 3,
+        };
+        let prepared = keel_bundle::Prepared::new(&changed, encoding)?;
+        let (head, tail) = prepared
+            .delta(&changed, &files, |p| keel_model::service::patchable("passwd", p))?
+            .build_parts(key, &h, 2)?;
+        [head, tail.to_vec()].concat()
+    };
     // Kept beside the runs (with --dir) to try the agent by hand.
     std::fs::create_dir_all(dir)?;
     let name = match encoding {
@@ -497,13 +525,20 @@ fn agent_apply(
         Encoding::Zstd => "bundle.tar.zst",
     };
     std::fs::write(dir.join(name), &first)?;
-    let (mut fresh, mut same) = (Vec::new(), Vec::new());
+    std::fs::write(dir.join("unchanged.bundle"), &second)?;
+    std::fs::write(dir.join("delta.bundle"), &delta)?;
+    let (mut fresh, mut same, mut patched) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..5 {
         let cfg = make_agent(&dir.join(format!("run{i}")), "h000", key)?;
         fresh.push(apply_once(agent, &cfg, &first)?);
         same.push(apply_once(agent, &cfg, &second)?);
+        patched.push(apply_once(agent, &cfg, &delta)?);
     }
-    Ok((percentile(&fresh, 0.5), percentile(&same, 0.5)))
+    Ok((
+        percentile(&fresh, 0.5),
+        percentile(&same, 0.5),
+        percentile(&patched, 0.5),
+    ))
 }
 
 fn apply_once(agent: &Path, cfg: &Path, bundle: &[u8]) -> anyhow::Result<f64> {
@@ -690,8 +725,8 @@ pub(crate) fn print(r: &PropReport) {
         vec![
             format!("keel-agent apply, {} users", r.users),
             format!(
-                "{:.1} ms; unchanged {:.1} ms (process included)",
-                r.agent_apply_ms, r.agent_unchanged_ms
+                "{:.1} ms; unchanged {:.1} ms; a one-password delta {:.1} ms (process included)",
+                r.agent_apply_ms, r.agent_unchanged_ms, r.agent_delta_ms
             ),
             "< 50 ms".into(),
         ],

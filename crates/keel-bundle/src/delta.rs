@@ -99,6 +99,12 @@ pub fn diff(base: &[u8], new: &[u8]) -> Vec<u8> {
 
 /// `base` with `patch` applied, never longer than `max` bytes.
 pub fn apply(base: &[u8], patch: &[u8], max: u64) -> Result<Vec<u8>, String> {
+    apply_marked(base, patch, max).map(|(out, _)| out)
+}
+
+/// [`apply`], with the ranges of the result its `a` operations added (the rest is the base's).
+pub fn apply_marked(base: &[u8], patch: &[u8], max: u64) -> Result<(Vec<u8>, Vec<std::ops::Range<usize>>), String> {
+    let mut added = Vec::new();
     let old = lines(base);
     let mut at = 0usize; // the next base line
     let mut rest = patch;
@@ -127,8 +133,9 @@ pub fn apply(base: &[u8], patch: &[u8], max: u64) -> Result<Vec<u8>, String> {
                 at += n;
             }
             "a" => {
-                let added = rest.get(..n).ok_or_else(|| format!("{op:?}: the patch ends first"))?;
-                out.extend_from_slice(added);
+                let bytes = rest.get(..n).ok_or_else(|| format!("{op:?}: the patch ends first"))?;
+                added.push(out.len()..out.len() + n);
+                out.extend_from_slice(bytes);
                 rest = &rest[n..];
             }
             _ => return Err(format!("{op:?}: unknown operation")),
@@ -140,7 +147,7 @@ pub fn apply(base: &[u8], patch: &[u8], max: u64) -> Result<Vec<u8>, String> {
     if at != old.len() {
         return Err(format!("{} base line(s) neither copied nor skipped", old.len() - at));
     }
-    Ok(out)
+    Ok((out, added))
 }
 
 #[cfg(test)]

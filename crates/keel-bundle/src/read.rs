@@ -77,6 +77,9 @@ pub struct Bundle {
     pub files: BTreeMap<String, Bytes>,
     /// A delta's patches, by the path of the file each rebuilds; empty in a full bundle.
     pub patches: BTreeMap<String, Bytes>,
+    /// Once a delta is resolved: for each file it patched, the byte ranges its patch added — the
+    /// rest is the base, as the host held it. A reader may check only these (what changed).
+    pub added: BTreeMap<String, Vec<std::ops::Range<usize>>>,
 }
 
 impl Bundle {
@@ -150,6 +153,7 @@ impl Bundle {
             manifest,
             files: members,
             patches,
+            added: BTreeMap::new(),
         })
     }
 
@@ -169,7 +173,7 @@ impl Bundle {
         let Some(delta) = &self.manifest.base else {
             return Ok(Ok(()));
         };
-        let mut whole = BTreeMap::new();
+        let (mut whole, mut added) = (BTreeMap::new(), BTreeMap::new());
         for p in &delta.files {
             let Some(held) = base(&p.path)? else {
                 return Ok(Err(DeltaError::Mismatch(format!("{}: not held here", p.path))));
@@ -180,11 +184,19 @@ impl Bundle {
             let entry = self.manifest.files.iter().find(|f| f.path == p.path);
             let Some(entry) = entry else { continue }; // Manifest::check: every patched file is listed
             let data = match self.patches.get(&p.path) {
-                Some(patch) => crate::delta::apply(&held, patch, entry.size).map_err(|reason| DeltaError::Patch {
-                    path: p.path.clone(),
-                    reason,
-                }),
-                None => Ok(held),
+                Some(patch) => crate::delta::apply_marked(&held, patch, entry.size)
+                    .map(|(data, ranges)| {
+                        added.insert(p.path.clone(), ranges);
+                        data
+                    })
+                    .map_err(|reason| DeltaError::Patch {
+                        path: p.path.clone(),
+                        reason,
+                    }),
+                None => {
+                    added.insert(p.path.clone(), Vec::new());
+                    Ok(held)
+                }
             };
             let data = match data {
                 Ok(d) if d.len() as u64 == entry.size && crate::sha256_hex(&d) == entry.sha256 => d,
@@ -199,6 +211,7 @@ impl Bundle {
             whole.insert(p.path.clone(), Bytes::from(data));
         }
         self.files.append(&mut whole);
+        self.added = added;
         self.patches.clear();
         Ok(Ok(()))
     }
