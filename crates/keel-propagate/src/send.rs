@@ -134,10 +134,11 @@ pub struct SshConfig {
     /// More `-o` options, e.g. `StrictHostKeyChecking=accept-new`.
     pub options: Vec<String>,
     /// Keep one ssh session per destination open, its agent serving a stream of bundles: a send
-    /// then starts no process (an agent older than streams is sent one process per bundle).
-    /// Off by default: with whole-state bundles it is no faster (10,000 users to 1,000
-    /// destinations, warm: 21.0 s with, 20.8 s without; the agents' apply is the cost) and 1,000
-    /// kept ssh clients hold ~600 MB (PSS) on keel's host.
+    /// then starts no process (an agent older than streams is sent one process per bundle). With
+    /// changes sent as deltas, one password change at 10,000 users reaches 1,000 destinations in
+    /// 14.8 s this way against 22.6 s with a process per send, with 1.5 KB of TCP payload per
+    /// destination against 2.1 KB; the kept ssh clients cost ~0.6 MB (PSS) each on keel's host
+    /// (~600 MB at 1,000 destinations): false gives one process per send, no client kept.
     pub streams: bool,
     /// Sessions open at once, at most (each is an ssh client process and three descriptors);
     /// beyond, an idle one is closed.
@@ -157,7 +158,7 @@ impl Default for SshConfig {
             control_dir: None,
             control_name: "%C".into(),
             options: Vec::new(),
-            streams: false,
+            streams: true,
             max_channels: 2048,
         }
     }
