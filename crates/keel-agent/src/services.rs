@@ -55,27 +55,23 @@ fn text<'a>(b: &'a Bundle, name: &str) -> Result<&'a str, Fail> {
     std::str::from_utf8(data).map_err(|_| data_err(format!("{name} is not UTF-8")))
 }
 
-/// The host's files a run reads, each read once: a delta's base is read back from them, then the
-/// plan merges into them.
+/// The host's files a run reads, each read and checked as UTF-8 once: a delta's base is read
+/// back from them, then the plan merges into them.
 #[derive(Default)]
-pub(crate) struct HostFiles(std::cell::RefCell<HashMap<PathBuf, Option<std::rc::Rc<Vec<u8>>>>>);
+pub(crate) struct HostFiles(std::cell::RefCell<HashMap<PathBuf, Option<std::rc::Rc<String>>>>);
 
 impl HostFiles {
-    fn read(&self, path: &std::path::Path) -> Result<Option<std::rc::Rc<Vec<u8>>>, Fail> {
-        if let Some(hit) = self.0.borrow().get(path) {
+    /// A target as text (`None`: it does not exist), or why not.
+    fn text(&self, cfg: &Config, target: &str) -> Result<Option<std::rc::Rc<String>>, Fail> {
+        let path = cfg.target(target);
+        if let Some(hit) = self.0.borrow().get(&path) {
             return Ok(hit.clone());
         }
-        let data = read_target(path)?.map(std::rc::Rc::new);
-        self.0.borrow_mut().insert(path.to_owned(), data.clone());
-        Ok(data)
-    }
-
-    /// A target as UTF-8 text, or why not.
-    fn text(&self, cfg: &Config, target: &str) -> Result<Option<std::rc::Rc<Vec<u8>>>, Fail> {
-        let data = self.read(&cfg.target(target))?;
-        if data.as_ref().is_some_and(|d| std::str::from_utf8(d).is_err()) {
-            return Err(data_err(format!("{target} is not UTF-8")));
-        }
+        let data = read_target(&path)?
+            .map(|b| String::from_utf8(b).map_err(|_| data_err(format!("{target} is not UTF-8"))))
+            .transpose()?
+            .map(std::rc::Rc::new);
+        self.0.borrow_mut().insert(path, data.clone());
         Ok(data)
     }
 }
@@ -132,11 +128,11 @@ pub(crate) fn held(
         };
         let Some(current) = read(target)? else { return Ok(None) };
         let managed = state.managed.get(path).map_or(&[][..], Vec::as_slice);
-        return Ok(keel_lines(utf8(&current), managed).map(String::into_bytes));
+        return Ok(keel_lines(&current, managed).map(String::into_bytes));
     }
     if let Some((_, _, target, _)) = BLOCKS.iter().find(|(s, ..)| *s == service) {
         return Ok(read(target)?
-            .and_then(|current| block_body(utf8(&current)))
+            .and_then(|current| block_body(&current))
             .map(String::into_bytes));
     }
     let managed = state.managed.get("files").is_some_and(|f| f.iter().any(|p| p == path));
@@ -144,11 +140,6 @@ pub(crate) fn held(
         return Ok(None);
     }
     read_target(&cfg.service_dir(service).join(path))
-}
-
-/// Text `HostFiles::text` has checked.
-fn utf8(data: &[u8]) -> &str {
-    std::str::from_utf8(data).unwrap_or_default()
 }
 
 /// keel's lines of an account file, in the order keel wrote them: the lines named `managed[0]`,
@@ -352,7 +343,7 @@ fn passwd(cfg: &Config, b: &Bundle, state: &State, disk: &HostFiles) -> Result<P
     for ((file, _, target, mode), new) in files.into_iter().zip(parsed) {
         let path = cfg.target(target);
         let current = disk.text(cfg, target)?;
-        let on_disk = current.as_deref().map_or("", |d| utf8(d));
+        let on_disk = current.as_deref().map_or("", String::as_str);
         // The host's own groups with keel's users joined (sudo, wheel…); the rest as on disk.
         let current = if file == "group" {
             join_host_groups(on_disk, &joins, state, &new, &mut plan)

@@ -479,19 +479,17 @@ fn agent_apply(
         ..Default::default()
     };
     let files = keel_gen::passwd(&input, &keel_gen::Options::default())?;
-    let bundle = |serial| {
-        let h = keel_bundle::Header {
-            service: "passwd",
-            version: keel_model::service::Version::new(1, 0),
-            facility: "bench",
-            destination: "h000",
-            run_id: "bench",
-            created: "",
-            serial,
-        };
-        // As the engine sends it: with zstd, the agent's figure includes decompressing.
-        keel_bundle::Prepared::new(&files, encoding)?.build(key, &h)
+    let header = |serial| keel_bundle::Header {
+        service: "passwd",
+        version: keel_model::service::Version::new(1, 0),
+        facility: "bench",
+        destination: "h000",
+        run_id: "bench",
+        created: "",
+        serial,
     };
+    // As the engine sends it: with zstd, the agent's figure includes decompressing.
+    let bundle = |serial| keel_bundle::Prepared::new(&files, encoding)?.build(key, &header(serial));
     let (first, second) = (bundle(1)?, bundle(2)?);
     // One password changed, as a delta onto serial 2.
     let mut changed = files.clone();
@@ -503,19 +501,10 @@ fn agent_apply(
     let at = shadow.data.iter().position(|&b| b == b':').context("a shadow line")? + 4;
     shadow.data[at] = if shadow.data[at] == b'a' { b'b' } else { b'a' };
     let delta = {
-        let h = keel_bundle::Header {
-            service: "passwd",
-            version: keel_model::service::Version::new(1, 0),
-            facility: "bench",
-            destination: "h000",
-            run_id: "bench",
-            created: "",
-            serial: 3,
-        };
         let prepared = keel_bundle::Prepared::new(&changed, encoding)?;
         let (head, tail) = prepared
             .delta(&changed, &files, |p| keel_model::service::patchable("passwd", p))?
-            .build_parts(key, &h, 2)?;
+            .build_parts(key, &header(3), 2)?;
         [head, tail.to_vec()].concat()
     };
     // Kept beside the runs (with --dir) to try the agent by hand.

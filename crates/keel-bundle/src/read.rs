@@ -518,29 +518,23 @@ mod tests {
         ));
         // A base listing a path the manifest does not: refused before anything is read.
         let b = Bundle::open(&raw, &[k.public()], Limits::default()).unwrap();
-        let mut m = serde_json::to_value(&b.manifest).unwrap();
-        m["base"]["files"][0]["path"] = "elsewhere".into();
-        let (json, sig) = signed(&k, &m);
-        let bad = raw_tar(&[
-            ("MANIFEST.json", tar::EntryType::Regular, &json),
-            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
-        ]);
-        assert!(matches!(
-            Bundle::open(&bad, &[k.public()], Limits::default()),
-            Err(BundleError::Manifest(_))
-        ));
-        // A base in a format-1 manifest is refused: format 1 means whole files.
-        let mut m = serde_json::to_value(&b.manifest).unwrap();
-        m["format"] = 1.into();
-        let (json, sig) = signed(&k, &m);
-        let bad = raw_tar(&[
-            ("MANIFEST.json", tar::EntryType::Regular, &json),
-            ("MANIFEST.sig", tar::EntryType::Regular, &sig),
-        ]);
-        assert!(matches!(
-            Bundle::open(&bad, &[k.public()], Limits::default()),
-            Err(BundleError::Manifest(_))
-        ));
+        // So is a base in a format-1 manifest: format 1 means whole files.
+        for (field, value) in [("/base/files/0/path", "elsewhere"), ("/format", "1")] {
+            let mut m = serde_json::to_value(&b.manifest).unwrap();
+            *m.pointer_mut(field).unwrap() = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+            let (json, sig) = signed(&k, &m);
+            let bad = raw_tar(&[
+                ("MANIFEST.json", tar::EntryType::Regular, &json),
+                ("MANIFEST.sig", tar::EntryType::Regular, &sig),
+            ]);
+            assert!(
+                matches!(
+                    Bundle::open(&bad, &[k.public()], Limits::default()),
+                    Err(BundleError::Manifest(_))
+                ),
+                "{field}"
+            );
+        }
     }
 
     #[test]

@@ -199,22 +199,7 @@ async fn a_local_destination_receives_users_of_its_facility_and_honours_blocks()
     .await;
 
     // The CLI's table and force.
-    let out = k.cli(&[
-        "propagation",
-        "force",
-        "--facility",
-        "lan",
-        "--service",
-        "passwd",
-        "--timeout",
-        "30",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    force_passwd(&k);
     let out = k.cli(&["propagation", "status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -289,17 +274,7 @@ async fn a_wiped_or_hand_edited_destination_converges_on_the_next_change_refresh
     );
     // Wiped: a force converges it.
     std::fs::write(host.dir.join("root/etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-    let out = k.cli(&[
-        "propagation",
-        "force",
-        "--facility",
-        "lan",
-        "--service",
-        "passwd",
-        "--timeout",
-        "30",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    force_passwd(&k);
     let said = lands("the wiped passwd refilled", &|p, _| {
         p.contains("alice:x:") && p.contains("carol:x:")
     })
@@ -317,6 +292,26 @@ async fn a_wiped_or_hand_edited_destination_converges_on_the_next_change_refresh
         s.contains("alice:!:")
     })
     .await;
+}
+
+/// `keel propagation force` of lan's passwd, waited for.
+fn force_passwd(k: &Keel) {
+    let out = k.cli(&[
+        "propagation",
+        "force",
+        "--facility",
+        "lan",
+        "--service",
+        "passwd",
+        "--timeout",
+        "30",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// keel with `extra` in its [propagation], sending `passwd` of facility `lan` to a `local` agent
