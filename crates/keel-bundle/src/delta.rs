@@ -11,7 +11,10 @@
 //!
 //! A patch is a list of operations on the base's lines (pieces ending in `\n`, the last one
 //! possibly without): `c N\n` copies the next N lines, `s N\n` skips them, `a L\n` followed by L
-//! bytes adds those bytes. Every base line is copied or skipped exactly once.
+//! bytes adds those bytes, and `e P S L\n` followed by L bytes edits the next line: its first P
+//! and last S bytes kept, what lies between replaced by those bytes (a long line that changes a
+//! little: a group's member list gaining one login). Every base line is copied, skipped or edited
+//! exactly once.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +87,12 @@ pub fn diff(base: &[u8], new: &[u8]) -> Vec<u8> {
             DiffOp::Delete { old_len, .. } => out.extend_from_slice(format!("s {old_len}\n").as_bytes()),
             DiffOp::Insert { new_index, new_len, .. } => add(&mut out, new_index, new_len),
             DiffOp::Replace {
+                old_index,
+                old_len: 1,
+                new_index,
+                new_len: 1,
+            } if old[old_index].len() >= LONG_LINE => edit(&mut out, old[old_index], new_lines[new_index]),
+            DiffOp::Replace {
                 old_len,
                 new_index,
                 new_len,
@@ -95,6 +104,25 @@ pub fn diff(base: &[u8], new: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A replaced line at least this long is sent as an edit inside it (`e`), not whole.
+const LONG_LINE: usize = 256;
+
+/// `e P S L` and the L bytes that turn `old` into `new`, keeping their common prefix and suffix.
+fn edit(out: &mut Vec<u8>, old: &[u8], new: &[u8]) {
+    let prefix = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    let room = old.len().min(new.len()) - prefix;
+    let suffix = old
+        .iter()
+        .rev()
+        .zip(new.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let middle = &new[prefix..new.len() - suffix];
+    out.extend_from_slice(format!("e {prefix} {suffix} {}\n", middle.len()).as_bytes());
+    out.extend_from_slice(middle);
 }
 
 /// `base` with `patch` applied, never longer than `max` bytes.
@@ -118,6 +146,20 @@ pub fn apply_marked(base: &[u8], patch: &[u8], max: u64) -> Result<(Vec<u8>, Vec
         let op = std::str::from_utf8(&rest[..end]).map_err(|_| "an operation is not text")?;
         rest = &rest[end + 1..];
         let (kind, n) = op.split_once(' ').ok_or_else(|| format!("{op:?}: not `c|s|a N`"))?;
+        if kind == "e" {
+            let line = old
+                .get(at)
+                .ok_or_else(|| format!("{op:?}: the base has no line left"))?;
+            let (text, taken) = edited(line, n, rest).map_err(|e| format!("{op:?}: {e}"))?;
+            added.push(out.len()..out.len() + text.len());
+            out.extend_from_slice(&text);
+            rest = &rest[taken..];
+            at += 1;
+            if out.len() as u64 > max {
+                return Err(format!("the result is longer than the {max} bytes the manifest lists"));
+            }
+            continue;
+        }
         let n: usize = n
             .parse()
             .map_err(|_| format!("{op:?}: not a number"))
@@ -150,6 +192,25 @@ pub fn apply_marked(base: &[u8], patch: &[u8], max: u64) -> Result<(Vec<u8>, Vec
     Ok((out, added))
 }
 
+/// The line `line` edited by `e P S L` (`args` is `P S L`) and the L bytes at the start of
+/// `rest`; and how many bytes of `rest` that took.
+fn edited(line: &[u8], args: &str, rest: &[u8]) -> Result<(Vec<u8>, usize), String> {
+    let numbers: Vec<usize> = args
+        .split(' ')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .map_err(|_| "not `e P S L`")?;
+    let [prefix, suffix, len] = numbers[..] else {
+        return Err("not `e P S L`".into());
+    };
+    if prefix.checked_add(suffix).is_none_or(|kept| kept > line.len()) {
+        return Err(format!("keeps more than the line's {} bytes", line.len()));
+    }
+    let middle = rest.get(..len).ok_or("the patch ends first")?;
+    let text = [&line[..prefix], middle, &line[line.len() - suffix..]].concat();
+    Ok((text, len))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -165,6 +226,30 @@ mod tests {
         let p = diff(base.as_bytes(), new.as_bytes());
         assert!(p.len() < 100, "{}", String::from_utf8_lossy(&p));
         assert_eq!(apply(base.as_bytes(), &p, new.len() as u64).unwrap(), new.as_bytes());
+    }
+
+    #[test]
+    fn a_long_line_that_changes_a_little_is_an_edit_inside_it() {
+        let members: Vec<String> = (0..1000).map(|i| format!("user{i}")).collect();
+        let base = format!("root:x:0:\nuser:x:10000:{}\n", members.join(","));
+        let new = base.replace("user500,", "user500,newcomer,");
+        let p = diff(base.as_bytes(), new.as_bytes());
+        assert!(p.len() < 40, "{}", String::from_utf8_lossy(&p));
+        let (out, added) = apply_marked(base.as_bytes(), &p, new.len() as u64).unwrap();
+        assert_eq!(out, new.as_bytes());
+        assert_eq!(
+            (added.len(), &added[0]),
+            (1, &(10..new.len())),
+            "the whole edited line is new"
+        );
+        for bad in [
+            "c 1\ne 5 5\n",
+            "c 1\ne 9999 0 0\n",
+            "c 1\ne 0 0 9\nab",
+            "e 0 0 0\ne 0 0 0\ne 0 0 0\n",
+        ] {
+            assert!(apply(base.as_bytes(), bad.as_bytes(), 1 << 20).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -190,8 +275,8 @@ mod tests {
     proptest! {
         #[test]
         fn a_patch_rebuilds_the_new_file_exactly(
-            base in proptest::collection::vec("[a-c]{0,3}\n?", 0..30),
-            new in proptest::collection::vec("[a-c]{0,3}\n?", 0..30),
+            base in proptest::collection::vec("[a-c]{0,3}\n?|[a-c]{250,300}\n", 0..30),
+            new in proptest::collection::vec("[a-c]{0,3}\n?|[a-c]{250,300}\n", 0..30),
         ) {
             let (base, new) = (base.concat(), new.concat());
             let p = diff(base.as_bytes(), new.as_bytes());
