@@ -81,7 +81,7 @@ pub(crate) fn plan(cfg: &Config, b: &Bundle, state: &State, disk: &HostFiles) ->
         service::PASSWD => passwd(cfg, b, state, disk),
         service::HOMES => homes(cfg, b),
         s => match BLOCKS.iter().find(|(name, ..)| *name == s) {
-            Some((_, file, target, mode)) => block(cfg, b, file, target, *mode),
+            Some((_, file, target, mode)) => block(cfg, b, (file, target, *mode), disk),
             None => custom(cfg, b, state),
         },
     }
@@ -161,17 +161,35 @@ fn keel_lines(current: &str, managed: &[String]) -> Option<String> {
 
 /// The lines between keel's markers, each ended by a newline; `None` without a whole block.
 fn block_body(current: &str) -> Option<String> {
-    let mut lines = current.lines();
-    lines.by_ref().find(|l| *l == BEGIN)?;
-    let mut body = String::new();
-    for l in lines {
-        if l == END {
-            return Some(body);
-        }
-        body.push_str(l);
-        body.push('\n');
+    split_block(current).ok()?.1
+}
+
+/// A marker-block file's lines before keel's block, inside it (`None`: there is no block) and
+/// after it, each ended by a newline; `Err` when the block is opened and never closed.
+fn split_block(current: &str) -> Result<(String, Option<String>, String), ()> {
+    let (mut head, mut body, mut tail) = (String::new(), None::<String>, String::new());
+    let mut closed = false;
+    for line in current.lines() {
+        let part = match (&mut body, closed) {
+            (None, _) if line == BEGIN => {
+                body = Some(String::new());
+                continue;
+            }
+            (Some(_), false) if line == END => {
+                closed = true;
+                continue;
+            }
+            (None, _) => &mut head,
+            (Some(b), false) => b,
+            (Some(_), true) => &mut tail,
+        };
+        part.push_str(line);
+        part.push('\n');
     }
-    None
+    if body.is_some() && !closed {
+        return Err(());
+    }
+    Ok((head, body, tail))
 }
 
 /// A `name:…` line file (passwd, group, shadow) split into (name, line).
@@ -559,41 +577,20 @@ const BEGIN: &str = "# BEGIN keel: lines up to END keel are rewritten by keel; e
 const END: &str = "# END keel";
 
 /// Puts the bundle file between keel's markers in a host file, keeping every line outside them.
-fn block(cfg: &Config, b: &Bundle, file: &str, target: &str, mode: u32) -> Result<Plan, Fail> {
+fn block(cfg: &Config, b: &Bundle, (file, target, mode): (&str, &str, u32), disk: &HostFiles) -> Result<Plan, Fail> {
     let body = text(b, file)?;
     for line in body.lines() {
         check_block_line(file, line)?;
     }
-    let path = cfg.target(target);
-    let current = read_target(&path)?.unwrap_or_default();
-    let current = String::from_utf8(current).map_err(|_| data_err(format!("{target} is not UTF-8")))?;
-    let (mut head, mut tail) = (String::new(), String::new());
-    let mut state = 0; // 0 before the block, 1 inside, 2 after
-    for line in current.lines() {
-        match (state, line) {
-            (0, l) if l == BEGIN => state = 1,
-            (1, l) if l == END => state = 2,
-            (1, _) => {}
-            (0, l) => {
-                head.push_str(l);
-                head.push('\n');
-            }
-            (_, l) => {
-                tail.push_str(l);
-                tail.push('\n');
-            }
-        }
-    }
-    if state == 1 {
-        return Err(data_err(format!(
-            "{target}: \"{BEGIN}\" has no \"{END}\"; fix the file by hand"
-        )));
-    }
+    let current = disk.text(cfg, target)?;
+    let current = current.as_deref().map_or("", String::as_str);
+    let (head, _, tail) = split_block(current)
+        .map_err(|()| data_err(format!("{target}: \"{BEGIN}\" has no \"{END}\"; fix the file by hand")))?;
     let merged = format!("{head}{BEGIN}\n{body}{END}\n{tail}");
     let mut plan = Plan::default();
     if merged != current {
         plan.changes.push(Change {
-            target: path,
+            target: cfg.target(target),
             data: Some(merged.into_bytes()),
             mode,
         });
