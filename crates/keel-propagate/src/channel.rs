@@ -21,9 +21,6 @@ use crate::send::Outcome;
 const HELLO: &[u8] = b"KEEL-STREAM 1\n";
 const READY: &str = "KEEL-STREAM 1 ready";
 
-/// How long a destination whose agent did not answer the hello is sent one process per bundle.
-const PLAIN_FOR: Duration = Duration::from_secs(3600);
-
 /// What [`Channels::send`] did.
 pub enum Sent {
     /// The bundle went over the destination's session (or the session could not be opened:
@@ -36,7 +33,8 @@ pub enum Sent {
 /// The open sessions, at most `max_open`.
 pub struct Channels {
     open: parking_lot::Mutex<HashMap<String, Slot>>,
-    plain: parking_lot::Mutex<HashMap<String, Instant>>,
+    /// Destinations whose agent did not answer the hello: one process per bundle for an hour.
+    plain: crate::older::OlderAgents,
     max_open: usize,
     hello_timeout: Duration,
 }
@@ -62,7 +60,7 @@ impl Channels {
     pub fn new(max_open: usize, hello_timeout: Duration) -> Self {
         Self {
             open: parking_lot::Mutex::new(HashMap::new()),
-            plain: parking_lot::Mutex::new(HashMap::new()),
+            plain: crate::older::OlderAgents::default(),
             max_open: max_open.max(1),
             hello_timeout,
         }
@@ -78,12 +76,7 @@ impl Channels {
         tail: &[u8],
         timeout: Duration,
     ) -> Sent {
-        if self
-            .plain
-            .lock()
-            .get(key)
-            .is_some_and(|since| since.elapsed() < PLAIN_FOR)
-        {
+        if self.plain.holds(key) {
             return Sent::Plain;
         }
         let slot = self.slot(key);
@@ -100,7 +93,7 @@ impl Channels {
                     Opened::Ready(c) => *guard = Some(*c),
                     Opened::Failed(out) => return Sent::Done(out),
                     Opened::Plain => {
-                        self.plain.lock().insert(key.to_owned(), Instant::now());
+                        self.plain.note(key);
                         self.open.lock().remove(key);
                         return Sent::Plain;
                     }

@@ -144,17 +144,14 @@ struct Inner {
     channels: Option<crate::channel::Channels>,
     /// Per task, its last few states (digest and files), newest last: what deltas are made against.
     states: Mutex<BTreeMap<TaskId, std::collections::VecDeque<KeptState>>>,
-    /// Destinations whose agent answered a delta with "unknown format" (older than deltas), and
-    /// when: they get full states for an hour.
-    no_deltas: Mutex<std::collections::HashMap<String, Instant>>,
+    /// Destinations whose agent answered a delta with "unknown format" (older than deltas): full
+    /// states for an hour.
+    no_deltas: crate::older::OlderAgents,
 }
 
 /// How many states of a task the engine keeps to make deltas against (a destination that last
 /// applied an older one gets the full state). A 10,000-user `passwd` state is about 2.2 MB.
 const KEPT_STATES: usize = 4;
-
-/// How long a destination whose agent refused a delta as an unknown format gets full states only.
-const NO_DELTAS_FOR: Duration = Duration::from_secs(3600);
 
 /// A task's state as kept for deltas: its digest and its files.
 type KeptState = (String, Arc<Vec<File>>);
@@ -256,7 +253,7 @@ impl Engine {
             sent_bytes: std::sync::atomic::AtomicU64::new(0),
             finished: broadcast::channel(256).0,
             states: Mutex::new(BTreeMap::new()),
-            no_deltas: Mutex::new(std::collections::HashMap::new()),
+            no_deltas: crate::older::OlderAgents::default(),
         });
         let engine = Self { inner };
         // Subscribed before the Snapshot is read: a change after it reaches the loop.
@@ -771,8 +768,7 @@ impl Inner {
         if !last.status.succeeded() || last.digest.is_empty() {
             return None;
         }
-        let refused = self.no_deltas.lock().get(destination).copied();
-        if refused.is_some_and(|at| at.elapsed() < NO_DELTAS_FOR) {
+        if self.no_deltas.holds(destination) {
             return None;
         }
         let states = self.states.lock();
@@ -934,7 +930,7 @@ impl Inner {
             Some(202) => tracing::debug!(destination = %d.destination, "delta refused: base differs; full state"),
             Some(201) => {
                 tracing::info!(destination = %d.destination, "agent older than deltas: full states for an hour");
-                self.no_deltas.lock().insert(d.destination.clone(), Instant::now());
+                self.no_deltas.note(&d.destination);
             }
             _ => return refused,
         }

@@ -7,6 +7,7 @@
 pub mod channel;
 mod engine;
 mod error;
+mod older;
 pub mod send;
 pub mod services;
 pub mod state;
